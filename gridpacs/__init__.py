@@ -1,0 +1,1 @@
+"""The ``gridpacs`` command: composes the CLIs of node, catalog, storage and anonymizer."""

@@ -1,0 +1,3 @@
+from gridpacs.cli import main
+
+main()

@@ -1,0 +1,32 @@
+"""Entry point of the ``gridpacs`` console script.
+
+The umbrella is the only place that knows every package: each package owns its
+sub-commands (``<package>/cli.py`` exposes a Typer app) and this module mounts them.
+"""
+
+from __future__ import annotations
+
+import typer
+
+app = typer.Typer(
+    name="gridpacs",
+    help="gridpacs: a grid PACS — DICOM nodes per site, a replicated catalog, "
+    "de-identification near the source.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+
+
+def _mount() -> None:
+    # Sub-apps are imported lazily so `gridpacs --help` stays fast and a missing optional
+    # piece cannot break the others.
+    from storage.cli import app as storage_app
+
+    app.add_typer(storage_app, name="storage", help="Verify and inspect the blob store.")
+
+
+def main() -> None:
+    """Run the CLI."""
+    _mount()
+    app()

@@ -1,0 +1,52 @@
+"""The one narrow seam between the node and where instance bytes live.
+
+Modelled on Orthanc's ``IStorageArea``: blobs are opaque, addressed by the SHA-256 of
+their plaintext, and know nothing of DICOM. Back-ends (filesystem, memory, later S3) are
+interchangeable behind :class:`BlobStore`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
+
+
+@dataclass(frozen=True, slots=True)
+class BlobInfo:
+    """What the index records about a stored blob."""
+
+    key: str
+    """Lower-case hex SHA-256 of the plaintext bytes."""
+    size: int
+    """Plaintext size in bytes."""
+
+
+@dataclass(frozen=True, slots=True)
+class ScrubFinding:
+    """One blob that failed verification during a scrub."""
+
+    key: str
+    problem: str
+
+
+@runtime_checkable
+class BlobStore(Protocol):
+    """Content-addressed, durable blob storage.
+
+    ``put`` returns only once the bytes are durable (fsynced); putting bytes that are
+    already stored is a cheap no-op returning the same :class:`BlobInfo`. ``get`` verifies
+    the checksum and raises :class:`storage.errors.ChecksumMismatch` on corruption.
+    """
+
+    def put(self, data: bytes) -> BlobInfo: ...
+
+    def get(self, key: str) -> bytes: ...
+
+    def exists(self, key: str) -> bool: ...
+
+    def delete(self, key: str) -> None: ...
+
+    def keys(self) -> Iterator[str]: ...
+
+    def scrub(self) -> Iterator[ScrubFinding]: ...

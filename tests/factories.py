@@ -1,0 +1,108 @@
+"""DICOM datasets built in code (no downloads), with and without planted PHI."""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass, field
+
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import (
+    CTImageStorage,
+    ExplicitVRLittleEndian,
+    PYDICOM_IMPLEMENTATION_UID,
+    generate_uid,
+)
+
+
+@dataclass
+class StudySpec:
+    """Identity of a synthetic study; UIDs are generated unless given."""
+
+    patient_id: str = "PAT001"
+    patient_name: str = "DOE^JANE"
+    birth_date: str = "19700101"
+    sex: str = "F"
+    study_date: str = "20240615"
+    study_time: str = "101500"
+    accession: str = "ACC001"
+    study_description: str = "CT CHEST"
+    modality: str = "CT"
+    study_uid: str = field(default_factory=generate_uid)
+    series_uid: str = field(default_factory=generate_uid)
+
+
+def make_dataset(
+    spec: StudySpec | None = None,
+    *,
+    instance_number: int = 1,
+    sop_uid: str | None = None,
+    rows: int = 64,
+    columns: int = 64,
+    sop_class_uid: str = CTImageStorage,
+    series_number: int = 1,
+    series_description: str = "AXIAL",
+    charset: str | None = None,
+) -> Dataset:
+    """A complete, valid image instance (16-bit monochrome pixels)."""
+    spec = spec or StudySpec()
+    ds = Dataset()
+    if charset:
+        ds.SpecificCharacterSet = charset
+    ds.SOPClassUID = sop_class_uid
+    ds.SOPInstanceUID = sop_uid or generate_uid()
+    ds.PatientName = spec.patient_name
+    ds.PatientID = spec.patient_id
+    ds.PatientBirthDate = spec.birth_date
+    ds.PatientSex = spec.sex
+    ds.StudyInstanceUID = spec.study_uid
+    ds.SeriesInstanceUID = spec.series_uid
+    ds.StudyDate = spec.study_date
+    ds.StudyTime = spec.study_time
+    ds.SeriesDate = spec.study_date
+    ds.AccessionNumber = spec.accession
+    ds.StudyID = "1"
+    ds.StudyDescription = spec.study_description
+    ds.ReferringPhysicianName = "REF^DOC"
+    ds.Modality = spec.modality
+    ds.SeriesNumber = series_number
+    ds.SeriesDescription = series_description
+    ds.BodyPartExamined = "CHEST"
+    ds.InstanceNumber = instance_number
+    ds.Rows = rows
+    ds.Columns = columns
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = "MONOCHROME2"
+    ds.BitsAllocated = 16
+    ds.BitsStored = 12
+    ds.HighBit = 11
+    ds.PixelRepresentation = 0
+    ds.PixelData = (bytes([instance_number % 251, 7]) * (rows * columns))[: rows * columns * 2]
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = ds.SOPClassUID
+    meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
+    ds.file_meta = meta
+    return ds
+
+
+def to_bytes(ds: Dataset) -> bytes:
+    """Part 10 file bytes of ``ds``."""
+    buf = io.BytesIO()
+    ds.save_as(buf, enforce_file_format=True)
+    return buf.getvalue()
+
+
+def write_study(
+    directory: str, count: int, spec: StudySpec | None = None, **kwargs: object
+) -> list[Dataset]:
+    """Write ``count`` instances of one series as files into ``directory``."""
+    import os
+
+    spec = spec or StudySpec()
+    out = []
+    for n in range(1, count + 1):
+        ds = make_dataset(spec, instance_number=n, **kwargs)  # type: ignore[arg-type]
+        ds.save_as(os.path.join(directory, f"{n:05d}.dcm"), enforce_file_format=True)
+        out.append(ds)
+    return out
