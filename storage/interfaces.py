@@ -7,9 +7,15 @@ interchangeable behind :class:`BlobStore`.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
+from typing import Literal, Protocol, runtime_checkable
+
+FindingKind = Literal["corrupt", "unreadable"]
+"""``corrupt``: the bytes fail verification; ``unreadable``: they could not be read at all."""
+
+ScrubProgress = Callable[[str], None]
+"""Called by :meth:`BlobStore.scrub` with each key once it has been checked."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,6 +34,7 @@ class ScrubFinding:
 
     key: str
     problem: str
+    kind: FindingKind = "corrupt"
 
 
 @runtime_checkable
@@ -37,6 +44,9 @@ class BlobStore(Protocol):
     ``put`` returns only once the bytes are durable (fsynced); putting bytes that are
     already stored is a cheap no-op returning the same :class:`BlobInfo`. ``get`` verifies
     the checksum and raises :class:`storage.errors.ChecksumMismatch` on corruption.
+    ``get`` and ``delete`` of an absent key raise :class:`storage.errors.BlobNotFound`;
+    a malformed key raises :class:`storage.errors.InvalidKey`. ``scrub`` verifies every
+    blob, yields one :class:`ScrubFinding` per bad blob and calls *progress* per key.
     """
 
     def put(self, data: bytes) -> BlobInfo: ...
@@ -49,4 +59,4 @@ class BlobStore(Protocol):
 
     def keys(self) -> Iterator[str]: ...
 
-    def scrub(self) -> Iterator[ScrubFinding]: ...
+    def scrub(self, progress: ScrubProgress | None = None) -> Iterator[ScrubFinding]: ...

@@ -1,0 +1,234 @@
+"""Content-addressed blobs in a directory tree, written durably, verified on every read.
+
+Layout under ``root`` (nothing in a path ever comes from DICOM content)::
+
+    gridpacs-store.json       format marker: version, layout, encryption + key id
+    tmp/                      temp files being written (same file system as the blobs)
+    ab/cd/abcd…(64 hex)       one file per blob, fanned out by the first two hex pairs
+
+A plaintext blob file holds exactly the stored bytes, so ``sha256sum`` of a file equals
+its name; an encrypted one uses the format of :mod:`storage.encryption`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from storage.addressing import check_key, is_key
+from storage.durable import (
+    fsync_dir,
+    make_dirs_durably,
+    remove_stale_temp_files,
+    write_atomically,
+)
+from storage.encryption import OVERHEAD, BlobCipher
+from storage.errors import (
+    BlobNotFound,
+    ChecksumMismatch,
+    EncryptionError,
+    StorageError,
+    error_from_os,
+)
+from storage.interfaces import BlobInfo, ScrubFinding, ScrubProgress
+
+MARKER_NAME = "gridpacs-store.json"
+TMP_DIR_NAME = "tmp"
+FORMAT_NAME = "gridpacs-blobstore"
+FORMAT_VERSION = 1
+LAYOUT = "sha256/2/2"
+_HEX = frozenset("0123456789abcdef")
+
+
+def _is_fanout_name(name: str) -> bool:
+    return len(name) == 2 and name[0] in _HEX and name[1] in _HEX
+
+
+class FilesystemBlobStore:
+    """A :class:`~storage.interfaces.BlobStore` on a local (POSIX) file system.
+
+    Parameters
+    ----------
+    root
+        Directory of the store; created (durably) unless *create* is false.
+    cipher
+        Encrypts blobs at rest when given. A store remembers whether it is encrypted and
+        with which key (by fingerprint), and refuses to open with a mismatching setting.
+    create
+        When false, a missing store is an error instead of being created (``scrub``).
+
+    Raises
+    ------
+    StorageError
+        The root is missing (``create=False``) or not a store of a known format.
+    EncryptionError
+        The key (or its absence) does not match the store.
+    """
+
+    def __init__(self, root: Path, cipher: BlobCipher | None = None, create: bool = True) -> None:
+        self.root = Path(root).absolute()
+        self._root = str(self.root)
+        self._cipher = cipher
+        self._overhead = OVERHEAD if cipher is not None else 0
+        self._tmp = os.path.join(self._root, TMP_DIR_NAME)
+        try:
+            self._open(create)
+        except OSError as exc:
+            raise error_from_os(exc, f"opening blob store {self.root}") from exc
+
+    @property
+    def encrypted(self) -> bool:
+        """Whether blobs are encrypted at rest."""
+        return self._cipher is not None
+
+    # -- opening -------------------------------------------------------------------------
+
+    def _open(self, create: bool) -> None:
+        marker = self.root / MARKER_NAME
+        if not marker.exists():
+            if not create:
+                raise StorageError(f"{self.root} is not a gridpacs blob store (no {MARKER_NAME})")
+            make_dirs_durably(self.root)
+            body = json.dumps(self._marker(), indent=2).encode() + b"\n"
+            make_dirs_durably(self._tmp)
+            write_atomically(str(marker), [body], self._tmp, mode=0o644)
+        else:
+            self._check_marker(marker)
+            make_dirs_durably(self._tmp)
+        remove_stale_temp_files(self._tmp)
+
+    def _marker(self) -> dict[str, Any]:
+        encryption = None
+        if self._cipher is not None:
+            encryption = {"algorithm": "AES-256-GCM", "key_id": self._cipher.key_id}
+        return {
+            "format": FORMAT_NAME,
+            "version": FORMAT_VERSION,
+            "layout": LAYOUT,
+            "encryption": encryption,
+        }
+
+    def _check_marker(self, marker: Path) -> None:
+        try:
+            found = json.loads(marker.read_bytes())
+            ok = found["format"] == FORMAT_NAME and found["layout"] == LAYOUT
+            version, encryption = found["version"], found["encryption"]
+        except (ValueError, KeyError, TypeError) as exc:
+            raise StorageError(f"{marker} is not a valid store marker: {exc}") from exc
+        if not ok or version != FORMAT_VERSION:
+            raise StorageError(f"{marker}: unsupported store format or version {version!r}")
+        if encryption is not None and self._cipher is None:
+            raise EncryptionError(
+                f"blob store {self.root} is encrypted (key id {encryption.get('key_id')}); "
+                "a key file is required"
+            )
+        if encryption is None and self._cipher is not None:
+            raise EncryptionError(f"blob store {self.root} is not encrypted, but a key was given")
+        if self._cipher is not None and encryption.get("key_id") != self._cipher.key_id:
+            raise EncryptionError(
+                f"wrong key for blob store {self.root}: key id {self._cipher.key_id}, "
+                f"the store was created with key id {encryption.get('key_id')}"
+            )
+
+    # -- the BlobStore protocol ----------------------------------------------------------
+
+    def _path(self, key: str) -> str:
+        return f"{self._root}/{key[:2]}/{key[2:4]}/{key}"
+
+    def put(self, data: bytes) -> BlobInfo:
+        """Store *data* durably and return its address; a no-op when already present."""
+        key = hashlib.sha256(data).hexdigest()
+        info = BlobInfo(key=key, size=len(data))
+        path = self._path(key)
+        try:
+            # Present with the right size: trust it (cheap); scrub checks content. A
+            # wrong size (e.g. a truncated file) is healed by rewriting.
+            if os.stat(path).st_size == len(data) + self._overhead:
+                return info
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            raise error_from_os(exc, f"checking blob {key}") from exc
+        chunks = (data,) if self._cipher is None else self._cipher.seal(key, data)
+        try:
+            write_atomically(path, chunks, self._tmp)
+        except OSError as exc:
+            raise error_from_os(exc, f"writing blob {key}") from exc
+        return info
+
+    def get(self, key: str) -> bytes:
+        """Return the blob's bytes, verified against *key*."""
+        path = self._path(check_key(key))
+        try:
+            with open(path, "rb", buffering=0) as file:
+                raw = file.readall()
+        except FileNotFoundError:
+            raise BlobNotFound(key) from None
+        except OSError as exc:
+            raise error_from_os(exc, f"reading blob {key}") from exc
+        data = raw if self._cipher is None else self._cipher.open(key, raw)
+        actual = hashlib.sha256(data).hexdigest()
+        if actual != key:
+            raise ChecksumMismatch(key, actual)
+        return data
+
+    def exists(self, key: str) -> bool:
+        """Whether a blob is stored under *key* (not verified)."""
+        return os.path.isfile(self._path(check_key(key)))
+
+    def delete(self, key: str) -> None:
+        """Remove the blob durably; :class:`BlobNotFound` when absent."""
+        path = self._path(check_key(key))
+        try:
+            os.unlink(path)
+            fsync_dir(os.path.dirname(path))
+        except FileNotFoundError:
+            raise BlobNotFound(key) from None
+        except OSError as exc:
+            raise error_from_os(exc, f"deleting blob {key}") from exc
+
+    def keys(self) -> Iterator[str]:
+        """Every stored key (sorted); temp files and strays are ignored."""
+        for first in self._subdirs(self._root):
+            for second in self._subdirs(os.path.join(self._root, first)):
+                prefix = first + second
+                directory = os.path.join(self._root, first, second)
+                try:
+                    names = sorted(os.listdir(directory))
+                except FileNotFoundError:
+                    continue
+                for name in names:
+                    if is_key(name) and name.startswith(prefix):
+                        yield name
+
+    @staticmethod
+    def _subdirs(path: str) -> list[str]:
+        try:
+            with os.scandir(path) as entries:
+                return sorted(e.name for e in entries if _is_fanout_name(e.name) and e.is_dir())
+        except FileNotFoundError:
+            return []
+
+    def scrub(self, progress: ScrubProgress | None = None) -> Iterator[ScrubFinding]:
+        """Read and verify every blob; yield a finding for each bad one."""
+        for key in self.keys():
+            finding = self._verify(key)
+            if finding is not None:
+                yield finding
+            if progress is not None:
+                progress(key)
+
+    def _verify(self, key: str) -> ScrubFinding | None:
+        try:
+            self.get(key)
+        except BlobNotFound:
+            return None  # deleted while we were scrubbing: not a fault
+        except (ChecksumMismatch, EncryptionError) as exc:
+            return ScrubFinding(key=key, problem=str(exc), kind="corrupt")
+        except StorageError as exc:
+            return ScrubFinding(key=key, problem=str(exc), kind="unreadable")
+        return None
