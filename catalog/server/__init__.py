@@ -1,0 +1,1 @@
+"""The catalog's gRPC server: servicer, interceptors (auth, audit, errors) and serving."""
