@@ -21,7 +21,10 @@ app = typer.Typer(
 def _mount() -> None:
     # Sub-apps are imported lazily so `gridpacs --help` stays fast and a missing optional
     # piece cannot break the others.
+    from node.cli import app as node_app
     from storage.cli import app as storage_app
+
+    app.add_typer(node_app, name="node", help="Run and inspect a grid node.")
 
     app.add_typer(storage_app, name="storage", help="Verify and inspect the blob store.")
 

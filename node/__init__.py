@@ -1,0 +1,1 @@
+"""One site's grid node: DICOM gateway, storage provider, anonymizer routing, local index."""

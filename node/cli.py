@@ -1,0 +1,168 @@
+"""``gridpacs node …``: serve, status, check-config."""
+
+from __future__ import annotations
+
+import json
+import signal
+import threading
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from node.config import Destination, NodeConfig, load_config
+from node.errors import ConfigError
+from node.structlog import configure_logging
+
+app = typer.Typer(no_args_is_help=True, help="Run and inspect a grid node.")
+_err = Console(stderr=True)
+
+ConfigOpt = Annotated[
+    Path | None, typer.Option("--config", "-c", help="Node TOML configuration file.")
+]
+DataDirOpt = Annotated[
+    Path | None, typer.Option("--data-dir", help="Where blobs, index and quarantine live.")
+]
+DbUrlOpt = Annotated[
+    str | None, typer.Option("--db-url", help="SQLAlchemy URL of the index (default SQLite).")
+]
+
+
+def _overrides(**values: Any) -> dict[str, Any]:
+    dicom: dict[str, Any] = {}
+    top: dict[str, Any] = {}
+    for key in ("ae_title", "host", "port"):
+        if values.get(key) is not None:
+            dicom[key] = values[key]
+    if values.get("allow_ae"):
+        dicom["allowed_calling_aes"] = values["allow_ae"]
+    if values.get("destination"):
+        dests: dict[str, Any] = {}
+        for item in values["destination"]:
+            name, sep, address = item.partition("=")
+            if not sep:
+                raise ConfigError(f"--destination {item!r}: expected AET=HOST:PORT")
+            try:
+                dests[name.strip()] = Destination.parse(address).model_dump()
+            except ValueError as exc:
+                raise ConfigError(f"--destination {item!r}: {exc}") from exc
+        dicom["destinations"] = dests
+    for key in ("data_dir", "db_url", "name"):
+        if values.get(key) is not None:
+            top[key] = str(values[key])
+    if dicom:
+        top["dicom"] = dicom
+    return top
+
+
+def _load(config: Path | None, **overrides: Any) -> NodeConfig:
+    try:
+        return load_config(config, _overrides(**overrides))
+    except ConfigError as exc:
+        _err.print(f"[red]error:[/red] {exc}", highlight=False)
+        raise typer.Exit(2) from None
+
+
+@app.command()
+def serve(
+    config: ConfigOpt = None,
+    ae_title: Annotated[str | None, typer.Option("--ae-title", help="Default GRIDPACS.")] = None,
+    host: Annotated[str | None, typer.Option("--host", help="Default 127.0.0.1.")] = None,
+    port: Annotated[int | None, typer.Option("--port", help="Default 11112.")] = None,
+    data_dir: DataDirOpt = None,
+    db_url: DbUrlOpt = None,
+    name: Annotated[str | None, typer.Option("--name", help="Node name in the grid.")] = None,
+    destination: Annotated[
+        list[str] | None,
+        typer.Option("--destination", help="C-MOVE destination AET=HOST:PORT (repeatable)."),
+    ] = None,
+    allow_ae: Annotated[
+        list[str] | None,
+        typer.Option("--allow-ae", help="Calling AE allowed to associate (repeatable)."),
+    ] = None,
+    log_level: Annotated[str, typer.Option("--log-level")] = "INFO",
+) -> None:
+    """Run the node until SIGTERM/SIGINT."""
+    cfg = _load(
+        config,
+        ae_title=ae_title,
+        host=host,
+        port=port,
+        data_dir=data_dir,
+        db_url=db_url,
+        name=name,
+        destination=destination,
+        allow_ae=allow_ae,
+    )
+    configure_logging(log_level.upper())
+    from node.app import NodeApp  # heavy imports only when serving
+
+    try:
+        node = NodeApp(cfg)
+        node.start()
+    except OSError as exc:
+        _err.print(f"[red]error:[/red] cannot start the node: {exc}", highlight=False)
+        raise typer.Exit(1) from None
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    stop.wait()
+    node.stop()
+
+
+@app.command("check-config")
+def check_config(path: Annotated[Path, typer.Argument(help="Node TOML file.")]) -> None:
+    """Validate a configuration file; exit 2 listing every problem."""
+    cfg = _load(path)
+    typer.echo(f"{path}: valid (node {cfg.name}, AE {cfg.dicom.ae_title}, port {cfg.dicom.port})")
+
+
+@app.command("print-default-config")
+def print_default_config() -> None:
+    """Print the defaults as a JSON document (every setting with its default value)."""
+    typer.echo(NodeConfig().model_dump_json(indent=2))
+
+
+@app.command()
+def status(
+    config: ConfigOpt = None,
+    data_dir: DataDirOpt = None,
+    db_url: DbUrlOpt = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+) -> None:
+    """Counts of what the node holds and where it lives."""
+    cfg = _load(config, data_dir=data_dir, db_url=db_url)
+    from node.index import open_index
+    from storage import Quarantine
+
+    index = open_index(cfg.index_url)
+    try:
+        counts = index.stats()
+    finally:
+        index.close()
+    quarantined = len(Quarantine(cfg.quarantine_dir).list()) if cfg.quarantine_dir.exists() else 0
+    report = {
+        "name": cfg.name,
+        "ae_title": cfg.dicom.ae_title,
+        "port": cfg.dicom.port,
+        "data_dir": str(cfg.data_dir.resolve()),
+        "index": _redact(cfg.index_url),
+        **counts,
+        "quarantined": quarantined,
+    }
+    if as_json:
+        typer.echo(json.dumps(report, indent=2))
+        return
+    table = Table(title=f"gridpacs node {cfg.name}", show_header=False)
+    for key, value in report.items():
+        table.add_row(key, str(value))
+    Console().print(table)
+
+
+def _redact(url: str) -> str:
+    """Hide a password in a database URL before printing it."""
+    from sqlalchemy.engine import make_url
+
+    return make_url(url).render_as_string(hide_password=True)

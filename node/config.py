@@ -1,0 +1,172 @@
+"""Typed, validated node configuration built once at start from TOML plus CLI overrides.
+
+Every setting has one home here; everything below ``node.app`` receives these objects as
+constructor arguments and never reads files or the environment itself.
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from pathlib import Path
+from typing import Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from node.errors import ConfigError
+
+_AE_RE = re.compile(r"^[\x20-\x5b\x5d-\x7e]{1,16}$")  # printable ASCII but backslash
+
+
+def _check_ae(value: str) -> str:
+    stripped = value.strip()
+    if not stripped or not _AE_RE.match(stripped):
+        raise ValueError(
+            f"{value!r} is not a valid AE title (1-16 printable ASCII characters, no backslash)"
+        )
+    return stripped
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Destination(_Strict):
+    """A DICOM peer the node may send to (C-MOVE destination, routing target)."""
+
+    host: str
+    port: Annotated[int, Field(ge=1, le=65535)]
+
+    @classmethod
+    def parse(cls, text: str) -> Destination:
+        """Parse ``HOST:PORT``."""
+        host, sep, port = text.rpartition(":")
+        if not sep or not host or not port.isdigit():
+            raise ValueError(f"{text!r} is not HOST:PORT")
+        return cls(host=host, port=int(port))
+
+
+class TlsConfig(_Strict):
+    """DICOM TLS (PS3.15 Annex B): certificate and key of the node, CA for peers."""
+
+    cert_file: Path
+    key_file: Path
+    ca_file: Path | None = None
+    require_client_cert: bool = False
+
+
+class DicomConfig(_Strict):
+    """The DICOM gateway: who we are, who may talk to us, and how much they may send."""
+
+    ae_title: str = "GRIDPACS"
+    host: str = "127.0.0.1"
+    port: Annotated[int, Field(ge=0, le=65535)] = 11112
+    allowed_calling_aes: tuple[str, ...] = ()
+    """Empty means any calling AE may associate."""
+    destinations: dict[str, Destination] = Field(default_factory=dict)
+    """Move/route destinations by AE title."""
+    max_associations: Annotated[int, Field(ge=1, le=1000)] = 32
+    max_pdu_size: Annotated[int, Field(ge=0)] = 262_144
+    """Largest P-DATA PDU we accept (0 = unlimited)."""
+    max_instance_bytes: Annotated[int, Field(ge=1024)] = 2 * 1024**3
+    network_timeout: Annotated[float, Field(gt=0)] = 60.0
+    tls: TlsConfig | None = None
+
+    @field_validator("ae_title")
+    @classmethod
+    def _ae(cls, value: str) -> str:
+        return _check_ae(value)
+
+    @field_validator("allowed_calling_aes")
+    @classmethod
+    def _aes(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        return tuple(_check_ae(v) for v in value)
+
+    @field_validator("destinations")
+    @classmethod
+    def _dest_names(cls, value: dict[str, Destination]) -> dict[str, Destination]:
+        return {_check_ae(k): v for k, v in value.items()}
+
+
+class StorageConfig(_Strict):
+    """Where blobs live and whether they are encrypted at rest."""
+
+    encryption_key_file: Path | None = None
+
+
+class NodeConfig(_Strict):
+    """The whole configuration of one node process."""
+
+    name: str = "node"
+    data_dir: Path = Path("var")
+    db_url: str | None = None
+    """SQLAlchemy URL of the local index; default SQLite under ``data_dir``."""
+    default_collection: str = "local"
+    dicom: DicomConfig = Field(default_factory=DicomConfig)
+    storage: StorageConfig = Field(default_factory=StorageConfig)
+
+    @field_validator("name", "default_collection")
+    @classmethod
+    def _slug(cls, value: str) -> str:
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}", value):
+            raise ValueError(f"{value!r}: use letters, digits, '-', '_' or '.' (max 64)")
+        return value
+
+    @property
+    def blob_dir(self) -> Path:
+        return self.data_dir / "blobs"
+
+    @property
+    def quarantine_dir(self) -> Path:
+        return self.data_dir / "quarantine"
+
+    @property
+    def index_url(self) -> str:
+        if self.db_url:
+            return self.db_url
+        return f"sqlite:///{(self.data_dir / 'index.sqlite').resolve()}"
+
+
+def _format_errors(exc: ValidationError, source: str) -> str:
+    lines = [f"invalid configuration ({source}):"]
+    for err in exc.errors():
+        path = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        lines.append(f"  {path}: {err['msg']}")
+    return "\n".join(lines)
+
+
+def _merge(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in overrides.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def load_config(path: Path | None = None, overrides: dict[str, Any] | None = None) -> NodeConfig:
+    """Build the node configuration from a TOML file (optional) and CLI overrides.
+
+    Raises :class:`ConfigError` listing every problem with its field path, so an admin
+    (or Ansible's ``validate:``) sees all mistakes at once.
+    """
+    data: dict[str, Any] = {}
+    source = "defaults"
+    if path is not None:
+        source = str(path)
+        try:
+            with open(path, "rb") as fh:
+                data = tomllib.load(fh)
+        except FileNotFoundError as exc:
+            raise ConfigError(f"configuration file not found: {path}") from exc
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{path}: not valid TOML: {exc}") from exc
+        if "data_dir" in data and not Path(data["data_dir"]).is_absolute():
+            data["data_dir"] = str(Path(path).parent / data["data_dir"])
+    if overrides:
+        data = _merge(data, overrides)
+    try:
+        return NodeConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_format_errors(exc, source)) from exc

@@ -1,0 +1,1 @@
+"""The DICOM gateway: the only package of ours that imports pynetdicom."""

@@ -1,0 +1,258 @@
+"""Thin adapters: a pynetdicom event → a call on a node service → a DIMSE status.
+
+No archive logic lives here; that is in ``node.services``. Every handler catches what it
+must so one bad request never takes down the association thread, let alone the server.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from pydicom.dataset import Dataset
+from pynetdicom import evt
+from pynetdicom.events import Event
+from pynetdicom.sop_class import (
+    PatientRootQueryRetrieveInformationModelFind,
+    PatientRootQueryRetrieveInformationModelGet,
+    PatientRootQueryRetrieveInformationModelMove,
+)
+
+from node.config import Destination
+from node.dicom import status
+from node.dicom.identifiers import to_query, to_response
+from node.dicom.scu import contexts_for
+from node.errors import IngestError, NodeError
+from node.index.errors import IndexFailure
+from node.index.records import IndexQuery, Model, StoredInstance
+from node.routing import Router
+from node.services.ingest import IngestService, StoreRequest
+from node.services.query import QueryService
+from node.services.retrieve import RetrieveService
+from node.structlog import log_event
+
+LOG = logging.getLogger("gridpacs.node.dicom")
+
+_PATIENT_ROOT = {
+    PatientRootQueryRetrieveInformationModelFind,
+    PatientRootQueryRetrieveInformationModelMove,
+    PatientRootQueryRetrieveInformationModelGet,
+}
+_QUERY_ERRORS = (NodeError, IndexFailure)
+
+
+def _model(event: Event) -> Model:
+    sop_class = str(event.request.AffectedSOPClassUID)
+    return Model.PATIENT_ROOT if sop_class in _PATIENT_ROOT else Model.STUDY_ROOT
+
+
+def _called_ae(event: Event) -> str:
+    return str(event.assoc.requestor.primitive.called_ae_title).strip()
+
+
+def _calling_ae(event: Event) -> str:
+    return str(event.assoc.requestor.ae_title).strip()
+
+
+@dataclass
+class Gateway:
+    """The node's DICOM behaviour, bound to pynetdicom events by :meth:`handlers`."""
+
+    ae_title: str
+    router: Router
+    ingest: IngestService
+    query: QueryService
+    retrieve: RetrieveService
+    destinations: dict[str, Destination]
+
+    def handlers(self) -> list[tuple[Any, Any]]:
+        return [
+            (evt.EVT_REQUESTED, self.on_requested),
+            (evt.EVT_C_ECHO, self.on_echo),
+            (evt.EVT_C_STORE, self.on_store),
+            (evt.EVT_C_FIND, self.on_find),
+            (evt.EVT_C_MOVE, self.on_move),
+            (evt.EVT_C_GET, self.on_get),
+        ]
+
+    # -- association ---------------------------------------------------------------------
+    def on_requested(self, event: Event) -> None:
+        """Reject associations addressed to an AE title this node does not serve."""
+        called = _called_ae(event)
+        if called not in self.router.ae_titles:
+            log_event(
+                LOG,
+                "association_rejected",
+                level=logging.WARNING,
+                calling_ae=_calling_ae(event),
+                called_ae=called,
+                reason="called AE title not recognised",
+            )
+            # permanent rejection, service-user, called-AE-title-not-recognized
+            event.assoc.acse.send_reject(0x01, 0x01, 0x07)
+
+    def on_echo(self, event: Event) -> int:
+        log_event(LOG, "c_echo", calling_ae=_calling_ae(event), status="0x0000")
+        return status.SUCCESS
+
+    # -- storage -------------------------------------------------------------------------
+    def on_store(self, event: Event) -> int | Dataset:
+        started = time.perf_counter()
+        req = event.request
+        called = _called_ae(event)
+        calling = _calling_ae(event)
+        route = self.router.route_for(called)
+        request = StoreRequest(
+            data=event.encoded_dataset(include_meta=True),
+            calling_ae=calling,
+            called_ae=called,
+            affected_sop_class_uid=str(req.AffectedSOPClassUID),
+            affected_sop_instance_uid=str(req.AffectedSOPInstanceUID),
+        )
+        result: int | Dataset
+        try:
+            if route is None:  # cannot happen after on_requested, but never store unrouted
+                raise IngestError(f"no route for called AE {called!r}")
+            self.ingest.store(request, collection=route.collection, transform=route.transform)
+            result, code = status.SUCCESS, status.SUCCESS
+        except Exception as exc:
+            if not isinstance(exc, NodeError):
+                LOG.exception("unexpected failure storing %s", request.affected_sop_instance_uid)
+            result = status.store_failure(exc)
+            code = int(result.Status)
+        log_event(
+            LOG,
+            "c_store",
+            calling_ae=calling,
+            called_ae=called,
+            sop_instance_uid=request.affected_sop_instance_uid,
+            status=f"0x{code:04X}",
+            ms=round((time.perf_counter() - started) * 1000, 2),
+        )
+        return result
+
+    # -- query ---------------------------------------------------------------------------
+    def on_find(self, event: Event) -> Iterator[tuple[int | Dataset, Dataset | None]]:
+        started = time.perf_counter()
+        matches = 0
+        final: int | Dataset = status.SUCCESS
+        try:
+            query = to_query(event.identifier, _model(event))
+            for match in self.query.find(query):
+                if event.is_cancelled:
+                    final = status.CANCELLED
+                    break
+                matches += 1
+                yield status.PENDING, to_response(match, query, self.ae_title)
+        except _QUERY_ERRORS as exc:
+            final = status.query_failure(exc)
+        except Exception as exc:
+            LOG.exception("unexpected C-FIND failure")
+            final = status.query_failure(exc)
+        code = final if isinstance(final, int) else int(final.Status)
+        log_event(
+            LOG,
+            "c_find",
+            calling_ae=_calling_ae(event),
+            matches=matches,
+            status=f"0x{code:04X}",
+            ms=round((time.perf_counter() - started) * 1000, 2),
+        )
+        yield final, None
+
+    # -- retrieve ------------------------------------------------------------------------
+    def _plan(self, event: Event) -> tuple[IndexQuery, list[StoredInstance]]:
+        query = to_query(event.identifier, _model(event))
+        return query, self.retrieve.plan(query)
+
+    def on_move(self, event: Event) -> Iterator[Any]:
+        destination_ae = str(event.move_destination or "").strip()
+        destination = self.destinations.get(destination_ae)
+        if destination is None:
+            log_event(
+                LOG,
+                "c_move",
+                level=logging.WARNING,
+                calling_ae=_calling_ae(event),
+                destination=destination_ae,
+                status=f"0x{status.MOVE_UNKNOWN_DESTINATION:04X}",
+                reason="unknown move destination",
+            )
+            yield None, None
+            return
+        try:
+            _, planned = self._plan(event)
+        except Exception as exc:
+            # pynetdicom only sends a final status after the destination and a count.
+            yield destination.host, destination.port, None
+            yield from self._refuse_retrieve(event, exc, destination_ae)
+            return
+        yield destination.host, destination.port, {"contexts": contexts_for(planned)}
+        yield len(planned)
+        yield from self._suboperations(event, planned, destination_ae)
+
+    def on_get(self, event: Event) -> Iterator[Any]:
+        try:
+            _, planned = self._plan(event)
+        except Exception as exc:
+            yield from self._refuse_retrieve(event, exc, "(C-GET)")
+            return
+        yield len(planned)
+        yield from self._suboperations(event, planned, "(C-GET)")
+
+    def _refuse_retrieve(self, event: Event, exc: Exception, destination: str) -> Iterator[Any]:
+        failure = status.query_failure(exc)
+        log_event(
+            LOG,
+            "retrieve_refused",
+            level=logging.WARNING,
+            calling_ae=_calling_ae(event),
+            destination=destination,
+            status=f"0x{int(failure.Status):04X}",
+            reason=str(exc),
+        )
+        yield 1
+        yield failure, None
+
+    def _suboperations(
+        self, event: Event, planned: list[StoredInstance], destination: str
+    ) -> Iterator[Any]:
+        started = time.perf_counter()
+        failed = 0
+        for inst in planned:
+            if event.is_cancelled:
+                yield status.CANCELLED, None
+                return
+            try:
+                dataset = self.retrieve.load(inst)
+            except Exception as exc:
+                failed += 1
+                log_event(
+                    LOG,
+                    "suboperation_failed",
+                    level=logging.ERROR,
+                    sop_instance_uid=inst.sop_instance_uid,
+                    reason=str(exc),
+                )
+                yield status.PENDING, _Unloadable(inst.sop_instance_uid)
+                continue
+            yield status.PENDING, dataset
+        log_event(
+            LOG,
+            "retrieve",
+            calling_ae=_calling_ae(event),
+            destination=destination,
+            instances=len(planned),
+            unreadable=failed,
+            ms=round((time.perf_counter() - started) * 1000, 2),
+        )
+
+
+class _Unloadable:
+    """A truthy non-Dataset: pynetdicom counts it as a failed sub-operation."""
+
+    def __init__(self, sop_instance_uid: str) -> None:
+        self.SOPInstanceUID = sop_instance_uid

@@ -1,0 +1,64 @@
+"""The node as an SCU: socket options and presentation contexts for outgoing associations."""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+from collections.abc import Iterable
+from typing import Any
+
+from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
+from pynetdicom import build_context
+from pynetdicom.presentation import PresentationContext
+from pynetdicom.transport import AssociationSocket
+
+from node.index.records import StoredInstance
+
+MAX_REQUESTED_CONTEXTS = 128
+_nodelay_installed = False
+
+
+def set_nodelay(sock: socket.socket) -> None:
+    """Disable Nagle: DICOM request/response turns otherwise wait for delayed ACKs (~40-90 ms)."""
+    with contextlib.suppress(OSError):  # not a TCP socket (e.g. a socketpair in tests)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+
+def install_nodelay_for_outgoing() -> None:
+    """Make every association this process opens set TCP_NODELAY (called once at start-up).
+
+    pynetdicom creates requestor sockets internally and offers no option for socket flags,
+    so its socket factory is wrapped here — the one place the node changes pynetdicom.
+    """
+    global _nodelay_installed
+    if _nodelay_installed:
+        return
+    original = AssociationSocket._create_socket
+
+    def _create_socket(self: AssociationSocket, address: Any) -> socket.socket:
+        sock = original(self, address)
+        set_nodelay(sock)
+        return sock
+
+    AssociationSocket._create_socket = _create_socket  # type: ignore[method-assign]
+    _nodelay_installed = True
+
+
+def contexts_for(instances: Iterable[StoredInstance]) -> list[PresentationContext]:
+    """Presentation contexts to send ``instances`` as stored.
+
+    Per SOP class: one context for each stored transfer syntax (so compressed bytes go as
+    they are, since each context carries exactly one accepted syntax) and one uncompressed
+    context (Explicit, Implicit VR Little Endian) that pynetdicom can re-encode into.
+    """
+    stored: dict[str, list[str]] = {}
+    for inst in instances:
+        ts_list = stored.setdefault(inst.sop_class_uid, [])
+        if inst.transfer_syntax_uid and inst.transfer_syntax_uid not in ts_list:
+            ts_list.append(inst.transfer_syntax_uid)
+    uncompressed = [ExplicitVRLittleEndian, ImplicitVRLittleEndian]
+    contexts = []
+    for sop_class, ts_list in stored.items():
+        contexts.extend(build_context(sop_class, ts) for ts in ts_list if ts not in uncompressed)
+        contexts.append(build_context(sop_class, uncompressed))
+    return contexts[:MAX_REQUESTED_CONTEXTS]

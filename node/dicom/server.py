@@ -1,0 +1,121 @@
+"""The DICOM listener: AE set-up, presentation contexts, socket options, start and stop."""
+
+from __future__ import annotations
+
+import socket
+import ssl
+import threading
+from typing import Any
+
+from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, _config
+from pynetdicom.sop_class import (
+    PatientRootQueryRetrieveInformationModelFind,
+    PatientRootQueryRetrieveInformationModelGet,
+    PatientRootQueryRetrieveInformationModelMove,
+    StudyRootQueryRetrieveInformationModelFind,
+    StudyRootQueryRetrieveInformationModelGet,
+    StudyRootQueryRetrieveInformationModelMove,
+    Verification,
+)
+from pynetdicom.transport import ThreadedAssociationServer
+
+from node.config import DicomConfig
+from node.dicom.handlers import Gateway
+from node.dicom.scu import install_nodelay_for_outgoing, set_nodelay
+
+_QR_CONTEXTS = (
+    PatientRootQueryRetrieveInformationModelFind,
+    PatientRootQueryRetrieveInformationModelMove,
+    PatientRootQueryRetrieveInformationModelGet,
+    StudyRootQueryRetrieveInformationModelFind,
+    StudyRootQueryRetrieveInformationModelMove,
+    StudyRootQueryRetrieveInformationModelGet,
+)
+
+
+class NoDelayAssociationServer(ThreadedAssociationServer):
+    """pynetdicom's threaded server with TCP_NODELAY on every accepted socket."""
+
+    def get_request(self) -> tuple[socket.socket, Any]:
+        assert self.socket is not None
+        client_socket, address = self.socket.accept()
+        set_nodelay(client_socket)
+        if self.ssl_context:
+            client_socket = self.ssl_context.wrap_socket(client_socket, server_side=True)
+        return client_socket, address
+
+
+def configure_pynetdicom() -> None:
+    """The one place pynetdicom's process-wide switches are set (called by node.app)."""
+    _config.LOG_REQUEST_IDENTIFIERS = False  # identifiers carry PHI: never in the logs
+    _config.LOG_RESPONSE_IDENTIFIERS = False
+    _config.UNRESTRICTED_STORAGE_SERVICE = False
+    install_nodelay_for_outgoing()
+
+
+def _tls_context(config: DicomConfig) -> ssl.SSLContext | None:
+    if config.tls is None:
+        return None
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.load_cert_chain(str(config.tls.cert_file), str(config.tls.key_file))
+    if config.tls.ca_file is not None:
+        ctx.load_verify_locations(str(config.tls.ca_file))
+    ctx.verify_mode = ssl.CERT_REQUIRED if config.tls.require_client_cert else ssl.CERT_OPTIONAL
+    return ctx
+
+
+def build_ae(config: DicomConfig) -> AE:
+    """An AE that accepts verification, every storage SOP class and Q/R FIND/MOVE/GET."""
+    ae = AE(ae_title=config.ae_title)
+    ae.maximum_associations = config.max_associations
+    ae.maximum_pdu_size = config.max_pdu_size
+    ae.network_timeout = config.network_timeout
+    ae.acse_timeout = 30
+    ae.dimse_timeout = config.network_timeout
+    ae.require_calling_aet = list(config.allowed_calling_aes)
+    ae.require_called_aet = False  # checked against every routed AE title in on_requested
+    ae.add_supported_context(Verification, ALL_TRANSFER_SYNTAXES)
+    for cx in AllStoragePresentationContexts:
+        ae.add_supported_context(
+            cx.abstract_syntax, ALL_TRANSFER_SYNTAXES, scp_role=True, scu_role=False
+        )
+    for sop_class in _QR_CONTEXTS:
+        ae.add_supported_context(sop_class, ALL_TRANSFER_SYNTAXES)
+    # outgoing C-MOVE sub-associations request contexts built per move (scu.contexts_for)
+    return ae
+
+
+class DicomServer:
+    """Owns the listening socket and its association threads."""
+
+    def __init__(self, config: DicomConfig, gateway: Gateway) -> None:
+        self._config = config
+        self._gateway = gateway
+        self._ae = build_ae(config)
+        self._server: NoDelayAssociationServer | None = None
+
+    @property
+    def port(self) -> int:
+        """The bound port (useful when configured with port 0)."""
+        if self._server is None:
+            raise RuntimeError("server not started")
+        return int(self._server.server_address[1])
+
+    def start(self) -> None:
+        server = self._ae.make_server(
+            (self._config.host, self._config.port),
+            ssl_context=_tls_context(self._config),
+            evt_handlers=self._gateway.handlers(),
+            server_class=NoDelayAssociationServer,
+        )
+        self._ae._servers.append(server)
+        self._server = server
+
+        threading.Thread(target=server.serve_forever, name="dicom-acceptor", daemon=True).start()
+
+    def stop(self) -> None:
+        """Stop accepting, then close live associations."""
+        if self._server is not None:
+            self._server.shutdown()
+            self._server = None
+        self._ae.shutdown()

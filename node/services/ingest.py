@@ -1,0 +1,260 @@
+"""Receive one instance: check it, make it durable, index it — in that order.
+
+The order is the durability contract of the node (Orthanc's store path, ARCHITECTURE.md):
+bytes are fsynced by the blob store, then the index row and its outbox row commit in one
+transaction, and only then does the caller acknowledge. Refused bytes are quarantined with
+the reason so nothing a modality sent disappears silently.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Protocol
+
+from pydicom.dataset import Dataset
+from pydicom.multival import MultiValue
+
+from node.errors import (
+    ArchiveUnavailable,
+    ConflictingInstance,
+    IngestError,
+    InstanceTooLarge,
+    MissingAttribute,
+    SopClassMismatch,
+    UndecodableDataset,
+)
+from node.index.errors import IndexUnavailable, RecordConflict
+from node.index.records import LEVEL_KEYS, AddOutcome, InstanceRecord
+from node.services.dataset_check import read_complete
+from node.structlog import log_event
+
+LOG = logging.getLogger("gridpacs.node.ingest")
+
+_UID_RE = re.compile(r"^[0-9]+(\.[0-9]+)*$")
+_COMPUTED = {"ModalitiesInStudy"}
+_RECORDED_KEYS = tuple(
+    kw
+    for keys in LEVEL_KEYS.values()
+    for kw in keys
+    if not kw.startswith("NumberOf") and kw not in _COMPUTED
+)
+# PS3.5 maximum lengths of the string VRs we index; longer values are refused, not truncated.
+_MAX_LEN = {
+    "AE": 16,
+    "AS": 4,
+    "CS": 16,
+    "DA": 8,
+    "DS": 16,
+    "IS": 12,
+    "LO": 64,
+    "PN": 324,
+    "SH": 16,
+    "TM": 16,
+    "UI": 64,
+    "DT": 26,
+}
+
+
+class BlobWriter(Protocol):
+    """What ingest needs of the storage provider."""
+
+    def put(self, data: bytes) -> Any: ...
+
+
+class InstanceIndex(Protocol):
+    """What ingest needs of the local index."""
+
+    def add_instance(self, record: InstanceRecord) -> AddOutcome: ...
+
+
+class QuarantineArea(Protocol):
+    """Where refused bytes go, with the reason."""
+
+    def put(self, data: bytes, reason: str, context: dict[str, str]) -> Any: ...
+
+
+@dataclass(frozen=True, slots=True)
+class StoreRequest:
+    """One C-STORE as the gateway saw it."""
+
+    data: bytes
+    """Part 10 bytes (preamble, file meta, dataset) exactly as received."""
+    calling_ae: str
+    called_ae: str
+    affected_sop_class_uid: str
+    affected_sop_instance_uid: str
+
+
+@dataclass(frozen=True, slots=True)
+class StoreResult:
+    """The outcome of a successful store (failures are :class:`IngestError`)."""
+
+    outcome: AddOutcome
+    sop_instance_uid: str
+    study_instance_uid: str
+    collection: str
+
+
+Transform = Callable[[bytes, Dataset], tuple[bytes, Dataset]]
+"""A rewrite applied before storing (e.g. de-identification); returns new bytes + dataset."""
+
+
+class IngestService:
+    """Turns received bytes into a durable, indexed instance."""
+
+    def __init__(
+        self,
+        store: BlobWriter,
+        index: InstanceIndex,
+        quarantine: QuarantineArea,
+        *,
+        max_instance_bytes: int,
+    ) -> None:
+        self._store = store
+        self._index = index
+        self._quarantine = quarantine
+        self._max_bytes = max_instance_bytes
+
+    def store(
+        self,
+        request: StoreRequest,
+        *,
+        collection: str,
+        transform: Transform | None = None,
+    ) -> StoreResult:
+        """Check, persist and index ``request``; raise :class:`IngestError` when refused."""
+        started = time.perf_counter()
+        try:
+            data, ds = self._checked(request)
+            if transform is not None:
+                data, ds = transform(data, ds)
+            record = _record_from(ds, data, self._store.put(data), collection, request)
+        except IngestError as exc:
+            self._quarantine_bytes(request, exc)
+            raise
+        except OSError as exc:
+            raise ArchiveUnavailable(f"storage failed: {exc}") from exc
+        try:
+            outcome = self._index.add_instance(record)
+        except RecordConflict as exc:
+            conflict = ConflictingInstance(f"conflicts with stored data: {exc}")
+            self._quarantine_bytes(request, conflict)
+            raise conflict from exc
+        except IndexUnavailable as exc:
+            raise ArchiveUnavailable(f"index unavailable: {exc}") from exc
+        log_event(
+            LOG,
+            "instance_stored",
+            sop_instance_uid=record.sop_instance_uid,
+            outcome=outcome.value,
+            collection=collection,
+            bytes=record.size,
+            ms=round((time.perf_counter() - started) * 1000, 2),
+        )
+        return StoreResult(outcome, record.sop_instance_uid, record.study_instance_uid, collection)
+
+    def _checked(self, request: StoreRequest) -> tuple[bytes, Dataset]:
+        if len(request.data) > self._max_bytes:
+            raise InstanceTooLarge(
+                f"instance of {len(request.data)} bytes exceeds the limit of {self._max_bytes}"
+            )
+        ds = read_complete(request.data)
+        for keyword in ("SOPInstanceUID", "SOPClassUID", "StudyInstanceUID", "SeriesInstanceUID"):
+            value = _text(ds, keyword)
+            if not value:
+                raise MissingAttribute(f"{keyword} is missing or empty")
+            if len(value) > 64 or not _UID_RE.match(value):
+                raise UndecodableDataset(f"{keyword} {value[:80]!r} is not a valid UID")
+        if _text(ds, "SOPClassUID") != request.affected_sop_class_uid.strip():
+            raise SopClassMismatch(
+                f"dataset SOPClassUID {_text(ds, 'SOPClassUID')} does not match the request's "
+                f"Affected SOP Class UID {request.affected_sop_class_uid}"
+            )
+        if _text(ds, "SOPInstanceUID") != request.affected_sop_instance_uid.strip():
+            raise SopClassMismatch(
+                f"dataset SOPInstanceUID {_text(ds, 'SOPInstanceUID')} does not match the "
+                f"request's Affected SOP Instance UID {request.affected_sop_instance_uid}"
+            )
+        return request.data, ds
+
+    def _quarantine_bytes(self, request: StoreRequest, exc: IngestError) -> None:
+        where = self._quarantine.put(
+            request.data,
+            exc.reason,
+            {
+                "calling_ae": request.calling_ae,
+                "called_ae": request.called_ae,
+                "affected_sop_class_uid": request.affected_sop_class_uid,
+                "affected_sop_instance_uid": request.affected_sop_instance_uid,
+                "error": type(exc).__name__,
+            },
+        )
+        log_event(
+            LOG,
+            "instance_quarantined",
+            level=logging.WARNING,
+            calling_ae=request.calling_ae,
+            sop_instance_uid=request.affected_sop_instance_uid,
+            reason=exc.reason,
+            path=str(where),
+        )
+
+
+def _text(ds: Dataset, keyword: str) -> str:
+    value = ds.get(keyword)
+    if value is None:
+        return ""
+    return str(value).strip().rstrip("\x00")
+
+
+def _value(ds: Dataset, keyword: str) -> str | int | None:
+    """The index form of one attribute: int for integer VRs, decoded text otherwise."""
+    if keyword not in ds:
+        return None
+    elem = ds[keyword]
+    value = elem.value
+    if value is None or value == "":
+        return None
+    values = list(value) if isinstance(value, MultiValue) else [value]
+    if elem.VR in ("IS", "US", "UL", "SS", "SL"):
+        try:
+            return int(values[0])
+        except (TypeError, ValueError):
+            return None
+    texts = [str(v) for v in values]
+    limit = _MAX_LEN.get(str(elem.VR))
+    if limit is not None and any(len(t) > limit for t in texts):
+        raise UndecodableDataset(
+            f"{keyword} has a value longer than VR {elem.VR} allows ({limit} characters)"
+        )
+    return "\\".join(texts)
+
+
+def _record_from(
+    ds: Dataset, data: bytes, blob: Any, collection: str, request: StoreRequest
+) -> InstanceRecord:
+    try:
+        attributes = {kw: _value(ds, kw) for kw in _RECORDED_KEYS}
+    except IngestError:
+        raise
+    except Exception as exc:  # a value pydicom cannot convert (bad charset, bad number)
+        raise UndecodableDataset(f"attribute cannot be decoded: {exc}") from exc
+    return InstanceRecord(
+        sop_instance_uid=_text(ds, "SOPInstanceUID"),
+        sop_class_uid=_text(ds, "SOPClassUID"),
+        study_instance_uid=_text(ds, "StudyInstanceUID"),
+        series_instance_uid=_text(ds, "SeriesInstanceUID"),
+        patient_id=_text(ds, "PatientID"),
+        transfer_syntax_uid=str(ds.file_meta.get("TransferSyntaxUID", "")),
+        blob_key=blob.key,
+        size=blob.size,
+        collection=collection,
+        attributes=attributes,
+        received_at=datetime.now(UTC),
+        calling_ae=request.calling_ae,
+    )
