@@ -1,0 +1,299 @@
+"""Read paths: the change log served to peers, grid-wide queries and instance location.
+
+All of them stream: rows are fetched in pages (``yield_per``) and consecutive rows of the
+same UID are merged into one match with several holders, so memory stays bounded by the
+page size whatever the result size.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
+from typing import Any, TypeVar
+
+from sqlalchemy import Connection, Row, Select, select
+
+from catalog.db.filters import (
+    Scope,
+    instance_level_where,
+    series_level_where,
+    study_level_where,
+)
+from catalog.db.models import ChangeRow, InstanceRow, NodeRow, SeriesRow, StudyRow
+from catalog.records import (
+    Change,
+    ChangeKind,
+    Holder,
+    InstanceLocation,
+    InstanceMatch,
+    InstanceRecord,
+    QueryFilter,
+    SeriesMatch,
+    StudyMatch,
+)
+
+PAGE = 500
+T = TypeVar("T")
+
+
+def as_utc(value: datetime | None) -> datetime | None:
+    """SQLite returns naive datetimes: they were stored as UTC."""
+    if value is None or value.tzinfo is not None:
+        return value
+    return value.replace(tzinfo=UTC)
+
+
+def pull_changes(conn: Connection, origin: str, after_seq: int, limit: int) -> Iterator[Change]:
+    """The origin's logged changes after ``after_seq``, in seq order, at most ``limit``.
+
+    An ADDED entry whose instance row was since rewritten by a later seq (or deleted) is
+    served as SUPERSEDED: the later change carries the state.
+    """
+    stmt = (
+        select(
+            ChangeRow.seq,
+            ChangeRow.kind,
+            ChangeRow.collection.label("log_collection"),
+            ChangeRow.sop_instance_uid.label("log_uid"),
+            InstanceRow.id.label("instance_id"),
+            InstanceRow.sop_instance_uid,
+            InstanceRow.sop_class_uid,
+            InstanceRow.transfer_syntax_uid,
+            InstanceRow.blob_key,
+            InstanceRow.size,
+            InstanceRow.collection,
+            InstanceRow.received_at,
+            InstanceRow.calling_ae,
+            InstanceRow.attributes.label("instance_attributes"),
+            SeriesRow.series_instance_uid,
+            SeriesRow.attributes.label("series_attributes"),
+            StudyRow.study_instance_uid,
+            StudyRow.patient_id,
+            StudyRow.attributes.label("study_attributes"),
+        )
+        .select_from(ChangeRow)
+        .outerjoin(
+            InstanceRow,
+            (InstanceRow.origin == ChangeRow.origin)
+            & (InstanceRow.collection == ChangeRow.collection)
+            & (InstanceRow.sop_instance_uid == ChangeRow.sop_instance_uid)
+            & (InstanceRow.seq == ChangeRow.seq),
+        )
+        .outerjoin(SeriesRow, SeriesRow.id == InstanceRow.series_id)
+        .outerjoin(StudyRow, StudyRow.id == SeriesRow.study_id)
+        .where(ChangeRow.origin == origin, ChangeRow.seq > after_seq)
+        .order_by(ChangeRow.seq)
+        .limit(limit)
+    )
+    for row in conn.execution_options(yield_per=PAGE).execute(stmt):
+        yield _change_from_row(row)
+
+
+def _change_from_row(row: Row[Any]) -> Change:
+    kind = ChangeKind(row.kind)
+    if kind is ChangeKind.INSTANCE_DELETED:
+        return Change(
+            seq=row.seq,
+            kind=kind,
+            record=InstanceRecord(
+                sop_instance_uid=row.log_uid,
+                sop_class_uid="",
+                study_instance_uid="",
+                series_instance_uid="",
+                patient_id="",
+                transfer_syntax_uid="",
+                blob_key="",
+                size=0,
+                collection=row.log_collection,
+            ),
+        )
+    if kind is ChangeKind.SUPERSEDED or row.instance_id is None:
+        return Change(seq=row.seq, kind=ChangeKind.SUPERSEDED, record=None)
+    attributes = {**row.study_attributes, **row.series_attributes, **row.instance_attributes}
+    record = InstanceRecord(
+        sop_instance_uid=row.sop_instance_uid,
+        sop_class_uid=row.sop_class_uid,
+        study_instance_uid=row.study_instance_uid,
+        series_instance_uid=row.series_instance_uid,
+        patient_id=row.patient_id,
+        transfer_syntax_uid=row.transfer_syntax_uid,
+        blob_key=row.blob_key,
+        size=row.size,
+        collection=row.collection,
+        attributes=attributes,
+        received_at=as_utc(row.received_at),
+        calling_ae=row.calling_ae,
+    )
+    return Change(seq=row.seq, kind=kind, record=record)
+
+
+def _merged(
+    rows: Iterator[Row[Any]],
+    key: Callable[[Row[Any]], str],
+    build: Callable[[list[Row[Any]]], T],
+    limit: int,
+) -> Iterator[T]:
+    """Group consecutive rows with the same key (one per holder) into one match."""
+    group: list[Row[Any]] = []
+    emitted = 0
+    for row in rows:
+        if group and key(group[0]) != key(row):
+            yield build(group)
+            emitted += 1
+            if limit and emitted >= limit:
+                return
+            group = []
+        group.append(row)
+    if group:
+        yield build(group)
+
+
+def _holders(rows: list[Row[Any]]) -> tuple[Holder, ...]:
+    seen: dict[tuple[str, str], Holder] = {}
+    for row in rows:
+        seen.setdefault(
+            (row.origin, row.collection),
+            Holder(node=row.origin, ae_title=row.ae_title or "", collection=row.collection),
+        )
+    return tuple(seen.values())
+
+
+def _stream(conn: Connection, stmt: Select[Any]) -> Iterator[Row[Any]]:
+    yield from conn.execution_options(yield_per=PAGE).execute(stmt)
+
+
+def query_studies(conn: Connection, query: QueryFilter, scope: Scope) -> Iterator[StudyMatch]:
+    stmt = (
+        select(*StudyRow.__table__.c, NodeRow.ae_title)
+        .outerjoin(NodeRow, NodeRow.name == StudyRow.origin)
+        .where(study_level_where(query, scope))
+        .order_by(StudyRow.study_instance_uid, StudyRow.origin, StudyRow.collection)
+    )
+
+    def build(rows: list[Row[Any]]) -> StudyMatch:
+        first = rows[0]
+        modalities: set[str] = set()
+        for row in rows:
+            modalities.update(m for m in row.modalities.split("\\") if m)
+        return StudyMatch(
+            study_instance_uid=first.study_instance_uid,
+            attributes=dict(first.attributes),
+            modalities_in_study=tuple(sorted(modalities)),
+            number_of_series=max(r.number_of_series for r in rows),
+            number_of_instances=max(r.number_of_instances for r in rows),
+            holders=_holders(rows),
+        )
+
+    return _merged(_stream(conn, stmt), lambda r: r.study_instance_uid, build, query.limit)
+
+
+def query_series(conn: Connection, query: QueryFilter, scope: Scope) -> Iterator[SeriesMatch]:
+    stmt = (
+        select(
+            SeriesRow.series_instance_uid,
+            SeriesRow.attributes,
+            SeriesRow.number_of_instances,
+            StudyRow.study_instance_uid,
+            StudyRow.patient_id,
+            StudyRow.patient_name,
+            StudyRow.origin,
+            StudyRow.collection,
+            NodeRow.ae_title,
+        )
+        .join(StudyRow, StudyRow.id == SeriesRow.study_id)
+        .outerjoin(NodeRow, NodeRow.name == StudyRow.origin)
+        .where(series_level_where(query, scope))
+        .order_by(SeriesRow.series_instance_uid, StudyRow.origin, StudyRow.collection)
+    )
+
+    def build(rows: list[Row[Any]]) -> SeriesMatch:
+        first = rows[0]
+        attributes = dict(first.attributes)
+        attributes.update(PatientID=first.patient_id, PatientName=first.patient_name)
+        return SeriesMatch(
+            study_instance_uid=first.study_instance_uid,
+            series_instance_uid=first.series_instance_uid,
+            attributes=attributes,
+            number_of_instances=max(r.number_of_instances for r in rows),
+            holders=_holders(rows),
+        )
+
+    return _merged(_stream(conn, stmt), lambda r: r.series_instance_uid, build, query.limit)
+
+
+def _instance_select(where: Any) -> Select[Any]:
+    return (
+        select(
+            InstanceRow.sop_instance_uid,
+            InstanceRow.sop_class_uid,
+            InstanceRow.transfer_syntax_uid,
+            InstanceRow.size,
+            InstanceRow.attributes,
+            InstanceRow.origin,
+            InstanceRow.collection,
+            SeriesRow.series_instance_uid,
+            StudyRow.study_instance_uid,
+            NodeRow.ae_title,
+            NodeRow.peer_address,
+        )
+        .join(SeriesRow, SeriesRow.id == InstanceRow.series_id)
+        .join(StudyRow, StudyRow.id == SeriesRow.study_id)
+        .outerjoin(NodeRow, NodeRow.name == InstanceRow.origin)
+        .where(where)
+        .order_by(
+            StudyRow.study_instance_uid,
+            SeriesRow.series_instance_uid,
+            InstanceRow.sop_instance_uid,
+            InstanceRow.origin,
+            InstanceRow.collection,
+        )
+    )
+
+
+def query_instances(conn: Connection, query: QueryFilter, scope: Scope) -> Iterator[InstanceMatch]:
+    stmt = _instance_select(instance_level_where(query, scope))
+
+    def build(rows: list[Row[Any]]) -> InstanceMatch:
+        first = rows[0]
+        return InstanceMatch(
+            study_instance_uid=first.study_instance_uid,
+            series_instance_uid=first.series_instance_uid,
+            sop_instance_uid=first.sop_instance_uid,
+            sop_class_uid=first.sop_class_uid,
+            attributes=dict(first.attributes),
+            holders=_holders(rows),
+        )
+
+    return _merged(_stream(conn, stmt), lambda r: r.sop_instance_uid, build, query.limit)
+
+
+def locate_instances(
+    conn: Connection, query: QueryFilter, scope: Scope
+) -> Iterator[InstanceLocation]:
+    """Every holder of every instance selected by study / series / instance UIDs."""
+    where = instance_level_where(
+        QueryFilter(
+            study_instance_uids=query.study_instance_uids,
+            series_instance_uids=query.series_instance_uids,
+            sop_instance_uids=query.sop_instance_uids,
+            collections=query.collections,
+        ),
+        scope,
+    )
+
+    def build(rows: list[Row[Any]]) -> InstanceLocation:
+        first = rows[0]
+        holders = _holders(rows)
+        peers = {(r.origin, r.collection): r.peer_address or "" for r in rows}
+        return InstanceLocation(
+            study_instance_uid=first.study_instance_uid,
+            series_instance_uid=first.series_instance_uid,
+            sop_instance_uid=first.sop_instance_uid,
+            sop_class_uid=first.sop_class_uid,
+            transfer_syntax_uid=first.transfer_syntax_uid,
+            size=first.size,
+            holders=holders,
+            peer_addresses=tuple(peers[(h.node, h.collection)] for h in holders),
+        )
+
+    return _merged(_stream(conn, _instance_select(where)), lambda r: r.sop_instance_uid, build, 0)
