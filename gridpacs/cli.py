@@ -27,6 +27,11 @@ def _mount() -> None:
     app.add_typer(node_app, name="node", help="Run and inspect a grid node.")
 
     app.add_typer(storage_app, name="storage", help="Verify and inspect the blob store.")
+    from catalog.security.cli import audit_app, pki_app, token_app
+
+    app.add_typer(pki_app, name="pki", help="The grid CA and host certificates.")
+    app.add_typer(token_app, name="token", help="Researchers' API tokens.")
+    app.add_typer(audit_app, name="audit", help="Read and verify the audit log.")
 
 
 def main() -> None:

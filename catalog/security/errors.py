@@ -48,6 +48,10 @@ class TokenNotFound(TokenError):
     """An administrative operation named a token id that does not exist."""
 
 
+class TokenStoreUnavailable(TokenError):
+    """The token database could not be reached or read."""
+
+
 class PepperError(TokenError):
     """The server-side pepper file is missing, unreadable, too short or too open."""
 

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import sqlalchemy as sa
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from catalog.security.errors import (
@@ -32,6 +33,7 @@ from catalog.security.errors import (
     TokenExpired,
     TokenNotFound,
     TokenRevoked,
+    TokenStoreUnavailable,
 )
 from catalog.security.models import ApiToken, TokenGrant
 from catalog.security.principal import ALL_COLLECTIONS, Principal, PrincipalKind, Role
@@ -200,13 +202,15 @@ class TokenStore:
         match = _TOKEN_RE.match(token.strip())
         if not match:
             raise InvalidToken("malformed token")
-        with Session(self._engine) as session:
-            row = session.get(ApiToken, match.group(1))
-            stored = row.secret_hash if row is not None else _DUMMY_HASH
-            ok = hmac.compare_digest(self._hash(token.strip()), stored)
-            if row is None or not ok:
-                raise InvalidToken("unknown token or wrong secret")
-            info = _info(row)
+        try:
+            with Session(self._engine) as session:
+                row = session.get(ApiToken, match.group(1))
+                stored = row.secret_hash if row is not None else _DUMMY_HASH
+                info = _info(row) if row is not None else None
+        except SQLAlchemyError as exc:
+            raise TokenStoreUnavailable(f"cannot read tokens: {exc}") from exc
+        if not hmac.compare_digest(self._hash(token.strip()), stored) or info is None:
+            raise InvalidToken("unknown token or wrong secret")
         if info.revoked_at is not None:
             raise TokenRevoked(f"token {info.id} was revoked")
         if info.expires_at is not None and info.expires_at <= dt.datetime.now(dt.UTC):

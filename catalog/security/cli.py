@@ -1,0 +1,367 @@
+"""``gridpacs pki``, ``gridpacs token`` and ``gridpacs audit``: the operator's commands.
+
+The boundary of the package: security errors become one line on stderr and exit code 2,
+a failed audit verification exit code 1. Tables by default, ``--json`` for scripts.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import getpass
+import json
+import re
+import socket
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, Any, NoReturn
+
+import sqlalchemy as sa
+import typer
+from rich.console import Console
+from rich.table import Table
+from sqlalchemy.exc import ArgumentError, SQLAlchemyError
+
+from catalog.security import pki
+from catalog.security.audit import AuditLog
+from catalog.security.errors import SecurityError
+from catalog.security.models import AUDIT_TABLE, create_all
+from catalog.security.tokens import TokenInfo, TokenStore, load_pepper, write_pepper
+
+pki_app = typer.Typer(help="The grid CA and host certificates.", no_args_is_help=True)
+token_app = typer.Typer(help="Researchers' API tokens.", no_args_is_help=True)
+audit_app = typer.Typer(
+    help="Read and verify the audit log (no sub-command: list entries).",
+    invoke_without_command=True,
+)
+
+_out = Console(soft_wrap=True)
+_DURATION = re.compile(r"^(\d+)\s*([smhdwy])$")
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400, "y": 365 * 86400}
+
+DbUrl = Annotated[
+    str, typer.Option("--db-url", envvar="GRIDPACS_DB_URL", help="Catalog database URL.")
+]
+JsonOut = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
+
+
+def _fail(message: str, code: int = 2) -> NoReturn:
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(code)
+
+
+@contextmanager
+def _boundary() -> Iterator[None]:
+    """Turn expected failures into one line and a non-zero exit code."""
+    try:
+        yield
+    except SecurityError as exc:
+        _fail(str(exc))
+    except ArgumentError as exc:
+        _fail(f"bad database URL: {exc}")
+    except SQLAlchemyError as exc:
+        _fail(f"database error: {str(exc).splitlines()[0]}")
+
+
+def _engine(db_url: str) -> sa.Engine:
+    return sa.create_engine(db_url)
+
+
+def parse_duration(text: str) -> dt.timedelta | None:
+    """``90d``, ``12h``, ``30m``, ``2w``, ``1y`` → timedelta; ``never`` → None."""
+    if text.strip().lower() == "never":
+        return None
+    match = _DURATION.match(text.strip().lower())
+    if not match or int(match.group(1)) == 0:
+        raise typer.BadParameter(f"{text!r}: use a positive number with s/m/h/d/w/y, or never")
+    return dt.timedelta(seconds=int(match.group(1)) * _UNITS[match.group(2)])
+
+
+def parse_since(text: str) -> dt.datetime:
+    """An ISO 8601 time (UTC if no offset) or a duration back from now (``24h``)."""
+    if _DURATION.match(text.strip().lower()):
+        delta = parse_duration(text)
+        assert delta is not None
+        return dt.datetime.now(dt.UTC) - delta
+    try:
+        when = dt.datetime.fromisoformat(text)
+    except ValueError:
+        raise typer.BadParameter(f"{text!r}: use ISO 8601 (2026-01-31T12:00) or 24h/7d") from None
+    return when if when.tzinfo else when.replace(tzinfo=dt.UTC)
+
+
+def _print_json(data: Any) -> None:
+    typer.echo(json.dumps(data, indent=2, sort_keys=True, default=str))
+
+
+def _table(title: str, columns: list[str], rows: list[list[str]]) -> None:
+    table = Table(title=title)
+    for column in columns:
+        table.add_column(column, overflow="fold")
+    for row in rows:
+        table.add_row(*row)
+    _out.print(table)
+
+
+# -- gridpacs pki ----------------------------------------------------------------------------
+
+
+@pki_app.command("init-ca")
+def init_ca_cmd(
+    directory: Annotated[Path, typer.Option("--dir", help="Directory for ca.key and ca.crt.")],
+    name: Annotated[str, typer.Option("--name", help="The grid's name.")] = "gridpacs",
+    key_type: Annotated[str, typer.Option("--key-type", help="ec (P-256) or rsa (3072).")] = "ec",
+    days: Annotated[int, typer.Option("--days", help="CA lifetime in days.")] = pki.CA_VALID_DAYS,
+    force: Annotated[bool, typer.Option("--force", help="Replace an existing CA.")] = False,
+) -> None:
+    """Create the grid CA (keep ca.key offline; only ca.crt is distributed)."""
+    with _boundary():
+        files = pki.init_ca(directory, name, key_type=_key_type(key_type), valid_days=days,
+                            force=force)
+    typer.echo(f"CA key:  {files.key} (mode 0600)\nCA cert: {files.cert}")
+
+
+@pki_app.command("issue")
+def issue_cmd(
+    ca: Annotated[Path, typer.Option("--ca", help="The CA directory (from init-ca).")],
+    out: Annotated[Path, typer.Option("--out", help="Directory for <name>.key/.crt, ca.crt.")],
+    name: Annotated[str, typer.Option("--name", help="Host name; always a SAN.")],
+    dns: Annotated[list[str] | None, typer.Option("--dns", help="Extra DNS SAN.")] = None,
+    ip: Annotated[list[str] | None, typer.Option("--ip", help="IP SAN (e.g. 127.0.0.1).")] = None,
+    client_only: Annotated[
+        bool, typer.Option("--client-only", help="A user certificate (clientAuth, OU=user).")
+    ] = False,
+    key_type: Annotated[str, typer.Option("--key-type", help="ec or rsa.")] = "ec",
+    days: Annotated[int, typer.Option("--days", help="Lifetime, 1..730 days.")] = (
+        pki.LEAF_VALID_DAYS
+    ),
+    force: Annotated[bool, typer.Option("--force", help="Replace existing files.")] = False,
+) -> None:
+    """Issue a key and a certificate signed by the grid CA."""
+    roles: tuple[pki.Role, ...] = ("client",) if client_only else ("server", "client")
+    with _boundary():
+        files = pki.issue(ca, out, name, dns_names=dns or (), ip_addresses=ip or (), roles=roles,
+                          key_type=_key_type(key_type), valid_days=days, force=force)
+        info = pki.inspect(files.cert)
+    typer.echo(f"key:  {files.key} (mode 0600)\ncert: {files.cert}\nca:   {files.ca_cert}")
+    typer.echo(f"expires {info.not_after:%Y-%m-%d}; SANs: "
+               + ", ".join([*info.dns_names, *info.ip_addresses]))
+
+
+@pki_app.command("show")
+def show_cmd(
+    cert: Annotated[Path, typer.Argument(help="A PEM certificate.")],
+    as_json: JsonOut = False,
+) -> None:
+    """Show a certificate's subject, SANs, usages and expiry."""
+    with _boundary():
+        info = pki.inspect(cert)
+    if as_json:
+        _print_json(info.to_dict())
+        return
+    rows = [[k, ", ".join(v) if isinstance(v, list) else str(v)] for k, v in info.to_dict().items()]
+    _table(str(cert), ["field", "value"], rows)
+
+
+def _key_type(text: str) -> pki.KeyType:
+    if text == "ec":
+        return "ec"
+    if text == "rsa":
+        return "rsa"
+    raise typer.BadParameter(f"--key-type must be ec or rsa, not {text!r}")
+
+
+# -- gridpacs token --------------------------------------------------------------------------
+
+PepperFile = Annotated[
+    Path,
+    typer.Option("--pepper-file", envvar="GRIDPACS_PEPPER_FILE",
+                 help="Server-side secret file (mode 0600)."),
+]
+
+
+def _store(db_url: str, pepper_file: Path) -> tuple[TokenStore, AuditLog]:
+    pepper = load_pepper(pepper_file)
+    engine = _engine(db_url)
+    create_all(engine)  # until the catalog's migrations own these tables
+    return TokenStore(engine, pepper), AuditLog(engine)
+
+
+def _audit_admin(log: AuditLog, action: str, target: dict[str, Any]) -> None:
+    # Token administration is audited like any call: who ran it on which machine.
+    log.record(f"local:{getpass.getuser()}", action, target, f"local:{socket.gethostname()}",
+               "OK")
+
+
+@token_app.command("init-pepper")
+def init_pepper_cmd(
+    out: Annotated[Path, typer.Option("--out", help="Where to write the pepper.")],
+    force: Annotated[bool, typer.Option("--force", help="Replace (invalidates tokens).")] = False,
+) -> None:
+    """Create the server-side pepper file (random, mode 0600)."""
+    with _boundary():
+        path = write_pepper(out, force=force)
+    typer.echo(f"pepper: {path} (mode 0600)")
+
+
+@token_app.command("create")
+def create_cmd(
+    db_url: DbUrl,
+    pepper_file: PepperFile,
+    user: Annotated[str, typer.Option("--user", help="Who the token is for.")],
+    grant: Annotated[
+        list[str], typer.Option("--grant", help="collection=reader|admin; '*' = all. Repeatable.")
+    ],
+    expires_in: Annotated[
+        str, typer.Option("--expires-in", help="e.g. 90d, 12h, or never.")
+    ] = "90d",
+    description: Annotated[str, typer.Option("--description", help="A note.")] = "",
+    as_json: JsonOut = False,
+) -> None:
+    """Create a token; its plaintext is printed once and never stored."""
+    grants: dict[str, str] = {}
+    for item in grant:
+        collection, sep, role = item.partition("=")
+        if not sep or not collection or not role:
+            raise typer.BadParameter(f"--grant {item!r}: expected collection=role")
+        grants[collection.strip()] = role.strip()
+    lifetime = parse_duration(expires_in)
+    with _boundary():
+        store, log = _store(db_url, pepper_file)
+        issued = store.create(user, grants, lifetime, description=description)
+        _audit_admin(log, "token.create", {"token_id": issued.info.id, "user": issued.info.user,
+                                            "grants": {c: r.value for c, r in
+                                                       issued.info.grants.items()}})
+    if as_json:
+        _print_json({"token": issued.plaintext, **issued.info.to_dict()})
+        return
+    typer.echo(f"token id {issued.info.id} for {issued.info.user} "
+               f"(expires {issued.info.expires_at or 'never'})")
+    typer.echo("store this token now; it cannot be shown again:")
+    typer.echo(issued.plaintext)
+
+
+@token_app.command("list")
+def list_cmd(
+    db_url: DbUrl,
+    pepper_file: PepperFile,
+    user: Annotated[str | None, typer.Option("--user", help="Only this user's tokens.")] = None,
+    as_json: JsonOut = False,
+) -> None:
+    """List tokens (ids, users, grants, status; never secrets)."""
+    with _boundary():
+        tokens = _store(db_url, pepper_file)[0].list(user=user)
+    if as_json:
+        _print_json([t.to_dict() for t in tokens])
+        return
+    _table("API tokens", ["id", "user", "grants", "status", "expires", "created"],
+           [_token_row(t) for t in tokens])
+
+
+@token_app.command("revoke")
+def revoke_cmd(
+    token_id: Annotated[str, typer.Argument(help="The token id (from list).")],
+    db_url: DbUrl,
+    pepper_file: PepperFile,
+    as_json: JsonOut = False,
+) -> None:
+    """Revoke a token; it fails authentication from now on."""
+    with _boundary():
+        store, log = _store(db_url, pepper_file)
+        info = store.revoke(token_id)
+        _audit_admin(log, "token.revoke", {"token_id": info.id, "user": info.user})
+    if as_json:
+        _print_json(info.to_dict())
+        return
+    typer.echo(f"revoked {info.id} ({info.user}) at {info.revoked_at:%Y-%m-%d %H:%M:%S} UTC")
+
+
+def _token_row(t: TokenInfo) -> list[str]:
+    grants = ", ".join(f"{c}={r.value}" for c, r in sorted(t.grants.items()))
+    expires = f"{t.expires_at:%Y-%m-%d %H:%M}" if t.expires_at else "never"
+    return [t.id, t.user, grants, t.status(), expires, f"{t.created_at:%Y-%m-%d %H:%M}"]
+
+
+# -- gridpacs audit --------------------------------------------------------------------------
+
+
+def _audit_log(db_url: str) -> AuditLog:
+    engine = _engine(db_url)
+    if not sa.inspect(engine).has_table(AUDIT_TABLE):
+        raise SecurityError(f"no audit log in this database (table {AUDIT_TABLE} is missing)")
+    return AuditLog(engine)
+
+
+@audit_app.callback()
+def audit_cmd(
+    ctx: typer.Context,
+    db_url: Annotated[
+        str | None,
+        typer.Option("--db-url", envvar="GRIDPACS_DB_URL", help="Catalog database URL."),
+    ] = None,
+    since: Annotated[
+        str | None, typer.Option("--since", help="ISO time or 24h/7d back from now.")
+    ] = None,
+    actor: Annotated[str | None, typer.Option("--actor", help="Only this actor.")] = None,
+    action: Annotated[
+        str | None, typer.Option("--action", help="Method name; trailing * = prefix.")
+    ] = None,
+    limit: Annotated[int, typer.Option("--limit", help="At most this many rows.")] = 100,
+    as_json: JsonOut = False,
+) -> None:
+    """List audit entries (newest last): who, what, when, from where, outcome."""
+    if ctx.invoked_subcommand is not None:
+        return
+    if db_url is None:
+        _fail("--db-url (or GRIDPACS_DB_URL) is required")
+    since_at = parse_since(since) if since else None
+    with _boundary():
+        rows = _audit_log(db_url).query(since=since_at, actor=actor, action=action, limit=limit)
+    if as_json:
+        _print_json([r.to_dict() for r in rows])
+        return
+    _table("audit log", ["seq", "at (UTC)", "actor", "action", "target", "peer", "outcome"],
+           [[str(r.seq), f"{r.at:%Y-%m-%d %H:%M:%S}", r.actor, r.action,
+             json.dumps(dict(r.target), sort_keys=True), r.peer, r.outcome] for r in rows])
+
+
+@audit_app.command("verify")
+def verify_cmd(
+    db_url: DbUrl,
+    head: Annotated[
+        str | None,
+        typer.Option("--head", help="SEQ:HASH recorded earlier (from `audit head`)."),
+    ] = None,
+    as_json: JsonOut = False,
+) -> None:
+    """Recompute the hash chain; exit 1 and list the breaks if any row was tampered with."""
+    expected = _parse_head(head) if head else None
+    with _boundary():
+        log = _audit_log(db_url)
+        problems = log.verify(expected_head=expected)
+        seq, digest = log.head()
+    if as_json:
+        _print_json({"ok": not problems, "problems": problems, "head": f"{seq}:{digest}"})
+    elif problems:
+        for problem in problems:
+            typer.echo(f"BROKEN {problem}")
+    else:
+        typer.echo(f"ok: {seq} entries, chain intact, head {seq}:{digest}")
+    if problems:
+        raise typer.Exit(1)
+
+
+@audit_app.command("head")
+def head_cmd(db_url: DbUrl) -> None:
+    """Print SEQ:HASH of the newest entry, to keep outside the database."""
+    with _boundary():
+        seq, digest = _audit_log(db_url).head()
+    typer.echo(f"{seq}:{digest}")
+
+
+def _parse_head(text: str) -> tuple[int, str]:
+    seq, sep, digest = text.partition(":")
+    if not sep or not seq.isdigit() or not re.fullmatch(r"[0-9a-f]{64}", digest):
+        raise typer.BadParameter(f"--head {text!r}: expected SEQ:SHA256HEX")
+    return int(seq), digest
+
