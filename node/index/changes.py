@@ -1,0 +1,83 @@
+"""The outbox: append a change in the caller's transaction, read changes by sequence.
+
+The payload is the :class:`InstanceRecord` as JSON, so the catalog publisher can replay a
+change without reading the index again (the instance may be deleted by then).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from datetime import UTC, datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+
+from .models import ChangeHead, ChangeRow
+from .records import Change, ChangeKind, InstanceRecord
+
+HEAD_ID = 1
+MAX_CHANGES_PER_READ = 10_000
+
+
+def record_to_json(record: InstanceRecord) -> dict[str, Any]:
+    """A JSON-ready form of ``record``."""
+    data = asdict(record)
+    data["received_at"] = None if record.received_at is None else record.received_at.isoformat()
+    return data
+
+
+def record_from_json(data: dict[str, Any]) -> InstanceRecord:
+    """The inverse of :func:`record_to_json`."""
+    fields = dict(data)
+    received = fields.get("received_at")
+    fields["received_at"] = None if received is None else datetime.fromisoformat(received)
+    fields["attributes"] = dict(fields.get("attributes") or {})
+    return InstanceRecord(**fields)
+
+
+def append_change(conn: Connection, kind: ChangeKind, record: InstanceRecord) -> int:
+    """Append one change in ``conn``'s transaction and return its sequence number.
+
+    Must be the last write of the transaction: it takes the head row's lock, which
+    serialises the end of concurrent writers so sequence numbers commit in order.
+    """
+    head = ChangeHead.__table__
+    seq = conn.execute(
+        sa.update(head)
+        .where(head.c.id == HEAD_ID)
+        .values(last_seq=head.c.last_seq + 1)
+        .returning(head.c.last_seq)
+    ).scalar_one()
+    conn.execute(
+        sa.insert(ChangeRow.__table__).values(
+            seq=seq,
+            kind=kind.value,
+            payload=record_to_json(record),
+            created_at=datetime.now(UTC),
+        )
+    )
+    return int(seq)
+
+
+def changes_since(conn: Connection, after_seq: int, limit: int) -> list[Change]:
+    """Up to ``limit`` changes with ``seq > after_seq``, oldest first."""
+    limit = max(0, min(limit, MAX_CHANGES_PER_READ))
+    table = ChangeRow.__table__
+    rows = conn.execute(
+        sa.select(table.c.seq, table.c.kind, table.c.payload)
+        .where(table.c.seq > after_seq)
+        .order_by(table.c.seq)
+        .limit(limit)
+    )
+    return [
+        Change(seq=int(seq), kind=ChangeKind(kind), record=record_from_json(payload))
+        for seq, kind, payload in rows
+    ]
+
+
+def last_change_seq(conn: Connection) -> int:
+    """The sequence number of the newest change, 0 when there is none."""
+    head = ChangeHead.__table__
+    value = conn.execute(sa.select(head.c.last_seq).where(head.c.id == HEAD_ID)).scalar()
+    return int(value or 0)

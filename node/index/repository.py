@@ -1,0 +1,324 @@
+"""`SqlIndex`: the node-local index on SQLite or PostgreSQL, behind one interface.
+
+Each call is its own unit of work on a pooled connection: writes commit before they
+return (durably: see :mod:`storage.sql`), reads stream from a server-side cursor and hold
+their connection only while the caller iterates. Database failures surface as
+:class:`IndexUnavailable`, never as SQLAlchemy exceptions.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection, Engine
+
+from storage.sql import (
+    DatabaseUnavailable,
+    InvalidDatabaseUrl,
+    describe_unavailable,
+    engine_from_url,
+    write_begin,
+)
+
+from . import changes as outbox
+from . import writes
+from .errors import IndexUnavailable
+from .migrate import upgrade
+from .models import ATTRIBUTES, Instance, Patient, Series, Study
+from .queries import count_statement, find_plan, instances_statement
+from .records import (
+    AddOutcome,
+    Change,
+    IndexQuery,
+    InstanceRecord,
+    StoredInstance,
+)
+
+log = logging.getLogger(__name__)
+
+STREAM_BATCH = 500
+"""Rows fetched per round trip while streaming answers."""
+
+PT, ST, SE, IN = (m.__table__ for m in (Patient, Study, Series, Instance))
+
+
+class SqlIndex:
+    """The index repository. Thread-safe: share one per process."""
+
+    def __init__(self, engine: Engine) -> None:
+        self._engine = engine
+
+    @classmethod
+    def open(cls, url: str, *, migrate: bool = True, pool_size: int = 5) -> SqlIndex:
+        """Connect to ``url`` and bring its schema to the newest revision.
+
+        Raises
+        ------
+        IndexUnavailable
+            The URL is invalid, the database cannot be reached, or migrating failed.
+        """
+        try:
+            engine = engine_from_url(url, pool_size=pool_size)
+        except (DatabaseUnavailable, InvalidDatabaseUrl) as exc:
+            raise IndexUnavailable(str(exc)) from exc
+        index = cls(engine)
+        if migrate:
+            with index._guard():
+                upgrade(engine)
+        return index
+
+    @property
+    def engine(self) -> Engine:
+        """The engine, for tools (benchmarks, migration checks)."""
+        return self._engine
+
+    def close(self) -> None:
+        """Release every pooled connection."""
+        self._engine.dispose()
+
+    # -- writes ---------------------------------------------------------------------
+
+    def add_instance(self, record: InstanceRecord) -> AddOutcome:
+        """Index one instance and record the change, in one durable transaction.
+
+        The same SOPInstanceUID again (even concurrently, from another thread or
+        process) is ``ALREADY_STORED`` and changes nothing. Newer attribute values of an
+        existing patient, study or series replace the stored ones.
+
+        Raises
+        ------
+        RecordConflict
+            The record's study or series is filed under another patient or study.
+        IndexUnavailable
+            The database failed.
+        """
+        record = writes.stamped(record)
+        with self._guard(), self._write() as conn:
+            try:
+                with conn.begin():
+                    writes.add(conn, record)
+            except writes.Duplicate:
+                return AddOutcome.ALREADY_STORED
+        return AddOutcome.STORED
+
+    def add_instances(self, records: Iterable[InstanceRecord]) -> list[AddOutcome]:
+        """Index many instances in one transaction (bulk import; one durable commit).
+
+        Each record gets its own savepoint, so duplicates are skipped without undoing
+        the others; any other failure rolls the whole batch back.
+        """
+        outcomes: list[AddOutcome] = []
+        with self._guard(), self._write() as conn, conn.begin():
+            for record in records:
+                try:
+                    with conn.begin_nested():
+                        writes.add(conn, writes.stamped(record))
+                    outcomes.append(AddOutcome.STORED)
+                except writes.Duplicate:
+                    outcomes.append(AddOutcome.ALREADY_STORED)
+        return outcomes
+
+    def delete_instance(self, sop_instance_uid: str) -> bool:
+        """Remove an instance from the index (not its blob); ``False`` if unknown."""
+        with self._guard(), self._write() as conn:
+            tx = conn.begin()
+            try:
+                record = self._record(conn, sop_instance_uid)
+                deleted = record is not None and writes.delete(conn, sop_instance_uid, record)
+            except BaseException:
+                tx.rollback()
+                raise
+            if deleted:
+                tx.commit()
+            else:
+                tx.rollback()
+            return deleted
+
+    # -- reads ----------------------------------------------------------------------
+
+    def find(self, query: IndexQuery) -> Iterator[dict[str, object]]:
+        """Stream C-FIND answers for ``query``, one dict of keyword -> value each.
+
+        The query is validated now (:class:`InvalidQuery`, :class:`QueryRejected`);
+        rows are fetched as the caller iterates, in batches, from a server-side cursor.
+        Close the iterator (or exhaust it) to release its connection.
+        """
+        plan = find_plan(query)
+        converters = [_converter(k) for k in plan.selected]
+
+        def rows() -> Iterator[dict[str, object]]:
+            for row in self._stream(plan.statement):
+                values = dict(zip(plan.selected, row, strict=True))
+                answer: dict[str, object] = {}
+                for key in plan.keys:
+                    answer[key] = None
+                for key, convert in zip(plan.selected, converters, strict=True):
+                    answer[key] = convert(values[key])
+                yield answer
+
+        return rows()
+
+    def instances(self, query: IndexQuery) -> Iterator[StoredInstance]:
+        """Stream every instance under the entities ``query`` matches (C-MOVE/C-GET)."""
+        stmt = instances_statement(query)
+
+        def rows() -> Iterator[StoredInstance]:
+            for row in self._stream(stmt):
+                yield StoredInstance(*row)
+
+        return rows()
+
+    def count_instances(self, query: IndexQuery) -> int:
+        """How many instances :meth:`instances` would yield (sub-operation count)."""
+        stmt = count_statement(query)
+        with self._guard(), self._engine.connect() as conn:
+            return int(conn.execute(stmt).scalar_one())
+
+    def get_instance(self, sop_instance_uid: str) -> StoredInstance | None:
+        """One instance by SOPInstanceUID, or ``None``."""
+        stmt = instances_statement_for_uid().where(IN.c.sop_instance_uid == sop_instance_uid)
+        with self._guard(), self._engine.connect() as conn:
+            row = conn.execute(stmt).first()
+        return None if row is None else StoredInstance(*row)
+
+    def get_record(self, sop_instance_uid: str) -> InstanceRecord | None:
+        """Everything indexed about one instance, as the record ingest gave it."""
+        with self._guard(), self._engine.connect() as conn:
+            return self._record(conn, sop_instance_uid)
+
+    def changes_since(self, after_seq: int, limit: int = 1000) -> list[Change]:
+        """Outbox changes with ``seq > after_seq``, oldest first, at most ``limit``."""
+        with self._guard(), self._engine.connect() as conn:
+            return outbox.changes_since(conn, after_seq, limit)
+
+    def last_change_seq(self) -> int:
+        """The newest outbox sequence number (0 for an empty outbox)."""
+        with self._guard(), self._engine.connect() as conn:
+            return outbox.last_change_seq(conn)
+
+    def stats(self) -> dict[str, int]:
+        """Counts of patients, studies, series, instances, bytes and the last change."""
+        with self._guard(), self._engine.connect() as conn:
+            counts = conn.execute(
+                sa.select(
+                    sa.select(sa.func.count()).select_from(PT).scalar_subquery(),
+                    sa.select(sa.func.count()).select_from(ST).scalar_subquery(),
+                    sa.select(sa.func.count()).select_from(SE).scalar_subquery(),
+                    sa.select(sa.func.count()).select_from(IN).scalar_subquery(),
+                    sa.select(sa.func.coalesce(sa.func.sum(IN.c.size), 0)).scalar_subquery(),
+                )
+            ).one()
+            last = outbox.last_change_seq(conn)
+        names = ("patients", "studies", "series", "instances", "bytes")
+        return {**{n: int(v) for n, v in zip(names, counts, strict=True)}, "last_change_seq": last}
+
+    # -- plumbing -------------------------------------------------------------------
+
+    @contextmanager
+    def _write(self) -> Iterator[Connection]:
+        with self._engine.connect() as conn:
+            yield write_begin(conn)
+
+    def _stream(self, stmt: sa.Select[Any]) -> Iterator[tuple[Any, ...]]:
+        with self._guard(), self._engine.connect() as conn:
+            result = conn.execution_options(
+                stream_results=True, max_row_buffer=STREAM_BATCH
+            ).execute(stmt)
+            for row in result:
+                yield tuple(row)
+
+    def _record(self, conn: Connection, sop_instance_uid: str) -> InstanceRecord | None:
+        row = (
+            conn.execute(_RECORD_SELECT.where(IN.c.sop_instance_uid == sop_instance_uid))
+            .mappings()
+            .first()
+        )
+        return None if row is None else _record_from_row(row)
+
+    @contextmanager
+    def _guard(self) -> Iterator[None]:
+        try:
+            yield
+        except sa.exc.OperationalError as exc:
+            message = describe_unavailable(self._engine, exc)
+            log.error("event=index_unavailable error=%r", message)
+            raise IndexUnavailable(message) from exc
+        except sa.exc.InterfaceError as exc:
+            raise IndexUnavailable(describe_unavailable(self._engine, exc)) from exc  # type: ignore[arg-type]
+
+
+def open_index(url: str, *, migrate: bool = True) -> SqlIndex:
+    """Shorthand for :meth:`SqlIndex.open`."""
+    return SqlIndex.open(url, migrate=migrate)
+
+
+def instances_statement_for_uid() -> sa.Select[Any]:
+    """The :class:`StoredInstance` columns of one instance, to be filtered by UID."""
+    return sa.select(
+        IN.c.sop_instance_uid,
+        IN.c.sop_class_uid,
+        IN.c.transfer_syntax_uid,
+        IN.c.blob_key,
+        IN.c.size,
+        ST.c.study_instance_uid,
+        SE.c.series_instance_uid,
+    ).select_from(IN.join(SE, IN.c.series_pk == SE.c.pk).join(ST, SE.c.study_pk == ST.c.pk))
+
+
+_STORED_KEYWORDS = [
+    kw
+    for kw, attr in ATTRIBUTES.items()
+    if attr.vr not in ("COUNT", "MODALITIES")
+    and kw not in ("PatientID", "StudyInstanceUID", "SeriesInstanceUID")
+    and kw not in ("SOPInstanceUID", "SOPClassUID")
+]
+_RECORD_SELECT = sa.select(
+    IN.c.sop_instance_uid,
+    IN.c.sop_class_uid,
+    ST.c.study_instance_uid,
+    SE.c.series_instance_uid,
+    PT.c.patient_id,
+    IN.c.transfer_syntax_uid,
+    IN.c.blob_key,
+    IN.c.size,
+    ST.c.collection,
+    IN.c.received_at,
+    IN.c.calling_ae,
+    *[ATTRIBUTES[kw].column.label(f"attr_{kw}") for kw in _STORED_KEYWORDS],
+).select_from(
+    IN.join(SE, IN.c.series_pk == SE.c.pk)
+    .join(ST, SE.c.study_pk == ST.c.pk)
+    .join(PT, ST.c.patient_pk == PT.c.pk)
+)
+
+
+def _record_from_row(row: Any) -> InstanceRecord:
+    attributes = {kw: row[f"attr_{kw}"] for kw in _STORED_KEYWORDS if row[f"attr_{kw}"] is not None}
+    return InstanceRecord(
+        sop_instance_uid=row["sop_instance_uid"],
+        sop_class_uid=row["sop_class_uid"],
+        study_instance_uid=row["study_instance_uid"],
+        series_instance_uid=row["series_instance_uid"],
+        patient_id=row["patient_id"],
+        transfer_syntax_uid=row["transfer_syntax_uid"],
+        blob_key=row["blob_key"],
+        size=int(row["size"]),
+        collection=row["collection"],
+        attributes=attributes,
+        received_at=writes.as_utc(row["received_at"]),
+        calling_ae=row["calling_ae"],
+    )
+
+
+def _converter(keyword: str) -> Any:
+    """How a stored value becomes an answer value for ``keyword``."""
+    vr = ATTRIBUTES[keyword].vr
+    if vr == "MODALITIES":
+        return lambda v: [] if not v else str(v).split("\\")
+    if vr in ("IS", "US", "COUNT"):
+        return lambda v: None if v is None else int(v)
+    return lambda v: v

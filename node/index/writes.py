@@ -1,0 +1,244 @@
+"""Add and delete instances inside a caller's transaction, keeping counters exact.
+
+Lock order, the same in every writer so PostgreSQL never deadlocks between them: the
+patient row first (every add and delete updates it before anything else, which also
+serialises writers of one patient), then study, series, instance, and the outbox head
+last (:func:`changes.append_change`). On SQLite the whole transaction holds the database
+write lock from ``BEGIN IMMEDIATE``.
+
+Duplicates raise :class:`Duplicate`; the caller rolls the transaction (or savepoint)
+back, so a duplicate leaves no trace: no counter change, no outbox row.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import replace
+from datetime import UTC, datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Connection
+
+from .changes import append_change
+from .errors import RecordConflict
+from .matching import normalise_date, normalise_pn, normalise_time
+from .models import ATTRIBUTES, COMPUTED_VRS, Instance, Patient, Series, Study
+from .records import LEVEL_KEYS, ChangeKind, InstanceRecord, Level
+
+PT, ST, SE, IN = (m.__table__ for m in (Patient, Study, Series, Instance))
+
+
+class Duplicate(Exception):
+    """Internal: the SOP instance is already indexed."""
+
+
+def add(conn: Connection, record: InstanceRecord) -> None:
+    """Index ``record`` and append its outbox row; raises :class:`Duplicate`."""
+    if _instance_pk(conn, record.sop_instance_uid) is not None:
+        raise Duplicate
+    patient_pk, _ = _upsert(
+        conn,
+        PT,
+        {"collection": record.collection, "patient_id": _text(record.patient_id) or ""},
+        _level_values(record, Level.PATIENT),
+    )
+    study_pk, new_study = _upsert(
+        conn,
+        ST,
+        {"study_instance_uid": record.study_instance_uid},
+        {**_level_values(record, Level.STUDY), "collection": record.collection},
+        parent=("patient_pk", patient_pk),
+    )
+    series_pk, new_series = _upsert(
+        conn,
+        SE,
+        {"series_instance_uid": record.series_instance_uid},
+        _level_values(record, Level.SERIES),
+        parent=("study_pk", study_pk),
+    )
+    inserted = conn.execute(
+        _insert_ignore(conn, IN)
+        .values(
+            series_pk=series_pk,
+            sop_instance_uid=record.sop_instance_uid,
+            sop_class_uid=record.sop_class_uid,
+            transfer_syntax_uid=record.transfer_syntax_uid,
+            blob_key=record.blob_key,
+            size=record.size,
+            received_at=record.received_at,
+            calling_ae=record.calling_ae,
+            **_level_values(record, Level.IMAGE),
+        )
+        .returning(IN.c.pk)
+    ).first()
+    if inserted is None:
+        raise Duplicate
+    if new_series:
+        _bump(conn, ST, study_pk, num_series=1, modalities=_modalities(conn, study_pk))
+        _bump(conn, PT, patient_pk, num_series=1, num_studies=int(new_study))
+    append_change(conn, ChangeKind.INSTANCE_ADDED, record)
+
+
+def delete(conn: Connection, sop_instance_uid: str, record: InstanceRecord) -> bool:
+    """Remove an instance, prune emptied parents, append the outbox row."""
+    row = conn.execute(
+        sa.select(IN.c.pk, SE.c.pk, ST.c.pk, ST.c.patient_pk)
+        .select_from(IN.join(SE, IN.c.series_pk == SE.c.pk).join(ST, SE.c.study_pk == ST.c.pk))
+        .where(IN.c.sop_instance_uid == sop_instance_uid)
+    ).first()
+    if row is None:
+        return False
+    instance_pk, series_pk, study_pk, patient_pk = row
+    patient_left = _bump(conn, PT, patient_pk, num_instances=-1)
+    gone = conn.execute(sa.delete(IN).where(IN.c.pk == instance_pk).returning(IN.c.pk)).first()
+    if patient_left is None or gone is None:
+        return False  # deleted meanwhile by another writer; the caller rolls back
+    series_left = _bump(conn, SE, series_pk, num_instances=-1)
+    series_gone = series_left == 0
+    study_left = _bump(conn, ST, study_pk, num_instances=-1, num_series=-int(series_gone))
+    if series_gone:
+        conn.execute(sa.delete(SE).where(SE.c.pk == series_pk))
+        if study_left:
+            _bump(conn, ST, study_pk, modalities=_modalities(conn, study_pk))
+    if study_left == 0:
+        conn.execute(sa.delete(ST).where(ST.c.pk == study_pk))
+    if series_gone:
+        _bump(conn, PT, patient_pk, num_series=-1, num_studies=-int(study_left == 0))
+    if patient_left == 0:
+        conn.execute(sa.delete(PT).where(PT.c.pk == patient_pk))
+    append_change(conn, ChangeKind.INSTANCE_DELETED, record)
+    return True
+
+
+def stamped(record: InstanceRecord) -> InstanceRecord:
+    """``record`` with ``received_at`` in UTC, set to now when the caller left it empty."""
+    received = record.received_at
+    if received is None:
+        return replace(record, received_at=datetime.now(UTC))
+    return replace(record, received_at=as_utc(received))
+
+
+def as_utc(moment: datetime) -> datetime:
+    """``moment`` in UTC; a naive value is taken to be UTC already (SQLite returns those)."""
+    if moment.tzinfo is None:
+        return moment.replace(tzinfo=UTC)
+    return moment.astimezone(UTC)
+
+
+def _instance_pk(conn: Connection, sop_instance_uid: str) -> int | None:
+    return conn.execute(
+        sa.select(IN.c.pk).where(IN.c.sop_instance_uid == sop_instance_uid)
+    ).scalar()
+
+
+def _upsert(
+    conn: Connection,
+    table: sa.Table,
+    key: Mapping[str, Any],
+    values: Mapping[str, Any],
+    parent: tuple[str, int] | None = None,
+) -> tuple[int, bool]:
+    """Update-or-insert one row, counting one more instance; ``(pk, inserted)``.
+
+    Attributes the record lacks (``None``) never erase stored ones; a stored row that
+    hangs under another parent than ``parent`` is a :class:`RecordConflict`.
+    """
+    where = [table.c[k] == v for k, v in key.items()]
+    present = {k: v for k, v in values.items() if v is not None}
+    returning = [table.c.pk] + ([table.c[parent[0]]] if parent else [])
+    for _attempt in range(3):
+        row = conn.execute(
+            sa.update(table)
+            .where(*where)
+            .values(num_instances=table.c.num_instances + 1, **present)
+            .returning(*returning)
+        ).first()
+        if row is not None:
+            if parent is not None and row[1] != parent[1]:
+                raise RecordConflict(_conflict_message(table, key))
+            return int(row[0]), False
+        fields = {**key, **values, "num_instances": 1}
+        if parent is not None:
+            fields[parent[0]] = parent[1]
+        pk = conn.execute(
+            _insert_ignore(conn, table).values(**fields).returning(table.c.pk)
+        ).scalar()
+        if pk is not None:
+            return int(pk), True
+    raise RecordConflict(f"could not file {dict(key)} in {table.name}")  # pragma: no cover
+
+
+def _conflict_message(table: sa.Table, key: Mapping[str, Any]) -> str:
+    ((name, value),) = key.items()
+    parent = "patient (PatientID, collection)" if table is ST else "study"
+    return f"{name} {value} is already filed under another {parent}"
+
+
+def _bump(conn: Connection, table: sa.Table, pk: int, **changes: Any) -> int | None:
+    """Apply counter deltas (ints) and plain values; return the new ``num_instances``."""
+    values = {
+        k: table.c[k] + v if k.startswith("num_") else v
+        for k, v in changes.items()
+        if not (k.startswith("num_") and v == 0)
+    }
+    stmt = sa.update(table).where(table.c.pk == pk).returning(table.c.num_instances)
+    return conn.execute(stmt.values(**values)).scalar()
+
+
+def _modalities(conn: Connection, study_pk: int) -> str:
+    found = conn.execute(
+        sa.select(SE.c.modality)
+        .where(SE.c.study_pk == study_pk, SE.c.modality.is_not(None))
+        .distinct()
+    ).scalars()
+    return "\\".join(sorted(found))
+
+
+def _insert_ignore(conn: Connection, table: sa.Table) -> Any:
+    dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
+    return dialect.insert(table).on_conflict_do_nothing()
+
+
+def _level_values(record: InstanceRecord, level: Level) -> dict[str, Any]:
+    """The record's attributes of ``level`` as column values, cleaned for storage."""
+    out: dict[str, Any] = {}
+    for keyword in LEVEL_KEYS[level]:
+        attr = ATTRIBUTES[keyword]
+        if attr.vr in COMPUTED_VRS or keyword in _RECORD_FIELDS:
+            continue
+        value = _stored_value(attr.vr, record.attributes.get(keyword))
+        out[attr.column.key] = value
+        if attr.norm is not None:
+            out[attr.norm.key] = None if value is None else normalise_pn(value)
+    return out
+
+
+_RECORD_FIELDS = frozenset(
+    {"PatientID", "StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "SOPClassUID"}
+)
+
+
+def _stored_value(vr: str, value: object) -> object:
+    if value is None:
+        return None
+    if vr in ("IS", "US"):
+        try:
+            return int(str(value).strip())
+        except ValueError:
+            return None
+    text = _text(value)
+    if text is None:
+        return None
+    if vr == "DA":
+        return normalise_date(text)
+    if vr == "TM":
+        return normalise_time(text)
+    return text
+
+
+def _text(value: object) -> str | None:
+    """A string as PostgreSQL and SQLite both accept it: no NULs, no DICOM padding."""
+    text = str(value).replace("\x00", "").strip()
+    return text or None
