@@ -54,7 +54,7 @@ def _called_ae(event: Event) -> str:
 
 
 def _calling_ae(event: Event) -> str:
-    return str(event.assoc.requestor.ae_title).strip()
+    return str(event.assoc.requestor.primitive.calling_ae_title).strip()
 
 
 @dataclass
@@ -91,8 +91,10 @@ class Gateway:
                 called_ae=called,
                 reason="called AE title not recognised",
             )
-            # permanent rejection, service-user, called-AE-title-not-recognized
+            # permanent rejection, service-user, called-AE-title-not-recognized; kill() lets
+            # the DUL flush the A-ASSOCIATE-RJ before the socket closes (as pynetdicom does)
             event.assoc.acse.send_reject(0x01, 0x01, 0x07)
+            event.assoc.kill()
 
     def on_echo(self, event: Event) -> int:
         log_event(LOG, "c_echo", calling_ae=_calling_ae(event), status="0x0000")

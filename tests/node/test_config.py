@@ -1,0 +1,55 @@
+"""Node configuration: defaults, TOML, overrides and the errors an admin sees."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from node.config import load_config
+from node.errors import ConfigError
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_defaults_are_an_embedded_node() -> None:
+    cfg = load_config()
+    assert cfg.dicom.ae_title == "GRIDPACS"
+    assert cfg.dicom.port == 11112
+    assert cfg.index_url.startswith("sqlite:///") and cfg.index_url.endswith("var/index.sqlite")
+
+
+def test_toml_relative_data_dir_is_relative_to_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "node.toml"
+    path.write_text(
+        'name = "site-a"\ndata_dir = "data"\n[dicom]\nae_title = "SITEA"\nport = 4242\n'
+        '[dicom.destinations]\nWS1 = { host = "10.0.0.5", port = 104 }\n'
+    )
+    cfg = load_config(path, {"dicom": {"port": 5000}})
+    assert cfg.data_dir == tmp_path / "data"
+    assert cfg.dicom.port == 5000  # the CLI override wins
+    assert cfg.dicom.destinations["WS1"].port == 104
+
+
+def test_every_error_is_reported_with_its_path(tmp_path: Path) -> None:
+    path = tmp_path / "bad.toml"
+    path.write_text('[dicom]\nae_title = "THIS IS FAR TOO LONG"\nport = 70000\nbogus = 1\n')
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    text = str(info.value)
+    assert "dicom.ae_title" in text and "dicom.port" in text and "dicom.bogus" in text
+
+
+def test_check_config_cli_exit_codes(tmp_path: Path) -> None:
+    good = tmp_path / "good.toml"
+    good.write_text('[dicom]\nae_title = "OK"\n')
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[dicom\n")
+    run = [sys.executable, "-m", "gridpacs", "node", "check-config"]
+    ok = subprocess.run([*run, str(good)], cwd=REPO, capture_output=True, text=True)
+    assert ok.returncode == 0, ok.stderr
+    ko = subprocess.run([*run, str(bad)], cwd=REPO, capture_output=True, text=True)
+    assert ko.returncode == 2
+    assert "not valid TOML" in ko.stderr

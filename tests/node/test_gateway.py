@@ -1,0 +1,225 @@
+"""The DICOM gateway in-process, driven by a real pynetdicom SCU over loopback.
+
+Subprocess and DCMTK interop tests live in tests/integration; these pin the status codes
+and counts quickly.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from pydicom.dataset import Dataset
+from pynetdicom import AE, StoragePresentationContexts, build_role, evt
+from pynetdicom.sop_class import (
+    CTImageStorage,
+    MRImageStorage,
+    PatientRootQueryRetrieveInformationModelFind,
+    StudyRootQueryRetrieveInformationModelFind,
+    StudyRootQueryRetrieveInformationModelGet,
+    StudyRootQueryRetrieveInformationModelMove,
+    Verification,
+)
+
+from node.app import NodeApp
+from node.config import load_config
+from tests.factories import StudySpec, make_dataset
+
+pytestmark = pytest.mark.timeout(60)
+
+
+class StoreCollector:
+    """A pynetdicom storage SCP on a free port that keeps what it receives."""
+
+    def __init__(self) -> None:
+        self.received: list[Dataset] = []
+        self.lock = threading.Lock()
+        self.ae = AE(ae_title="COLLECTOR")
+        self.ae.supported_contexts = StoragePresentationContexts
+        self.server = self.ae.start_server(
+            ("127.0.0.1", 0), block=False, evt_handlers=[(evt.EVT_C_STORE, self._on_store)]
+        )
+        self.port = self.server.server_address[1]
+
+    def _on_store(self, event: evt.Event) -> int:
+        with self.lock:
+            self.received.append(event.dataset)
+        return 0x0000
+
+    def stop(self) -> None:
+        self.ae.shutdown()
+
+
+@pytest.fixture
+def collector() -> Iterator[StoreCollector]:
+    c = StoreCollector()
+    yield c
+    c.stop()
+
+
+@pytest.fixture
+def node(tmp_path: Path, collector: StoreCollector) -> Iterator[NodeApp]:
+    cfg = load_config(
+        None,
+        {
+            "data_dir": str(tmp_path / "node"),
+            "dicom": {
+                "port": 0,
+                "destinations": {"COLLECTOR": {"host": "127.0.0.1", "port": collector.port}},
+            },
+        },
+    )
+    app = NodeApp(cfg)
+    app.start()
+    yield app
+    app.stop()
+
+
+def _assoc(node: NodeApp, called: str = "GRIDPACS", calling: str = "TESTSCU"):  # type: ignore[no-untyped-def]
+    ae = AE(ae_title=calling)
+    ae.add_requested_context(Verification)
+    ae.add_requested_context(CTImageStorage)
+    ae.add_requested_context(MRImageStorage)
+    for cx in (
+        PatientRootQueryRetrieveInformationModelFind,
+        StudyRootQueryRetrieveInformationModelFind,
+        StudyRootQueryRetrieveInformationModelMove,
+        StudyRootQueryRetrieveInformationModelGet,
+    ):
+        ae.add_requested_context(cx)
+    return ae.associate("127.0.0.1", node.dicom.port, ae_title=called)
+
+
+def _store_study(node: NodeApp, spec: StudySpec, count: int) -> list[Dataset]:
+    datasets = [make_dataset(spec, instance_number=n) for n in range(1, count + 1)]
+    assoc = _assoc(node)
+    assert assoc.is_established
+    try:
+        for ds in datasets:
+            assert assoc.send_c_store(ds).Status == 0x0000
+    finally:
+        assoc.release()
+    return datasets
+
+
+def _find(node: NodeApp, identifier: Dataset, model=StudyRootQueryRetrieveInformationModelFind):  # type: ignore[no-untyped-def]
+    assoc = _assoc(node)
+    try:
+        responses = list(assoc.send_c_find(identifier, model))
+    finally:
+        assoc.release()
+    final = responses[-1][0].Status
+    return [ident for status, ident in responses if status.Status == 0xFF00], final
+
+
+def test_echo_and_wrong_called_ae(node: NodeApp) -> None:
+    assoc = _assoc(node)
+    assert assoc.is_established
+    assert assoc.send_c_echo().Status == 0x0000
+    assoc.release()
+    rejected = _assoc(node, called="NOT_ME")
+    assert rejected.is_rejected
+
+
+def test_store_find_study_and_patient_levels(node: NodeApp) -> None:
+    _store_study(node, StudySpec(patient_id="P1", patient_name="DOE^JANE"), 3)
+    _store_study(
+        node, StudySpec(patient_id="P2", patient_name="ROE^RICH", study_date="20230101"), 2
+    )
+    query = Dataset()
+    query.QueryRetrieveLevel = "STUDY"
+    query.PatientID = "P1"
+    query.StudyInstanceUID = ""
+    query.NumberOfStudyRelatedInstances = ""
+    matches, final = _find(node, query)
+    assert final == 0x0000
+    assert len(matches) == 1
+    assert matches[0].NumberOfStudyRelatedInstances == 3
+    assert "PatientName" not in matches[0]  # only requested keys come back
+    assert matches[0].RetrieveAETitle == "GRIDPACS"
+
+    patients = Dataset()
+    patients.QueryRetrieveLevel = "PATIENT"
+    patients.PatientName = "*OE*"
+    patients.PatientID = ""
+    found, final = _find(node, patients, PatientRootQueryRetrieveInformationModelFind)
+    assert final == 0x0000
+    assert sorted(m.PatientID for m in found) == ["P1", "P2"]
+
+
+def test_find_bad_level_is_refused(node: NodeApp) -> None:
+    query = Dataset()
+    query.QueryRetrieveLevel = "PATIENT"  # not part of Study Root
+    query.PatientID = ""
+    matches, final = _find(node, query)
+    assert matches == [] and final == 0xA900
+
+
+def test_move_to_known_and_unknown_destinations(node: NodeApp, collector: StoreCollector) -> None:
+    sent = _store_study(node, StudySpec(patient_id="PM"), 4)
+    ident = Dataset()
+    ident.QueryRetrieveLevel = "STUDY"
+    ident.StudyInstanceUID = sent[0].StudyInstanceUID
+    assoc = _assoc(node)
+    responses = list(
+        assoc.send_c_move(ident, "COLLECTOR", StudyRootQueryRetrieveInformationModelMove)
+    )
+    unknown = list(assoc.send_c_move(ident, "NOBODY", StudyRootQueryRetrieveInformationModelMove))
+    assoc.release()
+    final = responses[-1][0]
+    assert final.Status == 0x0000 and final.NumberOfCompletedSuboperations == 4
+    pending = [s.NumberOfRemainingSuboperations for s, _ in responses[:-1]]
+    assert pending == sorted(pending, reverse=True)
+    assert sorted(d.SOPInstanceUID for d in collector.received) == sorted(
+        d.SOPInstanceUID for d in sent
+    )
+    assert collector.received[0].PixelData == sent[0].PixelData
+    assert unknown[-1][0].Status == 0xA801
+
+
+def test_get_returns_every_instance(node: NodeApp) -> None:
+    sent = _store_study(node, StudySpec(patient_id="PG"), 3)
+    got: list[Dataset] = []
+    ae = AE(ae_title="GETSCU")
+    ae.add_requested_context(StudyRootQueryRetrieveInformationModelGet)
+    ae.add_requested_context(CTImageStorage)
+    role = build_role(CTImageStorage, scp_role=True)
+
+    def on_store(event: evt.Event) -> int:
+        got.append(event.dataset)
+        return 0x0000
+
+    assoc = ae.associate(
+        "127.0.0.1",
+        node.dicom.port,
+        ae_title="GRIDPACS",
+        ext_neg=[role],
+        evt_handlers=[(evt.EVT_C_STORE, on_store)],
+    )
+    ident = Dataset()
+    ident.QueryRetrieveLevel = "SERIES"
+    ident.SeriesInstanceUID = sent[0].SeriesInstanceUID
+    responses = list(assoc.send_c_get(ident, StudyRootQueryRetrieveInformationModelGet))
+    assoc.release()
+    assert responses[-1][0].Status == 0x0000
+    assert responses[-1][0].NumberOfCompletedSuboperations == 3
+    assert sorted(d.SOPInstanceUID for d in got) == sorted(d.SOPInstanceUID for d in sent)
+
+
+def test_store_failures_get_statuses_and_the_server_keeps_serving(node: NodeApp) -> None:
+    assoc = _assoc(node)
+    ds = make_dataset()
+    del ds.StudyInstanceUID
+    assert assoc.send_c_store(ds).Status == 0xC001
+    mismatched = make_dataset()
+    mismatched.SOPClassUID = MRImageStorage  # dataset says MR, sent on a CT context below
+    status = assoc.send_c_store(mismatched)
+    assoc.release()
+    # pynetdicom picks the context from the dataset's SOP class, so this one is MR: stored
+    assert status.Status == 0x0000
+    assert len(node.quarantine.list()) == 1
+    assoc = _assoc(node)
+    assert assoc.send_c_echo().Status == 0x0000
+    assoc.release()
