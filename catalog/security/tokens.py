@@ -18,7 +18,7 @@ import os
 import re
 import secrets
 import stat
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -146,13 +146,22 @@ class TokenStore:
         The catalog's SQLAlchemy engine; each call opens and closes its own session.
     pepper
         The server-side secret (see :func:`load_pepper`).
+    clock
+        Returns the current UTC time; tests pass their own to cross an expiry.
     """
 
-    def __init__(self, engine: sa.Engine, pepper: bytes) -> None:
+    def __init__(
+        self,
+        engine: sa.Engine,
+        pepper: bytes,
+        *,
+        clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC),
+    ) -> None:
         if len(pepper) < MIN_PEPPER_BYTES:
             raise PepperError(f"the pepper must hold at least {MIN_PEPPER_BYTES} bytes")
         self._engine = engine
         self._pepper = pepper
+        self._clock = clock
 
     def create(
         self,
@@ -171,7 +180,7 @@ class TokenStore:
             raise TokenError("a token needs at least one grant (collection=role)")
         if expires_in is not None and expires_in <= dt.timedelta(0):
             raise TokenError("expires_in must be positive")
-        now = dt.datetime.now(dt.UTC)
+        now = self._clock()
         token_id = secrets.token_hex(_ID_BYTES)
         plaintext = f"{TOKEN_PREFIX}{token_id}_{secrets.token_urlsafe(32)}"
         row = ApiToken(
@@ -213,7 +222,7 @@ class TokenStore:
             raise InvalidToken("unknown token or wrong secret")
         if info.revoked_at is not None:
             raise TokenRevoked(f"token {info.id} was revoked")
-        if info.expires_at is not None and info.expires_at <= dt.datetime.now(dt.UTC):
+        if info.expires_at is not None and info.expires_at <= self._clock():
             raise TokenExpired(f"token {info.id} expired")
         return Principal(info.user, info.grants, PrincipalKind.TOKEN, info.id)
 
@@ -224,7 +233,7 @@ class TokenStore:
             if row is None:
                 raise TokenNotFound(f"no token with id {token_id!r}")
             if row.revoked_at is None:
-                row.revoked_at = dt.datetime.now(dt.UTC)
+                row.revoked_at = self._clock()
             session.flush()
             return _info(row)
 
