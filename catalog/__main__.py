@@ -1,0 +1,5 @@
+"""``python -m catalog`` runs the catalog sub-commands (same as ``gridpacs catalog``)."""
+
+from catalog.cli import main
+
+main()

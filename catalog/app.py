@@ -1,0 +1,156 @@
+"""Composition root of a catalog replica: database, service, security, server, replication.
+
+The only module that knows every piece; it builds them from a :class:`CatalogConfig` and
+hands them to each other as constructor arguments. Security (``catalog.security``) plugs in
+here: mTLS credentials for the server and for pulling from peers, token authentication and
+the audit log as interceptors, and the caller's readable collections as the query scope.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import grpc
+from sqlalchemy import Engine
+
+from catalog.client import GrpcCatalogClient
+from catalog.config import CatalogConfig, SecurityConfig
+from catalog.db import Repository, open_database
+from catalog.db.filters import Scope
+from catalog.replication import Peer, Replicator
+from catalog.server.serve import SERVICE_NAME, CatalogServer, build_server
+from catalog.service import CatalogService
+
+log = logging.getLogger("catalog.app")
+METHOD = f"/{SERVICE_NAME}/"
+# Node- and replica-facing methods need a grid host certificate; queries take a researcher
+# token or a host certificate (a node's grid AE queries on behalf of DICOM users).
+HOST_METHODS = ("RegisterNode", "Heartbeat", "PublishChanges", "GetWatermarks", "PullChanges")
+QUERY_METHODS = ("QueryStudies", "QuerySeries", "QueryInstances", "LocateInstances")
+
+
+@dataclass
+class CatalogApp:
+    """A running (or ready) replica; :meth:`stop` releases everything it started."""
+
+    config: CatalogConfig
+    engine: Engine
+    service: CatalogService
+    server: CatalogServer
+    replicator: Replicator
+    closers: list[Callable[[], None]] = field(default_factory=list)
+
+    @property
+    def port(self) -> int:
+        return self.server.port
+
+    def start(self) -> None:
+        self.server.start()
+        self.replicator.start()
+        log.info(
+            "event=catalog_started name=%s port=%d peers=%d db=%s",
+            self.config.name,
+            self.port,
+            len(self.config.peers),
+            self.engine.url.get_backend_name(),
+        )
+
+    def stop(self, grace: float = 2.0) -> None:
+        self.replicator.stop()
+        self.server.stop(grace)
+        for close in self.closers:
+            close()
+        self.engine.dispose()
+        log.info("event=catalog_stopped name=%s", self.config.name)
+
+
+def _scope_from_principal(_context: grpc.ServicerContext) -> Scope:
+    from catalog.security import PrincipalKind
+    from catalog.server.interceptors import current_principal
+
+    principal = current_principal()
+    if principal is None or principal.kind is PrincipalKind.HOST or principal.reads_all:
+        return Scope()
+    return Scope(collections=frozenset(principal.readable_collections()))
+
+
+def _security(
+    security: SecurityConfig, engine: Engine
+) -> tuple[list[grpc.ServerInterceptor], Callable[[grpc.ServicerContext], Scope]]:
+    from catalog.security import AuditLog, TokenStore, create_all, load_pepper
+    from catalog.server.interceptors import (
+        AccessPolicy,
+        AuditInterceptor,
+        AuthInterceptor,
+        Requirement,
+    )
+
+    create_all(engine)  # the security tables live beside the catalog's
+    rules = {METHOD + m: Requirement.HOST for m in HOST_METHODS}
+    rules.update({METHOD + m: Requirement.TOKEN_OR_HOST for m in QUERY_METHODS})
+    auth = AuthInterceptor(
+        TokenStore(engine, load_pepper(security.pepper_file)), policy=AccessPolicy(rules=rules)
+    )
+    interceptors: list[grpc.ServerInterceptor] = []
+    if security.audit:
+        interceptors.append(AuditInterceptor(AuditLog(engine), security.audited_methods))
+    interceptors.append(auth)  # audit outermost, so rejected calls are audited too
+    return interceptors, _scope_from_principal
+
+
+def _credentials(
+    config: CatalogConfig,
+) -> tuple[grpc.ServerCredentials | None, grpc.ChannelCredentials | None]:
+    if config.tls is None:
+        return None, None
+    from catalog.security import channel_credentials, server_credentials
+
+    tls = config.tls
+    return (
+        server_credentials(tls.cert, tls.key, tls.ca, require_client_auth=tls.require_client_auth),
+        channel_credentials(tls.cert, tls.key, tls.ca),
+    )
+
+
+def build_app(config: CatalogConfig) -> CatalogApp:
+    """Open the database (migrating it) and wire a replica; nothing is started yet."""
+    engine = open_database(config.db_url)
+    try:
+        service = CatalogService(config.name, Repository(engine))
+        server_creds, channel_creds = _credentials(config)
+        interceptors: list[grpc.ServerInterceptor] = []
+        scope = None
+        if config.security is not None:
+            interceptors, scope = _security(config.security, engine)
+        server = build_server(
+            service,
+            port=config.port,
+            host=config.listen_host,
+            interceptors=interceptors,
+            server_credentials=server_creds,
+            scope=scope,
+            max_workers=config.max_workers,
+        )
+        timeout = config.replication.timeout_s
+
+        def connect(address: str) -> GrpcCatalogClient:
+            return GrpcCatalogClient(
+                [address],
+                timeout=timeout,
+                stream_timeout=max(60.0, timeout),
+                credentials=channel_creds,
+            )
+
+        replicator = Replicator(
+            service,
+            [Peer(p.name, p.address) for p in config.peers],
+            connect,
+            interval=config.replication.interval_s,
+            batch_size=config.replication.batch_size,
+        )
+    except BaseException:
+        engine.dispose()
+        raise
+    return CatalogApp(config, engine, service, server, replicator)

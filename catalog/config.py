@@ -1,0 +1,163 @@
+"""The catalog process configuration: typed, frozen, validated once at start.
+
+Built from a TOML file (``--config``) with command-line overrides layered on top; every error
+names the field path (``replication.interval_s: Input should be greater than 0``).
+"""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from catalog.errors import ConfigError
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class PeerConfig(_Model):
+    """Another replica this one pulls changes from."""
+
+    name: str = Field(min_length=1)
+    address: str = Field(description="host:port of the peer's catalog gRPC port")
+
+    @field_validator("address")
+    @classmethod
+    def _host_port(cls, value: str) -> str:
+        host, sep, port = value.rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError(f"{value!r} is not host:port")
+        return value
+
+
+class ReplicationConfig(_Model):
+    interval_s: float = Field(0.5, gt=0, le=3600, description="pause between pull rounds")
+    batch_size: int = Field(2000, ge=1, le=50_000, description="changes per pull and apply")
+    timeout_s: float = Field(5.0, gt=0, description="deadline of each call to a peer")
+
+
+class TlsConfig(_Model):
+    """mTLS material made by ``gridpacs pki`` (paths, never inline keys)."""
+
+    cert: Path
+    key: Path
+    ca: Path
+    require_client_auth: bool = True
+
+
+class SecurityConfig(_Model):
+    """Token authentication and the audit log (catalog.security)."""
+
+    pepper_file: Path = Field(description="server-side secret mixed into token hashes")
+    audit: bool = True
+    audited_methods: tuple[str, ...] = (
+        "/gridpacs.catalog.v1.CatalogService/Query*",
+        "/gridpacs.catalog.v1.CatalogService/LocateInstances",
+        "/gridpacs.catalog.v1.CatalogService/RegisterNode",
+    )
+
+
+class CatalogConfig(_Model):
+    """Everything one catalog replica needs."""
+
+    name: str = Field(min_length=1, max_length=128, description="this replica's name")
+    listen_host: str = "127.0.0.1"
+    port: int = Field(50051, ge=0, le=65535)
+    db_url: str = "sqlite:///catalog.sqlite"
+    peers: tuple[PeerConfig, ...] = ()
+    replication: ReplicationConfig = ReplicationConfig()
+    tls: TlsConfig | None = None
+    security: SecurityConfig | None = None
+    insecure: bool = Field(False, description="plaintext gRPC, for local development only")
+    max_workers: int = Field(16, ge=2, le=256)
+
+    @field_validator("db_url")
+    @classmethod
+    def _known_backend(cls, value: str) -> str:
+        if not value.startswith(("sqlite", "postgresql")):
+            raise ValueError("db_url must be a sqlite:// or postgresql:// URL")
+        return value
+
+    @model_validator(mode="after")
+    def _transport(self) -> CatalogConfig:
+        if self.tls is None and not self.insecure:
+            raise ValueError("configure [tls] (mTLS) or set insecure = true (--insecure)")
+        if self.tls is not None and self.insecure:
+            raise ValueError("insecure = true conflicts with a [tls] section")
+        names = [p.name for p in self.peers]
+        if len(set(names)) != len(names):
+            raise ValueError("peer names must be unique")
+        return self
+
+
+def _format(exc: ValidationError) -> str:
+    lines = []
+    for error in exc.errors():
+        path = ".".join(str(p) for p in error["loc"]) or "(config)"
+        lines.append(f"{path}: {error['msg']}")
+    return "; ".join(lines)
+
+
+def build_config(data: dict[str, Any]) -> CatalogConfig:
+    """Validate a plain mapping; :class:`ConfigError` lists every bad field path."""
+    try:
+        return CatalogConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(f"invalid catalog configuration: {_format(exc)}") from exc
+
+
+def read_toml(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as handle:
+            return tomllib.load(handle)
+    except OSError as exc:
+        raise ConfigError(f"cannot read {path}: {exc.strerror}") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path} is not valid TOML: {exc}") from exc
+
+
+def parse_peer(text: str) -> dict[str, str]:
+    """``NAME=HOST:PORT`` (the ``--peer`` option) -> a peer mapping."""
+    name, sep, address = text.partition("=")
+    if not sep or not name or not address:
+        raise ConfigError(f"--peer {text!r}: expected NAME=HOST:PORT")
+    return {"name": name, "address": address}
+
+
+def load_config(path: Path | None, overrides: dict[str, Any]) -> CatalogConfig:
+    """The TOML file (if any) with non-None ``overrides`` on top, validated."""
+    data = read_toml(path) if path is not None else {}
+    data.update({k: v for k, v in overrides.items() if v is not None})
+    return build_config(data)
+
+
+DEFAULT_CONFIG = """\
+# gridpacs catalog replica configuration (every key shown with its default).
+name = "catalog-1"              # this replica's name (required)
+listen_host = "127.0.0.1"
+port = 50051
+db_url = "sqlite:///catalog.sqlite"   # or postgresql+psycopg2://user@host/db
+insecure = false                # true: plaintext gRPC, local development only
+max_workers = 16
+
+# [[peers]]                     # other replicas to pull changes from (repeat)
+# name = "catalog-2"
+# address = "catalog-2.example.org:50051"
+
+[replication]
+interval_s = 0.5
+batch_size = 2000
+timeout_s = 5.0
+
+# [tls]                         # mTLS (files made by `gridpacs pki`)
+# cert = "/etc/gridpacs/catalog.crt"
+# key = "/etc/gridpacs/catalog.key"
+# ca = "/etc/gridpacs/ca.crt"
+
+# [security]                    # researcher tokens and the audit log
+# pepper_file = "/etc/gridpacs/token-pepper"
+"""
