@@ -32,6 +32,11 @@ def _mount() -> None:
     app.add_typer(pki_app, name="pki", help="The grid CA and host certificates.")
     app.add_typer(token_app, name="token", help="Researchers' API tokens.")
     app.add_typer(audit_app, name="audit", help="Read and verify the audit log.")
+    from catalog.cli import app as catalog_app
+    from catalog.query_cli import query_cmd
+
+    app.add_typer(catalog_app, name="catalog", help="Run and configure a catalog replica.")
+    app.command("query", help="Query the grid-wide catalog.")(query_cmd)
 
 
 def main() -> None:
