@@ -34,7 +34,9 @@ from peers import SERVERS, PeerError, Server
 from pydicom.dataset import Dataset
 from pynetdicom import AE
 from pynetdicom.association import Association
-from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelFind
+from pynetdicom.sop_class import (  # type: ignore[attr-defined]  # generated at import
+    StudyRootQueryRetrieveInformationModelFind,
+)
 from rich.console import Console
 from rich.table import Table
 from storescu import send_parallel
