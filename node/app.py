@@ -12,6 +12,7 @@ from node.config import NodeConfig
 from node.dicom.handlers import Gateway
 from node.dicom.server import DicomServer, configure_pynetdicom
 from node.index import SqlIndex, open_index
+from node.research_routes import build_research_routes
 from node.routing import Route, Router
 from node.services.ingest import IngestService
 from node.services.query import QueryService
@@ -24,7 +25,8 @@ LOG = logging.getLogger("gridpacs.node")
 
 def build_routes(config: NodeConfig) -> list[Route]:
     """Every AE title the node answers to and what it does with what arrives there."""
-    return [Route(ae_title=config.dicom.ae_title, collection=config.default_collection)]
+    archive = Route(ae_title=config.dicom.ae_title, collection=config.default_collection)
+    return [archive, *build_research_routes(config)]
 
 
 class NodeApp:

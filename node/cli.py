@@ -102,6 +102,9 @@ def serve(
     try:
         node = NodeApp(cfg)
         node.start()
+    except ConfigError as exc:
+        _err.print(f"[red]error:[/red] {exc}", highlight=False)
+        raise typer.Exit(2) from None
     except OSError as exc:
         _err.print(f"[red]error:[/red] cannot start the node: {exc}", highlight=False)
         raise typer.Exit(1) from None

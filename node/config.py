@@ -11,7 +11,14 @@ import tomllib
 from pathlib import Path
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from node.errors import ConfigError
 
@@ -94,6 +101,35 @@ class StorageConfig(_Strict):
     encryption_key_file: Path | None = None
 
 
+class AnonymizerConfig(_Strict):
+    """Site secrets for de-identification; both are generated at first start when unset."""
+
+    secret_file: Path | None = None
+    """HMAC secret of this site (default ``<data_dir>/secrets/pseudonym.secret``)."""
+    reid_key_file: Path | None = None
+    """AES key of the re-identification map (default ``<data_dir>/secrets/reid.key``)."""
+
+
+class RouteConfig(_Strict):
+    """A research route: what arrives at ``ae_title`` is de-identified into ``collection``."""
+
+    ae_title: str
+    collection: str
+    profile: tuple[str, ...] = ("basic",)
+    options: tuple[str, ...] = ()
+    recipes: tuple[Path, ...] = ()
+    """Extra deid recipe files applied after the profile."""
+    keep_original: bool = False
+    """Also archive the identified original in the node's default collection."""
+    allow_burned_in: bool = False
+    """Accept instances with BurnedInAnnotation = YES (their pixels are not cleaned)."""
+
+    @field_validator("ae_title")
+    @classmethod
+    def _ae(cls, value: str) -> str:
+        return _check_ae(value)
+
+
 class NodeConfig(_Strict):
     """The whole configuration of one node process."""
 
@@ -104,6 +140,8 @@ class NodeConfig(_Strict):
     default_collection: str = "local"
     dicom: DicomConfig = Field(default_factory=DicomConfig)
     storage: StorageConfig = Field(default_factory=StorageConfig)
+    anonymizer: AnonymizerConfig = Field(default_factory=AnonymizerConfig)
+    routes: tuple[RouteConfig, ...] = ()
 
     @field_validator("name", "default_collection")
     @classmethod
@@ -111,6 +149,24 @@ class NodeConfig(_Strict):
         if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}", value):
             raise ValueError(f"{value!r}: use letters, digits, '-', '_' or '.' (max 64)")
         return value
+
+    @model_validator(mode="after")
+    def _routes_distinct(self) -> NodeConfig:
+        seen = {self.dicom.ae_title}
+        for route in self.routes:
+            if route.ae_title in seen:
+                raise ValueError(f"routes: AE title {route.ae_title!r} is used twice")
+            seen.add(route.ae_title)
+            if route.collection == self.default_collection:
+                raise ValueError(
+                    f"routes: {route.ae_title} de-identifies into {route.collection!r}, the "
+                    "identified default collection; use a research collection"
+                )
+        return self
+
+    @property
+    def secrets_dir(self) -> Path:
+        return self.data_dir / "secrets"
 
     @property
     def blob_dir(self) -> Path:

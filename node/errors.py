@@ -36,6 +36,10 @@ class ConflictingInstance(IngestError):
     """The instance contradicts the archive (e.g. a known study under another PatientID)."""
 
 
+class DeidentificationRefused(IngestError):
+    """A research route could not (or may not) de-identify the instance."""
+
+
 class InstanceTooLarge(IngestError):
     """The dataset exceeds the node's configured maximum instance size."""
 

@@ -118,6 +118,8 @@ class Gateway:
         try:
             if route is None:  # cannot happen after on_requested, but never store unrouted
                 raise IngestError(f"no route for called AE {called!r}")
+            if route.archive_original_in is not None:
+                self.ingest.store(request, collection=route.archive_original_in)
             self.ingest.store(request, collection=route.collection, transform=route.transform)
             result, code = status.SUCCESS, status.SUCCESS
         except Exception as exc:

@@ -23,6 +23,7 @@ STORE_CANNOT_UNDERSTAND = 0xC000
 STORE_MISSING_ATTRIBUTE = 0xC001
 STORE_INVALID_VALUE = 0xC002
 STORE_CONFLICT = 0xC003
+STORE_DEIDENTIFICATION_REFUSED = 0xC004
 NOT_AUTHORIZED = 0x0124
 
 # Query/Retrieve failures
@@ -37,6 +38,7 @@ _STORE_CODES: list[tuple[type[Exception], int]] = [
     (errors.SopClassMismatch, STORE_DATASET_DOES_NOT_MATCH_SOP_CLASS),
     (errors.MissingAttribute, STORE_MISSING_ATTRIBUTE),
     (errors.ConflictingInstance, STORE_CONFLICT),
+    (errors.DeidentificationRefused, STORE_DEIDENTIFICATION_REFUSED),
     (errors.InstanceTooLarge, STORE_OUT_OF_RESOURCES),
     (errors.UndecodableDataset, STORE_CANNOT_UNDERSTAND),
     (errors.ArchiveUnavailable, STORE_OUT_OF_RESOURCES),
