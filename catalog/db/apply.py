@@ -135,9 +135,6 @@ def _split_attributes(
             series[key] = value
         else:
             instance[key] = value
-    study["PatientID"] = record.patient_id
-    study["StudyInstanceUID"] = record.study_instance_uid
-    series["SeriesInstanceUID"] = record.series_instance_uid
     return study, series, instance
 
 

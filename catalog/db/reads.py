@@ -175,9 +175,11 @@ def query_studies(conn: Connection, query: QueryFilter, scope: Scope) -> Iterato
         modalities: set[str] = set()
         for row in rows:
             modalities.update(m for m in row.modalities.split("\\") if m)
+        attributes = dict(first.attributes)
+        attributes.update(PatientID=first.patient_id, StudyInstanceUID=first.study_instance_uid)
         return StudyMatch(
             study_instance_uid=first.study_instance_uid,
-            attributes=dict(first.attributes),
+            attributes=attributes,
             modalities_in_study=tuple(sorted(modalities)),
             number_of_series=max(r.number_of_series for r in rows),
             number_of_instances=max(r.number_of_instances for r in rows),
@@ -209,7 +211,11 @@ def query_series(conn: Connection, query: QueryFilter, scope: Scope) -> Iterator
     def build(rows: list[Row[Any]]) -> SeriesMatch:
         first = rows[0]
         attributes = dict(first.attributes)
-        attributes.update(PatientID=first.patient_id, PatientName=first.patient_name)
+        attributes.update(
+            PatientID=first.patient_id,
+            PatientName=first.patient_name,
+            SeriesInstanceUID=first.series_instance_uid,
+        )
         return SeriesMatch(
             study_instance_uid=first.study_instance_uid,
             series_instance_uid=first.series_instance_uid,
