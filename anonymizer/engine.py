@@ -1,0 +1,423 @@
+"""Apply a compiled profile to a pydicom Dataset in one walk (recursing into sequences).
+
+Elements the profile does not touch are carried over as the raw bytes pydicom read
+(never decoded, never re-encoded); only listed attributes are decoded and rewritten.
+That, and a recipe compiled once per process instead of once per file, is what makes
+this engine much faster than deid's per-file pipeline.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple
+
+from pydicom.datadict import tag_for_keyword
+from pydicom.dataelem import DataElement, RawDataElement, convert_raw_data_element
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.sequence import Sequence
+from pydicom.tag import BaseTag
+from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
+
+from anonymizer.actions import Action, ActionTable, Rule
+from anonymizer.elements import (
+    Encoding,
+    ascii_element,
+    dictionary_vr,
+    empty_element,
+    encoding_of,
+    shift_date,
+    values_of,
+)
+from anonymizer.errors import BurnedInAnnotation
+from anonymizer.interfaces import PseudonymStore
+from anonymizer.marking import marking_elements
+from anonymizer.part10 import peek, read_part10, write_part10
+from anonymizer.profiles import Profile
+from anonymizer.pseudonyms import Pseudonymizer
+
+#: Our implementation class UID (a fixed ``2.25`` UID) written in the file meta.
+IMPLEMENTATION_CLASS_UID = "2.25.161440817744233011186347823960658123089"
+IMPLEMENTATION_VERSION_NAME = "GRIDPACS_ANON1"
+
+PATIENT_ID = 0x00100020
+PATIENT_NAME = 0x00100010
+SOP_CLASS_UID = 0x00080016
+SOP_INSTANCE_UID = 0x00080018
+BURNED_IN = 0x00280301
+TEXT_VRS = frozenset({"AE", "CS", "LO", "LT", "PN", "SH", "ST", "UC", "UT", "UR"})
+_DUMMY = {
+    "DA": "19000101",
+    "TM": "000000",
+    "DT": "19000101000000",
+    "AS": "000D",
+    "DS": "0",
+    "IS": "0",
+}
+#: Attributes whose values are scrubbed from descriptions kept by the "clean" action.
+IDENTIFYING = tuple(
+    tag_for_keyword(k) or 0
+    for k in (
+        "PatientName", "PatientID", "OtherPatientIDs", "OtherPatientNames",
+        "PatientBirthName", "PatientMotherBirthName", "PatientAddress",
+        "PatientTelephoneNumbers", "PatientBirthDate", "AccessionNumber",
+        "ReferringPhysicianName", "PerformingPhysicianName", "NameOfPhysiciansReadingStudy",
+        "OperatorsName", "InstitutionName", "InstitutionAddress", "MedicalRecordLocator",
+        "StudyID", "IssuerOfPatientID", "ResponsiblePerson", "MilitaryRank",
+    )
+)  # fmt: skip
+#: Top-level UIDs recorded in the re-identification map.
+RECORDED = {0x0020000D: "StudyInstanceUID", 0x0020000E: "SeriesInstanceUID"}
+
+Handler = Callable[[Any, str, Dataset, "_Instance", Rule, bool], Any]
+
+
+class DeidentifiedInstance(NamedTuple):
+    """Result of :meth:`Deidentifier.deidentify_part10`."""
+
+    data: bytes
+    sop_instance_uid: str
+    study_instance_uid: str
+    patient_id: str
+
+
+def _text(ds: Dataset, tag: int) -> str:
+    value = peek(ds, tag)
+    return "" if value is None else str(value).strip()
+
+
+@dataclass
+class _Instance:
+    """Per-call state: the source's identity, its encoding, the mappings made for it."""
+
+    pseudo: Pseudonymizer
+    top: Dataset
+    encoding: Encoding
+    mappings: list[tuple[str, str, str]] = field(default_factory=list)
+    _patient: tuple[str, str] | None = None
+    _shift: int | None = None
+    _scrub: re.Pattern[str] | None = None
+    _scrub_done: bool = False
+    _key: str | None = None
+
+    def patient_key(self) -> str:
+        """What identifies the patient: PatientID, else the name."""
+        if self._key is None:
+            original = _text(self.top, PATIENT_ID)
+            self._key = original or "name:" + _text(self.top, PATIENT_NAME)
+        return self._key
+
+    def patient(self) -> str:
+        """The pseudonymous PatientID of the top-level dataset (recorded once)."""
+        if self._patient is None:
+            pseudonym = self.pseudo.patient_id(self.patient_key())
+            self._patient = (_text(self.top, PATIENT_ID), pseudonym)
+            self.mappings.append(("PatientID", pseudonym, self._patient[0]))
+        return self._patient[1]
+
+    def shift_days(self) -> int:
+        if self._shift is None:
+            self._shift = self.pseudo.date_shift_days(self.patient_key())
+        return self._shift
+
+    def scrub(self) -> re.Pattern[str] | None:
+        """A pattern matching every identifying string of this instance."""
+        if not self._scrub_done:
+            words: set[str] = set()
+            for tag in IDENTIFYING:
+                for text in values_of(peek(self.top, tag)):
+                    words.add(text)
+                    words.update(re.split(r"[\^=\s,]+", text))
+            ordered = sorted((w for w in words if len(w) >= 2), key=len, reverse=True)
+            if ordered:
+                self._scrub = re.compile("|".join(map(re.escape, ordered)), re.IGNORECASE)
+            self._scrub_done = True
+        return self._scrub
+
+
+class Deidentifier:
+    """De-identifies datasets and Part 10 files with one compiled profile.
+
+    Parameters
+    ----------
+    profile
+        From :func:`anonymizer.load_profile`.
+    secret
+        The site secret (HMAC key, at least 32 bytes).
+    reid_map
+        Where new pseudonym -> original mappings are recorded (optional).
+    allow_burned_in
+        Accept instances marked ``BurnedInAnnotation = YES`` (their pixels are not
+        cleaned).
+
+    Thread-safe: one instance can serve several ingest threads.
+    """
+
+    def __init__(
+        self,
+        profile: Profile,
+        secret: bytes,
+        reid_map: PseudonymStore | None = None,
+        allow_burned_in: bool = False,
+    ) -> None:
+        self.profile = profile
+        self._table: ActionTable = profile.table
+        self._pseudo = Pseudonymizer(secret)
+        self._reid_map = reid_map
+        self._allow_burned_in = allow_burned_in
+        self._rules: dict[int, Rule | None] = {}
+        self._handlers: dict[Action, Handler] = {
+            Action.UID: self._uid,
+            Action.PSEUDONYM: self._pseudonym,
+            Action.CLEAN: self._clean,
+            Action.SHIFT_DATE: self._shift,
+            Action.REPLACE: self._literal,
+            Action.DUMMY: self._dummy,
+        }
+
+    # -- public API -------------------------------------------------------------------
+
+    def deidentify(self, ds: Dataset) -> Dataset:
+        """Return a de-identified copy of ``ds`` (``file_meta`` included).
+
+        ``ds`` itself is not modified.
+
+        Raises
+        ------
+        BurnedInAnnotation
+            ``ds`` says its pixels carry burned-in text and that was not allowed.
+        """
+        self._check_burned_in(ds)
+        instance = _Instance(self._pseudo, ds, ds.original_encoding)
+        out = self._walk(ds, instance, top=True)
+        for tag, rule in self._table.additions.items():
+            out[tag] = DataElement(tag, dictionary_vr(tag), rule.value)
+        for tag, elem in marking_elements(self.profile, instance.encoding).items():
+            out[tag] = elem
+        out.file_meta = self._file_meta(ds, out)
+        if self._reid_map is not None:
+            for kind, pseudonym, original in instance.mappings:
+                if original:
+                    self._reid_map.record(kind, pseudonym, original)
+        return out
+
+    def deidentify_bytes(self, data: bytes) -> bytes:
+        """Part 10 in, Part 10 out; pixel data untouched, transfer syntax kept.
+
+        Raises
+        ------
+        UnreadableInput
+            ``data`` is not a complete Part 10 instance.
+        BurnedInAnnotation
+            As :meth:`deidentify`.
+        """
+        return self.deidentify_part10(data).data
+
+    def deidentify_part10(self, data: bytes) -> DeidentifiedInstance:
+        """Like :meth:`deidentify_bytes`, also returning the new identifiers."""
+        out = self.deidentify(read_part10(data))
+        return DeidentifiedInstance(
+            data=write_part10(out),
+            sop_instance_uid=_text(out, SOP_INSTANCE_UID),
+            study_instance_uid=_text(out, 0x0020000D),
+            patient_id=_text(out, PATIENT_ID),
+        )
+
+    # -- the walk ---------------------------------------------------------------------
+
+    def _check_burned_in(self, ds: Dataset) -> None:
+        if self._allow_burned_in:
+            return
+        if _text(ds, BURNED_IN).upper() == "YES":
+            raise BurnedInAnnotation(
+                "BurnedInAnnotation is YES: the pixels may show PHI; refused "
+                "(allow_burned_in=True accepts it)"
+            )
+
+    def _rule(self, tag: int) -> Rule | None:
+        try:
+            return self._rules[tag]
+        except KeyError:
+            rule = self._table.rule_for(tag)
+            self._rules[tag] = rule
+            return rule
+
+    def _walk(self, src: Dataset, instance: _Instance, top: bool) -> Dataset:
+        elements: dict[BaseTag, Any] = {}
+        private_rules: dict[int, Rule | None] | None = None
+        for tag in src.keys():  # noqa: SIM118 (iterating a Dataset decodes it)
+            if tag.element == 0 and tag.group != 2:
+                continue  # group lengths would be stale; they are retired anyway
+            elem = src.get_item(tag)
+            if tag.group & 1:
+                if private_rules is None:
+                    private_rules = self._private_rules(src)
+                rule = private_rules.get(tag)
+            else:
+                rule = self._rule(tag)
+            vr = elem.VR or dictionary_vr(tag)
+            new = self._apply(rule, tag, elem, vr, src, instance, top)
+            if new is not None:
+                elements[tag] = new
+        out = Dataset(elements, parent_encoding=getattr(src, "_parent_encoding", "iso8859"))
+        implicit, little = src.original_encoding
+        out.set_original_encoding(implicit, little, src.original_character_set)
+        return out
+
+    def _apply(
+        self,
+        rule: Rule | None,
+        tag: BaseTag,
+        elem: Any,
+        vr: str,
+        src: Dataset,
+        instance: _Instance,
+        top: bool,
+    ) -> Any:
+        """The element to write for ``elem`` (None: leave it out)."""
+        if rule is None or rule.action is Action.KEEP:
+            return self._sequence(src, tag, instance) if vr == "SQ" else elem
+        action = rule.action
+        if action is Action.REMOVE:
+            return None
+        if vr == "SQ":
+            if action is Action.CLEAN:  # keep it, de-identify its items
+                return self._sequence(src, tag, instance)
+            return DataElement(tag, "SQ", Sequence())
+        if action is Action.BLANK:
+            return empty_element(tag, vr, encoding_of(elem, instance.encoding))
+        return self._handlers[action](elem, vr, src, instance, rule, top)
+
+    def _sequence(self, src: Dataset, tag: BaseTag, instance: _Instance) -> DataElement:
+        elem = src.get_item(tag)
+        if isinstance(elem, RawDataElement):
+            elem = convert_raw_data_element(elem, ds=src)
+        items = [self._walk(item, instance, top=False) for item in elem.value or ()]
+        return DataElement(tag, "SQ", Sequence(items))
+
+    def _private_rules(self, src: Dataset) -> dict[int, Rule | None]:
+        """Decide every private element of one dataset level, creators included."""
+        default = self._table.private_default
+        named = self._table.private
+        rules: dict[int, Rule | None] = {}
+        creators: dict[tuple[int, int], str] = {}
+        for tag in src.keys():  # noqa: SIM118 (iterating a Dataset decodes it)
+            if tag.group & 1 and 0x10 <= tag.element <= 0xFF:
+                creators[(tag.group, tag.element)] = _text(src, tag)
+        for tag in src.keys():  # noqa: SIM118
+            if not tag.group & 1:
+                continue
+            if tag.element <= 0xFF:
+                rules.setdefault(tag, default)  # creators: kept below if a member is kept
+                continue
+            creator = creators.get((tag.group, tag.element >> 8))
+            rule = named.get((tag.group, creator or "", tag.element & 0xFF), default)
+            rules[tag] = rule
+            if creator is not None and (rule is None or rule.action is not Action.REMOVE):
+                rules[BaseTag((tag.group << 16) | (tag.element >> 8))] = None
+        return rules
+
+    # -- actions ----------------------------------------------------------------------
+
+    def _value(self, elem: Any, src: Dataset) -> Any:
+        if isinstance(elem, RawDataElement):
+            return convert_raw_data_element(elem, ds=src).value
+        return elem.value
+
+    def _uid(self, elem: Any, vr: str, src: Dataset, inst: _Instance, rule: Rule, top: bool) -> Any:
+        originals = values_of(self._value(elem, src))
+        mapped = [self._pseudo.uid(v) for v in originals]
+        if top and elem.tag in RECORDED and mapped:
+            inst.mappings.append((RECORDED[elem.tag], mapped[0], originals[0]))
+        return ascii_element(elem.tag, "UI", mapped, encoding_of(elem, inst.encoding))
+
+    def _pseudonym(
+        self, elem: Any, vr: str, src: Dataset, inst: _Instance, rule: Rule, top: bool
+    ) -> Any:
+        tag = elem.tag
+        encoding = encoding_of(elem, inst.encoding)
+        if top and tag == PATIENT_ID:
+            return ascii_element(tag, vr, [inst.patient()], encoding)
+        if top and tag == PATIENT_NAME:
+            pseudonym = self._pseudo.patient_name(inst.patient())
+            inst.mappings.append(("PatientName", pseudonym, _text(src, PATIENT_NAME)))
+            return ascii_element(tag, vr, [pseudonym], encoding)
+        values = values_of(self._value(elem, src))
+        if tag == PATIENT_ID:
+            mapped = [self._pseudo.patient_id(v) for v in values]
+        elif vr == "UI":
+            mapped = [self._pseudo.uid(v) for v in values]
+        else:
+            mapped = [self._pseudo.text(f"{tag:08X}", v) for v in values]
+            if vr == "PN":
+                mapped = [f"ANON^{v}" for v in mapped]
+        return ascii_element(tag, vr, mapped, encoding)
+
+    def _clean(
+        self, elem: Any, vr: str, src: Dataset, inst: _Instance, rule: Rule, top: bool
+    ) -> Any:
+        if vr not in TEXT_VRS:
+            return None  # only text can be cleaned; anything else is removed
+        value = self._value(elem, src)
+        pattern = inst.scrub()
+        cleaned = values_of(value)
+        if pattern is not None:
+            cleaned = [pattern.sub("*", v) for v in cleaned]
+        return DataElement(elem.tag, vr, cleaned if len(cleaned) > 1 else "".join(cleaned))
+
+    def _shift(
+        self, elem: Any, vr: str, src: Dataset, inst: _Instance, rule: Rule, top: bool
+    ) -> Any:
+        if vr not in ("DA", "DT"):
+            return elem if vr == "TM" else None
+        days = int(rule.value) if rule.value is not None else inst.shift_days()
+        shifted = []
+        for value in values_of(self._value(elem, src)):
+            moved = shift_date(value, days)
+            if moved is None:
+                return None  # an unparseable date is removed, never kept
+            shifted.append(moved)
+        return ascii_element(elem.tag, vr, shifted, encoding_of(elem, inst.encoding))
+
+    def _literal(
+        self, elem: Any, vr: str, src: Dataset, inst: _Instance, rule: Rule, top: bool
+    ) -> Any:
+        return DataElement(elem.tag, vr, rule.value)
+
+    def _dummy(
+        self, elem: Any, vr: str, src: Dataset, inst: _Instance, rule: Rule, top: bool
+    ) -> Any:
+        if vr == "UI":
+            return self._uid(elem, vr, src, inst, rule, top)
+        encoding = encoding_of(elem, inst.encoding)
+        if vr in TEXT_VRS or vr in _DUMMY:
+            return ascii_element(elem.tag, vr, [_DUMMY.get(vr, "ANONYMIZED")], encoding)
+        return empty_element(elem.tag, vr, encoding)
+
+    # -- file meta --------------------------------------------------------------------
+
+    def _file_meta(self, src: Dataset, out: Dataset) -> FileMetaDataset:
+        old = getattr(src, "file_meta", None)
+        sop_class = _text(out, SOP_CLASS_UID)
+        if not sop_class and old is not None:
+            sop_class = str(old.get("MediaStorageSOPClassUID", ""))
+        syntax = old.get("TransferSyntaxUID") if old is not None else None
+        if not syntax:
+            implicit, _ = src.original_encoding
+            syntax = ImplicitVRLittleEndian if implicit else ExplicitVRLittleEndian
+        meta = FileMetaDataset(
+            {
+                BaseTag(tag): ascii_element(tag, "UI", [value], (False, True))
+                for tag, value in (
+                    (0x00020002, sop_class),
+                    (0x00020003, _text(out, SOP_INSTANCE_UID)),
+                    (0x00020010, str(syntax)),
+                    (0x00020012, IMPLEMENTATION_CLASS_UID),
+                )
+            }
+        )
+        meta[0x00020013] = ascii_element(
+            0x00020013, "SH", [IMPLEMENTATION_VERSION_NAME], (False, True)
+        )
+        return meta

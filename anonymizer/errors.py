@@ -1,0 +1,31 @@
+"""The one exception hierarchy of the anonymizer: callers catch ``AnonymizationError``."""
+
+from __future__ import annotations
+
+
+class AnonymizationError(Exception):
+    """Root of every error raised by the anonymizer."""
+
+
+class RecipeError(AnonymizationError):
+    """A recipe file is malformed or uses something our engine does not support.
+
+    Raised instead of deid's ``sys.exit`` so a broken recipe is reported, never
+    silently replaced by deid's default recipe.
+    """
+
+
+class ProfileNotFound(AnonymizationError):
+    """A profile, option or recipe file name that does not exist was requested."""
+
+
+class BurnedInAnnotation(AnonymizationError):
+    """The instance says ``BurnedInAnnotation = YES``: its pixels may carry PHI.
+
+    The engine only de-identifies the header, so such instances are refused unless
+    the caller explicitly allows them.
+    """
+
+
+class UnreadableInput(AnonymizationError):
+    """The input is not a readable, complete DICOM Part 10 instance."""

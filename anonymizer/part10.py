@@ -1,0 +1,225 @@
+"""Part 10 bytes in and out: refuse truncated input, write output quickly.
+
+pydicom's ``dcmread`` stops quietly at the end of a short buffer, so completeness is
+checked here. For writing, raw elements (bytes pydicom read but never decoded) go back
+out as a header plus their original value bytes, and the file meta is encoded directly;
+only the elements the engine created pass through pydicom's element writer. That keeps
+the cost of a de-identified instance close to the cost of reading it.
+"""
+
+from __future__ import annotations
+
+import io
+import struct
+from typing import Any
+
+from pydicom import dcmread
+from pydicom.charset import convert_encodings
+from pydicom.dataelem import DataElement, RawDataElement, convert_raw_data_element
+from pydicom.dataset import Dataset
+from pydicom.errors import InvalidDicomError
+from pydicom.filebase import DicomBytesIO
+from pydicom.filewriter import dcmwrite, write_data_element
+from pydicom.uid import DeflatedExplicitVRLittleEndian, ExplicitVRBigEndian
+
+from anonymizer.elements import dictionary_vr
+from anonymizer.errors import AnonymizationError, UnreadableInput
+
+_LONG_VRS = frozenset(
+    {"OB", "OD", "OF", "OL", "OV", "OW", "SQ", "SV", "UC", "UN", "UR", "UT", "UV"}
+)
+_ITEM = struct.pack("<HHI", 0xFFFE, 0xE000, 0xFFFFFFFF)
+_ITEM_END = struct.pack("<HHI", 0xFFFE, 0xE00D, 0)
+_SEQUENCE_END = struct.pack("<HHI", 0xFFFE, 0xE0DD, 0)
+_PIXEL_DATA = 0x7FE00010
+_META_ORDER = (0x00020002, 0x00020003, 0x00020010, 0x00020012, 0x00020013)
+
+
+_ASCII_VRS = frozenset({"AE", "AS", "CS", "DA", "DS", "DT", "IS", "TM", "UI"})
+
+
+def peek(ds: Dataset, tag: int) -> Any:
+    """The value of ``tag`` without caching a decoded element in ``ds``.
+
+    Keeping elements raw is what lets :func:`write_part10` copy them back cheaply. VRs
+    whose characters are always ASCII, and single US values, are decoded here directly.
+    """
+    elem = ds.get_item(tag)
+    if elem is None:
+        return None
+    if isinstance(elem, RawDataElement):
+        vr = elem.VR or dictionary_vr(tag)
+        value = elem.value
+        if isinstance(value, bytes) and elem.is_little_endian:
+            if vr in _ASCII_VRS and b"\\" not in value:
+                return value.decode("ascii", "replace").strip(" \x00")
+            if vr == "US" and len(value) == 2:
+                return int.from_bytes(value, "little")
+        elem = convert_raw_data_element(elem, ds=ds)
+    return elem.value
+
+
+def read_part10(data: bytes) -> Dataset:
+    """Parse a complete Part 10 instance, refusing truncated or foreign bytes.
+
+    Every defined-length element must hold all its bytes, the instance must name its
+    SOP class and instance, and native pixel data must have the size its image
+    attributes promise.
+
+    Raises
+    ------
+    UnreadableInput
+        With a message saying what is wrong.
+    """
+    try:
+        ds = dcmread(io.BytesIO(data))
+    except (InvalidDicomError, EOFError, ValueError, KeyError, TypeError, OSError) as exc:
+        raise UnreadableInput(f"not a DICOM Part 10 file: {exc}") from exc
+    except Exception as exc:  # pydicom's parser raises a wide range of errors
+        raise UnreadableInput(f"unreadable DICOM: {type(exc).__name__}: {exc}") from exc
+    _check_complete(ds)
+    return ds
+
+
+def _check_complete(ds: Dataset) -> None:
+    if len(ds) == 0:
+        raise UnreadableInput("no data set after the file meta (truncated?)")
+    for tag in ds.keys():  # noqa: SIM118 (iterating a Dataset decodes it)
+        elem = ds.get_item(tag)
+        if (
+            isinstance(elem, RawDataElement)
+            and isinstance(elem.value, bytes)
+            and elem.length != 0xFFFFFFFF
+            and len(elem.value) < elem.length
+        ):
+            raise UnreadableInput(
+                f"truncated: element {tag} holds {len(elem.value)} of {elem.length} bytes"
+            )
+    for tag, keyword in ((0x00080016, "SOPClassUID"), (0x00080018, "SOPInstanceUID")):
+        if tag not in ds:
+            raise UnreadableInput(f"no {keyword} (truncated or not an instance)")
+    _check_pixels(ds)
+
+
+def _check_pixels(ds: Dataset) -> None:
+    meta = getattr(ds, "file_meta", None)
+    syntax = meta.get("TransferSyntaxUID") if meta is not None else None
+    if syntax is not None and syntax.is_compressed:
+        return
+    rows, columns, bits = (peek(ds, t) for t in (0x00280010, 0x00280011, 0x00280100))
+    if not rows or not columns or not bits:
+        return
+    if _PIXEL_DATA not in ds:
+        raise UnreadableInput("image attributes but no pixel data (truncated?)")
+    frames = int(peek(ds, 0x00280008) or 1)
+    samples = int(peek(ds, 0x00280002) or 1)
+    expected = (rows * columns * samples * frames * bits + 7) // 8
+    pixels = ds.get_item(_PIXEL_DATA)
+    length = len(pixels.value) if pixels is not None and pixels.value is not None else 0
+    if length < expected:
+        raise UnreadableInput(f"truncated pixel data: {length} of {expected} bytes")
+
+
+def write_part10(ds: Dataset) -> bytes:
+    """Encode ``ds`` (with ``file_meta``) as a Part 10 file.
+
+    Big endian and deflated syntaxes go through pydicom's ``dcmwrite``.
+
+    Raises
+    ------
+    AnonymizationError
+        A value cannot be encoded.
+    """
+    syntax = ds.file_meta.TransferSyntaxUID
+    try:
+        if syntax in (DeflatedExplicitVRLittleEndian, ExplicitVRBigEndian):
+            buffer = io.BytesIO()
+            dcmwrite(buffer, ds, enforce_file_format=True)
+            return buffer.getvalue()
+        fp = DicomBytesIO()
+        fp.write(b"\x00" * 128 + b"DICM")
+        fp.write(_file_meta_bytes(ds.file_meta))
+        fp.is_little_endian = True
+        fp.is_implicit_VR = syntax.is_implicit_VR
+        charset = peek(ds, 0x00080005)
+        _write_items(fp, ds, convert_encodings(charset or "ISO_IR 6"))
+        return fp.getvalue()
+    except AnonymizationError:
+        raise
+    except Exception as exc:  # pydicom raises many types for unencodable values
+        raise AnonymizationError(f"cannot encode the de-identified instance: {exc}") from exc
+
+
+def _file_meta_bytes(meta: Dataset) -> bytes:
+    """Group 0002 in explicit VR little endian, with its group length."""
+    body = [_short(0x00020001, b"OB", b"\x00\x01")]
+    for tag in _META_ORDER:
+        value = peek(meta, tag)
+        if value is None:
+            if tag in (0x00020002, 0x00020003, 0x00020010):
+                raise AnonymizationError(f"file meta lacks {tag:08X}")
+            continue
+        text = str(value).encode("ascii")
+        if len(text) % 2:
+            text += b"\x00" if tag != 0x00020013 else b" "
+        body.append(_short(tag, b"SH" if tag == 0x00020013 else b"UI", text))
+    payload = b"".join(body)
+    length = struct.pack("<HH2sHI", 0x0002, 0x0000, b"UL", 4, len(payload))
+    return length + payload
+
+
+def _short(tag: int, vr: bytes, value: bytes) -> bytes:
+    if vr == b"OB":
+        return struct.pack("<HH2sHI", tag >> 16, tag & 0xFFFF, vr, 0, len(value)) + value
+    return struct.pack("<HH2sH", tag >> 16, tag & 0xFFFF, vr, len(value)) + value
+
+
+def _write_items(fp: DicomBytesIO, ds: Dataset, encodings: list[str]) -> None:
+    implicit = fp.is_implicit_VR
+    for tag in sorted(ds.keys()):
+        elem = ds.get_item(tag)
+        if isinstance(elem, RawDataElement):
+            if (
+                elem.is_implicit_VR == implicit
+                and elem.is_little_endian
+                and (implicit or elem.VR)
+                and elem.VR != "SQ"
+            ):
+                _write_raw(fp, elem, implicit)
+                continue
+            elem = ds[tag]  # another encoding: let pydicom decode it
+        if elem.VR == "SQ":
+            _write_sequence(fp, elem, encodings)
+        else:
+            write_data_element(fp, elem, encodings)
+
+
+def _write_raw(fp: DicomBytesIO, elem: RawDataElement, implicit: bool) -> None:
+    value = elem.value or b""
+    undefined = elem.length == 0xFFFFFFFF
+    length = 0xFFFFFFFF if undefined else len(value)
+    group, element = elem.tag >> 16, elem.tag & 0xFFFF
+    if implicit:
+        fp.write(struct.pack("<HHI", group, element, length))
+    elif elem.VR in _LONG_VRS:
+        fp.write(struct.pack("<HH2sHI", group, element, elem.VR.encode(), 0, length))
+    else:
+        fp.write(struct.pack("<HH2sH", group, element, elem.VR.encode(), length))
+    fp.write(value)
+    if undefined:
+        fp.write(_SEQUENCE_END)
+
+
+def _write_sequence(fp: DicomBytesIO, elem: DataElement, encodings: list[str]) -> None:
+    group, element = elem.tag >> 16, elem.tag & 0xFFFF
+    if fp.is_implicit_VR:
+        fp.write(struct.pack("<HHI", group, element, 0xFFFFFFFF))
+    else:
+        fp.write(struct.pack("<HH2sHI", group, element, b"SQ", 0, 0xFFFFFFFF))
+    for item in elem.value or ():
+        charset = peek(item, 0x00080005)
+        item_encodings = convert_encodings(charset) if charset else encodings
+        fp.write(_ITEM)
+        _write_items(fp, item, item_encodings)
+        fp.write(_ITEM_END)
+    fp.write(_SEQUENCE_END)
