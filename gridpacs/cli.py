@@ -27,6 +27,9 @@ def _mount() -> None:
     app.add_typer(node_app, name="node", help="Run and inspect a grid node.")
 
     app.add_typer(storage_app, name="storage", help="Verify and inspect the blob store.")
+    from anonymizer.cli import register as register_anonymizer
+
+    register_anonymizer(app)
     from catalog.security.cli import audit_app, pki_app, token_app
 
     app.add_typer(pki_app, name="pki", help="The grid CA and host certificates.")

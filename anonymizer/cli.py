@@ -1,0 +1,213 @@
+"""``gridpacs anonymize`` and ``gridpacs anonymizer …``: the boundary to the terminal.
+
+Errors become exit codes and one-line messages here, and nowhere below:
+
+* ``0`` every file was de-identified;
+* ``1`` at least one file failed (each failure is listed, nothing partial is left);
+* ``2`` nothing could start (unknown profile, broken recipe, missing secret).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from anonymizer.engine import Deidentifier
+from anonymizer.errors import AnonymizationError
+from anonymizer.files import FileOutcome, anonymize_file, list_inputs
+from anonymizer.profiles import OPTIONS, PROFILES, load_profile
+from anonymizer.pseudonyms import generate_secret, load_secret
+from anonymizer.reidentification import ReidentificationMap
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_SETUP = 2
+
+group = typer.Typer(
+    help="Secrets, profiles and re-identification for de-identification.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+def register(app: typer.Typer) -> None:
+    """Mount ``anonymize`` and the ``anonymizer`` group on the umbrella CLI."""
+    app.command("anonymize", help="De-identify DICOM files or folders.")(anonymize)
+    app.add_typer(group, name="anonymizer", help="Secrets, profiles and re-identification.")
+
+
+def _fail(message: str, code: int = EXIT_SETUP) -> typer.Exit:
+    Console(stderr=True).print(f"[bold red]error:[/] {message}", highlight=False)
+    return typer.Exit(code)
+
+
+def _build(
+    profile: list[str],
+    option: list[str],
+    recipe: list[Path],
+    secret_file: Path,
+    reid: tuple[Path | None, Path | None],
+    allow_burned_in: bool,
+) -> Deidentifier:
+    reid_map_path, reid_key_path = reid
+    if (reid_map_path is None) != (reid_key_path is None):
+        raise AnonymizationError("--reid-map and --reid-key go together")
+    reid_map = None
+    if reid_map_path is not None and reid_key_path is not None:
+        reid_map = ReidentificationMap(reid_map_path, load_secret(reid_key_path))
+    loaded = load_profile(profile or ["basic"], option, recipe)
+    return Deidentifier(loaded, load_secret(secret_file), reid_map, allow_burned_in)
+
+
+def anonymize(
+    source: Annotated[Path, typer.Argument(help="A DICOM file or a folder of them.")],
+    output: Annotated[Path, typer.Argument(help="Folder for the de-identified files.")],
+    secret_file: Annotated[
+        Path, typer.Option("--secret-file", help="The site's HMAC secret (hex file).")
+    ],
+    profile: Annotated[
+        list[str], typer.Option("--profile", "-p", help="Profile name (default basic).")
+    ] = [],  # noqa: B006 (typer reads the default, never mutates it)
+    option: Annotated[
+        list[str], typer.Option("--option", "-o", help="Option name, repeatable.")
+    ] = [],  # noqa: B006
+    recipe: Annotated[
+        list[Path], typer.Option("--recipe", help="Own deid recipe file, applied last.")
+    ] = [],  # noqa: B006
+    reid_map: Annotated[
+        Path | None, typer.Option("--reid-map", help="Re-identification map (SQLite).")
+    ] = None,
+    reid_key: Annotated[
+        Path | None, typer.Option("--reid-key", help="AES key file of the map.")
+    ] = None,
+    allow_burned_in: Annotated[
+        bool, typer.Option("--allow-burned-in", help="Accept BurnedInAnnotation=YES.")
+    ] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print a JSON report.")] = False,
+) -> None:
+    """De-identify SOURCE into OUTPUT (files named after their new SOP Instance UID)."""
+    try:
+        deid = _build(profile, option, recipe, secret_file, (reid_map, reid_key), allow_burned_in)
+        inputs = list_inputs(source)
+    except AnonymizationError as exc:
+        raise _fail(str(exc)) from None
+    started = time.perf_counter()
+    outcomes = _run(deid, inputs, output, show=not as_json)
+    elapsed = time.perf_counter() - started
+    failed = [o for o in outcomes if not o.ok]
+    if as_json:
+        print(json.dumps(_report(deid, outcomes, elapsed), indent=2))
+    else:
+        _summary(outcomes, elapsed)
+    raise typer.Exit(EXIT_FAILED if failed else EXIT_OK)
+
+
+def _run(deid: Deidentifier, inputs: list[Path], output: Path, show: bool) -> list[FileOutcome]:
+    columns = (TextColumn("anonymize"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    outcomes = []
+    with Progress(*columns, console=Console(stderr=True), disable=not show) as progress:
+        task = progress.add_task("anonymize", total=len(inputs))
+        for source in inputs:
+            outcomes.append(anonymize_file(deid, source, output))
+            progress.advance(task)
+    return outcomes
+
+
+def _report(deid: Deidentifier, outcomes: list[FileOutcome], elapsed: float) -> dict[str, object]:
+    written = sum(1 for o in outcomes if o.ok)
+    return {
+        "profile": list(deid.profile.names),
+        "options": list(deid.profile.options),
+        "files": len(outcomes),
+        "written": written,
+        "failed": len(outcomes) - written,
+        "seconds": round(elapsed, 3),
+        "results": [
+            {
+                "source": str(o.source),
+                "target": str(o.target) if o.target else None,
+                "error": o.error,
+                "error_kind": o.error_kind,
+            }
+            for o in outcomes
+        ],
+    }
+
+
+def _summary(outcomes: list[FileOutcome], elapsed: float) -> None:
+    console = Console()
+    written = sum(1 for o in outcomes if o.ok)
+    table = Table(title="anonymize")
+    table.add_column("files", justify="right")
+    table.add_column("written", justify="right")
+    table.add_column("failed", justify="right")
+    table.add_column("files/s", justify="right")
+    rate = len(outcomes) / elapsed if elapsed > 0 else 0.0
+    table.add_row(str(len(outcomes)), str(written), str(len(outcomes) - written), f"{rate:.1f}")
+    console.print(table)
+    failures = [o for o in outcomes if not o.ok]
+    if failures:
+        errors = Table(title="failures")
+        errors.add_column("file")
+        errors.add_column("error")
+        errors.add_column("message")
+        for o in failures:
+            errors.add_row(str(o.source), o.error_kind or "", o.error or "")
+        console.print(errors)
+
+
+@group.command("generate-secret")
+def generate_secret_cmd(
+    path: Annotated[Path, typer.Argument(help="Where to write the new secret (mode 0600).")],
+) -> None:
+    """Create a site secret or a re-identification key (refuses to overwrite)."""
+    try:
+        generate_secret(path)
+    except AnonymizationError as exc:
+        raise _fail(str(exc), EXIT_FAILED) from None
+    Console().print(f"wrote {path}")
+
+
+@group.command("profiles")
+def profiles_cmd() -> None:
+    """List the profiles and options with their DCM codes."""
+    table = Table(title="profiles and options")
+    table.add_column("name")
+    table.add_column("kind")
+    table.add_column("DCM code")
+    table.add_column("meaning")
+    for kind, catalogue in (("profile", PROFILES), ("option", OPTIONS)):
+        for method in catalogue.values():
+            table.add_row(method.name, kind, method.code, method.meaning)
+    Console().print(table)
+
+
+@group.command("reidentify")
+def reidentify_cmd(
+    pseudonym: Annotated[str, typer.Argument(help="A pseudonymous PatientID, name or UID.")],
+    reid_map: Annotated[Path, typer.Option("--map", help="Re-identification map (SQLite).")],
+    reid_key: Annotated[Path, typer.Option("--key", help="AES key file of the map.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Map a pseudonym back to the original value (authorized staff, at the site only)."""
+    if not reid_map.is_file():
+        raise _fail(f"no re-identification map at {reid_map}")
+    try:
+        found = ReidentificationMap(reid_map, load_secret(reid_key)).lookup(pseudonym)
+    except AnonymizationError as exc:
+        raise _fail(str(exc)) from None
+    if as_json:
+        print(json.dumps([{"kind": m.kind, "original": m.original} for m in found]))
+    else:
+        for mapping in found:
+            Console().print(f"{mapping.kind}\t{mapping.original}", highlight=False)
+    if not found:
+        raise _fail(f"unknown pseudonym {pseudonym}", EXIT_FAILED)
