@@ -1,0 +1,472 @@
+"""DCMTK's command-line tools against a node, the way a hospital's admin checks a new PACS."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.integration.archive import (
+    assert_files_match,
+    dcmtk_findscu,
+    dimse_statuses,
+    load,
+)
+from tests.integration.corpus import Corpus, build_corpus
+from tests.integration.processes import HOST, Node, NodeFactory, StoreSCP, describe, run_dcmtk
+from tests.integration.scu import ALLOWED_EXTRA_KEYS, association, find, matches, query, values
+
+pytestmark = [pytest.mark.dcmtk, pytest.mark.timeout(120)]
+
+
+@pytest.fixture(scope="module")
+def corpus() -> Corpus:
+    return build_corpus("ITD")
+
+
+@pytest.fixture(scope="module")
+def qr_node(module_node_factory: NodeFactory, storescp: StoreSCP, corpus: Corpus) -> Node:
+    """A node holding the corpus, with the DCMTK storescp as its only move destination."""
+    node = module_node_factory(args=["--destination", storescp.destination])
+    load(node, corpus.datasets)
+    return node
+
+
+@pytest.fixture
+def received(storescp: StoreSCP) -> Iterator[StoreSCP]:
+    storescp.clear()
+    yield storescp
+
+
+def _uids(datasets: list) -> list[str]:  # type: ignore[type-arg]
+    return sorted(str(ds.SOPInstanceUID) for ds in datasets)
+
+
+# ------------------------------------------------------------------------------ echo / store
+
+
+def test_echoscu(qr_node: Node) -> None:
+    result = run_dcmtk("echoscu", "-v", "-aec", qr_node.called_ae, HOST, str(qr_node.port))
+    assert result.returncode == 0, describe(result)
+    assert "Received Echo Response (Success)" in result.stdout + result.stderr, describe(result)
+
+
+def test_storescu_one_file_is_stored_and_findable(
+    node_factory: NodeFactory, tmp_path: Path
+) -> None:
+    node = node_factory()
+    corpus = build_corpus("ITS")
+    ds = corpus.in_series("C1")[0]
+    path = tmp_path / "one.dcm"
+    ds.save_as(path, enforce_file_format=True)
+
+    result = run_dcmtk("storescu", "-v", "-aec", node.called_ae, HOST, str(node.port), str(path))
+    assert result.returncode == 0, describe(result)
+    assert "Received Store Response (Success)" in result.stdout + result.stderr, describe(result)
+
+    found = dcmtk_findscu(
+        node,
+        "S",
+        [
+            "QueryRetrieveLevel=IMAGE",
+            f"StudyInstanceUID={ds.StudyInstanceUID}",
+            f"SeriesInstanceUID={ds.SeriesInstanceUID}",
+            "SOPInstanceUID",
+        ],
+        tmp_path / "find",
+    )
+    assert _uids(found) == [str(ds.SOPInstanceUID)]
+
+
+def test_storescu_folder_of_several_series(node_factory: NodeFactory, tmp_path: Path) -> None:
+    node = node_factory()
+    corpus = build_corpus("ITF")
+    corpus.write(tmp_path / "in")
+
+    result = run_dcmtk(
+        "storescu",
+        "-aec",
+        node.called_ae,
+        "+sd",
+        "+r",
+        HOST,
+        str(node.port),
+        str(tmp_path / "in"),
+    )
+    assert result.returncode == 0, describe(result)
+
+    for key in corpus.series:
+        series = corpus.in_series(key)
+        found = dcmtk_findscu(
+            node,
+            "S",
+            [
+                "QueryRetrieveLevel=IMAGE",
+                f"StudyInstanceUID={series[0].StudyInstanceUID}",
+                f"SeriesInstanceUID={corpus.series[key]}",
+                "SOPInstanceUID",
+            ],
+            tmp_path / "find",
+        )
+        assert _uids(found) == _uids(series), f"series {key}"
+
+
+# ------------------------------------------------------------------------------------ findscu
+
+
+def test_findscu_patient_level_by_patient_id(qr_node: Node, tmp_path: Path) -> None:
+    found = dcmtk_findscu(
+        qr_node,
+        "P",
+        ["QueryRetrieveLevel=PATIENT", "PatientID=ITD001", "PatientName", "PatientBirthDate"],
+        tmp_path,
+    )
+    assert len(found) == 1, [str(ds.PatientID) for ds in found]
+    assert found[0].PatientName == "DOE^JANE"
+    assert found[0].PatientBirthDate == "19700101"
+    extra = (
+        {e.keyword for e in found[0]}
+        - ALLOWED_EXTRA_KEYS
+        - {"PatientID", "PatientName", "PatientBirthDate"}
+    )
+    assert not extra, f"keys not requested were returned: {sorted(extra)}"
+
+
+def test_findscu_patient_level_wildcard_name(qr_node: Node, tmp_path: Path) -> None:
+    found = dcmtk_findscu(
+        qr_node, "P", ["QueryRetrieveLevel=PATIENT", "PatientName=SM?TH*", "PatientID"], tmp_path
+    )
+    assert values(found, "PatientID") == ["ITD002"]
+    found = dcmtk_findscu(
+        qr_node, "P", ["QueryRetrieveLevel=PATIENT", "PatientName=*", "PatientID=ITD*"], tmp_path
+    )
+    assert values(found, "PatientID") == ["ITD001", "ITD002"]
+
+
+@pytest.mark.parametrize(
+    ("date_range", "studies"),
+    [("20240101-20251231", "AC"), ("-20231231", "B"), ("20250301-", "C"), ("20240615", "A")],
+)
+def test_findscu_study_level_date_range(
+    qr_node: Node, corpus: Corpus, tmp_path: Path, date_range: str, studies: str
+) -> None:
+    found = dcmtk_findscu(
+        qr_node,
+        "S",
+        [
+            "QueryRetrieveLevel=STUDY",
+            f"StudyDate={date_range}",
+            "PatientID=ITD*",
+            "StudyInstanceUID",
+        ],
+        tmp_path,
+    )
+    expected = sorted(corpus.studies[k].study_uid for k in studies)
+    assert values(found, "StudyInstanceUID") == expected
+
+
+def test_findscu_patient_root_study_level(qr_node: Node, corpus: Corpus, tmp_path: Path) -> None:
+    found = dcmtk_findscu(
+        qr_node,
+        "P",
+        [
+            "QueryRetrieveLevel=STUDY",
+            "PatientID=ITD001",
+            "StudyInstanceUID",
+            "StudyDate",
+            "AccessionNumber",
+        ],
+        tmp_path,
+    )
+    assert values(found, "StudyInstanceUID") == sorted(
+        [corpus.studies["A"].study_uid, corpus.studies["B"].study_uid]
+    )
+    assert values(found, "AccessionNumber") == ["ITDA", "ITDB"]
+
+
+def test_findscu_study_level_uid_list(qr_node: Node, corpus: Corpus, tmp_path: Path) -> None:
+    wanted = [corpus.studies["A"].study_uid, corpus.studies["C"].study_uid]
+    found = dcmtk_findscu(
+        qr_node,
+        "S",
+        [
+            "QueryRetrieveLevel=STUDY",
+            f"StudyInstanceUID={wanted[0]}\\{wanted[1]}",
+            "StudyDescription",
+        ],
+        tmp_path,
+    )
+    assert values(found, "StudyInstanceUID") == sorted(wanted)
+    assert values(found, "StudyDescription") == ["CT ABDOMEN", "CT CHEST"]
+
+
+def test_findscu_series_level_by_modality(qr_node: Node, corpus: Corpus, tmp_path: Path) -> None:
+    study_b = corpus.studies["B"].study_uid
+    found = dcmtk_findscu(
+        qr_node,
+        "S",
+        [
+            "QueryRetrieveLevel=SERIES",
+            f"StudyInstanceUID={study_b}",
+            "Modality=MR",
+            "SeriesInstanceUID",
+            "SeriesNumber",
+        ],
+        tmp_path,
+    )
+    assert values(found, "SeriesInstanceUID") == [corpus.series["B1"]]
+    found = dcmtk_findscu(
+        qr_node,
+        "S",
+        [
+            "QueryRetrieveLevel=SERIES",
+            f"StudyInstanceUID={corpus.studies['A'].study_uid}",
+            "Modality=MR",
+            "SeriesInstanceUID",
+        ],
+        tmp_path,
+    )
+    assert found == [], "an MR query matched series of a CT-only study"
+
+
+def test_findscu_series_level_patient_root(qr_node: Node, corpus: Corpus, tmp_path: Path) -> None:
+    found = dcmtk_findscu(
+        qr_node,
+        "P",
+        [
+            "QueryRetrieveLevel=SERIES",
+            "PatientID=ITD001",
+            f"StudyInstanceUID={corpus.studies['A'].study_uid}",
+            "SeriesInstanceUID",
+            "SeriesDescription",
+            "Modality",
+        ],
+        tmp_path,
+    )
+    assert values(found, "SeriesInstanceUID") == sorted([corpus.series["A1"], corpus.series["A2"]])
+    assert values(found, "SeriesDescription") == ["AXIAL", "CORONAL"]
+    assert values(found, "Modality") == ["CT", "CT"]
+
+
+@pytest.mark.parametrize("model", ["S", "P"])
+def test_findscu_image_level(qr_node: Node, corpus: Corpus, tmp_path: Path, model: str) -> None:
+    series = corpus.in_series("A1")
+    keys = [
+        "QueryRetrieveLevel=IMAGE",
+        f"StudyInstanceUID={corpus.studies['A'].study_uid}",
+        f"SeriesInstanceUID={corpus.series['A1']}",
+        "SOPInstanceUID",
+        "InstanceNumber",
+    ]
+    if model == "P":
+        keys.insert(1, "PatientID=ITD001")
+    found = dcmtk_findscu(qr_node, model, keys, tmp_path)
+    assert _uids(found) == _uids(series)
+    assert values(found, "InstanceNumber") == ["1", "2", "3"]
+    # a UID list at the lowest level
+    two = [str(series[0].SOPInstanceUID), str(series[2].SOPInstanceUID)]
+    keys[keys.index("SOPInstanceUID")] = f"SOPInstanceUID={two[0]}\\{two[1]}"
+    found = dcmtk_findscu(qr_node, model, keys, tmp_path)
+    assert _uids(found) == sorted(two)
+
+
+def test_findscu_returns_only_requested_keys(qr_node: Node, tmp_path: Path) -> None:
+    found = dcmtk_findscu(
+        qr_node, "S", ["QueryRetrieveLevel=STUDY", "PatientID=ITD002", "StudyDate"], tmp_path
+    )
+    assert len(found) == 1
+    got = {e.keyword for e in found[0]}
+    assert {"PatientID", "StudyDate"} <= got
+    assert not got - ALLOWED_EXTRA_KEYS - {"PatientID", "StudyDate"}, sorted(got)
+
+
+# ------------------------------------------------------------------------------ movescu/getscu
+
+
+def test_movescu_study_root_to_storescp(qr_node: Node, corpus: Corpus, received: StoreSCP) -> None:
+    study = corpus.studies["A"].study_uid
+    result = run_dcmtk(
+        "movescu",
+        "-d",
+        "-S",
+        "-aet",
+        "MOVESCU",
+        "-aec",
+        qr_node.called_ae,
+        "-aem",
+        received.ae_title,
+        "-k",
+        "QueryRetrieveLevel=STUDY",
+        "-k",
+        f"StudyInstanceUID={study}",
+        HOST,
+        str(qr_node.port),
+    )
+    assert result.returncode == 0, describe(result)
+    statuses = dimse_statuses(result.stdout + result.stderr)
+    assert statuses and statuses[-1] == 0x0000, describe(result)
+    assert_files_match(received.received(), corpus.in_study("A"))
+
+
+def test_movescu_patient_root_to_storescp(
+    qr_node: Node, corpus: Corpus, received: StoreSCP
+) -> None:
+    result = run_dcmtk(
+        "movescu",
+        "-d",
+        "-P",
+        "-aet",
+        "MOVESCU",
+        "-aec",
+        qr_node.called_ae,
+        "-aem",
+        received.ae_title,
+        "-k",
+        "QueryRetrieveLevel=PATIENT",
+        "-k",
+        "PatientID=ITD002",
+        HOST,
+        str(qr_node.port),
+    )
+    assert result.returncode == 0, describe(result)
+    statuses = dimse_statuses(result.stdout + result.stderr)
+    assert statuses and statuses[-1] == 0x0000, describe(result)
+    assert_files_match(received.received(), corpus.of_patient("ITD002"))
+
+
+def test_movescu_series_level_to_storescp(
+    qr_node: Node, corpus: Corpus, received: StoreSCP
+) -> None:
+    result = run_dcmtk(
+        "movescu",
+        "-d",
+        "-S",
+        "-aec",
+        qr_node.called_ae,
+        "-aem",
+        received.ae_title,
+        "-k",
+        "QueryRetrieveLevel=SERIES",
+        "-k",
+        f"StudyInstanceUID={corpus.studies['B'].study_uid}",
+        "-k",
+        f"SeriesInstanceUID={corpus.series['B1']}",
+        HOST,
+        str(qr_node.port),
+    )
+    assert result.returncode == 0, describe(result)
+    assert_files_match(received.received(), corpus.in_series("B1"))
+
+
+def test_movescu_unknown_destination_is_refused_a801(
+    qr_node: Node, corpus: Corpus, received: StoreSCP
+) -> None:
+    result = run_dcmtk(
+        "movescu",
+        "-d",
+        "-S",
+        "-aec",
+        qr_node.called_ae,
+        "-aem",
+        "NOWHERE",
+        "-k",
+        "QueryRetrieveLevel=STUDY",
+        "-k",
+        f"StudyInstanceUID={corpus.studies['A'].study_uid}",
+        HOST,
+        str(qr_node.port),
+    )
+    statuses = dimse_statuses(result.stdout + result.stderr)
+    assert statuses, f"no C-MOVE response status printed\n{describe(result)}"
+    assert statuses[-1] == 0xA801, (
+        f"final C-MOVE status 0x{statuses[-1]:04X}, expected 0xA801\n{describe(result)}"
+    )
+    assert result.returncode != 0, describe(result)
+    assert received.received() == [], "instances were sent although the destination is unknown"
+
+
+def test_getscu_study_into_folder(qr_node: Node, corpus: Corpus, tmp_path: Path) -> None:
+    out = tmp_path / "get"
+    out.mkdir()
+    result = run_dcmtk(
+        "getscu",
+        "-S",
+        "+B",
+        "-aec",
+        qr_node.called_ae,
+        "-od",
+        str(out),
+        "-k",
+        "QueryRetrieveLevel=STUDY",
+        "-k",
+        f"StudyInstanceUID={corpus.studies['C'].study_uid}",
+        HOST,
+        str(qr_node.port),
+    )
+    assert result.returncode == 0, describe(result)
+    assert_files_match(sorted(p for p in out.iterdir() if p.is_file()), corpus.in_study("C"))
+
+
+def test_getscu_patient_root_mr_study(qr_node: Node, corpus: Corpus, tmp_path: Path) -> None:
+    out = tmp_path / "get"
+    out.mkdir()
+    result = run_dcmtk(
+        "getscu",
+        "-P",
+        "+B",
+        "-aec",
+        qr_node.called_ae,
+        "-od",
+        str(out),
+        "-k",
+        "QueryRetrieveLevel=STUDY",
+        "-k",
+        "PatientID=ITD001",
+        "-k",
+        f"StudyInstanceUID={corpus.studies['B'].study_uid}",
+        HOST,
+        str(qr_node.port),
+    )
+    assert result.returncode == 0, describe(result)
+    assert_files_match(sorted(p for p in out.iterdir() if p.is_file()), corpus.in_study("B"))
+
+
+# ------------------------------------------------------------------------- PostgreSQL index
+
+
+@pytest.mark.postgres
+def test_node_on_postgresql_stores_finds_and_gets(
+    node_factory: NodeFactory, pg_url: str, tmp_path: Path
+) -> None:
+    """The same round trip with the index on PostgreSQL (``--db-url``): a URL, not a code path."""
+    node = node_factory(args=["--db-url", pg_url])
+    corpus = build_corpus("ITG")
+    corpus.write(tmp_path / "in")
+    result = run_dcmtk(
+        "storescu", "-aec", node.called_ae, "+sd", "+r", HOST, str(node.port), str(tmp_path / "in")
+    )
+    assert result.returncode == 0, describe(result)
+    with association(node) as assoc:
+        studies = matches(find(assoc, "S", query("STUDY", PatientID="ITG*", StudyInstanceUID=None)))
+    expected = sorted(spec.study_uid for spec in corpus.studies.values())
+    assert values(studies, "StudyInstanceUID") == expected
+    out = tmp_path / "get"
+    out.mkdir()
+    result = run_dcmtk(
+        "getscu",
+        "-S",
+        "+B",
+        "-aec",
+        node.called_ae,
+        "-od",
+        str(out),
+        "-k",
+        "QueryRetrieveLevel=STUDY",
+        "-k",
+        f"StudyInstanceUID={corpus.studies['A'].study_uid}",
+        HOST,
+        str(node.port),
+    )
+    assert result.returncode == 0, describe(result)
+    assert_files_match(sorted(p for p in out.iterdir() if p.is_file()), corpus.in_study("A"))
