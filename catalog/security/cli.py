@@ -35,7 +35,6 @@ audit_app = typer.Typer(
     invoke_without_command=True,
 )
 
-_out = Console(soft_wrap=True)
 _DURATION = re.compile(r"^(\d+)\s*([smhdwy])$")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400, "y": 365 * 86400}
 
@@ -100,7 +99,7 @@ def _table(title: str, columns: list[str], rows: list[list[str]]) -> None:
         table.add_column(column, overflow="fold")
     for row in rows:
         table.add_row(*row)
-    _out.print(table)
+    Console().print(table)  # made per call so COLUMNS is read when printing
 
 
 # -- gridpacs pki ----------------------------------------------------------------------------

@@ -310,10 +310,14 @@ class AuditInterceptor(grpc.ServerInterceptor):
         target: dict[str, Any] = {"request": dict(summary)}
         if state.principal is not None and state.principal.token_id:
             target["token_id"] = state.principal.token_id
+        elif state.principal is None and state.token_hint is not None:
+            target["presented_token_id"] = state.token_hint  # unverified: auth failed
         if code is not grpc.StatusCode.OK:
-            details = context.details()
+            details: str | bytes | None = context.details()
+            if isinstance(details, bytes):  # gRPC keeps details as bytes once set
+                details = details.decode("utf-8", "replace")
             if details:
-                target["details"] = str(details)[:_MAX_STR]
+                target["details"] = details[:_MAX_STR]
         try:
             self._log.record(_actor(state, context), method, target, context.peer(), code.name)
         except AuditError as exc:
