@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -30,6 +31,7 @@ from pynetdicom.sop_class import (
 from pynetdicom.status import code_to_category
 
 from tests.integration.processes import HOST, Node
+from tests.integration.tcp import disable_nagle_for_pynetdicom_clients
 
 STORAGE_CLASSES = (CTImageStorage, MRImageStorage)
 FIND = {
@@ -65,6 +67,7 @@ def is_failure(status: int) -> bool:
 
 
 def make_ae(calling_ae: str = "ITSCU") -> AE:
+    disable_nagle_for_pynetdicom_clients()
     ae = AE(ae_title=calling_ae)
     ae.acse_timeout = 20
     ae.dimse_timeout = 120
@@ -117,10 +120,12 @@ def association(
         ae.shutdown()
 
 
-def store(assoc: Association, ds: Dataset) -> int:
-    """C-STORE ``ds``; the response status (fails the test when there is no response)."""
+def store(assoc: Association, ds: Dataset | Path) -> int:
+    """C-STORE ``ds`` (a dataset, or a file sent as it is when chunked sending is on);
+    the response status (fails the test when there is no response)."""
     rsp = assoc.send_c_store(ds)
-    assert "Status" in rsp, f"no C-STORE response for {ds.SOPInstanceUID}"
+    label = ds if isinstance(ds, Path) else ds.SOPInstanceUID
+    assert "Status" in rsp, f"no C-STORE response for {label}"
     return int(rsp.Status)
 
 

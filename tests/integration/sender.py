@@ -18,6 +18,8 @@ from pydicom.uid import ExplicitVRLittleEndian
 from pynetdicom import AE
 from pynetdicom.sop_class import CTImageStorage, MRImageStorage
 
+from tests.integration.tcp import disable_nagle_for_pynetdicom_clients
+
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
@@ -29,6 +31,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     files = sorted(args.folder.glob("*.dcm"))
+    disable_nagle_for_pynetdicom_clients()
     ae = AE(ae_title=args.calling_ae)
     ae.acse_timeout = 20
     ae.dimse_timeout = 60
