@@ -30,30 +30,47 @@ DbUrlOpt = Annotated[
 ]
 
 
+def _destinations(items: list[str]) -> dict[str, Any]:
+    dests: dict[str, Any] = {}
+    for item in items:
+        name, sep, address = item.partition("=")
+        if not sep:
+            raise ConfigError(f"--destination {item!r}: expected AET=HOST:PORT")
+        try:
+            dests[name.strip()] = Destination.parse(address).model_dump()
+        except ValueError as exc:
+            raise ConfigError(f"--destination {item!r}: {exc}") from exc
+    return dests
+
+
+def _catalog_link(values: dict[str, Any]) -> dict[str, Any]:
+    link: dict[str, Any] = {}
+    if values.get("catalog"):
+        link["addresses"] = tuple(values["catalog"])
+    if values.get("insecure_catalog"):
+        link["insecure"] = True
+    if values.get("publish_identified"):
+        link["publish_identified"] = True
+    return link
+
+
 def _overrides(**values: Any) -> dict[str, Any]:
-    dicom: dict[str, Any] = {}
-    top: dict[str, Any] = {}
-    for key in ("ae_title", "host", "port"):
-        if values.get(key) is not None:
-            dicom[key] = values[key]
+    """CLI options as a nested dict shaped like the TOML file (only options given)."""
+    dicom: dict[str, Any] = {k: values[k] for k in ("ae_title", "host", "port") if values.get(k)}
+    if values.get("port") == 0:
+        dicom["port"] = 0
     if values.get("allow_ae"):
         dicom["allowed_calling_aes"] = values["allow_ae"]
     if values.get("destination"):
-        dests: dict[str, Any] = {}
-        for item in values["destination"]:
-            name, sep, address = item.partition("=")
-            if not sep:
-                raise ConfigError(f"--destination {item!r}: expected AET=HOST:PORT")
-            try:
-                dests[name.strip()] = Destination.parse(address).model_dump()
-            except ValueError as exc:
-                raise ConfigError(f"--destination {item!r}: {exc}") from exc
-        dicom["destinations"] = dests
-    for key in ("data_dir", "db_url", "name"):
-        if values.get(key) is not None:
-            top[key] = str(values[key])
+        dicom["destinations"] = _destinations(values["destination"])
+    top: dict[str, Any] = {
+        key: str(values[key]) for key in ("data_dir", "db_url", "name") if values.get(key)
+    }
     if dicom:
         top["dicom"] = dicom
+    link = _catalog_link(values)
+    if link:
+        top["catalog"] = link
     return top
 
 
@@ -82,6 +99,17 @@ def serve(
         list[str] | None,
         typer.Option("--allow-ae", help="Calling AE allowed to associate (repeatable)."),
     ] = None,
+    catalog: Annotated[
+        list[str] | None,
+        typer.Option("--catalog", help="Catalog replica HOST:PORT (repeatable, fail-over order)."),
+    ] = None,
+    insecure_catalog: Annotated[
+        bool, typer.Option("--insecure-catalog", help="Plaintext gRPC to the catalog (dev only).")
+    ] = False,
+    publish_identified: Annotated[
+        bool,
+        typer.Option("--publish-identified", help="One trust domain: publish identified data."),
+    ] = False,
     log_level: Annotated[str, typer.Option("--log-level")] = "INFO",
 ) -> None:
     """Run the node until SIGTERM/SIGINT."""
@@ -95,6 +123,9 @@ def serve(
         name=name,
         destination=destination,
         allow_ae=allow_ae,
+        catalog=catalog,
+        insecure_catalog=insecure_catalog,
+        publish_identified=publish_identified,
     )
     configure_logging(log_level.upper())
     from node.app import NodeApp  # heavy imports only when serving

@@ -130,6 +130,39 @@ class RouteConfig(_Strict):
         return _check_ae(value)
 
 
+class CatalogLinkConfig(_Strict):
+    """How the node reaches the catalog replicas (publishing and grid queries)."""
+
+    addresses: tuple[str, ...]
+    """``host:port`` of catalog replicas, in fail-over order."""
+    insecure: bool = False
+    """Plaintext gRPC: local development only; production uses mTLS (the files below)."""
+    cert_file: Path | None = None
+    key_file: Path | None = None
+    ca_file: Path | None = None
+    publish_identified: bool = False
+    """Publish the identified default collection too (only where the grid is one trust
+    domain); de-identified research collections are always published."""
+    grid_ae_title: str = "GRID"
+    """The AE title answered from the catalog (grid-wide C-FIND/C-MOVE/C-GET)."""
+    publish_interval: Annotated[float, Field(gt=0)] = 0.5
+    batch_size: Annotated[int, Field(ge=1, le=5000)] = 500
+    timeout: Annotated[float, Field(gt=0)] = 5.0
+
+    @field_validator("grid_ae_title")
+    @classmethod
+    def _ae(cls, value: str) -> str:
+        return _check_ae(value)
+
+    @model_validator(mode="after")
+    def _tls_or_insecure(self) -> CatalogLinkConfig:
+        if not self.addresses:
+            raise ValueError("give at least one catalog address")
+        if not self.insecure and self.ca_file is None:
+            raise ValueError("set cert_file, key_file and ca_file (mTLS) or insecure = true")
+        return self
+
+
 class NodeConfig(_Strict):
     """The whole configuration of one node process."""
 
@@ -142,6 +175,7 @@ class NodeConfig(_Strict):
     storage: StorageConfig = Field(default_factory=StorageConfig)
     anonymizer: AnonymizerConfig = Field(default_factory=AnonymizerConfig)
     routes: tuple[RouteConfig, ...] = ()
+    catalog: CatalogLinkConfig | None = None
 
     @field_validator("name", "default_collection")
     @classmethod
@@ -153,6 +187,10 @@ class NodeConfig(_Strict):
     @model_validator(mode="after")
     def _routes_distinct(self) -> NodeConfig:
         seen = {self.dicom.ae_title}
+        if self.catalog is not None:
+            seen.add(self.catalog.grid_ae_title)
+            if self.catalog.grid_ae_title == self.dicom.ae_title:
+                raise ValueError("catalog.grid_ae_title must differ from dicom.ae_title")
         for route in self.routes:
             if route.ae_title in seen:
                 raise ValueError(f"routes: AE title {route.ae_title!r} is used twice")

@@ -19,6 +19,8 @@ class Route:
     ae_title: str
     collection: str
     transform: Transform | None = None
+    grid: bool = False
+    """Queries and retrieves are answered grid-wide from the catalog; storage is refused."""
     archive_original_in: str | None = None
     """Also store the untransformed original in this collection (identified archive)."""
     description: str = "archive"

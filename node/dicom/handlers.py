@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,16 +21,17 @@ from pynetdicom.sop_class import (
     PatientRootQueryRetrieveInformationModelMove,
 )
 
+from catalog import CatalogError
 from node.config import Destination
 from node.dicom import status
 from node.dicom.identifiers import to_query, to_response
 from node.dicom.scu import contexts_for
-from node.errors import IngestError, NodeError
+from node.errors import IngestError, NodeError, NotAuthorized
 from node.index.errors import IndexFailure
 from node.index.records import IndexQuery, Model, StoredInstance
 from node.routing import Router
 from node.services.ingest import IngestService, StoreRequest
-from node.services.query import QueryService
+from node.services.query import MatchSource, QueryService
 from node.services.retrieve import RetrieveService
 from node.structlog import log_event
 
@@ -41,7 +42,7 @@ _PATIENT_ROOT = {
     PatientRootQueryRetrieveInformationModelMove,
     PatientRootQueryRetrieveInformationModelGet,
 }
-_QUERY_ERRORS = (NodeError, IndexFailure)
+_QUERY_ERRORS = (NodeError, IndexFailure, CatalogError)
 
 
 def _model(event: Event) -> Model:
@@ -67,6 +68,9 @@ class Gateway:
     query: QueryService
     retrieve: RetrieveService
     destinations: dict[str, Destination]
+    grid_query: MatchSource | None = None
+    on_stored: Callable[[], None] | None = None
+    """Called after each successful store (wakes the catalog publisher)."""
 
     def handlers(self) -> list[tuple[Any, Any]]:
         return [
@@ -118,10 +122,14 @@ class Gateway:
         try:
             if route is None:  # cannot happen after on_requested, but never store unrouted
                 raise IngestError(f"no route for called AE {called!r}")
+            if route.grid:
+                raise NotAuthorized(f"{called} answers grid queries; store to the node's AE")
             if route.archive_original_in is not None:
                 self.ingest.store(request, collection=route.archive_original_in)
             self.ingest.store(request, collection=route.collection, transform=route.transform)
             result, code = status.SUCCESS, status.SUCCESS
+            if self.on_stored is not None:
+                self.on_stored()
         except Exception as exc:
             if not isinstance(exc, NodeError):
                 LOG.exception("unexpected failure storing %s", request.affected_sop_instance_uid)
@@ -145,7 +153,7 @@ class Gateway:
         final: int | Dataset = status.SUCCESS
         try:
             query = to_query(event.identifier, _model(event))
-            for match in self.query.find(query):
+            for match in self._query_service(event).find(query):
                 if event.is_cancelled:
                     final = status.CANCELLED
                     break
@@ -166,6 +174,14 @@ class Gateway:
             ms=round((time.perf_counter() - started) * 1000, 2),
         )
         yield final, None
+
+    def _query_service(self, event: Event) -> MatchSource:
+        route = self.router.route_for(_called_ae(event))
+        if route is not None and route.grid:
+            if self.grid_query is None:
+                raise NotAuthorized("this node has no catalog configured")
+            return self.grid_query
+        return self.query
 
     # -- retrieve ------------------------------------------------------------------------
     def _plan(self, event: Event) -> tuple[IndexQuery, list[StoredInstance]]:

@@ -70,7 +70,8 @@ def to_response(match: Mapping[str, object], query: IndexQuery, retrieve_ae_titl
         value = match.get(keyword)
         _set(ds, keyword, value)
         non_ascii = non_ascii or _has_non_ascii(value)
-    ds.RetrieveAETitle = retrieve_ae_title
+    holders = match.get("RetrieveAETitle")
+    ds.RetrieveAETitle = list(holders) if isinstance(holders, list) else retrieve_ae_title
     if non_ascii:
         ds.SpecificCharacterSet = "ISO_IR 192"
     return ds

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from pydicom.dataset import Dataset
 
+from catalog import CatalogRejected, CatalogUnavailable
 from node import errors
 from node.index import errors as index_errors
 
@@ -53,6 +54,8 @@ _QUERY_CODES: list[tuple[type[Exception], int]] = [
     (index_errors.IndexUnavailable, QR_OUT_OF_RESOURCES),
     (errors.ArchiveUnavailable, QR_OUT_OF_RESOURCES),
     (errors.NotAuthorized, NOT_AUTHORIZED),
+    (CatalogRejected, QR_IDENTIFIER_DOES_NOT_MATCH),
+    (CatalogUnavailable, QR_OUT_OF_RESOURCES),
 ]
 
 
