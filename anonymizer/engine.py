@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 from pydicom.datadict import tag_for_keyword
-from pydicom.dataelem import DataElement, RawDataElement, convert_raw_data_element
+from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sequence import Sequence
 from pydicom.tag import BaseTag
@@ -33,7 +33,7 @@ from anonymizer.elements import (
 from anonymizer.errors import BurnedInAnnotation
 from anonymizer.interfaces import PseudonymStore
 from anonymizer.marking import marking_elements
-from anonymizer.part10 import peek, read_part10, write_part10
+from anonymizer.part10 import decode, peek, read_part10, write_part10
 from anonymizer.profiles import Profile
 from anonymizer.pseudonyms import Pseudonymizer
 
@@ -292,7 +292,7 @@ class Deidentifier:
     def _sequence(self, src: Dataset, tag: BaseTag, instance: _Instance) -> DataElement:
         elem = src.get_item(tag)
         if isinstance(elem, RawDataElement):
-            elem = convert_raw_data_element(elem, ds=src)
+            elem = decode(elem, src)
         items = [self._walk(item, instance, top=False) for item in elem.value or ()]
         return DataElement(tag, "SQ", Sequence(items))
 
@@ -322,7 +322,7 @@ class Deidentifier:
 
     def _value(self, elem: Any, src: Dataset) -> Any:
         if isinstance(elem, RawDataElement):
-            return convert_raw_data_element(elem, ds=src).value
+            return decode(elem, src).value
         return elem.value
 
     def _uid(self, elem: Any, vr: str, src: Dataset, inst: _Instance, rule: Rule, top: bool) -> Any:

@@ -55,8 +55,14 @@ def peek(ds: Dataset, tag: int) -> Any:
                 return value.decode("ascii", "replace").strip(" \x00")
             if vr == "US" and len(value) == 2:
                 return int.from_bytes(value, "little")
-        elem = convert_raw_data_element(elem, ds=ds)
+        elem = decode(elem, ds)
     return elem.value
+
+
+def decode(elem: RawDataElement, ds: Dataset) -> DataElement:
+    """Decode a raw element of ``ds`` with the character set in force there."""
+    # pydicom's own __getitem__ passes the same (inherited) character set.
+    return convert_raw_data_element(elem, encoding=ds._character_set, ds=ds)
 
 
 def read_part10(data: bytes) -> Dataset:

@@ -8,11 +8,12 @@ overriding earlier ones for the same attribute.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from anonymizer._deid import parse_recipe
+from anonymizer._deid import RecipeLine, parse_recipe
 from anonymizer.actions import ActionTable, compile_actions
 from anonymizer.errors import ProfileNotFound
 
@@ -122,7 +123,7 @@ def load_profile(
     chosen = [m for m in OPTIONS.values() if m.name in wanted]
     methods = (*profiles, *chosen)
     recipes = (*(m.recipe for m in methods), *(Path(p) for p in extra_recipes))
-    lines = [line for recipe in recipes for line in parse_recipe(recipe)]
+    lines = [line for recipe in recipes for line in _parsed(recipe)]
     return Profile(
         names=tuple(m.name for m in profiles),
         options=tuple(m.name for m in chosen),
@@ -130,6 +131,26 @@ def load_profile(
         table=compile_actions(lines),
         methods=methods,
     )
+
+
+_CACHE: dict[tuple[str, int, int], list[RecipeLine]] = {}
+_CACHE_LOCK = threading.Lock()
+
+
+def _parsed(path: Path) -> list[RecipeLine]:
+    """Parse a recipe once per version of the file (deid's parser is slow)."""
+    try:
+        stat = path.stat()
+    except OSError:
+        return parse_recipe(path)  # reports the missing file
+    key = (str(path.resolve()), stat.st_mtime_ns, stat.st_size)
+    with _CACHE_LOCK:
+        cached = _CACHE.get(key)
+    if cached is None:
+        cached = parse_recipe(path)
+        with _CACHE_LOCK:
+            _CACHE[key] = cached
+    return list(cached)
 
 
 def _lookup(catalogue: dict[str, Method], name: str, kind: str) -> Method:
