@@ -23,7 +23,7 @@ import json
 import threading
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
@@ -31,6 +31,7 @@ from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from catalog.security.errors import AuditError
 from catalog.security.models import AuditEntry
 
+_TABLE = cast(sa.Table, AuditEntry.__table__)
 GENESIS_HASH = "0" * 64
 MAX_TARGET_CHARS = 8192
 _APPEND_ATTEMPTS = 5
@@ -153,7 +154,7 @@ class AuditLog:
         With ``since``, the first ``limit`` rows at or after it; without, the newest
         ``limit`` rows. ``action`` matches exactly or, ending in ``*``, as a prefix.
         """
-        table = AuditEntry.__table__
+        table = _TABLE
         stmt = sa.select(table)
         if since is not None:
             stmt = stmt.where(table.c.at >= _utc(since))
@@ -201,8 +202,9 @@ class AuditLog:
                     problems.append(f"seq {rec.seq}: prev_hash does not match the row before")
                 expected = chain_hash(
                     rec.prev_hash,
-                    canonical(rec.seq, rec.at, rec.actor, rec.action, rec.target, rec.peer,
-                              rec.outcome),
+                    canonical(
+                        rec.seq, rec.at, rec.actor, rec.action, rec.target, rec.peer, rec.outcome
+                    ),
                 )
                 if expected != rec.row_hash:
                     problems.append(f"seq {rec.seq}: row hash mismatch (row altered)")
@@ -228,25 +230,35 @@ class AuditLog:
             seq, prev_hash = self._head(conn)
             seq += 1
             at = dt.datetime.now(dt.UTC)
-            row_hash = chain_hash(prev_hash, canonical(seq, at, actor, action, target, peer,
-                                                       outcome))
-            values = {
-                "seq": seq, "at": at, "actor": actor, "action": action, "target": target,
-                "peer": peer, "outcome": outcome, "prev_hash": prev_hash, "row_hash": row_hash,
-            }
-            conn.execute(sa.insert(AuditEntry.__table__).values(**values))
-        return AuditRecord(**values)
+            row_hash = chain_hash(
+                prev_hash, canonical(seq, at, actor, action, target, peer, outcome)
+            )
+            record = AuditRecord(seq, at, actor, action, target, peer, outcome, prev_hash, row_hash)
+            conn.execute(
+                sa.insert(_TABLE).values(
+                    seq=seq,
+                    at=at,
+                    actor=actor,
+                    action=action,
+                    target=target,
+                    peer=peer,
+                    outcome=outcome,
+                    prev_hash=prev_hash,
+                    row_hash=row_hash,
+                )
+            )
+        return record
 
     @staticmethod
     def _head(conn: sa.Connection) -> tuple[int, str]:
-        table = AuditEntry.__table__
+        table = _TABLE
         row = conn.execute(
             sa.select(table.c.seq, table.c.row_hash).order_by(table.c.seq.desc()).limit(1)
         ).first()
         return (0, GENESIS_HASH) if row is None else (int(row[0]), str(row[1]))
 
     def _hash_at(self, seq: int) -> str | None:
-        table = AuditEntry.__table__
+        table = _TABLE
         with self._engine.connect() as conn:
             value = conn.execute(
                 sa.select(table.c.row_hash).where(table.c.seq == seq)
@@ -254,20 +266,26 @@ class AuditLog:
         return None if value is None else str(value)
 
     def _iter_all(self) -> Iterator[AuditRecord]:
-        table = AuditEntry.__table__
+        table = _TABLE
         stmt = sa.select(table).order_by(table.c.seq).execution_options(yield_per=1000)
         with self._engine.connect() as conn:
             for row in conn.execute(stmt):
                 yield _record(row._mapping)
 
 
-def _record(m: Mapping[str, Any]) -> AuditRecord:
+def _record(m: sa.RowMapping) -> AuditRecord:
     target = m["target"]
     if isinstance(target, str):  # a driver that hands JSON back as text
         target = json.loads(target)
     return AuditRecord(
-        seq=int(m["seq"]), at=_utc(m["at"]), actor=m["actor"], action=m["action"],
-        target=target, peer=m["peer"], outcome=m["outcome"], prev_hash=m["prev_hash"],
+        seq=int(m["seq"]),
+        at=_utc(m["at"]),
+        actor=m["actor"],
+        action=m["action"],
+        target=target,
+        peer=m["peer"],
+        outcome=m["outcome"],
+        prev_hash=m["prev_hash"],
         row_hash=m["row_hash"],
     )
 

@@ -115,8 +115,9 @@ def init_ca_cmd(
 ) -> None:
     """Create the grid CA (keep ca.key offline; only ca.crt is distributed)."""
     with _boundary():
-        files = pki.init_ca(directory, name, key_type=_key_type(key_type), valid_days=days,
-                            force=force)
+        files = pki.init_ca(
+            directory, name, key_type=_key_type(key_type), valid_days=days, force=force
+        )
     typer.echo(f"CA key:  {files.key} (mode 0600)\nCA cert: {files.cert}")
 
 
@@ -139,12 +140,23 @@ def issue_cmd(
     """Issue a key and a certificate signed by the grid CA."""
     roles: tuple[pki.Role, ...] = ("client",) if client_only else ("server", "client")
     with _boundary():
-        files = pki.issue(ca, out, name, dns_names=dns or (), ip_addresses=ip or (), roles=roles,
-                          key_type=_key_type(key_type), valid_days=days, force=force)
+        files = pki.issue(
+            ca,
+            out,
+            name,
+            dns_names=dns or (),
+            ip_addresses=ip or (),
+            roles=roles,
+            key_type=_key_type(key_type),
+            valid_days=days,
+            force=force,
+        )
         info = pki.inspect(files.cert)
     typer.echo(f"key:  {files.key} (mode 0600)\ncert: {files.cert}\nca:   {files.ca_cert}")
-    typer.echo(f"expires {info.not_after:%Y-%m-%d}; SANs: "
-               + ", ".join([*info.dns_names, *info.ip_addresses]))
+    typer.echo(
+        f"expires {info.not_after:%Y-%m-%d}; SANs: "
+        + ", ".join([*info.dns_names, *info.ip_addresses])
+    )
 
 
 @pki_app.command("show")
@@ -174,8 +186,9 @@ def _key_type(text: str) -> pki.KeyType:
 
 PepperFile = Annotated[
     Path,
-    typer.Option("--pepper-file", envvar="GRIDPACS_PEPPER_FILE",
-                 help="Server-side secret file (mode 0600)."),
+    typer.Option(
+        "--pepper-file", envvar="GRIDPACS_PEPPER_FILE", help="Server-side secret file (mode 0600)."
+    ),
 ]
 
 
@@ -188,8 +201,7 @@ def _store(db_url: str, pepper_file: Path) -> tuple[TokenStore, AuditLog]:
 
 def _audit_admin(log: AuditLog, action: str, target: dict[str, Any]) -> None:
     # Token administration is audited like any call: who ran it on which machine.
-    log.record(f"local:{getpass.getuser()}", action, target, f"local:{socket.gethostname()}",
-               "OK")
+    log.record(f"local:{getpass.getuser()}", action, target, f"local:{socket.gethostname()}", "OK")
 
 
 @token_app.command("init-pepper")
@@ -228,14 +240,22 @@ def create_cmd(
     with _boundary():
         store, log = _store(db_url, pepper_file)
         issued = store.create(user, grants, lifetime, description=description)
-        _audit_admin(log, "token.create", {"token_id": issued.info.id, "user": issued.info.user,
-                                            "grants": {c: r.value for c, r in
-                                                       issued.info.grants.items()}})
+        _audit_admin(
+            log,
+            "token.create",
+            {
+                "token_id": issued.info.id,
+                "user": issued.info.user,
+                "grants": {c: r.value for c, r in issued.info.grants.items()},
+            },
+        )
     if as_json:
         _print_json({"token": issued.plaintext, **issued.info.to_dict()})
         return
-    typer.echo(f"token id {issued.info.id} for {issued.info.user} "
-               f"(expires {issued.info.expires_at or 'never'})")
+    typer.echo(
+        f"token id {issued.info.id} for {issued.info.user} "
+        f"(expires {issued.info.expires_at or 'never'})"
+    )
     typer.echo("store this token now; it cannot be shown again:")
     typer.echo(issued.plaintext)
 
@@ -253,8 +273,11 @@ def list_cmd(
     if as_json:
         _print_json([t.to_dict() for t in tokens])
         return
-    _table("API tokens", ["id", "user", "grants", "status", "expires", "created"],
-           [_token_row(t) for t in tokens])
+    _table(
+        "API tokens",
+        ["id", "user", "grants", "status", "expires", "created"],
+        [_token_row(t) for t in tokens],
+    )
 
 
 @token_app.command("revoke")
@@ -319,9 +342,22 @@ def audit_cmd(
     if as_json:
         _print_json([r.to_dict() for r in rows])
         return
-    _table("audit log", ["seq", "at (UTC)", "actor", "action", "target", "peer", "outcome"],
-           [[str(r.seq), f"{r.at:%Y-%m-%d %H:%M:%S}", r.actor, r.action,
-             json.dumps(dict(r.target), sort_keys=True), r.peer, r.outcome] for r in rows])
+    _table(
+        "audit log",
+        ["seq", "at (UTC)", "actor", "action", "target", "peer", "outcome"],
+        [
+            [
+                str(r.seq),
+                f"{r.at:%Y-%m-%d %H:%M:%S}",
+                r.actor,
+                r.action,
+                json.dumps(dict(r.target), sort_keys=True),
+                r.peer,
+                r.outcome,
+            ]
+            for r in rows
+        ],
+    )
 
 
 @audit_app.command("verify")
@@ -363,4 +399,3 @@ def _parse_head(text: str) -> tuple[int, str]:
     if not sep or not seq.isdigit() or not re.fullmatch(r"[0-9a-f]{64}", digest):
         raise typer.BadParameter(f"--head {text!r}: expected SEQ:SHA256HEX")
     return int(seq), digest
-

@@ -18,13 +18,15 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 class SecurityBase(DeclarativeBase):
     """Declarative base with the security package's own metadata."""
 
-    metadata = sa.MetaData(naming_convention={
-        "pk": "pk_%(table_name)s",
-        "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
-        "ix": "ix_%(table_name)s_%(column_0_name)s",
-        "uq": "uq_%(table_name)s_%(column_0_name)s",
-        "ck": "ck_%(table_name)s_%(constraint_name)s",
-    })
+    metadata = sa.MetaData(
+        naming_convention={
+            "pk": "pk_%(table_name)s",
+            "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+            "ix": "ix_%(table_name)s_%(column_0_name)s",
+            "uq": "uq_%(table_name)s_%(column_0_name)s",
+            "ck": "ck_%(table_name)s_%(constraint_name)s",
+        }
+    )
 
 
 class ApiToken(SecurityBase):
@@ -65,8 +67,9 @@ class AuditEntry(SecurityBase):
     # AUTOINCREMENT on SQLite: a deleted id is never handed out again.
     __table_args__ = ({"sqlite_autoincrement": True},)
 
-    id: Mapped[int] = mapped_column(sa.BigInteger().with_variant(sa.Integer, "sqlite"),
-                                    primary_key=True, autoincrement=True)
+    id: Mapped[int] = mapped_column(
+        sa.BigInteger().with_variant(sa.Integer, "sqlite"), primary_key=True, autoincrement=True
+    )
     seq: Mapped[int] = mapped_column(sa.BigInteger, unique=True)
     at: Mapped[dt.datetime] = mapped_column(sa.DateTime(timezone=True), index=True)
     actor: Mapped[str] = mapped_column(sa.String(200), index=True)

@@ -337,9 +337,7 @@ def _key_usage(*, ca: bool, rsa_key: bool = False) -> x509.KeyUsage:
 def _check_host_name(host_name: str) -> str:
     # The name becomes a file name and a DNS SAN: keep it to host-name characters.
     if not _NAME_RE.match(host_name) or ".." in host_name:
-        raise PkiError(
-            f"invalid host name {host_name!r}: use letters, digits, '.' and '-' only"
-        )
+        raise PkiError(f"invalid host name {host_name!r}: use letters, digits, '.' and '-' only")
     return host_name
 
 

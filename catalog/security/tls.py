@@ -31,8 +31,10 @@ class TlsFiles:
 
     def read(self) -> tuple[bytes, bytes, bytes]:
         """Read (cert, key, ca) bytes, raising :class:`TlsConfigError` with the failing path."""
-        return _read(self.cert, "certificate"), _read(self.key, "private key"), _read(
-            self.ca, "CA certificate"
+        return (
+            _read(self.cert, "certificate"),
+            _read(self.key, "private key"),
+            _read(self.ca, "CA certificate"),
         )
 
 

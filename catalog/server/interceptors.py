@@ -225,11 +225,20 @@ class AuthInterceptor(grpc.ServerInterceptor):
             if host is not None:
                 return host
             if need is Requirement.HOST:
-                _reject(context, method, grpc.StatusCode.UNAUTHENTICATED,
-                        "this method needs a grid host certificate", reason="no_host_cert")
-        _reject(context, method, grpc.StatusCode.UNAUTHENTICATED,
-                "missing bearer token (metadata 'authorization: Bearer <token>')",
-                reason="no_token")
+                _reject(
+                    context,
+                    method,
+                    grpc.StatusCode.UNAUTHENTICATED,
+                    "this method needs a grid host certificate",
+                    reason="no_host_cert",
+                )
+        _reject(
+            context,
+            method,
+            grpc.StatusCode.UNAUTHENTICATED,
+            "missing bearer token (metadata 'authorization: Bearer <token>')",
+            reason="no_token",
+        )
         raise AssertionError("unreachable")  # pragma: no cover - abort raises
 
 
@@ -391,9 +400,7 @@ def _wrap(handler: grpc.RpcMethodHandler, guard: Guard) -> grpc.RpcMethodHandler
     if handler.stream_unary is not None:
         return grpc.stream_unary_rpc_method_handler(unary_response(handler.stream_unary), **kw)
     if handler.stream_stream is not None:
-        return grpc.stream_stream_rpc_method_handler(
-            stream_response(handler.stream_stream), **kw
-        )
+        return grpc.stream_stream_rpc_method_handler(stream_response(handler.stream_stream), **kw)
     return handler
 
 
@@ -416,7 +423,7 @@ def _bearer(context: grpc.ServicerContext) -> str | None:
     for key, value in context.invocation_metadata() or ():
         if key.lower() == AUTHORIZATION and isinstance(value, str):
             if value[: len(_BEARER)].lower() == _BEARER:
-                return value[len(_BEARER):].strip()
+                return value[len(_BEARER) :].strip()
             return None
     return None
 
@@ -438,7 +445,10 @@ def _reject(
 ) -> None:
     log.warning(
         "event=auth_rejected method=%s peer=%s code=%s reason=%s",
-        method, context.peer(), code.name, reason,
+        method,
+        context.peer(),
+        code.name,
+        reason,
     )
     context.abort(code, details)
 
@@ -465,9 +475,7 @@ def _outcome(context: grpc.ServicerContext, failed: BaseException | None) -> grp
     return grpc.StatusCode.UNKNOWN
 
 
-def _safe_summary(
-    summarize: Callable[[Any], Mapping[str, Any]], request: Any
-) -> Mapping[str, Any]:
+def _safe_summary(summarize: Callable[[Any], Mapping[str, Any]], request: Any) -> Mapping[str, Any]:
     try:
         return summarize(request)
     except Exception as exc:  # a broken summarizer must not fail the call

@@ -49,14 +49,16 @@ def grid(tmp_path_factory: pytest.TempPathFactory) -> Grid:
     root = tmp_path_factory.mktemp("pki")
     ca = root / "ca"
     pki.init_ca(ca, "testgrid")
-    server = pki.issue(ca, root / "catalog1", "catalog1", dns_names=["localhost"],
-                       ip_addresses=["127.0.0.1"])
+    server = pki.issue(
+        ca, root / "catalog1", "catalog1", dns_names=["localhost"], ip_addresses=["127.0.0.1"]
+    )
     node = pki.issue(ca, root / "node1", "node1")
     researcher = pki.issue(ca, root / "alice", "alice", roles=("client",))
     pki.init_ca(root / "rogue-ca", "testgrid")  # same name, different key
     rogue = pki.issue(root / "rogue-ca", root / "rogue", "node1")
-    return Grid(ca=ca / pki.CA_CERT_FILE, server=server, node=node, researcher=researcher,
-                rogue=rogue)
+    return Grid(
+        ca=ca / pki.CA_CERT_FILE, server=server, node=node, researcher=researcher, rogue=rogue
+    )
 
 
 @dataclass
@@ -111,11 +113,11 @@ def start_server(grid: Grid) -> Iterator[ServerFactory]:
 
     started: list[grpc.Server] = []
 
-    def start(*, interceptors: list[Any] | None = None, plaintext: bool = False
-              ) -> RunningServer:
+    def start(*, interceptors: list[Any] | None = None, plaintext: bool = False) -> RunningServer:
         seen = Seen()
-        server = grpc.server(futures.ThreadPoolExecutor(max_workers=4),
-                             interceptors=interceptors or [])
+        server = grpc.server(
+            futures.ThreadPoolExecutor(max_workers=4), interceptors=interceptors or []
+        )
         health_pb2_grpc.add_HealthServicer_to_server(health.HealthServicer(), server)
         server.add_generic_rpc_handlers((_echo_handler(seen),))
         if plaintext:
@@ -140,13 +142,19 @@ def channel_for(grid: Grid) -> Iterator[Callable[..., grpc.Channel]]:
 
     opened: list[grpc.Channel] = []
 
-    def open_channel(address: str, files: pki.CertFiles | None, *, ca: Path | None = None,
-                     plaintext: bool = False) -> grpc.Channel:
+    def open_channel(
+        address: str,
+        files: pki.CertFiles | None,
+        *,
+        ca: Path | None = None,
+        plaintext: bool = False,
+    ) -> grpc.Channel:
         if plaintext:
             channel = grpc.insecure_channel(address)
         else:
-            creds = channel_credentials(files.cert if files else None,
-                                        files.key if files else None, ca or grid.ca)
+            creds = channel_credentials(
+                files.cert if files else None, files.key if files else None, ca or grid.ca
+            )
             channel = grpc.secure_channel(address, creds)
         opened.append(channel)
         return channel
@@ -156,8 +164,9 @@ def channel_for(grid: Grid) -> Iterator[Callable[..., grpc.Channel]]:
         channel.close()
 
 
-def call(channel: grpc.Channel, method: str, payload: bytes = b"x",
-         token: str | None = None) -> bytes:
+def call(
+    channel: grpc.Channel, method: str, payload: bytes = b"x", token: str | None = None
+) -> bytes:
     """Invoke a unary echo method, with a bearer token when given."""
     metadata = (("authorization", f"Bearer {token}"),) if token else None
     stub = channel.unary_unary(method)
@@ -165,8 +174,9 @@ def call(channel: grpc.Channel, method: str, payload: bytes = b"x",
     return result
 
 
-def call_stream(channel: grpc.Channel, method: str, payload: bytes = b"x",
-                token: str | None = None) -> list[bytes]:
+def call_stream(
+    channel: grpc.Channel, method: str, payload: bytes = b"x", token: str | None = None
+) -> list[bytes]:
     """Invoke a server-streaming echo method and collect the replies."""
     metadata = (("authorization", f"Bearer {token}"),) if token else None
     stub = channel.unary_stream(method)

@@ -37,7 +37,9 @@ def test_records_are_chained_and_read_back(engine: sa.Engine) -> None:
     _fill(log)
     rows = log.query()
     assert [(r.seq, r.actor, r.action, r.outcome) for r in rows] == [
-        (1, "alice", Q, "OK"), (2, "bob", R, "OK"), (3, "alice", R, "PERMISSION_DENIED"),
+        (1, "alice", Q, "OK"),
+        (2, "bob", R, "OK"),
+        (3, "alice", R, "PERMISSION_DENIED"),
     ]
     assert rows[0].prev_hash == GENESIS_HASH
     assert rows[1].prev_hash == rows[0].row_hash and rows[2].prev_hash == rows[1].row_hash
@@ -54,7 +56,8 @@ def test_query_filters_by_actor_action_since_and_limit(engine: sa.Engine) -> Non
     assert [r.seq for r in log.query(actor="alice")] == [1, 3]
     assert [r.seq for r in log.query(action=R)] == [2, 3]
     assert [r.seq for r in log.query(action="/gridpacs.catalog.v1.CatalogService/Fetch*")] == [
-        2, 3,
+        2,
+        3,
     ]
     assert log.query(action="/gridpacs%") == []  # LIKE metacharacters are literal
     assert [r.seq for r in log.query(limit=2)] == [2, 3]  # the newest two
@@ -108,11 +111,15 @@ def test_verify_detects_a_rewritten_row_even_with_a_recomputed_hash(engine: sa.E
     from catalog.security.audit import canonical, chain_hash
 
     row = log.query()[1]
-    forged = chain_hash(row.prev_hash, canonical(row.seq, row.at, "mallory", row.action,
-                                                 row.target, row.peer, row.outcome))
+    forged = chain_hash(
+        row.prev_hash,
+        canonical(row.seq, row.at, "mallory", row.action, row.target, row.peer, row.outcome),
+    )
     with engine.begin() as conn:
-        conn.execute(sa.text(f"UPDATE {AUDIT_TABLE} SET actor = 'mallory', row_hash = :h "
-                             "WHERE seq = 2"), {"h": forged})
+        conn.execute(
+            sa.text(f"UPDATE {AUDIT_TABLE} SET actor = 'mallory', row_hash = :h WHERE seq = 2"),
+            {"h": forged},
+        )
     assert log.verify() == ["seq 3: prev_hash does not match the row before"]
 
 

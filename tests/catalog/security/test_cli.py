@@ -30,7 +30,12 @@ def gridpacs(*args: str | Path, check: bool = True) -> subprocess.CompletedProce
     env.pop("GRIDPACS_DB_URL", None)
     proc = subprocess.run(
         [sys.executable, "-m", "gridpacs", *map(str, args)],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=60, check=False,
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
     )
     if check and proc.returncode != 0:
         raise AssertionError(f"exit {proc.returncode}: {proc.stderr}{proc.stdout}")
@@ -54,8 +59,20 @@ def run(*args: str | Path, code: int = 0) -> Result:
 def test_pki_init_issue_show_and_refuse_overwrite(tmp_path: Path) -> None:
     gridpacs("pki", "init-ca", "--dir", tmp_path / "ca", "--name", "lungs")
     assert (tmp_path / "ca" / "ca.key").stat().st_mode & 0o777 == 0o600
-    gridpacs("pki", "issue", "--ca", tmp_path / "ca", "--out", tmp_path / "c1", "--name",
-             "catalog1", "--dns", "localhost", "--ip", "127.0.0.1")
+    gridpacs(
+        "pki",
+        "issue",
+        "--ca",
+        tmp_path / "ca",
+        "--out",
+        tmp_path / "c1",
+        "--name",
+        "catalog1",
+        "--dns",
+        "localhost",
+        "--ip",
+        "127.0.0.1",
+    )
     shown = json.loads(gridpacs("pki", "show", tmp_path / "c1" / "catalog1.crt", "--json").stdout)
     assert shown["common_name"] == "catalog1" and shown["organizational_unit"] == "host"
     assert shown["dns_names"] == ["catalog1", "localhost"]
@@ -66,25 +83,66 @@ def test_pki_init_issue_show_and_refuse_overwrite(tmp_path: Path) -> None:
     assert "catalog1" in table and "127.0.0.1" in table and "days_left" in table
 
     key_before = (tmp_path / "c1" / "catalog1.key").read_bytes()
-    again = run("pki", "issue", "--ca", tmp_path / "ca", "--out", tmp_path / "c1",
-                "--name", "catalog1", code=2)
+    again = run(
+        "pki",
+        "issue",
+        "--ca",
+        tmp_path / "ca",
+        "--out",
+        tmp_path / "c1",
+        "--name",
+        "catalog1",
+        code=2,
+    )
     assert "--force" in again.stderr
     assert (tmp_path / "c1" / "catalog1.key").read_bytes() == key_before
-    run("pki", "issue", "--ca", tmp_path / "ca", "--out", tmp_path / "c1", "--name",
-        "catalog1", "--force")
+    run(
+        "pki",
+        "issue",
+        "--ca",
+        tmp_path / "ca",
+        "--out",
+        tmp_path / "c1",
+        "--name",
+        "catalog1",
+        "--force",
+    )
     assert (tmp_path / "c1" / "catalog1.key").read_bytes() != key_before
-    user = json.loads(run("pki", "issue", "--ca", tmp_path / "ca", "--out", tmp_path / "u",
-                          "--name", "alice", "--client-only").stdout and
-                      run("pki", "show", tmp_path / "u" / "alice.crt", "--json").stdout)
+    user = json.loads(
+        run(
+            "pki",
+            "issue",
+            "--ca",
+            tmp_path / "ca",
+            "--out",
+            tmp_path / "u",
+            "--name",
+            "alice",
+            "--client-only",
+        ).stdout
+        and run("pki", "show", tmp_path / "u" / "alice.crt", "--json").stdout
+    )
     assert user["organizational_unit"] == "user"
 
 
 def test_token_and_audit_commands_as_processes(tmp_path: Path, sqlite_url: str) -> None:
     pepper = tmp_path / "pepper"
     gridpacs("token", "init-pepper", "--out", pepper)
-    created = json.loads(gridpacs("token", "create", "--db-url", sqlite_url, "--pepper-file",
-                                  pepper, "--user", "alice", "--grant", "lung=reader",
-                                  "--json").stdout)
+    created = json.loads(
+        gridpacs(
+            "token",
+            "create",
+            "--db-url",
+            sqlite_url,
+            "--pepper-file",
+            pepper,
+            "--user",
+            "alice",
+            "--grant",
+            "lung=reader",
+            "--json",
+        ).stdout
+    )
     assert created["token"].startswith(f"gpt_{created['id']}_")
     engine = sa.create_engine(sqlite_url)
     try:
@@ -100,9 +158,21 @@ def test_token_and_audit_commands_as_processes(tmp_path: Path, sqlite_url: str) 
 def test_token_lifecycle_and_audit_commands(tmp_path: Path, db_url: str) -> None:
     pepper = tmp_path / "pepper"
     run("token", "init-pepper", "--out", pepper)
-    common = ["--db-url", db_url, "--pepper-file", pepper]
-    created = json.loads(run("token", "create", *common, "--user", "alice", "--grant",
-                             "lung=reader", "--grant", "*=admin", "--json").stdout)
+    common: list[str | Path] = ["--db-url", db_url, "--pepper-file", pepper]
+    created = json.loads(
+        run(
+            "token",
+            "create",
+            *common,
+            "--user",
+            "alice",
+            "--grant",
+            "lung=reader",
+            "--grant",
+            "*=admin",
+            "--json",
+        ).stdout
+    )
     assert created["token"].startswith(f"gpt_{created['id']}_")
     assert created["grants"] == {"*": "admin", "lung": "reader"}
     listed = json.loads(run("token", "list", *common, "--json").stdout)
@@ -114,14 +184,27 @@ def test_token_lifecycle_and_audit_commands(tmp_path: Path, db_url: str) -> None
     bad = run("token", "create", *common, "--user", "bob", "--grant", "lung=writer", code=2)
     assert "unknown role" in bad.stderr
     run("token", "create", *common, "--user", "bob", "--grant", "lung", code=2)
-    run("token", "create", *common, "--user", "bob", "--grant", "x=reader", "--expires-in",
-        "soon", code=2)
+    run(
+        "token",
+        "create",
+        *common,
+        "--user",
+        "bob",
+        "--grant",
+        "x=reader",
+        "--expires-in",
+        "soon",
+        code=2,
+    )
 
     rows = json.loads(run("audit", "--db-url", db_url, "--json").stdout)
     assert [r["action"] for r in rows] == ["token.create", "token.revoke"]
     assert rows[0]["actor"].startswith("local:")
-    only_revoke = json.loads(run("audit", "--db-url", db_url, "--action", "token.revoke",
-                                 "--since", "1h", "--json").stdout)
+    only_revoke = json.loads(
+        run(
+            "audit", "--db-url", db_url, "--action", "token.revoke", "--since", "1h", "--json"
+        ).stdout
+    )
     assert [r["seq"] for r in only_revoke] == [2]
     assert "token.create" in run("audit", "--db-url", db_url).stdout
     assert run("audit", "verify", "--db-url", db_url).stdout.startswith("ok: 2 entries")
@@ -130,15 +213,19 @@ def test_token_lifecycle_and_audit_commands(tmp_path: Path, db_url: str) -> None
     engine = sa.create_engine(db_url)
     try:
         with engine.begin() as conn:  # an attacker with DDL rights removes the newest row
-            trigger = (f"{AUDIT_TABLE}_no_delete" if engine.dialect.name == "sqlite"
-                       else f"{AUDIT_TABLE}_no_change ON {AUDIT_TABLE}")
+            trigger = (
+                f"{AUDIT_TABLE}_no_delete"
+                if engine.dialect.name == "sqlite"
+                else f"{AUDIT_TABLE}_no_change ON {AUDIT_TABLE}"
+            )
             conn.exec_driver_sql(f"DROP TRIGGER {trigger}")
             conn.exec_driver_sql(f"DELETE FROM {AUDIT_TABLE} WHERE seq = 2")
         assert AuditLog(engine).verify() == []  # invisible to the chain alone
     finally:
         engine.dispose()
-    cut = json.loads(run("audit", "verify", "--db-url", db_url, "--head", head, "--json",
-                         code=1).stdout)
+    cut = json.loads(
+        run("audit", "verify", "--db-url", db_url, "--head", head, "--json", code=1).stdout
+    )
     assert cut["ok"] is False and "seq 2 was recorded earlier" in cut["problems"][0]
 
 
@@ -147,5 +234,7 @@ def test_audit_on_a_database_without_the_log_says_so(tmp_path: Path) -> None:
     assert proc.returncode == 2 and "no audit log" in proc.stderr
     assert "--db-url" in run("audit", code=2).stderr
     assert "not found" in run("pki", "show", tmp_path / "nope.crt", code=2).stderr
-    assert "SEQ:SHA256HEX" in run("audit", "verify", "--db-url", "sqlite://", "--head", "x",
-                                  code=2).stderr
+    assert (
+        "SEQ:SHA256HEX"
+        in run("audit", "verify", "--db-url", "sqlite://", "--head", "x", code=2).stderr
+    )

@@ -48,8 +48,13 @@ def test_init_ca_refuses_to_overwrite_unless_forced(tmp_path: Path) -> None:
 
 def test_issue_signs_a_host_cert_with_sans_both_usages_and_ou_host(tmp_path: Path) -> None:
     pki.init_ca(tmp_path / "ca", "g")
-    files = pki.issue(tmp_path / "ca", tmp_path / "out", "catalog1",
-                      dns_names=["localhost", "catalog1.example.org"], ip_addresses=["127.0.0.1"])
+    files = pki.issue(
+        tmp_path / "ca",
+        tmp_path / "out",
+        "catalog1",
+        dns_names=["localhost", "catalog1.example.org"],
+        ip_addresses=["127.0.0.1"],
+    )
     assert _mode(files.key) == 0o600
     assert files.ca_cert.read_bytes() == (tmp_path / "ca" / "ca.crt").read_bytes()
     info = pki.inspect(files.cert)
@@ -108,8 +113,9 @@ def test_issue_refuses_a_different_ca_cert_in_the_output_directory(tmp_path: Pat
         ({"dns_names": ["bad name"]}, "invalid DNS"),
     ],
 )
-def test_issue_rejects_bad_parameters(tmp_path: Path, kwargs: dict[str, object],
-                                      message: str) -> None:
+def test_issue_rejects_bad_parameters(
+    tmp_path: Path, kwargs: dict[str, object], message: str
+) -> None:
     pki.init_ca(tmp_path / "ca", "g")
     with pytest.raises(PkiError, match=message):
         pki.issue(tmp_path / "ca", tmp_path / "o", "n1", **kwargs)  # type: ignore[arg-type]

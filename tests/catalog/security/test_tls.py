@@ -2,14 +2,21 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from catalog.security.errors import TlsConfigError
-from catalog.security.tls import channel_credentials, peer_identity, server_credentials
+from catalog.security.tls import (
+    PeerIdentity,
+    channel_credentials,
+    peer_identity,
+    server_credentials,
+)
 from tests.catalog.security.conftest import (
     QUERY,
     TIMEOUT,
@@ -23,6 +30,27 @@ def _health(channel: grpc.Channel) -> int:
     stub = health_pb2_grpc.HealthStub(channel)
     status: int = stub.Check(health_pb2.HealthCheckRequest(), timeout=TIMEOUT).status
     return status
+
+
+class Capture(grpc.ServerInterceptor):
+    """Records ``peer_identity(context)`` of each unary call, as an interceptor would."""
+
+    def __init__(self, captured: list[PeerIdentity | None]) -> None:
+        self.captured = captured
+
+    def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], grpc.RpcMethodHandler | None],
+        details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler | None:
+        handler = continuation(details)
+        assert handler is not None
+
+        def run(request: Any, context: grpc.ServicerContext) -> Any:
+            self.captured.append(peer_identity(context))
+            return handler.unary_unary(request, context)
+
+        return grpc.unary_unary_rpc_method_handler(run)
 
 
 def test_a_client_with_a_grid_certificate_is_served(
@@ -54,8 +82,9 @@ def test_a_client_without_a_certificate_is_refused(
     assert err.value.code() is grpc.StatusCode.UNAVAILABLE
 
 
-def test_a_plaintext_client_is_refused(grid: Grid, start_server: ServerFactory,
-                                       channel_for) -> None:
+def test_a_plaintext_client_is_refused(
+    grid: Grid, start_server: ServerFactory, channel_for
+) -> None:
     server = start_server()
     with pytest.raises(grpc.RpcError) as err:
         _health(channel_for(server.address, None, plaintext=True))
@@ -75,19 +104,8 @@ def test_a_client_that_trusts_another_ca_refuses_the_server(
 def test_peer_identity_names_the_verified_client_certificate(
     grid: Grid, start_server: ServerFactory, channel_for
 ) -> None:
-    captured = []
-
-    class Capture(grpc.ServerInterceptor):
-        def intercept_service(self, continuation, details):  # type: ignore[no-untyped-def]
-            handler = continuation(details)
-
-            def run(request, context):  # type: ignore[no-untyped-def]
-                captured.append(peer_identity(context))
-                return handler.unary_unary(request, context)
-
-            return grpc.unary_unary_rpc_method_handler(run)
-
-    server = start_server(interceptors=[Capture()])
+    captured: list[PeerIdentity | None] = []
+    server = start_server(interceptors=[Capture(captured)])
     call(channel_for(server.address, grid.node), QUERY)
     call(channel_for(server.address, grid.researcher), QUERY)
     node, researcher = captured
@@ -97,19 +115,8 @@ def test_peer_identity_names_the_verified_client_certificate(
 
 
 def test_peer_identity_is_none_on_plaintext(start_server: ServerFactory, channel_for) -> None:
-    captured = []
-
-    class Capture(grpc.ServerInterceptor):
-        def intercept_service(self, continuation, details):  # type: ignore[no-untyped-def]
-            handler = continuation(details)
-
-            def run(request, context):  # type: ignore[no-untyped-def]
-                captured.append(peer_identity(context))
-                return handler.unary_unary(request, context)
-
-            return grpc.unary_unary_rpc_method_handler(run)
-
-    server = start_server(interceptors=[Capture()], plaintext=True)
+    captured: list[PeerIdentity | None] = []
+    server = start_server(interceptors=[Capture(captured)], plaintext=True)
     call(channel_for(server.address, None, plaintext=True), QUERY)
     assert captured == [None]
 

@@ -76,8 +76,11 @@ def test_only_a_hash_is_stored(engine: sa.Engine, db_url: str) -> None:
     token = store.create("alice", {"lung": "reader"}, None).plaintext
     secret = token.split("_", 2)[2]
     with engine.connect() as conn:
-        rows = [tuple(r) for t in ("security_api_token", "security_token_grant")
-                for r in conn.execute(sa.text(f"SELECT * FROM {t}"))]
+        rows = [
+            tuple(r)
+            for t in ("security_api_token", "security_token_grant")
+            for r in conn.execute(sa.text(f"SELECT * FROM {t}"))
+        ]
     dump = repr(rows)
     assert rows and secret not in dump and token not in dump
     if db_url.startswith("sqlite:///"):
@@ -111,8 +114,9 @@ def test_list_shows_status_and_never_secrets(engine: sa.Engine) -> None:
         ("", {"lung": "reader"}, "user name"),
     ],
 )
-def test_create_validates(engine: sa.Engine, user: str, grants: dict[str, str],
-                          message: str) -> None:
+def test_create_validates(
+    engine: sa.Engine, user: str, grants: dict[str, str], message: str
+) -> None:
     with pytest.raises(TokenError, match=message):
         TokenStore(engine, PEPPER).create(user, grants, None)
 
