@@ -53,7 +53,7 @@ CHANNEL_OPTIONS: list[tuple[str, Any]] = [
     # reconnect quickly to a replica that comes back instead of backing off for minutes
     ("grpc.initial_reconnect_backoff_ms", 200),
     ("grpc.min_reconnect_backoff_ms", 200),
-    ("grpc.max_reconnect_backoff_ms", 2000),
+    ("grpc.max_reconnect_backoff_ms", 1000),
     ("grpc.max_receive_message_length", 64 * 1024 * 1024),
     ("grpc.max_send_message_length", 64 * 1024 * 1024),
     ("grpc.keepalive_time_ms", 10_000),
@@ -137,7 +137,7 @@ class GrpcCatalogClient:
                 if exc.code() not in FAILOVER_CODES:
                     raise _rejected(exc) from exc
                 errors.append(f"{address}: {exc.code().name}")
-                log.info(
+                log.debug(
                     "event=catalog_failover method=%s replica=%s code=%s",
                     method,
                     address,

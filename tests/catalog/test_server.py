@@ -81,7 +81,8 @@ def test_publish_query_locate_roundtrip(client: GrpcCatalogClient) -> None:
 
     client.publish_changes("site-a", node.deleted(records))
     assert list(client.query_studies(QueryFilter())) == []
-    assert list(client.pull_changes("site-a", 450, 1))[0].kind is ChangeKind.INSTANCE_DELETED
+    [deleted] = client.pull_changes("site-a", 450, 1)
+    assert deleted.kind is ChangeKind.INSTANCE_DELETED
 
 
 def test_errors_map_to_status_codes(client: GrpcCatalogClient) -> None:
