@@ -6,6 +6,9 @@ sub-commands (``<package>/cli.py`` exposes a Typer app) and this module mounts t
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Annotated
+
 import typer
 
 app = typer.Typer(
@@ -18,28 +21,42 @@ app = typer.Typer(
 )
 
 
+@app.command("up")
+def up(
+    directory: Annotated[Path, typer.Option("--dir", help="Where the grid keeps data.")] = Path(
+        "var/grid"
+    ),
+    base_port: Annotated[int, typer.Option("--base-port", help="First node's DICOM port.")] = 11112,
+    catalog_port: Annotated[int, typer.Option("--catalog-port", help="Catalog gRPC port.")] = 50051,
+    plaintext: Annotated[bool, typer.Option("--plaintext", help="No mTLS (debug only).")] = False,
+) -> None:
+    """Start a catalog and two nodes on this machine and print their AE titles and ports."""
+    from rich.console import Console
+
+    from gridpacs.up import run_grid
+
+    raise typer.Exit(
+        run_grid(directory.resolve(), base_port, catalog_port, not plaintext, Console())
+    )
+
+
 def _mount() -> None:
-    # Sub-apps are imported lazily so `gridpacs --help` stays fast and a missing optional
-    # piece cannot break the others.
+    """Mount every package's sub-commands (imported here so each owns its CLI)."""
+    from anonymizer.cli import register as register_anonymizer
+    from catalog.cli import app as catalog_app
+    from catalog.query_cli import query_cmd
+    from catalog.security.cli import audit_app, pki_app, token_app
     from node.cli import app as node_app
     from storage.cli import app as storage_app
 
     app.add_typer(node_app, name="node", help="Run and inspect a grid node.")
-
+    app.add_typer(catalog_app, name="catalog", help="Run and configure a catalog replica.")
+    app.command("query", help="Query the grid-wide catalog.")(query_cmd)
     app.add_typer(storage_app, name="storage", help="Verify and inspect the blob store.")
-    from anonymizer.cli import register as register_anonymizer
-
     register_anonymizer(app)
-    from catalog.security.cli import audit_app, pki_app, token_app
-
     app.add_typer(pki_app, name="pki", help="The grid CA and host certificates.")
     app.add_typer(token_app, name="token", help="Researchers' API tokens.")
     app.add_typer(audit_app, name="audit", help="Read and verify the audit log.")
-    from catalog.cli import app as catalog_app
-    from catalog.query_cli import query_cmd
-
-    app.add_typer(catalog_app, name="catalog", help="Run and configure a catalog replica.")
-    app.command("query", help="Query the grid-wide catalog.")(query_cmd)
 
 
 def main() -> None:
