@@ -76,9 +76,9 @@ class Profile:
 
     @property
     def description(self) -> list[str]:
-        """Values of DeidentificationMethod (LO, at most 64 characters each)."""
-        values = [f"gridpacs {m.meaning}"[:64] for m in self.methods]
-        custom = [f"custom recipe {p.name}"[:64] for p in self.recipes[len(self.methods) :]]
+        """Values of DeidentificationMethod (LO: 64 characters at most, padding included)."""
+        values = [m.meaning[:63] for m in self.methods]
+        custom = [f"custom recipe {p.name}"[:63] for p in self.recipes[len(self.methods) :]]
         return values + custom
 
     @property

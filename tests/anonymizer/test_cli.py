@@ -1,0 +1,94 @@
+"""The CLI as a user runs it: ``python -m gridpacs anonymize …`` in a subprocess."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from pydicom import dcmread
+
+from anonymizer import generate_secret
+from tests.factories import StudySpec, make_dataset, to_bytes, write_study
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _gridpacs(*args: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "COLUMNS": "200"}
+    return subprocess.run(
+        [sys.executable, "-m", "gridpacs", *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+@pytest.fixture
+def site(tmp_path: Path) -> dict[str, Path]:
+    secret, key = tmp_path / "site.secret", tmp_path / "reid.key"
+    generate_secret(secret)
+    generate_secret(key)
+    return {"secret": secret, "key": key, "map": tmp_path / "reid.sqlite"}
+
+
+def test_folder_with_bad_files_reports_each_and_exits_nonzero(
+    tmp_path: Path, site: dict[str, Path]
+) -> None:
+    source = tmp_path / "in" / "DOE_JANE"
+    source.mkdir(parents=True)
+    write_study(str(source), 3, StudySpec(patient_id="MRN-77"))
+    (source / "truncated.dcm").write_bytes(to_bytes(make_dataset())[:-300])
+    burned = make_dataset()
+    burned.BurnedInAnnotation = "YES"
+    (source / "burned.dcm").write_bytes(to_bytes(burned))
+    out = tmp_path / "out"
+    result = _gridpacs(
+        "anonymize", str(tmp_path / "in"), str(out),
+        "--secret-file", str(site["secret"]),
+        "--option", "retain-uids", "--option", "clean-descriptors",
+        "--reid-map", str(site["map"]), "--reid-key", str(site["key"]),
+        "--json",
+    )  # fmt: skip
+    assert result.returncode == 1, result.stderr
+    report = json.loads(result.stdout)
+    assert (report["files"], report["written"], report["failed"]) == (5, 3, 2)
+    assert report["options"] == ["retain-uids", "clean-descriptors"]
+    kinds = {Path(r["source"]).name: r["error_kind"] for r in report["results"]}
+    assert kinds["truncated.dcm"] == "UnreadableInput"
+    assert kinds["burned.dcm"] == "BurnedInAnnotation"
+    written = sorted(p.name for p in out.iterdir())
+    assert len(written) == 3 and all(n.endswith(".dcm") for n in written)
+    assert not any("DOE" in n for n in written)
+
+    pseudonym = dcmread(out / written[0]).PatientID
+    back = _gridpacs(
+        "anonymizer", "reidentify", pseudonym,
+        "--map", str(site["map"]), "--key", str(site["key"]), "--json",
+    )  # fmt: skip
+    assert back.returncode == 0, back.stderr
+    assert json.loads(back.stdout) == [{"kind": "PatientID", "original": "MRN-77"}]
+
+
+def test_all_good_exits_zero_with_a_summary_table(tmp_path: Path, site: dict[str, Path]) -> None:
+    source = tmp_path / "one.dcm"
+    source.write_bytes(to_bytes(make_dataset()))
+    result = _gridpacs("anonymize", str(source), str(tmp_path / "out"), "--secret-file",
+                       str(site["secret"]))  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "written" in result.stdout and "files/s" in result.stdout
+    assert len(list((tmp_path / "out").iterdir())) == 1
+
+
+def test_setup_errors_exit_2_with_one_line(tmp_path: Path, site: dict[str, Path]) -> None:
+    broken = tmp_path / "deid.broken"
+    broken.write_text("FORMAT dicom\n%header\nSCRAMBLE PatientID\n")
+    bad = _gridpacs("anonymize", str(tmp_path), str(tmp_path / "out"), "--secret-file",
+                    str(site["secret"]), "--recipe", str(broken))  # fmt: skip
+    assert bad.returncode == 2 and "not a recognised action" in bad.stderr
+    assert not (tmp_path / "out").exists()
