@@ -69,11 +69,11 @@ class CatalogConfig(_Model):
     port: int = Field(50051, ge=0, le=65535)
     db_url: str = "sqlite:///catalog.sqlite"
     peers: tuple[PeerConfig, ...] = ()
-    replication: ReplicationConfig = ReplicationConfig()
+    replication: ReplicationConfig = ReplicationConfig.model_validate({})
     tls: TlsConfig | None = None
     security: SecurityConfig | None = None
     insecure: bool = Field(False, description="plaintext gRPC, for local development only")
-    max_workers: int = Field(16, ge=2, le=256)
+    max_workers: int = Field(default=16, ge=2, le=256)
 
     @field_validator("db_url")
     @classmethod

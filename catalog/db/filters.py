@@ -10,8 +10,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from sqlalchemy import ColumnElement, and_, exists, select, true
-from sqlalchemy.sql.elements import KeyedColumnElement
+from sqlalchemy import ColumnElement, SQLColumnExpression, and_, exists, select, true
 
 from catalog.db.models import InstanceRow, SeriesRow, StudyRow
 from catalog.errors import InvalidFilter
@@ -31,7 +30,7 @@ def like_pattern(value: str) -> str:
     return escaped.replace("*", "%").replace("?", "_")
 
 
-def match_text(column: KeyedColumnElement[str], value: str) -> ColumnElement[bool]:
+def match_text(column: SQLColumnExpression[str], value: str) -> ColumnElement[bool]:
     """Equality, or LIKE when ``value`` holds DICOM wildcards."""
     if has_wildcard(value):
         return column.like(like_pattern(value), escape="\\")

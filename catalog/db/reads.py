@@ -89,7 +89,7 @@ def pull_changes(conn: Connection, origin: str, after_seq: int, limit: int) -> I
         yield _change_from_row(row)
 
 
-def _change_from_row(row: Row[Any]) -> Change:
+def _change_from_row(row: Any) -> Change:
     kind = ChangeKind(row.kind)
     if kind is ChangeKind.INSTANCE_DELETED:
         return Change(

@@ -122,7 +122,7 @@ def test_token_travels_as_bearer_metadata(sqlite_url: str) -> None:
     seen: list[str] = []
 
     class Capture(grpc.ServerInterceptor):
-        def intercept_service(self, continuation, details):  # type: ignore[no-untyped-def]
+        def intercept_service(self, continuation, details):
             seen.extend(v for k, v in details.invocation_metadata if k == "authorization")
             return continuation(details)
 
