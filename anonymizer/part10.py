@@ -101,8 +101,8 @@ def _check_complete(ds: Dataset) -> None:
             raise UnreadableInput(
                 f"truncated: element {tag} holds {len(elem.value)} of {elem.length} bytes"
             )
-    for tag, keyword in ((0x00080016, "SOPClassUID"), (0x00080018, "SOPInstanceUID")):
-        if tag not in ds:
+    for required, keyword in ((0x00080016, "SOPClassUID"), (0x00080018, "SOPInstanceUID")):
+        if required not in ds:
             raise UnreadableInput(f"no {keyword} (truncated or not an instance)")
     _check_pixels(ds)
 
@@ -205,12 +205,13 @@ def _write_raw(fp: DicomBytesIO, elem: RawDataElement, implicit: bool) -> None:
     undefined = elem.length == 0xFFFFFFFF
     length = 0xFFFFFFFF if undefined else len(value)
     group, element = elem.tag >> 16, elem.tag & 0xFFFF
+    vr = elem.VR or ""
     if implicit:
         fp.write(struct.pack("<HHI", group, element, length))
-    elif elem.VR in _LONG_VRS:
-        fp.write(struct.pack("<HH2sHI", group, element, elem.VR.encode(), 0, length))
+    elif vr in _LONG_VRS:
+        fp.write(struct.pack("<HH2sHI", group, element, vr.encode(), 0, length))
     else:
-        fp.write(struct.pack("<HH2sH", group, element, elem.VR.encode(), length))
+        fp.write(struct.pack("<HH2sH", group, element, vr.encode(), length))
     fp.write(value)
     if undefined:
         fp.write(_SEQUENCE_END)
