@@ -6,7 +6,6 @@ change without reading the index again (the instance may be deleted by then).
 
 from __future__ import annotations
 
-from dataclasses import asdict
 from datetime import UTC, datetime
 from typing import Any
 
@@ -22,9 +21,21 @@ MAX_CHANGES_PER_READ = 10_000
 
 def record_to_json(record: InstanceRecord) -> dict[str, Any]:
     """A JSON-ready form of ``record``."""
-    data = asdict(record)
-    data["received_at"] = None if record.received_at is None else record.received_at.isoformat()
-    return data
+    received = record.received_at
+    return {
+        "sop_instance_uid": record.sop_instance_uid,
+        "sop_class_uid": record.sop_class_uid,
+        "study_instance_uid": record.study_instance_uid,
+        "series_instance_uid": record.series_instance_uid,
+        "patient_id": record.patient_id,
+        "transfer_syntax_uid": record.transfer_syntax_uid,
+        "blob_key": record.blob_key,
+        "size": record.size,
+        "collection": record.collection,
+        "attributes": dict(record.attributes),
+        "received_at": None if received is None else received.isoformat(),
+        "calling_ae": record.calling_ae,
+    }
 
 
 def record_from_json(data: dict[str, Any]) -> InstanceRecord:
@@ -42,22 +53,27 @@ def append_change(conn: Connection, kind: ChangeKind, record: InstanceRecord) ->
     Must be the last write of the transaction: it takes the head row's lock, which
     serialises the end of concurrent writers so sequence numbers commit in order.
     """
-    head = ChangeHead.__table__
-    seq = conn.execute(
-        sa.update(head)
-        .where(head.c.id == HEAD_ID)
-        .values(last_seq=head.c.last_seq + 1)
-        .returning(head.c.last_seq)
-    ).scalar_one()
+    seq = conn.execute(_NEXT_SEQ).scalar_one()
     conn.execute(
-        sa.insert(ChangeRow.__table__).values(
-            seq=seq,
-            kind=kind.value,
-            payload=record_to_json(record),
-            created_at=datetime.now(UTC),
-        )
+        _APPEND,
+        {
+            "seq": seq,
+            "kind": kind.value,
+            "payload": record_to_json(record),
+            "created_at": datetime.now(UTC),
+        },
     )
     return int(seq)
+
+
+_HEAD = ChangeHead.__table__
+_NEXT_SEQ = (
+    sa.update(_HEAD)
+    .where(_HEAD.c.id == HEAD_ID)
+    .values(last_seq=_HEAD.c.last_seq + 1)
+    .returning(_HEAD.c.last_seq)
+)
+_APPEND = sa.insert(ChangeRow.__table__)
 
 
 def changes_since(conn: Connection, after_seq: int, limit: int) -> list[Change]:

@@ -36,6 +36,8 @@ LIKE_ESCAPE = "!"
 _DATE = re.compile(r"\d{8}")
 _TIME = re.compile(r"\d{2}(\d{2}(\d{2}(\.\d{1,6})?)?)?")
 _INT = re.compile(r"[+-]?\d{1,10}")
+_STUDY_SERIES = Series.__table__.alias("study_series")
+"""The study's series, for ModalitiesInStudy (an alias: the query may select series too)."""
 
 
 def condition(attr: Attribute, raw: str) -> sa.ColumnElement[bool] | None:
@@ -58,7 +60,9 @@ def condition(attr: Attribute, raw: str) -> sa.ColumnElement[bool] | None:
     if any(c is None for c in conds):
         return None
     if attr.vr == "MODALITIES":
-        return sa.exists().where(Series.study_pk == Study.pk, sa.or_(*conds))
+        return (
+            sa.exists().where(_STUDY_SERIES.c.study_pk == Study.pk, sa.or_(*conds)).correlate(Study)
+        )
     return conds[0] if len(conds) == 1 else sa.or_(*conds)
 
 
@@ -144,7 +148,7 @@ def _item_condition(attr: Attribute, item: str) -> sa.ColumnElement[bool] | None
     if attr.vr == "PN":
         column, value = attr.norm, item.upper() if wild else normalise_pn(item)
     elif attr.vr == "MODALITIES":
-        column = Series.modality
+        column = _STUDY_SERIES.c.modality
     if wild:
         return column.like(like_pattern(value), escape=LIKE_ESCAPE)  # type: ignore[no-any-return]
     return column == value  # type: ignore[no-any-return]

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
+from itertools import islice
 from typing import Any
 
 import sqlalchemy as sa
@@ -42,6 +43,8 @@ log = logging.getLogger(__name__)
 
 STREAM_BATCH = 500
 """Rows fetched per round trip while streaming answers."""
+BULK_CHUNK = 50
+"""Records per transaction in :meth:`SqlIndex.add_instances`."""
 
 PT, ST, SE, IN = (m.__table__ for m in (Patient, Study, Series, Instance))
 
@@ -106,20 +109,25 @@ class SqlIndex:
         return AddOutcome.STORED
 
     def add_instances(self, records: Iterable[InstanceRecord]) -> list[AddOutcome]:
-        """Index many instances in one transaction (bulk import; one durable commit).
+        """Index many instances, committing every :data:`BULK_CHUNK` (bulk import).
 
         Each record gets its own savepoint, so duplicates are skipped without undoing
-        the others; any other failure rolls the whole batch back.
+        the others. Any other failure rolls back the chunk it happened in (outbox rows
+        included); earlier chunks stay committed. Chunking also keeps PostgreSQL from
+        stacking thousands of versions of the same counter rows in one transaction.
         """
         outcomes: list[AddOutcome] = []
-        with self._guard(), self._write() as conn, conn.begin():
-            for record in records:
-                try:
-                    with conn.begin_nested():
-                        writes.add(conn, writes.stamped(record))
-                    outcomes.append(AddOutcome.STORED)
-                except writes.Duplicate:
-                    outcomes.append(AddOutcome.ALREADY_STORED)
+        pending = iter(records)
+        with self._guard(), self._write() as conn:
+            while chunk := list(islice(pending, BULK_CHUNK)):
+                with conn.begin():
+                    for record in chunk:
+                        try:
+                            with conn.begin_nested():
+                                writes.add(conn, writes.stamped(record))
+                            outcomes.append(AddOutcome.STORED)
+                        except writes.Duplicate:
+                            outcomes.append(AddOutcome.ALREADY_STORED)
         return outcomes
 
     def delete_instance(self, sop_instance_uid: str) -> bool:

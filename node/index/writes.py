@@ -13,8 +13,9 @@ back, so a duplicate leaves no trace: no counter change, no outbox row.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
+from functools import cache
 from typing import Any
 
 import sqlalchemy as sa
@@ -36,43 +37,36 @@ class Duplicate(Exception):
 
 def add(conn: Connection, record: InstanceRecord) -> None:
     """Index ``record`` and append its outbox row; raises :class:`Duplicate`."""
-    if _instance_pk(conn, record.sop_instance_uid) is not None:
+    if conn.execute(_FIND_INSTANCE, {"uid": record.sop_instance_uid}).first() is not None:
         raise Duplicate
-    patient_pk, _ = _upsert(
-        conn,
-        PT,
-        {"collection": record.collection, "patient_id": _text(record.patient_id) or ""},
-        _level_values(record, Level.PATIENT),
-    )
+    patient_key = {"collection": record.collection, "patient_id": _text(record.patient_id) or ""}
+    patient_pk, _ = _upsert(conn, PT, patient_key, _level_values(record, Level.PATIENT))
     study_pk, new_study = _upsert(
         conn,
         ST,
         {"study_instance_uid": record.study_instance_uid},
         {**_level_values(record, Level.STUDY), "collection": record.collection},
-        parent=("patient_pk", patient_pk),
+        parent=patient_pk,
     )
     series_pk, new_series = _upsert(
         conn,
         SE,
         {"series_instance_uid": record.series_instance_uid},
         _level_values(record, Level.SERIES),
-        parent=("study_pk", study_pk),
+        parent=study_pk,
     )
-    inserted = conn.execute(
-        _insert_ignore(conn, IN)
-        .values(
-            series_pk=series_pk,
-            sop_instance_uid=record.sop_instance_uid,
-            sop_class_uid=record.sop_class_uid,
-            transfer_syntax_uid=record.transfer_syntax_uid,
-            blob_key=record.blob_key,
-            size=record.size,
-            received_at=record.received_at,
-            calling_ae=record.calling_ae,
-            **_level_values(record, Level.IMAGE),
-        )
-        .returning(IN.c.pk)
-    ).first()
+    values = {
+        "series_pk": series_pk,
+        "sop_instance_uid": record.sop_instance_uid,
+        "sop_class_uid": record.sop_class_uid,
+        "transfer_syntax_uid": record.transfer_syntax_uid,
+        "blob_key": record.blob_key,
+        "size": record.size,
+        "received_at": record.received_at,
+        "calling_ae": record.calling_ae,
+        **_level_values(record, Level.IMAGE),
+    }
+    inserted = conn.execute(_statements(conn.dialect.name, IN).insert, values).first()
     if inserted is None:
         raise Duplicate
     if new_series:
@@ -127,10 +121,61 @@ def as_utc(moment: datetime) -> datetime:
     return moment.astimezone(UTC)
 
 
-def _instance_pk(conn: Connection, sop_instance_uid: str) -> int | None:
-    return conn.execute(
-        sa.select(IN.c.pk).where(IN.c.sop_instance_uid == sop_instance_uid)
-    ).scalar()
+_FIND_INSTANCE = sa.select(IN.c.pk).where(IN.c.sop_instance_uid == sa.bindparam("uid"))
+_PARENT = {"studies": "patient_pk", "series": "study_pk"}
+_KEYS = {
+    "patients": ("collection", "patient_id"),
+    "studies": ("study_instance_uid",),
+    "series": ("series_instance_uid",),
+}
+
+
+@dataclass(frozen=True, slots=True)
+class _Upsert:
+    """Prebuilt statements of one table: building them per call costs more than running."""
+
+    update: Any
+    insert: Any
+
+
+@cache
+def _statements(dialect: str, table: sa.Table) -> _Upsert:
+    """The upsert statements of ``table`` (or the instance insert), for one dialect."""
+    insert = (postgresql if dialect == "postgresql" else sqlite).insert(table)
+    insert = insert.on_conflict_do_nothing()
+    if table is IN:
+        columns = [c for c in IN.c if c.key != "pk"]
+        stmt = insert.values({c: sa.bindparam(c.key, type_=c.type) for c in columns})
+        return _Upsert(None, stmt.returning(IN.c.pk))
+    keys = _KEYS[table.name]
+    parent = _PARENT.get(table.name)
+    maintained = {"pk", "modalities", parent, *keys}
+    values = [c for c in table.c if c.key not in maintained and not c.key.startswith("num_")]
+    update = (
+        sa.update(table)
+        .where(*(table.c[k] == sa.bindparam(f"k_{k}") for k in keys))
+        .values(
+            {
+                table.c.num_instances: table.c.num_instances + 1,
+                **{
+                    c: sa.func.coalesce(sa.bindparam(f"v_{c.key}", type_=c.type), c) for c in values
+                },
+            }
+        )
+        .returning(table.c.pk, *([table.c[parent]] if parent else []))
+    )
+    inserted = {
+        **{table.c[k]: sa.bindparam(f"k_{k}") for k in keys},
+        **{c: _value(c) for c in values},
+        table.c.num_instances: 1,
+    }
+    if parent:
+        inserted[table.c[parent]] = sa.bindparam("parent")
+    return _Upsert(update, insert.values(inserted).returning(table.c.pk))
+
+
+def _value(column: sa.Column[Any]) -> Any:
+    return sa.bindparam(f"v_{column.key}", type_=column.type)
 
 
 def _upsert(
@@ -138,33 +183,26 @@ def _upsert(
     table: sa.Table,
     key: Mapping[str, Any],
     values: Mapping[str, Any],
-    parent: tuple[str, int] | None = None,
+    parent: int | None = None,
 ) -> tuple[int, bool]:
     """Update-or-insert one row, counting one more instance; ``(pk, inserted)``.
 
     Attributes the record lacks (``None``) never erase stored ones; a stored row that
     hangs under another parent than ``parent`` is a :class:`RecordConflict`.
     """
-    where = [table.c[k] == v for k, v in key.items()]
-    present = {k: v for k, v in values.items() if v is not None}
-    returning = [table.c.pk] + ([table.c[parent[0]]] if parent else [])
+    statements = _statements(conn.dialect.name, table)
+    params = {
+        **{f"k_{k}": v for k, v in key.items()},
+        **{f"v_{k}": v for k, v in values.items()},
+        "parent": parent,
+    }
     for _attempt in range(3):
-        row = conn.execute(
-            sa.update(table)
-            .where(*where)
-            .values(num_instances=table.c.num_instances + 1, **present)
-            .returning(*returning)
-        ).first()
+        row = conn.execute(statements.update, params).first()
         if row is not None:
-            if parent is not None and row[1] != parent[1]:
+            if parent is not None and row[1] != parent:
                 raise RecordConflict(_conflict_message(table, key))
             return int(row[0]), False
-        fields = {**key, **values, "num_instances": 1}
-        if parent is not None:
-            fields[parent[0]] = parent[1]
-        pk = conn.execute(
-            _insert_ignore(conn, table).values(**fields).returning(table.c.pk)
-        ).scalar()
+        pk = conn.execute(statements.insert, params).scalar()
         if pk is not None:
             return int(pk), True
     raise RecordConflict(f"could not file {dict(key)} in {table.name}")  # pragma: no cover
@@ -194,11 +232,6 @@ def _modalities(conn: Connection, study_pk: int) -> str:
         .distinct()
     ).scalars()
     return "\\".join(sorted(found))
-
-
-def _insert_ignore(conn: Connection, table: sa.Table) -> Any:
-    dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
-    return dialect.insert(table).on_conflict_do_nothing()
 
 
 def _level_values(record: InstanceRecord, level: Level) -> dict[str, Any]:
