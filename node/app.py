@@ -8,13 +8,17 @@ from __future__ import annotations
 
 import logging
 
+import grpc
+
 from catalog import GrpcCatalogClient, NodeInfo
-from catalog.security.tls import channel_credentials
+from catalog.security.tls import channel_credentials, server_credentials
 from node.config import CatalogLinkConfig, NodeConfig
 from node.dicom.handlers import Gateway
 from node.dicom.server import DicomServer, configure_pynetdicom
-from node.grid import GridQueryService
+from node.grid import GridQueryService, GridRetrieveService
 from node.index import SqlIndex, open_index
+from node.peer import PeerClient, PeerServer
+from node.peer.server import PeerServicer
 from node.publisher import Publisher
 from node.research_routes import build_research_routes
 from node.routing import Route, Router
@@ -37,13 +41,17 @@ def build_routes(config: NodeConfig) -> list[Route]:
     return routes
 
 
-def build_catalog_client(link: CatalogLinkConfig) -> GrpcCatalogClient:
-    """One client (one channel per replica) for publishing and grid queries."""
-    credentials = None
-    if not link.insecure:
-        assert link.ca_file is not None  # validated by CatalogLinkConfig
-        credentials = channel_credentials(link.cert_file, link.key_file, link.ca_file)
-    return GrpcCatalogClient(link.addresses, timeout=link.timeout, credentials=credentials)
+def _grid_credentials(
+    link: CatalogLinkConfig,
+) -> tuple[grpc.ChannelCredentials | None, grpc.ServerCredentials | None]:
+    """mTLS with the node's grid certificate, or nothing on an explicitly insecure grid."""
+    if link.insecure:
+        return None, None
+    assert link.ca_file is not None and link.cert_file and link.key_file  # validated
+    return (
+        channel_credentials(link.cert_file, link.key_file, link.ca_file),
+        server_credentials(link.cert_file, link.key_file, link.ca_file),
+    )
 
 
 class NodeApp:
@@ -62,20 +70,36 @@ class NodeApp:
             self.quarantine,
             max_instance_bytes=config.dicom.max_instance_bytes,
         )
+        retrieve = RetrieveService(self.index, self.store)
         self.gateway = Gateway(
             ae_title=config.dicom.ae_title,
             router=self.router,
             ingest=self.ingest,
             query=QueryService(self.index),
-            retrieve=RetrieveService(self.index, self.store),
+            retrieve=retrieve,
             destinations=dict(config.dicom.destinations),
         )
         self.catalog: GrpcCatalogClient | None = None
         self.publisher: Publisher | None = None
+        self.peer_server: PeerServer | None = None
+        self.peers: PeerClient | None = None
         if config.catalog is not None:
-            self.catalog = build_catalog_client(config.catalog)
-            self.gateway.grid_query = GridQueryService(self.catalog)
+            self._join_grid(config.catalog, retrieve)
         self.dicom = DicomServer(config.dicom, self.gateway)
+
+    def _join_grid(self, link: CatalogLinkConfig, local: RetrieveService) -> None:
+        client_creds, server_creds = _grid_credentials(link)
+        self.catalog = GrpcCatalogClient(
+            link.addresses, timeout=link.timeout, credentials=client_creds
+        )
+        self.peers = PeerClient(client_creds)
+        self.peer_server = PeerServer(
+            PeerServicer(self.index, self.store), link.peer_host, link.peer_port, server_creds
+        )
+        self.gateway.grid_query = GridQueryService(self.catalog)
+        self.gateway.grid_retrieve = GridRetrieveService(
+            self.catalog, self.index, local.load, self.peers
+        )
 
     def _publishable(self, collection: str) -> bool:
         link = self.config.catalog
@@ -87,11 +111,14 @@ class NodeApp:
         configure_pynetdicom()
         self.dicom.start()
         if self.catalog is not None and self.config.catalog is not None:
+            assert self.peer_server is not None
+            self.peer_server.start()
             me = NodeInfo(
                 name=self.config.name,
                 ae_title=self.config.dicom.ae_title,
                 dicom_host=self.config.dicom.host,
                 dicom_port=self.dicom.port,
+                peer_address=self.peer_server.address,
             )
             self.publisher = Publisher(
                 self.index,
@@ -118,6 +145,10 @@ class NodeApp:
         self.dicom.stop()
         if self.publisher is not None:
             self.publisher.stop()
+        if self.peer_server is not None:
+            self.peer_server.stop()
+        if self.peers is not None:
+            self.peers.close()
         if self.catalog is not None:
             self.catalog.close()
         self.index.close()

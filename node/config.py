@@ -145,6 +145,10 @@ class CatalogLinkConfig(_Strict):
     domain); de-identified research collections are always published."""
     grid_ae_title: str = "GRID"
     """The AE title answered from the catalog (grid-wide C-FIND/C-MOVE/C-GET)."""
+    peer_host: str = "127.0.0.1"
+    """Where other nodes fetch this node's instances (gRPC PeerService)."""
+    peer_port: Annotated[int, Field(ge=0, le=65535)] = 0
+    """0 picks a free port; the bound address is registered in the catalog."""
     publish_interval: Annotated[float, Field(gt=0)] = 0.5
     batch_size: Annotated[int, Field(ge=1, le=5000)] = 500
     timeout: Annotated[float, Field(gt=0)] = 5.0

@@ -1,18 +1,29 @@
-"""Grid-wide C-FIND: the node's grid AE title answers from the catalog (Conquest's
-"virtual server"), so a workstation finds a study on any node through its own node.
+"""The grid AE title: C-FIND answered from the catalog (Conquest's "virtual server"), and
+C-MOVE/C-GET served from whichever node holds the data, so a workstation finds and
+retrieves a study on any node through its own node.
 
-Each match carries RetrieveAETitle = the AE titles of the nodes that hold it.
+Each C-FIND match carries RetrieveAETitle = the AE titles of the nodes that hold it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import io
+import logging
+from collections.abc import Callable, Iterator, Sequence
 from typing import Protocol
 
+from pydicom import dcmread
+from pydicom.dataset import Dataset
+
+from catalog import InstanceLocation, QueryFilter, SeriesMatch, StudyMatch
 from catalog import InstanceMatch as CatalogInstanceMatch
-from catalog import QueryFilter, SeriesMatch, StudyMatch
 from node.errors import InvalidIdentifier
-from node.index.records import IndexQuery, Level
+from node.index.records import IndexQuery, Level, StoredInstance
+from node.peer.client import PeerTransferError
+from node.services.retrieve import MAX_SUBOPERATIONS, TooManyMatches
+from node.structlog import log_event
+
+LOG = logging.getLogger("gridpacs.node.grid")
 
 _SCALAR = {
     "PatientID": "patient_id",
@@ -94,3 +105,84 @@ class GridQueryService:
                     "SOPClassUID": inst.sop_class_uid,
                     "RetrieveAETitle": _holders(inst),
                 }
+
+
+class InstanceLocator(Protocol):
+    def locate_instances(
+        self,
+        *,
+        study_instance_uids: Sequence[str] = (),
+        series_instance_uids: Sequence[str] = (),
+        sop_instance_uids: Sequence[str] = (),
+        collections: Sequence[str] = (),
+    ) -> Iterator[InstanceLocation]: ...
+
+    def query_studies(self, query: QueryFilter) -> Iterator[StudyMatch]: ...
+
+
+class LocalCopies(Protocol):
+    def get_instance(self, sop_instance_uid: str) -> StoredInstance | None: ...
+
+
+class PeerFetcher(Protocol):
+    def fetch(self, address: str, sop_instance_uid: str) -> bytes: ...
+
+
+class GridRetrieveService:
+    """Grid C-MOVE/C-GET: locate holders in the catalog, read a local copy when there is
+    one, otherwise fetch a verified copy from a holder — the next holder when one fails."""
+
+    def __init__(
+        self,
+        catalog: InstanceLocator,
+        local: LocalCopies,
+        read_local: Callable[[StoredInstance], Dataset],
+        peers: PeerFetcher,
+    ) -> None:
+        self._catalog = catalog
+        self._local = local
+        self._read_local = read_local
+        self._peers = peers
+
+    def plan(self, query: IndexQuery) -> list[InstanceLocation]:
+        """Every instance the identifier selects, grid-wide (at most 65,535)."""
+        uids = _unique_keys(query)
+        if not any(uids.values()):
+            studies = self._catalog.query_studies(to_filter(query))
+            uids["study_instance_uids"] = tuple(s.study_instance_uid for s in studies)
+            if not uids["study_instance_uids"]:
+                return []
+        planned = list(self._catalog.locate_instances(**uids))
+        if len(planned) > MAX_SUBOPERATIONS:
+            raise TooManyMatches(f"more than {MAX_SUBOPERATIONS} instances match")
+        return planned
+
+    def load(self, location: InstanceLocation) -> Dataset:
+        """The instance as a Dataset, from here or from the first holder that delivers."""
+        local = self._local.get_instance(location.sop_instance_uid)
+        if local is not None:
+            return self._read_local(local)
+        errors: list[str] = []
+        for address in location.peer_addresses:
+            try:
+                data = self._peers.fetch(address, location.sop_instance_uid)
+            except PeerTransferError as exc:
+                errors.append(str(exc))
+                log_event(LOG, "peer_failover", level=logging.WARNING, peer=address,
+                          sop_instance_uid=location.sop_instance_uid, reason=str(exc))  # fmt: skip
+                continue
+            return dcmread(io.BytesIO(data))
+        raise PeerTransferError(
+            f"no holder delivered {location.sop_instance_uid}: {'; '.join(errors) or 'none known'}"
+        )
+
+
+def _unique_keys(query: IndexQuery) -> dict[str, tuple[str, ...]]:
+    def split(keyword: str) -> tuple[str, ...]:
+        return tuple(v for v in query.filters.get(keyword, "").split("\\") if v)
+
+    return {
+        "study_instance_uids": split("StudyInstanceUID"),
+        "series_instance_uids": split("SeriesInstanceUID"),
+        "sop_instance_uids": split("SOPInstanceUID"),
+    }

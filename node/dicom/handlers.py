@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from pydicom.dataset import Dataset
 from pynetdicom import evt
@@ -28,7 +28,7 @@ from node.dicom.identifiers import to_query, to_response
 from node.dicom.scu import contexts_for
 from node.errors import IngestError, NodeError, NotAuthorized
 from node.index.errors import IndexFailure
-from node.index.records import IndexQuery, Model, StoredInstance
+from node.index.records import IndexQuery, Model
 from node.routing import Router
 from node.services.ingest import IngestService, StoreRequest
 from node.services.query import MatchSource, QueryService
@@ -43,6 +43,14 @@ _PATIENT_ROOT = {
     PatientRootQueryRetrieveInformationModelGet,
 }
 _QUERY_ERRORS = (NodeError, IndexFailure, CatalogError)
+
+
+class Retriever(Protocol):
+    """Plans and loads the instances of a C-MOVE/C-GET (local or grid-wide)."""
+
+    def plan(self, query: IndexQuery) -> Sequence[Any]: ...
+
+    def load(self, item: Any) -> Dataset: ...
 
 
 def _model(event: Event) -> Model:
@@ -69,6 +77,7 @@ class Gateway:
     retrieve: RetrieveService
     destinations: dict[str, Destination]
     grid_query: MatchSource | None = None
+    grid_retrieve: Retriever | None = None
     on_stored: Callable[[], None] | None = None
     """Called after each successful store (wakes the catalog publisher)."""
 
@@ -184,9 +193,17 @@ class Gateway:
         return self.query
 
     # -- retrieve ------------------------------------------------------------------------
-    def _plan(self, event: Event) -> tuple[IndexQuery, list[StoredInstance]]:
-        query = to_query(event.identifier, _model(event))
-        return query, self.retrieve.plan(query)
+    def _retriever(self, event: Event) -> Retriever:
+        route = self.router.route_for(_called_ae(event))
+        if route is not None and route.grid:
+            if self.grid_retrieve is None:
+                raise NotAuthorized("this node has no catalog configured")
+            return self.grid_retrieve
+        return self.retrieve
+
+    def _plan(self, event: Event) -> tuple[Retriever, list[Any]]:
+        retriever = self._retriever(event)
+        return retriever, retriever.plan(to_query(event.identifier, _model(event)))
 
     def on_move(self, event: Event) -> Iterator[Any]:
         destination_ae = str(event.move_destination or "").strip()
@@ -204,7 +221,7 @@ class Gateway:
             yield None, None
             return
         try:
-            _, planned = self._plan(event)
+            retriever, planned = self._plan(event)
         except Exception as exc:
             # pynetdicom only sends a final status after the destination and a count.
             yield destination.host, destination.port, None
@@ -212,16 +229,16 @@ class Gateway:
             return
         yield destination.host, destination.port, {"contexts": contexts_for(planned)}
         yield len(planned)
-        yield from self._suboperations(event, planned, destination_ae)
+        yield from self._suboperations(event, retriever, planned, destination_ae)
 
     def on_get(self, event: Event) -> Iterator[Any]:
         try:
-            _, planned = self._plan(event)
+            retriever, planned = self._plan(event)
         except Exception as exc:
             yield from self._refuse_retrieve(event, exc, "(C-GET)")
             return
         yield len(planned)
-        yield from self._suboperations(event, planned, "(C-GET)")
+        yield from self._suboperations(event, retriever, planned, "(C-GET)")
 
     def _refuse_retrieve(self, event: Event, exc: Exception, destination: str) -> Iterator[Any]:
         failure = status.query_failure(exc)
@@ -238,7 +255,7 @@ class Gateway:
         yield failure, None
 
     def _suboperations(
-        self, event: Event, planned: list[StoredInstance], destination: str
+        self, event: Event, retriever: Retriever, planned: list[Any], destination: str
     ) -> Iterator[Any]:
         started = time.perf_counter()
         failed = 0
@@ -247,7 +264,7 @@ class Gateway:
                 yield status.CANCELLED, None
                 return
             try:
-                dataset = self.retrieve.load(inst)
+                dataset = retriever.load(inst)
             except Exception as exc:
                 failed += 1
                 log_event(
