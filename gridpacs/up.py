@@ -88,6 +88,7 @@ def _node_toml(root: Path, site: Site, sites: list[Site], catalog_port: int, tls
             for other in sites
             if other is not site
         ),
+        f'WORKSTATION = {{ host = "{HOST}", port = {workstation_port(sites)} }}',
         "[catalog]",
         f'addresses = ["{HOST}:{catalog_port}"]',
         "publish_identified = true   # one machine, one trust domain",
@@ -99,6 +100,11 @@ def _node_toml(root: Path, site: Site, sites: list[Site], catalog_port: int, tls
         lines.append("insecure = true")
     path.write_text("\n".join(lines) + "\n")
     return path
+
+
+def workstation_port(sites: list[Site]) -> int:
+    """Where a user's own storescp is expected: ten above the first node's port."""
+    return sites[0].port + 10
 
 
 def _port_free(port: int) -> bool:
@@ -193,13 +199,15 @@ def _print_table(console: Console, root: Path, sites: list[Site], port: int, tls
         )
     console.print(table)
     a, b = sites
+    ws = workstation_port(sites)
     console.print(
-        "Try (DCMTK, with TCP_NODELAY=1):\n"
+        "Try (DCMTK from /usr/bin, with TCP_NODELAY=1):\n"
         f"  storescu -aec {a.ae_title} +sd {HOST} {a.port} <study-folder>\n"
         f"  findscu -S -aec GRID -k QueryRetrieveLevel=STUDY -k PatientID -k StudyInstanceUID "
-        f"{HOST} {b.port}\n"
-        f"  movescu -S -aec {a.ae_title} -aem {b.ae_title} -k QueryRetrieveLevel=STUDY "
-        f"-k PatientID=<id> {HOST} {a.port}\n"
+        f"-k RetrieveAETitle {HOST} {b.port}\n"
+        f"  storescp -od received {ws} &   # the destination WORKSTATION\n"
+        f"  movescu -S -aec GRID -aem WORKSTATION -k QueryRetrieveLevel=STUDY "
+        f"-k PatientID=<id> {HOST} {b.port}\n"
         "Ctrl-C stops everything."
     )
 
