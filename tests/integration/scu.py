@@ -98,7 +98,7 @@ def association(
     for uid in scp_roles:
         if uid not in contexts:
             ae.add_requested_context(uid, [ExplicitVRLittleEndian])
-    roles = [build_role(uid, scp_role=True) for uid in scp_roles]
+    roles: list[Any] = [build_role(uid, scp_role=True) for uid in scp_roles]
     assoc = ae.associate(
         HOST,
         node.port,

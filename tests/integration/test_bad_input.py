@@ -17,6 +17,7 @@ import pytest
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import (
     PYDICOM_IMPLEMENTATION_UID,
+    UID,
     CTImageStorage,
     ExplicitVRLittleEndian,
     MRImageStorage,
@@ -70,13 +71,13 @@ def chunked() -> Iterator[None]:
 def raw_instance(directory: Path, payload: bytes, sop_class: str = CTImageStorage) -> Path:
     """A Part 10 file whose dataset part is exactly ``payload`` (may be garbage)."""
     meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = sop_class
+    meta.MediaStorageSOPClassUID = UID(sop_class)
     meta.MediaStorageSOPInstanceUID = generate_uid()
     meta.TransferSyntaxUID = ExplicitVRLittleEndian
     meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
     holder = Dataset()
     holder.file_meta = meta
-    path = directory / f"{meta.MediaStorageSOPInstanceUID}.dcm"
+    path = directory / f"{meta.MediaStorageSOPInstanceUID!s}.dcm"
     holder.save_as(path, enforce_file_format=True)
     with path.open("ab") as fh:
         fh.write(payload)

@@ -6,6 +6,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from pydicom.dataset import Dataset
 from pynetdicom import evt
 
 from tests.integration.archive import (
@@ -50,7 +51,7 @@ def received(storescp: StoreSCP) -> Iterator[StoreSCP]:
     yield storescp
 
 
-def _uids(datasets: list) -> list[str]:  # type: ignore[type-arg]
+def _uids(datasets: list[Dataset]) -> list[str]:
     return sorted(str(ds.SOPInstanceUID) for ds in datasets)
 
 
@@ -470,7 +471,7 @@ def test_node_on_postgresql_stores_finds_and_gets(
     ) as assoc:
         responses = get(assoc, "S", query("STUDY", StudyInstanceUID=corpus.studies["A"].study_uid))
     assert responses[-1].status == 0x0000, f"C-GET final status 0x{responses[-1].status:04X}"
-    expected = corpus.in_study("A")
-    assert sorted(got.items) == _uids(expected)
-    for ds in expected:
+    in_study_a = corpus.in_study("A")
+    assert sorted(got.items) == _uids(in_study_a)
+    for ds in in_study_a:
         assert got.items[ds.SOPInstanceUID] == dataset_bytes(ds), ds.SOPInstanceUID

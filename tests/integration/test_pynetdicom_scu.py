@@ -59,6 +59,7 @@ def destination() -> Iterator[tuple[int, Received]]:
     server = ae.start_server(
         (HOST, port), block=False, evt_handlers=[(evt.EVT_C_STORE, received.handler)]
     )
+    assert server is not None
     yield port, received
     server.shutdown()
 
