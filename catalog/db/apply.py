@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
-from sqlalchemy import Connection, delete, func, insert, select, update
+from sqlalchemy import Connection, bindparam, delete, func, insert, select, update
 
 from catalog.db.models import ChangeRow, InstanceRow, SeriesRow, StudyRow, WatermarkRow
 from catalog.errors import InvalidChange
@@ -233,26 +233,33 @@ def _ensure_studies(
         for row in conn.execute(stmt):
             ids[(row.collection, row.study_instance_uid)] = row.id
             current[(row.collection, row.study_instance_uid)] = row.attributes
+    new_keys: list[tuple[str, str]] = []
+    new_rows: list[dict[str, Any]] = []
+    changed: list[dict[str, Any]] = []
     for key, record in wanted.items():
         attrs, _, _ = _split_attributes(record)
         values = _study_values(record, attrs)
-        if key in ids:
-            if current[key] != attrs:
-                conn.execute(update(StudyRow).where(StudyRow.id == ids[key]).values(**values))
-            continue
-        ids[key] = conn.execute(
-            insert(StudyRow)
-            .values(
-                origin=origin,
-                collection=key[0],
-                study_instance_uid=key[1],
-                modalities="",
-                number_of_series=0,
-                number_of_instances=0,
-                **values,
+        if key not in ids:
+            new_keys.append(key)
+            new_rows.append(
+                {
+                    "origin": origin,
+                    "collection": key[0],
+                    "study_instance_uid": key[1],
+                    "modalities": "",
+                    "number_of_series": 0,
+                    "number_of_instances": 0,
+                    **values,
+                }
             )
-            .returning(StudyRow.id)
-        ).scalar_one()
+        elif current[key] != attrs:
+            changed.append({"b_id": ids[key], **values})
+    if new_rows:
+        stmt = insert(StudyRow).returning(StudyRow.id, sort_by_parameter_order=True)
+        ids.update(zip(new_keys, conn.execute(stmt, new_rows).scalars(), strict=True))
+    if changed:
+        table = StudyRow.__table__
+        conn.execute(update(table).where(table.c.id == bindparam("b_id")), changed)
     return ids
 
 
@@ -274,28 +281,31 @@ def _ensure_series(
             if key in wanted:
                 ids[key] = row.id
                 current[key] = row.attributes
+    new_keys: list[tuple[int, str]] = []
+    new_rows: list[dict[str, Any]] = []
+    changed: list[dict[str, Any]] = []
     for key, record in wanted.items():
         _, attrs, _ = _split_attributes(record)
         modality = _text(attrs.get("Modality"))
-        if key in ids:
-            if current[key] != attrs:
-                conn.execute(
-                    update(SeriesRow)
-                    .where(SeriesRow.id == ids[key])
-                    .values(modality=modality, attributes=attrs)
-                )
-            continue
-        ids[key] = conn.execute(
-            insert(SeriesRow)
-            .values(
-                study_id=key[0],
-                series_instance_uid=key[1],
-                modality=modality,
-                number_of_instances=0,
-                attributes=attrs,
+        if key not in ids:
+            new_keys.append(key)
+            new_rows.append(
+                {
+                    "study_id": key[0],
+                    "series_instance_uid": key[1],
+                    "modality": modality,
+                    "number_of_instances": 0,
+                    "attributes": attrs,
+                }
             )
-            .returning(SeriesRow.id)
-        ).scalar_one()
+        elif current[key] != attrs:
+            changed.append({"b_id": ids[key], "modality": modality, "attributes": attrs})
+    if new_rows:
+        stmt = insert(SeriesRow).returning(SeriesRow.id, sort_by_parameter_order=True)
+        ids.update(zip(new_keys, conn.execute(stmt, new_rows).scalars(), strict=True))
+    if changed:
+        table = SeriesRow.__table__
+        conn.execute(update(table).where(table.c.id == bindparam("b_id")), changed)
     return ids
 
 
@@ -304,6 +314,7 @@ def refresh_counts(conn: Connection, series_ids: set[int]) -> None:
     if not series_ids:
         return
     study_ids: set[int] = set()
+    table = SeriesRow.__table__
     for part in chunks(sorted(series_ids)):
         counts = dict(
             conn.execute(
@@ -318,14 +329,16 @@ def refresh_counts(conn: Connection, series_ids: set[int]) -> None:
         empty = [sid for sid in part if sid not in counts]
         if empty:
             conn.execute(delete(SeriesRow).where(SeriesRow.id.in_(empty)))
-        for sid, count in counts.items():
+        if counts:
             conn.execute(
-                update(SeriesRow).where(SeriesRow.id == sid).values(number_of_instances=count)
+                update(table).where(table.c.id == bindparam("b_id")),
+                [{"b_id": sid, "number_of_instances": n} for sid, n in counts.items()],
             )
     _refresh_studies(conn, study_ids)
 
 
 def _refresh_studies(conn: Connection, study_ids: set[int]) -> None:
+    table = StudyRow.__table__
     for part in chunks(sorted(study_ids)):
         per_study: dict[int, tuple[int, int, set[str]]] = {}
         rows = conn.execute(
@@ -341,13 +354,16 @@ def _refresh_studies(conn: Connection, study_ids: set[int]) -> None:
         empty = [sid for sid in part if sid not in per_study]
         if empty:
             conn.execute(delete(StudyRow).where(StudyRow.id.in_(empty)))
-        for sid, (n_series, n_inst, modalities) in per_study.items():
+        if per_study:
             conn.execute(
-                update(StudyRow)
-                .where(StudyRow.id == sid)
-                .values(
-                    number_of_series=n_series,
-                    number_of_instances=n_inst,
-                    modalities="\\".join(sorted(modalities)),
-                )
+                update(table).where(table.c.id == bindparam("b_id")),
+                [
+                    {
+                        "b_id": sid,
+                        "number_of_series": n_series,
+                        "number_of_instances": n_inst,
+                        "modalities": "\\".join(sorted(modalities)),
+                    }
+                    for sid, (n_series, n_inst, modalities) in per_study.items()
+                ],
             )
