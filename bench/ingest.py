@@ -20,6 +20,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from corpus import DataSet, ingest_set
+from machine import describe, fsync_ms
 from peers import SERVERS, PeerError, RssSampler
 from rich.console import Console
 from rich.table import Table
@@ -89,9 +90,10 @@ def _mib(kib: int) -> str:
     return f"{kib / 1024:.0f}"
 
 
-def table(results: dict[tuple[str, str], list[Measurement]]) -> Table:
+def table(results: dict[tuple[str, str], list[Measurement]], caption: str) -> Table:
     """Medians per (set, server) and the ratio to Orthanc."""
-    out = Table(title="Ingest: one storescu association, medians of the repeats")
+    out = Table(title="Ingest: one storescu association, medians of the repeats",
+                caption=caption)
     for col in ("set", "server", "n", "s", "inst/s", "MB/s", "x Orthanc",
                 "RSS MiB start→mid→end (peak)", "ms/C-STORE p50/p99/max", "failed"):
         out.add_column(col, justify="left" if col in ("set", "server") else "right")
@@ -126,6 +128,8 @@ def main(argv: list[str] | None = None) -> int:
         for part in data.parts:
             for f in part.rglob("*.dcm"):
                 f.read_bytes()
+    machine = describe()
+    fsync_before = fsync_ms(tempfile.gettempdir())
     results: dict[tuple[str, str], list[Measurement]] = {}
     for round_ in range(args.repeat):
         order = servers[round_ % len(servers):] + servers[: round_ % len(servers)]
@@ -141,11 +145,20 @@ def main(argv: list[str] | None = None) -> int:
                 results.setdefault((set_name, server), []).append(m)
     results = dict(sorted(results.items(), key=lambda kv: (kv[0][0] != "64x64",
                                                            servers.index(kv[0][1]))))
+    fsync_after = fsync_ms(tempfile.gettempdir())
     if args.json:
-        print(json.dumps([{**asdict(m), "per_s": m.per_s, "mb_per_s": m.mb_per_s}
-                          for ms in results.values() for m in ms], indent=1))
+        print(json.dumps({
+            "machine": machine,
+            "fsync_ms_p50_p90": {"before": fsync_before, "after": fsync_after},
+            "measurements": [{**asdict(m), "per_s": m.per_s, "mb_per_s": m.mb_per_s}
+                             for ms in results.values() for m in ms],
+        }, indent=1))  # fmt: skip
     else:
-        Console(width=150).print(table(results))
+        caption = (f"{machine['date']}, {machine['nproc']} x {machine['cpu']}, load "
+                   f"{machine['loadavg']}; 12 KB write+fsync+dir fsync p50/p90: "
+                   f"{fsync_before[0]:.1f}/{fsync_before[1]:.1f} ms before, "
+                   f"{fsync_after[0]:.1f}/{fsync_after[1]:.1f} ms after")
+        Console(width=150).print(table(results, caption))
     return 0
 
 
