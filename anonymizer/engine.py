@@ -33,7 +33,7 @@ from anonymizer.elements import (
 from anonymizer.errors import BurnedInAnnotation
 from anonymizer.interfaces import PseudonymStore
 from anonymizer.marking import marking_elements
-from anonymizer.part10 import decode, peek, read_part10, write_part10
+from anonymizer.part10 import decode, peek, raw_ascii, read_part10, write_part10
 from anonymizer.profiles import Profile
 from anonymizer.pseudonyms import Pseudonymizer
 
@@ -246,10 +246,9 @@ class Deidentifier:
     def _walk(self, src: Dataset, instance: _Instance, top: bool) -> Dataset:
         elements: dict[BaseTag, Any] = {}
         private_rules: dict[int, Rule | None] | None = None
-        for tag in src.keys():  # noqa: SIM118 (iterating a Dataset decodes it)
+        for tag, elem in src.items():  # items() keeps raw elements raw
             if tag.element == 0 and tag.group != 2:
                 continue  # group lengths would be stale; they are retired anyway
-            elem = src.get_item(tag)
             if tag.group & 1:
                 if private_rules is None:
                     private_rules = self._private_rules(src)
@@ -322,7 +321,8 @@ class Deidentifier:
 
     def _value(self, elem: Any, src: Dataset) -> Any:
         if isinstance(elem, RawDataElement):
-            return decode(elem, src).value
+            ascii_values = raw_ascii(elem)
+            return ascii_values if ascii_values is not None else decode(elem, src).value
         return elem.value
 
     def _uid(self, elem: Any, vr: str, src: Dataset, inst: _Instance, rule: Rule, top: bool) -> Any:

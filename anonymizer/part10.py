@@ -40,6 +40,16 @@ _META_ORDER = (0x00020002, 0x00020003, 0x00020010, 0x00020012, 0x00020013)
 _ASCII_VRS = frozenset({"AE", "AS", "CS", "DA", "DS", "DT", "IS", "TM", "UI"})
 
 
+def raw_ascii(elem: RawDataElement) -> list[str] | None:
+    """The values of a raw element whose VR is always ASCII; None for other VRs."""
+    vr = elem.VR or dictionary_vr(elem.tag)
+    value = elem.value
+    if vr not in _ASCII_VRS or not isinstance(value, bytes) or not elem.is_little_endian:
+        return None
+    text = value.decode("ascii", "replace")
+    return [v.strip(" \x00") for v in text.split("\\")] if text.strip(" \x00") else []
+
+
 def peek(ds: Dataset, tag: int) -> Any:
     """The value of ``tag`` without caching a decoded element in ``ds``.
 
@@ -50,13 +60,12 @@ def peek(ds: Dataset, tag: int) -> Any:
     if elem is None:
         return None
     if isinstance(elem, RawDataElement):
+        values = raw_ascii(elem)
+        if values is not None:
+            return values[0] if len(values) == 1 else (values or "")
         vr = elem.VR or dictionary_vr(tag)
-        value = elem.value
-        if isinstance(value, bytes) and elem.is_little_endian:
-            if vr in _ASCII_VRS and b"\\" not in value:
-                return value.decode("ascii", "replace").strip(" \x00")
-            if vr == "US" and len(value) == 2:
-                return int.from_bytes(value, "little")
+        if vr == "US" and isinstance(elem.value, bytes) and len(elem.value) == 2:
+            return int.from_bytes(elem.value, "little" if elem.is_little_endian else "big")
         elem = decode(elem, ds)
     return elem.value
 
@@ -134,8 +143,7 @@ def _read_file_meta(data: bytes) -> tuple[FileMetaDataset, int]:
 def _check_complete(ds: Dataset) -> None:
     if len(ds) == 0:
         raise UnreadableInput("no data set after the file meta (truncated?)")
-    for tag in ds.keys():  # noqa: SIM118 (iterating a Dataset decodes it)
-        elem = ds.get_item(tag)
+    for tag, elem in ds.items():
         if (
             isinstance(elem, RawDataElement)
             and isinstance(elem.value, bytes)
@@ -226,8 +234,7 @@ def _short(tag: int, vr: bytes, value: bytes) -> bytes:
 
 def _write_items(fp: DicomBytesIO, ds: Dataset, encodings: list[str]) -> None:
     implicit = fp.is_implicit_VR
-    for tag in sorted(ds.keys()):
-        elem = ds.get_item(tag)
+    for tag, elem in sorted(ds.items(), key=_first):
         if isinstance(elem, RawDataElement):
             if (
                 elem.is_implicit_VR == implicit
@@ -242,6 +249,10 @@ def _write_items(fp: DicomBytesIO, ds: Dataset, encodings: list[str]) -> None:
             _write_sequence(fp, elem, encodings)
         else:
             write_data_element(fp, elem, encodings)
+
+
+def _first(item: tuple[BaseTag, Any]) -> BaseTag:
+    return item[0]
 
 
 def _write_raw(fp: DicomBytesIO, elem: RawDataElement, implicit: bool) -> None:
