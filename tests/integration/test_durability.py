@@ -180,3 +180,51 @@ def test_same_instance_twice_is_stored_once(node_factory: NodeFactory) -> None:
 def dcmread_pixels(raw: bytes) -> bytes:
     """PixelData of an Explicit VR Little Endian dataset given as bytes (no file meta)."""
     return bytes(read_dataset(BytesIO(raw), is_implicit_VR=False, is_little_endian=True).PixelData)
+
+
+def test_sigterm_mid_association_exits_0_and_keeps_acknowledged(
+    node_factory: NodeFactory, tmp_path: Path
+) -> None:
+    folder = tmp_path / "outgoing"
+    folder.mkdir()
+    spec = StudySpec(patient_id="ITDTERM01", patient_name="GRACEFUL^GRACE")
+    write_study(str(folder), 120, spec, rows=16, columns=16)
+    node = node_factory()
+
+    sender = Sender(node, folder)
+    sender.read_until(30, timeout=120)
+    code = node.terminate()
+    sender.finish()
+    assert code == 0, f"SIGTERM during an association: exit code {code} (None = killed)"
+    node.restart()
+    found = set(_series_uids(node, spec.study_uid, spec.series_uid))
+    lost = set(sender.acked) - found
+    assert not lost, f"{len(lost)} acknowledged instances lost over a graceful restart"
+
+
+def test_parallel_associations_all_stored(node_factory: NodeFactory) -> None:
+    node = node_factory()
+    specs = [StudySpec(patient_id=f"ITDPAR{n}") for n in range(4)]
+    batches = [
+        [make_dataset(spec, instance_number=i, rows=8, columns=8) for i in range(1, 26)]
+        for spec in specs
+    ]
+    statuses: list[list[int]] = [[] for _ in batches]
+    errors: list[BaseException] = []
+
+    def send(n: int) -> None:
+        try:
+            with association(node, calling_ae=f"PAR{n}") as assoc:
+                statuses[n].extend(store(assoc, ds) for ds in batches[n])
+        except BaseException as exc:  # reported by the main thread
+            errors.append(exc)
+
+    threads = [threading.Thread(target=send, args=(n,)) for n in range(len(batches))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(120)
+    assert not errors, errors
+    assert all(s == [0x0000] * 25 for s in statuses), statuses
+    counts = status_counts(node_status(node.data_dir))
+    assert counts == {"patients": 4, "studies": 4, "series": 4, "instances": 100}, counts

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 from pydicom.dataset import Dataset
-from pydicom.uid import ExplicitVRLittleEndian
+from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian
 from pynetdicom import AE, evt
 from pynetdicom.sop_class import Verification
 
@@ -40,6 +41,8 @@ from tests.integration.scu import (
 pytestmark = pytest.mark.timeout(120)
 
 DEST_AE = "ITSTORE"
+CT_ONLY_AE = "CTONLY"
+DOWN_AE = "DOWNSTORE"
 
 
 @pytest.fixture(scope="module")
@@ -47,12 +50,11 @@ def corpus() -> Corpus:
     return build_corpus("ITN")
 
 
-@pytest.fixture(scope="module")
-def destination() -> Iterator[tuple[int, Received]]:
-    """An in-process pynetdicom storage SCP, a move destination that records what it got."""
+def _storage_scp(ae_title: str, classes: tuple[str, ...]) -> tuple[Any, int, Received]:
+    """An in-process pynetdicom storage SCP that records what it receives."""
     received = Received()
-    ae = AE(ae_title=DEST_AE)
-    for uid in STORAGE_CLASSES:
+    ae = AE(ae_title=ae_title)
+    for uid in classes:
         ae.add_supported_context(uid, [ExplicitVRLittleEndian])
     ae.add_supported_context(Verification)
     port = free_port()
@@ -60,16 +62,41 @@ def destination() -> Iterator[tuple[int, Received]]:
         (HOST, port), block=False, evt_handlers=[(evt.EVT_C_STORE, received.handler)]
     )
     assert server is not None
+    return server, port, received
+
+
+@pytest.fixture(scope="module")
+def destination() -> Iterator[tuple[int, Received]]:
+    """The move destination ``ITSTORE``: accepts CT and MR."""
+    server, port, received = _storage_scp(DEST_AE, STORAGE_CLASSES)
+    yield port, received
+    server.shutdown()
+
+
+@pytest.fixture(scope="module")
+def ct_only() -> Iterator[tuple[int, Received]]:
+    """The move destination ``CTONLY``: refuses MR, so MR sub-operations must fail."""
+    server, port, received = _storage_scp(CT_ONLY_AE, (CTImageStorage,))
     yield port, received
     server.shutdown()
 
 
 @pytest.fixture(scope="module")
 def node(
-    module_node_factory: NodeFactory, destination: tuple[int, Received], corpus: Corpus
+    module_node_factory: NodeFactory,
+    destination: tuple[int, Received],
+    ct_only: tuple[int, Received],
+    corpus: Corpus,
 ) -> Node:
-    port, _ = destination
-    started = module_node_factory(args=["--destination", f"{DEST_AE}={HOST}:{port}"])
+    destinations = {
+        DEST_AE: destination[0],
+        CT_ONLY_AE: ct_only[0],
+        DOWN_AE: free_port(),  # configured, but nothing listens there
+    }
+    args = []
+    for aet, port in destinations.items():
+        args += ["--destination", f"{aet}={HOST}:{port}"]
+    started = module_node_factory(args=args)
     load(started, corpus.datasets)
     return started
 
@@ -340,6 +367,32 @@ def test_c_move_unknown_destination_a801(node: Node, corpus: Corpus, arrivals: R
         )
     assert responses[-1].status == 0xA801, f"got 0x{responses[-1].status:04X}"
     assert arrivals.items == {}
+
+
+def test_c_move_with_some_failed_suboperations_is_b000(
+    node: Node, corpus: Corpus, ct_only: tuple[int, Received]
+) -> None:
+    """Patient ITN001 has 5 CT and 2 MR instances; CTONLY takes only CT."""
+    _, received = ct_only
+    received.items.clear()
+    with association(node) as assoc:
+        responses = move(assoc, "P", query("PATIENT", PatientID="ITN001"), CT_ONLY_AE)
+    final = responses[-1]
+    assert final.status == 0xB000, f"final status 0x{final.status:04X}, expected 0xB000"
+    assert final.counts["NumberOfCompletedSuboperations"] == 5, final.counts
+    assert final.counts["NumberOfFailedSuboperations"] == 2, final.counts
+    assert sorted(received.items) == _uids(corpus.in_study("A"))
+
+
+def test_c_move_to_unreachable_destination_is_not_success(node: Node, corpus: Corpus) -> None:
+    with association(node) as assoc:
+        responses = move(
+            assoc, "S", query("STUDY", StudyInstanceUID=corpus.studies["C"].study_uid), DOWN_AE
+        )
+        final = responses[-1]
+        assert final.status != 0x0000, "C-MOVE to a destination that is down reported success"
+        assert final.counts["NumberOfCompletedSuboperations"] in (0, None), final.counts
+        assert assoc.send_c_echo().Status == 0x0000
 
 
 # --------------------------------------------------------------------------------------- get
