@@ -66,9 +66,9 @@ def _node_store_ms(log: Path) -> tuple[float, float, float] | None:
     return _percentile(values, 0.5), _percentile(values, 0.99), max(values)
 
 
-def measure(data: DataSet, set_name: str, server_name: str) -> Measurement:
-    """Start a fresh ``server_name``, send ``data`` on one association, stop it."""
-    with tempfile.TemporaryDirectory(prefix=f"bench-{server_name}-") as tmp:
+def measure(data: DataSet, set_name: str, server_name: str, base: str) -> Measurement:
+    """Start a fresh ``server_name`` under ``base``, send ``data`` on one association, stop it."""
+    with tempfile.TemporaryDirectory(prefix=f"bench-{server_name}-", dir=base) as tmp:
         with SERVERS[server_name](Path(tmp)) as server:
             with RssSampler(server.pid) as rss:
                 run = send(server, data.parts)
@@ -119,6 +119,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeat", type=int, default=3, help="measurements per server")
     parser.add_argument("--servers", default=",".join(SERVERS), help="comma-separated")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    parser.add_argument("--workdir", default=tempfile.gettempdir(),
+                        help="where the servers store (e.g. /dev/shm: fsync becomes free)")
     args = parser.parse_args(argv)
     servers = [s for s in args.servers.split(",") if s]
     console = Console(stderr=True)
@@ -129,14 +131,14 @@ def main(argv: list[str] | None = None) -> int:
             for f in part.rglob("*.dcm"):
                 f.read_bytes()
     machine = describe()
-    fsync_before = fsync_ms(tempfile.gettempdir())
+    fsync_before = fsync_ms(args.workdir)
     results: dict[tuple[str, str], list[Measurement]] = {}
     for round_ in range(args.repeat):
         order = servers[round_ % len(servers):] + servers[: round_ % len(servers)]
         for set_name, data in sets:
             for server in order:
                 try:
-                    m = measure(data, set_name, server)
+                    m = measure(data, set_name, server, args.workdir)
                 except PeerError as exc:
                     console.print(f"[red]{server}: {exc}[/red]")
                     return 2
@@ -145,17 +147,19 @@ def main(argv: list[str] | None = None) -> int:
                 results.setdefault((set_name, server), []).append(m)
     results = dict(sorted(results.items(), key=lambda kv: (kv[0][0] != "64x64",
                                                            servers.index(kv[0][1]))))
-    fsync_after = fsync_ms(tempfile.gettempdir())
+    fsync_after = fsync_ms(args.workdir)
     if args.json:
         print(json.dumps({
             "machine": machine,
+            "workdir": args.workdir,
             "fsync_ms_p50_p90": {"before": fsync_before, "after": fsync_after},
             "measurements": [{**asdict(m), "per_s": m.per_s, "mb_per_s": m.mb_per_s}
                              for ms in results.values() for m in ms],
         }, indent=1))  # fmt: skip
     else:
         caption = (f"{machine['date']}, {machine['nproc']} x {machine['cpu']}, load "
-                   f"{machine['loadavg']}; 12 KB write+fsync+dir fsync p50/p90: "
+                   f"{machine['loadavg']}; servers store in {args.workdir}; "
+                   "12 KB write+fsync+dir fsync p50/p90: "
                    f"{fsync_before[0]:.1f}/{fsync_before[1]:.1f} ms before, "
                    f"{fsync_after[0]:.1f}/{fsync_after[1]:.1f} ms after")
         Console(width=150).print(table(results, caption))
