@@ -60,12 +60,16 @@ def _write_all(fd: int, chunks: Sequence[Chunk]) -> None:
             view = view[written:]
 
 
-def write_atomically(final: str, chunks: Sequence[Chunk], tmp_dir: str, mode: int = 0o640) -> None:
+def write_atomically(
+    final: str, chunks: Sequence[Chunk], tmp_dir: str, mode: int = 0o640, overwrite: bool = True
+) -> None:
     """Write *chunks* to *final* so that it appears complete or not at all, durably.
 
     The chunks are written without joining them (no copy of the payload). A missing
-    parent directory of *final* is created durably. On any failure the temp file is
-    removed and the :class:`OSError` propagates for the caller to translate.
+    parent directory of *final* is created durably. With ``overwrite=False`` an existing
+    *final* is kept and :class:`FileExistsError` raised (``link`` instead of ``rename``).
+    On any failure the temp file is removed and the :class:`OSError` propagates for the
+    caller to translate.
     """
     tmp = os.path.join(tmp_dir, secrets.token_hex(12) + TMP_SUFFIX)
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
@@ -73,11 +77,14 @@ def write_atomically(final: str, chunks: Sequence[Chunk], tmp_dir: str, mode: in
         fcntl.flock(fd, fcntl.LOCK_EX)
         _write_all(fd, chunks)
         os.fsync(fd)
+        publish = os.replace if overwrite else os.link
         try:
-            os.replace(tmp, final)
+            publish(tmp, final)
         except FileNotFoundError:
             make_dirs_durably(os.path.dirname(final))
-            os.replace(tmp, final)
+            publish(tmp, final)
+        if not overwrite:
+            os.unlink(tmp)
     except BaseException:
         _unlink_quietly(tmp)
         raise

@@ -12,6 +12,7 @@ its name; an encrypted one uses the format of :mod:`storage.encryption`.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -92,13 +93,13 @@ class FilesystemBlobStore:
         if not marker.exists():
             if not create:
                 raise StorageError(f"{self.root} is not a gridpacs blob store (no {MARKER_NAME})")
-            make_dirs_durably(self.root)
+            make_dirs_durably(self._tmp)
             body = json.dumps(self._marker(), indent=2).encode() + b"\n"
-            make_dirs_durably(self._tmp)
-            write_atomically(str(marker), [body], self._tmp, mode=0o644)
-        else:
-            self._check_marker(marker)
-            make_dirs_durably(self._tmp)
+            # Another process may create the store meanwhile: then check its marker.
+            with contextlib.suppress(FileExistsError):
+                write_atomically(str(marker), [body], self._tmp, mode=0o644, overwrite=False)
+        self._check_marker(marker)
+        make_dirs_durably(self._tmp)
         remove_stale_temp_files(self._tmp)
 
     def _marker(self) -> dict[str, Any]:
