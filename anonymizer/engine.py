@@ -94,6 +94,7 @@ class _Instance:
     pseudo: Pseudonymizer
     top: Dataset
     encoding: Encoding
+    record: bool
     mappings: list[tuple[str, str, str]] = field(default_factory=list)
     _patient: tuple[str, str] | None = None
     _shift: int | None = None
@@ -113,7 +114,8 @@ class _Instance:
         if self._patient is None:
             pseudonym = self.pseudo.patient_id(self.patient_key())
             self._patient = (_text(self.top, PATIENT_ID), pseudonym)
-            self.mappings.append(("PatientID", pseudonym, self._patient[0]))
+            if self.record:
+                self.mappings.append(("PatientID", pseudonym, self._patient[0]))
         return self._patient[1]
 
     def shift_days(self) -> int:
@@ -189,7 +191,9 @@ class Deidentifier:
             ``ds`` says its pixels carry burned-in text and that was not allowed.
         """
         self._check_burned_in(ds)
-        instance = _Instance(self._pseudo, ds, ds.original_encoding)
+        instance = _Instance(
+            self._pseudo, ds, ds.original_encoding, record=self._reid_map is not None
+        )
         out = self._walk(ds, instance, top=True)
         for tag, rule in self._table.additions.items():
             out[tag] = DataElement(tag, dictionary_vr(tag), rule.value)
@@ -236,11 +240,12 @@ class Deidentifier:
             )
 
     def _rule(self, tag: int) -> Rule | None:
+        number = int(tag)  # plain ints hash and compare without BaseTag.__eq__
         try:
-            return self._rules[tag]
+            return self._rules[number]
         except KeyError:
-            rule = self._table.rule_for(tag)
-            self._rules[tag] = rule
+            rule = self._table.rule_for(number)
+            self._rules[number] = rule
             return rule
 
     def _walk(self, src: Dataset, instance: _Instance, top: bool) -> Dataset:
@@ -328,20 +333,22 @@ class Deidentifier:
     def _uid(self, elem: Any, vr: str, src: Dataset, inst: _Instance, rule: Rule, top: bool) -> Any:
         originals = values_of(self._value(elem, src))
         mapped = [self._pseudo.uid(v) for v in originals]
-        if top and elem.tag in RECORDED and mapped:
-            inst.mappings.append((RECORDED[elem.tag], mapped[0], originals[0]))
+        kind = RECORDED.get(int(elem.tag)) if top and inst.record else None
+        if kind and mapped:
+            inst.mappings.append((kind, mapped[0], originals[0]))
         return ascii_element(elem.tag, "UI", mapped, encoding_of(elem, inst.encoding))
 
     def _pseudonym(
         self, elem: Any, vr: str, src: Dataset, inst: _Instance, rule: Rule, top: bool
     ) -> Any:
-        tag = elem.tag
+        tag = int(elem.tag)
         encoding = encoding_of(elem, inst.encoding)
         if top and tag == PATIENT_ID:
             return ascii_element(tag, vr, [inst.patient()], encoding)
         if top and tag == PATIENT_NAME:
             pseudonym = self._pseudo.patient_name(inst.patient())
-            inst.mappings.append(("PatientName", pseudonym, _text(src, PATIENT_NAME)))
+            if inst.record:
+                inst.mappings.append(("PatientName", pseudonym, _text(src, PATIENT_NAME)))
             return ascii_element(tag, vr, [pseudonym], encoding)
         values = values_of(self._value(elem, src))
         if tag == PATIENT_ID:

@@ -22,7 +22,7 @@ from pydicom.filebase import DicomBytesIO
 from pydicom.filereader import read_dataset
 from pydicom.filewriter import dcmwrite, write_data_element
 from pydicom.tag import BaseTag
-from pydicom.uid import DeflatedExplicitVRLittleEndian, ExplicitVRBigEndian
+from pydicom.uid import UID, DeflatedExplicitVRLittleEndian, ExplicitVRBigEndian
 
 from anonymizer.elements import dictionary_vr
 from anonymizer.errors import AnonymizationError, UnreadableInput
@@ -94,9 +94,11 @@ def read_part10(data: bytes) -> Dataset:
         raise UnreadableInput("not a DICOM Part 10 file (no 'DICM' after the preamble)")
     try:
         meta, offset = _read_file_meta(data)
-        syntax = meta.get("TransferSyntaxUID")
-        if syntax is None:
+        raw_syntax = peek(meta, 0x00020010)
+        if not raw_syntax:
             raise UnreadableInput("the file meta has no transfer syntax")
+        syntax = UID(raw_syntax)
+        ds: Dataset
         if syntax in (DeflatedExplicitVRLittleEndian, ExplicitVRBigEndian):
             ds = dcmread(io.BytesIO(data))  # rare: let pydicom inflate / swap
         else:
@@ -116,7 +118,7 @@ def read_part10(data: bytes) -> Dataset:
 
 def _read_file_meta(data: bytes) -> tuple[FileMetaDataset, int]:
     """Group 0002 (always explicit VR little endian) and the offset after it."""
-    elements: dict[BaseTag, RawDataElement] = {}
+    elements: dict[BaseTag, DataElement | RawDataElement] = {}
     offset = 132
     while offset + 8 <= len(data):
         group, element = struct.unpack_from("<HH", data, offset)
@@ -161,8 +163,8 @@ def _check_complete(ds: Dataset) -> None:
 
 def _check_pixels(ds: Dataset) -> None:
     meta = getattr(ds, "file_meta", None)
-    syntax = meta.get("TransferSyntaxUID") if meta is not None else None
-    if syntax is not None and syntax.is_compressed:
+    syntax = peek(meta, 0x00020010) if meta is not None else None
+    if syntax and UID(syntax).is_compressed:
         return
     rows, columns, bits = (peek(ds, t) for t in (0x00280010, 0x00280011, 0x00280100))
     if not rows or not columns or not bits:
@@ -188,7 +190,7 @@ def write_part10(ds: Dataset) -> bytes:
     AnonymizationError
         A value cannot be encoded.
     """
-    syntax = ds.file_meta.TransferSyntaxUID
+    syntax = UID(peek(ds.file_meta, 0x00020010) or "")
     try:
         if syntax in (DeflatedExplicitVRLittleEndian, ExplicitVRBigEndian):
             buffer = io.BytesIO()
@@ -234,13 +236,13 @@ def _short(tag: int, vr: bytes, value: bytes) -> bytes:
 
 def _write_items(fp: DicomBytesIO, ds: Dataset, encodings: list[str]) -> None:
     implicit = fp.is_implicit_VR
-    for tag, elem in sorted(ds.items(), key=_first):
+    for tag, elem in sorted(ds.items(), key=_tag_number):
         if isinstance(elem, RawDataElement):
             if (
                 elem.is_implicit_VR == implicit
                 and elem.is_little_endian
                 and (implicit or elem.VR)
-                and elem.VR != "SQ"
+                and (elem.VR != "SQ" or elem.length != 0xFFFFFFFF)
             ):
                 _write_raw(fp, elem, implicit)
                 continue
@@ -251,8 +253,8 @@ def _write_items(fp: DicomBytesIO, ds: Dataset, encodings: list[str]) -> None:
             write_data_element(fp, elem, encodings)
 
 
-def _first(item: tuple[BaseTag, Any]) -> BaseTag:
-    return item[0]
+def _tag_number(item: tuple[BaseTag, Any]) -> int:
+    return int(item[0])  # plain ints compare without BaseTag.__eq__/__lt__
 
 
 def _write_raw(fp: DicomBytesIO, elem: RawDataElement, implicit: bool) -> None:
