@@ -130,18 +130,19 @@ def main() -> None:
         for label, count, size in (("small 64x64", args.small, 64), ("CT 512x512", args.ct, 512)):
             files = make_corpus(scratch / label.split()[0], count, size)
             results[label] = measure(files, scratch, args.repeat)
-    machine = {
+    load = os.getloadavg()
+    machine: dict[str, Any] = {
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "cpus": os.cpu_count(),
         "platform": platform.platform(),
         "python": platform.python_version(),
-        "load_average": os.getloadavg(),
+        "load_average": [round(x, 1) for x in load],
     }
     if args.json:
         print(json.dumps({"machine": machine, "results": results}, indent=2))
         return
     print(f"# anonymize benchmark  {machine['date']}  {machine['cpus']} CPUs  "
-          f"{machine['platform']}  load {machine['load_average'][0]:.1f}")  # fmt: skip
+          f"{machine['platform']}  load {load[0]:.1f}")  # fmt: skip
     header = (
         f"{'corpus':<13}{'files':>6}{'gridpacs f/s':>14}{'deid f/s':>10}{'ratio':>8}"
         f"{'gridpacs f/cpu-s':>18}{'deid f/cpu-s':>14}{'ratio':>8}"
