@@ -44,8 +44,10 @@ def assert_files_match(files: list[Path], expected: Iterable[Dataset]) -> None:
     for uid, path in got.items():
         received = dcmread(path)
         assert received.PixelData == want[uid].PixelData, f"pixel data differs for {uid}"
+        syntax = received.file_meta.get("TransferSyntaxUID", "?")
         assert file_dataset_bytes(path) == dataset_bytes(want[uid]), (
-            f"dataset bytes of {uid} differ from what was stored ({path})"
+            f"dataset bytes of {uid} differ from what was stored ({path}): received in "
+            f"{getattr(syntax, 'name', syntax)}, stored as Explicit VR Little Endian"
         )
 
 
