@@ -82,3 +82,33 @@ def test_secret_files(tmp_path: Path) -> None:
         load_secret(short)
     with pytest.raises(AnonymizationError):
         Deidentifier(load_profile(), b"too short")
+
+
+def test_one_deidentifier_serves_concurrent_ingest_threads(tmp_path: Path) -> None:
+    reid = ReidentificationMap(tmp_path / "reid.sqlite", KEY)
+    deid = Deidentifier(load_profile(), SITE_A, reid_map=reid)
+    patients = [StudySpec(patient_id=f"MRN-{n}", patient_name=f"DOE^P{n}") for n in range(4)]
+    inputs = [to_bytes(make_dataset(p, instance_number=i)) for p in patients for i in (1, 2, 3)]
+    expected = [Deidentifier(load_profile(), SITE_A).deidentify_bytes(d) for d in inputs]
+    results: dict[int, bytes] = {}
+    errors: list[BaseException] = []
+
+    def work(indexes: list[int]) -> None:
+        try:
+            for i in indexes:
+                results[i] = deid.deidentify_bytes(inputs[i])
+        except BaseException as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [
+        threading.Thread(target=work, args=(list(range(w, len(inputs), 4)),)) for w in range(4)
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert errors == []
+    assert [results[i] for i in range(len(inputs))] == expected
+    for n in range(4):
+        pseudonym = Deidentifier(load_profile(), SITE_A).deidentify_part10(inputs[3 * n])
+        assert [m.original for m in reid.lookup(pseudonym.patient_id)] == [f"MRN-{n}"]
