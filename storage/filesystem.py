@@ -16,6 +16,7 @@ import contextlib
 import hashlib
 import json
 import os
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -42,6 +43,8 @@ TMP_DIR_NAME = "tmp"
 FORMAT_NAME = "gridpacs-blobstore"
 FORMAT_VERSION = 1
 LAYOUT = "sha256/2/2"
+RECENT_WRITE_SECONDS = 60.0
+"""A duplicate put of a file younger than this fsyncs its directory before returning."""
 _HEX = frozenset("0123456789abcdef")
 
 
@@ -148,7 +151,13 @@ class FilesystemBlobStore:
         try:
             # Present with the right size: trust it (cheap); scrub checks content. A
             # wrong size (e.g. a truncated file) is healed by rewriting.
-            if os.stat(path).st_size == len(data) + self._overhead:
+            found = os.stat(path)
+            if found.st_size == len(data) + self._overhead:
+                if time.time() - found.st_mtime < RECENT_WRITE_SECONDS:
+                    # Its writer (another thread, or a process that just died) may not
+                    # have fsynced the directory entry yet; the data itself was fsynced
+                    # before the rename made it visible.
+                    fsync_dir(os.path.dirname(path))
                 return info
         except FileNotFoundError:
             pass
