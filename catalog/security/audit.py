@@ -20,7 +20,9 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
+import random
 import threading
+import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, cast
@@ -34,7 +36,7 @@ from catalog.security.models import AuditEntry
 _TABLE = cast(sa.Table, AuditEntry.__table__)
 GENESIS_HASH = "0" * 64
 MAX_TARGET_CHARS = 8192
-_APPEND_ATTEMPTS = 5
+_APPEND_ATTEMPTS = 20
 # Any constant; serialises appends on PostgreSQL so writers rarely need the retry.
 _PG_LOCK_KEY = 0x67726964_61756469  # "gridaudi"
 
@@ -137,6 +139,7 @@ class AuditLog:
                     return self._append(actor[:200], action[:200], clean, peer[:200], outcome)
                 except IntegrityError as exc:  # another process took the same seq
                     last_exc = exc
+                    time.sleep(random.uniform(0.001, 0.01))  # let the winner move on
                 except SQLAlchemyError as exc:
                     raise AuditError(f"cannot write the audit log: {exc}") from exc
         raise AuditError(f"cannot append to the audit log after retries: {last_exc}")

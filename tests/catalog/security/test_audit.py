@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 import datetime as dt
+import os
+import subprocess
+import sys
 import threading
+import time
+from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
@@ -161,10 +166,10 @@ def test_concurrent_writers_keep_one_unbroken_chain(engine: sa.Engine) -> None:
     assert log.head()[0] == 40 and log.verify() == []
 
 
-def test_a_huge_target_is_replaced_by_its_digest(engine: sa.Engine) -> None:
-    rec = AuditLog(engine).record("a", Q, {"blob": "x" * 20000}, "p", "OK")
+def test_a_huge_target_is_replaced_by_its_digest(sqlite_engine: sa.Engine) -> None:
+    rec = AuditLog(sqlite_engine).record("a", Q, {"blob": "x" * 20000}, "p", "OK")
     assert rec.target["truncated"] is True and len(rec.target["sha256"]) == 64
-    assert AuditLog(engine).verify() == []
+    assert AuditLog(sqlite_engine).verify() == []
 
 
 def test_a_missing_table_is_an_audit_error(sqlite_url: str) -> None:
@@ -182,3 +187,52 @@ def test_create_all_is_idempotent_and_unknown_dialects_get_no_silent_default(
     AuditLog(engine).record("a", Q, {}, "p", "OK")
     with pytest.raises(ValueError, match="no append-only triggers"):
         append_only_ddl("mysql")
+
+
+_WRITER = """
+import sys, time
+from pathlib import Path
+import sqlalchemy as sa
+from catalog.security.audit import AuditLog
+url, name, ready, go = sys.argv[1], sys.argv[2], Path(sys.argv[3]), Path(sys.argv[4])
+log = AuditLog(sa.create_engine(url, connect_args={"timeout": 30}))
+ready.touch()
+deadline = time.monotonic() + 30
+while not go.exists() and time.monotonic() < deadline:  # start together
+    time.sleep(0.005)
+for i in range(60):
+    log.record(name, "/x/Write", {"i": i}, "p", "OK")
+"""
+
+
+def test_writers_in_separate_processes_never_fork_the_chain(
+    sqlite_url: str, tmp_path: Path
+) -> None:
+    # Both processes read the same head now and then; the unique seq makes the loser retry.
+    engine = sa.create_engine(sqlite_url)
+    create_all(engine)
+    root = Path(__file__).resolve().parents[3]
+    env = {**os.environ, "PYTHONPATH": str(root)}
+    go = tmp_path / "go"
+    ready = [tmp_path / f"ready{n}" for n in range(2)]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", _WRITER, sqlite_url, f"w{n}", str(ready[n]), str(go)],
+            env=env,
+            cwd=root,
+        )
+        for n in range(2)
+    ]
+    try:
+        deadline = time.monotonic() + 30
+        while not all(r.exists() for r in ready) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        go.touch()
+        assert [p.wait(timeout=60) for p in procs] == [0, 0]
+    finally:
+        for p in procs:
+            p.kill()
+    log = AuditLog(engine)
+    assert log.head()[0] == 120 and log.verify() == []
+    assert {r.actor for r in log.query(limit=120)} == {"w0", "w1"}
+    engine.dispose()

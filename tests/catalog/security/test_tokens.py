@@ -115,10 +115,10 @@ def test_list_shows_status_and_never_secrets(engine: sa.Engine) -> None:
     ],
 )
 def test_create_validates(
-    engine: sa.Engine, user: str, grants: dict[str, str], message: str
+    sqlite_engine: sa.Engine, user: str, grants: dict[str, str], message: str
 ) -> None:
     with pytest.raises(TokenError, match=message):
-        TokenStore(engine, PEPPER).create(user, grants, None)
+        TokenStore(sqlite_engine, PEPPER).create(user, grants, None)
 
 
 def test_roles_are_per_collection_and_admin_includes_reader() -> None:
