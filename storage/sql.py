@@ -89,7 +89,12 @@ def engine_from_url(
             max_overflow=max_overflow,
             pool_pre_ping=True,
             pool_recycle=3600,
-            connect_args={"connect_timeout": PG_CONNECT_TIMEOUT_S},
+            connect_args={
+                "connect_timeout": PG_CONNECT_TIMEOUT_S,
+                # Streamed queries are read to the end (a C-FIND answers every match):
+                # plan server-side cursors for all rows, not for the first 10 %.
+                "options": "-c cursor_tuple_fraction=1.0",
+            },
         )
     else:
         raise InvalidDatabaseUrl(
@@ -134,7 +139,7 @@ def _sqlite_engine(parsed: sa.URL) -> Engine:
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_conn: DBAPIConnection, _record: ConnectionPoolEntry) -> None:
         # Autocommit at the driver level: SQLAlchemy's "begin" hook below emits BEGIN.
-        dbapi_conn.isolation_level = None  # type: ignore[attr-defined]
+        dbapi_conn.isolation_level = None
         cursor = dbapi_conn.cursor()
         try:
             for pragma in (

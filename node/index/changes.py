@@ -12,7 +12,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from .models import ChangeHead, ChangeRow
+from .models import ChangeHead, ChangeRow, table_of
 from .records import Change, ChangeKind, InstanceRecord
 
 HEAD_ID = 1
@@ -66,20 +66,40 @@ def append_change(conn: Connection, kind: ChangeKind, record: InstanceRecord) ->
     return int(seq)
 
 
-_HEAD = ChangeHead.__table__
+def append_changes(conn: Connection, kind: ChangeKind, records: list[InstanceRecord]) -> None:
+    """Append one change per record, in order, with one head update (bulk adds)."""
+    if not records:
+        return
+    head = table_of(ChangeHead)
+    last = conn.execute(
+        sa.update(head)
+        .where(head.c.id == HEAD_ID)
+        .values(last_seq=head.c.last_seq + len(records))
+        .returning(head.c.last_seq)
+    ).scalar_one()
+    now = datetime.now(UTC)
+    first = int(last) - len(records) + 1
+    rows = [
+        {"seq": first + n, "kind": kind.value, "payload": record_to_json(r), "created_at": now}
+        for n, r in enumerate(records)
+    ]
+    conn.execute(_APPEND, rows)
+
+
+_HEAD = table_of(ChangeHead)
 _NEXT_SEQ = (
     sa.update(_HEAD)
     .where(_HEAD.c.id == HEAD_ID)
     .values(last_seq=_HEAD.c.last_seq + 1)
     .returning(_HEAD.c.last_seq)
 )
-_APPEND = sa.insert(ChangeRow.__table__)
+_APPEND = sa.insert(table_of(ChangeRow))
 
 
 def changes_since(conn: Connection, after_seq: int, limit: int) -> list[Change]:
     """Up to ``limit`` changes with ``seq > after_seq``, oldest first."""
     limit = max(0, min(limit, MAX_CHANGES_PER_READ))
-    table = ChangeRow.__table__
+    table = table_of(ChangeRow)
     rows = conn.execute(
         sa.select(table.c.seq, table.c.kind, table.c.payload)
         .where(table.c.seq > after_seq)
@@ -94,6 +114,6 @@ def changes_since(conn: Connection, after_seq: int, limit: int) -> list[Change]:
 
 def last_change_seq(conn: Connection) -> int:
     """The sequence number of the newest change, 0 when there is none."""
-    head = ChangeHead.__table__
+    head = table_of(ChangeHead)
     value = conn.execute(sa.select(head.c.last_seq).where(head.c.id == HEAD_ID)).scalar()
     return int(value or 0)

@@ -56,8 +56,9 @@ def condition(attr: Attribute, raw: str) -> sa.ColumnElement[bool] | None:
         return None
     if attr.vr == "UI":
         return _uid_condition(attr, items)
-    conds = [_item_condition(attr, item) for item in items]
-    if any(c is None for c in conds):
+    maybe = [_item_condition(attr, item) for item in items]
+    conds = [c for c in maybe if c is not None]
+    if len(conds) < len(maybe):
         return None
     if attr.vr == "MODALITIES":
         return (
@@ -150,8 +151,8 @@ def _item_condition(attr: Attribute, item: str) -> sa.ColumnElement[bool] | None
     elif attr.vr == "MODALITIES":
         column = _STUDY_SERIES.c.modality
     if wild:
-        return column.like(like_pattern(value), escape=LIKE_ESCAPE)  # type: ignore[no-any-return]
-    return column == value  # type: ignore[no-any-return]
+        return column.like(like_pattern(value), escape=LIKE_ESCAPE)
+    return column == value
 
 
 def _range_condition(attr: Attribute, item: str) -> sa.ColumnElement[bool] | None:
@@ -181,7 +182,7 @@ def _range_condition(attr: Attribute, item: str) -> sa.ColumnElement[bool] | Non
     if not conds:
         return None
     if is_date and low == high:
-        return attr.column == low  # type: ignore[no-any-return]
+        return attr.column == low
     return sa.and_(*conds)
 
 

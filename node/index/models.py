@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
 import sqlalchemy as sa
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -168,6 +168,11 @@ class ChangeHead(Base):
 
     id: Mapped[int] = mapped_column(primary_key=True, autoincrement=False)
     last_seq: Mapped[int] = mapped_column(sa.BigInteger)
+
+
+def table_of(model: type[Base]) -> sa.Table:
+    """The :class:`~sqlalchemy.Table` behind ``model``, typed as one (for Core statements)."""
+    return cast(sa.Table, model.__table__)
 
 
 @dataclass(frozen=True, slots=True)

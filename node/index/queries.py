@@ -116,7 +116,7 @@ def find_plan(query: IndexQuery) -> Plan:
     return Plan(stmt, tuple(keys), selected)
 
 
-INSTANCE_COLUMNS = (
+INSTANCE_COLUMNS: tuple[Any, ...] = (
     Instance.sop_instance_uid,
     Instance.sop_class_uid,
     Instance.transfer_syntax_uid,

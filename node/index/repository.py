@@ -25,11 +25,11 @@ from storage.sql import (
     write_begin,
 )
 
+from . import bulk, writes
 from . import changes as outbox
-from . import writes
 from .errors import IndexUnavailable
 from .migrate import upgrade
-from .models import ATTRIBUTES, Instance, Patient, Series, Study
+from .models import ATTRIBUTES, Instance, Patient, Series, Study, table_of
 from .queries import count_statement, find_plan, instances_statement
 from .records import (
     AddOutcome,
@@ -43,10 +43,10 @@ log = logging.getLogger(__name__)
 
 STREAM_BATCH = 500
 """Rows fetched per round trip while streaming answers."""
-BULK_CHUNK = 50
+BULK_CHUNK = 500
 """Records per transaction in :meth:`SqlIndex.add_instances`."""
 
-PT, ST, SE, IN = (m.__table__ for m in (Patient, Study, Series, Instance))
+PT, ST, SE, IN = (table_of(m) for m in (Patient, Study, Series, Instance))
 
 
 class SqlIndex:
@@ -111,23 +111,33 @@ class SqlIndex:
     def add_instances(self, records: Iterable[InstanceRecord]) -> list[AddOutcome]:
         """Index many instances, committing every :data:`BULK_CHUNK` (bulk import).
 
-        Each record gets its own savepoint, so duplicates are skipped without undoing
-        the others. Any other failure rolls back the chunk it happened in (outbox rows
-        included); earlier chunks stay committed. Chunking also keeps PostgreSQL from
-        stacking thousands of versions of the same counter rows in one transaction.
+        Within a chunk each patient, study and series row is written once (see
+        :mod:`node.index.bulk`); the result is the same as adding the records one by
+        one, duplicates included. A failure (e.g. :class:`RecordConflict`) rolls back
+        the chunk it happened in, outbox rows included; earlier chunks stay committed.
         """
         outcomes: list[AddOutcome] = []
         pending = iter(records)
         with self._guard(), self._write() as conn:
-            while chunk := list(islice(pending, BULK_CHUNK)):
+            while chunk := [writes.stamped(r) for r in islice(pending, BULK_CHUNK)]:
                 with conn.begin():
-                    for record in chunk:
-                        try:
-                            with conn.begin_nested():
-                                writes.add(conn, writes.stamped(record))
-                            outcomes.append(AddOutcome.STORED)
-                        except writes.Duplicate:
-                            outcomes.append(AddOutcome.ALREADY_STORED)
+                    try:
+                        with conn.begin_nested():
+                            outcomes += bulk.add_many(conn, chunk)
+                    except bulk.RaceLost:
+                        outcomes += self._add_one_by_one(conn, chunk)
+        return outcomes
+
+    @staticmethod
+    def _add_one_by_one(conn: Connection, chunk: list[InstanceRecord]) -> list[AddOutcome]:
+        outcomes = []
+        for record in chunk:
+            try:
+                with conn.begin_nested():
+                    writes.add(conn, record)
+                outcomes.append(AddOutcome.STORED)
+            except writes.Duplicate:
+                outcomes.append(AddOutcome.ALREADY_STORED)
         return outcomes
 
     def delete_instance(self, sop_instance_uid: str) -> bool:
@@ -233,9 +243,9 @@ class SqlIndex:
 
     def _stream(self, stmt: sa.Select[Any]) -> Iterator[tuple[Any, ...]]:
         with self._guard(), self._engine.connect() as conn:
-            result = conn.execution_options(
-                stream_results=True, max_row_buffer=STREAM_BATCH
-            ).execute(stmt)
+            # yield_per: a server-side cursor read in fixed batches from the first
+            # fetch (stream_results alone starts at one row and grows, costing round trips)
+            result = conn.execution_options(yield_per=STREAM_BATCH).execute(stmt)
             for row in result:
                 yield tuple(row)
 

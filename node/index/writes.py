@@ -25,10 +25,10 @@ from sqlalchemy.engine import Connection
 from .changes import append_change
 from .errors import RecordConflict
 from .matching import normalise_date, normalise_pn, normalise_time
-from .models import ATTRIBUTES, COMPUTED_VRS, Instance, Patient, Series, Study
+from .models import ATTRIBUTES, COMPUTED_VRS, Instance, Patient, Series, Study, table_of
 from .records import LEVEL_KEYS, ChangeKind, InstanceRecord, Level
 
-PT, ST, SE, IN = (m.__table__ for m in (Patient, Study, Series, Instance))
+PT, ST, SE, IN = (table_of(m) for m in (Patient, Study, Series, Instance))
 
 
 class Duplicate(Exception):
@@ -39,23 +39,34 @@ def add(conn: Connection, record: InstanceRecord) -> None:
     """Index ``record`` and append its outbox row; raises :class:`Duplicate`."""
     if conn.execute(_FIND_INSTANCE, {"uid": record.sop_instance_uid}).first() is not None:
         raise Duplicate
-    patient_key = {"collection": record.collection, "patient_id": _text(record.patient_id) or ""}
-    patient_pk, _ = _upsert(conn, PT, patient_key, _level_values(record, Level.PATIENT))
-    study_pk, new_study = _upsert(
+    patient_pk, _ = upsert(conn, PT, patient_key(record), level_values(record, Level.PATIENT))
+    study_pk, new_study = upsert(
         conn,
         ST,
         {"study_instance_uid": record.study_instance_uid},
-        {**_level_values(record, Level.STUDY), "collection": record.collection},
+        study_values(record),
         parent=patient_pk,
     )
-    series_pk, new_series = _upsert(
+    series_pk, new_series = upsert(
         conn,
         SE,
         {"series_instance_uid": record.series_instance_uid},
-        _level_values(record, Level.SERIES),
+        level_values(record, Level.SERIES),
         parent=study_pk,
     )
-    values = {
+    values = instance_values(record, series_pk)
+    inserted = conn.execute(_statements(conn.dialect.name, IN).insert, values).first()
+    if inserted is None:
+        raise Duplicate
+    if new_series:
+        bump(conn, ST, study_pk, num_series=1, modalities=modalities(conn, study_pk))
+        bump(conn, PT, patient_pk, num_series=1, num_studies=int(new_study))
+    append_change(conn, ChangeKind.INSTANCE_ADDED, record)
+
+
+def instance_values(record: InstanceRecord, series_pk: int) -> dict[str, Any]:
+    """The instance row of ``record``, filed under ``series_pk``."""
+    return {
         "series_pk": series_pk,
         "sop_instance_uid": record.sop_instance_uid,
         "sop_class_uid": record.sop_class_uid,
@@ -64,15 +75,19 @@ def add(conn: Connection, record: InstanceRecord) -> None:
         "size": record.size,
         "received_at": record.received_at,
         "calling_ae": record.calling_ae,
-        **_level_values(record, Level.IMAGE),
+        **level_values(record, Level.IMAGE),
     }
-    inserted = conn.execute(_statements(conn.dialect.name, IN).insert, values).first()
-    if inserted is None:
-        raise Duplicate
-    if new_series:
-        _bump(conn, ST, study_pk, num_series=1, modalities=_modalities(conn, study_pk))
-        _bump(conn, PT, patient_pk, num_series=1, num_studies=int(new_study))
-    append_change(conn, ChangeKind.INSTANCE_ADDED, record)
+
+
+def insert_instances(conn: Connection, rows: list[dict[str, Any]]) -> int:
+    """Insert instance rows (executemany); how many were new (the rest already existed)."""
+    result = conn.execute(_statements(conn.dialect.name, IN).insert, rows)
+    return len(result.all())
+
+
+def patient_key(record: InstanceRecord) -> dict[str, str]:
+    """What identifies the record's patient row."""
+    return {"collection": record.collection, "patient_id": _text(record.patient_id) or ""}
 
 
 def delete(conn: Connection, sop_instance_uid: str, record: InstanceRecord) -> bool:
@@ -85,21 +100,21 @@ def delete(conn: Connection, sop_instance_uid: str, record: InstanceRecord) -> b
     if row is None:
         return False
     instance_pk, series_pk, study_pk, patient_pk = row
-    patient_left = _bump(conn, PT, patient_pk, num_instances=-1)
+    patient_left = bump(conn, PT, patient_pk, num_instances=-1)
     gone = conn.execute(sa.delete(IN).where(IN.c.pk == instance_pk).returning(IN.c.pk)).first()
     if patient_left is None or gone is None:
         return False  # deleted meanwhile by another writer; the caller rolls back
-    series_left = _bump(conn, SE, series_pk, num_instances=-1)
+    series_left = bump(conn, SE, series_pk, num_instances=-1)
     series_gone = series_left == 0
-    study_left = _bump(conn, ST, study_pk, num_instances=-1, num_series=-int(series_gone))
+    study_left = bump(conn, ST, study_pk, num_instances=-1, num_series=-int(series_gone))
     if series_gone:
         conn.execute(sa.delete(SE).where(SE.c.pk == series_pk))
         if study_left:
-            _bump(conn, ST, study_pk, modalities=_modalities(conn, study_pk))
+            bump(conn, ST, study_pk, modalities=modalities(conn, study_pk))
     if study_left == 0:
         conn.execute(sa.delete(ST).where(ST.c.pk == study_pk))
     if series_gone:
-        _bump(conn, PT, patient_pk, num_series=-1, num_studies=-int(study_left == 0))
+        bump(conn, PT, patient_pk, num_series=-1, num_studies=-int(study_left == 0))
     if patient_left == 0:
         conn.execute(sa.delete(PT).where(PT.c.pk == patient_pk))
     append_change(conn, ChangeKind.INSTANCE_DELETED, record)
@@ -141,8 +156,9 @@ class _Upsert:
 @cache
 def _statements(dialect: str, table: sa.Table) -> _Upsert:
     """The upsert statements of ``table`` (or the instance insert), for one dialect."""
+    target = _KEYS.get(table.name, ("sop_instance_uid",))
     insert = (postgresql if dialect == "postgresql" else sqlite).insert(table)
-    insert = insert.on_conflict_do_nothing()
+    insert = insert.on_conflict_do_nothing(index_elements=list(target))
     if table is IN:
         columns = [c for c in IN.c if c.key != "pk"]
         stmt = insert.values({c: sa.bindparam(c.key, type_=c.type) for c in columns})
@@ -156,7 +172,7 @@ def _statements(dialect: str, table: sa.Table) -> _Upsert:
         .where(*(table.c[k] == sa.bindparam(f"k_{k}") for k in keys))
         .values(
             {
-                table.c.num_instances: table.c.num_instances + 1,
+                table.c.num_instances: table.c.num_instances + sa.bindparam("inc"),
                 **{
                     c: sa.func.coalesce(sa.bindparam(f"v_{c.key}", type_=c.type), c) for c in values
                 },
@@ -167,7 +183,7 @@ def _statements(dialect: str, table: sa.Table) -> _Upsert:
     inserted = {
         **{table.c[k]: sa.bindparam(f"k_{k}") for k in keys},
         **{c: _value(c) for c in values},
-        table.c.num_instances: 1,
+        table.c.num_instances: sa.bindparam("inc"),
     }
     if parent:
         inserted[table.c[parent]] = sa.bindparam("parent")
@@ -178,14 +194,15 @@ def _value(column: sa.Column[Any]) -> Any:
     return sa.bindparam(f"v_{column.key}", type_=column.type)
 
 
-def _upsert(
+def upsert(
     conn: Connection,
     table: sa.Table,
     key: Mapping[str, Any],
     values: Mapping[str, Any],
     parent: int | None = None,
+    inc: int = 1,
 ) -> tuple[int, bool]:
-    """Update-or-insert one row, counting one more instance; ``(pk, inserted)``.
+    """Update-or-insert one row, counting ``inc`` more instances; ``(pk, inserted)``.
 
     Attributes the record lacks (``None``) never erase stored ones; a stored row that
     hangs under another parent than ``parent`` is a :class:`RecordConflict`.
@@ -195,6 +212,7 @@ def _upsert(
         **{f"k_{k}": v for k, v in key.items()},
         **{f"v_{k}": v for k, v in values.items()},
         "parent": parent,
+        "inc": inc,
     }
     for _attempt in range(3):
         row = conn.execute(statements.update, params).first()
@@ -214,7 +232,7 @@ def _conflict_message(table: sa.Table, key: Mapping[str, Any]) -> str:
     return f"{name} {value} is already filed under another {parent}"
 
 
-def _bump(conn: Connection, table: sa.Table, pk: int, **changes: Any) -> int | None:
+def bump(conn: Connection, table: sa.Table, pk: int, **changes: Any) -> int | None:
     """Apply counter deltas (ints) and plain values; return the new ``num_instances``."""
     values = {
         k: table.c[k] + v if k.startswith("num_") else v
@@ -225,7 +243,7 @@ def _bump(conn: Connection, table: sa.Table, pk: int, **changes: Any) -> int | N
     return conn.execute(stmt.values(**values)).scalar()
 
 
-def _modalities(conn: Connection, study_pk: int) -> str:
+def modalities(conn: Connection, study_pk: int) -> str:
     found = conn.execute(
         sa.select(SE.c.modality)
         .where(SE.c.study_pk == study_pk, SE.c.modality.is_not(None))
@@ -234,7 +252,12 @@ def _modalities(conn: Connection, study_pk: int) -> str:
     return "\\".join(sorted(found))
 
 
-def _level_values(record: InstanceRecord, level: Level) -> dict[str, Any]:
+def study_values(record: InstanceRecord) -> dict[str, Any]:
+    """The study row's values (its collection included)."""
+    return {**level_values(record, Level.STUDY), "collection": record.collection}
+
+
+def level_values(record: InstanceRecord, level: Level) -> dict[str, Any]:
     """The record's attributes of ``level`` as column values, cleaned for storage."""
     out: dict[str, Any] = {}
     for keyword in LEVEL_KEYS[level]:
@@ -242,9 +265,9 @@ def _level_values(record: InstanceRecord, level: Level) -> dict[str, Any]:
         if attr.vr in COMPUTED_VRS or keyword in _RECORD_FIELDS:
             continue
         value = _stored_value(attr.vr, record.attributes.get(keyword))
-        out[attr.column.key] = value
+        out[str(attr.column.key)] = value
         if attr.norm is not None:
-            out[attr.norm.key] = None if value is None else normalise_pn(value)
+            out[str(attr.norm.key)] = None if value is None else normalise_pn(str(value))
     return out
 
 

@@ -7,6 +7,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.pool import QueuePool
 
 from node.index import IndexQuery, Level, SqlIndex
 
@@ -27,6 +28,7 @@ def test_find_over_5000_rows_is_lazy(index: SqlIndex) -> None:
     sa.event.listen(index.engine, "after_cursor_execute", seen)
     try:
         pool = index.engine.pool
+        assert isinstance(pool, QueuePool)
         query = IndexQuery(level=Level.IMAGE, requested=("InstanceNumber",))
         answers = index.find(query)
         assert isinstance(answers, Iterator)

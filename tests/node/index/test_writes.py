@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 
 import pytest
 
@@ -256,11 +257,7 @@ def test_instances_for_retrieve(index: SqlIndex) -> None:
     assert index.get_instance("nope") is None
     rec = index.get_record("1.1")
     assert rec is not None
-    assert rec == record("1.1", series="9.1", InstanceNumber="2").__class__(
-        **{**_fields(record("1.1", series="9.1", InstanceNumber="2")), "attributes": rec.attributes}
+    assert rec == replace(
+        record("1.1", series="9.1", InstanceNumber="2"), attributes=rec.attributes
     )
     assert rec.attributes["InstanceNumber"] == 2
-
-
-def _fields(rec: object) -> dict[str, object]:
-    return {name: getattr(rec, name) for name in rec.__slots__}  # type: ignore[attr-defined]
