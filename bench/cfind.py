@@ -25,12 +25,13 @@ import sys
 import time
 from contextlib import ExitStack
 from dataclasses import dataclass, field
-from datetime import date, timedelta
+from datetime import timedelta
 from fnmatch import fnmatchcase
 from pathlib import Path
 
 from corpus import DAY_SPAN, FIRST_DAY, OUT_DIR, SURNAMES, DataSet, StudyRow, query_corpus
-from peers import SERVERS, PeerError, Server
+from machine import describe, fsync_ms
+from peers import SERVERS, PeerError, RssSampler, Server
 from pydicom.dataset import Dataset
 from pynetdicom import AE
 from pynetdicom.association import Association
@@ -75,6 +76,7 @@ class ServerResult:
     loaded: int = 0
     load_failed: int = 0
     rss_kib_after_load: int = 0
+    rss_kib_during_load: tuple[int, int, int, int] = (0, 0, 0, 0)  # start, mid, end, peak
     latencies_ms: dict[str, list[float]] = field(default_factory=dict)
     wrong_counts: dict[str, int] = field(default_factory=dict)
     failures: list[str] = field(default_factory=list)
@@ -129,24 +131,32 @@ def run_query(assoc: Association, query: Query) -> tuple[float, int, str | None]
     return (time.perf_counter() - started) * 1000, matches, error
 
 
-def _load(server: Server, corpus: DataSet, result: ServerResult, marker: Path) -> None:
-    run = send_parallel(server, corpus.parts)
+def _load(
+    server: Server, corpus: DataSet, parallel: int, result: ServerResult, marker: Path
+) -> None:
+    studies = sorted(d for part in corpus.parts for d in part.iterdir())
+    groups = [studies[i::parallel] for i in range(parallel)]
+    with RssSampler(server.pid, interval_s=0.5) as rss:
+        run = send_parallel(server, groups)
     server.check_alive()
+    result.rss_kib_during_load = (rss.samples[0][1], rss.at_fraction(0.5), rss.samples[-1][1],
+                                  rss.peak())
     result.load_s, result.loaded, result.load_failed = run.association_s, run.succeeded, (
         corpus.instances - run.succeeded)
     result.failures.extend(run.errors[:5])
     marker.write_text(json.dumps({"load_s": result.load_s, "loaded": result.loaded,
-                                  "load_failed": result.load_failed}))  # fmt: skip
+                                  "load_failed": result.load_failed,
+                                  "rss_kib_during_load": result.rss_kib_during_load}))
 
 
 def start_loaded(
-    stack: ExitStack, name: str, corpus: DataSet, reuse: bool, console: Console
+    stack: ExitStack, name: str, corpus: DataSet, args: argparse.Namespace, console: Console
 ) -> tuple[Server, ServerResult]:
     """Start ``name`` on its data under bench/out, loading the corpus unless reused."""
     workdir = OUT_DIR / f"cfind-{corpus.instances}" / name
     marker = workdir / "loaded.json"
     result = ServerResult(name)
-    if not (reuse and marker.exists()):
+    if not (args.reuse and marker.exists()):
         shutil.rmtree(workdir, ignore_errors=True)
     workdir.mkdir(parents=True, exist_ok=True)
     server = stack.enter_context(SERVERS[name](workdir))
@@ -154,14 +164,17 @@ def start_loaded(
         data = json.loads(marker.read_text())
         result.load_s, result.loaded, result.load_failed = (
             data["load_s"], data["loaded"], data["load_failed"])
+        result.rss_kib_during_load = tuple(data["rss_kib_during_load"])
         console.print(f"{name}: reusing the load of {result.loaded} instances")
     else:
         console.print(f"{name}: loading {corpus.instances} instances "
-                      f"with {len(corpus.parts)} parallel storescu ...")
-        _load(server, corpus, result, marker)
+                      f"with {args.parallel} parallel storescu ...")
+        _load(server, corpus, args.parallel, result, marker)
         assert result.load_s is not None
+        start, mid, end, peak = (k // 1024 for k in result.rss_kib_during_load)
         console.print(f"{name}: loaded {result.loaded} in {result.load_s:.1f} s "
-                      f"({result.loaded / result.load_s:.0f} inst/s), failed {result.load_failed}")
+                      f"({result.loaded / result.load_s:.0f} inst/s), failed {result.load_failed}"
+                      f"; RSS MiB {start}→{mid}→{end} (peak {peak})")
     result.rss_kib_after_load = server.rss_kib()
     return server, result
 
@@ -195,11 +208,13 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
-def table(results: list[ServerResult], queries: list[Query], instances: int) -> Table:
+def table(
+    results: list[ServerResult], queries: list[Query], instances: int, caption: str
+) -> Table:
     """p50/p95 per query kind per server, expected match counts, load figures."""
-    out = Table(title=f"STUDY-level C-FIND, {instances} instances indexed (ms)")
+    out = Table(title=f"STUDY-level C-FIND, {instances} instances indexed (ms)", caption=caption)
     for col in ("server", "query", "n", "mean matches", "p50", "p95", "max", "wrong counts",
-                "load s", "load inst/s", "RSS MiB"):
+                "load s", "load inst/s", "load RSS MiB start→mid→end"):
         out.add_column(col, justify="left" if col in ("server", "query") else "right")
     for r in results:
         for kind in KINDS:
@@ -214,7 +229,8 @@ def table(results: list[ServerResult], queries: list[Query], instances: int) -> 
                 str(r.wrong_counts.get(kind, 0)),
                 f"{r.load_s:.0f}" if load and r.load_s else "",
                 f"{r.loaded / r.load_s:.0f}" if load and r.load_s else "",
-                f"{r.rss_kib_after_load / 1024:.0f}" if kind == KINDS[0] else "",
+                "→".join(f"{k / 1024:.0f}" for k in r.rss_kib_during_load[:3])
+                if kind == KINDS[0] else "",
             )  # fmt: skip
     return out
 
@@ -232,14 +248,16 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     console = Console(stderr=True)
     started = time.perf_counter()
-    corpus = query_corpus(args.instances, args.per_study, args.parallel)
+    corpus = query_corpus(args.instances, args.per_study)
     console.print(f"corpus: {corpus.instances} instances, {len(corpus.studies)} studies, "
                   f"{corpus.total_bytes / 1e6:.0f} MB ({time.perf_counter() - started:.0f} s)")
     queries = build_queries(corpus.studies, args.queries)
+    machine = describe()
+    fsync = fsync_ms(str(OUT_DIR))
     results: list[ServerResult] = []
     try:
         with ExitStack() as stack:
-            servers = [start_loaded(stack, name, corpus, args.reuse, console)
+            servers = [start_loaded(stack, name, corpus, args, console)
                        for name in args.servers.split(",") if name]  # fmt: skip
             results = [r for _, r in servers]
             measure(servers, queries)
@@ -252,9 +270,13 @@ def main(argv: list[str] | None = None) -> int:
         if not args.reuse:
             shutil.rmtree(OUT_DIR / f"cfind-{corpus.instances}", ignore_errors=True)
     if args.json:
-        print(json.dumps([{**r.__dict__, "date": date.today().isoformat()} for r in results]))
+        print(json.dumps({"machine": machine, "fsync_ms_p50_p90": fsync,
+                          "servers": [r.__dict__ for r in results]}))
     else:
-        Console(width=150).print(table(results, queries, corpus.instances))
+        caption = (f"{machine['date']}, {machine['nproc']} x {machine['cpu']}, load "
+                   f"{machine['loadavg']}; {len(corpus.studies)} studies; 12 KB write+fsync+dir "
+                   f"fsync p50/p90 {fsync[0]:.1f}/{fsync[1]:.1f} ms")
+        Console(width=150).print(table(results, queries, corpus.instances, caption))
         for r in results:
             for failure in r.failures[:10]:
                 console.print(f"[yellow]{r.name}: {failure}[/yellow]")

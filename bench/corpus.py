@@ -197,10 +197,10 @@ def _studies(count: int, per_study: int, seed: int) -> Iterator[StudyRow]:
 
 
 def query_corpus(instances: int, per_study: int = 50, parts: int = 4) -> DataSet:
-    """About ``instances`` tiny (16x16) images in studies of ``per_study``, split in ``parts``.
+    """About ``instances`` tiny (16x16) images in studies of ``per_study``.
 
-    The parts are disjoint sets of whole studies, so several ``storescu`` processes can load
-    them in parallel.
+    One directory per study (spread over ``parts`` directories to keep listings short), so
+    several ``storescu`` processes can each be given a disjoint set of whole studies.
     """
     n_studies = max(1, instances // per_study)
     root = OUT_DIR / f"corpus-{n_studies}x{per_study}"

@@ -91,11 +91,11 @@ def send(server: Server, directories: list[Path], timeout_s: float = 600.0) -> S
 
 
 def send_parallel(
-    server: Server, parts: list[Path], timeout_s: float = 3600.0
+    server: Server, groups: list[list[Path]], timeout_s: float = 3600.0
 ) -> StoreRun:
-    """One ``storescu`` per part, all at once; the time is first start to last exit."""
+    """One ``storescu`` per group of directories, all at once; timed first start to last exit."""
     started = time.perf_counter()
-    runs = [run.wait() for run in [StorescuProcess(server, [p], timeout_s) for p in parts]]
+    runs = [run.wait() for run in [StorescuProcess(server, g, timeout_s) for g in groups]]
     wall = time.perf_counter() - started
     return StoreRun(
         succeeded=sum(r.succeeded for r in runs),
