@@ -29,6 +29,7 @@ from catalog.security.tls import (
     channel_credentials,
     peer_identity,
     server_credentials,
+    with_token,
 )
 from catalog.security.tokens import IssuedToken, TokenInfo, TokenStore, load_pepper
 
@@ -68,4 +69,5 @@ __all__ = [
     "load_pepper",
     "peer_identity",
     "server_credentials",
+    "with_token",
 ]

@@ -104,6 +104,16 @@ def channel_credentials(
     )
 
 
+def with_token(credentials: grpc.ChannelCredentials, token: str) -> grpc.ChannelCredentials:
+    """Channel credentials that also send ``authorization: Bearer <token>`` on every call.
+
+    gRPC attaches call credentials only over TLS, so a token never travels in plaintext.
+    """
+    return grpc.composite_channel_credentials(
+        credentials, grpc.access_token_call_credentials(token)
+    )
+
+
 def peer_identity(context: AuthContextSource) -> PeerIdentity | None:
     """The verified client certificate of the current call, or None (plaintext, or no cert).
 

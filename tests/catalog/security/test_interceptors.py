@@ -38,6 +38,7 @@ from tests.catalog.security.conftest import (
 
 POLICY = AccessPolicy(rules={PUBLISH: Requirement.HOST, PULL: Requirement.TOKEN_OR_HOST})
 HEALTH_CHECK = "/grpc.health.v1.Health/Check"
+Secured = tuple[RunningServer, TokenStore, AuditLog]
 
 
 @pytest.fixture
@@ -271,3 +272,17 @@ def test_summaries_keep_scalars_and_count_collections() -> None:
     assert summary["dependency"] == {"count": 2}
     assert summary["options"] == {"java_package": "org.example", "optimize_for": "SPEED"}
     assert summarize_request(b"\x00" * 10) == {"type": "bytes"}
+
+
+def test_channel_credentials_with_a_token_send_the_bearer_header(
+    secured: Secured, grid: Grid
+) -> None:
+    from catalog.security.tls import channel_credentials, with_token
+
+    server, tokens, _audit = secured
+    token = tokens.create("dora", {"lung": "reader"}, None).plaintext
+    creds = with_token(
+        channel_credentials(grid.researcher.cert, grid.researcher.key, grid.ca), token
+    )
+    with grpc.secure_channel(server.address, creds) as channel:
+        assert call(channel, QUERY) == b"dora|x"
