@@ -17,7 +17,9 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from rich import box
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -74,12 +76,13 @@ def _report_table(summary: dict[str, Any], findings: list[ScrubFinding]) -> None
     if not findings:
         console.print("[green]all blobs verified[/]")
         return
-    table = Table(title="Problems")
-    table.add_column("key", no_wrap=True)
-    table.add_column("kind", no_wrap=True)
-    table.add_column("problem", overflow="fold")
+    # Two columns, the key on its own line: a 64-digit key must stay whole (people copy
+    # it) and still fit an 80-column terminal.
+    table = Table(title="Problems", box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True)
+    table.add_column("kind", no_wrap=True, style="bold red")
+    table.add_column("blob / problem", overflow="fold")
     for finding in findings:
-        table.add_row(finding.key, finding.kind, finding.problem)
+        table.add_row(finding.kind, f"{finding.key}\n[dim]{escape(finding.problem)}[/]")
     console.print(table)
 
 

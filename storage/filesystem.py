@@ -123,19 +123,25 @@ class FilesystemBlobStore:
             version, encryption = found["version"], found["encryption"]
         except (ValueError, KeyError, TypeError) as exc:
             raise StorageError(f"{marker} is not a valid store marker: {exc}") from exc
+        if not isinstance(encryption, dict | None):
+            raise StorageError(f"{marker}: 'encryption' must be an object or null")
         if not ok or version != FORMAT_VERSION:
             raise StorageError(f"{marker}: unsupported store format or version {version!r}")
-        if encryption is not None and self._cipher is None:
+        self._check_encryption(None if encryption is None else encryption.get("key_id"))
+
+    def _check_encryption(self, store_key_id: object) -> None:
+        """*store_key_id* is None for a plaintext store."""
+        if store_key_id is not None and self._cipher is None:
             raise EncryptionError(
-                f"blob store {self.root} is encrypted (key id {encryption.get('key_id')}); "
+                f"blob store {self.root} is encrypted (key id {store_key_id}); "
                 "a key file is required"
             )
-        if encryption is None and self._cipher is not None:
+        if store_key_id is None and self._cipher is not None:
             raise EncryptionError(f"blob store {self.root} is not encrypted, but a key was given")
-        if self._cipher is not None and encryption.get("key_id") != self._cipher.key_id:
+        if self._cipher is not None and store_key_id != self._cipher.key_id:
             raise EncryptionError(
                 f"wrong key for blob store {self.root}: key id {self._cipher.key_id}, "
-                f"the store was created with key id {encryption.get('key_id')}"
+                f"the store was created with key id {store_key_id}"
             )
 
     # -- the BlobStore protocol ----------------------------------------------------------
