@@ -196,18 +196,31 @@ def write_part10(ds: Dataset) -> bytes:
             buffer = io.BytesIO()
             dcmwrite(buffer, ds, enforce_file_format=True)
             return buffer.getvalue()
-        fp = DicomBytesIO()
-        fp.write(b"\x00" * 128 + b"DICM")
-        fp.write(_file_meta_bytes(ds.file_meta))
-        fp.is_little_endian = True
-        fp.is_implicit_VR = syntax.is_implicit_VR
+        out = _Output(syntax.is_implicit_VR)
+        out.parts += [b"\x00" * 128 + b"DICM", _file_meta_bytes(ds.file_meta)]
         charset = peek(ds, 0x00080005)
-        _write_items(fp, ds, convert_encodings(charset or "ISO_IR 6"))
-        return fp.getvalue()
+        _write_items(out, ds, convert_encodings(charset or "ISO_IR 6"))
+        return b"".join(out.parts)  # the one copy of the (pixel) bytes
     except AnonymizationError:
         raise
     except Exception as exc:  # pydicom raises many types for unencodable values
         raise AnonymizationError(f"cannot encode the de-identified instance: {exc}") from exc
+
+
+class _Output:
+    """Output as a list of byte strings; raw values are appended without copying."""
+
+    def __init__(self, implicit: bool) -> None:
+        self.implicit = implicit
+        self.parts: list[bytes] = []
+
+    def element(self, elem: DataElement, encodings: list[str]) -> None:
+        """Encode an element the engine created, with pydicom's element writer."""
+        scratch = DicomBytesIO()
+        scratch.is_little_endian = True
+        scratch.is_implicit_VR = self.implicit
+        write_data_element(scratch, elem, encodings)
+        self.parts.append(scratch.getvalue())
 
 
 def _file_meta_bytes(meta: Dataset) -> bytes:
@@ -234,8 +247,8 @@ def _short(tag: int, vr: bytes, value: bytes) -> bytes:
     return struct.pack("<HH2sH", tag >> 16, tag & 0xFFFF, vr, len(value)) + value
 
 
-def _write_items(fp: DicomBytesIO, ds: Dataset, encodings: list[str]) -> None:
-    implicit = fp.is_implicit_VR
+def _write_items(out: _Output, ds: Dataset, encodings: list[str]) -> None:
+    implicit = out.implicit
     for tag, elem in sorted(ds.items(), key=_tag_number):
         if isinstance(elem, RawDataElement):
             if (
@@ -244,46 +257,46 @@ def _write_items(fp: DicomBytesIO, ds: Dataset, encodings: list[str]) -> None:
                 and (implicit or elem.VR)
                 and (elem.VR != "SQ" or elem.length != 0xFFFFFFFF)
             ):
-                _write_raw(fp, elem, implicit)
+                _write_raw(out, elem)
                 continue
             elem = ds[tag]  # another encoding: let pydicom decode it
         if elem.VR == "SQ":
-            _write_sequence(fp, elem, encodings)
+            _write_sequence(out, elem, encodings)
         else:
-            write_data_element(fp, elem, encodings)
+            out.element(elem, encodings)
 
 
 def _tag_number(item: tuple[BaseTag, Any]) -> int:
     return int(item[0])  # plain ints compare without BaseTag.__eq__/__lt__
 
 
-def _write_raw(fp: DicomBytesIO, elem: RawDataElement, implicit: bool) -> None:
+def _write_raw(out: _Output, elem: RawDataElement) -> None:
     value = elem.value or b""
     undefined = elem.length == 0xFFFFFFFF
     length = 0xFFFFFFFF if undefined else len(value)
     group, element = elem.tag >> 16, elem.tag & 0xFFFF
     vr = elem.VR or ""
-    if implicit:
-        fp.write(struct.pack("<HHI", group, element, length))
+    if out.implicit:
+        out.parts.append(struct.pack("<HHI", group, element, length))
     elif vr in _LONG_VRS:
-        fp.write(struct.pack("<HH2sHI", group, element, vr.encode(), 0, length))
+        out.parts.append(struct.pack("<HH2sHI", group, element, vr.encode(), 0, length))
     else:
-        fp.write(struct.pack("<HH2sH", group, element, vr.encode(), length))
-    fp.write(value)
+        out.parts.append(struct.pack("<HH2sH", group, element, vr.encode(), length))
+    out.parts.append(value)
     if undefined:
-        fp.write(_SEQUENCE_END)
+        out.parts.append(_SEQUENCE_END)
 
 
-def _write_sequence(fp: DicomBytesIO, elem: DataElement, encodings: list[str]) -> None:
+def _write_sequence(out: _Output, elem: DataElement, encodings: list[str]) -> None:
     group, element = elem.tag >> 16, elem.tag & 0xFFFF
-    if fp.is_implicit_VR:
-        fp.write(struct.pack("<HHI", group, element, 0xFFFFFFFF))
+    if out.implicit:
+        out.parts.append(struct.pack("<HHI", group, element, 0xFFFFFFFF))
     else:
-        fp.write(struct.pack("<HH2sHI", group, element, b"SQ", 0, 0xFFFFFFFF))
+        out.parts.append(struct.pack("<HH2sHI", group, element, b"SQ", 0, 0xFFFFFFFF))
     for item in elem.value or ():
         charset = peek(item, 0x00080005)
         item_encodings = convert_encodings(charset) if charset else encodings
-        fp.write(_ITEM)
-        _write_items(fp, item, item_encodings)
-        fp.write(_ITEM_END)
-    fp.write(_SEQUENCE_END)
+        out.parts.append(_ITEM)
+        _write_items(out, item, item_encodings)
+        out.parts.append(_ITEM_END)
+    out.parts.append(_SEQUENCE_END)
