@@ -79,9 +79,10 @@ def dimse_statuses(output: str) -> list[int]:
     return [int(m, 16) for m in _STATUS_RE.findall(output)]
 
 
-def node_status(data_dir: Path) -> dict[str, Any]:
-    """``python -m gridpacs node status --data-dir D --json``, parsed."""
-    result = gridpacs_cli("node", "status", "--data-dir", str(data_dir), "--json")
+def node_status(data_dir: Path, db_url: str | None = None) -> dict[str, Any]:
+    """``python -m gridpacs node status --data-dir D [--db-url U] --json``, parsed."""
+    extra = ["--db-url", db_url] if db_url else []
+    result = gridpacs_cli("node", "status", "--data-dir", str(data_dir), *extra, "--json")
     assert result.returncode == 0, describe(result)
     try:
         parsed = json.loads(result.stdout)

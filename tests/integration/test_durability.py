@@ -228,3 +228,39 @@ def test_parallel_associations_all_stored(node_factory: NodeFactory) -> None:
     assert all(s == [0x0000] * 25 for s in statuses), statuses
     counts = status_counts(node_status(node.data_dir))
     assert counts == {"patients": 4, "studies": 4, "series": 4, "instances": 100}, counts
+
+
+@pytest.mark.parametrize(
+    "index", ["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)]
+)
+def test_same_instances_from_parallel_associations_stored_once(
+    node_factory: NodeFactory, request: pytest.FixtureRequest, index: str
+) -> None:
+    """Four modalities resend the same 20 instances at once: all succeed, each stored once."""
+    db_url = request.getfixturevalue("pg_url") if index == "postgresql" else None
+    node = node_factory(args=["--db-url", db_url] if db_url else [])
+    spec = StudySpec(patient_id="ITDRACE01")
+    datasets = [make_dataset(spec, instance_number=i, rows=8, columns=8) for i in range(1, 21)]
+    statuses: list[list[int]] = [[] for _ in range(4)]
+    errors: list[BaseException] = []
+    barrier = threading.Barrier(4)
+
+    def send(n: int) -> None:
+        try:
+            with association(node, calling_ae=f"RACE{n}") as assoc:
+                barrier.wait(30)
+                statuses[n].extend(store(assoc, ds) for ds in datasets)
+        except BaseException as exc:  # reported by the main thread
+            errors.append(exc)
+
+    threads = [threading.Thread(target=send, args=(n,)) for n in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(120)
+    assert not errors, errors
+    assert all(s == [0x0000] * len(datasets) for s in statuses), statuses
+    uids = _series_uids(node, spec.study_uid, spec.series_uid)
+    assert sorted(uids) == sorted(str(ds.SOPInstanceUID) for ds in datasets)
+    counts = status_counts(node_status(node.data_dir, db_url))
+    assert counts == {"patients": 1, "studies": 1, "series": 1, "instances": 20}, counts
