@@ -458,10 +458,12 @@ def main() -> None:
     parser.add_argument("--lag-rate", type=float, default=1000, help="instances/s published")
     opts = parser.parse_args()
     workdir = Path(tempfile.mkdtemp(prefix="gridpacs-bench-"))
-    rows: list[list[str]] = []
+    rows = [["backend", "measure", "value", "p50 ms", "p95 ms", "max ms", "mean matches"]]
     try:
         for backend in opts.backends.split(","):
-            rows += run_backend(backend, opts, workdir)
+            for row in run_backend(backend, opts, workdir):
+                print("  | " + " | ".join(c for c in row if c), flush=True)
+                rows.append(row)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     print()
@@ -470,15 +472,13 @@ def main() -> None:
         print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)))
 
 
-def run_backend(backend: str, opts: argparse.Namespace, workdir: Path) -> list[list[str]]:
-    header = ["backend", "measure", "value", "p50 ms", "p95 ms", "max ms", "mean matches"]
-    rows = [header] if backend == opts.backends.split(",")[0] else []
+def run_backend(backend: str, opts: argparse.Namespace, workdir: Path) -> Iterator[list[str]]:
     corpus = Corpus()
     db = Database(backend, workdir)
     try:
         print(f"[{backend}] bulk load up to {opts.instances:,} instances", flush=True)
         loaded, elapsed = bulk_load(db.url, opts.instances, opts.load_seconds, corpus)
-        rows.append(
+        yield (
             [
                 backend,
                 "bulk load (apply path)",
@@ -496,7 +496,7 @@ def run_backend(backend: str, opts: argparse.Namespace, workdir: Path) -> list[l
             for kind, (times, counts) in measure_queries(
                 replica.address, corpus, opts.queries
             ).items():
-                rows.append(
+                yield (
                     [
                         backend,
                         f"study query: {kind}",
@@ -511,9 +511,8 @@ def run_backend(backend: str, opts: argparse.Namespace, workdir: Path) -> list[l
             replica.stop()
     finally:
         db.drop()
-    rows.append(publish_row(backend, opts, workdir))
-    rows.append(lag_row(backend, opts, workdir))
-    return rows
+    yield publish_row(backend, opts, workdir)
+    yield lag_row(backend, opts, workdir)
 
 
 def publish_row(backend: str, opts: argparse.Namespace, workdir: Path) -> list[str]:
