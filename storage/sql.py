@@ -63,7 +63,8 @@ def engine_from_url(
     url
         ``sqlite:///path/to/file.sqlite`` or ``postgresql+psycopg2://user@host/db``.
     pool_size, max_overflow
-        PostgreSQL connection pool bounds (ignored for SQLite).
+        Connection pool bounds. A streaming C-FIND holds a connection while the peer
+        reads its answers, so size them for the concurrent associations expected.
     check
         Connect once now, so that a wrong URL or a database that is down is reported
         at start-up (as :class:`DatabaseUnavailable`) rather than on the first request.
@@ -81,7 +82,7 @@ def engine_from_url(
         raise InvalidDatabaseUrl(f"cannot parse database URL {url!r}: {exc}") from exc
     backend = parsed.get_backend_name()
     if backend == "sqlite":
-        engine = _sqlite_engine(parsed)
+        engine = _sqlite_engine(parsed, pool_size, max_overflow)
     elif backend == "postgresql":
         engine = sa.create_engine(
             parsed,
@@ -127,14 +128,19 @@ def safe_url(url: str | sa.URL) -> str:
     return parsed.render_as_string(hide_password=True)
 
 
-def describe_unavailable(engine: Engine, exc: sa.exc.OperationalError) -> str:
+def describe_unavailable(engine: Engine, exc: sa.exc.DBAPIError) -> str:
     """One line that says which database failed and why, without its password."""
     reason = str(exc.orig).strip().splitlines()[0] if exc.orig is not None else str(exc)
     return f"database {safe_url(engine.url)} is unavailable: {reason}"
 
 
-def _sqlite_engine(parsed: sa.URL) -> Engine:
-    engine = sa.create_engine(parsed, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000})
+def _sqlite_engine(parsed: sa.URL, pool_size: int, max_overflow: int) -> Engine:
+    pool: dict[str, Any] = {}
+    if parsed.database not in (None, "", ":memory:"):  # file databases get a QueuePool
+        pool = {"pool_size": pool_size, "max_overflow": max_overflow}
+    engine = sa.create_engine(
+        parsed, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000}, **pool
+    )
 
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_conn: DBAPIConnection, _record: ConnectionPoolEntry) -> None:

@@ -27,7 +27,7 @@ from storage.sql import (
 
 from . import bulk, writes
 from . import changes as outbox
-from .errors import IndexUnavailable
+from .errors import IndexFailure, IndexUnavailable
 from .migrate import upgrade
 from .models import ATTRIBUTES, Instance, Patient, Series, Study, table_of
 from .queries import count_statement, find_plan, instances_statement
@@ -56,7 +56,9 @@ class SqlIndex:
         self._engine = engine
 
     @classmethod
-    def open(cls, url: str, *, migrate: bool = True, pool_size: int = 5) -> SqlIndex:
+    def open(
+        cls, url: str, *, migrate: bool = True, pool_size: int = 5, max_overflow: int = 10
+    ) -> SqlIndex:
         """Connect to ``url`` and bring its schema to the newest revision.
 
         Raises
@@ -65,7 +67,7 @@ class SqlIndex:
             The URL is invalid, the database cannot be reached, or migrating failed.
         """
         try:
-            engine = engine_from_url(url, pool_size=pool_size)
+            engine = engine_from_url(url, pool_size=pool_size, max_overflow=max_overflow)
         except (DatabaseUnavailable, InvalidDatabaseUrl) as exc:
             raise IndexUnavailable(str(exc)) from exc
         index = cls(engine)
@@ -170,12 +172,9 @@ class SqlIndex:
 
         def rows() -> Iterator[dict[str, object]]:
             for row in self._stream(plan.statement):
-                values = dict(zip(plan.selected, row, strict=True))
-                answer: dict[str, object] = {}
-                for key in plan.keys:
-                    answer[key] = None
-                for key, convert in zip(plan.selected, converters, strict=True):
-                    answer[key] = convert(values[key])
+                answer: dict[str, object] = dict.fromkeys(plan.keys)
+                for key, convert, value in zip(plan.selected, converters, row, strict=True):
+                    answer[key] = convert(value)
                 yield answer
 
         return rows()
@@ -259,14 +258,21 @@ class SqlIndex:
 
     @contextmanager
     def _guard(self) -> Iterator[None]:
+        """Turn database failures into the index's own errors (logged once, here)."""
         try:
             yield
-        except sa.exc.OperationalError as exc:
+        except (sa.exc.OperationalError, sa.exc.InterfaceError) as exc:
             message = describe_unavailable(self._engine, exc)
             log.error("event=index_unavailable error=%r", message)
             raise IndexUnavailable(message) from exc
-        except sa.exc.InterfaceError as exc:
-            raise IndexUnavailable(describe_unavailable(self._engine, exc)) from exc  # type: ignore[arg-type]
+        except sa.exc.TimeoutError as exc:  # every pooled connection is busy
+            message = f"no free database connection: {exc}"
+            log.error("event=index_unavailable error=%r", message)
+            raise IndexUnavailable(message) from exc
+        except sa.exc.DBAPIError as exc:
+            reason = str(exc.orig).strip().splitlines()[0] if exc.orig else str(exc)
+            log.error("event=index_failure error=%r", reason)
+            raise IndexFailure(f"index database refused the operation: {reason}") from exc
 
 
 def open_index(url: str, *, migrate: bool = True) -> SqlIndex:
