@@ -41,14 +41,17 @@ def _make_node(
     ae_title: str | None = NODE_AE,
     args: Sequence[str] = (),
     start: bool = True,
+    port: int | None = None,
+    config_file: Path | None = None,
 ) -> Node:
     node = Node(
         name=name,
         log_path=directory / f"{name}.log",
         data_dir=data_dir or directory / f"{name}-data",
-        port=free_port(),
+        port=port or free_port(),
         ae_title=ae_title,
         extra_args=list(args),
+        config_file=config_file,
     )
     if start:
         node.start()

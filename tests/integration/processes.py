@@ -187,12 +187,18 @@ class Node(LoggedProcess):
     port: int = 0
     ae_title: str | None = NODE_AE
     extra_args: list[str] = field(default_factory=list)
+    # With a config file the node gets only ``--config`` (plus extra_args); data_dir, port
+    # and ae_title must then say what the file says.
+    config_file: Path | None = None
 
     @property
     def called_ae(self) -> str:
         return self.ae_title or NODE_AE
 
     def argv(self) -> list[str]:
+        if self.config_file is not None:
+            serve = [sys.executable, "-m", "gridpacs", "node", "serve"]
+            return [*serve, "--config", str(self.config_file), *self.extra_args]
         argv = [
             sys.executable,
             "-m",

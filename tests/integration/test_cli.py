@@ -12,7 +12,15 @@ from pynetdicom.sop_class import Verification
 
 from tests.integration.archive import load, node_status, status_counts
 from tests.integration.corpus import build_corpus
-from tests.integration.processes import HOST, NODE_AE, NodeFactory, describe, gridpacs_cli
+from tests.integration.processes import (
+    HOST,
+    NODE_AE,
+    NodeFactory,
+    describe,
+    free_port,
+    gridpacs_cli,
+    run_dcmtk,
+)
 from tests.integration.scu import association
 
 pytestmark = pytest.mark.timeout(120)
@@ -77,3 +85,41 @@ def test_structured_log_line_per_store(node_factory: NodeFactory, tmp_path: Path
     mine = [line for line in lines if f"sop_instance_uid={ds.SOPInstanceUID}" in line]
     assert len(mine) == 1, lines
     assert "calling_ae=LOGCHECK" in mine[0] and "status=0x0000" in mine[0], mine[0]
+
+
+def test_serve_and_status_from_a_config_file(node_factory: NodeFactory, tmp_path: Path) -> None:
+    """An admin's TOML (keys as ``node print-default-config`` shows them) drives serve/status."""
+    port = free_port()
+    data_dir = tmp_path / "site-data"
+    config = tmp_path / "node.toml"
+    config.write_text(
+        f'name = "site-a"\n'
+        f'data_dir = "{data_dir}"\n'
+        f"[dicom]\n"
+        f'ae_title = "CFGPACS"\n'
+        f'host = "{HOST}"\n'
+        f"port = {port}\n"
+        f'allowed_calling_aes = ["CFGSCU"]\n'
+    )
+    checked = gridpacs_cli("node", "check-config", str(config))
+    assert checked.returncode == 0, describe(checked)
+
+    node = node_factory(config_file=config, port=port, data_dir=data_dir, ae_title="CFGPACS")
+    ds = build_corpus("ITK").in_series("C1")[0]
+    load(node, [ds], calling_ae="CFGSCU")
+    refused = run_dcmtk("echoscu", "-aet", "OTHERSCU", "-aec", "CFGPACS", HOST, str(port))
+    assert refused.returncode != 0, describe(refused)
+
+    result = gridpacs_cli("node", "status", "--config", str(config), "--json")
+    assert result.returncode == 0, describe(result)
+    counts = status_counts(json.loads(result.stdout))
+    assert counts == {"patients": 1, "studies": 1, "series": 1, "instances": 1}
+
+
+def test_check_config_lists_every_problem(tmp_path: Path) -> None:
+    config = tmp_path / "bad.toml"
+    config.write_text('[dicom]\nport = "eleven"\nae_title = "THIS-AE-TITLE-IS-FAR-TOO-LONG"\n')
+    result = gridpacs_cli("node", "check-config", str(config))
+    assert result.returncode == 2, describe(result)
+    output = result.stdout + result.stderr
+    assert "port" in output and "ae_title" in output, describe(result)
