@@ -38,8 +38,8 @@ from pynetdicom.association import Association
 from pynetdicom.sop_class import (  # type: ignore[attr-defined]  # generated at import
     StudyRootQueryRetrieveInformationModelFind,
 )
+from report import Report, show
 from rich.console import Console
-from rich.table import Table
 from storescu import send_parallel
 
 KINDS = ("PatientID", "StudyDate range", "PatientName wildcard")
@@ -210,12 +210,14 @@ def percentile(values: list[float], q: float) -> float:
 
 def table(
     results: list[ServerResult], queries: list[Query], instances: int, caption: str
-) -> Table:
+) -> Report:
     """p50/p95 per query kind per server, expected match counts, load figures."""
-    out = Table(title=f"STUDY-level C-FIND, {instances} instances indexed (ms)", caption=caption)
-    for col in ("server", "query", "n", "mean matches", "p50", "p95", "max", "wrong counts",
-                "load s", "load inst/s", "load RSS MiB start→mid→end"):
-        out.add_column(col, justify="left" if col in ("server", "query") else "right")
+    out = Report(
+        f"STUDY-level C-FIND, {instances} instances indexed (ms)",
+        ["server", "query", "n", "mean matches", "p50", "p95", "max", "wrong counts",
+         "load s", "load inst/s", "load RSS MiB start→mid→end"],
+        caption,
+    )  # fmt: skip
     for r in results:
         for kind in KINDS:
             lat = r.latencies_ms.get(kind, [])
@@ -245,6 +247,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--servers", default="gridpacs,orthanc", help="comma-separated")
     parser.add_argument("--reuse", action="store_true", help="keep/reuse loaded servers")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    parser.add_argument("--markdown", action="store_true", help="print the table as Markdown")
     args = parser.parse_args(argv)
     console = Console(stderr=True)
     started = time.perf_counter()
@@ -276,7 +279,7 @@ def main(argv: list[str] | None = None) -> int:
         caption = (f"{machine['date']}, {machine['nproc']} x {machine['cpu']}, load "
                    f"{machine['loadavg']}; {len(corpus.studies)} studies; 12 KB write+fsync+dir "
                    f"fsync p50/p90 {fsync[0]:.1f}/{fsync[1]:.1f} ms")
-        Console(width=150).print(table(results, queries, corpus.instances, caption))
+        show(table(results, queries, corpus.instances, caption), args.markdown)
         for r in results:
             for failure in r.failures[:10]:
                 console.print(f"[yellow]{r.name}: {failure}[/yellow]")

@@ -22,8 +22,8 @@ from pathlib import Path
 from corpus import DataSet, ingest_set
 from machine import describe, fsync_ms
 from peers import SERVERS, PeerError, RssSampler
+from report import Report, show
 from rich.console import Console
-from rich.table import Table
 from storescu import send
 
 C_STORE_MS = re.compile(r"event=c_store\b.*?\bms=([0-9.]+)")
@@ -90,19 +90,29 @@ def _mib(kib: int) -> str:
     return f"{kib / 1024:.0f}"
 
 
-def table(results: dict[tuple[str, str], list[Measurement]], caption: str) -> Table:
+def _store_ms(ms: list[Measurement]) -> str:
+    logged = [m.store_ms for m in ms if m.store_ms]
+    if not logged:
+        return "—"
+    p50 = statistics.median(v[0] for v in logged)
+    p99 = statistics.median(v[1] for v in logged)
+    return f"{p50:.1f}/{p99:.1f}/{max(v[2] for v in logged):.1f}"
+
+
+def table(results: dict[tuple[str, str], list[Measurement]], caption: str) -> Report:
     """Medians per (set, server) and the ratio to Orthanc."""
-    out = Table(title="Ingest: one storescu association, medians of the repeats",
-                caption=caption)
-    for col in ("set", "server", "n", "s", "inst/s", "MB/s", "x Orthanc",
-                "RSS MiB start→mid→end (peak)", "ms/C-STORE p50/p99/max", "failed"):
-        out.add_column(col, justify="left" if col in ("set", "server") else "right")
+    out = Report(
+        "Ingest: one storescu association, medians of the repeats",
+        ["set", "server", "n", "s", "inst/s", "MB/s", "x Orthanc",
+         "RSS MiB start→mid→end (peak), last round", "node ms/C-STORE p50/p99/max", "failed"],
+        caption,
+    )  # fmt: skip
     for (set_name, server), ms in results.items():
         orthanc = results.get((set_name, "orthanc"))
         ratio = f"{_median(ms, 'per_s') / _median(orthanc, 'per_s'):.2f}" if orthanc else "—"
         last = ms[-1]
         rss = "→".join(_mib(k) for k in last.rss_kib[:3]) + f" ({_mib(last.rss_kib[3])})"
-        store = "/".join(f"{v:.1f}" for v in last.store_ms) if last.store_ms else "—"
+        store = _store_ms(ms)
         out.add_row(
             set_name, server, str(last.instances), f"{_median(ms, 'seconds'):.2f}",
             f"{_median(ms, 'per_s'):.0f}", f"{_median(ms, 'mb_per_s'):.1f}", ratio, rss, store,
@@ -119,6 +129,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeat", type=int, default=3, help="measurements per server")
     parser.add_argument("--servers", default=",".join(SERVERS), help="comma-separated")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    parser.add_argument("--markdown", action="store_true", help="print the table as Markdown")
     parser.add_argument("--workdir", default=tempfile.gettempdir(),
                         help="where the servers store (e.g. /dev/shm: fsync becomes free)")
     args = parser.parse_args(argv)
@@ -162,7 +173,7 @@ def main(argv: list[str] | None = None) -> int:
                    "12 KB write+fsync+dir fsync p50/p90: "
                    f"{fsync_before[0]:.1f}/{fsync_before[1]:.1f} ms before, "
                    f"{fsync_after[0]:.1f}/{fsync_after[1]:.1f} ms after")
-        Console(width=150).print(table(results, caption))
+        show(table(results, caption), args.markdown)
     return 0
 
 
