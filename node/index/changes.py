@@ -112,6 +112,13 @@ def changes_since(conn: Connection, after_seq: int, limit: int) -> list[Change]:
     ]
 
 
+def prune_changes(conn: Connection, up_to_seq: int) -> int:
+    """Delete changes with ``seq <= up_to_seq`` (acknowledged by the catalog); how many."""
+    table = table_of(ChangeRow)
+    result = conn.execute(sa.delete(table).where(table.c.seq <= up_to_seq))
+    return int(result.rowcount)
+
+
 def last_change_seq(conn: Connection) -> int:
     """The sequence number of the newest change, 0 when there is none."""
     head = table_of(ChangeHead)

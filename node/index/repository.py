@@ -212,6 +212,15 @@ class SqlIndex:
         with self._guard(), self._engine.connect() as conn:
             return outbox.changes_since(conn, after_seq, limit)
 
+    def prune_changes(self, up_to_seq: int) -> int:
+        """Forget outbox changes up to ``up_to_seq`` once the catalog has them.
+
+        Sequence numbers are never reused: the next change still gets
+        ``last_change_seq() + 1``.
+        """
+        with self._guard(), self._write() as conn, conn.begin():
+            return outbox.prune_changes(conn, up_to_seq)
+
     def last_change_seq(self) -> int:
         """The newest outbox sequence number (0 for an empty outbox)."""
         with self._guard(), self._engine.connect() as conn:

@@ -181,6 +181,11 @@ def test_outbox_is_ordered_and_carries_the_record(index: SqlIndex) -> None:
     assert [c.seq for c in index.changes_since(2, 2)] == [3, 4]
     assert index.changes_since(6, 10) == []
     assert index.last_change_seq() == 6
+    assert index.prune_changes(4) == 4
+    assert [c.seq for c in index.changes_since(0, 100)] == [5, 6]
+    index.add_instance(record("1.9"))
+    assert index.last_change_seq() == 7  # never reused after pruning
+    assert [c.seq for c in index.changes_since(0, 100)] == [5, 6, 7]
 
 
 def test_concurrent_duplicates_store_once(index: SqlIndex) -> None:
