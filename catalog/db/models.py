@@ -73,7 +73,18 @@ class StudyRow(Base):
         Index("ix_catalog_studies_patient_id", "patient_id"),
         Index("ix_catalog_studies_study_date", "study_date"),
         Index("ix_catalog_studies_accession", "accession_number"),
-        Index("ix_catalog_studies_name_key", "patient_name_key"),
+        # prefix wildcards: varchar_pattern_ops on PostgreSQL, COLLATE NOCASE on SQLite
+        # (migration 0002 writes the SQLite form, which SQLAlchemy cannot express portably)
+        Index(
+            "ix_catalog_studies_name_key",
+            "patient_name_key",
+            postgresql_ops={"patient_name_key": "varchar_pattern_ops"},
+        ),
+        Index(
+            "ix_catalog_studies_description_key",
+            "study_description_key",
+            postgresql_ops={"study_description_key": "varchar_pattern_ops"},
+        ),
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)

@@ -192,6 +192,11 @@ class Repository:
     def _streamed(self, produce: Callable[[Connection], Iterator[T]]) -> Iterator[T]:
         """Run a streaming read in its own connection, closed when the consumer stops."""
         with _translated(), self._engine.connect() as conn:
+            if not self._sqlite:
+                # streamed reads use a server-side cursor, which PostgreSQL plans for the
+                # first 10% of rows by default (walking the ORDER BY index and filtering);
+                # plan for the whole answer instead
+                conn.exec_driver_sql("SET LOCAL cursor_tuple_fraction = 1.0")
             yield from produce(conn)
 
     def dispose(self) -> None:
