@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple
+from typing import Any
 
 from pydicom.datadict import tag_for_keyword
 from pydicom.dataelem import DataElement, RawDataElement
@@ -33,7 +33,7 @@ from anonymizer.elements import (
 from anonymizer.errors import BurnedInAnnotation
 from anonymizer.interfaces import PseudonymStore
 from anonymizer.marking import marking_elements
-from anonymizer.part10 import decode, peek, raw_ascii, read_part10, write_part10
+from anonymizer.part10 import decode, encode_part10, peek, raw_ascii, read_part10
 from anonymizer.profiles import Profile
 from anonymizer.pseudonyms import Pseudonymizer
 
@@ -73,13 +73,19 @@ RECORDED = {0x0020000D: "StudyInstanceUID", 0x0020000E: "SeriesInstanceUID"}
 Handler = Callable[[Any, str, Dataset, "_Instance", Rule, bool], Any]
 
 
-class DeidentifiedInstance(NamedTuple):
-    """Result of :meth:`Deidentifier.deidentify_part10`."""
+@dataclass(frozen=True)
+class DeidentifiedInstance:
+    """Result of :meth:`Deidentifier.deidentify_part10`: the file and its new identity."""
 
-    data: bytes
+    parts: tuple[bytes, ...]
     sop_instance_uid: str
     study_instance_uid: str
     patient_id: str
+
+    @property
+    def data(self) -> bytes:
+        """The Part 10 file (joined on each access; ``parts`` avoids the copy)."""
+        return b"".join(self.parts)
 
 
 def _text(ds: Dataset, tag: int) -> str:
@@ -220,9 +226,9 @@ class Deidentifier:
 
     def deidentify_part10(self, data: bytes) -> DeidentifiedInstance:
         """Like :meth:`deidentify_bytes`, also returning the new identifiers."""
-        out = self.deidentify(read_part10(data))
+        out = self.deidentify(read_part10(data, zero_copy=True))
         return DeidentifiedInstance(
-            data=write_part10(out),
+            parts=tuple(encode_part10(out)),
             sop_instance_uid=_text(out, SOP_INSTANCE_UID),
             study_instance_uid=_text(out, 0x0020000D),
             patient_id=_text(out, PATIENT_ID),

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -46,13 +46,17 @@ def list_inputs(path: Path) -> list[Path]:
     return sorted(found)
 
 
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file and a rename."""
+def write_atomic(path: Path, data: bytes | Sequence[bytes]) -> None:
+    """Write ``data`` (bytes, or parts written in order) through a temporary file and a
+    rename."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=".", suffix=".part")
     try:
         with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
+            if isinstance(data, bytes):
+                handle.write(data)
+            else:
+                handle.writelines(data)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(temporary, path)
@@ -70,7 +74,7 @@ def anonymize_file(deidentifier: Deidentifier, source: Path, output_dir: Path) -
     try:
         result = deidentifier.deidentify_part10(data)
         target = output_dir / f"{result.sop_instance_uid or 'instance'}.dcm"
-        write_atomic(target, result.data)
+        write_atomic(target, result.parts)
     except AnonymizationError as exc:
         return FileOutcome(source, error=str(exc), error_kind=type(exc).__name__)
     except OSError as exc:

@@ -76,7 +76,7 @@ def decode(elem: RawDataElement, ds: Dataset) -> DataElement:
     return convert_raw_data_element(elem, encoding=ds._character_set, ds=ds)
 
 
-def read_part10(data: bytes) -> Dataset:
+def read_part10(data: bytes, *, zero_copy: bool = False) -> Dataset:
     """Parse a complete Part 10 instance, refusing truncated or foreign bytes.
 
     The file meta is parsed here and the data set handed to pydicom's ``read_dataset``
@@ -84,6 +84,10 @@ def read_part10(data: bytes) -> Dataset:
     meta validation). Every defined-length element must hold all its bytes, the instance
     must name its SOP class and instance, and native pixel data must have the size its
     image attributes promise.
+
+    With ``zero_copy`` native pixel data is a ``memoryview`` of ``data`` instead of a
+    copy: right for de-identifying and writing out again, not for handing the dataset to
+    code that expects ``bytes``.
 
     Raises
     ------
@@ -102,17 +106,67 @@ def read_part10(data: bytes) -> Dataset:
         if syntax in (DeflatedExplicitVRLittleEndian, ExplicitVRBigEndian):
             ds = dcmread(io.BytesIO(data))  # rare: let pydicom inflate / swap
         else:
-            fp = io.BytesIO(data)
-            fp.seek(offset)
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # truncation is reported below instead
-                ds = read_dataset(fp, syntax.is_implicit_VR, True)
+                ds = _read_body(data, offset, syntax.is_implicit_VR, zero_copy)
             ds.file_meta = meta
     except UnreadableInput:
         raise
     except Exception as exc:  # pydicom's parser raises a wide range of errors
         raise UnreadableInput(f"unreadable DICOM: {type(exc).__name__}: {exc}") from exc
     _check_complete(ds)
+    return ds
+
+
+def _stop_at_native_pixels(tag: BaseTag, vr: str | None, length: int) -> bool:
+    return tag == _PIXEL_DATA and length != 0xFFFFFFFF
+
+
+def _read_body(data: bytes, offset: int, implicit: bool, zero_copy: bool) -> Dataset:
+    """The data set after the file meta; native pixel data as a zero-copy view.
+
+    pydicom copies every value it reads; for a 512x512 CT that copy of the pixels is a
+    good part of the cost of an instance, so reading stops before native (defined-length)
+    pixel data, whose value becomes a ``memoryview`` of ``data``, and resumes after it.
+    """
+    fp = io.BytesIO(data)
+    fp.seek(offset)
+    ds = read_dataset(fp, implicit, True, stop_when=_stop_at_native_pixels)
+    position = fp.tell()
+    if position + 8 > len(data):
+        return ds
+    if implicit:
+        tag, length = struct.unpack_from("<II", data, position)
+        tag = (tag & 0xFFFF) << 16 | tag >> 16
+        vr, start = None, position + 8
+    else:
+        group, element = struct.unpack_from("<HH", data, position)
+        tag = group << 16 | element
+        vr = data[position + 4 : position + 6].decode("ascii", "replace")
+        (length,) = struct.unpack_from("<I", data, position + 8)
+        start = position + 12
+    if tag != _PIXEL_DATA:
+        return ds
+    end = start + length
+    if end > len(data):
+        raise UnreadableInput(f"truncated pixel data: {len(data) - start} of {length} bytes")
+    # pydicom types a raw value as bytes; a memoryview is bytes-like for our writer.
+    value = memoryview(data)[start:end] if zero_copy else data[start:end]
+    ds[_PIXEL_DATA] = RawDataElement(
+        BaseTag(tag),
+        vr,
+        length,
+        value,  # type: ignore[arg-type]
+        start,
+        implicit,
+        True,
+        True,
+        False,
+    )
+    if end < len(data):
+        fp.seek(end)
+        for rest_tag, elem in read_dataset(fp, implicit, True).items():
+            ds[rest_tag] = elem
     return ds
 
 
@@ -190,17 +244,25 @@ def write_part10(ds: Dataset) -> bytes:
     AnonymizationError
         A value cannot be encoded.
     """
+    return b"".join(encode_part10(ds))
+
+
+def encode_part10(ds: Dataset) -> list[bytes]:
+    """:func:`write_part10` as a list of byte strings (raw and pixel values uncopied).
+
+    Write them with ``file.writelines`` to save the one copy a join would make.
+    """
     syntax = UID(peek(ds.file_meta, 0x00020010) or "")
     try:
         if syntax in (DeflatedExplicitVRLittleEndian, ExplicitVRBigEndian):
             buffer = io.BytesIO()
             dcmwrite(buffer, ds, enforce_file_format=True)
-            return buffer.getvalue()
+            return [buffer.getvalue()]
         out = _Output(syntax.is_implicit_VR)
         out.parts += [b"\x00" * 128 + b"DICM", _file_meta_bytes(ds.file_meta)]
         charset = peek(ds, 0x00080005)
         _write_items(out, ds, convert_encodings(charset or "ISO_IR 6"))
-        return b"".join(out.parts)  # the one copy of the (pixel) bytes
+        return out.parts
     except AnonymizationError:
         raise
     except Exception as exc:  # pydicom raises many types for unencodable values

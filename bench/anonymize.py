@@ -77,7 +77,8 @@ def run_ours(files: list[Path], out: Path) -> tuple[float, float]:
     wall, cpu = time.perf_counter(), time.process_time()
     for path in files:
         result = deid.deidentify_part10(path.read_bytes())
-        (out / f"{result.sop_instance_uid}.dcm").write_bytes(result.data)
+        with (out / f"{result.sop_instance_uid}.dcm").open("wb") as handle:
+            handle.writelines(result.parts)
     return time.perf_counter() - wall, time.process_time() - cpu
 
 
