@@ -281,10 +281,13 @@ def test_absurdly_long_value_is_refused_with_a_failure(node: Node) -> None:
         assert len(matches(find(assoc, "P", query("PATIENT", PatientID="ITBGOOD")))) == 1
 
 
-@pytest.mark.parametrize("level", ["BOGUS", ""])
-def test_bad_query_level_is_refused(node: Node, level: str) -> None:
+@pytest.mark.parametrize(
+    ("model", "level"),
+    [("S", "BOGUS"), ("S", ""), ("P", "BOGUS"), ("S", "PATIENT")],  # Study Root has no PATIENT
+)
+def test_bad_query_level_is_refused(node: Node, model: str, level: str) -> None:
     with association(node) as assoc:
-        responses = find(assoc, "S", query(level, PatientID="ITBGOOD"))
+        responses = find(assoc, model, query(level, PatientID="ITBGOOD"))
         assert len(responses) == 1 and is_failure(responses[0].status), [
             f"0x{r.status:04X}" for r in responses
         ]

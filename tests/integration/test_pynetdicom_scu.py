@@ -24,6 +24,7 @@ from tests.integration.processes import (
     run_dcmtk,
 )
 from tests.integration.scu import (
+    QR_CLASSES,
     STORAGE_CLASSES,
     Received,
     Response,
@@ -424,6 +425,23 @@ def test_c_get_with_counts(node: Node, corpus: Corpus, model: str, level: str) -
     assert sorted(got.items) == _uids(expected)
     for ds in expected:
         assert got.items[ds.SOPInstanceUID] == dataset_bytes(ds), ds.SOPInstanceUID
+
+
+def test_c_get_with_some_failed_suboperations_is_b000(node: Node, corpus: Corpus) -> None:
+    """The SCU takes CT only, patient ITN001 has 5 CT and 2 MR instances."""
+    got = Received()
+    with association(
+        node,
+        (Verification, *QR_CLASSES, CTImageStorage),
+        scp_roles=(CTImageStorage,),
+        handlers=[(evt.EVT_C_STORE, got.handler)],
+    ) as assoc:
+        responses = get(assoc, "P", query("PATIENT", PatientID="ITN001"))
+    final = responses[-1]
+    assert final.status == 0xB000, f"final status 0x{final.status:04X}, expected 0xB000"
+    assert final.counts["NumberOfCompletedSuboperations"] == 5, final.counts
+    assert final.counts["NumberOfFailedSuboperations"] == 2, final.counts
+    assert sorted(got.items) == _uids(corpus.in_study("A"))
 
 
 # ------------------------------------------------------------------------- association policy
