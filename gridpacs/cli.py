@@ -6,6 +6,7 @@ sub-commands (``<package>/cli.py`` exposes a Typer app) and this module mounts t
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Annotated
 
@@ -19,6 +20,11 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     add_completion=False,
 )
+
+
+@app.callback()
+def _group() -> None:
+    """gridpacs: a grid PACS — DICOM nodes per site, a replicated catalog."""
 
 
 @app.command("up")
@@ -40,26 +46,75 @@ def up(
     )
 
 
-def _mount() -> None:
-    """Mount every package's sub-commands (imported here so each owns its CLI)."""
-    from anonymizer.cli import register as register_anonymizer
-    from catalog.cli import app as catalog_app
-    from catalog.query_cli import query_cmd
-    from catalog.security.cli import audit_app, pki_app, token_app
+def _mount_node() -> None:
     from node.cli import app as node_app
-    from storage.cli import app as storage_app
 
     app.add_typer(node_app, name="node", help="Run and inspect a grid node.")
+
+
+def _mount_catalog() -> None:
+    from catalog.cli import app as catalog_app
+
     app.add_typer(catalog_app, name="catalog", help="Run and configure a catalog replica.")
+
+
+def _mount_query() -> None:
+    from catalog.query_cli import query_cmd
+
     app.command("query", help="Query the grid-wide catalog.")(query_cmd)
+
+
+def _mount_storage() -> None:
+    from storage.cli import app as storage_app
+
     app.add_typer(storage_app, name="storage", help="Verify and inspect the blob store.")
+
+
+def _mount_anonymizer() -> None:
+    from anonymizer.cli import register as register_anonymizer
+
     register_anonymizer(app)
+
+
+def _mount_security() -> None:
+    from catalog.security.cli import audit_app, pki_app, token_app
+
     app.add_typer(pki_app, name="pki", help="The grid CA and host certificates.")
     app.add_typer(token_app, name="token", help="Researchers' API tokens.")
     app.add_typer(audit_app, name="audit", help="Read and verify the audit log.")
 
 
+_MOUNTS = {
+    "node": _mount_node,
+    "catalog": _mount_catalog,
+    "query": _mount_query,
+    "storage": _mount_storage,
+    "anonymize": _mount_anonymizer,
+    "anonymizer": _mount_anonymizer,
+    "pki": _mount_security,
+    "token": _mount_security,
+    "audit": _mount_security,
+}
+
+
+def _mount(argv: list[str]) -> None:
+    """Mount the sub-command being run, or all of them for help.
+
+    Each package owns its CLI; importing only the one in use keeps `gridpacs node serve`
+    from loading the catalog, alembic and deid on every start (≈1 s each time).
+    """
+    first = next((arg for arg in argv if not arg.startswith("-")), None)
+    if first == "up":
+        return
+    chosen = _MOUNTS.get(first or "")
+    if chosen is not None:
+        chosen()
+        return
+    for mount in dict.fromkeys(_MOUNTS.values()):
+        mount()
+
+
 def main() -> None:
     """Run the CLI."""
-    _mount()
+    _mount(sys.argv[1:])
     app()
