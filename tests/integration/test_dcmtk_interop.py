@@ -6,13 +6,18 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from pydicom import dcmread
+from pydicom.data import get_testdata_file
 from pydicom.dataset import Dataset
-from pynetdicom import evt
+from pydicom.uid import generate_uid
+from pynetdicom import _config, evt
+from pynetdicom.sop_class import SecondaryCaptureImageStorage
 
 from tests.integration.archive import (
     assert_files_match,
     dcmtk_findscu,
     dimse_statuses,
+    file_dataset_bytes,
     load,
 )
 from tests.integration.corpus import Corpus, build_corpus, dataset_bytes
@@ -24,6 +29,7 @@ from tests.integration.scu import (
     association,
     find,
     get,
+    make_ae,
     matches,
     query,
     values,
@@ -475,3 +481,66 @@ def test_node_on_postgresql_stores_finds_and_gets(
     assert sorted(got.items) == _uids(in_study_a)
     for ds in in_study_a:
         assert got.items[ds.SOPInstanceUID] == dataset_bytes(ds), ds.SOPInstanceUID
+
+
+# ------------------------------------------------------------------------ compressed pixels
+
+
+def test_compressed_instances_are_kept_and_moved_as_received(
+    node_factory: NodeFactory, storescp: StoreSCP, tmp_path: Path
+) -> None:
+    """JPEG Baseline and JPEG 2000 instances come back from C-MOVE byte-identical.
+
+    A PACS must never decompress or re-encode what a modality sent; storescp takes every
+    transfer syntax (``+xa``), so the node has no reason to transcode.
+    """
+    node = node_factory(args=["--destination", storescp.destination])
+    storescp.clear()
+    study_uid = generate_uid()
+    paths = []
+    for n, name in enumerate(["SC_rgb_jpeg_dcmtk.dcm", "JPEG2000.dcm"], 1):
+        ds = dcmread(get_testdata_file(name, download=False))
+        ds.PatientID = "ITDJPEG"
+        ds.StudyInstanceUID = study_uid
+        ds.SeriesInstanceUID = generate_uid()
+        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+        path = tmp_path / f"{n}.dcm"
+        ds.save_as(path, enforce_file_format=True)
+        paths.append(path)
+
+    # sent with pynetdicom's chunked mode: the file's dataset bytes go out untouched, in a
+    # context that offers only the file's own transfer syntax
+    ae = make_ae("JPEGSCU")
+    for path in paths:
+        ae.add_requested_context(
+            SecondaryCaptureImageStorage, dcmread(path).file_meta.TransferSyntaxUID
+        )
+    before = _config.STORE_SEND_CHUNKED_DATASET
+    _config.STORE_SEND_CHUNKED_DATASET = True
+    assoc = ae.associate(HOST, node.port, ae_title=node.called_ae)
+    try:
+        assert assoc.is_established, "association for compressed storage not established"
+        for path in paths:
+            rsp = assoc.send_c_store(path)
+            assert rsp.get("Status") == 0x0000, f"C-STORE of {path.name}: {rsp}"
+    finally:
+        _config.STORE_SEND_CHUNKED_DATASET = before
+        if assoc.is_established:
+            assoc.release()
+        ae.shutdown()
+
+    result = run_dcmtk(
+        "movescu", "-S", "-aec", node.called_ae, "-aem", storescp.ae_title,
+        "-k", "QueryRetrieveLevel=STUDY", "-k", f"StudyInstanceUID={study_uid}",
+        HOST, str(node.port),
+    )  # fmt: skip
+    assert result.returncode == 0, describe(result)
+
+    sent = {str(dcmread(p).SOPInstanceUID): p for p in paths}
+    received = {str(dcmread(p).SOPInstanceUID): p for p in storescp.received()}
+    assert sorted(received) == sorted(sent)
+    for uid, path in sent.items():
+        want_ts = dcmread(path).file_meta.TransferSyntaxUID
+        got_ts = dcmread(received[uid]).file_meta.TransferSyntaxUID
+        assert got_ts == want_ts, f"{uid}: sent as {want_ts.name}, came back as {got_ts.name}"
+        assert file_dataset_bytes(received[uid]) == file_dataset_bytes(path), uid
