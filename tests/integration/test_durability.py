@@ -7,6 +7,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from io import BytesIO
 from pathlib import Path
 
@@ -38,18 +39,21 @@ class Sender:
     """``tests.integration.sender`` in a child process, its stdout read line by line."""
 
     def __init__(self, node: Node, folder: Path) -> None:
-        self.proc = subprocess.Popen(
-            [
-                sys.executable, "-m", "tests.integration.sender",
-                HOST, str(node.port), node.called_ae, str(folder),
-            ],
-            cwd=REPO_ROOT, env=subprocess_env(), stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE, text=True,
-        )  # fmt: skip
+        self.stderr_path = folder.parent / f"sender-{time.monotonic_ns()}.stderr"
+        with self.stderr_path.open("wb") as stderr:
+            self.proc = subprocess.Popen(
+                [
+                    sys.executable, "-m", "tests.integration.sender",
+                    HOST, str(node.port), node.called_ae, str(folder),
+                ],
+                cwd=REPO_ROOT, env=subprocess_env(), stdout=subprocess.PIPE,
+                stderr=stderr, text=True,
+            )  # fmt: skip
         self.lines: queue.Queue[str | None] = queue.Queue()
         self.acked: list[str] = []
         self.other: list[str] = []
         threading.Thread(target=self._pump, daemon=True).start()
+        _SENDERS.append(self)
 
     def _pump(self) -> None:
         assert self.proc.stdout is not None
@@ -84,7 +88,23 @@ class Sender:
         return code
 
     def stderr(self) -> str:
-        return self.proc.stderr.read() if self.proc.stderr else ""
+        return self.stderr_path.read_text(errors="replace")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(timeout=30)
+
+
+_SENDERS: list[Sender] = []
+
+
+@pytest.fixture(autouse=True)
+def _stop_senders() -> Iterator[None]:
+    """No sender outlives its test, whatever happened in it."""
+    yield
+    while _SENDERS:
+        _SENDERS.pop().stop()
 
 
 def _series_uids(node: Node, study_uid: str, series_uid: str) -> list[str]:
