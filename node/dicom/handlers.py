@@ -10,12 +10,13 @@ import logging
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 from pydicom.dataset import Dataset
 from pynetdicom import evt
+from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.events import Event
-from pynetdicom.sop_class import (
+from pynetdicom.sop_class import (  # type: ignore[attr-defined]  # generated at import
     PatientRootQueryRetrieveInformationModelFind,
     PatientRootQueryRetrieveInformationModelGet,
     PatientRootQueryRetrieveInformationModelMove,
@@ -59,11 +60,13 @@ def _model(event: Event) -> Model:
 
 
 def _called_ae(event: Event) -> str:
-    return str(event.assoc.requestor.primitive.called_ae_title).strip()
+    primitive = event.assoc.requestor.primitive
+    return str(primitive.called_ae_title).strip() if primitive is not None else ""
 
 
 def _calling_ae(event: Event) -> str:
-    return str(event.assoc.requestor.primitive.calling_ae_title).strip()
+    primitive = event.assoc.requestor.primitive
+    return str(primitive.calling_ae_title).strip() if primitive is not None else ""
 
 
 @dataclass
@@ -116,7 +119,7 @@ class Gateway:
     # -- storage -------------------------------------------------------------------------
     def on_store(self, event: Event) -> int | Dataset:
         started = time.perf_counter()
-        req = event.request
+        req = cast(C_STORE, event.request)
         called = _called_ae(event)
         calling = _calling_ae(event)
         route = self.router.route_for(called)
@@ -201,7 +204,7 @@ class Gateway:
             return self.grid_retrieve
         return self.retrieve
 
-    def _plan(self, event: Event) -> tuple[Retriever, list[Any]]:
+    def _plan(self, event: Event) -> tuple[Retriever, Sequence[Any]]:
         retriever = self._retriever(event)
         return retriever, retriever.plan(to_query(event.identifier, _model(event)))
 
@@ -255,7 +258,7 @@ class Gateway:
         yield failure, None
 
     def _suboperations(
-        self, event: Event, retriever: Retriever, planned: list[Any], destination: str
+        self, event: Event, retriever: Retriever, planned: Sequence[Any], destination: str
     ) -> Iterator[Any]:
         started = time.perf_counter()
         failed = 0

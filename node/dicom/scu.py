@@ -56,9 +56,9 @@ def contexts_for(instances: Iterable[StoredInstance]) -> list[PresentationContex
         ts_list = stored.setdefault(inst.sop_class_uid, [])
         if inst.transfer_syntax_uid and inst.transfer_syntax_uid not in ts_list:
             ts_list.append(inst.transfer_syntax_uid)
-    uncompressed = [ExplicitVRLittleEndian, ImplicitVRLittleEndian]
-    contexts = []
+    uncompressed: list[str] = [ExplicitVRLittleEndian, ImplicitVRLittleEndian]
+    contexts: list[PresentationContext] = []
     for sop_class, ts_list in stored.items():
         contexts.extend(build_context(sop_class, ts) for ts in ts_list if ts not in uncompressed)
-        contexts.append(build_context(sop_class, uncompressed))
+        contexts.append(build_context(sop_class, list(uncompressed)))
     return contexts[:MAX_REQUESTED_CONTEXTS]

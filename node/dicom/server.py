@@ -8,7 +8,7 @@ import threading
 from typing import Any
 
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, _config
-from pynetdicom.sop_class import (
+from pynetdicom.sop_class import (  # type: ignore[attr-defined]  # generated at import
     PatientRootQueryRetrieveInformationModelFind,
     PatientRootQueryRetrieveInformationModelGet,
     PatientRootQueryRetrieveInformationModelMove,
@@ -76,6 +76,7 @@ def build_ae(config: DicomConfig) -> AE:
     ae.require_called_aet = False  # checked against every routed AE title in on_requested
     ae.add_supported_context(Verification, ALL_TRANSFER_SYNTAXES)
     for cx in AllStoragePresentationContexts:
+        assert cx.abstract_syntax is not None
         ae.add_supported_context(
             cx.abstract_syntax, ALL_TRANSFER_SYNTAXES, scp_role=True, scu_role=False
         )
@@ -92,7 +93,7 @@ class DicomServer:
         self._config = config
         self._gateway = gateway
         self._ae = build_ae(config)
-        self._server: NoDelayAssociationServer | None = None
+        self._server: ThreadedAssociationServer | None = None
 
     @property
     def port(self) -> int:
@@ -105,7 +106,7 @@ class DicomServer:
         server = self._ae.make_server(
             (self._config.host, self._config.port),
             ssl_context=_tls_context(self._config),
-            evt_handlers=self._gateway.handlers(),
+            evt_handlers=self._gateway.handlers(),  # type: ignore[arg-type]
             server_class=NoDelayAssociationServer,
         )
         self._ae._servers.append(server)
