@@ -342,7 +342,7 @@ class Deidentifier:
         kind = RECORDED.get(int(elem.tag)) if top and inst.record else None
         if kind and mapped:
             inst.mappings.append((kind, mapped[0], originals[0]))
-        return ascii_element(elem.tag, "UI", mapped, encoding_of(elem, inst.encoding))
+        return ascii_element(elem.tag, vr, mapped, encoding_of(elem, inst.encoding))
 
     def _pseudonym(
         self, elem: Any, vr: str, src: Dataset, inst: _Instance, rule: Rule, top: bool

@@ -13,14 +13,12 @@ import datetime as dt
 import warnings
 from dataclasses import dataclass, field
 from functools import cache
-from pathlib import Path
 
 from pydicom.charset import convert_encodings, encode_string
 from pydicom.datadict import dictionary_VR
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
 
-from anonymizer._deid import parse_recipe
 from anonymizer.actions import Action, ActionTable
 from anonymizer.profiles import OPTIONS, load_profile
 from tests.factories import StudySpec, make_dataset
@@ -174,7 +172,7 @@ class _Planter:
         return token.encode("ascii"), token  # OB/OW/UN: bytes
 
 
-def _nested_item(planter: _Planter, sq: int, depth: int) -> tuple[Dataset, list[Plant]]:
+def _nested_item(planter: _Planter, sq: int) -> tuple[Dataset, list[Plant]]:
     item = Dataset()
     path = (sq,)
     person = f"Q{sq:08X}"
@@ -212,7 +210,7 @@ def build(charset: Charset, retainable: set[int] | None = None) -> Corpus:
         if tag in (0x00100010, 0x00100020, 0x00100030):
             continue  # the patient's own identity, planted by make_dataset
         if vr == "SQ":
-            item, plants = _nested_item(planter, tag, 1)
+            item, plants = _nested_item(planter, tag)
             ds.add_new(tag, "SQ", Sequence([item]))
             corpus.plants.extend(plants)
             continue
@@ -346,8 +344,3 @@ def all_option_sets() -> list[tuple[str, ...]]:
             continue
         combos.append(chosen)
     return combos
-
-
-def recipe_lines(path: Path) -> int:
-    """Number of actions in a recipe (used to check a profile is not a default)."""
-    return len(parse_recipe(path))
