@@ -11,8 +11,10 @@ import io
 
 import pytest
 from pydicom import dcmread
+from pydicom.uid import ImplicitVRLittleEndian
 
-from anonymizer import Deidentifier, load_profile
+from anonymizer import OPTIONS, Deidentifier, load_profile
+from anonymizer.part10 import write_part10
 from tests.anonymizer.conftest import SITE_A
 from tests.anonymizer.corpus import (
     SAFE_B_VALUE,
@@ -85,3 +87,30 @@ def test_clean_descriptors_keeps_the_description_without_the_patient(
         assert "PID7734521" not in out.StudyDescription
     basic = dcmread(io.BytesIO(Deidentifier(load_profile(), SITE_A).deidentify_bytes(data)))
     assert "StudyDescription" not in basic
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        (),
+        tuple(o for o in OPTIONS if o != "retain-longitudinal-full-dates"),
+        tuple(o for o in OPTIONS if o != "retain-longitudinal-modified-dates"),
+    ],
+    ids=["basic", "all-modified-dates", "all-full-dates"],
+)
+def test_implicit_vr_and_the_dataset_path_leak_nothing_either(
+    options: tuple[str, ...], corpora: list[tuple[Corpus, bytes]]
+) -> None:
+    # The node decodes what it received and calls deidentify(ds) + write_part10.
+    profile = load_profile(options=options)
+    deid = Deidentifier(profile, SITE_A)
+    for corpus, data in corpora:
+        implicit = dcmread(io.BytesIO(data))
+        implicit.file_meta.TransferSyntaxUID = ImplicitVRLittleEndian
+        buffer = io.BytesIO()
+        implicit.save_as(buffer, enforce_file_format=True)
+        for source in (data, buffer.getvalue()):
+            ds = dcmread(io.BytesIO(source))
+            output = write_part10(deid.deidentify(ds))
+            assert find_leaks(output, corpus, profile.table) == [], corpus.charset.name
+            assert deid.deidentify_bytes(source) == output
