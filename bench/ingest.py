@@ -38,6 +38,7 @@ class Measurement:
     instances: int
     megabytes: float
     seconds: float
+    cpu_s: float  # the server process's user + system CPU during the transfer
     failed: int
     rss_kib: tuple[int, int, int, int]  # before, middle, end, peak
     store_ms: tuple[float, float, float] | None  # node-logged p50, p99, max per C-STORE
@@ -47,6 +48,11 @@ class Measurement:
     def per_s(self) -> float:
         """Instances per second."""
         return self.instances / self.seconds
+
+    @property
+    def cpu_ms(self) -> float:
+        """Server CPU milliseconds per instance."""
+        return self.cpu_s * 1000 / self.instances
 
     @property
     def mb_per_s(self) -> float:
@@ -70,15 +76,17 @@ def measure(data: DataSet, set_name: str, server_name: str, base: str) -> Measur
     """Start a fresh ``server_name`` under ``base``, send ``data`` on one association, stop it."""
     with tempfile.TemporaryDirectory(prefix=f"bench-{server_name}-", dir=base) as tmp:
         with SERVERS[server_name](Path(tmp)) as server:
+            cpu_before = server.cpu_s()
             with RssSampler(server.pid) as rss:
                 run = send(server, data.parts)
+            cpu_s = server.cpu_s() - cpu_before
             server.check_alive()
             store_ms = _node_store_ms(server.log_path) if server_name == "gridpacs" else None
         rss_points = (rss.samples[0][1], rss.at_fraction(0.5), rss.samples[-1][1], rss.peak())
     failed = run.failed + max(0, data.instances - run.succeeded - run.failed)
     return Measurement(
         set_name, server_name, data.instances, data.total_bytes / 1e6, run.association_s,
-        failed, rss_points, store_ms, run.errors[:5],
+        cpu_s, failed, rss_points, store_ms, run.errors[:5],
     )  # fmt: skip
 
 
@@ -103,7 +111,7 @@ def table(results: dict[tuple[str, str], list[Measurement]], caption: str) -> Re
     """Medians per (set, server) and the ratio to Orthanc."""
     out = Report(
         "Ingest: one storescu association, medians of the repeats",
-        ["set", "server", "n", "s", "inst/s", "MB/s", "x Orthanc",
+        ["set", "server", "n", "s", "inst/s", "MB/s", "x Orthanc", "server CPU ms/inst",
          "RSS MiB start→mid→end (peak), last round", "node ms/C-STORE p50/p99/max", "failed"],
         caption,
     )  # fmt: skip
@@ -115,7 +123,8 @@ def table(results: dict[tuple[str, str], list[Measurement]], caption: str) -> Re
         store = _store_ms(ms)
         out.add_row(
             set_name, server, str(last.instances), f"{_median(ms, 'seconds'):.2f}",
-            f"{_median(ms, 'per_s'):.0f}", f"{_median(ms, 'mb_per_s'):.1f}", ratio, rss, store,
+            f"{_median(ms, 'per_s'):.0f}", f"{_median(ms, 'mb_per_s'):.1f}", ratio,
+            f"{_median(ms, 'cpu_ms'):.2f}", rss, store,
             str(sum(m.failed for m in ms)),
         )  # fmt: skip
     return out
@@ -164,7 +173,8 @@ def main(argv: list[str] | None = None) -> int:
             "machine": machine,
             "workdir": args.workdir,
             "fsync_ms_p50_p90": {"before": fsync_before, "after": fsync_after},
-            "measurements": [{**asdict(m), "per_s": m.per_s, "mb_per_s": m.mb_per_s}
+            "measurements": [{**asdict(m), "per_s": m.per_s, "mb_per_s": m.mb_per_s,
+                              "cpu_ms": m.cpu_ms}
                              for ms in results.values() for m in ms],
         }, indent=1))  # fmt: skip
     else:

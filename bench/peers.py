@@ -67,6 +67,10 @@ class Server:
         """Resident set size now, in KiB, from ``/proc/<pid>/status``."""
         return read_rss_kib(self.pid)
 
+    def cpu_s(self) -> float:
+        """CPU seconds the server has used so far."""
+        return read_cpu_s(self.pid)
+
     def check_alive(self) -> None:
         """Raise with the log tail when the server has exited."""
         if self.process.poll() is not None:
@@ -86,6 +90,17 @@ def read_rss_kib(pid: int) -> int:
     except (FileNotFoundError, ProcessLookupError):
         return 0
     return 0
+
+
+def read_cpu_s(pid: int) -> float:
+    """User + system CPU seconds used so far by ``pid`` (all its threads)."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii") as stat:
+            fields = stat.read().rsplit(")", 1)[1].split()
+    except (FileNotFoundError, ProcessLookupError):
+        return 0.0
+    # Fields 14 and 15 of proc(5), counted after the ")" closing the command name.
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def log_tail(path: Path, lines: int = 15) -> str:
