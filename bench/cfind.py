@@ -77,6 +77,7 @@ class ServerResult:
     load_failed: int = 0
     rss_kib_after_load: int = 0
     rss_kib_during_load: tuple[int, int, int, int] = (0, 0, 0, 0)  # start, mid, end, peak
+    cpu_ms_per_query: float = 0.0  # the server process's CPU over all measured queries
     latencies_ms: dict[str, list[float]] = field(default_factory=dict)
     wrong_counts: dict[str, int] = field(default_factory=dict)
     failures: list[str] = field(default_factory=list)
@@ -186,6 +187,7 @@ def measure(servers: list[tuple[Server, ServerResult]], queries: list[Query]) ->
         for assoc in assocs:
             for query in queries[:WARMUP]:
                 run_query(assoc, query)
+        cpu_before = [server.cpu_s() for server, _ in servers]
         for query in queries:
             for assoc, (_, result) in zip(assocs, servers, strict=True):
                 ms, matches, error = run_query(assoc, query)
@@ -197,6 +199,8 @@ def measure(servers: list[tuple[Server, ServerResult]], queries: list[Query]) ->
                     if len(result.failures) < 10:
                         result.failures.append(f"{query.keyword}={query.value}: {matches} "
                                                f"matches, expected {query.expected}")
+        for (server, result), before in zip(servers, cpu_before, strict=True):
+            result.cpu_ms_per_query = (server.cpu_s() - before) * 1000 / len(queries)
     finally:
         for assoc in assocs:
             assoc.release()
@@ -215,7 +219,8 @@ def table(
     out = Report(
         f"STUDY-level C-FIND, {instances} instances indexed (ms)",
         ["server", "query", "n", "mean matches", "p50", "p95", "max", "wrong counts",
-         "load s", "load inst/s", "load RSS MiB start→mid→end"],
+         "server CPU ms/query (all kinds)", "load s", "load inst/s",
+         "load RSS MiB start→mid→end"],
         caption,
     )  # fmt: skip
     for r in results:
@@ -229,6 +234,7 @@ def table(
                 r.name, kind, str(len(lat)), f"{mean:.1f}", f"{percentile(lat, 0.5):.1f}",
                 f"{percentile(lat, 0.95):.1f}", f"{max(lat):.1f}",
                 str(r.wrong_counts.get(kind, 0)),
+                f"{r.cpu_ms_per_query:.1f}" if kind == KINDS[0] else "",
                 f"{r.load_s:.0f}" if load and r.load_s else "",
                 f"{r.loaded / r.load_s:.0f}" if load and r.load_s else "",
                 "→".join(f"{k / 1024:.0f}" for k in r.rss_kib_during_load[:3])
