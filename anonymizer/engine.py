@@ -196,6 +196,12 @@ class Deidentifier:
         BurnedInAnnotation
             ``ds`` says its pixels carry burned-in text and that was not allowed.
         """
+        out, meta = self._deidentified(ds)
+        out.file_meta = _file_meta(meta)
+        return out
+
+    def _deidentified(self, ds: Dataset) -> tuple[Dataset, dict[int, str]]:
+        """The de-identified data set and its new file meta values (not yet a dataset)."""
         self._check_burned_in(ds)
         instance = _Instance(
             self._pseudo, ds, ds.original_encoding, record=self._reid_map is not None
@@ -205,12 +211,12 @@ class Deidentifier:
             out[tag] = DataElement(tag, dictionary_vr(tag), rule.value)
         for tag, elem in marking_elements(self.profile, instance.encoding).items():
             out[tag] = elem
-        out.file_meta = self._file_meta(ds, out)
+        meta = self._meta_values(ds, out)
         if self._reid_map is not None:
             for kind, pseudonym, original in instance.mappings:
                 if original:
                     self._reid_map.record(kind, pseudonym, original)
-        return out
+        return out, meta
 
     def deidentify_bytes(self, data: bytes) -> bytes:
         """Part 10 in, Part 10 out; pixel data untouched, transfer syntax kept.
@@ -226,9 +232,9 @@ class Deidentifier:
 
     def deidentify_part10(self, data: bytes) -> DeidentifiedInstance:
         """Like :meth:`deidentify_bytes`, also returning the new identifiers."""
-        out = self.deidentify(read_part10(data, zero_copy=True))
+        out, meta = self._deidentified(read_part10(data, zero_copy=True))
         return DeidentifiedInstance(
-            parts=tuple(encode_part10(out)),
+            parts=tuple(encode_part10(out, meta)),
             sop_instance_uid=_text(out, SOP_INSTANCE_UID),
             study_instance_uid=_text(out, 0x0020000D),
             patient_id=_text(out, PATIENT_ID),
@@ -410,27 +416,31 @@ class Deidentifier:
 
     # -- file meta --------------------------------------------------------------------
 
-    def _file_meta(self, src: Dataset, out: Dataset) -> FileMetaDataset:
+    def _meta_values(self, src: Dataset, out: Dataset) -> dict[int, str]:
+        """The new file meta by tag: SOP class and instance, syntax, implementation."""
         old = getattr(src, "file_meta", None)
         sop_class = _text(out, SOP_CLASS_UID)
         if not sop_class and old is not None:
-            sop_class = str(old.get("MediaStorageSOPClassUID", ""))
-        syntax = old.get("TransferSyntaxUID") if old is not None else None
+            sop_class = str(peek(old, 0x00020002) or "")
+        syntax = str(peek(old, 0x00020010) or "") if old is not None else ""
         if not syntax:
             implicit, _ = src.original_encoding
             syntax = ImplicitVRLittleEndian if implicit else ExplicitVRLittleEndian
-        meta = FileMetaDataset(
-            {
-                BaseTag(tag): ascii_element(tag, "UI", [value], (False, True))
-                for tag, value in (
-                    (0x00020002, sop_class),
-                    (0x00020003, _text(out, SOP_INSTANCE_UID)),
-                    (0x00020010, str(syntax)),
-                    (0x00020012, IMPLEMENTATION_CLASS_UID),
-                )
-            }
-        )
-        meta[0x00020013] = ascii_element(
-            0x00020013, "SH", [IMPLEMENTATION_VERSION_NAME], (False, True)
-        )
-        return meta
+        return {
+            0x00020002: sop_class,
+            0x00020003: _text(out, SOP_INSTANCE_UID),
+            0x00020010: str(syntax),
+            0x00020012: IMPLEMENTATION_CLASS_UID,
+            0x00020013: IMPLEMENTATION_VERSION_NAME,
+        }
+
+
+def _file_meta(values: dict[int, str]) -> FileMetaDataset:
+    return FileMetaDataset(
+        {
+            BaseTag(tag): ascii_element(
+                tag, "SH" if tag == 0x00020013 else "UI", [value], (False, True)
+            )
+            for tag, value in values.items()
+        }
+    )

@@ -12,6 +12,7 @@ from __future__ import annotations
 import io
 import struct
 import warnings
+from collections.abc import Mapping
 from typing import Any
 
 from pydicom import dcmread
@@ -247,19 +248,28 @@ def write_part10(ds: Dataset) -> bytes:
     return b"".join(encode_part10(ds))
 
 
-def encode_part10(ds: Dataset) -> list[bytes]:
+def encode_part10(ds: Dataset, meta: Mapping[int, str] | None = None) -> list[bytes]:
     """:func:`write_part10` as a list of byte strings (raw and pixel values uncopied).
 
-    Write them with ``file.writelines`` to save the one copy a join would make.
+    Write them with ``file.writelines`` to save the one copy a join would make. ``meta``
+    gives the file meta values by tag instead of ``ds.file_meta``.
     """
-    syntax = UID(peek(ds.file_meta, 0x00020010) or "")
+    if meta is None:
+        meta = {tag: str(peek(ds.file_meta, tag) or "") for tag in _META_ORDER}
+    syntax = UID(meta.get(0x00020010, ""))
     try:
         if syntax in (DeflatedExplicitVRLittleEndian, ExplicitVRBigEndian):
+            file_meta = FileMetaDataset()
+            for tag in _META_ORDER:
+                if meta.get(tag):
+                    vr = "SH" if tag == 0x00020013 else "UI"
+                    file_meta[tag] = DataElement(tag, vr, meta[tag])
+            ds.file_meta = file_meta
             buffer = io.BytesIO()
             dcmwrite(buffer, ds, enforce_file_format=True)
             return [buffer.getvalue()]
         out = _Output(syntax.is_implicit_VR)
-        out.parts += [b"\x00" * 128 + b"DICM", _file_meta_bytes(ds.file_meta)]
+        out.parts += [b"\x00" * 128 + b"DICM", _file_meta_bytes(meta)]
         charset = peek(ds, 0x00080005)
         _write_items(out, ds, convert_encodings(charset or "ISO_IR 6"))
         return out.parts
@@ -285,12 +295,12 @@ class _Output:
         self.parts.append(scratch.getvalue())
 
 
-def _file_meta_bytes(meta: Dataset) -> bytes:
+def _file_meta_bytes(meta: Mapping[int, str]) -> bytes:
     """Group 0002 in explicit VR little endian, with its group length."""
     body = [_short(0x00020001, b"OB", b"\x00\x01")]
     for tag in _META_ORDER:
-        value = peek(meta, tag)
-        if value is None:
+        value = meta.get(tag)
+        if not value:
             if tag in (0x00020002, 0x00020003, 0x00020010):
                 raise AnonymizationError(f"file meta lacks {tag:08X}")
             continue

@@ -11,6 +11,7 @@ from pydicom.dataset import Dataset
 from pydicom.encaps import encapsulate
 from pydicom.sequence import Sequence
 from pydicom.uid import (
+    DeflatedExplicitVRLittleEndian,
     ExplicitVRLittleEndian,
     ImplicitVRLittleEndian,
     JPEGBaseline8Bit,
@@ -198,3 +199,13 @@ def test_a_dataset_read_from_bytes_and_from_code_give_the_same_result() -> None:
     assert from_code.PatientID == from_bytes.PatientID
     assert from_code.SOPInstanceUID == from_bytes.SOPInstanceUID
     assert "PatientBirthDate" in from_code and from_code.PatientBirthDate in ("", None)
+
+
+def test_deflated_input_goes_through_pydicom_and_stays_deflated() -> None:
+    ds = make_dataset()
+    ds.file_meta.TransferSyntaxUID = DeflatedExplicitVRLittleEndian
+    out = _run(to_bytes(ds))
+    assert out.file_meta.TransferSyntaxUID == DeflatedExplicitVRLittleEndian
+    assert out.PixelData == ds.PixelData
+    assert out.PatientID.startswith("GP") and out.PatientIdentityRemoved == "YES"
+    assert out.file_meta.MediaStorageSOPInstanceUID == out.SOPInstanceUID
