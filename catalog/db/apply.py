@@ -35,11 +35,16 @@ def chunks(items: Sequence[Any], size: int = CHUNK) -> Iterator[Sequence[Any]]:
 
 def read_watermark(conn: Connection, origin: str, *, lock: bool) -> int:
     """The origin's high-water mark (0 when unknown); row-locked on PostgreSQL."""
+    value = _watermark_row(conn, origin, lock=lock)
+    return value if value is not None else 0
+
+
+def _watermark_row(conn: Connection, origin: str, *, lock: bool) -> int | None:
     stmt = select(WatermarkRow.seq).where(WatermarkRow.origin == origin)
     if lock and conn.dialect.name == "postgresql":
         stmt = stmt.with_for_update()
     value = conn.execute(stmt).scalar_one_or_none()
-    return int(value) if value is not None else 0
+    return int(value) if value is not None else None
 
 
 def write_watermark(conn: Connection, origin: str, seq: int, *, existed: bool) -> None:
@@ -75,10 +80,8 @@ def apply_batch(conn: Connection, origin: str, changes: Sequence[Change]) -> tup
     if not origin:
         raise InvalidChange("origin node name is required")
     validate_changes(changes)
-    mark = read_watermark(conn, origin, lock=True)
-    existed = conn.execute(
-        select(func.count()).select_from(WatermarkRow).where(WatermarkRow.origin == origin)
-    ).scalar_one()
+    row = _watermark_row(conn, origin, lock=True)
+    mark = row if row is not None else 0
     fresh = [c for c in changes if c.seq > mark]
     if not fresh:
         return mark, 0, len(changes)
@@ -88,7 +91,7 @@ def apply_batch(conn: Connection, origin: str, changes: Sequence[Change]) -> tup
         elif kind is ChangeKind.INSTANCE_DELETED:
             _apply_deletes(conn, origin, run)
     conn.execute(insert(ChangeRow), [_log_row(origin, c) for c in fresh])
-    write_watermark(conn, origin, fresh[-1].seq, existed=bool(existed))
+    write_watermark(conn, origin, fresh[-1].seq, existed=row is not None)
     return fresh[-1].seq, len(fresh), len(changes) - len(fresh)
 
 
@@ -255,11 +258,10 @@ def _ensure_studies(
         elif current[key] != attrs:
             changed.append({"b_id": ids[key], **values})
     if new_rows:
-        stmt = insert(StudyRow).returning(StudyRow.id, sort_by_parameter_order=True)
-        ids.update(zip(new_keys, conn.execute(stmt, new_rows).scalars(), strict=True))
+        returning = insert(StudyRow).returning(StudyRow.id, sort_by_parameter_order=True)
+        ids.update(zip(new_keys, conn.execute(returning, new_rows).scalars(), strict=True))
     if changed:
-        table = StudyRow.__table__
-        conn.execute(update(table).where(table.c.id == bindparam("b_id")), changed)
+        conn.execute(update(StudyRow).where(StudyRow.id == bindparam("b_id")), changed)
     return ids
 
 
@@ -301,11 +303,10 @@ def _ensure_series(
         elif current[key] != attrs:
             changed.append({"b_id": ids[key], "modality": modality, "attributes": attrs})
     if new_rows:
-        stmt = insert(SeriesRow).returning(SeriesRow.id, sort_by_parameter_order=True)
-        ids.update(zip(new_keys, conn.execute(stmt, new_rows).scalars(), strict=True))
+        returning = insert(SeriesRow).returning(SeriesRow.id, sort_by_parameter_order=True)
+        ids.update(zip(new_keys, conn.execute(returning, new_rows).scalars(), strict=True))
     if changed:
-        table = SeriesRow.__table__
-        conn.execute(update(table).where(table.c.id == bindparam("b_id")), changed)
+        conn.execute(update(SeriesRow).where(SeriesRow.id == bindparam("b_id")), changed)
     return ids
 
 
@@ -314,7 +315,6 @@ def refresh_counts(conn: Connection, series_ids: set[int]) -> None:
     if not series_ids:
         return
     study_ids: set[int] = set()
-    table = SeriesRow.__table__
     for part in chunks(sorted(series_ids)):
         counts = dict(
             conn.execute(
@@ -331,14 +331,13 @@ def refresh_counts(conn: Connection, series_ids: set[int]) -> None:
             conn.execute(delete(SeriesRow).where(SeriesRow.id.in_(empty)))
         if counts:
             conn.execute(
-                update(table).where(table.c.id == bindparam("b_id")),
+                update(SeriesRow).where(SeriesRow.id == bindparam("b_id")),
                 [{"b_id": sid, "number_of_instances": n} for sid, n in counts.items()],
             )
     _refresh_studies(conn, study_ids)
 
 
 def _refresh_studies(conn: Connection, study_ids: set[int]) -> None:
-    table = StudyRow.__table__
     for part in chunks(sorted(study_ids)):
         per_study: dict[int, tuple[int, int, set[str]]] = {}
         rows = conn.execute(
@@ -356,7 +355,7 @@ def _refresh_studies(conn: Connection, study_ids: set[int]) -> None:
             conn.execute(delete(StudyRow).where(StudyRow.id.in_(empty)))
         if per_study:
             conn.execute(
-                update(table).where(table.c.id == bindparam("b_id")),
+                update(StudyRow).where(StudyRow.id == bindparam("b_id")),
                 [
                     {
                         "b_id": sid,

@@ -79,11 +79,16 @@ class Repository:
     def apply_changes(self, origin: str, changes: Sequence[Change]) -> PublishResult:
         """Apply one origin's changes idempotently (see :func:`catalog.db.apply.apply_batch`)."""
         with _translated(), self._writer_lock(origin):
-            try:
-                with self._engine.begin() as conn:
-                    mark, applied, skipped = apply_batch(conn, origin, changes)
-            except IntegrityError as exc:
-                raise InvalidChange(f"changes of {origin!r} conflict: {exc.orig}") from exc
+            for attempt in (1, 2):
+                try:
+                    with self._engine.begin() as conn:
+                        mark, applied, skipped = apply_batch(conn, origin, changes)
+                    break
+                except IntegrityError as exc:
+                    # Another process sharing this database created the origin's first
+                    # watermark concurrently: the retry sees it, locks it, skips what it did.
+                    if attempt == 2:
+                        raise InvalidChange(f"changes of {origin!r} conflict: {exc.orig}") from exc
         return PublishResult(high_water_mark=mark, applied=applied, skipped=skipped)
 
     def register_node(self, node: NodeInfo) -> None:
