@@ -35,9 +35,9 @@ class PeerConfig(_Model):
 
 
 class ReplicationConfig(_Model):
-    interval_s: float = Field(0.5, gt=0, le=3600, description="pause between pull rounds")
-    batch_size: int = Field(2000, ge=1, le=50_000, description="changes per pull and apply")
-    timeout_s: float = Field(5.0, gt=0, description="deadline of each call to a peer")
+    interval_s: float = Field(default=0.5, gt=0, le=3600, description="pause between pull rounds")
+    batch_size: int = Field(default=2000, ge=1, le=50_000, description="changes per pull and apply")
+    timeout_s: float = Field(default=5.0, gt=0, description="deadline of each call to a peer")
 
 
 class TlsConfig(_Model):
@@ -66,13 +66,13 @@ class CatalogConfig(_Model):
 
     name: str = Field(min_length=1, max_length=128, description="this replica's name")
     listen_host: str = "127.0.0.1"
-    port: int = Field(50051, ge=0, le=65535)
+    port: int = Field(default=50051, ge=0, le=65535)
     db_url: str = "sqlite:///catalog.sqlite"
     peers: tuple[PeerConfig, ...] = ()
     replication: ReplicationConfig = ReplicationConfig.model_validate({})
     tls: TlsConfig | None = None
     security: SecurityConfig | None = None
-    insecure: bool = Field(False, description="plaintext gRPC, for local development only")
+    insecure: bool = Field(default=False, description="plaintext gRPC, for local development only")
     max_workers: int = Field(default=16, ge=2, le=256)
 
     @field_validator("db_url")

@@ -141,7 +141,7 @@ def test_killed_replica_catches_up_and_clients_fail_over(
         result = client.publish_changes("site-1", outbox.added(StudyBuilder().instances(5)))
         assert result.high_water_mark == outbox.seq
     cli = [sys.executable, "-m", "gridpacs", "query", "--catalog", a.address,
-           "--catalog", b.address, "--patient-id", before[0].attributes["PatientID"],
+           "--catalog", b.address, "--patient-id", str(before[0].attributes["PatientID"]),
            "--timeout", "1", "--json"]  # fmt: skip
     done = subprocess.run(cli, cwd=REPO, capture_output=True, timeout=60, check=False)
     assert done.returncode == 0, done.stderr.decode()
