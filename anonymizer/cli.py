@@ -19,10 +19,11 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from anonymizer.batch import Settings, default_jobs, run_batch
 from anonymizer.engine import Deidentifier
 from anonymizer.errors import AnonymizationError
-from anonymizer.files import FileOutcome, anonymize_file, list_inputs
-from anonymizer.profiles import OPTIONS, PROFILES, load_profile
+from anonymizer.files import FileOutcome, list_inputs
+from anonymizer.profiles import OPTIONS, PROFILES
 from anonymizer.pseudonyms import generate_secret, load_secret
 from anonymizer.reidentification import ReidentificationMap
 
@@ -47,24 +48,6 @@ def register(app: typer.Typer) -> None:
 def _fail(message: str, code: int = EXIT_SETUP) -> typer.Exit:
     Console(stderr=True).print(f"[bold red]error:[/] {message}", highlight=False)
     return typer.Exit(code)
-
-
-def _build(
-    profile: list[str],
-    option: list[str],
-    recipe: list[Path],
-    secret_file: Path,
-    reid: tuple[Path | None, Path | None],
-    allow_burned_in: bool,
-) -> Deidentifier:
-    reid_map_path, reid_key_path = reid
-    if (reid_map_path is None) != (reid_key_path is None):
-        raise AnonymizationError("--reid-map and --reid-key go together")
-    reid_map = None
-    if reid_map_path is not None and reid_key_path is not None:
-        reid_map = ReidentificationMap(reid_map_path, load_secret(reid_key_path))
-    loaded = load_profile(profile or ["basic"], option, recipe)
-    return Deidentifier(loaded, load_secret(secret_file), reid_map, allow_burned_in)
 
 
 def anonymize(
@@ -92,15 +75,25 @@ def anonymize(
         bool, typer.Option("--allow-burned-in", help="Accept BurnedInAnnotation=YES.")
     ] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print a JSON report.")] = False,
+    jobs: Annotated[
+        int | None,
+        typer.Option("--jobs", "-j", min=1, help="Worker processes (default: the CPUs)."),
+    ] = None,
 ) -> None:
     """De-identify SOURCE into OUTPUT (files named after their new SOP Instance UID)."""
+    settings = Settings(
+        secret_file, tuple(profile), tuple(option), tuple(recipe),
+        reid_map, reid_key, allow_burned_in,
+    )  # fmt: skip
     try:
-        deid = _build(profile, option, recipe, secret_file, (reid_map, reid_key), allow_burned_in)
+        # Built here even when workers build their own: setup errors exit 2 before any
+        # work starts, and the re-identification map exists before workers open it.
+        deid = settings.build()
         inputs = list_inputs(source)
     except AnonymizationError as exc:
         raise _fail(str(exc)) from None
     started = time.perf_counter()
-    outcomes = _run(deid, inputs, output, show=not as_json)
+    outcomes = _run(settings, deid, inputs, output, jobs or default_jobs(), show=not as_json)
     elapsed = time.perf_counter() - started
     failed = [o for o in outcomes if not o.ok]
     if as_json:
@@ -110,15 +103,27 @@ def anonymize(
     raise typer.Exit(EXIT_FAILED if failed else EXIT_OK)
 
 
-def _run(deid: Deidentifier, inputs: list[Path], output: Path, show: bool) -> list[FileOutcome]:
+def _run(
+    settings: Settings,
+    deid: Deidentifier,
+    inputs: list[Path],
+    output: Path,
+    jobs: int,
+    show: bool,
+) -> list[FileOutcome]:
     columns = (TextColumn("anonymize"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-    outcomes = []
-    with Progress(*columns, console=Console(stderr=True), disable=not show) as progress:
+    # No timer thread (auto_refresh=False): worker processes are forked while it runs.
+    progress = Progress(
+        *columns, console=Console(stderr=True), disable=not show, auto_refresh=False
+    )
+    with progress:
         task = progress.add_task("anonymize", total=len(inputs))
-        for source in inputs:
-            outcomes.append(anonymize_file(deid, source, output))
-            progress.advance(task)
-    return outcomes
+
+        def advance(done: int) -> None:
+            progress.advance(task, done)
+            progress.refresh()
+
+        return run_batch(settings, inputs, output, jobs, deidentifier=deid, on_progress=advance)
 
 
 def _report(deid: Deidentifier, outcomes: list[FileOutcome], elapsed: float) -> dict[str, object]:
