@@ -456,6 +456,9 @@ def main() -> None:
     parser.add_argument("--publish-batch", type=int, default=250)
     parser.add_argument("--lag-seconds", type=float, default=20)
     parser.add_argument("--lag-rate", type=float, default=1000, help="instances/s published")
+    parser.add_argument(
+        "--steps", default="query,publish,lag", help="which of query,publish,lag to run"
+    )
     opts = parser.parse_args()
     workdir = Path(tempfile.mkdtemp(prefix="gridpacs-bench-"))
     rows = [["backend", "measure", "value", "p50 ms", "p95 ms", "max ms", "mean matches"]]
@@ -473,6 +476,16 @@ def main() -> None:
 
 
 def run_backend(backend: str, opts: argparse.Namespace, workdir: Path) -> Iterator[list[str]]:
+    steps = opts.steps.split(",")
+    if "query" in steps:
+        yield from query_rows(backend, opts, workdir)
+    if "publish" in steps:
+        yield publish_row(backend, opts, workdir)
+    if "lag" in steps:
+        yield lag_row(backend, opts, workdir)
+
+
+def query_rows(backend: str, opts: argparse.Namespace, workdir: Path) -> Iterator[list[str]]:
     corpus = Corpus()
     db = Database(backend, workdir)
     try:
@@ -511,8 +524,6 @@ def run_backend(backend: str, opts: argparse.Namespace, workdir: Path) -> Iterat
             replica.stop()
     finally:
         db.drop()
-    yield publish_row(backend, opts, workdir)
-    yield lag_row(backend, opts, workdir)
 
 
 def publish_row(backend: str, opts: argparse.Namespace, workdir: Path) -> list[str]:
