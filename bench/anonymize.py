@@ -1,13 +1,23 @@
-"""Benchmark: files/s of the Basic profile, gridpacs engine vs deid's own pipeline.
+"""Benchmark: files/s of the Basic profile, gridpacs vs deid's own pipeline.
 
-Plain script (not a test) printing a table. Both sides read the same Part 10 files from
-disk, apply the same recipe (``anonymizer/profiles/deid.basic``, with the same HMAC
-pseudonym functions plugged into deid's ``func:`` lookups) and write one output file per
-input. Runs are interleaved (ours, deid, ours, deid, …) so both see the same noise on a
-shared machine; the table shows medians of files/s by wall clock and by CPU time of the
-process (steadier when other jobs share the cores), and the ratios of the medians.
+Plain script (not a test) printing a table. Every side reads the same Part 10 files,
+applies the same recipe (``anonymizer/profiles/deid.basic``, with the same HMAC pseudonym
+functions plugged into deid's ``func:`` lookups) and writes one output file per input:
 
-    python bench/anonymize.py [--small 1000] [--ct 200] [--repeat 3] [--dir /dev/shm] [--json]
+* ``engine``   — our engine in one process, plain ``open``/``write`` (no fsync), the same
+  way deid's pipeline writes: the engine-to-engine comparison;
+* ``cli j1``   — :func:`anonymizer.batch.run_batch` with ``jobs=1``, the code path of
+  ``gridpacs anonymize --jobs 1`` (temporary file, fsync, rename per output);
+* ``cli jN``   — the same with ``jobs=<CPUs>`` worker processes (``gridpacs anonymize``'s
+  default), pool start-up included;
+* ``deid``     — deid's ``replace_identifiers`` pipeline, one process.
+
+Runs are interleaved (engine, cli j1, cli jN, deid, engine, …) so every side sees the same
+noise on a shared machine; the table shows medians of files/s by wall clock and by CPU
+time (this process plus its reaped worker processes), and the ratios to deid's medians.
+
+    python bench/anonymize.py [--small 1000] [--ct 200] [--repeat 3] [--jobs N]
+                              [--dir /dev/shm] [--json]
 """
 
 from __future__ import annotations
@@ -16,11 +26,13 @@ import argparse
 import json
 import os
 import platform
+import resource
 import shutil
 import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +42,7 @@ sys.path.insert(0, str(ROOT))
 
 from anonymizer import Deidentifier, load_profile  # noqa: E402
 from anonymizer._deid import run_reference_pipeline  # noqa: E402
+from anonymizer.batch import Settings, default_jobs, run_batch  # noqa: E402
 from anonymizer.pseudonyms import Pseudonymizer  # noqa: E402
 from tests.factories import StudySpec, make_dataset  # noqa: E402
 
@@ -71,49 +84,73 @@ def deid_functions() -> dict[str, Any]:
     }
 
 
-def run_ours(files: list[Path], out: Path) -> tuple[float, float]:
-    """(wall seconds, CPU seconds) for our engine, file in and file out."""
-    deid = Deidentifier(load_profile(), SECRET)
-    wall, cpu = time.perf_counter(), time.process_time()
-    for path in files:
-        result = deid.deidentify_part10(path.read_bytes())
-        with (out / f"{result.sop_instance_uid}.dcm").open("wb") as handle:
-            handle.writelines(result.parts)
-    return time.perf_counter() - wall, time.process_time() - cpu
+def _cpu() -> float:
+    """CPU seconds of this process and of its children already reaped (pool workers)."""
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return time.process_time() + children.ru_utime + children.ru_stime
 
 
-def run_deid(files: list[Path], out: Path) -> tuple[float, float]:
-    """(wall seconds, CPU seconds) for deid's replace_identifiers on the same recipe."""
-    recipes = list(load_profile().recipes)
-    wall, cpu = time.perf_counter(), time.process_time()
-    written = run_reference_pipeline(files, recipes, deid_functions(), out)
-    elapsed = time.perf_counter() - wall, time.process_time() - cpu
-    assert written == len(files), f"deid wrote {written} of {len(files)}"
-    return elapsed
+Runner = Callable[[list[Path], Path], None]
 
 
-def measure(files: list[Path], scratch: Path, repeat: int) -> dict[str, Any]:
-    """Interleaved runs; medians of files/s by wall clock and by CPU time."""
-    wall: dict[str, list[float]] = {"gridpacs": [], "deid": []}
-    cpu: dict[str, list[float]] = {"gridpacs": [], "deid": []}
+def engine_runner() -> Runner:
+    """Our engine, file in and plain file out, in this process."""
+
+    def run(files: list[Path], out: Path) -> None:
+        deid = Deidentifier(load_profile(), SECRET)
+        for path in files:
+            result = deid.deidentify_part10(path.read_bytes())
+            with (out / f"{result.sop_instance_uid}.dcm").open("wb") as handle:
+                handle.writelines(result.parts)
+
+    return run
+
+
+def cli_runner(settings: Settings, jobs: int) -> Runner:
+    """What ``gridpacs anonymize --jobs N`` runs once its arguments are parsed."""
+
+    def run(files: list[Path], out: Path) -> None:
+        outcomes = run_batch(settings, files, out, jobs)
+        failed = [o for o in outcomes if not o.ok]
+        assert not failed, f"{len(failed)} failed, first: {failed[0].error}"
+
+    return run
+
+
+def deid_runner() -> Runner:
+    """deid's replace_identifiers on the same recipe."""
+
+    def run(files: list[Path], out: Path) -> None:
+        written = run_reference_pipeline(files, list(load_profile().recipes), deid_functions(), out)
+        assert written == len(files), f"deid wrote {written} of {len(files)}"
+
+    return run
+
+
+def measure(
+    files: list[Path], scratch: Path, repeat: int, runners: dict[str, Runner]
+) -> dict[str, Any]:
+    """Interleaved runs; medians of files/s by wall clock and by CPU time, ratios to deid."""
+    wall: dict[str, list[float]] = {name: [] for name in runners}
+    cpu: dict[str, list[float]] = {name: [] for name in runners}
     for round_ in range(repeat):
-        for name, runner in (("gridpacs", run_ours), ("deid", run_deid)):
-            out = scratch / f"{name}-{round_}"
+        for name, runner in runners.items():
+            out = scratch / f"out-{round_}"
             out.mkdir()
-            seconds, cpu_seconds = runner(files, out)
-            wall[name].append(len(files) / seconds)
-            cpu[name].append(len(files) / cpu_seconds)
+            started, cpu_started = time.perf_counter(), _cpu()
+            runner(files, out)
+            wall[name].append(len(files) / (time.perf_counter() - started))
+            cpu[name].append(len(files) / (_cpu() - cpu_started))
+            assert len(list(out.iterdir())) == len(files), name
             shutil.rmtree(out)
     med = {k: statistics.median(v) for k, v in wall.items()}
     med_cpu = {k: statistics.median(v) for k, v in cpu.items()}
     return {
         "files": len(files),
-        "gridpacs_files_per_s": round(med["gridpacs"], 1),
-        "deid_files_per_s": round(med["deid"], 1),
-        "ratio": round(med["gridpacs"] / med["deid"], 1),
-        "gridpacs_files_per_cpu_s": round(med_cpu["gridpacs"], 1),
-        "deid_files_per_cpu_s": round(med_cpu["deid"], 1),
-        "cpu_ratio": round(med_cpu["gridpacs"] / med_cpu["deid"], 1),
+        "files_per_s": {k: round(v, 1) for k, v in med.items()},
+        "ratio": {k: round(v / med["deid"], 1) for k, v in med.items()},
+        "files_per_cpu_s": {k: round(v, 1) for k, v in med_cpu.items()},
+        "cpu_ratio": {k: round(v / med_cpu["deid"], 1) for k, v in med_cpu.items()},
         "runs_wall": {k: [round(v, 1) for v in vs] for k, vs in wall.items()},
     }
 
@@ -123,6 +160,7 @@ def main() -> None:
     parser.add_argument("--small", type=int, default=1000, help="64x64 instances")
     parser.add_argument("--ct", type=int, default=200, help="512x512 16-bit instances")
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--jobs", type=int, default=default_jobs(), help="workers of cli jN")
     parser.add_argument("--json", action="store_true")
     parser.add_argument(
         "--dir",
@@ -134,9 +172,17 @@ def main() -> None:
     results = {}
     with tempfile.TemporaryDirectory(prefix="gridpacs-bench-anon-", dir=args.dir) as tmp:
         scratch = Path(tmp)
+        secret_file = scratch / "site.secret"
+        secret_file.write_text(SECRET.hex())
+        runners = {
+            "engine": engine_runner(),
+            "cli j1": cli_runner(Settings(secret_file), 1),
+            f"cli j{args.jobs}": cli_runner(Settings(secret_file), args.jobs),
+            "deid": deid_runner(),
+        }
         for label, count, size in (("small 64x64", args.small, 64), ("CT 512x512", args.ct, 512)):
             files = make_corpus(scratch / label.split()[0], count, size)
-            results[label] = measure(files, scratch, args.repeat)
+            results[label] = measure(files, scratch, args.repeat, runners)
     load = os.getloadavg()
     machine: dict[str, Any] = {
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
@@ -152,18 +198,16 @@ def main() -> None:
     print(f"# anonymize benchmark  {machine['date']}  {machine['cpus']} CPUs  "
           f"{machine['platform']}  load {load[0]:.1f}  files in {machine['dir']}")  # fmt: skip
     header = (
-        f"{'corpus':<13}{'files':>6}{'gridpacs f/s':>14}{'deid f/s':>10}{'ratio':>8}"
-        f"{'gridpacs f/cpu-s':>18}{'deid f/cpu-s':>14}{'ratio':>8}"
+        f"{'corpus':<13}{'files':>6}  {'side':<9}{'f/s':>9}{'ratio':>8}{'f/cpu-s':>10}{'ratio':>8}"
     )
     print(header)
     print("-" * len(header))
     for label, r in results.items():
-        print(
-            f"{label:<13}{r['files']:>6}{r['gridpacs_files_per_s']:>14}"
-            f"{r['deid_files_per_s']:>10}{r['ratio']:>7}x"
-            f"{r['gridpacs_files_per_cpu_s']:>18}{r['deid_files_per_cpu_s']:>14}"
-            f"{r['cpu_ratio']:>7}x"
-        )
+        for side in r["files_per_s"]:
+            print(
+                f"{label:<13}{r['files']:>6}  {side:<9}{r['files_per_s'][side]:>9}"
+                f"{r['ratio'][side]:>7}x{r['files_per_cpu_s'][side]:>10}{r['cpu_ratio'][side]:>7}x"
+            )
     print("wall runs (files/s):", json.dumps({k: v["runs_wall"] for k, v in results.items()}))
 
 
