@@ -5,6 +5,7 @@ Plain script printing tables (not a test). Run from the repository root:
 
     python bench/catalog_query.py [--instances 1000000] [--load-seconds 300]
         [--backends sqlite,postgresql] [--queries 100] [--publish 30000] [--lag-seconds 20]
+        [--lag-rate 1000] [--steps query,publish,lag]
 
 1. Bulk load: a synthetic grid corpus (50 instances per study in 2 series, ~2 studies per
    patient, 10 years of dates, CT/MR/CR/US/PT) applied through ``CatalogService.apply_changes``
