@@ -143,3 +143,37 @@ def test_identified_data_stays_home_without_one_trust_domain(
     assert len(studies) == 1
     assert studies[0].PatientID not in {"HOME-ONLY", "LEAVES-AS-PSEUDONYM"}
     assert "PRIVATE" not in str(studies[0].PatientName)
+
+
+def test_node_publishing_to_a_dead_replica_fails_over(
+    tmp_path: Path, node_factory: NodeFactory
+) -> None:
+    first, second = ReplicaProcess("c1", tmp_path), ReplicaProcess("c2", tmp_path)
+    first.start()
+    second.start()
+    try:
+        node = node_factory(
+            ae_title="SITEA",
+            args=["--catalog", first.address, "--catalog", second.address, "--insecure-catalog",
+                  "--publish-identified", "--name", "site-a"],
+        )  # fmt: skip
+        first.signal(signal.SIGKILL)  # the preferred replica is gone for good
+        spec = StudySpec(patient_id="FAILOVER-1")
+        assert _store(
+            node.port, "SITEA", [make_dataset(spec, instance_number=n) for n in (1, 2)]
+        ) == [0, 0]
+        from catalog import GrpcCatalogClient, QueryFilter
+
+        client = GrpcCatalogClient([second.address], timeout=5)
+        try:
+            studies = _wait_for(
+                lambda: list(client.query_studies(QueryFilter(patient_id="FAILOVER-1"))),
+                30, "publication to the surviving replica",
+            )  # fmt: skip
+        finally:
+            client.close()
+        assert studies[0].number_of_instances == 2
+        assert [h.node for h in studies[0].holders] == ["site-a"]
+    finally:
+        second.stop()
+        first.stop()
