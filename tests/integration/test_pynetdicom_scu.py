@@ -304,19 +304,29 @@ def test_c_find_study_root_patient_attributes_at_study_level(node: Node, corpus:
     assert mine[0].AccessionNumber == "ITNC"
 
 
-def test_c_find_non_ascii_answers_in_utf8(node: Node) -> None:
-    spec = StudySpec(patient_id="ITNUTF8", patient_name="Müller^Jürgen")
-    ds = make_dataset(spec, rows=16, columns=16, charset="ISO_IR 192")
-    load(node, [ds])
+@pytest.mark.parametrize(
+    ("stored", "asked", "patient_id", "name", "pattern"),
+    [
+        ("ISO_IR 192", "ISO_IR 192", "ITNUTF8", "Müller^Jürgen", "Mül*"),
+        ("ISO_IR 100", "ISO_IR 192", "ITNLAT1", "Ødegård^Åse", "Ødeg*"),
+        ("ISO_IR 192", "ISO_IR 100", "ITNUTF8B", "Gärtner^Björn", "Gärt*"),
+    ],
+)
+def test_c_find_non_ascii_answers_in_utf8(
+    node: Node, stored: str, asked: str, patient_id: str, name: str, pattern: str
+) -> None:
+    """Names stored in UTF-8 or Latin-1 match queries in either, answers come in UTF-8."""
+    spec = StudySpec(patient_id=patient_id, patient_name=name)
+    load(node, [make_dataset(spec, rows=16, columns=16, charset=stored)])
     with association(node) as assoc:
-        by_id = matches(find(assoc, "P", query("PATIENT", PatientID="ITNUTF8", PatientName=None)))
-        q = query("PATIENT", PatientName="Mül*", PatientID=None)
-        q.SpecificCharacterSet = "ISO_IR 192"
+        by_id = matches(find(assoc, "P", query("PATIENT", PatientID=patient_id, PatientName=None)))
+        q = query("PATIENT", PatientName=pattern, PatientID=None)
+        q.SpecificCharacterSet = asked
         by_name = matches(find(assoc, "P", q))
     assert len(by_id) == 1
-    assert str(by_id[0].PatientName) == "Müller^Jürgen"
+    assert str(by_id[0].PatientName) == name
     assert by_id[0].get("SpecificCharacterSet") == "ISO_IR 192"
-    assert values(by_name, "PatientID") == ["ITNUTF8"]
+    assert values(by_name, "PatientID") == [patient_id]
 
 
 # -------------------------------------------------------------------------------------- move
