@@ -90,9 +90,9 @@ def association(
     for uid in contexts:
         # Storage in the encoding the data was made in, so bytes can be compared unchanged.
         syntaxes = (
-            [ExplicitVRLittleEndian]
-            if uid in STORAGE_CLASSES
-            else [ExplicitVRLittleEndian, ImplicitVRLittleEndian]
+            [ExplicitVRLittleEndian, ImplicitVRLittleEndian]
+            if uid in (Verification, *QR_CLASSES)
+            else [ExplicitVRLittleEndian]
         )
         ae.add_requested_context(uid, syntaxes)
     for uid in scp_roles:

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from pydicom.dataset import Dataset
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian
-from pynetdicom import AE, evt
+from pynetdicom import AE, evt, sop_class
 from pynetdicom.sop_class import Verification
 
 from tests.factories import StudySpec, make_dataset
@@ -164,6 +164,65 @@ def test_c_store_success_then_findable(node: Node) -> None:
             )
         )
     assert _uids(found) == [ds.SOPInstanceUID]
+
+
+COMMON_STORAGE_CLASSES = (
+    sop_class.BasicTextSRStorage,
+    sop_class.ComprehensiveSRStorage,
+    sop_class.KeyObjectSelectionDocumentStorage,
+    sop_class.GrayscaleSoftcopyPresentationStateStorage,
+    sop_class.EncapsulatedPDFStorage,
+    sop_class.RTStructureSetStorage,
+    sop_class.RTDoseStorage,
+    sop_class.DigitalXRayImageStorageForPresentation,
+    sop_class.DigitalMammographyXRayImageStorageForPresentation,
+    sop_class.UltrasoundMultiFrameImageStorage,
+    sop_class.SegmentationStorage,
+    sop_class.EnhancedCTImageStorage,
+    sop_class.PositronEmissionTomographyImageStorage,
+    sop_class.NuclearMedicineImageStorage,
+    sop_class.ComputedRadiographyImageStorage,
+    sop_class.SecondaryCaptureImageStorage,
+)
+
+
+def test_many_storage_sop_classes_stored_found_and_retrieved(node: Node) -> None:
+    """What a hospital sends besides CT/MR: SR, KOS, PR, PDF, RT, DX, MG, US, SEG, PET …"""
+    spec = StudySpec(patient_id="ITNCLASSES")
+    datasets = [
+        make_dataset(spec, instance_number=n, rows=8, columns=8, sop_class_uid=uid)
+        for n, uid in enumerate(COMMON_STORAGE_CLASSES, 1)
+    ]
+    with association(node, [Verification, *QR_CLASSES, *COMMON_STORAGE_CLASSES]) as assoc:
+        statuses = {str(ds.SOPClassUID.name): store(assoc, ds) for ds in datasets}
+        assert all(s == 0x0000 for s in statuses.values()), statuses
+        found = matches(
+            find(
+                assoc,
+                "S",
+                query(
+                    "IMAGE",
+                    StudyInstanceUID=spec.study_uid,
+                    SeriesInstanceUID=spec.series_uid,
+                    SOPInstanceUID=None,
+                    SOPClassUID=None,
+                ),
+            )
+        )
+    assert sorted((str(d.SOPInstanceUID), str(d.SOPClassUID)) for d in found) == sorted(
+        (str(d.SOPInstanceUID), str(d.SOPClassUID)) for d in datasets
+    )
+    got = Received()
+    with association(
+        node,
+        [Verification, *QR_CLASSES],
+        scp_roles=COMMON_STORAGE_CLASSES,
+        handlers=[(evt.EVT_C_STORE, got.handler)],
+    ) as assoc:
+        responses = get(assoc, "S", query("STUDY", StudyInstanceUID=spec.study_uid))
+    assert_suboperation_counts(responses, len(datasets))
+    for ds in datasets:
+        assert got.items[ds.SOPInstanceUID] == dataset_bytes(ds), ds.SOPClassUID.name
 
 
 # -------------------------------------------------------------------------------------- find
