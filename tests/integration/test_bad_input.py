@@ -7,7 +7,9 @@ file meta exactly as it is, and takes the request's SOP Class/Instance UIDs from
 
 from __future__ import annotations
 
+import contextlib
 import json
+import socket
 import threading
 import warnings
 from collections.abc import Iterator
@@ -29,7 +31,7 @@ from pynetdicom.sop_class import Verification
 from tests.factories import StudySpec, make_dataset
 from tests.integration.archive import load
 from tests.integration.corpus import dataset_bytes
-from tests.integration.processes import Node, NodeFactory
+from tests.integration.processes import HOST, Node, NodeFactory
 from tests.integration.scu import (
     association,
     find,
@@ -292,3 +294,48 @@ def test_bad_query_level_is_refused(node: Node, model: str, level: str) -> None:
             f"0x{r.status:04X}" for r in responses
         ]
         assert assoc.send_c_echo().Status == 0x0000
+
+
+# ------------------------------------------------------------------------------ raw TCP junk
+
+
+@pytest.mark.parametrize(
+    "junk",
+    [
+        b"GET / HTTP/1.1\r\nHost: pacs\r\n\r\n",
+        bytes(range(256)) * 16,
+        b"\x01\x00\xff\xff\xff\xff",  # A-ASSOCIATE-RQ header claiming a 4 GiB PDU, then EOF
+        b"\x04\x00\x00\x00\x00\x10" + b"\x00" * 16,  # P-DATA before any association
+    ],
+    ids=["http", "random", "huge-pdu-length", "pdata-first"],
+)
+def test_non_dicom_bytes_on_the_port_do_not_hurt_the_node(node: Node, junk: bytes) -> None:
+    with socket.create_connection((HOST, node.port), timeout=10) as sock:
+        sock.sendall(junk)
+        sock.shutdown(socket.SHUT_WR)
+        sock.settimeout(10)
+        with contextlib.suppress(OSError):
+            while sock.recv(4096):  # the node may answer (A-ABORT) and must then close
+                pass
+    with association(node) as assoc:
+        assert assoc.send_c_echo().Status == 0x0000
+        ds = make_dataset(StudySpec(patient_id="ITBJUNK"), rows=8, columns=8)
+        assert store(assoc, ds) == 0x0000
+
+
+def test_stalled_clients_do_not_block_others(node: Node) -> None:
+    """Half-sent PDUs held open (a hung modality, a port scanner) while others work."""
+    stalled = []
+    try:
+        for header in (b"\x01\x00\xff\xff\xff\xff", b"\x01\x00\x00\x00\x01\x00" + b"\x00" * 10):
+            sock = socket.create_connection((HOST, node.port), timeout=10)
+            sock.sendall(header)
+            stalled.append(sock)
+        stalled.append(socket.create_connection((HOST, node.port), timeout=10))  # says nothing
+        with association(node) as assoc:
+            assert assoc.send_c_echo().Status == 0x0000
+            ds = make_dataset(StudySpec(patient_id="ITBSTALL"), rows=8, columns=8)
+            assert store(assoc, ds) == 0x0000
+    finally:
+        for sock in stalled:
+            sock.close()
