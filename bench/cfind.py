@@ -31,7 +31,7 @@ from pathlib import Path
 
 from corpus import DAY_SPAN, FIRST_DAY, OUT_DIR, SURNAMES, DataSet, StudyRow, query_corpus
 from machine import describe, fsync_ms
-from peers import SERVERS, PeerError, RssSampler, Server
+from peers import SERVERS, PeerError, RssSampler, Server, exclusive_run, terminate_on_sigterm
 from pydicom.dataset import Dataset
 from pynetdicom import AE
 from pynetdicom.association import Association
@@ -293,4 +293,10 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    terminate_on_sigterm()
+    try:
+        with exclusive_run(Path(__file__).name):
+            sys.exit(main())
+    except PeerError as exc:
+        Console(stderr=True).print(f"[red]{exc}[/red]")
+        sys.exit(3)

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from corpus import DataSet, ingest_set
 from machine import describe, fsync_ms
-from peers import SERVERS, PeerError, RssSampler
+from peers import SERVERS, PeerError, RssSampler, exclusive_run, terminate_on_sigterm
 from report import Report, show
 from rich.console import Console
 from storescu import send
@@ -188,4 +188,10 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    terminate_on_sigterm()
+    try:
+        with exclusive_run(Path(__file__).name):
+            sys.exit(main())
+    except PeerError as exc:
+        Console(stderr=True).print(f"[red]{exc}[/red]")
+        sys.exit(3)

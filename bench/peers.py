@@ -35,6 +35,15 @@ class PeerError(RuntimeError):
     """A server did not start, or died while it was being measured."""
 
 
+def terminate_on_sigterm() -> None:
+    """Turn SIGTERM into SystemExit so context managers stop the servers on the way out."""
+
+    def handler(signum: int, frame: object) -> None:
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, handler)
+
+
 def nodelay_env() -> dict[str, str]:
     """The current environment plus ``TCP_NODELAY=1`` (read by DCMTK at socket creation)."""
     return {**os.environ, "TCP_NODELAY": "1"}
@@ -140,6 +149,37 @@ def _log_contains(path: Path, needle: str) -> Callable[[], bool]:
     return check
 
 
+def _die_with_parent() -> None:
+    # Runs in the child before exec: if the benchmark dies, even by SIGKILL, the kernel sends
+    # its servers SIGTERM instead of leaving them orphaned on the shared machine.
+    import ctypes
+
+    pr_set_pdeathsig = 1
+    ctypes.CDLL("libc.so.6", use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
+
+
+@contextmanager
+def exclusive_run(name: str) -> Iterator[None]:
+    """Refuse to run while another benchmark run holds ``bench/out/bench.lock``.
+
+    Two runs at once on this 2-core machine would measure each other.
+    """
+    import fcntl
+
+    lock_path = Path(__file__).resolve().parent / "out" / "bench.lock"
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock_path, "a+") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            lock.seek(0)
+            raise PeerError(f"another benchmark run holds {lock_path}: {lock.read()}") from None
+        lock.truncate(0)
+        lock.write(f"{name} pid {os.getpid()}")
+        lock.flush()
+        yield
+
+
 def stop_process(process: subprocess.Popen[bytes], grace_s: float = 15.0) -> None:
     """SIGTERM, then SIGKILL after ``grace_s`` if it is still there."""
     if process.poll() is not None:
@@ -160,7 +200,8 @@ def _running(
     with open(log_path, "wb") as log:
         # The log goes to a file, never a pipe: a pipe nobody drains blocks a chatty server.
         process = subprocess.Popen(
-            argv, stdout=log, stderr=subprocess.STDOUT, env=nodelay_env(), cwd=REPO_ROOT
+            argv, stdout=log, stderr=subprocess.STDOUT, env=nodelay_env(), cwd=REPO_ROOT,
+            preexec_fn=_die_with_parent,
         )
     server = Server(name, ae_title, port, process, workdir, log_path)
     try:
