@@ -150,6 +150,7 @@ class Gateway:
         log_event(
             LOG,
             "c_store",
+            level=logging.INFO if code == status.SUCCESS else logging.WARNING,
             calling_ae=calling,
             called_ae=called,
             sop_instance_uid=request.affected_sop_instance_uid,
