@@ -7,6 +7,7 @@ import ssl
 import threading
 from typing import Any
 
+from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, _config
 from pynetdicom.sop_class import (  # type: ignore[attr-defined]  # generated at import
     PatientRootQueryRetrieveInformationModelFind,
@@ -22,6 +23,18 @@ from pynetdicom.transport import ThreadedAssociationServer
 from node.config import DicomConfig
 from node.dicom.handlers import Gateway
 from node.dicom.scu import install_nodelay_for_outgoing, set_nodelay
+
+# pynetdicom accepts the first of *our* syntaxes that the peer offers: prefer Explicit VR
+# Little Endian so C-GET (and C-STORE) keep VRs — Implicit VR loses those of private elements.
+PREFERRED_SYNTAXES = [
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+    *(
+        ts
+        for ts in ALL_TRANSFER_SYNTAXES
+        if ts not in (ExplicitVRLittleEndian, ImplicitVRLittleEndian)
+    ),
+]
 
 _QR_CONTEXTS = (
     PatientRootQueryRetrieveInformationModelFind,
@@ -74,14 +87,14 @@ def build_ae(config: DicomConfig) -> AE:
     ae.dimse_timeout = config.network_timeout
     ae.require_calling_aet = list(config.allowed_calling_aes)
     ae.require_called_aet = False  # checked against every routed AE title in on_requested
-    ae.add_supported_context(Verification, ALL_TRANSFER_SYNTAXES)
+    ae.add_supported_context(Verification, PREFERRED_SYNTAXES)
     for cx in AllStoragePresentationContexts:
         assert cx.abstract_syntax is not None
         ae.add_supported_context(
-            cx.abstract_syntax, ALL_TRANSFER_SYNTAXES, scp_role=True, scu_role=False
+            cx.abstract_syntax, PREFERRED_SYNTAXES, scp_role=True, scu_role=False
         )
     for sop_class in _QR_CONTEXTS:
-        ae.add_supported_context(sop_class, ALL_TRANSFER_SYNTAXES)
+        ae.add_supported_context(sop_class, PREFERRED_SYNTAXES)
     # outgoing C-MOVE sub-associations request contexts built per move (scu.contexts_for)
     return ae
 
