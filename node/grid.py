@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import io
 import logging
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from typing import Protocol
 
 from pydicom import dcmread
 from pydicom.dataset import Dataset
 
-from catalog import InstanceLocation, QueryFilter, SeriesMatch, StudyMatch
+from catalog import CatalogClient, InstanceLocation, QueryFilter, SeriesMatch, StudyMatch
 from catalog import InstanceMatch as CatalogInstanceMatch
 from node.errors import InvalidIdentifier
 from node.index.records import IndexQuery, Level, StoredInstance
@@ -41,14 +41,6 @@ _LISTS = {
 }
 
 
-class CatalogQueries(Protocol):
-    def query_studies(self, query: QueryFilter) -> Iterator[StudyMatch]: ...
-
-    def query_series(self, query: QueryFilter) -> Iterator[SeriesMatch]: ...
-
-    def query_instances(self, query: QueryFilter) -> Iterator[CatalogInstanceMatch]: ...
-
-
 def to_filter(query: IndexQuery) -> QueryFilter:
     """The catalog filter for a C-FIND identifier; unsupported matching keys are refused."""
     values: dict[str, object] = {}
@@ -69,7 +61,7 @@ def _holders(match: StudyMatch | SeriesMatch | CatalogInstanceMatch) -> list[str
 class GridQueryService:
     """Streams catalog matches as index-shaped dicts for the gateway's C-FIND handler."""
 
-    def __init__(self, catalog: CatalogQueries) -> None:
+    def __init__(self, catalog: CatalogClient) -> None:
         self._catalog = catalog
 
     def find(self, query: IndexQuery) -> Iterator[dict[str, object]]:
@@ -107,19 +99,6 @@ class GridQueryService:
                 }
 
 
-class InstanceLocator(Protocol):
-    def locate_instances(
-        self,
-        *,
-        study_instance_uids: Sequence[str] = (),
-        series_instance_uids: Sequence[str] = (),
-        sop_instance_uids: Sequence[str] = (),
-        collections: Sequence[str] = (),
-    ) -> Iterator[InstanceLocation]: ...
-
-    def query_studies(self, query: QueryFilter) -> Iterator[StudyMatch]: ...
-
-
 class LocalCopies(Protocol):
     def get_instance(self, sop_instance_uid: str) -> StoredInstance | None: ...
 
@@ -134,7 +113,7 @@ class GridRetrieveService:
 
     def __init__(
         self,
-        catalog: InstanceLocator,
+        catalog: CatalogClient,
         local: LocalCopies,
         read_local: Callable[[StoredInstance], Dataset],
         peers: PeerFetcher,
