@@ -30,6 +30,7 @@ from fnmatch import fnmatchcase
 from pathlib import Path
 
 from corpus import DAY_SPAN, FIRST_DAY, OUT_DIR, SURNAMES, DataSet, StudyRow, query_corpus
+from findscu import run_findscu
 from machine import describe, fsync_ms
 from peers import SERVERS, PeerError, RssSampler, Server, exclusive_run, terminate_on_sigterm
 from pydicom.dataset import Dataset
@@ -190,20 +191,37 @@ def measure(servers: list[tuple[Server, ServerResult]], queries: list[Query]) ->
         cpu_before = [server.cpu_s() for server, _ in servers]
         for query in queries:
             for assoc, (_, result) in zip(assocs, servers, strict=True):
-                ms, matches, error = run_query(assoc, query)
-                result.latencies_ms.setdefault(query.kind, []).append(ms)
-                if error is not None:
-                    result.failures.append(f"{query.keyword}={query.value}: {error}")
-                elif matches != query.expected:
-                    result.wrong_counts[query.kind] = result.wrong_counts.get(query.kind, 0) + 1
-                    if len(result.failures) < 10:
-                        result.failures.append(f"{query.keyword}={query.value}: {matches} "
-                                               f"matches, expected {query.expected}")
+                _record(result, query, run_query(assoc, query))
         for (server, result), before in zip(servers, cpu_before, strict=True):
             result.cpu_ms_per_query = (server.cpu_s() - before) * 1000 / len(queries)
     finally:
         for assoc in assocs:
             assoc.release()
+
+
+def _record(result: ServerResult, query: Query, outcome: tuple[float, int, str | None]) -> None:
+    ms, matches, error = outcome
+    result.latencies_ms.setdefault(query.kind, []).append(ms)
+    if error is not None:
+        result.failures.append(f"{query.keyword}={query.value}: {error}")
+    elif matches != query.expected:
+        result.wrong_counts[query.kind] = result.wrong_counts.get(query.kind, 0) + 1
+        if len(result.failures) < 10:
+            result.failures.append(f"{query.keyword}={query.value}: {matches} "
+                                   f"matches, expected {query.expected}")
+
+
+def measure_findscu(servers: list[tuple[Server, ServerResult]], queries: list[Query]) -> list[
+        ServerResult]:  # fmt: skip
+    """The same queries through DCMTK findscu, one association per server, one server at a time."""
+    results = []
+    for server, loaded in servers:
+        result = ServerResult(f"{loaded.name} (findscu)")
+        outcomes = run_findscu(server, [q.identifier() for q in queries])
+        for query, outcome in zip(queries, outcomes, strict=True):
+            _record(result, query, outcome)
+        results.append(result)
+    return results
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -234,11 +252,11 @@ def table(
                 r.name, kind, str(len(lat)), f"{mean:.1f}", f"{percentile(lat, 0.5):.1f}",
                 f"{percentile(lat, 0.95):.1f}", f"{max(lat):.1f}",
                 str(r.wrong_counts.get(kind, 0)),
-                f"{r.cpu_ms_per_query:.1f}" if kind == KINDS[0] else "",
+                f"{r.cpu_ms_per_query:.1f}" if kind == KINDS[0] and r.cpu_ms_per_query else "",
                 f"{r.load_s:.0f}" if load and r.load_s else "",
                 f"{r.loaded / r.load_s:.0f}" if load and r.load_s else "",
                 "→".join(f"{k / 1024:.0f}" for k in r.rss_kib_during_load[:3])
-                if kind == KINDS[0] else "",
+                if kind == KINDS[0] and r.load_s else "",
             )  # fmt: skip
     return out
 
@@ -254,6 +272,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--reuse", action="store_true", help="keep/reuse loaded servers")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     parser.add_argument("--markdown", action="store_true", help="print the table as Markdown")
+    parser.add_argument("--findscu", action="store_true",
+                        help="also time the queries with DCMTK findscu (C++ SCU)")
     args = parser.parse_args(argv)
     console = Console(stderr=True)
     started = time.perf_counter()
@@ -270,6 +290,8 @@ def main(argv: list[str] | None = None) -> int:
                        for name in args.servers.split(",") if name]  # fmt: skip
             results = [r for _, r in servers]
             measure(servers, queries)
+            if args.findscu:
+                results += measure_findscu(servers, queries)
             for server, _ in servers:
                 server.check_alive()
     except PeerError as exc:
