@@ -18,7 +18,12 @@ from pynetdicom.sop_class import (
 from tests.catalog.processes import ReplicaProcess
 from tests.factories import StudySpec, make_dataset
 from tests.integration.processes import NodeFactory, StoreSCP
-from tests.integration.test_grid_catalog import _grid_args, _grid_find, _store, _wait_for
+from tests.integration.test_grid_catalog import (
+    _grid_args,
+    _grid_find_soon,
+    _store,
+    _wait_for,
+)
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -61,7 +66,7 @@ def test_grid_move_and_get_fetch_from_the_holding_node(
     spec = StudySpec(patient_id="GRIDMOVE")
     sent = [make_dataset(spec, instance_number=n) for n in range(1, 6)]
     assert _store(site_a.port, "SITEA", sent) == [0] * 5
-    _wait_for(lambda: _grid_find(site_b.port, "STUDY", StudyInstanceUID=spec.study_uid),
+    _wait_for(lambda: _grid_find_soon(site_b.port, "STUDY", StudyInstanceUID=spec.study_uid),
               30, "publication")  # fmt: skip
 
     statuses = _grid_move(site_b.port, spec.study_uid, storescp.ae_title)

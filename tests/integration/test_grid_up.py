@@ -14,7 +14,7 @@ import pytest
 
 from tests.factories import StudySpec, make_dataset
 from tests.integration.processes import free_port
-from tests.integration.test_grid_catalog import _grid_find, _store, _wait_for
+from tests.integration.test_grid_catalog import _grid_find_soon, _store, _wait_for
 
 REPO = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.timeout(120)
@@ -39,7 +39,7 @@ def test_up_starts_a_grid_where_one_node_finds_the_others_study(tmp_path: Path) 
         spec = StudySpec(patient_id="UP-1")
         assert _store(base, "SITEA", [make_dataset(spec)]) == [0]
         found = _wait_for(
-            lambda: _grid_find(base + 1, "STUDY", PatientID="UP-1", StudyInstanceUID=""),
+            lambda: _grid_find_soon(base + 1, "STUDY", PatientID="UP-1", StudyInstanceUID=""),
             30, "the study to be findable through the other node",
         )  # fmt: skip
         assert found[0].RetrieveAETitle == "SITEA"
