@@ -1,0 +1,83 @@
+"""DICOM TLS on the node (PS3.15 Annex B): certificates from the grid's own PKI."""
+
+from __future__ import annotations
+
+import ssl
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from pynetdicom import AE
+from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
+
+from catalog.security import pki
+from node.app import NodeApp
+from node.config import load_config
+
+pytestmark = pytest.mark.timeout(60)
+
+
+@pytest.fixture(scope="module")
+def certs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, pki.CertFiles]:
+    root = tmp_path_factory.mktemp("pki")
+    pki.init_ca(root / "ca", "test grid CA")
+    return {
+        name: pki.issue(
+            root / "ca", root / name, name, dns_names=["localhost"], ip_addresses=["127.0.0.1"]
+        )
+        for name in ("node", "workstation")
+    }
+
+
+@pytest.fixture
+def tls_node(tmp_path: Path, certs: dict[str, pki.CertFiles]) -> Iterator[NodeApp]:
+    node = certs["node"]
+    cfg = load_config(
+        None,
+        {
+            "data_dir": str(tmp_path / "node"),
+            "dicom": {
+                "port": 0,
+                "tls": {"cert_file": str(node.cert), "key_file": str(node.key),
+                        "ca_file": str(node.ca_cert), "require_client_cert": True},
+            },
+        },
+    )  # fmt: skip
+    app = NodeApp(cfg)
+    app.start()
+    yield app
+    app.stop()
+
+
+def _echo(port: int, context: ssl.SSLContext | None) -> bool:
+    ae = AE(ae_title="WORKSTATION")
+    ae.add_requested_context(Verification)
+    tls_args = (context, "localhost") if context is not None else None
+    assoc = ae.associate("127.0.0.1", port, ae_title="GRIDPACS", tls_args=tls_args)
+    if not assoc.is_established:
+        return False
+    ok = int(assoc.send_c_echo().Status) == 0
+    assoc.release()
+    return ok
+
+
+def test_client_with_grid_certificate_is_served(
+    tls_node: NodeApp, certs: dict[str, pki.CertFiles]
+) -> None:
+    ws = certs["workstation"]
+    ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(ws.ca_cert))
+    ctx.load_cert_chain(str(ws.cert), str(ws.key))
+    assert _echo(tls_node.dicom.port, ctx)
+
+
+def test_plaintext_and_certificateless_clients_are_refused(
+    tls_node: NodeApp, certs: dict[str, pki.CertFiles]
+) -> None:
+    assert not _echo(tls_node.dicom.port, None)
+    no_cert = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(certs["node"].ca_cert))
+    assert not _echo(tls_node.dicom.port, no_cert)
+    # the node keeps serving properly authenticated peers afterwards
+    ws = certs["workstation"]
+    ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(ws.ca_cert))
+    ctx.load_cert_chain(str(ws.cert), str(ws.key))
+    assert _echo(tls_node.dicom.port, ctx)
