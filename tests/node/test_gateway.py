@@ -25,7 +25,8 @@ from pynetdicom.sop_class import (
 
 from node.app import NodeApp
 from node.config import load_config
-from tests.factories import StudySpec, make_dataset
+from node.services.ingest import StoreRequest
+from tests.factories import StudySpec, make_dataset, to_bytes
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -223,3 +224,29 @@ def test_store_failures_get_statuses_and_the_server_keeps_serving(node: NodeApp)
     assoc = _assoc(node)
     assert assoc.send_c_echo().Status == 0x0000
     assoc.release()
+
+
+def test_c_cancel_stops_a_find_with_cancel_status(node: NodeApp) -> None:
+    for n in range(400):  # through the ingest service: the fixture, not what is tested
+        ds = make_dataset(StudySpec(patient_id=f"CANCEL{n:03d}"))
+        request = StoreRequest(to_bytes(ds), "SCU", "GRIDPACS", ds.SOPClassUID, ds.SOPInstanceUID)
+        node.ingest.store(request, collection="local")
+    query = Dataset()
+    query.QueryRetrieveLevel = "STUDY"
+    query.PatientID = "CANCEL*"
+    assoc = _assoc(node)
+    try:
+        responses = assoc.send_c_find(query, StudyRootQueryRetrieveInformationModelFind, msg_id=7)
+        first_status, _ = next(responses)
+        assert first_status.Status == 0xFF00
+        cx_id = next(
+            cx.context_id
+            for cx in assoc.accepted_contexts
+            if cx.abstract_syntax == StudyRootQueryRetrieveInformationModelFind
+        )
+        assoc.send_c_cancel(7, cx_id)
+        rest = [status.Status for status, _ in responses]
+    finally:
+        assoc.release()
+    assert rest[-1] == 0xFE00  # Matching terminated due to Cancel
+    assert len(rest) - 1 < 399  # not every remaining match was sent
