@@ -220,3 +220,64 @@ def test_ansible_lint_production_profile_is_clean(tmp_path: Path) -> None:
         timeout=180,
     )
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+
+
+def _render_example(out: Path, *extra: str) -> subprocess.CompletedProcess[str]:
+    """Render and check-config the example inventory's files locally (tag ``config``)."""
+    return subprocess.run(
+        [
+            _tool("ansible-playbook"),
+            "-i",
+            str(ANSIBLE_DIR / "inventories" / "example"),
+            str(ANSIBLE_DIR / "site.yml"),
+            "--tags",
+            "config",
+            "-e",
+            json.dumps(
+                {
+                    "ansible_connection": "local",
+                    "ansible_python_interpreter": sys.executable,
+                    "gridpacs_become": False,
+                    "gridpacs_common_create_user": False,
+                    "gridpacs_common_service_manager": "unmanaged",
+                    "gridpacs_common_prefix": str(out),
+                    "gridpacs_common_venv": sys.prefix,  # its bin/gridpacs runs check-config
+                }
+            ),
+            *extra,
+        ],
+        cwd=REPO,
+        env=_env(out / "ansible-home"),
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+
+
+def test_the_example_inventory_renders_valid_configurations(tmp_path: Path) -> None:
+    proc = _render_example(tmp_path)
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
+    etc = tmp_path / "etc" / "gridpacs"
+    assert sorted(p.name for p in etc.glob("*.toml")) == [
+        "catalog-catalog-1.toml",
+        "catalog-catalog-2.toml",
+        "node-site-a.toml",
+        "node-site-b.toml",
+        "node-site-c.toml",
+    ]
+    site_a = (etc / "node-site-a.toml").read_text()
+    assert 'SITEC = { host = "pacs.site-c.example.org", port = 4242 }' in site_a
+    assert 'ae_title = "LUNG_STUDY"' in site_a
+    assert (
+        'address = "catalog-2.grid.example.org:50051"'
+        in (etc / "catalog-catalog-1.toml").read_text()
+    )
+
+
+def test_an_invalid_value_is_refused_by_check_config(tmp_path: Path) -> None:
+    proc = _render_example(
+        tmp_path, "--limit", "site-a", "-e", "gridpacs_node_ae_title=AE_TITLE_LONGER_THAN_16"
+    )
+    assert proc.returncode != 0
+    assert "check-config" in proc.stdout or "failed to validate" in proc.stdout, proc.stdout[-3000:]
+    assert not (tmp_path / "etc" / "gridpacs" / "node-site-a.toml").exists()
