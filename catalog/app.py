@@ -79,7 +79,7 @@ def _scope_from_principal(_context: grpc.ServicerContext) -> Scope:
 def _security(
     security: SecurityConfig, engine: Engine
 ) -> tuple[list[grpc.ServerInterceptor], Callable[[grpc.ServicerContext], Scope]]:
-    from catalog.security import AuditLog, TokenStore, create_all, load_pepper
+    from catalog.security import AuditLog, TokenStore, load_pepper
     from catalog.server.interceptors import (
         AccessPolicy,
         AuditInterceptor,
@@ -87,7 +87,7 @@ def _security(
         Requirement,
     )
 
-    create_all(engine)  # the security tables live beside the catalog's
+    # the security tables and audit triggers come from migration 0003, like the rest
     rules = {METHOD + m: Requirement.HOST for m in HOST_METHODS}
     rules.update({METHOD + m: Requirement.TOKEN_OR_HOST for m in QUERY_METHODS})
     auth = AuthInterceptor(

@@ -195,7 +195,7 @@ PepperFile = Annotated[
 def _store(db_url: str, pepper_file: Path) -> tuple[TokenStore, AuditLog]:
     pepper = load_pepper(pepper_file)
     engine = _engine(db_url)
-    create_all(engine)  # until the catalog's migrations own these tables
+    create_all(engine)  # no-op on a migrated catalog database (migration 0003)
     return TokenStore(engine, pepper), AuditLog(engine)
 
 

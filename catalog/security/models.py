@@ -123,7 +123,8 @@ def append_only_ddl(dialect_name: str) -> list[str]:
 def create_all(engine: sa.Engine) -> None:
     """Create the security tables if missing and (re)install the audit triggers.
 
-    Idempotent. Stands in for the catalog's migrations until they include these tables.
+    Idempotent. A catalog database gets them from migration 0003; this serves the
+    operator CLI on a database the catalog has not migrated yet.
     """
     ddl = append_only_ddl(engine.dialect.name)
     with engine.begin() as conn:

@@ -7,9 +7,11 @@ import sys
 
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
+from sqlalchemy import MetaData
 
 from catalog.db import open_database
 from catalog.db.models import Base
+from catalog.security.models import SecurityBase
 from catalog.v1 import catalog_pb2, catalog_pb2_grpc
 from node.v1 import peer_pb2, peer_pb2_grpc
 from tests.catalog.processes import REPO
@@ -37,11 +39,20 @@ def test_wire_names_are_versioned() -> None:
     assert chunk.size == 1 and hasattr(peer_pb2_grpc, "PeerServiceStub")
 
 
+def _all_models() -> MetaData:
+    """The catalog's tables and the security tables: migrations own both."""
+    combined = MetaData()
+    for metadata in (Base.metadata, SecurityBase.metadata):
+        for table in metadata.tables.values():
+            table.to_metadata(combined)
+    return combined
+
+
 def test_migrations_match_the_models(db_url: str) -> None:
     engine = open_database(db_url)
     try:
         with engine.connect() as conn:
-            diff = compare_metadata(MigrationContext.configure(conn), Base.metadata)
+            diff = compare_metadata(MigrationContext.configure(conn), _all_models())
     finally:
         engine.dispose()
     assert diff == []
