@@ -76,7 +76,7 @@ def _env(home: Path) -> dict[str, str]:
     }
 
 
-def _converge(grid_vars: Path, home: Path) -> str:
+def _converge(grid_vars: Path, home: Path, *extra: str) -> str:
     proc = subprocess.run(
         [
             _tool("ansible-playbook"),
@@ -85,6 +85,7 @@ def _converge(grid_vars: Path, home: Path) -> str:
             str(ANSIBLE_DIR / "site.yml"),
             "-e",
             f"@{grid_vars}",
+            *extra,
         ],
         cwd=REPO,
         env=_env(home),
@@ -208,6 +209,27 @@ def test_a_second_run_changes_nothing(grid: Grid) -> None:
     assert _recap(second) == {"ci-catalog-1": 0, "site-a": 0, "site-b": 0}, second[-3000:]
     after = {p.name: p.read_text() for p in grid.prefix.glob("*/run/gridpacs/*.pid")}
     assert after == pids, "an unchanged service was restarted"
+
+
+def test_a_changed_configuration_restarts_only_that_node(grid: Grid) -> None:
+    pid_files = {p.parent.parent.parent.name: p for p in grid.prefix.glob("*/run/gridpacs/*.pid")}
+    before = {host: p.read_text() for host, p in pid_files.items()}
+    output = _converge(
+        grid.extra_vars,
+        grid.prefix / "ansible-home",
+        "--limit",
+        "site-a",
+        "-e",
+        "gridpacs_node_max_associations=16",
+    )
+    assert _recap(output)["site-a"] > 0
+    assert "RUNNING HANDLER [gridpacs_node : Restart the node (start script)]" in output
+    toml = grid.prefix / "site-a" / "etc" / "gridpacs" / "node-site-a.toml"
+    assert "max_associations = 16" in toml.read_text()
+    after = {host: p.read_text() for host, p in pid_files.items()}
+    assert after["site-a"] != before["site-a"], "site-a kept its old process"
+    assert after["site-b"] == before["site-b"] and after["ci-catalog-1"] == before["ci-catalog-1"]
+    assert _echo(grid.site_a_port, "SITEA") == 0x0000
 
 
 def test_ansible_lint_production_profile_is_clean(tmp_path: Path) -> None:
