@@ -94,7 +94,10 @@ class NodeApp:
         )
         self.peers = PeerClient(client_creds)
         self.peer_server = PeerServer(
-            PeerServicer(self.index, self.store), link.peer_host, link.peer_port, server_creds
+            PeerServicer(self.index, self.store, servable=self._publishable),
+            link.peer_host,
+            link.peer_port,
+            server_creds,
         )
         self.gateway.grid_query = GridQueryService(self.catalog)
         self.gateway.grid_retrieve = GridRetrieveService(

@@ -56,9 +56,9 @@ def _catalog_link(values: dict[str, Any]) -> dict[str, Any]:
 
 def _overrides(**values: Any) -> dict[str, Any]:
     """CLI options as a nested dict shaped like the TOML file (only options given)."""
-    dicom: dict[str, Any] = {k: values[k] for k in ("ae_title", "host", "port") if values.get(k)}
-    if values.get("port") == 0:
-        dicom["port"] = 0
+    dicom: dict[str, Any] = {
+        k: values[k] for k in ("ae_title", "host", "port") if values.get(k) is not None
+    }
     if values.get("allow_ae"):
         dicom["allowed_calling_aes"] = values["allow_ae"]
     if values.get("destination"):

@@ -40,6 +40,10 @@ class DeidentificationRefused(IngestError):
     """A research route could not (or may not) de-identify the instance."""
 
 
+class StoreNotAccepted(IngestError):
+    """The called AE title does not take storage (e.g. the grid AE)."""
+
+
 class InstanceTooLarge(IngestError):
     """The dataset exceeds the node's configured maximum instance size."""
 

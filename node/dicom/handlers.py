@@ -27,7 +27,7 @@ from node.config import Destination
 from node.dicom import status
 from node.dicom.identifiers import to_query, to_response
 from node.dicom.scu import contexts_for
-from node.errors import IngestError, NodeError, NotAuthorized
+from node.errors import IngestError, NodeError, NotAuthorized, StoreNotAccepted
 from node.index.errors import IndexFailure
 from node.index.records import IndexQuery, Model
 from node.routing import Router
@@ -135,7 +135,10 @@ class Gateway:
             if route is None:  # cannot happen after on_requested, but never store unrouted
                 raise IngestError(f"no route for called AE {called!r}")
             if route.grid:
-                raise NotAuthorized(f"{called} answers grid queries; store to the node's AE")
+                self.ingest.refuse(
+                    request,
+                    StoreNotAccepted(f"{called} answers grid queries; store to the node's AE"),
+                )
             if route.archive_original_in is not None:
                 self.ingest.store(request, collection=route.archive_original_in)
             self.ingest.store(request, collection=route.collection, transform=route.transform)

@@ -44,6 +44,7 @@ _STORE_CODES: list[tuple[type[Exception], int]] = [
     (errors.UndecodableDataset, STORE_CANNOT_UNDERSTAND),
     (errors.ArchiveUnavailable, STORE_OUT_OF_RESOURCES),
     (errors.NotAuthorized, NOT_AUTHORIZED),
+    (errors.StoreNotAccepted, NOT_AUTHORIZED),
     (errors.IngestError, STORE_CANNOT_UNDERSTAND),
 ]
 

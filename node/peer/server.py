@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Protocol
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from node.index.records import StoredInstance
+from node.index.records import InstanceRecord
 from node.structlog import log_event
 from node.v1 import peer_pb2, peer_pb2_grpc
 
@@ -20,7 +20,7 @@ CHUNK_BYTES = 256 * 1024
 
 
 class InstanceLookup(Protocol):
-    def get_instance(self, sop_instance_uid: str) -> StoredInstance | None: ...
+    def get_record(self, sop_instance_uid: str) -> InstanceRecord | None: ...
 
 
 class BlobReader(Protocol):
@@ -28,17 +28,26 @@ class BlobReader(Protocol):
 
 
 class PeerServicer(peer_pb2_grpc.PeerServiceServicer):
-    """FetchInstance: NOT_FOUND for unknown UIDs, DATA_LOSS when our copy is corrupt."""
+    """FetchInstance: NOT_FOUND for unknown UIDs and for collections that may not leave the
+    site (the publisher's policy: identified data only in one trust domain), DATA_LOSS when
+    our copy is corrupt. A grid certificate alone never unlocks identified data."""
 
-    def __init__(self, index: InstanceLookup, store: BlobReader) -> None:
+    def __init__(
+        self, index: InstanceLookup, store: BlobReader, *, servable: Callable[[str], bool]
+    ) -> None:
         self._index = index
         self._store = store
+        self._servable = servable
 
     def FetchInstance(
         self, request: peer_pb2.FetchInstanceRequest, context: grpc.ServicerContext
     ) -> Iterator[peer_pb2.InstanceChunk]:
-        inst = self._index.get_instance(request.sop_instance_uid)
-        if inst is None:
+        inst = self._index.get_record(request.sop_instance_uid)
+        if inst is None or not self._servable(inst.collection):
+            if inst is not None:
+                log_event(LOG, "peer_fetch_refused", level=logging.WARNING,
+                          sop_instance_uid=inst.sop_instance_uid, peer=context.peer(),
+                          reason="collection may not leave the site")  # fmt: skip
             context.abort(grpc.StatusCode.NOT_FOUND, "instance not held here")
         assert inst is not None
         try:

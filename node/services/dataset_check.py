@@ -12,7 +12,6 @@ from typing import Any
 from pydicom import dcmread
 from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
-from pydicom.errors import InvalidDicomError
 
 from node.errors import UndecodableDataset
 
@@ -27,10 +26,8 @@ def read_complete(data: bytes) -> Dataset:
     """
     try:
         ds = dcmread(io.BytesIO(data))
-    except (InvalidDicomError, EOFError, ValueError, KeyError, TypeError, OSError) as exc:
-        raise UndecodableDataset(f"not a decodable DICOM dataset: {exc}") from exc
     except Exception as exc:  # pydicom raises a wide variety on hostile input
-        raise UndecodableDataset(f"not a decodable DICOM dataset: {exc!r}") from exc
+        raise UndecodableDataset(f"not a decodable DICOM dataset: {exc}") from exc
     if len(ds) == 0:
         raise UndecodableDataset("dataset is empty")
     _check_last_element(ds, len(data))

@@ -158,6 +158,11 @@ class IngestService:
         )
         return StoreResult(outcome, record.sop_instance_uid, record.study_instance_uid, collection)
 
+    def refuse(self, request: StoreRequest, error: IngestError) -> None:
+        """Refuse ``request`` without storing it: quarantine the bytes, then raise ``error``."""
+        self._quarantine_bytes(request, error)
+        raise error
+
     def _checked(self, request: StoreRequest) -> tuple[bytes, Dataset]:
         if len(request.data) > self._max_bytes:
             raise InstanceTooLarge(
