@@ -25,8 +25,8 @@ from pynetdicom.sop_class import (
 
 from node.app import NodeApp
 from node.config import load_config
-from node.services.ingest import StoreRequest
-from tests.factories import StudySpec, make_dataset, to_bytes
+from node.index.records import InstanceRecord
+from tests.factories import StudySpec, make_dataset
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -227,10 +227,24 @@ def test_store_failures_get_statuses_and_the_server_keeps_serving(node: NodeApp)
 
 
 def test_c_cancel_stops_a_find_with_cancel_status(node: NodeApp) -> None:
-    for n in range(400):  # through the ingest service: the fixture, not what is tested
-        ds = make_dataset(StudySpec(patient_id=f"CANCEL{n:03d}"))
-        request = StoreRequest(to_bytes(ds), "SCU", "GRIDPACS", ds.SOPClassUID, ds.SOPInstanceUID)
-        node.ingest.store(request, collection="local")
+    # 5,000 study matches, indexed in bulk (the fixture, not what is tested): streaming them
+    # takes the node seconds, the cancel arrives right after the first response
+    records = [
+        InstanceRecord(
+            sop_instance_uid=f"1.2.826.0.1.{n}.1",
+            sop_class_uid=CTImageStorage,
+            study_instance_uid=f"1.2.826.0.1.{n}",
+            series_instance_uid=f"1.2.826.0.1.{n}.2",
+            patient_id=f"CANCEL{n:04d}",
+            transfer_syntax_uid="1.2.840.10008.1.2.1",
+            blob_key="0" * 64,
+            size=1,
+            collection="local",
+            attributes={"Modality": "CT"},
+        )
+        for n in range(5000)
+    ]
+    node.index.add_instances(records)
     query = Dataset()
     query.QueryRetrieveLevel = "STUDY"
     query.PatientID = "CANCEL*"
@@ -249,4 +263,4 @@ def test_c_cancel_stops_a_find_with_cancel_status(node: NodeApp) -> None:
     finally:
         assoc.release()
     assert rest[-1] == 0xFE00  # Matching terminated due to Cancel
-    assert len(rest) - 1 < 399  # not every remaining match was sent
+    assert len(rest) - 1 < 4999  # not every remaining match was sent
