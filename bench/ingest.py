@@ -21,7 +21,14 @@ from pathlib import Path
 
 from corpus import DataSet, ingest_set
 from machine import describe, fsync_ms
-from peers import SERVERS, PeerError, RssSampler, exclusive_run, terminate_on_sigterm
+from peers import (
+    SERVERS,
+    PeerError,
+    RssSampler,
+    baseline_node,
+    exclusive_run,
+    terminate_on_sigterm,
+)
 from report import Report, show
 from rich.console import Console
 from storescu import send
@@ -72,6 +79,9 @@ def _node_store_ms(log: Path) -> tuple[float, float, float] | None:
     return _percentile(values, 0.5), _percentile(values, 0.99), max(values)
 
 
+NODES = ("gridpacs", "baseline")
+
+
 def measure(data: DataSet, set_name: str, server_name: str, base: str) -> Measurement:
     """Start a fresh ``server_name`` under ``base``, send ``data`` on one association, stop it."""
     with tempfile.TemporaryDirectory(prefix=f"bench-{server_name}-", dir=base) as tmp:
@@ -81,7 +91,7 @@ def measure(data: DataSet, set_name: str, server_name: str, base: str) -> Measur
                 run = send(server, data.parts)
             cpu_s = server.cpu_s() - cpu_before
             server.check_alive()
-            store_ms = _node_store_ms(server.log_path) if server_name == "gridpacs" else None
+            store_ms = _node_store_ms(server.log_path) if server_name in NODES else None
         rss_points = (rss.samples[0][1], rss.at_fraction(0.5), rss.samples[-1][1], rss.peak())
     failed = run.failed + max(0, data.instances - run.succeeded - run.failed)
     return Measurement(
@@ -139,10 +149,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--servers", default=",".join(SERVERS), help="comma-separated")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     parser.add_argument("--markdown", action="store_true", help="print the table as Markdown")
-    parser.add_argument("--workdir", default=tempfile.gettempdir(),
-                        help="where the servers store (e.g. /dev/shm: fsync becomes free)")
+    parser.add_argument(
+        "--baseline",
+        type=Path,
+        default=None,
+        help="also measure the node from this source tree (e.g. an exported "
+        "older commit) as server 'baseline': before/after in one run",
+    )
+    parser.add_argument(
+        "--workdir",
+        default=tempfile.gettempdir(),
+        help="where the servers store (e.g. /dev/shm: fsync becomes free)",
+    )
     args = parser.parse_args(argv)
     servers = [s for s in args.servers.split(",") if s]
+    if args.baseline is not None:
+        SERVERS["baseline"] = baseline_node(args.baseline)
+        servers.insert(1, "baseline")
     console = Console(stderr=True)
     sets = [(name, ingest_set(kind, n)) for name, kind, n in
             (("64x64", "small", args.small), ("512x512", "ct", args.ct)) if n > 0]  # fmt: skip
@@ -154,7 +177,7 @@ def main(argv: list[str] | None = None) -> int:
     fsync_before = fsync_ms(args.workdir)
     results: dict[tuple[str, str], list[Measurement]] = {}
     for round_ in range(args.repeat):
-        order = servers[round_ % len(servers):] + servers[: round_ % len(servers)]
+        order = servers[round_ % len(servers) :] + servers[: round_ % len(servers)]
         for set_name, data in sets:
             for server in order:
                 try:
@@ -162,11 +185,14 @@ def main(argv: list[str] | None = None) -> int:
                 except PeerError as exc:
                     console.print(f"[red]{server}: {exc}[/red]")
                     return 2
-                console.print(f"round {round_ + 1} {set_name:8} {server:9} "
-                              f"{m.per_s:7.0f} inst/s {m.mb_per_s:7.1f} MB/s failed={m.failed}")
+                console.print(
+                    f"round {round_ + 1} {set_name:8} {server:9} "
+                    f"{m.per_s:7.0f} inst/s {m.mb_per_s:7.1f} MB/s failed={m.failed}"
+                )
                 results.setdefault((set_name, server), []).append(m)
-    results = dict(sorted(results.items(), key=lambda kv: (kv[0][0] != "64x64",
-                                                           servers.index(kv[0][1]))))
+    results = dict(
+        sorted(results.items(), key=lambda kv: (kv[0][0] != "64x64", servers.index(kv[0][1])))
+    )
     fsync_after = fsync_ms(args.workdir)
     if args.json:
         print(json.dumps({
@@ -178,11 +204,13 @@ def main(argv: list[str] | None = None) -> int:
                              for ms in results.values() for m in ms],
         }, indent=1))  # fmt: skip
     else:
-        caption = (f"{machine['date']}, {machine['nproc']} x {machine['cpu']}, load "
-                   f"{machine['loadavg']}; servers store in {args.workdir}; "
-                   "12 KB write+fsync+dir fsync p50/p90: "
-                   f"{fsync_before[0]:.1f}/{fsync_before[1]:.1f} ms before, "
-                   f"{fsync_after[0]:.1f}/{fsync_after[1]:.1f} ms after")
+        caption = (
+            f"{machine['date']}, {machine['nproc']} x {machine['cpu']}, load "
+            f"{machine['loadavg']}; servers store in {args.workdir}; "
+            "12 KB write+fsync+dir fsync p50/p90: "
+            f"{fsync_before[0]:.1f}/{fsync_before[1]:.1f} ms before, "
+            f"{fsync_after[0]:.1f}/{fsync_after[1]:.1f} ms after"
+        )
         show(table(results, caption), args.markdown)
     return 0
 

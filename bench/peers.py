@@ -194,13 +194,26 @@ def stop_process(process: subprocess.Popen[bytes], grace_s: float = 15.0) -> Non
 
 @contextmanager
 def _running(
-    name: str, ae_title: str, port: int, argv: list[str], workdir: Path, ready_log: str | None
+    name: str,
+    ae_title: str,
+    port: int,
+    argv: list[str],
+    workdir: Path,
+    ready_log: str | None,
+    source: Path = REPO_ROOT,
 ) -> Iterator[Server]:
     log_path = workdir / f"{name}.log"
+    env = nodelay_env()
+    if source != REPO_ROOT:
+        env["PYTHONPATH"] = str(source)
     with open(log_path, "wb") as log:
         # The log goes to a file, never a pipe: a pipe nobody drains blocks a chatty server.
         process = subprocess.Popen(
-            argv, stdout=log, stderr=subprocess.STDOUT, env=nodelay_env(), cwd=REPO_ROOT,
+            argv,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=env,
+            cwd=source,
             preexec_fn=_die_with_parent,
         )
     server = Server(name, ae_title, port, process, workdir, log_path)
@@ -261,16 +274,26 @@ def orthanc(workdir: Path) -> Iterator[Server]:
 
 
 @contextmanager
-def gridpacs_node(workdir: Path) -> Iterator[Server]:
-    """A gridpacs node started exactly as a user would, with a fresh data directory."""
+def gridpacs_node(workdir: Path, source: Path = REPO_ROOT) -> Iterator[Server]:
+    """A gridpacs node started exactly as a user would, with a fresh data directory.
+
+    ``source`` is the source tree it runs from: another checkout (an exported older
+    commit) measures before/after in the same run (``ingest.py --baseline``).
+    """
     port = free_port()
     argv = [
         sys.executable, "-m", "gridpacs", "node", "serve",
         "--ae-title", "GRIDPACS", "--host", "127.0.0.1", "--port", str(port),
         "--data-dir", str(workdir / "data"),
     ]  # fmt: skip
-    with _running("gridpacs", "GRIDPACS", port, argv, workdir, "event=node_ready") as server:
+    name = "gridpacs" if source == REPO_ROOT else "baseline"
+    with _running(name, "GRIDPACS", port, argv, workdir, "event=node_ready", source) as server:
         yield server
+
+
+def baseline_node(source: Path) -> Callable[[Path], AbstractContextManager[Server]]:
+    """A :func:`gridpacs_node` factory running the node from the source tree ``source``."""
+    return lambda workdir: gridpacs_node(workdir, source.resolve())
 
 
 # The receivers by the name used on the command line, in the order they are measured.

@@ -22,6 +22,7 @@ from pynetdicom.transport import ThreadedAssociationServer
 
 from node.config import DicomConfig
 from node.dicom.handlers import Gateway
+from node.dicom.reactor import EventDrivenRequestHandler, warn_if_unsupported
 from node.dicom.scu import install_nodelay_for_outgoing, set_nodelay
 
 # pynetdicom accepts the first of *our* syntaxes that the peer offers: prefer Explicit VR
@@ -64,6 +65,7 @@ def configure_pynetdicom() -> None:
     _config.LOG_RESPONSE_IDENTIFIERS = False
     _config.UNRESTRICTED_STORAGE_SERVICE = False
     install_nodelay_for_outgoing()
+    warn_if_unsupported()
 
 
 def _tls_context(config: DicomConfig) -> ssl.SSLContext | None:
@@ -99,6 +101,26 @@ def build_ae(config: DicomConfig) -> AE:
     return ae
 
 
+def serve(
+    ae: AE,
+    address: tuple[str, int],
+    handlers: list[tuple[Any, Any]],
+    ssl_context: ssl.SSLContext | None = None,
+) -> ThreadedAssociationServer:
+    """Listen on ``address`` for ``ae`` in a background thread: TCP_NODELAY on every accepted
+    socket and the event-driven association reactors (node/dicom/reactor.py)."""
+    server = ae.make_server(
+        address,
+        ssl_context=ssl_context,
+        evt_handlers=handlers,  # type: ignore[arg-type]
+        server_class=NoDelayAssociationServer,
+        request_handler=EventDrivenRequestHandler,
+    )
+    ae._servers.append(server)  # so ae.shutdown() stops it, as with ae.start_server()
+    threading.Thread(target=server.serve_forever, name="dicom-acceptor", daemon=True).start()
+    return server
+
+
 class DicomServer:
     """Owns the listening socket and its association threads."""
 
@@ -116,16 +138,12 @@ class DicomServer:
         return int(self._server.server_address[1])
 
     def start(self) -> None:
-        server = self._ae.make_server(
+        self._server = serve(
+            self._ae,
             (self._config.host, self._config.port),
-            ssl_context=_tls_context(self._config),
-            evt_handlers=self._gateway.handlers(),  # type: ignore[arg-type]
-            server_class=NoDelayAssociationServer,
+            self._gateway.handlers(),
+            _tls_context(self._config),
         )
-        self._ae._servers.append(server)
-        self._server = server
-
-        threading.Thread(target=server.serve_forever, name="dicom-acceptor", daemon=True).start()
 
     def stop(self) -> None:
         """Stop accepting, then close live associations."""

@@ -1,0 +1,270 @@
+"""Event-driven reactors for pynetdicom's acceptor associations (no 1 ms polling).
+
+pynetdicom 3.0 runs two polling loops per association: the DUL thread sleeps 1 ms whenever a
+turn found nothing to do, and the association thread sleeps 1 ms before every look at its
+message queue. A C-STORE request/response turn therefore waits up to three such sleeps
+(request PDU picked up, message picked up, response PDU picked up), ~3 ms per instance on
+Linux, longer than the whole turn of a C++ server. Here the same loops *block* instead:
+
+- the DUL thread waits in ``select`` on the association socket and a wake-up socket pair;
+  :meth:`EventDrivenDUL.send_pdu` (every primitive the service user queues for sending) and
+  :meth:`EventDrivenDUL.kill_dul` write to the pair;
+- the association thread waits on a :class:`threading.Event` that the DUL thread sets after
+  every state-machine action (the only place messages, releases and aborts are queued for
+  the service user) and when it exits.
+
+Both waits are bounded (:data:`MAX_WAIT_S`), so a change that arrives by another path (a
+flag set from another thread) is still seen within a few milliseconds, as the ARTIM and
+idle timers are. What each loop *does* per turn is pynetdicom's own code, called as it is.
+
+pynetdicom has no public hook for this (its source says "TODO: try and make this event
+based"), so this module is the one place that leans on its internals: the loop bodies of
+``DULServiceProvider.run_reactor`` and ``Association._run_reactor`` are restated here. It is
+enabled only for the pynetdicom versions it was written against (:data:`SUPPORTED`); any
+other version falls back to pynetdicom's own loops with a warning, and
+``tests/node/test_reactor.py`` fails loudly so the restated loops get re-checked.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import queue
+import select
+import socket
+import ssl
+import threading
+from typing import Any, cast
+
+import pynetdicom
+from pynetdicom.association import Association
+from pynetdicom.dul import DULServiceProvider
+from pynetdicom.pdu import A_ABORT_RQ
+from pynetdicom.transport import RequestHandler
+
+# the messages pynetdicom logs from these loops, under its own logger names
+DUL_LOG = logging.getLogger("pynetdicom.dul")
+ASSOC_LOG = logging.getLogger("pynetdicom.association")
+
+SUPPORTED = ("3.0.",)
+"""pynetdicom version prefixes whose run loops this module restates."""
+MAX_WAIT_S = 0.01
+"""Longest a reactor blocks without news: bounds how late a flag set elsewhere is seen."""
+_CLOSED_WAIT_S = 0.001
+"""With no socket to watch (closing), wait like pynetdicom does."""
+
+
+def supported(version: str = pynetdicom.__version__) -> bool:
+    """Whether the event-driven reactors are written for this pynetdicom version."""
+    return version.startswith(SUPPORTED)
+
+
+class EventDrivenDUL(DULServiceProvider):
+    """pynetdicom's DUL provider, blocking in ``select`` instead of sleeping 1 ms a turn."""
+
+    def __init__(self, assoc: Association) -> None:
+        super().__init__(assoc)
+        self._wake_lock = threading.Lock()
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_r.setblocking(False)
+        self._wake_w.setblocking(False)
+        self.user_wake = threading.Event()
+        """Set after every state-machine action and on exit: news for the association."""
+
+    # -- wake-ups from other threads --------------------------------------------------
+    def _wake(self) -> None:
+        with self._wake_lock:
+            if self._wake_w.fileno() < 0:
+                return  # the reactor has exited
+            # a full pipe already holds a pending wake-up
+            with contextlib.suppress(OSError):
+                self._wake_w.send(b"\0")
+
+    def send_pdu(self, primitive: Any) -> None:
+        super().send_pdu(primitive)
+        self._wake()
+
+    def kill_dul(self) -> None:
+        super().kill_dul()
+        self._wake()
+
+    # -- the loop ---------------------------------------------------------------------
+    def _wait_for_work(self) -> None:
+        """Block until the socket is readable, a primitive is queued, or MAX_WAIT_S."""
+        if not self.to_provider_queue.empty() or not self.event_queue.empty():
+            return
+        sock = self.socket.socket if self.socket is not None else None
+        watched: list[Any] = [self._wake_r]
+        timeout = MAX_WAIT_S
+        if sock is not None and self.socket is not None and self.socket._is_connected:
+            if isinstance(sock, ssl.SSLSocket) and sock.pending():
+                return  # decrypted bytes already buffered: select cannot see them
+            if sock.fileno() >= 0:
+                watched.append(sock)
+        else:
+            timeout = _CLOSED_WAIT_S
+        try:
+            select.select(watched, [], [], timeout)
+        except (OSError, ValueError):
+            return  # the socket went away: the transport check reports it
+        with contextlib.suppress(OSError):  # BlockingIOError: drained
+            while self._wake_r.recv(4096):
+                pass
+
+    def run_reactor(self) -> None:
+        """pynetdicom's DUL loop (3.0.x, ``dul.py``), waiting for work instead of sleeping."""
+        try:
+            self._run()
+        finally:
+            with self._wake_lock:
+                self._wake_r.close()
+                self._wake_w.close()
+            self.user_wake.set()
+
+    def _run(self) -> None:
+        self._idle_timer.start()
+        idle = False
+        while True:
+            if not self.assoc._dul_ready.is_set():
+                self.assoc._dul_ready.set()
+            if idle:
+                self._wait_for_work()
+            if self._kill_thread:
+                break
+            if self.artim_timer.expired:
+                self.event_queue.put("Evt18")
+            try:
+                if self._process_recv_primitive():
+                    pass
+                elif self._is_transport_event():
+                    self._idle_timer.restart()
+            except Exception as exc:
+                self._abort_on(exc)
+                return
+            try:
+                event = self.event_queue.get(block=False)
+            except queue.Empty:
+                idle = True
+                continue
+            self.state_machine.do_action(event)
+            self.user_wake.set()
+            idle = False
+
+    def _abort_on(self, exc: Exception) -> None:
+        """What pynetdicom does on an exception in its loop: A-ABORT and stop both reactors."""
+        DUL_LOG.error("Exception in DUL.run(), aborting association")
+        DUL_LOG.exception(exc)
+        abort_pdu = A_ABORT_RQ()
+        abort_pdu.source = 0x02
+        abort_pdu.reason_diagnostic = 0x00
+        if self.socket is not None:
+            self.socket.send(abort_pdu.encode())
+        self.assoc.is_aborted = True
+        self.assoc.is_established = False
+        self.assoc._kill = True
+        self._kill_thread = True
+
+
+class EventDrivenAssociation(Association):
+    """An acceptor association whose reactor waits for its DUL's news instead of polling."""
+
+    dul: EventDrivenDUL
+
+    @classmethod
+    def adopt(cls, assoc: Association) -> EventDrivenAssociation:
+        """Turn a freshly configured (not yet started) acceptor into an event-driven one.
+
+        pynetdicom builds and configures the association itself (contexts, handlers,
+        timeouts); only its DUL provider and its run loop are replaced.
+        """
+        old = assoc.dul
+        new = EventDrivenDUL(assoc)
+        new.socket = old.socket
+        # what the socket's creation already queued (Evt5, "connection open") comes along
+        new.event_queue = old.event_queue
+        new.to_provider_queue = old.to_provider_queue
+        new.to_user_queue = old.to_user_queue
+        new._recv_pdu = old._recv_pdu
+        assoc.dul = new
+        # re-apply the timeouts: their setters write into the DUL's timers
+        assoc.acse_timeout = assoc.acse_timeout
+        assoc.network_timeout = assoc.network_timeout
+        assoc.__class__ = cls
+        return cast(EventDrivenAssociation, assoc)
+
+    def _run_reactor(self) -> None:
+        """pynetdicom's acceptor loop (3.0.x, ``association.py``) without the 1 ms sleep."""
+        wake = self.dul.user_wake
+        self._is_paused = False
+        served = True
+        while not self._kill:
+            self._is_paused = True  # a waiting reactor is a paused one (see release())
+            if not served:
+                wake.wait(MAX_WAIT_S)
+            self._reactor_checkpoint.wait()
+            self._is_paused = False
+            wake.clear()  # everything queued before this is seen by the checks below
+
+            context_id, msg = self.dimse.get_msg(block=False)
+            served = msg is not None
+            if msg:
+                self._serve_request(msg, cast(int, context_id))
+            if self._finished():
+                return
+
+    def _finished(self) -> bool:
+        """Release, abort, a dead DUL or the idle timeout end the association (as upstream)."""
+        if self.is_established and self.acse.is_release_requested():
+            self.acse.send_release(is_response=True)
+            ASSOC_LOG.info("Association Released")
+            self.is_released = True
+            self.is_established = False
+            pynetdicom.evt.trigger(self, pynetdicom.evt.EVT_RELEASED, {})
+            self.kill()
+            return True
+        if self.acse.is_aborted():
+            aborted = "Association Aborted"
+            if self.acse.is_aborted("a-p-abort"):
+                aborted += " (A-P-ABORT)"
+            ASSOC_LOG.info(aborted)
+            self.dul.receive_pdu(wait=False)  # so EVT_ACSE_RECV fires for subscribers
+            self.is_aborted = True
+            self.is_established = False
+            pynetdicom.evt.trigger(self, pynetdicom.evt.EVT_ABORTED, {})
+            self.kill()
+            return True
+        if not self.dul.is_alive():
+            self.kill()
+            return True
+        if self.dul.idle_timer_expired():
+            ASSOC_LOG.error("Network timeout reached")
+            if self.network_timeout_response == "A-RELEASE":
+                self._is_paused = True
+                self._reactor_checkpoint.wait()
+                self.release()
+                self._is_paused = False
+            else:
+                self.abort()
+            self.kill()
+            return True
+        return False
+
+
+class EventDrivenRequestHandler(RequestHandler):
+    """The server's request handler: every accepted association gets the event-driven loops."""
+
+    def _create_association(self) -> Association:
+        assoc = super()._create_association()
+        if not supported():
+            return assoc
+        return EventDrivenAssociation.adopt(assoc)
+
+
+def warn_if_unsupported() -> None:
+    """Log once at start-up when this pynetdicom is not one the reactors were written for."""
+    if not supported():
+        logging.getLogger("gridpacs.node.dicom").warning(
+            "pynetdicom %s is not one of %s: using its polling reactors (slower turn-around)",
+            pynetdicom.__version__,
+            ", ".join(SUPPORTED),
+        )
