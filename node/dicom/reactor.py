@@ -34,6 +34,7 @@ import select
 import socket
 import ssl
 import threading
+import time
 from typing import Any, cast
 
 import pynetdicom
@@ -193,61 +194,102 @@ class EventDrivenAssociation(Association):
         return cast(EventDrivenAssociation, assoc)
 
     def _run_reactor(self) -> None:
-        """pynetdicom's acceptor loop (3.0.x, ``association.py``) without the 1 ms sleep."""
-        wake = self.dul.user_wake
-        self._is_paused = False
-        served = True
-        while not self._kill:
-            self._is_paused = True  # a waiting reactor is a paused one (see release())
-            if not served:
-                wake.wait(MAX_WAIT_S)
-            self._reactor_checkpoint.wait()
-            self._is_paused = False
+        association_loop(self)
+
+
+def association_loop(assoc: Association) -> None:
+    """pynetdicom's association loop (3.0.x ``Association._run_reactor``), with two changes.
+
+    - With an :class:`EventDrivenDUL` it waits for the DUL's news instead of sleeping 1 ms
+      before every look at the message queue (a stock DUL: it sleeps, as upstream).
+    - It closes upstream's pause race. A ``send_*()`` call (an SCU sending a request)
+      clears ``_reactor_checkpoint`` and proceeds once ``_is_paused`` is true; upstream's
+      loop sets ``_is_paused``, passes the checkpoint, then clears ``_is_paused`` and
+      takes the next message — so a ``send_*()`` that paused it in between, after the
+      loop had passed the checkpoint, can have its response taken by the loop and waits
+      out its DIMSE timeout (seen 1 in ~5,000 C-ECHOs from a pynetdicom SCU to a server
+      answering in under a millisecond). Here the loop re-checks the checkpoint after
+      clearing ``_is_paused`` and goes back to waiting if it was paused meanwhile.
+    """
+    dul = assoc.dul
+    wake = dul.user_wake if isinstance(dul, EventDrivenDUL) else None
+    assoc._is_paused = False
+    served = True
+    while not assoc._kill:
+        assoc._is_paused = True  # a waiting loop is a paused one: send_*() may proceed
+        if wake is None:
+            time.sleep(0.001)
+        elif not served:
+            wake.wait(MAX_WAIT_S)
+        assoc._reactor_checkpoint.wait()
+        assoc._is_paused = False
+        if not assoc._reactor_checkpoint.is_set():
+            continue  # paused after we passed the checkpoint: the next message is not ours
+        if wake is not None:
             wake.clear()  # everything queued before this is seen by the checks below
+        context_id, msg = assoc.dimse.get_msg(block=False)
+        served = msg is not None
+        if msg:
+            assoc._serve_request(msg, cast(int, context_id))
+        if _finished(assoc):
+            return
 
-            context_id, msg = self.dimse.get_msg(block=False)
-            served = msg is not None
-            if msg:
-                self._serve_request(msg, cast(int, context_id))
-            if self._finished():
-                return
 
-    def _finished(self) -> bool:
-        """Release, abort, a dead DUL or the idle timeout end the association (as upstream)."""
-        if self.is_established and self.acse.is_release_requested():
-            self.acse.send_release(is_response=True)
-            ASSOC_LOG.info("Association Released")
-            self.is_released = True
-            self.is_established = False
-            pynetdicom.evt.trigger(self, pynetdicom.evt.EVT_RELEASED, {})
-            self.kill()
-            return True
-        if self.acse.is_aborted():
-            aborted = "Association Aborted"
-            if self.acse.is_aborted("a-p-abort"):
-                aborted += " (A-P-ABORT)"
-            ASSOC_LOG.info(aborted)
-            self.dul.receive_pdu(wait=False)  # so EVT_ACSE_RECV fires for subscribers
-            self.is_aborted = True
-            self.is_established = False
-            pynetdicom.evt.trigger(self, pynetdicom.evt.EVT_ABORTED, {})
-            self.kill()
-            return True
-        if not self.dul.is_alive():
-            self.kill()
-            return True
-        if self.dul.idle_timer_expired():
-            ASSOC_LOG.error("Network timeout reached")
-            if self.network_timeout_response == "A-RELEASE":
-                self._is_paused = True
-                self._reactor_checkpoint.wait()
-                self.release()
-                self._is_paused = False
-            else:
-                self.abort()
-            self.kill()
-            return True
-        return False
+def _finished(assoc: Association) -> bool:
+    """Release, abort, a dead DUL or the idle timeout end the association (as upstream)."""
+    if assoc.is_established and assoc.acse.is_release_requested():
+        assoc.acse.send_release(is_response=True)
+        ASSOC_LOG.info("Association Released")
+        assoc.is_released = True
+        assoc.is_established = False
+        pynetdicom.evt.trigger(assoc, pynetdicom.evt.EVT_RELEASED, {})
+        assoc.kill()
+        return True
+    if assoc.acse.is_aborted():
+        aborted = "Association Aborted"
+        if assoc.acse.is_aborted("a-p-abort"):
+            aborted += " (A-P-ABORT)"
+        ASSOC_LOG.info(aborted)
+        assoc.dul.receive_pdu(wait=False)  # so EVT_ACSE_RECV fires for subscribers
+        assoc.is_aborted = True
+        assoc.is_established = False
+        pynetdicom.evt.trigger(assoc, pynetdicom.evt.EVT_ABORTED, {})
+        assoc.kill()
+        return True
+    if not assoc.dul.is_alive():
+        assoc.kill()
+        return True
+    if assoc.dul.idle_timer_expired():
+        ASSOC_LOG.error("Network timeout reached")
+        if assoc.network_timeout_response == "A-RELEASE":
+            assoc._is_paused = True
+            assoc._reactor_checkpoint.wait()
+            assoc.release()
+            assoc._is_paused = False
+        else:
+            assoc.abort()
+        assoc.kill()
+        return True
+    return False
+
+
+_loop_installed = False
+
+
+def install_race_free_loop() -> None:
+    """Run :func:`association_loop` for every association of this process (requestors too).
+
+    pynetdicom creates requestor associations inside ``AE.associate()`` with no hook, so
+    this replaces ``Association._run_reactor`` itself: the one monkey-patch here, made only
+    for the supported versions. The node calls it at start-up (its C-MOVE/C-GET
+    sub-associations are requestors); so do the tests' and benchmarks' pynetdicom SCUs,
+    which otherwise lose a response now and then to a node that answers this fast.
+    """
+    global _loop_installed
+    if _loop_installed or not supported():
+        return
+    Association._run_reactor = association_loop  # type: ignore[method-assign,assignment]
+    _loop_installed = True
 
 
 class EventDrivenRequestHandler(RequestHandler):

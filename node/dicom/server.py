@@ -18,11 +18,15 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]  # generated at
     StudyRootQueryRetrieveInformationModelMove,
     Verification,
 )
-from pynetdicom.transport import ThreadedAssociationServer
+from pynetdicom.transport import RequestHandler, ThreadedAssociationServer
 
 from node.config import DicomConfig
 from node.dicom.handlers import Gateway
-from node.dicom.reactor import EventDrivenRequestHandler, warn_if_unsupported
+from node.dicom.reactor import (
+    EventDrivenRequestHandler,
+    install_race_free_loop,
+    warn_if_unsupported,
+)
 from node.dicom.scu import install_nodelay_for_outgoing, set_nodelay
 
 # pynetdicom accepts the first of *our* syntaxes that the peer offers: prefer Explicit VR
@@ -66,6 +70,7 @@ def configure_pynetdicom() -> None:
     _config.UNRESTRICTED_STORAGE_SERVICE = False
     install_nodelay_for_outgoing()
     warn_if_unsupported()
+    install_race_free_loop()
 
 
 def _tls_context(config: DicomConfig) -> ssl.SSLContext | None:
@@ -106,15 +111,17 @@ def serve(
     address: tuple[str, int],
     handlers: list[tuple[Any, Any]],
     ssl_context: ssl.SSLContext | None = None,
+    request_handler: type[RequestHandler] = EventDrivenRequestHandler,
 ) -> ThreadedAssociationServer:
     """Listen on ``address`` for ``ae`` in a background thread: TCP_NODELAY on every accepted
-    socket and the event-driven association reactors (node/dicom/reactor.py)."""
+    socket and the event-driven association reactors (node/dicom/reactor.py; tests pass
+    pynetdicom's own ``RequestHandler`` as a reference)."""
     server = ae.make_server(
         address,
         ssl_context=ssl_context,
         evt_handlers=handlers,  # type: ignore[arg-type]
         server_class=NoDelayAssociationServer,
-        request_handler=EventDrivenRequestHandler,
+        request_handler=request_handler,
     )
     ae._servers.append(server)  # so ae.shutdown() stops it, as with ae.start_server()
     threading.Thread(target=server.serve_forever, name="dicom-acceptor", daemon=True).start()

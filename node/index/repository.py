@@ -9,7 +9,7 @@ their connection only while the caller iterates. Database failures surface as
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from itertools import islice
 from typing import Any
@@ -87,8 +87,15 @@ class SqlIndex:
 
     # -- writes ---------------------------------------------------------------------
 
-    def add_instance(self, record: InstanceRecord) -> AddOutcome:
+    def add_instance(
+        self, record: InstanceRecord, *, before_commit: Callable[[], object] | None = None
+    ) -> AddOutcome:
         """Index one instance and record the change, in one durable transaction.
+
+        ``before_commit`` runs inside the transaction, after its statements and before
+        ``COMMIT``; if it raises, nothing is committed and the exception propagates.
+        Ingest waits there for the instance's bytes to be durable: the statements run
+        while the blob is being fsynced, yet no row ever commits before its blob.
 
         The same SOPInstanceUID again (even concurrently, from another thread or
         process) is ``ALREADY_STORED`` and changes nothing. Newer attribute values of an
@@ -106,6 +113,8 @@ class SqlIndex:
             try:
                 with conn.begin():
                     writes.add(conn, record)
+                    if before_commit is not None:
+                        before_commit()
             except writes.Duplicate:
                 return AddOutcome.ALREADY_STORED
         return AddOutcome.STORED

@@ -8,16 +8,21 @@ the reason so nothing a modality sent disappears silently.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
 import time
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
+from pydicom.datadict import tag_for_keyword
+from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
+from pydicom.tag import BaseTag
 
 from node.errors import (
     ArchiveUnavailable,
@@ -32,9 +37,13 @@ from node.index.errors import IndexUnavailable, RecordConflict
 from node.index.records import LEVEL_KEYS, AddOutcome, InstanceRecord
 from node.services.dataset_check import read_complete
 from node.structlog import log_event
+from storage.addressing import key_of
 
 LOG = logging.getLogger("gridpacs.node.ingest")
 
+BLOB_WRITERS = 8
+"""Threads that write and fsync blobs while the C-STORE threads index (one per association
+is enough; more than the associations writing at once are never busy)."""
 _UID_RE = re.compile(r"^[0-9]+(\.[0-9]+)*$")
 _COMPUTED = {"ModalitiesInStudy"}
 _RECORDED_KEYS = tuple(
@@ -43,6 +52,9 @@ _RECORDED_KEYS = tuple(
     for kw in keys
     if not kw.startswith("NumberOf") and kw not in _COMPUTED
 )
+_UID_KEYS = ("SOPInstanceUID", "SOPClassUID", "StudyInstanceUID", "SeriesInstanceUID")
+_TAGS = {kw: BaseTag(tag_for_keyword(kw) or 0) for kw in (*_RECORDED_KEYS, *_UID_KEYS, "PatientID")}
+assert all(_TAGS.values()), "every recorded keyword is in pydicom's dictionary"
 # PS3.5 maximum lengths of the string VRs we index; longer values are refused, not truncated.
 _MAX_LEN = {
     "AE": 16,
@@ -69,7 +81,9 @@ class BlobWriter(Protocol):
 class InstanceIndex(Protocol):
     """What ingest needs of the local index."""
 
-    def add_instance(self, record: InstanceRecord) -> AddOutcome: ...
+    def add_instance(
+        self, record: InstanceRecord, *, before_commit: Callable[[], object] | None = None
+    ) -> AddOutcome: ...
 
 
 class QuarantineArea(Protocol):
@@ -116,6 +130,7 @@ class IngestService:
         max_instance_bytes: int,
     ) -> None:
         self._store = store
+        self._writers = ThreadPoolExecutor(BLOB_WRITERS, thread_name_prefix="blob-writer")
         self._index = index
         self._quarantine = quarantine
         self._max_bytes = max_instance_bytes
@@ -133,20 +148,38 @@ class IngestService:
             data, ds = self._checked(request)
             if transform is not None:
                 data, ds = transform(data, ds)
-            record = _record_from(ds, data, self._store.put(data), collection, request)
         except IngestError as exc:
             self._quarantine_bytes(request, exc)
             raise
-        except OSError as exc:
-            raise ArchiveUnavailable(f"storage failed: {exc}") from exc
+        # The blob is written and fsynced on a writer thread (fsync releases the GIL) while
+        # this one extracts the attributes and runs the index statements; the index
+        # transaction commits only once the blob is durable (before_commit), and nothing is
+        # acknowledged before both are.
+        blob = self._writers.submit(self._store.put, data)
         try:
-            outcome = self._index.add_instance(record)
+            expected = BlobAddress(key_of(data), len(data))
+            record = _record_from(ds, data, expected, collection, request)
+            outcome = self._index.add_instance(
+                record, before_commit=lambda: _durable(blob, expected)
+            )
+            _durable(blob, expected)  # a duplicate commits nothing, but is acked only now
+        except IngestError as exc:
+            _settle(blob)
+            self._quarantine_bytes(request, exc)
+            raise
         except RecordConflict as exc:
+            _settle(blob)
             conflict = ConflictingInstance(f"conflicts with stored data: {exc}")
             self._quarantine_bytes(request, conflict)
             raise conflict from exc
         except IndexUnavailable as exc:
+            _settle(blob)
             raise ArchiveUnavailable(f"index unavailable: {exc}") from exc
+        except OSError as exc:
+            raise ArchiveUnavailable(f"storage failed: {exc}") from exc
+        except BaseException:
+            _settle(blob)
+            raise
         log_event(
             LOG,
             "instance_stored",
@@ -169,7 +202,7 @@ class IngestService:
                 f"instance of {len(request.data)} bytes exceeds the limit of {self._max_bytes}"
             )
         ds = read_complete(request.data)
-        for keyword in ("SOPInstanceUID", "SOPClassUID", "StudyInstanceUID", "SeriesInstanceUID"):
+        for keyword in _UID_KEYS:
             value = _text(ds, keyword)
             if not value:
                 raise MissingAttribute(f"{keyword} is missing or empty")
@@ -210,18 +243,50 @@ class IngestService:
         )
 
 
+def _element(ds: Dataset, keyword: str) -> DataElement | None:
+    # By a prebuilt tag: pydicom's keyword lookups cost more than the values here.
+    try:
+        return cast(DataElement, ds[_TAGS[keyword]])
+    except KeyError:
+        return None
+
+
+@dataclass(frozen=True, slots=True)
+class BlobAddress:
+    """Where the blob store files ``data``: its content address and size."""
+
+    key: str
+    size: int
+
+
+def _durable(blob: Future[Any], expected: BlobAddress) -> None:
+    """Wait until the blob is durable; raise the store's error, or on a wrong address."""
+    stored = blob.result()
+    if stored.key != expected.key or stored.size != expected.size:
+        raise ArchiveUnavailable(
+            f"blob store filed {stored.key} ({stored.size} bytes), "
+            f"expected {expected.key} ({expected.size} bytes)"
+        )
+
+
+def _settle(blob: Future[Any]) -> None:
+    """Let a write whose instance is refused anyway finish; its outcome no longer matters."""
+    with contextlib.suppress(Exception):
+        blob.result()
+
+
 def _text(ds: Dataset, keyword: str) -> str:
-    value = ds.get(keyword)
-    if value is None:
+    elem = _element(ds, keyword)
+    if elem is None or elem.value is None:
         return ""
-    return str(value).strip().rstrip("\x00")
+    return str(elem.value).strip().rstrip("\x00")
 
 
 def _value(ds: Dataset, keyword: str) -> str | int | None:
     """The index form of one attribute: int for integer VRs, decoded text otherwise."""
-    if keyword not in ds:
+    elem = _element(ds, keyword)
+    if elem is None:
         return None
-    elem = ds[keyword]
     value = elem.value
     if value is None or value == "":
         return None

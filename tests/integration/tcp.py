@@ -12,6 +12,8 @@ from typing import Any
 
 from pynetdicom.transport import AssociationSocket
 
+from node.dicom.reactor import install_race_free_loop
+
 _installed = False
 
 
@@ -28,4 +30,7 @@ def disable_nagle_for_pynetdicom_clients() -> None:
         return sock
 
     AssociationSocket._create_socket = create  # type: ignore[method-assign]
+    # and the node's race-free association loop: pynetdicom's own loses a response now and
+    # then to a server that answers in under a millisecond (node/dicom/reactor.py)
+    install_race_free_loop()
     _installed = True
