@@ -5,6 +5,7 @@ Layout under ``root`` (nothing in a path ever comes from DICOM content)::
     gridpacs-store.json       format marker: version, layout, encryption + key id
     tmp/                      temp files being written (same file system as the blobs)
     ab/cd/abcd…(64 hex)       one file per blob, fanned out by the first two hex pairs
+                              (the 256 ``ab/`` exist from the start; ``cd/`` on demand)
 
 A plaintext blob file holds exactly the stored bytes, so ``sha256sum`` of a file equals
 its name; an encrypted one uses the format of :mod:`storage.encryption`.
@@ -103,7 +104,23 @@ class FilesystemBlobStore:
                 write_atomically(str(marker), [body], self._tmp, mode=0o644, overwrite=False)
         self._check_marker(marker)
         make_dirs_durably(self._tmp)
+        if create:  # a store opened to inspect it (scrub) is not written to
+            self._make_first_level()
         remove_stale_temp_files(self._tmp)
+
+    def _make_first_level(self) -> None:
+        """Create the 256 first-level fan-out directories, with one fsync of the root.
+
+        Created on demand, the first blobs of a new store would each pay an extra fsync
+        (of the root, for its new ``ab/``): ~1 in 4 of the first thousand writes.
+        """
+        created = False
+        for n in range(256):
+            with contextlib.suppress(FileExistsError):
+                os.mkdir(os.path.join(self._root, f"{n:02x}"))
+                created = True
+        if created:
+            fsync_dir(self._root)
 
     def _marker(self) -> dict[str, Any]:
         encryption = None

@@ -138,6 +138,7 @@ class Gateway:
             affected_sop_instance_uid=str(req.AffectedSOPInstanceUID),
         )
         result: int | Dataset
+        outcome = "refused"
         try:
             if route is None:  # cannot happen after on_requested, but never store unrouted
                 raise IngestError(f"no route for called AE {called!r}")
@@ -148,7 +149,10 @@ class Gateway:
                 )
             if route.archive_original_in is not None:
                 self.ingest.store(request, collection=route.archive_original_in)
-            self.ingest.store(request, collection=route.collection, transform=route.transform)
+            stored = self.ingest.store(
+                request, collection=route.collection, transform=route.transform
+            )
+            outcome = stored.outcome.value
             result, code = status.SUCCESS, status.SUCCESS
             if self.on_stored is not None:
                 self.on_stored()
@@ -165,6 +169,7 @@ class Gateway:
             called_ae=called,
             sop_instance_uid=request.affected_sop_instance_uid,
             status=f"0x{code:04X}",
+            outcome=outcome,
             ms=round((time.perf_counter() - started) * 1000, 2),
         )
         return result

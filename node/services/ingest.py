@@ -180,9 +180,10 @@ class IngestService:
         except BaseException:
             _settle(blob)
             raise
-        log_event(
+        log_event(  # the gateway's c_store line is the INFO one; this details it
             LOG,
             "instance_stored",
+            level=logging.DEBUG,
             sop_instance_uid=record.sop_instance_uid,
             outcome=outcome.value,
             collection=collection,
