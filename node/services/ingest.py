@@ -44,6 +44,9 @@ LOG = logging.getLogger("gridpacs.node.ingest")
 BLOB_WRITERS = 8
 """Threads that write and fsync blobs while the C-STORE threads index (one per association
 is enough; more than the associations writing at once are never busy)."""
+_WRITERS = ThreadPoolExecutor(BLOB_WRITERS, thread_name_prefix="blob-writer")
+"""One pool per process, shared by every IngestService: threads start on first use only,
+and no service leaves idle threads behind when it is dropped (tests build many)."""
 _UID_RE = re.compile(r"^[0-9]+(\.[0-9]+)*$")
 _COMPUTED = {"ModalitiesInStudy"}
 _RECORDED_KEYS = tuple(
@@ -130,7 +133,6 @@ class IngestService:
         max_instance_bytes: int,
     ) -> None:
         self._store = store
-        self._writers = ThreadPoolExecutor(BLOB_WRITERS, thread_name_prefix="blob-writer")
         self._index = index
         self._quarantine = quarantine
         self._max_bytes = max_instance_bytes
@@ -155,7 +157,7 @@ class IngestService:
         # this one extracts the attributes and runs the index statements; the index
         # transaction commits only once the blob is durable (before_commit), and nothing is
         # acknowledged before both are.
-        blob = self._writers.submit(self._store.put, data)
+        blob = _WRITERS.submit(self._store.put, data)
         try:
             expected = BlobAddress(key_of(data), len(data))
             record = _record_from(ds, data, expected, collection, request)
