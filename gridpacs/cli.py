@@ -64,6 +64,12 @@ def _mount_query() -> None:
     app.command("query", help="Query the grid-wide catalog.")(query_cmd)
 
 
+def _mount_jobs() -> None:
+    from catalog.jobs_cli import app as jobs_app
+
+    app.add_typer(jobs_app, name="jobs", help="Submit studies to processing streams; follow jobs.")
+
+
 def _mount_storage() -> None:
     from storage.cli import app as storage_app
 
@@ -88,6 +94,7 @@ _MOUNTS = {
     "node": _mount_node,
     "catalog": _mount_catalog,
     "query": _mount_query,
+    "jobs": _mount_jobs,
     "storage": _mount_storage,
     "anonymize": _mount_anonymizer,
     "anonymizer": _mount_anonymizer,
