@@ -56,9 +56,11 @@ class Scheduler:
         self._stop = threading.Event()
         self._round_lock = threading.Lock()
         self._placed = threading.Condition()
-        self._generation = 0
+        self._generations: dict[str, int] = {}
+        """Per node: bumped by each round that placed a job there (wakes its long polls)."""
         self._thread: threading.Thread | None = None
         self._started: datetime | None = None
+        self._maintained: datetime | None = None
 
     def now(self) -> datetime:
         """The scheduler's clock (tests pass a movable one)."""
@@ -115,66 +117,111 @@ class Scheduler:
         fresh = timedelta(seconds=self.settings.worker_fresh_seconds)
         return self._started is not None and now < self._started + fresh
 
+    def try_round(self) -> RoundResult | None:
+        """Run a round now on the caller's thread unless one is running (then None).
+
+        A worker asking for work after finishing a job gets it placed without waiting for
+        the scheduler thread to be woken and scheduled: on a busy machine that hand-off is
+        most of the idle time of a slot.
+        """
+        if not self._round_lock.acquire(blocking=False):
+            return None
+        try:
+            return self._round()
+        finally:
+            self._round_lock.release()
+
     def run_round(self) -> RoundResult:
         with self._round_lock:
-            started = time.perf_counter()
-            now = self._clock()
-            expired = self.store.expire_leases(now)
-            for job in expired:
-                log.info(
-                    "event=job_lease_expired job=%s attempt=%d state=%s",
-                    job.id,
-                    job.attempt,
-                    job.state.value,
-                )
-            workers = self.fresh_workers(now)
-            alive = [w.node for w in workers]
-            if self._in_grace(now):  # nodes could not report while the catalog was down
-                alive = [w.node for w in self.store.workers()]
+            return self._round()
+
+    def _round(self) -> RoundResult:
+        started = time.perf_counter()
+        now = self._clock()
+        maintain = self._maintained is None or now >= self._maintained + timedelta(
+            seconds=self.settings.interval_seconds
+        )
+        expired = self.store.expire_leases(now) if maintain else []
+        for job in expired:
+            log.info(
+                "event=job_lease_expired job=%s attempt=%d state=%s",
+                job.id,
+                job.attempt,
+                job.state.value,
+            )
+        workers = self.fresh_workers(now)
+        alive = [w.node for w in workers]
+        if self._in_grace(now):  # nodes could not report while the catalog was down
+            alive = [w.node for w in self.store.workers()]
+        requeued = 0
+        if maintain:  # leases and placements age by the clock: once per interval is enough
+            self._maintained = now
             requeued = self.store.requeue_stale_placements(
                 now, alive, now - timedelta(seconds=self.settings.place_timeout_seconds)
             )
-            placed: list[str] = []
-            if workers:
-                queue = self.store.queued(self.settings.queue_scan)
-                if queue:
-                    holders = self.store.holders([j.study_instance_uid for j in queue])
-                    decisions = place(queue, workers, self.store.active_counts(), holders)
-                    placed = self.store.apply_placements(decisions, now)
-                    for p in decisions:
-                        if p.job_id in placed:
-                            log.debug(
-                                "event=job_placed job=%s node=%s holds_data=%s",
-                                p.job_id,
-                                p.node,
-                                p.holds_data,
-                            )
-            if placed or requeued or expired:
-                with self._placed:
-                    self._generation += 1
-                    self._placed.notify_all()
-            if requeued or expired:
-                self._wake.set()  # place what came back in the next round
-            return RoundResult(
-                expired=len(expired),
-                requeued=requeued,
-                placed=len(placed),
-                seconds=time.perf_counter() - started,
-            )
+        placed: list[str] = []
+        nodes: set[str] = set()
+        active = self.store.active_counts()
+        scan = _queue_scan(workers, active, self.settings.queue_scan)
+        if scan:
+            queue = self.store.queued(scan)
+            if queue:
+                holders = self.store.holders([j.study_instance_uid for j in queue])
+                decisions = place(queue, workers, active, holders)
+                placed = self.store.apply_placements(decisions, now)
+                for p in decisions:
+                    if p.job_id in placed:
+                        nodes.add(p.node)
+                        log.debug(
+                            "event=job_placed job=%s node=%s holds_data=%s",
+                            p.job_id,
+                            p.node,
+                            p.holds_data,
+                        )
+        if nodes:
+            with self._placed:
+                for node in nodes:
+                    self._generations[node] = self._generations.get(node, 0) + 1
+                self._placed.notify_all()
+        if requeued or expired:
+            self._wake.set()  # place what came back in the next round
+        return RoundResult(
+            expired=len(expired),
+            requeued=requeued,
+            placed=len(placed),
+            seconds=time.perf_counter() - started,
+        )
 
     # -- long polls --------------------------------------------------------------------------
 
-    def generation(self) -> int:
+    def generation(self, node: str) -> int:
         with self._placed:
-            return self._generation
+            return self._generations.get(node, 0)
 
-    def wait_for_work(self, seen: int, timeout: float) -> int:
-        """Block until a round after ``seen`` placed something (or timeout); the generation."""
+    def wait_for_work(self, node: str, seen: int, timeout: float) -> int:
+        """Block until a round after ``seen`` placed a job on ``node`` (or timeout).
+
+        Only the waiters of that node go back to the database: a dozen idle slots do not
+        all query it for each placement elsewhere.
+        """
         deadline = time.monotonic() + timeout
         with self._placed:
-            while self._generation == seen and not self._stop.is_set():
+            while self._generations.get(node, 0) == seen and not self._stop.is_set():
                 left = deadline - time.monotonic()
                 if left <= 0:
                     break
                 self._placed.wait(left)
-            return self._generation
+            return self._generations.get(node, 0)
+
+
+def _queue_scan(workers: list[WorkerReport], active: dict[str, int], most: int) -> int:
+    """How much of the queue a round reads: nothing when every node is full, else a few
+    times the free slots (jobs of streams no free node offers are skipped over)."""
+    if not workers:
+        return 0
+    free = 0
+    for worker in workers:
+        if worker.limits.max_jobs <= 0:
+            return most
+        free += max(0, worker.limits.max_jobs - active.get(worker.node, 0))
+    return min(most, 8 * free + 32) if free else 0

@@ -352,7 +352,7 @@ class JobStore:
                         return None
                     token = secrets.token_urlsafe(24)
                     attempt = row.attempt + 1
-                    result = conn.execute(
+                    leased = conn.execute(
                         update(J)
                         .where(J.c.id == row.id, J.c.state == JobState.PLACED.value)
                         .values(
@@ -363,8 +363,9 @@ class JobStore:
                             lease_token=token,
                             lease_expires_at=now + timedelta(seconds=seconds),
                         )
-                    )
-                    if not result.rowcount:
+                        .returning(*J.c)
+                    ).first()
+                    if leased is None:
                         continue  # cancelled or re-placed meanwhile: take the next one
                     conn.execute(
                         insert(A).values(
@@ -380,8 +381,7 @@ class JobStore:
                             logs=b"",
                         )
                     )
-                    job = _job(conn.execute(select(J).where(J.c.id == row.id)).one())
-                    return Lease(job=job, token=token, seconds=seconds)
+                    return Lease(job=_job(leased), token=token, seconds=seconds)
         return None
 
     def renew(self, job_id: str, token: str, now: datetime, seconds: float) -> Renewal:
