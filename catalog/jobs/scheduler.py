@@ -106,11 +106,7 @@ class Scheduler:
 
     def fresh_workers(self, now: datetime) -> list[WorkerReport]:
         horizon = now - timedelta(seconds=self.settings.worker_fresh_seconds)
-        return [
-            w
-            for w in self.store.workers()
-            if w.reported_at is not None and w.reported_at >= horizon
-        ]
+        return _fresh(self.store.workers(), horizon)
 
     def _in_grace(self, now: datetime) -> bool:
         """The first freshness period after a start: silence proves nothing yet."""
@@ -149,35 +145,36 @@ class Scheduler:
                 job.attempt,
                 job.state.value,
             )
-        workers = self.fresh_workers(now)
-        alive = [w.node for w in workers]
-        if self._in_grace(now):  # nodes could not report while the catalog was down
-            alive = [w.node for w in self.store.workers()]
+        horizon = now - timedelta(seconds=self.settings.worker_fresh_seconds)
+        scan_most = self.settings.queue_scan
+
+        def scan(reports: list[WorkerReport], active: dict[str, int]) -> int:
+            return _queue_scan(_fresh(reports, horizon), active, scan_most)
+
         requeued = 0
         if maintain:  # leases and placements age by the clock: once per interval is enough
             self._maintained = now
+            reports = self.store.workers()
+            alive = [w.node for w in reports if self._in_grace(now) or _is_fresh(w, horizon)]
             requeued = self.store.requeue_stale_placements(
                 now, alive, now - timedelta(seconds=self.settings.place_timeout_seconds)
             )
+        inputs = self.store.placement_inputs(scan)
+        workers = _fresh(inputs.workers, horizon)
         placed: list[str] = []
         nodes: set[str] = set()
-        active = self.store.active_counts()
-        scan = _queue_scan(workers, active, self.settings.queue_scan)
-        if scan:
-            queue = self.store.queued(scan)
-            if queue:
-                holders = self.store.holders([j.study_instance_uid for j in queue])
-                decisions = place(queue, workers, active, holders)
-                placed = self.store.apply_placements(decisions, now)
-                for p in decisions:
-                    if p.job_id in placed:
-                        nodes.add(p.node)
-                        log.debug(
-                            "event=job_placed job=%s node=%s holds_data=%s",
-                            p.job_id,
-                            p.node,
-                            p.holds_data,
-                        )
+        if inputs.queue:
+            decisions = place(inputs.queue, workers, inputs.active, inputs.holders)
+            placed = self.store.apply_placements(decisions, now)
+            for p in decisions:
+                if p.job_id in placed:
+                    nodes.add(p.node)
+                    log.debug(
+                        "event=job_placed job=%s node=%s holds_data=%s",
+                        p.job_id,
+                        p.node,
+                        p.holds_data,
+                    )
         if nodes:
             with self._placed:
                 for node in nodes:
@@ -225,3 +222,11 @@ def _queue_scan(workers: list[WorkerReport], active: dict[str, int], most: int) 
             return most
         free += max(0, worker.limits.max_jobs - active.get(worker.node, 0))
     return min(most, 8 * free + 32) if free else 0
+
+
+def _is_fresh(report: WorkerReport, horizon: datetime) -> bool:
+    return report.reported_at is not None and report.reported_at >= horizon
+
+
+def _fresh(reports: list[WorkerReport], horizon: datetime) -> list[WorkerReport]:
+    return [r for r in reports if _is_fresh(r, horizon)]

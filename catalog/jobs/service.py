@@ -169,7 +169,7 @@ class JobsService:
                     submitted_by=caller.name,
                 )
             )
-        created = self.store.submit(jobs, {stream: settings.max_attempts}, self._now())
+        created = self.store.submit(jobs, settings, self._now())
         log.info(
             "event=jobs_submitted stream=%s count=%d priority=%s by=%s",
             stream,
