@@ -83,7 +83,7 @@ def print_report(console: Console, result: Reconciliation, show: int) -> None:
         for short in result.under_replicated[:show]:
             holders = ", ".join(short.holders) or "no node"
             console.print(f"  {short.item.sop_instance_uid} ({short.item.collection}): "
-                          f"{holders} < {short.factor}")  # fmt: skip
+                          f"held by {holders}, factor {short.factor}")  # fmt: skip
     verdict = "no discrepancies" if not result.discrepancies else (
         f"{result.discrepancies} discrepancy(ies)")  # fmt: skip
     console.print(f"{result.period.label}: {verdict}")

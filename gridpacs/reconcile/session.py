@@ -76,8 +76,8 @@ def _run(options: Options, catalog: object, nodes: InventoryClient, err: Console
         )
     result = gathered.result
     out = Console(file=sys.stdout, width=200 if not sys.stdout.isatty() else None)
-    repaired: RepairOutcome | None = None
-    if options.repair and result.discrepancies:
+    repaired: RepairOutcome | None = RepairOutcome() if options.repair else None
+    if repaired is not None and result.discrepancies:
         plans = plan_repairs(result)
         progress = _progress(err, options.as_json)
         with progress:
