@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
-from sqlalchemy import Connection, Row, Select, and_, or_, select
+from sqlalchemy import Connection, Row, Select, select, union
 
 from catalog.db.filters import (
     Scope,
@@ -310,20 +310,12 @@ def locate_instances(
 def list_holdings(
     conn: Connection, period: Period, node: str, collections: tuple[str, ...], scope: Scope
 ) -> Iterator[tuple[str, Held]]:
-    """Every (node, instance) whose StudyDate or UTC date received falls in ``period``."""
-    in_period = or_(
-        StudyRow.study_date.between(period.start_text, period.end_text),
-        and_(
-            InstanceRow.received_at >= period.received_from,
-            InstanceRow.received_at < period.received_until,
-        ),
-    )
-    conds = [in_period]
-    if node:
-        conds.append(InstanceRow.origin == node)
+    """Every (node, instance) whose StudyDate or UTC date received falls in ``period``.
+
+    Two index-driven selects (studies by StudyDate; instances by received_at) and their
+    UNION, rather than one OR that no index serves (a scan of every instance row).
+    """
     wanted = effective_collections(QueryFilter(collections=collections), scope)
-    if wanted is not None:
-        conds.append(InstanceRow.collection.in_(wanted))
     columns: list[Any] = [
         InstanceRow.origin,
         InstanceRow.collection,
@@ -334,13 +326,30 @@ def list_holdings(
         StudyRow.study_instance_uid,
         StudyRow.study_date,
     ]
-    stmt = (
+    by_date = (
         select(*columns)
+        .select_from(StudyRow)
+        .join(SeriesRow, SeriesRow.study_id == StudyRow.id)
+        .join(InstanceRow, InstanceRow.series_id == SeriesRow.id)
+        .where(StudyRow.study_date.between(period.start_text, period.end_text))
+    )
+    by_received = (
+        select(*columns)
+        .select_from(InstanceRow)
         .join(SeriesRow, SeriesRow.id == InstanceRow.series_id)
         .join(StudyRow, StudyRow.id == SeriesRow.study_id)
-        .where(*conds)
-        .order_by(InstanceRow.origin, InstanceRow.id)
+        .where(
+            InstanceRow.received_at >= period.received_from,
+            InstanceRow.received_at < period.received_until,
+        )
     )
+    if node:
+        by_date = by_date.where(StudyRow.origin == node)
+        by_received = by_received.where(InstanceRow.origin == node)
+    if wanted is not None:
+        by_date = by_date.where(StudyRow.collection.in_(wanted))
+        by_received = by_received.where(InstanceRow.collection.in_(wanted))
+    stmt: Any = union(by_date, by_received)
     for row in _stream(conn, stmt):
         yield (
             row.origin,

@@ -40,31 +40,36 @@ def inventory_statement(
     received_from: datetime,
     received_until: datetime,
     collections: Collection[str] | None,
-) -> sa.Select[Any]:
+) -> Any:
     """Instances whose StudyDate is in [start_date, end_date] (YYYYMMDD) or that were
-    received in [received_from, received_until), optionally of some collections only."""
-    conds: list[sa.ColumnElement[bool]] = [
-        sa.or_(
-            ST.c.study_date.between(start_date, end_date),
-            sa.and_(IN.c.received_at >= received_from, IN.c.received_at < received_until),
-        )
-    ]
-    if collections is not None:
-        conds.append(ST.c.collection.in_(sorted(collections)))
-    return (
-        sa.select(
-            IN.c.sop_instance_uid,
-            ST.c.study_instance_uid,
-            SE.c.series_instance_uid,
-            IN.c.sop_class_uid,
-            ST.c.collection,
-            ST.c.study_date,
-            IN.c.received_at,
-        )
-        .select_from(IN.join(SE, IN.c.series_pk == SE.c.pk).join(ST, SE.c.study_pk == ST.c.pk))
-        .where(*conds)
-        .order_by(IN.c.pk)
+    received in [received_from, received_until), optionally of some collections only.
+
+    The UNION of two index-driven selects (studies by StudyDate, instances by received_at):
+    one OR across the two tables would scan every instance row.
+    """
+    columns = (
+        IN.c.sop_instance_uid,
+        ST.c.study_instance_uid,
+        SE.c.series_instance_uid,
+        IN.c.sop_class_uid,
+        ST.c.collection,
+        ST.c.study_date,
+        IN.c.received_at,
     )
+    by_date = (
+        sa.select(*columns)
+        .select_from(ST.join(SE, SE.c.study_pk == ST.c.pk).join(IN, IN.c.series_pk == SE.c.pk))
+        .where(ST.c.study_date.between(start_date, end_date))
+    )
+    by_received = (
+        sa.select(*columns)
+        .select_from(IN.join(SE, IN.c.series_pk == SE.c.pk).join(ST, SE.c.study_pk == ST.c.pk))
+        .where(IN.c.received_at >= received_from, IN.c.received_at < received_until)
+    )
+    if collections is not None:
+        by_date = by_date.where(ST.c.collection.in_(sorted(collections)))
+        by_received = by_received.where(ST.c.collection.in_(sorted(collections)))
+    return sa.union(by_date, by_received)
 
 
 def tombstone(sop_instance_uid: str, collection: str) -> InstanceRecord:
