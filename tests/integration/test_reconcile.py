@@ -113,15 +113,13 @@ def test_reconcile_reports_repairs_and_anti_entropy_republishes(
     assert nodes["site-b"]["node_counts"]["by_study_date"] == 2
     assert report["discrepancies"] == 4  # 3 missing + B1's 2nd instance held by nobody
 
-    table = _reconcile(replica, "--period", "2024-06")
-    assert table.returncode == 1
-    assert "site-a" in table.stdout and uid(a_june[2]) in table.stdout
-    assert "discrepancy" in table.stdout
-
-    repaired = _reconcile(replica, "--period", "2024-06", "--repair", "--json")
+    # the table (what an operator reads) and the repair, in one run
+    repaired = _reconcile(replica, "--period", "2024-06", "--repair")
     assert repaired.returncode == 0, repaired.stdout + repaired.stderr
-    assert json.loads(repaired.stdout)["repair"] == {
-        "republished": 1, "pulled": 1, "retracted": 1, "failures": []}  # fmt: skip
+    assert "site-a" in repaired.stdout and uid(a_june[2]) in repaired.stdout
+    assert "4 discrepancy(ies)" in repaired.stdout
+    assert "repaired: 1 republished, 1 copied, 1 stale holding(s) retracted, 0 failure(s)" in (
+        repaired.stdout)  # fmt: skip
 
     def clean() -> subprocess.CompletedProcess[str] | None:
         again = _reconcile(replica, "--period", "2024-06", "--json")
