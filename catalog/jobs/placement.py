@@ -106,7 +106,7 @@ def place(
     workers
         Latest reports of the nodes considered alive (stale ones are left out by the caller).
     active
-        Placed + running jobs per node now (a node reporting more running jobs counts those).
+        Placed + running jobs per node now.
     holders
         Nodes holding each study (by StudyInstanceUID).
     waiting
@@ -115,8 +115,7 @@ def place(
     slots = {
         w.node: _Slot(
             report=w,
-            # the catalog's count, or the worker's own if it runs more (e.g. after a restore)
-            active=max(active.get(w.node, 0), w.load.running_jobs),
+            active=active.get(w.node, 0),
             memory_left=w.load.memory_available_mb,
             waiting=(waiting or {}).get(w.node, 0),
             streams={s.name: s for s in w.streams},

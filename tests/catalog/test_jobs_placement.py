@@ -68,9 +68,6 @@ def test_a_node_at_or_over_a_limit_gets_nothing() -> None:
     low = [report("a", memory_mb=500, min_memory_mb=1000), report("b")]
     assert place(jobs, low, {}, holders)[0].node == "b"  # memory floor
     assert place(jobs, [report("a", max_jobs=1)], {"a": 1}, holders) == []
-    # the worker's own count of running jobs counts when it is higher than the catalog's
-    busy = [report("a", max_jobs=2, running=2), report("b", max_jobs=2)]
-    assert place(jobs, busy, {}, holders)[0].node == "b"
     # a stream's declared memory is taken off what the node has left, within the round
     big = StreamInfo(name="segment", memory_mb=3000)
     one = [report("a", streams=(big,), max_jobs=0, memory_mb=7000, min_memory_mb=1000)]
