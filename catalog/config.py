@@ -58,7 +58,13 @@ class SecurityConfig(_Model):
         "/gridpacs.catalog.v1.CatalogService/Query*",
         "/gridpacs.catalog.v1.CatalogService/LocateInstances",
         "/gridpacs.catalog.v1.CatalogService/RegisterNode",
+        "/gridpacs.catalog.v1.AccessService/*",
     )
+    grant_key_file: Path | None = Field(
+        default=None,
+        description="Ed25519 key signing researchers' retrieve grants (gridpacs pki grant-key)",
+    )
+    grant_ttl_s: int = Field(default=900, ge=30, le=86_400, description="lifetime of a grant")
 
 
 class CatalogConfig(_Model):
@@ -160,4 +166,6 @@ timeout_s = 5.0
 
 # [security]                    # researcher tokens and the audit log
 # pepper_file = "/etc/gridpacs/token-pepper"
+# grant_key_file = "/etc/gridpacs/grant.key"   # signs retrieve grants (gridpacs pki grant-key)
+# grant_ttl_s = 900
 """

@@ -12,7 +12,14 @@ from node.v1 import peer_pb2, peer_pb2_grpc
 
 
 class PeerTransferError(NodeError):
-    """A peer could not deliver a verified copy (unreachable, not held, corrupt)."""
+    """A peer could not deliver a verified copy (unreachable, not held, corrupt).
+
+    ``code`` names the gRPC status when the peer answered with one (``PERMISSION_DENIED`` …).
+    """
+
+    def __init__(self, message: str, *, code: str = "") -> None:
+        super().__init__(message)
+        self.code = code
 
 
 class PeerClient:
@@ -37,15 +44,20 @@ class PeerClient:
                 self._channels[address] = channel
         return peer_pb2_grpc.PeerServiceStub(channel)
 
-    def fetch(self, address: str, sop_instance_uid: str) -> bytes:
-        """The instance's Part 10 bytes, or :class:`PeerTransferError`."""
+    def fetch(self, address: str, sop_instance_uid: str, *, grant: str | None = None) -> bytes:
+        """The instance's Part 10 bytes, or :class:`PeerTransferError`.
+
+        ``grant``: a researcher's retrieve grant from the catalog, sent as metadata."""
         request = peer_pb2.FetchInstanceRequest(sop_instance_uid=sop_instance_uid)
+        metadata = (("gridpacs-grant", grant),) if grant else None
         parts: list[bytes] = []
         digest = hashlib.sha256()
         size = expected = -1
         sha = ""
         try:
-            for chunk in self._stub(address).FetchInstance(request, timeout=self._timeout):
+            for chunk in self._stub(address).FetchInstance(
+                request, timeout=self._timeout, metadata=metadata
+            ):
                 if chunk.offset == 0:
                     expected = chunk.size
                 parts.append(chunk.data)
@@ -53,7 +65,9 @@ class PeerClient:
                 if chunk.last:
                     sha = chunk.sha256
         except grpc.RpcError as exc:
-            raise PeerTransferError(f"{address}: {exc.code().name} {exc.details()}") from exc
+            raise PeerTransferError(
+                f"{address}: {exc.code().name} {exc.details()}", code=exc.code().name
+            ) from exc
         data = b"".join(parts)
         size = len(data)
         if size != expected or digest.hexdigest() != sha:
