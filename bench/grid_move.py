@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import statistics
 import subprocess
 import sys
@@ -137,12 +138,22 @@ def catalog(workdir: Path, tls: Tls | None) -> Iterator[str]:
 
 @contextmanager
 def grid_node(
-    workdir: Path, name: str, ae: str, catalog_address: str, tls: Tls | None, destination: str
+    workdir: Path,
+    name: str,
+    ae: str,
+    catalog_address: str,
+    tls: Tls | None,
+    destination: str,
+    *,
+    prefetch: int = 4,
 ) -> Iterator[Server]:
     port = free_port()
     data = workdir / name
     data.mkdir()
-    link = f'[catalog]\naddresses = ["{catalog_address}"]\npublish_identified = true\n'
+    link = (
+        f'[catalog]\naddresses = ["{catalog_address}"]\npublish_identified = true\n'
+        f"retrieve_prefetch = {prefetch}\n"
+    )
     if tls is None:
         link += "insecure = true\n"
     else:
@@ -166,6 +177,7 @@ def orthanc_with_destination(workdir: Path, destination: tuple[str, int]) -> Ite
     config = orthanc_config(workdir, port, free_port())
     config["DicomModalities"] = {"dest": [destination[0], "127.0.0.1", destination[1]]}
     config["DicomAlwaysAllowMove"] = True  # movescu is not a declared modality
+    config["DicomAssociationCloseDelay"] = 0  # do not hold storescp (one association at a time)
     path = workdir / "orthanc.json"
     path.write_text(json.dumps(config, indent=2))
     with _running("orthanc", "ORTHANC", port, [ORTHANC, str(path)], workdir, None) as server:
@@ -198,6 +210,14 @@ def clear(directory: Path) -> None:
             path.unlink()
 
 
+def keep_logs(work: Path) -> None:
+    """Copy the servers' logs to bench/out/grid_move-logs/ (the work folder is deleted)."""
+    target = Path(__file__).resolve().parent / "out" / "grid_move-logs"
+    target.mkdir(parents=True, exist_ok=True)
+    for log in work.rglob("*.log"):
+        shutil.copyfile(log, target / f"{log.parent.name}-{log.name}")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--ct", type=int, default=200, help="instances of 512x512 16-bit")
@@ -211,16 +231,18 @@ def main() -> int:
     dataset: DataSet = ingest_set("ct", opts.ct)
     study_uid = dataset.studies[0].study_uid
     machine = describe()
-    results: dict[str, list[MoveRun]] = {"grid": [], "local": [], "orthanc": []}
+    results: dict[str, list[MoveRun]] = {"grid": [], "grid-noprefetch": [], "local": [],
+                                         "orthanc": []}  # fmt: skip
     with exclusive_run("grid_move"), tempfile.TemporaryDirectory(prefix="grid-move-") as tmp:
         work = Path(tmp)
-        tls = None if opts.plaintext else make_tls(work, ["catalog", "a", "b", "probe"])
+        tls = None if opts.plaintext else make_tls(work, ["catalog", "a", "b", "c", "probe"])
         with ExitStack() as stack:
             scp = stack.enter_context(storescp(work / "scp"))
             dest = f"STORESCP=127.0.0.1:{scp.port}"
             cat = stack.enter_context(catalog(work, tls))
             node_a = stack.enter_context(grid_node(work, "a", "SITEA", cat, tls, dest))
             node_b = stack.enter_context(grid_node(work, "b", "SITEB", cat, tls, dest))
+            node_c = stack.enter_context(grid_node(work, "c", "SITEC", cat, tls, dest, prefetch=0))
             (work / "orthanc").mkdir()
             orth = stack.enter_context(
                 orthanc_with_destination(work / "orthanc", ("STORESCP", scp.port))
@@ -233,12 +255,14 @@ def main() -> int:
             received = work / "scp" / "received"
             targets = {
                 "grid": (node_b.port, "GRID", "STORESCP"),
+                "grid-noprefetch": (node_c.port, "GRID", "STORESCP"),
                 "local": (node_a.port, "SITEA", "STORESCP"),
                 "orthanc": (orth.port, "ORTHANC", "STORESCP"),
             }
             order = list(targets)
             for round_no in range(opts.repeat):
-                for name in order[round_no % 3 :] + order[: round_no % 3]:
+                shift = round_no % len(order)
+                for name in order[shift:] + order[:shift]:
                     clear(received)
                     port, called, destination = targets[name]
                     run = move(port, called, study_uid, destination)
@@ -251,6 +275,7 @@ def main() -> int:
                     if run.returncode != 0 or got != dataset.instances:
                         console.print(f"[red]{name} failed:[/red] {run.errors}")
                     results[name].append(run)
+            keep_logs(work)
     megabytes = dataset.total_bytes / 1e6
     report = Report(
         title=f"C-MOVE of one {dataset.instances}-instance CT study ({megabytes:.0f} MB) "
@@ -261,7 +286,8 @@ def main() -> int:
     )
     local_s = statistics.median(r.seconds for r in results["local"])
     paths = {
-        "grid": "node B GRID AE → catalog → node A peer service",
+        "grid": "node B GRID AE → catalog → node A peer service, prefetch 4",
+        "grid-noprefetch": "same, prefetch 0 (sequential, as before)",
         "local": "node A own AE, own store",
         "orthanc": "Orthanc 1 process",
     }

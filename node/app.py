@@ -119,7 +119,7 @@ class NodeApp:
         )
         self.gateway.grid_query = GridQueryService(self.catalog)
         self.gateway.grid_retrieve = GridRetrieveService(
-            self.catalog, self.index, local.load, self.peers
+            self.catalog, self.index, local.load, self.peers, prefetch=link.retrieve_prefetch
         )
 
     def _publishable(self, collection: str) -> bool:

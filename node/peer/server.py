@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -20,7 +19,7 @@ from node.structlog import log_event
 from node.v1 import peer_pb2, peer_pb2_grpc
 
 LOG = logging.getLogger("gridpacs.node.peer")
-CHUNK_BYTES = 256 * 1024
+CHUNK_BYTES = 1024 * 1024  # a CT slice in one message; well under gRPC's 4 MiB limit
 
 
 class InstanceLookup(Protocol):
@@ -83,7 +82,8 @@ class PeerServicer(peer_pb2_grpc.PeerServiceServicer):
             log_event(LOG, "peer_fetch_failed", level=logging.ERROR,
                       sop_instance_uid=inst.sop_instance_uid, reason=str(exc))  # fmt: skip
             context.abort(grpc.StatusCode.DATA_LOSS, f"stored copy unreadable: {exc}")
-        yield from _chunks(data, inst.transfer_syntax_uid)
+        # the store verified the bytes against their content key, which is their SHA-256
+        yield from _chunks(data, inst.transfer_syntax_uid, inst.blob_key)
 
     def _check_researcher(
         self,
@@ -148,8 +148,7 @@ def _metadata(context: grpc.ServicerContext, key: str) -> str | None:
     return None
 
 
-def _chunks(data: bytes, transfer_syntax_uid: str) -> Iterator[peer_pb2.InstanceChunk]:
-    digest = hashlib.sha256(data).hexdigest()
+def _chunks(data: bytes, transfer_syntax_uid: str, digest: str) -> Iterator[peer_pb2.InstanceChunk]:
     total = len(data)
     for offset in range(0, max(total, 1), CHUNK_BYTES):
         last = offset + CHUNK_BYTES >= total
