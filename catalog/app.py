@@ -130,8 +130,9 @@ def _add_access_service(
     security = config.security
     if security is not None and security.grant_key_file is not None:
         signer = GrantSigner(load_signing_key(security.grant_key_file), ttl_s=security.grant_ttl_s)
+    identified = frozenset(security.identified_collections) if security else frozenset()
     access_pb2_grpc.add_AccessServiceServicer_to_server(
-        AccessServicer(service, signer), app_server.server
+        AccessServicer(service, signer, identified=identified), app_server.server
     )
 
 

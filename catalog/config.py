@@ -65,6 +65,11 @@ class SecurityConfig(_Model):
         description="Ed25519 key signing researchers' retrieve grants (gridpacs pki grant-key)",
     )
     grant_ttl_s: int = Field(default=900, ge=30, le=86_400, description="lifetime of a grant")
+    identified_collections: tuple[str, ...] = Field(
+        default=(),
+        description="collections holding identified data (nodes' default collections where "
+        "the grid is one trust domain): retrieved by admins of the collection only",
+    )
 
 
 class CatalogConfig(_Model):
@@ -168,4 +173,5 @@ timeout_s = 5.0
 # pepper_file = "/etc/gridpacs/token-pepper"
 # grant_key_file = "/etc/gridpacs/grant.key"   # signs retrieve grants (gridpacs pki grant-key)
 # grant_ttl_s = 900
+# identified_collections = ["local"]   # identified data: only admins of it may retrieve
 """

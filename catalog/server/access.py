@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Iterator
+from dataclasses import replace
 
 import grpc
 
@@ -45,11 +46,24 @@ def is_uid(text: str) -> bool:
 
 
 class AccessServicer(pb_grpc.AccessServiceServicer):
-    """Answers AuthorizeRetrieve for token holders; ``signer`` None means no grant key."""
+    """Answers AuthorizeRetrieve for token holders; ``signer`` None means no grant key.
 
-    def __init__(self, service: CatalogService, signer: GrantSigner | None) -> None:
+    ``identified``: collections the catalog knows hold identified data. Their copies are
+    offered only to admins of the collection; an instance with no other copy makes the whole
+    request ``PERMISSION_DENIED`` (audited), before any node is asked. Nodes enforce the same
+    rule for their own identified collection from the grant, whatever this list says.
+    """
+
+    def __init__(
+        self,
+        service: CatalogService,
+        signer: GrantSigner | None,
+        *,
+        identified: frozenset[str] = frozenset(),
+    ) -> None:
         self._service = service
         self._signer = signer
+        self._identified = identified
 
     def AuthorizeRetrieve(
         self, request: pb.AuthorizeRetrieveRequest, context: grpc.ServicerContext
@@ -65,11 +79,8 @@ class AccessServicer(pb_grpc.AccessServiceServicer):
                 study_instance_uids=tuple(request.study_instance_uids),
                 collections=tuple(request.collections),
             )
-            locations = [
-                loc
-                for loc in self._service.locate_instances(query, scope)
-                if all(principal.can_read(h.collection) for h in loc.holders)
-            ]
+            located = list(self._service.locate_instances(query, scope))
+            locations = [self._allowed(principal, loc) for loc in located]
             if not locations:
                 raise AccessDenied(
                     grpc.StatusCode.NOT_FOUND,
@@ -110,6 +121,30 @@ class AccessServicer(pb_grpc.AccessServiceServicer):
             for loc in locations[start : start + PAGE]:
                 _location_to_pb(loc, page.locations.add())
             yield page
+
+    def _allowed(self, principal: Principal, loc: InstanceLocation) -> InstanceLocation:
+        """The location with only the copies this principal may be served."""
+        keep = [
+            i
+            for i, h in enumerate(loc.holders)
+            if principal.can_read(h.collection)
+            and (h.collection not in self._identified or principal.is_admin(h.collection))
+        ]
+        if not keep:
+            refused = sorted({h.collection for h in loc.holders})
+            raise AccessDenied(
+                grpc.StatusCode.PERMISSION_DENIED,
+                f"collection {', '.join(refused)} holds identified data; {principal.name}'s "
+                "role does not allow retrieving it (admin of the collection needed)",
+            )
+        if len(keep) == len(loc.holders):
+            return loc
+        return replace(
+            loc,
+            holders=tuple(loc.holders[i] for i in keep),
+            peer_addresses=tuple(loc.peer_addresses[i] for i in keep),
+            blob_keys=tuple(loc.blob_keys[i] for i in keep if i < len(loc.blob_keys)),
+        )
 
     def _check(self, request: pb.AuthorizeRetrieveRequest) -> tuple[Principal, GrantSigner]:
         if self._signer is None:

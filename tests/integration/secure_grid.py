@@ -56,7 +56,9 @@ class GridKeys:
 class SecureReplica:
     """``gridpacs catalog serve --config`` with mTLS, tokens, audit and a grant key."""
 
-    def __init__(self, name: str, keys: GridKeys, workdir: Path) -> None:
+    def __init__(
+        self, name: str, keys: GridKeys, workdir: Path, *, identified: tuple[str, ...] = ()
+    ) -> None:
         self.name = name
         self.port = free_port()
         self.db_url = f"sqlite:///{workdir / f'{name}.sqlite'}"
@@ -70,6 +72,7 @@ class SecureReplica:
             f'ca = "{self.host.ca_cert}"\n'
             f'[security]\npepper_file = "{keys.pepper}"\n'
             f'grant_key_file = "{keys.grant.private}"\n'
+            f"identified_collections = {list(identified)!r}\n".replace("'", '"')
         )
         self.proc: subprocess.Popen[bytes] | None = None
 

@@ -23,6 +23,7 @@ import sqlalchemy as sa
 
 from catalog.security import TokenStore, channel_credentials, load_pepper
 from catalog.security.audit import AuditLog
+from catalog.security.grants import GrantSigner, load_signing_key
 from node.peer.client import PeerClient, PeerTransferError
 from tests.factories import StudySpec, make_dataset
 from tests.integration.processes import Node, gridpacs_cli
@@ -58,7 +59,7 @@ def _published(replica: SecureReplica, keys: GridKeys, study: str, holders: int)
 def grid(module_node_factory, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Grid]:  # type: ignore[no-untyped-def]
     root = tmp_path_factory.mktemp("secure-grid")
     keys = GridKeys.create(root)
-    replica = SecureReplica("cat1", keys, root).start()
+    replica = SecureReplica("cat1", keys, root, identified=("local",)).start()
     try:
         a_cfg = node_config(root / "a.toml", keys, "site-a", [replica.address],
                             publish_identified=True, routes={"LUNG": "lung"})  # fmt: skip
@@ -151,18 +152,43 @@ def test_token_without_access_gets_nothing_and_a_clear_error(grid: Grid, tmp_pat
 
 
 def test_identified_collection_needs_a_role_that_allows_it(grid: Grid, tmp_path: Path) -> None:
-    code, summary, err = _retrieve(grid, "local_reader", tmp_path / "r", "--study",
-                                   grid.identified_study)  # fmt: skip
+    code, _, err = _retrieve(grid, "local_reader", tmp_path / "r", "--study",
+                             grid.identified_study)  # fmt: skip
     assert code == 1
-    assert summary["failed"] == 3 and summary["fetched"] == 0
-    assert all("PERMISSION_DENIED" in f["error"] for f in summary["failures"])
+    assert "PERMISSION_DENIED" in err and "identified" in err
     assert not list((tmp_path / "r").rglob("*.dcm"))
-    assert "researcher_fetch_refused" in grid.site_a.log_text()
+    rows = AuditLog(sa.create_engine(grid.replica.db_url)).query(
+        action="/gridpacs.catalog.v1.AccessService/*"
+    )
+    assert any(r.outcome == "PERMISSION_DENIED" and r.actor == "alice" for r in rows)
 
     code, summary, err = _retrieve(grid, "local_admin", tmp_path / "a", "--study",
                                    grid.identified_study)  # fmt: skip
     assert code == 0, err
     assert summary["fetched"] == 3
+
+
+def test_nodes_enforce_the_grant_whatever_the_catalog_knows(grid: Grid) -> None:
+    """A grant for ``local`` without ``identified_allowed`` (as a catalog that does not list
+    the collection as identified would sign it) is refused by the node that holds it."""
+    signer = GrantSigner(load_signing_key(grid.keys.grant.private))
+    r = grid.keys.researcher
+    peers = PeerClient(channel_credentials(r.cert, r.key, r.ca_cert), timeout=5)
+    address = _peer_address(grid, "site-a")
+    sop = _sop_uid(grid)
+    try:
+        for identified, expect in ((False, "PERMISSION_DENIED"), (True, None)):
+            grant, _ = signer.sign(user="alice", token_id="t", studies=[grid.identified_study],
+                                   collections={"local": identified})  # fmt: skip
+            if expect is None:
+                assert peers.fetch(address, sop, grant=grant).startswith(b"\0" * 128 + b"DICM")
+            else:
+                with pytest.raises(PeerTransferError) as refused:
+                    peers.fetch(address, sop, grant=grant)
+                assert refused.value.code == expect
+        assert "researcher_fetch_refused" in grid.site_a.log_text()
+    finally:
+        peers.close()
 
 
 def test_a_certificate_without_a_grant_fetches_nothing(grid: Grid) -> None:
@@ -187,6 +213,16 @@ def test_a_killed_holder_fails_over_to_the_other_copy(grid: Grid, tmp_path: Path
     assert code == 0, err
     assert summary["fetched"] == 3
     assert summary["sources"] == {"site-b": 3}
+
+
+def _sop_uid(grid: Grid) -> str:
+    from catalog.client import GrpcCatalogClient
+
+    host = grid.keys.host("probe")
+    creds = channel_credentials(host.cert, host.key, host.ca_cert)
+    with GrpcCatalogClient([grid.replica.address], credentials=creds, timeout=2) as client:
+        [loc, *_] = client.locate_instances(study_instance_uids=[grid.identified_study])
+    return loc.sop_instance_uid
 
 
 def _peer_address(grid: Grid, node_name: str) -> str:
