@@ -137,6 +137,16 @@ def test_token_for_a_deidentified_collection_gets_the_study_and_resumes(
     assert code == 0, err
     assert (summary["fetched"], summary["present"]) == (0, 3)
 
+    files[0].write_bytes(b"truncated")  # a damaged file is fetched again; the table says so
+    table = gridpacs_cli(
+        "retrieve", "--catalog", grid.replica.address, "--token", grid.tokens["lung"],
+        "--out", str(tmp_path), "--study", grid.deid_study, *grid.keys.researcher_args(),
+    )  # fmt: skip
+    assert table.returncode == 0, table.stderr
+    assert "1 fetched, 2 already present, 0 failed" in " ".join(table.stdout.split())
+    restored = files[0].read_bytes()
+    assert restored == _blob(grid.site_a, hashlib.sha256(restored).hexdigest())
+
 
 def test_token_without_access_gets_nothing_and_a_clear_error(grid: Grid, tmp_path: Path) -> None:
     code, _, err = _retrieve(grid, "stranger", tmp_path, "--study", grid.deid_study)
