@@ -21,6 +21,7 @@ from catalog.config import CatalogConfig, SecurityConfig
 from catalog.db import Repository, open_database
 from catalog.db.filters import Scope
 from catalog.replication import Peer, Replicator
+from catalog.server.holdings_convert import SERVICE_NAME as HOLDINGS_SERVICE
 from catalog.server.serve import SERVICE_NAME, CatalogServer, build_server
 from catalog.service import CatalogService
 
@@ -31,6 +32,7 @@ METHOD = f"/{SERVICE_NAME}/"
 HOST_METHODS = ("RegisterNode", "Heartbeat", "PublishChanges", "GetWatermarks", "PullChanges")
 QUERY_METHODS = ("QueryStudies", "QuerySeries", "QueryInstances", "LocateInstances")
 AUTHORIZE_RETRIEVE = "/gridpacs.catalog.v1.AccessService/AuthorizeRetrieve"
+HOLDINGS_METHOD = f"/{HOLDINGS_SERVICE}/ListHoldings"
 
 
 @dataclass
@@ -92,6 +94,7 @@ def _security(
     # the security tables and audit triggers come from migration 0003, like the rest
     rules = {METHOD + m: Requirement.HOST for m in HOST_METHODS}
     rules.update({METHOD + m: Requirement.TOKEN_OR_HOST for m in QUERY_METHODS})
+    rules[HOLDINGS_METHOD] = Requirement.TOKEN_OR_HOST  # reconciliation: operators and nodes
     auth = AuthInterceptor(
         TokenStore(engine, load_pepper(security.pepper_file)), policy=AccessPolicy(rules=rules)
     )

@@ -59,6 +59,7 @@ class SecurityConfig(_Model):
         "/gridpacs.catalog.v1.CatalogService/LocateInstances",
         "/gridpacs.catalog.v1.CatalogService/RegisterNode",
         "/gridpacs.catalog.v1.AccessService/*",
+        "/gridpacs.catalog.v1.HoldingsService/ListHoldings",
     )
     grant_key_file: Path | None = Field(
         default=None,

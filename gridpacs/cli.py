@@ -70,6 +70,12 @@ def _mount_retrieve() -> None:
     app.command("retrieve", help="Retrieve studies you may read into a folder.")(retrieve_cmd)
 
 
+def _mount_reconcile() -> None:
+    from gridpacs.reconcile.cli import RECONCILE_HELP, reconcile_cmd
+
+    app.command("reconcile", help=RECONCILE_HELP)(reconcile_cmd)
+
+
 def _mount_storage() -> None:
     from storage.cli import app as storage_app
 
@@ -95,6 +101,7 @@ _MOUNTS = {
     "catalog": _mount_catalog,
     "query": _mount_query,
     "retrieve": _mount_retrieve,
+    "reconcile": _mount_reconcile,
     "storage": _mount_storage,
     "anonymize": _mount_anonymizer,
     "anonymizer": _mount_anonymizer,
