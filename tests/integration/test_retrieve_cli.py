@@ -17,6 +17,7 @@ import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
@@ -24,6 +25,7 @@ import sqlalchemy as sa
 from catalog.security import TokenStore, channel_credentials, load_pepper
 from catalog.security.audit import AuditLog
 from catalog.security.grants import GrantSigner, load_signing_key
+from gridpacs.retrieve_fetch import Authorizer, Fetcher, Outcome
 from node.peer.client import PeerClient, PeerTransferError
 from tests.factories import StudySpec, make_dataset
 from tests.integration.processes import Node, gridpacs_cli
@@ -56,7 +58,7 @@ def _published(replica: SecureReplica, keys: GridKeys, study: str, holders: int)
 
 
 @pytest.fixture(scope="module")
-def grid(module_node_factory, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Grid]:  # type: ignore[no-untyped-def]
+def grid(module_node_factory, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Grid]:
     root = tmp_path_factory.mktemp("secure-grid")
     keys = GridKeys.create(root)
     replica = SecureReplica("cat1", keys, root, identified=("local",)).start()
@@ -104,7 +106,7 @@ def grid(module_node_factory, tmp_path_factory: pytest.TempPathFactory) -> Itera
         replica.stop()
 
 
-def _retrieve(grid: Grid, token: str, out: Path, *args: str) -> tuple[int, dict, str]:  # type: ignore[type-arg]
+def _retrieve(grid: Grid, token: str, out: Path, *args: str) -> tuple[int, dict[str, Any], str]:
     result = gridpacs_cli(
         "retrieve", "--catalog", grid.replica.address, "--token", grid.tokens[token],
         "--out", str(out), "--json", *grid.keys.researcher_args(), *args,
@@ -216,13 +218,34 @@ def test_a_certificate_without_a_grant_fetches_nothing(grid: Grid) -> None:
         peers.close()
 
 
-def test_a_killed_holder_fails_over_to_the_other_copy(grid: Grid, tmp_path: Path) -> None:
-    grid.site_a.kill()  # SIGKILL: the first holder is gone without a word
+def test_a_holder_killed_mid_retrieve_fails_over_and_the_rerun_resumes(
+    grid: Grid, tmp_path: Path
+) -> None:
+    """The CLI's own fetcher, driven step by step: one instance from site A, then site A is
+    killed with SIGKILL, the next instance comes from site B under the same grant; a rerun
+    of the command keeps what is there and fetches the rest from site B."""
+    r = grid.keys.researcher
+    creds = channel_credentials(r.cert, r.key, r.ca_cert)
+    auth = Authorizer([grid.replica.address], creds, grid.tokens["local_admin"]).authorize(
+        [grid.identified_study]
+    )
+    assert [h.node for h in auth.items[0].holders] == ["site-a", "site-b"]
+    peers = PeerClient(creds, timeout=10)
+    fetcher = Fetcher(tmp_path, peers)
+    try:
+        first = fetcher.retrieve(auth.items[0])
+        assert (first.outcome, first.source) == (Outcome.FETCHED, "site-a")
+        grid.site_a.kill()  # SIGKILL: the first holder is gone without a word
+        second = fetcher.retrieve(auth.items[1])
+        assert (second.outcome, second.source) == (Outcome.FETCHED, "site-b"), second.error
+    finally:
+        peers.close()
     code, summary, err = _retrieve(grid, "local_admin", tmp_path, "--study",
                                    grid.identified_study)  # fmt: skip
     assert code == 0, err
-    assert summary["fetched"] == 3
-    assert summary["sources"] == {"site-b": 3}
+    assert (summary["present"], summary["fetched"]) == (2, 1)
+    assert summary["sources"] == {"site-b": 1}
+    assert len(list(tmp_path.rglob("*.dcm"))) == 3
 
 
 def _sop_uid(grid: Grid) -> str:

@@ -41,7 +41,7 @@ def _sign(signer: GrantSigner, **extra: object) -> str:
     return signer.sign(**args)[0]  # type: ignore[arg-type]
 
 
-def test_a_signed_grant_covers_exactly_its_studies_and_collections(keys) -> None:  # type: ignore[no-untyped-def]
+def test_a_signed_grant_covers_exactly_its_studies_and_collections(keys) -> None:
     signer, verifier, _ = keys
     grant = verifier.verify(_sign(signer), client_fingerprint=None, now=NOW + 10)
     assert (grant.user, grant.token_id) == ("alice", "abc")
@@ -52,7 +52,7 @@ def test_a_signed_grant_covers_exactly_its_studies_and_collections(keys) -> None
     assert grant.allows("1.2.3", "brain", identified=False) is not None
 
 
-def test_expired_tampered_foreign_and_garbage_grants_are_refused(keys, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_expired_tampered_foreign_and_garbage_grants_are_refused(keys, tmp_path: Path) -> None:
     signer, verifier, _ = keys
     text = _sign(signer)
     with pytest.raises(GrantError, match="expired"):
@@ -70,7 +70,7 @@ def test_expired_tampered_foreign_and_garbage_grants_are_refused(keys, tmp_path:
             verifier.verify(garbage, client_fingerprint=None, now=NOW)
 
 
-def test_a_grant_bound_to_a_certificate_needs_that_certificate(keys) -> None:  # type: ignore[no-untyped-def]
+def test_a_grant_bound_to_a_certificate_needs_that_certificate(keys) -> None:
     signer, verifier, _ = keys
     text = _sign(signer, client_fingerprint="aa" * 32)
     assert verifier.verify(text, client_fingerprint="aa" * 32, now=NOW).user == "alice"
