@@ -180,12 +180,35 @@ def _run(
                     _fail(f"the catalog refused the retrieve: {exc}", 1)
                 done += len(auth.items)
                 progress.update(task, total=done)
+                batch: list[Result] = []
                 for result in pool.map(fetcher.retrieve, auth.items):
-                    results.append(result)
+                    batch.append(result)
                     progress.advance(task)
+                results.extend(renew_expired(batch, group, collections, authorizer, fetcher, pool))
     finally:
         peers.close()
     return results
+
+
+def renew_expired(
+    batch: list[Result],
+    group: list[str],
+    collections: tuple[str, ...],
+    authorizer: Authorizer,
+    fetcher: Fetcher,
+    pool: ThreadPoolExecutor,
+) -> list[Result]:
+    """A batch that outlived its grant: fetch what failed for that reason with a fresh one."""
+    expired = {r.item.sop_uid for r in batch if "grant expired" in r.error}
+    if not expired:
+        return batch
+    try:
+        renewed = authorizer.authorize(group, collections)
+    except AccessError:
+        return batch  # reported as failed, with the node's reason
+    again = [item for item in renewed.items if item.sop_uid in expired]
+    redone = {r.item.sop_uid: r for r in pool.map(fetcher.retrieve, again)}
+    return [redone.get(r.item.sop_uid, r) for r in batch]
 
 
 def _per_study(results: list[Result]) -> dict[str, Counter[str]]:

@@ -11,10 +11,13 @@ researcher with a token and a user certificate, grants verified by the holding n
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import hashlib
 import json
+import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,6 +28,7 @@ import sqlalchemy as sa
 from catalog.security import TokenStore, channel_credentials, load_pepper
 from catalog.security.audit import AuditLog
 from catalog.security.grants import GrantSigner, load_signing_key
+from gridpacs.retrieve import renew_expired
 from gridpacs.retrieve_fetch import Authorizer, Fetcher, Outcome
 from node.peer.client import PeerClient, PeerTransferError
 from tests.factories import StudySpec, make_dataset
@@ -216,6 +220,30 @@ def test_a_certificate_without_a_grant_fetches_nothing(grid: Grid) -> None:
         assert forged.value.code == "UNAUTHENTICATED"
     finally:
         peers.close()
+
+
+def test_instances_refused_for_an_expired_grant_are_fetched_with_a_fresh_one(
+    grid: Grid, tmp_path: Path
+) -> None:
+    r = grid.keys.researcher
+    creds = channel_credentials(r.cert, r.key, r.ca_cert)
+    authorizer = Authorizer([grid.replica.address], creds, grid.tokens["lung"])
+    auth = authorizer.authorize([grid.deid_study])
+    old, _ = GrantSigner(load_signing_key(grid.keys.grant.private), ttl_s=60).sign(
+        user="alice", token_id="t", studies=[grid.deid_study], collections={"lung": False},
+        now=time.time() - 3600,
+    )  # fmt: skip
+    stale = [dataclasses.replace(item, grant=old) for item in auth.items]
+    peers = PeerClient(creds, timeout=10)
+    fetcher = Fetcher(tmp_path, peers)
+    try:
+        with ThreadPoolExecutor(2) as pool:
+            batch = list(pool.map(fetcher.retrieve, stale))
+            assert all("grant expired" in result.error for result in batch)
+            renewed = renew_expired(batch, [grid.deid_study], (), authorizer, fetcher, pool)
+    finally:
+        peers.close()
+    assert [result.outcome for result in renewed] == [Outcome.FETCHED] * len(stale)
 
 
 def test_a_holder_killed_mid_retrieve_fails_over_and_the_rerun_resumes(
