@@ -177,6 +177,9 @@ def _run(
                 try:
                     auth = authorizer.authorize(group, collections)
                 except AccessError as exc:
+                    progress.stop()
+                    if exc.code == "UNAVAILABLE":
+                        _fail(f"cannot reach the catalog: {exc}", 1)
                     _fail(f"the catalog refused the retrieve: {exc}", 1)
                 done += len(auth.items)
                 progress.update(task, total=done)
