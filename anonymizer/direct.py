@@ -61,6 +61,7 @@ _PYDICOM_LONG = frozenset(str(vr) for vr in EXPLICIT_VR_LENGTH_32)
 _WRITER_LONG = frozenset(
     {"OB", "OD", "OF", "OL", "OV", "OW", "SQ", "SV", "UC", "UN", "UR", "UT", "UV"}
 )
+_WRITER_LONG_BYTES = frozenset(vr.encode() for vr in _WRITER_LONG)
 _UNDEFINED = 0xFFFFFFFF
 _PIXEL_DATA = 0x7FE00010
 _CHARSET = 0x00080005
@@ -148,7 +149,7 @@ def _file_meta(data: bytes) -> dict[int, Any] | None:
         group, element, vr, length = _EXPLICIT(data, offset)
         if group != 0x0002:
             break
-        if vr.decode("ascii", "replace") in _WRITER_LONG:
+        if vr in _WRITER_LONG_BYTES:
             if offset + 12 > end:
                 return None
             (length,) = _LENGTH(data, offset + 8)
@@ -321,24 +322,23 @@ def _classify(
     rules: list[Any] = []
     held: dict[BaseTag, Any] = {}
     private = False
+    decisions = deid._direct_decisions
     for entry in scan.entries:
-        tag, vr = entry[0], entry[1]
-        if tag & 0xFFFF == 0:
-            rules.append(_DROP)  # a group length: the engine's walk leaves them out
-            continue
-        if tag >> 16 & 1:
-            rule, keep, private = None, False, True  # decided below, with all creators
+        tag = entry[0]
+        if tag >> 16 & 1 and tag & 0xFFFF:
+            rule, hold, private = None, True, True  # decided below, with all creators
         else:
-            rule = deid._rule(tag)
-            keep = (rule is None or rule.action is Action.KEEP) and not _is_sequence(tag, vr)
-        rules.append(_KEEP if keep else rule)
-        if not keep or tag in _CONTEXT:
+            decision = decisions.get((tag, entry[1]))
+            if decision is None:
+                decision = decisions[(tag, entry[1])] = _decide(deid, tag, entry[1])
+            rule, hold = decision
+        rules.append(rule)
+        if hold:
             if entry[4] > len(data):
                 return None  # pixel data the profile changes: read the whole file
             sequence = scan.sequences.get(tag)
             held[BaseTag(tag)] = sequence if sequence is not None else _raw(data, entry, implicit)
-    src = Dataset(held)
-    src.set_original_encoding(implicit, True, scan.encoding)
+    src = _dataset(held, implicit, scan.encoding)
     if private:
         private_rules = deid._private_rules(src)
         for n, entry in enumerate(scan.entries):
@@ -348,6 +348,16 @@ def _classify(
                 keep = (rule is None or rule.action is Action.KEEP) and not _is_sequence(tag, vr)
                 rules[n] = _KEEP if keep else rule
     return rules, src
+
+
+def _decide(deid: Deidentifier, tag: int, vr: str | None) -> tuple[Any, bool]:
+    """A public element's rule (or ``_KEEP``/``_DROP``) and whether the engine reads it."""
+    if tag & 0xFFFF == 0:
+        return _DROP, False  # a group length: the engine's walk leaves them out
+    rule = deid._rule(tag)
+    if (rule is None or rule.action is Action.KEEP) and not _is_sequence(tag, vr):
+        return _KEEP, tag in _CONTEXT
+    return rule, True
 
 
 def _raw(data: bytes, entry: _Entry, implicit: bool) -> RawDataElement:
@@ -419,7 +429,27 @@ def _result_dataset(
             continue
         if elem is not None:
             elements[BaseTag(tag)] = elem
-    return Dataset(elements)
+    return _dataset(elements, None, "")
+
+
+_BLANK_STATE = dict(Dataset().__dict__)
+
+
+def _dataset(elements: dict[BaseTag, Any], implicit: bool | None, charset: Any) -> Dataset:
+    """``Dataset(elements)`` read with ``implicit`` VR and ``charset``, built without
+    ``Dataset.__init__``'s dozen hooked attribute assignments (a tenth of an instance's
+    time). The state is a fresh copy of a new Dataset's, mutable members included."""
+    ds = Dataset.__new__(Dataset)
+    state = ds.__dict__
+    state.update(_BLANK_STATE)
+    state["_dict"] = elements
+    state["_private_blocks"] = {}
+    state["_pixel_array_opts"] = {"use_pdh": False}
+    state["_pixel_id"] = {}
+    state["_read_implicit"] = implicit
+    state["_read_little"] = None if implicit is None else True
+    state["_read_charset"] = charset
+    return ds
 
 
 def _text(ds: Dataset, tag: int) -> str:

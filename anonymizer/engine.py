@@ -180,6 +180,8 @@ class Deidentifier:
         self._reid_map = reid_map
         self._allow_burned_in = allow_burned_in
         self._rules: dict[int, Rule | None] = {}
+        #: The fast path's decision per (tag, VR): see anonymizer.direct._decide.
+        self._direct_decisions: dict[tuple[int, str | None], tuple[Any, bool]] = {}
         self._handlers: dict[Action, Handler] = {
             Action.UID: self._uid,
             Action.PSEUDONYM: self._pseudonym,

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-from anonymizer.engine import Deidentifier
+from anonymizer.engine import DeidentifiedInstance, Deidentifier
 from anonymizer.errors import AnonymizationError, UnreadableInput
 
 
@@ -64,8 +64,11 @@ def write_atomic(
 ) -> None:
     """Write ``data`` (bytes, or parts written in order) through a temporary file and a
     rename; ``tail`` = (source file, offset, length) is copied from the source after it."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=".", suffix=".part")
+    try:
+        fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=".", suffix=".part")
+    except FileNotFoundError:  # the first output of a folder: make it (not once a file)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=".", suffix=".part")
     try:
         try:
             _write_all(fd, [data] if isinstance(data, bytes) else list(data))
@@ -126,23 +129,17 @@ def _sendfile(src: int, fd: int, offset: int, count: int) -> int:
 def anonymize_file(deidentifier: Deidentifier, source: Path, output_dir: Path) -> FileOutcome:
     """De-identify one file into ``output_dir``; failures are returned, not raised."""
     try:
-        handle = _open_source(source)
+        handle = open_source(source)
     except OSError as exc:
         return FileOutcome(source, error=f"cannot read: {exc}", error_kind="UnreadableInput")
     with handle:
         try:
-            size = os.fstat(handle.fileno()).st_size
-            head = handle.read(HEAD_BYTES)
-            result = None
-            if len(head) < size:
-                result = deidentifier.deidentify_head(head, size)
-            if result is None:
-                data = head + handle.read() if len(head) < size else head
+            result = deidentify_source(deidentifier, handle)
         except OSError as exc:
             return FileOutcome(source, error=f"cannot read: {exc}", error_kind="UnreadableInput")
+        except AnonymizationError as exc:
+            return FileOutcome(source, error=str(exc), error_kind=type(exc).__name__)
         try:
-            if result is None:
-                result = deidentifier.deidentify_part10(data)
             target = output_dir / f"{result.sop_instance_uid or 'instance'}.dcm"
             tail = result.source_tail
             write_atomic(target, result.parts, None if tail is None else (handle, *tail))
@@ -153,7 +150,32 @@ def anonymize_file(deidentifier: Deidentifier, source: Path, output_dir: Path) -
     return FileOutcome(source, target=target)
 
 
-def _open_source(source: Path) -> BinaryIO:
+def deidentify_source(deidentifier: Deidentifier, source: BinaryIO) -> DeidentifiedInstance:
+    """De-identify the Part 10 file open as ``source`` (unbuffered, at its start).
+
+    Reads :data:`HEAD_BYTES` first and the rest only when the head is not enough; keep
+    ``source`` open until the result is written (:func:`write_instance`).
+    """
+    size = os.fstat(source.fileno()).st_size
+    head = source.read(HEAD_BYTES)
+    if len(head) < size:
+        result = deidentifier.deidentify_head(head, size)
+        if result is not None:
+            return result
+        head += source.read()
+    return deidentifier.deidentify_part10(head)
+
+
+def write_instance(fd: int, result: DeidentifiedInstance, source: BinaryIO | None) -> None:
+    """Write ``result`` to the file ``fd``: its parts, then its tail copied from ``source``."""
+    _write_all(fd, list(result.parts))
+    if result.source_tail is not None:
+        if source is None:
+            raise ValueError("the result's pixel data is still in its source file")
+        _copy_range(source, fd, *result.source_tail)
+
+
+def open_source(source: Path) -> BinaryIO:
     """``source`` for reading, without updating its access time where that is allowed."""
     flags = os.O_RDONLY | getattr(os, "O_NOATIME", 0) | getattr(os, "O_CLOEXEC", 0)
     try:

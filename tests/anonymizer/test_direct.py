@@ -26,6 +26,7 @@ from pydicom.uid import (
 )
 
 from anonymizer import OPTIONS, Deidentifier, UnreadableInput, load_profile
+from anonymizer.direct import _dataset
 from anonymizer.files import HEAD_BYTES, anonymize_file
 from tests.anonymizer.conftest import SITE_A
 from tests.anonymizer.corpus import Corpus
@@ -235,3 +236,14 @@ def test_custom_recipes_that_keep_add_and_remove_match(
     for _, data in corpora:
         out = dcmread(io.BytesIO(_same(deid, data)))
         assert out.ClinicalTrialProtocolID == "TRIAL-7" and "SpecificCharacterSet" not in out
+
+
+def test_light_datasets_share_no_mutable_state() -> None:
+    # direct._dataset copies a new Dataset's state instead of running __init__: a pydicom
+    # release adding a mutable member must not make two data sets share it.
+    first, second = _dataset({}, False, ""), _dataset({}, True, "")
+    for name, value in vars(Dataset()).items():
+        if isinstance(value, (dict, list, set)):
+            assert vars(first)[name] is not vars(second)[name], name
+    assert set(vars(first)) == set(vars(Dataset()))
+    assert first.original_encoding == (False, True)
