@@ -33,7 +33,7 @@ from pydicom.uid import UID, DeflatedExplicitVRLittleEndian, ExplicitVRBigEndian
 from pydicom.valuerep import EXPLICIT_VR_LENGTH_32, VR
 from pydicom.values import convert_string
 
-from anonymizer.actions import Action
+from anonymizer.actions import Action, Rule
 from anonymizer.elements import dictionary_vr
 from anonymizer.engine import BURNED_IN, IDENTIFYING, PATIENT_NAME, _Instance
 from anonymizer.marking import marking_elements
@@ -74,7 +74,10 @@ _IMAGE = (0x00280002, 0x00280008, 0x00280010, 0x00280011, 0x00280100)
 #: Top-level values of the output that the file meta and the result are made of.
 _RESULT_TAGS = (_CHARSET, SOP_CLASS_UID, SOP_INSTANCE_UID, STUDY_UID, PATIENT_ID)
 #: Top-level values the engine reads besides the ones it changes (kept ones included).
-_CONTEXT = frozenset({*_RESULT_TAGS, *_IMAGE, *IDENTIFYING, PATIENT_NAME, BURNED_IN})
+#: (PixelRepresentation: pydicom resolves "US or SS" against it when it decodes.)
+_CONTEXT = frozenset({*_RESULT_TAGS, PATIENT_NAME, BURNED_IN, 0x00280103})
+#: What the clean action scrubs from descriptions (read when the profile cleans).
+_IDENTIFYING = frozenset(IDENTIFYING)
 _KEEP = object()  # an element copied as it is
 _DROP = object()  # an element left out whatever the profile says (group lengths)
 
@@ -294,15 +297,12 @@ def _deidentify(
             key = BaseTag(tag)
             vr = vr or dictionary_vr(tag)
             changed[tag] = deid._apply(rule, key, held[key], vr, src, instance, True)
-    extra: dict[int, Any] = {
-        int(t): DataElement(t, dictionary_vr(t), r.value) for t, r in deid._table.additions.items()
-    }
-    for tag, elem in marking_elements(deid.profile, instance.encoding).items():
-        extra[int(tag)] = elem
+    extra = _extra(deid, implicit)
     result = _result_dataset(src, scan, rules, changed, extra)
-    charset = peek(result, _CHARSET)
+    encodings = convert_encodings(peek(result, _CHARSET) or "ISO_IR 6")
+    added = _encoded_extra(deid, implicit, extra, encodings)
     out = Output(implicit)
-    if not _emit(out, data, scan, rules, changed, extra, convert_encodings(charset or "ISO_IR 6")):
+    if added is None or not _emit(out, data, scan, rules, changed, added, encodings):
         return None
     sop_class = _text(result, SOP_CLASS_UID) or meta.get(0x00020002, "")
     new_meta = deid._new_meta(sop_class, _text(result, SOP_INSTANCE_UID), meta[0x00020010])
@@ -311,6 +311,39 @@ def _deidentify(
             if original:
                 deid._reid_map.record(kind, pseudonym, original)
     return [PREAMBLE, file_meta_bytes(new_meta), *out.parts], new_meta, result
+
+
+def _extra(deid: Deidentifier, implicit: bool) -> dict[int, Any]:
+    """The profile's ADD elements and the marking, by tag (the same for every instance
+    of an encoding; read only)."""
+    key = ("extra", implicit)
+    extra = deid._direct_fixed.get(key)
+    if extra is None:
+        extra = {
+            int(t): DataElement(t, dictionary_vr(t), r.value)
+            for t, r in deid._table.additions.items()
+        }
+        for tag, elem in marking_elements(deid.profile, (implicit, True)).items():
+            extra[int(tag)] = elem
+        deid._direct_fixed[key] = extra
+    return extra
+
+
+def _encoded_extra(
+    deid: Deidentifier, implicit: bool, extra: dict[int, Any], encodings: list[str]
+) -> list[tuple[int, bytes]] | None:
+    """``extra`` as written, in tag order (None: one needs the general writer)."""
+    key = ("encoded", implicit, tuple(encodings))
+    encoded = deid._direct_fixed.get(key)
+    if encoded is None:
+        encoded = []
+        for tag, elem in sorted(extra.items()):
+            out = Output(implicit)
+            if not _write(out, elem, encodings):
+                return None
+            encoded.append((tag, b"".join(out.parts)))
+        deid._direct_fixed[key] = encoded
+    return list(encoded)
 
 
 def _classify(
@@ -356,8 +389,19 @@ def _decide(deid: Deidentifier, tag: int, vr: str | None) -> tuple[Any, bool]:
         return _DROP, False  # a group length: the engine's walk leaves them out
     rule = deid._rule(tag)
     if (rule is None or rule.action is Action.KEEP) and not _is_sequence(tag, vr):
-        return _KEEP, tag in _CONTEXT
+        cleans = deid._direct_fixed.get(("cleans",))
+        if cleans is None:
+            cleans = deid._direct_fixed[("cleans",)] = _cleans(deid)
+        return _KEEP, tag in _CONTEXT or (cleans and tag in _IDENTIFYING)
     return rule, True
+
+
+def _cleans(deid: Deidentifier) -> bool:
+    """Whether any rule, private ones included, is ``clean`` (which reads the identity)."""
+    table = deid._table
+    rules: list[Rule | None] = [*table.exact.values(), *(m.rule for m in table.masks)]
+    rules += [*table.private.values(), table.private_default]
+    return any(r is not None and r.action is Action.CLEAN for r in rules)
 
 
 def _raw(data: bytes, entry: _Entry, implicit: bool) -> RawDataElement:
@@ -463,24 +507,24 @@ def _emit(
     scan: _Scan,
     rules: list[Any],
     changed: dict[int, Any],
-    extra: dict[int, Any],
+    pending: list[tuple[int, bytes]],
     encodings: list[str],
 ) -> bool:
-    """Write the elements in tag order: kept runs as input bytes, the rest encoded.
+    """Write the elements in tag order: kept runs as input bytes, the rest encoded;
+    ``pending`` (additions and marking, encoded, in tag order) replace their tags.
 
     False when an element would need the general path's writer after all.
     """
     runs = _Runs(out.parts, data)
-    pending = sorted(extra.items())
+    pending.reverse()  # popped from the end, smallest tag first
     for entry, rule in zip(scan.entries, rules, strict=True):
         tag = entry[0]
         replaced = False
-        while pending and pending[0][0] <= tag:
+        while pending and pending[-1][0] <= tag:
             runs.flush()
-            added_tag, elem = pending.pop(0)
+            added_tag, encoded = pending.pop()
             replaced = replaced or added_tag == tag  # the addition or marking wins
-            if not _write(out, elem, encodings):
-                return False
+            out.parts.append(encoded)
         if replaced or rule is _DROP:
             runs.flush()
         elif rule is _KEEP and entry[6]:
@@ -496,7 +540,8 @@ def _emit(
             if new is not None and not _write(out, new, encodings):
                 return False
     runs.flush()
-    return all(_write(out, elem, encodings) for _, elem in pending)
+    out.parts.extend(encoded for _, encoded in reversed(pending))
+    return True
 
 
 class _Runs:

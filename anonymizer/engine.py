@@ -182,6 +182,8 @@ class Deidentifier:
         self._rules: dict[int, Rule | None] = {}
         #: The fast path's decision per (tag, VR): see anonymizer.direct._decide.
         self._direct_decisions: dict[tuple[int, str | None], tuple[Any, bool]] = {}
+        #: The fast path's per-encoding constants (additions, marking, their bytes).
+        self._direct_fixed: dict[tuple[Any, ...], Any] = {}
         self._handlers: dict[Action, Handler] = {
             Action.UID: self._uid,
             Action.PSEUDONYM: self._pseudonym,
