@@ -79,7 +79,8 @@ _CONTEXT = frozenset({*_RESULT_TAGS, PATIENT_NAME, BURNED_IN, 0x00280103})
 #: What the clean action scrubs from descriptions (read when the profile cleans).
 _IDENTIFYING = frozenset(IDENTIFYING)
 _KEEP = object()  # an element copied as it is
-_DROP = object()  # an element left out whatever the profile says (group lengths)
+_DROP = object()  # an element left out (group lengths, the remove action)
+_BLANK = object()  # an element written empty (the blank action, not a sequence)
 
 
 @dataclass(frozen=True)
@@ -110,8 +111,9 @@ class _Scan:
 
 def deidentify_direct(
     deid: Deidentifier, data: bytes, file_size: int | None = None
-) -> tuple[list[Any], dict[int, str], Dataset] | None:
-    """Parts of the output file, the new file meta and the output's identifying elements.
+) -> tuple[list[Any], dict[int, str], dict[int, str]] | None:
+    """Parts of the output file, the new file meta and the output's identifiers by tag
+    (SOP Class and Instance UID, Study Instance UID, PatientID).
 
     ``data`` is the whole instance, or (``file_size`` given) the head of a file of that
     size: then the native pixel data may run past ``data`` to the end of the file and
@@ -282,7 +284,7 @@ def _fragments_end(data: bytes, pos: int) -> int | None:
 
 def _deidentify(
     deid: Deidentifier, data: bytes, scan: _Scan, implicit: bool, meta: dict[int, Any]
-) -> tuple[list[Any], dict[int, str], Dataset] | None:
+) -> tuple[list[Any], dict[int, str], dict[int, str]] | None:
     classified = _classify(deid, data, scan, implicit)
     if classified is None or not _complete(data, scan, meta[0x00020010]):
         return None
@@ -293,7 +295,7 @@ def _deidentify(
     changed: dict[int, Any] = {}
     held = src._dict
     for (tag, vr, *_), rule in zip(scan.entries, rules, strict=True):
-        if rule is not _KEEP and rule is not _DROP:
+        if rule is not _KEEP and rule is not _DROP and rule is not _BLANK:
             key = BaseTag(tag)
             vr = vr or dictionary_vr(tag)
             changed[tag] = deid._apply(rule, key, held[key], vr, src, instance, True)
@@ -304,13 +306,14 @@ def _deidentify(
     out = Output(implicit)
     if added is None or not _emit(out, data, scan, rules, changed, added, encodings):
         return None
-    sop_class = _text(result, SOP_CLASS_UID) or meta.get(0x00020002, "")
-    new_meta = deid._new_meta(sop_class, _text(result, SOP_INSTANCE_UID), meta[0x00020010])
+    texts = {tag: _text(result, tag) for tag in _RESULT_TAGS[1:]}
+    sop_class = texts[SOP_CLASS_UID] or meta.get(0x00020002, "")
+    new_meta = deid._new_meta(sop_class, texts[SOP_INSTANCE_UID], meta[0x00020010])
     if deid._reid_map is not None:
         for kind, pseudonym, original in instance.mappings:
             if original:
                 deid._reid_map.record(kind, pseudonym, original)
-    return [PREAMBLE, file_meta_bytes(new_meta), *out.parts], new_meta, result
+    return [PREAMBLE, file_meta_bytes(new_meta), *out.parts], new_meta, texts
 
 
 def _extra(deid: Deidentifier, implicit: bool) -> dict[int, Any]:
@@ -384,16 +387,34 @@ def _classify(
 
 
 def _decide(deid: Deidentifier, tag: int, vr: str | None) -> tuple[Any, bool]:
-    """A public element's rule (or ``_KEEP``/``_DROP``) and whether the engine reads it."""
+    """A public element's rule, or ``_KEEP``/``_DROP``/``_BLANK`` where the engine's
+    handler would only copy, leave out or empty it; and whether the engine reads it."""
     if tag & 0xFFFF == 0:
         return _DROP, False  # a group length: the engine's walk leaves them out
+    cleans = deid._direct_fixed.get(("cleans",))
+    if cleans is None:
+        cleans = deid._direct_fixed[("cleans",)] = _cleans(deid)
+    context = tag in _CONTEXT or (cleans and tag in _IDENTIFYING)
     rule = deid._rule(tag)
-    if (rule is None or rule.action is Action.KEEP) and not _is_sequence(tag, vr):
-        cleans = deid._direct_fixed.get(("cleans",))
-        if cleans is None:
-            cleans = deid._direct_fixed[("cleans",)] = _cleans(deid)
-        return _KEEP, tag in _CONTEXT or (cleans and tag in _IDENTIFYING)
+    sequence = _is_sequence(tag, vr)
+    if (rule is None or rule.action is Action.KEEP) and not sequence:
+        return _KEEP, context
+    if rule is not None and rule.action is Action.REMOVE:
+        return _DROP, context
+    if rule is not None and rule.action is Action.BLANK and not sequence:
+        return _BLANK, context
     return rule, True
+
+
+@lru_cache(maxsize=4096)
+def _empty(tag: int, vr: str | None, implicit: bool) -> bytes:
+    group, element = tag >> 16, tag & 0xFFFF
+    if implicit:
+        return struct.pack("<HHI", group, element, 0)
+    assert vr is not None  # explicit VR
+    if vr in _WRITER_LONG:
+        return struct.pack("<HH2sHI", group, element, vr.encode(), 0, 0)
+    return struct.pack("<HH2sH", group, element, vr.encode(), 0)
 
 
 def _cleans(deid: Deidentifier) -> bool:
@@ -534,6 +555,9 @@ def _emit(
             if entry[4] > len(data):
                 return False
             write_element(out, _raw(data, entry, out.implicit), encodings)
+        elif rule is _BLANK:  # what empty_element and the raw writer give
+            runs.flush()
+            out.parts.append(_empty(tag, entry[1], out.implicit))
         else:
             runs.flush()
             new = changed.get(tag)

@@ -264,16 +264,16 @@ class Deidentifier:
         fast = deidentify_direct(self, data, size)
         if fast is None:
             return None
-        parts, _, result = fast
+        parts, _, texts = fast
         tail = None
         if parts and isinstance(parts[-1], PixelRange):
             pixels = parts.pop()
             tail = (pixels.offset, pixels.length)
         return DeidentifiedInstance(
             parts=tuple(parts),
-            sop_instance_uid=_text(result, SOP_INSTANCE_UID),
-            study_instance_uid=_text(result, 0x0020000D),
-            patient_id=_text(result, PATIENT_ID),
+            sop_instance_uid=texts[SOP_INSTANCE_UID],
+            study_instance_uid=texts[0x0020000D],
+            patient_id=texts[PATIENT_ID],
             source_tail=tail,
         )
 

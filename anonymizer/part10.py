@@ -13,6 +13,7 @@ import io
 import struct
 import warnings
 from collections.abc import Mapping
+from functools import lru_cache
 from typing import Any
 
 from pydicom import dcmread
@@ -330,22 +331,31 @@ class Output:
         self.parts.append(scratch.getvalue())
 
 
+def _version() -> bytes:
+    return _short(0x00020001, b"OB", b"\x00\x01")
+
+
 def file_meta_bytes(meta: Mapping[int, str]) -> bytes:
     """Group 0002 in explicit VR little endian, with its group length."""
-    body = [_short(0x00020001, b"OB", b"\x00\x01")]
+    body = [_VERSION]
     for tag in _META_ORDER:
         value = meta.get(tag)
         if not value:
             if tag in (0x00020002, 0x00020003, 0x00020010):
                 raise AnonymizationError(f"file meta lacks {tag:08X}")
             continue
-        text = str(value).encode("ascii")
-        if len(text) % 2:
-            text += b"\x00" if tag != 0x00020013 else b" "
-        body.append(_short(tag, b"SH" if tag == 0x00020013 else b"UI", text))
+        body.append(_meta_element(tag, str(value)))
     payload = b"".join(body)
     length = struct.pack("<HH2sHI", 0x0002, 0x0000, b"UL", 4, len(payload))
     return length + payload
+
+
+@lru_cache(maxsize=256)  # all but the SOP Instance UID repeat from file to file
+def _meta_element(tag: int, value: str) -> bytes:
+    text = value.encode("ascii")
+    if len(text) % 2:
+        text += b"\x00" if tag != 0x00020013 else b" "
+    return _short(tag, b"SH" if tag == 0x00020013 else b"UI", text)
 
 
 def _short(tag: int, vr: bytes, value: bytes) -> bytes:
@@ -415,3 +425,6 @@ def _write_sequence(out: Output, elem: DataElement, encodings: list[str]) -> Non
         _write_items(out, item, item_encodings)
         out.parts.append(_ITEM_END)
     out.parts.append(_SEQUENCE_END)
+
+
+_VERSION = _version()  # (0002,0001) File Meta Information Version
