@@ -36,6 +36,7 @@ from pydicom.values import convert_string
 from anonymizer.actions import Action, Rule
 from anonymizer.elements import dictionary_vr
 from anonymizer.engine import BURNED_IN, IDENTIFYING, PATIENT_NAME, _Instance
+from anonymizer.errors import AnonymizationError
 from anonymizer.marking import marking_elements
 from anonymizer.part10 import (
     PREAMBLE,
@@ -119,14 +120,17 @@ def deidentify_direct(
     size: then the native pixel data may run past ``data`` to the end of the file and
     becomes a :class:`PixelRange` (the last part). None when this path does not apply.
     """
-    meta = _file_meta(data)
-    if meta is None:
+    try:
+        meta = _file_meta(data)
+        if meta is None:
+            return None
+        syntax, offset = meta[0x00020010], meta[0]
+        implicit = _implicit(syntax)
+        if implicit is None or not _vr_as_declared(data, offset, implicit):
+            return None
+        scan = _scan(data, offset, implicit, file_size)
+    except Exception:  # reading is the general path's to report (UnreadableInput)
         return None
-    syntax, offset = meta[0x00020010], meta[0]
-    implicit = _implicit(syntax)
-    if implicit is None or not _vr_as_declared(data, offset, implicit):
-        return None
-    scan = _scan(data, offset, implicit, file_size)
     if scan is None:
         return None
     if file_size is not None and not scan.pixels_outside and len(data) != file_size:
@@ -164,6 +168,8 @@ def _file_meta(data: bytes) -> dict[int, Any] | None:
         if start + length > end:
             return None
         if element in (0x0002, 0x0010):
+            if vr != b"UI":
+                return None  # read (or refused) by pydicom on the general path
             text = bytes(data[start : start + length]).decode("ascii", "replace")
             if "\\" in text:
                 return None
@@ -301,19 +307,31 @@ def _deidentify(
             changed[tag] = deid._apply(rule, key, held[key], vr, src, instance, True)
     extra = _extra(deid, implicit)
     result = _result_dataset(src, scan, rules, changed, extra)
-    encodings = convert_encodings(peek(result, _CHARSET) or "ISO_IR 6")
-    added = _encoded_extra(deid, implicit, extra, encodings)
-    out = Output(implicit)
-    if added is None or not _emit(out, data, scan, rules, changed, added, encodings):
-        return None
     texts = {tag: _text(result, tag) for tag in _RESULT_TAGS[1:]}
     sop_class = texts[SOP_CLASS_UID] or meta.get(0x00020002, "")
     new_meta = deid._new_meta(sop_class, texts[SOP_INSTANCE_UID], meta[0x00020010])
+    # As the general path: mappings are recorded, then an encoding failure is raised as
+    # AnonymizationError; declining (None) comes before both.
+    out = Output(implicit)
+    failure: AnonymizationError | None = None
+    try:
+        out.parts.append(file_meta_bytes(new_meta))
+        encodings = convert_encodings(peek(result, _CHARSET) or "ISO_IR 6")
+        added = _encoded_extra(deid, implicit, extra, encodings)
+        if added is None or not _emit(out, data, scan, rules, changed, added, encodings):
+            return None
+    except AnonymizationError as exc:
+        failure = exc
+    except Exception as exc:  # pydicom raises many types for unencodable values
+        failure = AnonymizationError(f"cannot encode the de-identified instance: {exc}")
+        failure.__cause__ = exc
     if deid._reid_map is not None:
         for kind, pseudonym, original in instance.mappings:
             if original:
                 deid._reid_map.record(kind, pseudonym, original)
-    return [PREAMBLE, file_meta_bytes(new_meta), *out.parts], new_meta, texts
+    if failure is not None:
+        raise failure
+    return [PREAMBLE, *out.parts], new_meta, texts
 
 
 def _extra(deid: Deidentifier, implicit: bool) -> dict[int, Any]:
