@@ -64,6 +64,12 @@ def _mount_query() -> None:
     app.command("query", help="Query the grid-wide catalog.")(query_cmd)
 
 
+def _mount_streams() -> None:
+    from node.streams.cli import app as streams_app
+
+    app.add_typer(streams_app, name="streams", help="Processing streams of a node.")
+
+
 def _mount_storage() -> None:
     from storage.cli import app as storage_app
 
@@ -89,6 +95,7 @@ _MOUNTS = {
     "catalog": _mount_catalog,
     "query": _mount_query,
     "storage": _mount_storage,
+    "streams": _mount_streams,
     "anonymize": _mount_anonymizer,
     "anonymizer": _mount_anonymizer,
     "pki": _mount_security,

@@ -97,6 +97,10 @@ class Publisher:
         if self._thread is not None:
             self._thread.join(timeout)
 
+    def published_through(self) -> int:
+        """The outbox position up to which everything publishable has been published."""
+        return self._scanned
+
     def nudge(self) -> None:
         """Publish soon (called after ingest) instead of waiting for the interval."""
         self._wake.set()
