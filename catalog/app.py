@@ -19,8 +19,11 @@ from catalog.client import GrpcCatalogClient
 from catalog.config import CatalogConfig, SecurityConfig
 from catalog.db import Repository, open_database
 from catalog.db.filters import Scope
+from catalog.jobs.scheduler import Scheduler, SchedulerSettings
+from catalog.jobs.service import JobsService
+from catalog.jobs.store import JobStore
 from catalog.replication import Peer, Replicator
-from catalog.server.serve import SERVICE_NAME, CatalogServer, build_server
+from catalog.server.serve import JOBS_SERVICE_NAME, SERVICE_NAME, CatalogServer, build_server
 from catalog.service import CatalogService
 
 log = logging.getLogger("catalog.app")
@@ -29,6 +32,18 @@ METHOD = f"/{SERVICE_NAME}/"
 # token or a host certificate (a node's grid AE queries on behalf of DICOM users).
 HOST_METHODS = ("RegisterNode", "Heartbeat", "PublishChanges", "GetWatermarks", "PullChanges")
 QUERY_METHODS = ("QueryStudies", "QuerySeries", "QueryInstances", "LocateInstances")
+JOBS_METHOD = f"/{JOBS_SERVICE_NAME}/"
+# A node's worker reports and leases with its host certificate; researchers submit, look and
+# act with a token (the jobs service checks their role on the job's collection).
+JOB_HOST_METHODS = ("ReportWorker", "LeaseJob", "RenewLease", "FinishJob")
+JOB_USER_METHODS = (
+    "SubmitJobs",
+    "ListJobs",
+    "GetJob",
+    "GetJobLogs",
+    "CancelJob",
+    "RetryJob",
+)
 
 
 @dataclass
@@ -40,6 +55,7 @@ class CatalogApp:
     service: CatalogService
     server: CatalogServer
     replicator: Replicator
+    jobs: JobsService
     closers: list[Callable[[], None]] = field(default_factory=list)
 
     @property
@@ -47,6 +63,7 @@ class CatalogApp:
         return self.server.port
 
     def start(self) -> None:
+        self.jobs.scheduler.start()
         self.server.start()
         self.replicator.start()
         log.info(
@@ -59,6 +76,7 @@ class CatalogApp:
 
     def stop(self, grace: float = 2.0) -> None:
         self.replicator.stop()
+        self.jobs.scheduler.stop()
         self.server.stop(grace)
         for close in self.closers:
             close()
@@ -90,6 +108,8 @@ def _security(
     # the security tables and audit triggers come from migration 0003, like the rest
     rules = {METHOD + m: Requirement.HOST for m in HOST_METHODS}
     rules.update({METHOD + m: Requirement.TOKEN_OR_HOST for m in QUERY_METHODS})
+    rules.update({JOBS_METHOD + m: Requirement.HOST for m in JOB_HOST_METHODS})
+    rules.update({JOBS_METHOD + m: Requirement.TOKEN_OR_HOST for m in JOB_USER_METHODS})
     auth = AuthInterceptor(
         TokenStore(engine, load_pepper(security.pepper_file)), policy=AccessPolicy(rules=rules)
     )
@@ -114,11 +134,24 @@ def _credentials(
     )
 
 
+def _jobs(config: CatalogConfig, engine: Engine, repository: Repository) -> JobsService:
+    settings = SchedulerSettings(
+        lease_seconds=config.jobs.lease_s,
+        worker_fresh_seconds=config.jobs.worker_fresh_s,
+        place_timeout_seconds=config.jobs.place_timeout_s,
+        interval_seconds=config.jobs.interval_s,
+    )
+    store = JobStore(engine)
+    return JobsService(store, Scheduler(store, settings), repository)
+
+
 def build_app(config: CatalogConfig) -> CatalogApp:
     """Open the database (migrating it) and wire a replica; nothing is started yet."""
     engine = open_database(config.db_url)
     try:
-        service = CatalogService(config.name, Repository(engine))
+        repository = Repository(engine)
+        service = CatalogService(config.name, repository)
+        jobs = _jobs(config, engine, repository)
         server_creds, channel_creds = _credentials(config)
         interceptors: list[grpc.ServerInterceptor] = []
         scope = None
@@ -132,6 +165,7 @@ def build_app(config: CatalogConfig) -> CatalogApp:
             server_credentials=server_creds,
             scope=scope,
             max_workers=config.max_workers,
+            jobs=jobs,
         )
         timeout = config.replication.timeout_s
 
@@ -153,4 +187,4 @@ def build_app(config: CatalogConfig) -> CatalogApp:
     except BaseException:
         engine.dispose()
         raise
-    return CatalogApp(config, engine, service, server, replicator)
+    return CatalogApp(config, engine, service, server, replicator, jobs)
