@@ -12,6 +12,7 @@ from pathlib import Path
 import grpc
 
 from catalog import GrpcCatalogClient, NodeInfo
+from catalog.jobs_client import JobsClient
 from catalog.security.tls import channel_credentials, server_credentials
 from node.config import CatalogLinkConfig, Destination, NodeConfig
 from node.dicom.handlers import Gateway
@@ -29,7 +30,7 @@ from node.services.query import QueryService
 from node.services.retrieve import RetrieveService
 from node.streams.executor import reap_stale
 from node.streams.inputs import InputGatherer
-from node.streams.jobs_grpc import GrpcJobs
+from node.streams.jobs import CatalogSubmitter
 from node.streams.registry import StreamRegistry, load_streams
 from node.streams.runner import JobRunner, RunnerSettings
 from node.streams.trigger import StreamTrigger
@@ -129,7 +130,7 @@ class NodeApp:
         self.publisher: Publisher | None = None
         self.peer_server: PeerServer | None = None
         self.peers: PeerClient | None = None
-        self.jobs: GrpcJobs | None = None
+        self.jobs: JobsClient | None = None
         self.trigger: StreamTrigger | None = None
         self.worker: Worker | None = None
         if config.catalog is not None:
@@ -160,9 +161,9 @@ class NodeApp:
     ) -> None:
         """Stream AE titles submit jobs; the worker runs the jobs placed on this node."""
         config = self.config
-        self.jobs = GrpcJobs(link.addresses, timeout=link.timeout, credentials=credentials)
+        self.jobs = JobsClient(link.addresses, timeout=link.timeout, credentials=credentials)
         self.trigger = StreamTrigger(
-            self.jobs,
+            CatalogSubmitter(self.jobs),
             config.trigger_dir,
             origin_node=config.name,
             outbox_position=self.index.last_change_seq,

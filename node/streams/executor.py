@@ -9,17 +9,18 @@ Layout of the folder (``<work_dir>/<job>-a<attempt>-<random>/``)::
 
 The command runs in its own process group (a new session) so a time limit or a
 cancellation stops everything it started; it also receives SIGKILL if the worker thread
-that started it dies (Linux parent-death signal), so a killed node leaves no orphan
-computing a job that is by then placed elsewhere.
+that started it dies (Linux parent-death signal, set by util-linux ``setpriv``), so a
+killed node leaves no orphan computing a job that is by then placed elsewhere; at start a
+node also kills any command group an earlier run of it left behind (:func:`reap_stale`).
 """
 
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import logging
 import os
 import secrets
+import shutil
 import signal
 import subprocess
 import threading
@@ -33,7 +34,6 @@ from node.structlog import log_event
 LOG = logging.getLogger("gridpacs.node.streams.executor")
 
 LOG_TAIL_BYTES = 1024 * 1024
-_PR_SET_PDEATHSIG = 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,9 +105,16 @@ class RunResult:
         return f"command exited with status {self.exit_code}"
 
 
-def _die_with_parent() -> None:  # runs in the child between fork and exec
-    with contextlib.suppress(Exception):
-        ctypes.CDLL(None).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+def with_parent_death_signal(argv: Sequence[str]) -> list[str]:
+    """``argv`` run so the kernel SIGKILLs it when the node dies (util-linux ``setpriv``).
+
+    Not ``preexec_fn``: Python code between fork and exec in a threaded process can
+    deadlock or abort (it did: SIGABRT in the child under load).
+    """
+    setpriv = shutil.which("setpriv")
+    if setpriv is None:
+        return list(argv)
+    return [setpriv, "--pdeathsig", "KILL", "--", *argv]
 
 
 def run_command(
@@ -126,14 +133,13 @@ def run_command(
     with workspace.log_file.open("ab") as log:
         try:
             proc = subprocess.Popen(
-                list(argv),
+                with_parent_death_signal(argv),
                 cwd=workspace.root,
                 env=full_env,
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
-                preexec_fn=_die_with_parent,  # only a prctl
             )
         except OSError as exc:
             log.write(f"gridpacs: cannot start {argv[0]!r}: {exc}\n".encode())

@@ -1,98 +1,51 @@
 """The scheduler (the catalog's JobService) as the node's worker and trigger see it.
 
-Domain values and the :class:`JobsApi` role live here; :mod:`node.streams.jobs_grpc`
-adapts the gRPC client to it. Errors are the catalog's: :class:`catalog.CatalogUnavailable`
-(retry later), :class:`catalog.CatalogRejected` (refused), and :class:`LeaseLost` when the
-catalog says this worker no longer holds a job's lease.
+The wire client and the job values are the catalog's (:class:`catalog.jobs_client.JobsClient`,
+:mod:`catalog.jobs.records`); this module names the part of it the worker needs, so the
+worker is testable against any implementation, and adapts submission for the trigger.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 from catalog import CatalogRejected
+from catalog.jobs.records import Lease, Outcome, Renewal, WorkerReport
+from catalog.jobs_client import JobsClient
 from node.streams.trigger import JobRequest
 
-
-class LeaseLost(CatalogRejected):
-    """The lease expired or was taken over: stop the attempt, report nothing more."""
+LEASE_LOST_CODE = "FAILED_PRECONDITION"
 
 
-@dataclass(frozen=True, slots=True)
-class StreamOffer:
-    """A stream this node can run, as reported to the scheduler."""
-
-    name: str
-    version: str
-    ae_title: str
-    max_attempts: int
-    time_limit_seconds: int
-    cpus: float
-    memory_mb: int
-
-
-@dataclass(frozen=True, slots=True)
-class WorkerLoad:
-    cpu_percent: float
-    memory_available_mb: int
-    running_jobs: int
-
-
-@dataclass(frozen=True, slots=True)
-class WorkerLimits:
-    max_jobs: int
-    max_cpu_percent: float
-    min_memory_available_mb: int
-
-
-@dataclass(frozen=True, slots=True)
-class LeasedJob:
-    """A job handed to this node's worker under a lease."""
-
-    id: str
-    stream: str
-    study_instance_uid: str
-    collection: str
-    attempt: int
-    max_attempts: int
-    origin_node: str
-    reply_ae_title: str
-    lease_token: str
-    lease_seconds: float
-
-
-@dataclass(frozen=True, slots=True)
-class Renewal:
-    lease_seconds: float
-    cancel_requested: bool
-
-
-@dataclass(frozen=True, slots=True)
-class Outcome:
-    """The end of one attempt, as FinishJob reports it."""
-
-    succeeded: bool
-    exit_code: int
-    error: str
-    logs: bytes
-    output_series_instance_uids: tuple[str, ...] = ()
+def lease_lost(exc: CatalogRejected) -> bool:
+    """The catalog says this worker no longer holds the lease (expired, re-placed)."""
+    return exc.code == LEASE_LOST_CODE
 
 
 class JobsApi(Protocol):
-    def report_worker(
-        self,
-        node: str,
-        load: WorkerLoad,
-        limits: WorkerLimits,
-        streams: Sequence[StreamOffer],
-    ) -> None: ...
+    """What a worker calls on the scheduler (a :class:`JobsClient` is one)."""
 
-    def submit(self, request: JobRequest) -> list[str]: ...
+    def report_worker(self, report: WorkerReport) -> None: ...
 
-    def lease_job(self, node: str, wait_seconds: float) -> LeasedJob | None: ...
+    def lease_job(self, node: str, wait_seconds: float = 0.0) -> Lease | None: ...
 
     def renew_lease(self, job_id: str, lease_token: str) -> Renewal: ...
 
-    def finish_job(self, job_id: str, lease_token: str, outcome: Outcome) -> None: ...
+    def finish_job(self, job_id: str, lease_token: str, outcome: Outcome) -> Any: ...
+
+
+class CatalogSubmitter:
+    """:class:`node.streams.trigger.JobSubmitter` over the catalog's JobService."""
+
+    def __init__(self, client: JobsClient) -> None:
+        self._client = client
+
+    def submit(self, request: JobRequest) -> list[str]:
+        jobs = self._client.submit_jobs(
+            request.stream,
+            study_instance_uids=request.study_instance_uids,
+            collection=request.collection,
+            origin_node=request.origin_node,
+            reply_ae_title=request.reply_ae_title,
+        )
+        return [job.id for job in jobs]

@@ -16,13 +16,13 @@ from pathlib import Path
 
 from pydicom import dcmread
 
+from catalog.jobs.records import Job, Outcome
 from node.config import Destination
 from node.errors import NodeError
 from node.services.ingest import IngestService, StoreRequest
 from node.streams.derived import DerivedSeries, SourceStudy, derive
 from node.streams.executor import RunResult, Workspace, run_command
 from node.streams.inputs import InputGatherer
-from node.streams.jobs import LeasedJob, Outcome
 from node.streams.manifest import StreamManifest
 from node.streams.registry import StreamRegistry
 from node.structlog import log_event
@@ -71,7 +71,7 @@ class JobRunner:
         self._send = send
         self._on_stored = on_stored
 
-    def run(self, job: LeasedJob, cancel: threading.Event) -> Outcome:
+    def run(self, job: Job, cancel: threading.Event) -> Outcome:
         """Run ``job`` once; ``cancel`` stops it (cancellation, lost lease, shutdown)."""
         ws: Workspace | None = None
         try:
@@ -118,7 +118,7 @@ class JobRunner:
         return outcome
 
     # -- steps -------------------------------------------------------------------------------
-    def _manifest(self, job: LeasedJob) -> StreamManifest:
+    def _manifest(self, job: Job) -> StreamManifest:
         manifest = self._registry.get(job.stream)
         if manifest is None or not manifest.enabled:
             raise AttemptFailed(
@@ -127,7 +127,7 @@ class JobRunner:
             )
         return manifest
 
-    def _route(self, manifest: StreamManifest, job: LeasedJob) -> tuple[str, Destination] | None:
+    def _route(self, manifest: StreamManifest, job: Job) -> tuple[str, Destination] | None:
         """Where results go, checked before any work is done."""
         kind = manifest.destination_kind
         if kind == "none":
@@ -144,7 +144,7 @@ class JobRunner:
             )
         return ae, where
 
-    def _env(self, job: LeasedJob, manifest: StreamManifest, ws: Workspace) -> dict[str, str]:
+    def _env(self, job: Job, manifest: StreamManifest, ws: Workspace) -> dict[str, str]:
         return {
             "GRIDPACS_JOB_ID": job.id,
             "GRIDPACS_ATTEMPT": str(job.attempt),
@@ -161,9 +161,7 @@ class JobRunner:
             "GRIDPACS_MEMORY_MB": str(manifest.resources.memory_mb),
         }
 
-    def _store_outputs(
-        self, job: LeasedJob, manifest: StreamManifest, ws: Workspace
-    ) -> DerivedSeries:
+    def _store_outputs(self, job: Job, manifest: StreamManifest, ws: Workspace) -> DerivedSeries:
         outputs = ws.outputs()
         if not outputs:
             _note(ws, "the command wrote no output files")

@@ -16,28 +16,29 @@ import time
 from collections.abc import Callable
 
 from catalog import CatalogError, CatalogRejected
-from node.config import WorkerConfig
-from node.streams.jobs import (
-    JobsApi,
-    LeasedJob,
-    LeaseLost,
+from catalog.jobs.records import (
+    Job,
+    Lease,
     Outcome,
-    StreamOffer,
+    StreamInfo,
     WorkerLimits,
     WorkerLoad,
+    WorkerReport,
 )
+from node.config import WorkerConfig
+from node.streams.jobs import JobsApi, lease_lost
 from node.streams.load import CpuSampler, memory_available_mb
 from node.streams.registry import StreamRegistry
 from node.structlog import log_event
 
 LOG = logging.getLogger("gridpacs.node.streams.worker")
 
-RunJob = Callable[[LeasedJob, threading.Event], Outcome]
+RunJob = Callable[[Job, threading.Event], Outcome]
 
 
-def offers(registry: StreamRegistry) -> list[StreamOffer]:
-    return [
-        StreamOffer(
+def offers(registry: StreamRegistry) -> tuple[StreamInfo, ...]:
+    return tuple(
+        StreamInfo(
             name=m.name,
             version=m.version,
             ae_title=m.ae_title,
@@ -47,7 +48,7 @@ def offers(registry: StreamRegistry) -> list[StreamOffer]:
             memory_mb=m.resources.memory_mb,
         )
         for m in registry.enabled
-    ]
+    )
 
 
 class Worker:
@@ -113,7 +114,9 @@ class Worker:
         return WorkerLimits(c.max_jobs, c.max_cpu_percent, c.min_memory_available_mb)
 
     def report_once(self) -> None:
-        self._jobs.report_worker(self._node, self.load(), self.limits(), offers(self._registry))
+        self._jobs.report_worker(
+            WorkerReport(self._node, self.load(), self.limits(), offers(self._registry))
+        )
 
     def _report_loop(self) -> None:
         failing = False
@@ -136,7 +139,7 @@ class Worker:
         backoff = 0.5
         while not self._stop.is_set():
             try:
-                job = self._jobs.lease_job(self._node, self._config.lease_wait)
+                lease = self._jobs.lease_job(self._node, self._config.lease_wait)
                 backoff = 0.5
             except CatalogError as exc:
                 log_event(LOG, "lease_poll_failed", level=logging.DEBUG, reason=str(exc))
@@ -147,10 +150,11 @@ class Worker:
                 LOG.exception("event=lease_poll_error")
                 self._stop.wait(backoff)
                 continue
-            if job is not None:
-                self._attempt(job)
+            if lease is not None:
+                self._attempt(lease)
 
-    def _attempt(self, job: LeasedJob) -> None:
+    def _attempt(self, lease: Lease) -> None:
+        job = lease.job
         cancel = threading.Event()
         lost = threading.Event()
         done = threading.Event()
@@ -163,11 +167,11 @@ class Worker:
             stream=job.stream,
             attempt=job.attempt,
             study_instance_uid=job.study_instance_uid,
-            lease_s=job.lease_seconds,
+            lease_s=lease.seconds,
         )
         renewer = threading.Thread(
             target=self._renew_loop,
-            args=(job, cancel, lost, done),
+            args=(lease, cancel, lost, done),
             name=f"renew-{job.id}",
             daemon=True,
         )
@@ -191,10 +195,10 @@ class Worker:
                     level=logging.WARNING,
                     job=job.id,
                     attempt=job.attempt,
-                    reason="node stopping; the lease lapses",
+                    reason="node stopping; lease lapses",
                 )
             else:
-                self._finish(job, outcome, lost)
+                self._finish(lease, outcome, lost)
                 log_event(
                     LOG,
                     "job_finished",
@@ -212,41 +216,46 @@ class Worker:
             with self._lock:
                 self._running.pop(job.id, None)
 
-    def _finish(self, job: LeasedJob, outcome: Outcome, lost: threading.Event) -> None:
+    def _finish(self, lease: Lease, outcome: Outcome, lost: threading.Event) -> None:
+        """Report the attempt; resent while the catalog is unreachable (FinishJob is
+        idempotent per lease token), given up when the lease is gone."""
+        job_id = lease.job.id
         deadline = time.monotonic() + self._config.finish_retry_seconds
         while True:
             try:
-                self._jobs.finish_job(job.id, job.lease_token, outcome)
-                self.finished.append((job.id, outcome))
-                return
-            except LeaseLost as exc:
-                log_event(
-                    LOG, "job_finish_refused", level=logging.WARNING, job=job.id, reason=str(exc)
-                )
+                self._jobs.finish_job(job_id, lease.token, outcome)
+                self.finished.append((job_id, outcome))
                 return
             except CatalogRejected as exc:
                 log_event(
-                    LOG, "job_finish_refused", level=logging.ERROR, job=job.id, reason=str(exc)
+                    LOG,
+                    "job_finish_refused",
+                    level=logging.WARNING if lease_lost(exc) else logging.ERROR,
+                    job=job_id,
+                    reason=str(exc),
                 )
                 return
             except CatalogError as exc:
                 if time.monotonic() >= deadline or lost.is_set():
                     log_event(
-                        LOG, "job_finish_failed", level=logging.ERROR, job=job.id, reason=str(exc)
+                        LOG, "job_finish_failed", level=logging.ERROR, job=job_id, reason=str(exc)
                     )
                     return
                 self._stop.wait(0.5)
 
     def _renew_loop(
-        self, job: LeasedJob, cancel: threading.Event, lost: threading.Event, done: threading.Event
+        self, lease: Lease, cancel: threading.Event, lost: threading.Event, done: threading.Event
     ) -> None:
-        lease = max(job.lease_seconds, 1.0)
-        held_until = time.monotonic() + lease
-        while not done.wait(max(0.2, lease * self._config.renew_fraction)):
+        job_id = lease.job.id
+        seconds = max(lease.seconds, 1.0)
+        held_until = time.monotonic() + seconds
+        while not done.wait(max(0.2, seconds * self._config.renew_fraction)):
             try:
-                renewal = self._jobs.renew_lease(job.id, job.lease_token)
-            except LeaseLost as exc:
-                log_event(LOG, "job_lease_lost", level=logging.WARNING, job=job.id, reason=str(exc))
+                renewal = self._jobs.renew_lease(job_id, lease.token)
+            except CatalogRejected as exc:
+                if not lease_lost(exc) and time.monotonic() < held_until:
+                    continue
+                log_event(LOG, "job_lease_lost", level=logging.WARNING, job=job_id, reason=str(exc))
                 lost.set()
                 cancel.set()
                 return
@@ -256,15 +265,15 @@ class Worker:
                         LOG,
                         "job_lease_expired",
                         level=logging.WARNING,
-                        job=job.id,
-                        reason=f"not renewed for {lease:g} s: {exc}",
+                        job=job_id,
+                        reason=f"not renewed for {seconds:g} s: {exc}",
                     )
                     lost.set()
                     cancel.set()
                     return
                 continue
-            lease = max(renewal.lease_seconds, 1.0)
-            held_until = time.monotonic() + lease
+            seconds = max(renewal.seconds, 1.0)
+            held_until = time.monotonic() + seconds
             if renewal.cancel_requested and not cancel.is_set():
-                log_event(LOG, "job_cancel_requested", job=job.id)
+                log_event(LOG, "job_cancel_requested", job=job_id)
                 cancel.set()

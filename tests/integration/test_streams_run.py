@@ -12,12 +12,12 @@ import numpy as np
 import pytest
 from pydicom import dcmread
 
+from catalog.jobs.records import Job, JobPriority, JobState
 from node.app import NodeApp
 from node.config import load_config
 from node.index.records import IndexQuery, Level
 from node.services.ingest import StoreRequest
 from node.streams.inputs import InputGatherer
-from node.streams.jobs import LeasedJob
 from node.streams.registry import load_streams
 from node.streams.runner import JobRunner, RunnerSettings
 from tests.factories import StudySpec, make_dataset, to_bytes
@@ -90,18 +90,18 @@ def _store_study(app: NodeApp, count: int) -> list:  # type: ignore[type-arg]
     return datasets
 
 
-def _job(study: str, reply: str, stream: str = "invert", attempt: int = 1) -> LeasedJob:
-    return LeasedJob(
+def _job(study: str, reply: str, stream: str = "invert", attempt: int = 1) -> Job:
+    return Job(
         id="job-1",
         stream=stream,
         study_instance_uid=study,
         collection="",
+        state=JobState.RUNNING,
+        priority=JobPriority.NORMAL,
         attempt=attempt,
         max_attempts=2,
         origin_node="site-a",
         reply_ae_title=reply,
-        lease_token="t",
-        lease_seconds=30,
     )
 
 

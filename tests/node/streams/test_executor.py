@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
 import threading
 import time
@@ -94,14 +95,38 @@ def test_logs_keep_the_last_mebibyte(tmp_path: Path) -> None:
 def test_missing_program_is_a_clear_failure(tmp_path: Path) -> None:
     ws = Workspace.create(tmp_path, "missing", 1)
     result = run_command(["/nonexistent/algo"], ws, env={}, time_limit=5, cancel=threading.Event())
-    assert result.exit_code == 127
-    assert b"cannot start '/nonexistent/algo'" in ws.log_tail()
+    assert result.exit_code == 127 and not result.succeeded
+    assert b"/nonexistent/algo" in ws.log_tail()
+
+
+def test_command_dies_with_the_node_that_started_it(tmp_path: Path) -> None:
+    """The kernel kills the command when its parent goes (a node killed with -9)."""
+    ws = Workspace.create(tmp_path, "orphan", 1)
+    command = "import os, time; open('cmd.pid', 'w').write(str(os.getpid())); time.sleep(60)"
+    node_script = (
+        "import sys, threading; from pathlib import Path;"
+        "from node.streams.executor import Workspace, run_command;"
+        f"run_command([sys.executable, '-c', {command!r}], Workspace(Path({str(ws.root)!r})),"
+        " env={}, time_limit=60, cancel=threading.Event())"
+    )
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[3])}
+    node = subprocess.Popen([sys.executable, "-c", node_script], env=env)
+    pid_file = ws.root / "cmd.pid"
+    deadline = time.monotonic() + 20
+    while not pid_file.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    pid = int(pid_file.read_text())
+    assert _alive(pid)
+    node.kill()
+    node.wait()
+    deadline = time.monotonic() + 5
+    while _alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not _alive(pid), "the command outlived the killed node"
 
 
 def test_reap_stale_kills_a_leftover_command(tmp_path: Path) -> None:
-    import subprocess
-
-    ws = Workspace.create(tmp_path, "orphan", 1)
+    ws = Workspace.create(tmp_path, "leftover", 1)
     proc = subprocess.Popen(
         [sys.executable, "-c", "import time; time.sleep(60)"], cwd=ws.root, start_new_session=True
     )
