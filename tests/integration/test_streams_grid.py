@@ -323,3 +323,24 @@ def test_catalog_restarted_mid_job_the_job_finishes_once(grid: Grid) -> None:
     received = _received(grid, study)
     assert len({ds.SeriesInstanceUID for ds in received}) == 1, "the job ran once"
     assert len(received) == 2
+
+
+def test_cancelling_a_running_job_stops_its_command(grid: Grid) -> None:
+    a = grid.nodes["sitea"]
+    study = _send(grid, a, "SLOW", "E2E5")
+    running = _wait(
+        "the slow job to run",
+        lambda: j if (j := _job_of(grid, "slow", study)) and j.state is JobState.RUNNING else None,
+    )
+    node = grid.node_of(running)
+    _wait("the command to start", lambda: _commands_in(node.data_dir / "jobs"), 10)
+    grid.jobs.cancel_job(running.id)
+    _wait(
+        "the command to be stopped",
+        lambda: not _commands_in(node.data_dir / "jobs") or None,
+        LEASE_S,
+    )
+    job = _final(grid, "slow", study, timeout=30)
+    assert job.state is JobState.CANCELLED, job
+    assert _received(grid, study) == []
+    assert "cancelled" in grid.jobs.get_job_logs(job.id).logs.decode()
