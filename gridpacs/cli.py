@@ -70,6 +70,12 @@ def _mount_streams() -> None:
     app.add_typer(streams_app, name="streams", help="Processing streams of a node.")
 
 
+def _mount_jobs() -> None:
+    from catalog.jobs_cli import app as jobs_app
+
+    app.add_typer(jobs_app, name="jobs", help="Submit studies to processing streams; follow jobs.")
+
+
 def _mount_storage() -> None:
     from storage.cli import app as storage_app
 
@@ -94,6 +100,7 @@ _MOUNTS = {
     "node": _mount_node,
     "catalog": _mount_catalog,
     "query": _mount_query,
+    "jobs": _mount_jobs,
     "storage": _mount_storage,
     "streams": _mount_streams,
     "anonymize": _mount_anonymizer,
