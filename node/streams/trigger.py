@@ -21,6 +21,7 @@ import os
 import threading
 import time
 import uuid
+from collections import deque
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -88,7 +89,8 @@ class StreamTrigger:
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self.submitted: list[str] = []
+        self.submitted: deque[str] = deque(maxlen=1000)
+        """Ids of the latest jobs submitted (for status and tests; bounded)."""
 
     # -- called from association threads ------------------------------------------------------
     def stored(

@@ -71,7 +71,6 @@ class Worker:
         self._running: dict[str, threading.Event] = {}
         self._lock = threading.Lock()
         self._cpu = CpuSampler()
-        self.finished: list[tuple[str, Outcome]] = []
 
     @property
     def running_jobs(self) -> int:
@@ -224,7 +223,6 @@ class Worker:
         while True:
             try:
                 self._jobs.finish_job(job_id, lease.token, outcome)
-                self.finished.append((job_id, outcome))
                 return
             except CatalogRejected as exc:
                 log_event(

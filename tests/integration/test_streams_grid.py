@@ -28,7 +28,15 @@ from catalog.jobs.records import Job, JobState
 from catalog.jobs_client import JobsClient
 from tests.catalog.processes import REPO, ReplicaProcess
 from tests.factories import StudySpec, make_dataset
-from tests.integration.processes import HOST, Node, StoreSCP, describe, free_port, run_dcmtk
+from tests.integration.processes import (
+    HOST,
+    Node,
+    StoreSCP,
+    describe,
+    free_port,
+    gridpacs_cli,
+    run_dcmtk,
+)
 from tests.integration.test_grid_catalog import _grid_find_soon
 
 pytestmark = pytest.mark.timeout(240)
@@ -275,6 +283,9 @@ def test_failing_command_is_retried_then_failed_with_its_logs(grid: Grid) -> Non
     assert "attempt 2/2" in logs
     first = grid.jobs.get_job_logs(job.id, attempt=1)
     assert first.attempt == 1 and b"attempt 1/2" in first.logs
+    shown = gridpacs_cli("jobs", "logs", "--catalog", grid.catalog.address, job.id)
+    assert shown.returncode == 0, describe(shown)
+    assert "failing on purpose" in shown.stdout
 
 
 def test_node_killed_mid_job_the_job_completes_on_the_other_node(grid: Grid) -> None:

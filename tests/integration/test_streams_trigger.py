@@ -123,7 +123,7 @@ def test_released_association_submits_one_job_per_study(
         "local",
     )
     assert request.after_change_seq == app.index.last_change_seq()
-    assert trigger.submitted == ["job-1-0", "job-1-1"]
+    assert list(trigger.submitted) == ["job-1-0", "job-1-1"]
     assert trigger.pending() == []
     stored = list(app.index.instances(IndexQuery(level=Level.IMAGE, collections=("local",))))
     assert len(stored) == 6, "instances are stored before any job exists"

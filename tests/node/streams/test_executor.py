@@ -113,7 +113,10 @@ def test_command_dies_with_the_node_that_started_it(tmp_path: Path) -> None:
     node = subprocess.Popen([sys.executable, "-c", node_script], env=env)
     pid_file = ws.root / "cmd.pid"
     deadline = time.monotonic() + 20
-    while not pid_file.exists() and time.monotonic() < deadline:
+    while time.monotonic() < deadline:
+        text = pid_file.read_text() if pid_file.exists() else ""
+        if text.strip():
+            break
         time.sleep(0.05)
     pid = int(pid_file.read_text())
     assert _alive(pid)

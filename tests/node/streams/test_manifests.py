@@ -7,7 +7,9 @@ import logging
 from pathlib import Path
 
 import pytest
+from typer.testing import CliRunner
 
+from node.streams.cli import app as streams_app
 from node.streams.registry import load_streams
 from tests.integration.processes import REPO_ROOT, gridpacs_cli
 
@@ -103,10 +105,14 @@ def test_magickbox_folder_layout(tmp_path: Path) -> None:
 def test_streams_list_cli_shows_streams_and_problems(tmp_path: Path) -> None:
     _write(tmp_path, "good")
     (tmp_path / "broken.json").write_text("[1, 2]")
-    table = gridpacs_cli("streams", "list", "--streams-dir", str(tmp_path))
-    assert table.returncode == 1, table.stderr
-    assert "good" in table.stdout and "GOOD" in table.stdout
-    assert "skipped manifests" in table.stdout and "broken.json" in table.stdout
+    # in-process (a Typer app with one command takes its options directly)
+    table = CliRunner().invoke(
+        streams_app, ["--streams-dir", str(tmp_path)], env={"COLUMNS": "120"}
+    )
+    assert table.exit_code == 1, table.output
+    assert "good" in table.output and "GOOD" in table.output
+    assert "skipped manifests" in table.output and "broken.json" in table.output
+    # the installed entry point, as an operator runs it
     out = gridpacs_cli("streams", "list", "--streams-dir", str(tmp_path), "--json")
     data = json.loads(out.stdout)
     assert [s["name"] for s in data["streams"]] == ["good"]
