@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import shutil
 import threading
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -84,11 +85,12 @@ class JobRunner:
                 f"{self.settings.node_name}: stream {manifest.name} {manifest.version}, "
                 f"study {job.study_instance_uid}",
             )
+            step = time.perf_counter()
             gathered = self._inputs.gather(job.study_instance_uid, job.collection, ws.input)
             _note(
                 ws,
                 f"input: {len(gathered.files)} instances ({gathered.local} local, "
-                f"{gathered.fetched} fetched from holders)",
+                f"{gathered.fetched} fetched from holders) in {_since(step)}",
             )
             if cancel.is_set():
                 raise AttemptFailed("cancelled")
@@ -100,12 +102,18 @@ class JobRunner:
                 cancel=cancel,
                 kill_grace=self.settings.kill_grace,
             )
+            _note(
+                ws,
+                f"command ended ({result.describe(manifest.time_limit_seconds)}) in "
+                f"{result.seconds:.2f} s",
+            )
             if not result.succeeded:
                 raise AttemptFailed(result.describe(manifest.time_limit_seconds), _code(result))
             series = self._store_outputs(job, manifest, ws)
             if route is not None and series.files:
+                step = time.perf_counter()
                 sent = self._send(route[0], route[1], series.files)
-                _note(ws, f"routed {sent} instances to {route[0]}")
+                _note(ws, f"routed {sent} instances to {route[0]} in {_since(step)}")
             outcome = Outcome(True, 0, "", ws.log_tail(), tuple(series.series_instance_uids))
         except AttemptFailed as exc:
             outcome = self._failed(ws, exc.reason, exc.exit_code)
@@ -166,6 +174,7 @@ class JobRunner:
         if not outputs:
             _note(ws, "the command wrote no output files")
             return derive([], SourceStudy.from_files([]), ws.derived, description="")
+        step = time.perf_counter()
         source = SourceStudy.from_files(sorted(ws.input.rglob("*.dcm")))
         description = (
             f"gridpacs stream {manifest.name} {manifest.version}, job {job.id} "
@@ -174,6 +183,8 @@ class JobRunner:
         series = derive(outputs, source, ws.derived, description=description)
         for path, reason in series.skipped:
             _note(ws, f"skipped output {path.name}: {reason}")
+        _note(ws, f"derived series made in {_since(step)}")
+        step = time.perf_counter()
         collection = job.collection or manifest.collection or self.settings.default_collection
         for path in series.files:
             self._ingest.store(_request(path, self.settings.node_ae_title), collection=collection)
@@ -181,8 +192,8 @@ class JobRunner:
             self._on_stored()
         _note(
             ws,
-            f"stored {len(series.files)} derived instances in {collection}: series "
-            f"{', '.join(series.series_instance_uids)}",
+            f"stored {len(series.files)} derived instances in {collection} in {_since(step)}: "
+            f"series {', '.join(series.series_instance_uids)}",
         )
         return series
 
@@ -210,6 +221,10 @@ def _request(path: Path, node_ae: str) -> StoreRequest:
 
 def _code(result: RunResult) -> int:
     return result.exit_code if result.exit_code is not None else -1
+
+
+def _since(started: float) -> str:
+    return f"{time.perf_counter() - started:.2f} s"
 
 
 def _note(ws: Workspace, text: str) -> None:
