@@ -125,6 +125,7 @@ def grid(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Grid]:
     _manifest(streams, "invert")
     _manifest(streams, "slow", "--sleep", "5")
     _manifest(streams, "fail", "--exit-code", "3")
+    (streams / "broken.json").write_text('{"name": "broken", "AETitle": "BROKEN"}')
     catalog = ConfiguredReplica("sched", tmp)
     catalog.start()
     scp = StoreSCP(
@@ -270,6 +271,15 @@ def test_study_sent_to_a_stream_comes_back_as_a_derived_series(grid: Grid) -> No
     assert int(found[0].NumberOfSeriesRelatedInstances) == 3
     logs = grid.jobs.get_job_logs(job.id).logs.decode()
     assert "invert: 3 input files" in logs and "routed 3 instances to STORESCP" in logs
+
+
+def test_a_bad_manifest_is_reported_at_start_and_the_others_serve(grid: Grid) -> None:
+    for node in grid.nodes.values():
+        log = node.log_text()
+        assert "event=stream_manifest_invalid" in log and "broken.json" in log
+        assert "command: Field required" in log
+        ready = next(line for line in log.splitlines() if "event=node_ready" in line)
+        assert 'streams="fail,invert,slow"' in ready and "worker=on" in ready
 
 
 def test_failing_command_is_retried_then_failed_with_its_logs(grid: Grid) -> None:

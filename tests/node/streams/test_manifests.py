@@ -118,3 +118,22 @@ def test_streams_list_cli_shows_streams_and_problems(tmp_path: Path) -> None:
     assert [s["name"] for s in data["streams"]] == ["good"]
     assert data["streams"][0]["AETitle"] == "GOOD"
     assert data["problems"][0]["reason"] == "a manifest is a JSON object"
+
+
+def test_streams_list_with_a_node_config_checks_destinations(tmp_path: Path) -> None:
+    streams = tmp_path / "streams"
+    streams.mkdir()
+    _write(streams, "topacs", destination="PACS")
+    _write(streams, "tonowhere", destination="ELSEWHERE")
+    config = tmp_path / "node.toml"
+    config.write_text(
+        'streams_dir = "streams"\n[dicom.destinations]\nPACS = { host = "pacs", port = 104 }\n'
+    )
+    result = CliRunner().invoke(streams_app, ["--config", str(config), "--json"])
+    assert result.exit_code == 1, result.output
+    data = json.loads(result.output)
+    assert [s["name"] for s in data["streams"]] == ["topacs"]
+    assert (
+        "'ELSEWHERE' is not one of the node's [dicom.destinations] (PACS)"
+        in (data["problems"][0]["reason"])
+    )
