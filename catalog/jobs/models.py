@@ -46,6 +46,7 @@ class JobRow(Base):
     attempt: Mapped[int] = mapped_column(Integer, default=0)
     max_attempts: Mapped[int] = mapped_column(Integer, default=1)
     attempt_budget: Mapped[int] = mapped_column(Integer, default=1)
+    time_limit_seconds: Mapped[int] = mapped_column(Integer, default=0)
     origin_node: Mapped[str] = mapped_column(NAME, default="")
     reply_ae_title: Mapped[str] = mapped_column(String(16), default="")
     submitted_by: Mapped[str] = mapped_column(String(200), default="")

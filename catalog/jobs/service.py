@@ -23,6 +23,7 @@ from catalog.jobs.records import (
     Job,
     JobPriority,
     JobQuery,
+    JobState,
     Lease,
     NewJob,
     Outcome,
@@ -82,8 +83,9 @@ class JobsService:
         if wait_seconds < 0:
             raise InvalidFilter("wait_seconds must be >= 0")
         deadline = time.monotonic() + min(wait_seconds, MAX_WAIT_SECONDS)
+        placed_here = True  # one round on this thread before waiting for the scheduler's
         while True:
-            seen = self.scheduler.generation()
+            seen = self.scheduler.generation(node)
             lease = self.store.lease(node, self._now(), self.lease_seconds)
             if lease is not None:
                 log.info(
@@ -92,13 +94,16 @@ class JobsService:
                     node,
                     lease.job.attempt,
                 )
-                self.scheduler.wake()  # a slot is now RUNNING, nothing else changed
                 return lease
+            if placed_here:
+                placed_here = False
+                result = self.scheduler.try_round()
+                if result is not None and result.placed:
+                    continue
             left = deadline - time.monotonic()
             if left <= 0:
                 return None
-            self.scheduler.wake()
-            self.scheduler.wait_for_work(seen, left)
+            self.scheduler.wait_for_work(node, seen, left)
 
     def renew(self, job_id: str, token: str) -> Renewal:
         return self.store.renew(job_id, token, self._now(), self.lease_seconds)
@@ -113,7 +118,8 @@ class JobsService:
             job.state.value,
             outcome.exit_code,
         )
-        self.scheduler.wake()
+        if job.state is JobState.QUEUED:
+            self.scheduler.wake()  # place the retry; a freed slot is filled by the next lease
         return job
 
     # -- submissions -------------------------------------------------------------------------
@@ -163,7 +169,7 @@ class JobsService:
                     submitted_by=caller.name,
                 )
             )
-        created = self.store.submit(jobs, {stream: settings.max_attempts}, self._now())
+        created = self.store.submit(jobs, settings, self._now())
         log.info(
             "event=jobs_submitted stream=%s count=%d priority=%s by=%s",
             stream,

@@ -9,9 +9,9 @@ a time. Nothing is kept in memory between calls: a SIGKILLed catalog resumes fro
 from __future__ import annotations
 
 import secrets
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -139,6 +139,64 @@ def _requeue_values(now: datetime) -> dict[str, Any]:
     }
 
 
+@dataclass(frozen=True)
+class Inputs:
+    """What one placement round reads."""
+
+    workers: list[WorkerReport]
+    active: dict[str, int]
+    queue: list[QueuedJob]
+    holders: dict[str, list[str]]
+
+
+def _workers(conn: Connection) -> list[WorkerReport]:
+    return [_report(r) for r in conn.execute(select(W).order_by(W.c.node)).all()]
+
+
+def _active(conn: Connection) -> dict[str, int]:
+    states = [s.value for s in ACTIVE_STATES]
+    rows = conn.execute(
+        select(J.c.node, func.count()).where(J.c.state.in_(states)).group_by(J.c.node)
+    ).all()
+    return {node: int(count) for node, count in rows}
+
+
+def _queued(conn: Connection, limit: int) -> list[QueuedJob]:
+    rows = conn.execute(
+        select(J.c.id, J.c.stream, J.c.study_instance_uid, J.c.priority, J.c.created_at)
+        .where(J.c.state == JobState.QUEUED.value)
+        .order_by(J.c.priority.desc(), J.c.created_at, J.c.id)
+        .limit(limit)
+    ).all()
+    return [
+        QueuedJob(
+            id=str(r.id),
+            stream=r.stream,
+            study_instance_uid=r.study_instance_uid,
+            priority=JobPriority(r.priority),
+            created_at=utc(r.created_at) or now_utc(),
+            seq=r.id,
+        )
+        for r in rows
+    ]
+
+
+def _holders(
+    conn: Connection, study_uids: Sequence[str], collection: str = ""
+) -> dict[str, list[str]]:
+    found: dict[str, list[str]] = {}
+    unique = sorted(set(study_uids))
+    for start in range(0, len(unique), 500):
+        query = select(StudyRow.study_instance_uid, StudyRow.origin).where(
+            StudyRow.study_instance_uid.in_(unique[start : start + 500])
+        )
+        if collection:
+            query = query.where(StudyRow.collection == collection)
+        for uid, origin in conn.execute(query.distinct()):
+            found.setdefault(uid, []).append(origin)
+    return {uid: sorted(nodes) for uid, nodes in found.items()}
+
+
 class JobStore:
     """The scheduler's tables behind plain methods; times are passed in (tests move them)."""
 
@@ -169,64 +227,51 @@ class JobStore:
 
     def workers(self) -> list[WorkerReport]:
         with _translated(), self._engine.connect() as conn:
-            rows = conn.execute(select(W).order_by(W.c.node)).all()
-        return [_report(r) for r in rows]
+            return _workers(conn)
 
     # -- submission ------------------------------------------------------------------------
 
-    def submit(
-        self, jobs: Sequence[NewJob], max_attempts: Mapping[str, int], now: datetime
-    ) -> list[Job]:
-        """Queue one job per entry, all or none."""
-        ids: list[int] = []
+    def submit(self, jobs: Sequence[NewJob], stream: StreamInfo, now: datetime) -> list[Job]:
+        """Queue one job per entry (all of ``stream``), all or none, in one statement."""
+        if not jobs:
+            return []
+        budget = max(1, stream.max_attempts)
+        rows = [
+            {
+                "stream": new.stream,
+                "study_instance_uid": new.study_instance_uid,
+                "collection": new.collection,
+                "state": JobState.QUEUED.value,
+                "priority": int(new.priority),
+                "node": "",
+                "attempt": 0,
+                "max_attempts": budget,
+                "attempt_budget": budget,
+                "time_limit_seconds": max(0, stream.time_limit_seconds),
+                "origin_node": new.origin_node,
+                "reply_ae_title": new.reply_ae_title,
+                "submitted_by": new.submitted_by,
+                "created_at": now,
+                "queued_at": now,
+                "error": "",
+                "exit_code": 0,
+                "output_series": [],
+                "input_holders": list(new.holders),
+                "lease_token": "",
+                "cancel_requested": False,
+            }
+            for new in jobs
+        ]
         with _translated(), self._engine.begin() as conn:
-            for new in jobs:
-                budget = max(1, max_attempts.get(new.stream, 1))
-                result = conn.execute(
-                    insert(J).values(
-                        stream=new.stream,
-                        study_instance_uid=new.study_instance_uid,
-                        collection=new.collection,
-                        state=JobState.QUEUED.value,
-                        priority=int(new.priority),
-                        node="",
-                        attempt=0,
-                        max_attempts=budget,
-                        attempt_budget=budget,
-                        origin_node=new.origin_node,
-                        reply_ae_title=new.reply_ae_title,
-                        submitted_by=new.submitted_by,
-                        created_at=now,
-                        queued_at=now,
-                        error="",
-                        exit_code=0,
-                        output_series=[],
-                        input_holders=list(new.holders),
-                        lease_token="",
-                        cancel_requested=False,
-                    )
-                )
-                assert result.inserted_primary_key is not None
-                ids.append(int(result.inserted_primary_key[0]))
-            rows = conn.execute(select(J).where(J.c.id.in_(ids)).order_by(J.c.id)).all()
-        return [_job(r) for r in rows]
+            created = conn.execute(
+                insert(J).returning(*J.c, sort_by_parameter_order=True), rows
+            ).all()
+        return [_job(r) for r in created]
 
     def holders(self, study_uids: Sequence[str], collection: str = "") -> dict[str, list[str]]:
         """Nodes (origins) holding each study, from the catalog's own study rows."""
-        found: dict[str, list[str]] = {}
-        if not study_uids:
-            return found
-        unique = sorted(set(study_uids))
         with _translated(), self._engine.connect() as conn:
-            for start in range(0, len(unique), 500):
-                query = select(StudyRow.study_instance_uid, StudyRow.origin).where(
-                    StudyRow.study_instance_uid.in_(unique[start : start + 500])
-                )
-                if collection:
-                    query = query.where(StudyRow.collection == collection)
-                for uid, origin in conn.execute(query.distinct()):
-                    found.setdefault(uid, []).append(origin)
-        return {uid: sorted(nodes) for uid, nodes in found.items()}
+            return _holders(conn, study_uids, collection)
 
     def study_collections(self, study_uids: Sequence[str]) -> dict[str, list[str]]:
         """Collections each study is held in (for permission checks and defaults)."""
@@ -249,14 +294,9 @@ class JobStore:
             expired = conn.execute(
                 select(J).where(J.c.state == JobState.RUNNING.value, J.c.lease_expires_at < now)
             ).all()
-            changed: list[int] = []
-            for row in expired:
-                if self._end_attempt(
-                    conn, row, Outcome(succeeded=False, error=LEASE_EXPIRED), now, lost=True
-                ):
-                    changed.append(row.id)
-            rows = conn.execute(select(J).where(J.c.id.in_(changed))).all() if changed else []
-        return [_job(r) for r in rows]
+            outcome = Outcome(succeeded=False, error=LEASE_EXPIRED)
+            ended = [self._end_attempt(conn, row, outcome, now, lost=True) for row in expired]
+        return [_job(r) for r in ended if r is not None]
 
     def requeue_stale_placements(
         self, now: datetime, fresh_nodes: Sequence[str], placed_before: datetime
@@ -274,33 +314,26 @@ class JobStore:
         return int(result.rowcount or 0)
 
     def active_counts(self) -> dict[str, int]:
-        states = [s.value for s in ACTIVE_STATES]
         with _translated(), self._engine.connect() as conn:
-            rows = conn.execute(
-                select(J.c.node, func.count()).where(J.c.state.in_(states)).group_by(J.c.node)
-            ).all()
-        return {node: int(count) for node, count in rows}
+            return _active(conn)
 
     def queued(self, limit: int) -> list[QueuedJob]:
         """The head of the queue in placement order (URGENT first, then FIFO)."""
         with _translated(), self._engine.connect() as conn:
-            rows = conn.execute(
-                select(J.c.id, J.c.stream, J.c.study_instance_uid, J.c.priority, J.c.created_at)
-                .where(J.c.state == JobState.QUEUED.value)
-                .order_by(J.c.priority.desc(), J.c.created_at, J.c.id)
-                .limit(limit)
-            ).all()
-        return [
-            QueuedJob(
-                id=str(r.id),
-                stream=r.stream,
-                study_instance_uid=r.study_instance_uid,
-                priority=JobPriority(r.priority),
-                created_at=utc(r.created_at) or now_utc(),
-                seq=r.id,
-            )
-            for r in rows
-        ]
+            return _queued(conn, limit)
+
+    def placement_inputs(self, scan: Callable[[list[WorkerReport], dict[str, int]], int]) -> Inputs:
+        """Workers, active jobs per node, the head of the queue and its holders, in one read.
+
+        ``scan(workers, active)`` says how much of the queue to read (0: none).
+        """
+        with _translated(), self._engine.connect() as conn:
+            workers = _workers(conn)
+            active = _active(conn)
+            limit = scan(workers, active)
+            queue = _queued(conn, limit) if limit else []
+            holders = _holders(conn, [j.study_instance_uid for j in queue]) if queue else {}
+        return Inputs(workers, active, queue, holders)
 
     def apply_placements(self, placements: Sequence[Placement], now: datetime) -> list[str]:
         """Move queued jobs to their nodes; a job no longer queued (cancelled) is skipped."""
@@ -352,7 +385,7 @@ class JobStore:
                         return None
                     token = secrets.token_urlsafe(24)
                     attempt = row.attempt + 1
-                    result = conn.execute(
+                    leased = conn.execute(
                         update(J)
                         .where(J.c.id == row.id, J.c.state == JobState.PLACED.value)
                         .values(
@@ -363,8 +396,9 @@ class JobStore:
                             lease_token=token,
                             lease_expires_at=now + timedelta(seconds=seconds),
                         )
-                    )
-                    if not result.rowcount:
+                        .returning(*J.c)
+                    ).first()
+                    if leased is None:
                         continue  # cancelled or re-placed meanwhile: take the next one
                     conn.execute(
                         insert(A).values(
@@ -380,22 +414,34 @@ class JobStore:
                             logs=b"",
                         )
                     )
-                    job = _job(conn.execute(select(J).where(J.c.id == row.id)).one())
-                    return Lease(job=job, token=token, seconds=seconds)
+                    return Lease(job=_job(leased), token=token, seconds=seconds)
         return None
 
     def renew(self, job_id: str, token: str, now: datetime, seconds: float) -> Renewal:
+        """Extend the lease; past the stream's time limit (plus one lease) end the attempt.
+
+        The worker enforces the time limit itself and reports with its logs; this is the
+        backstop for a worker that keeps renewing a command it failed to stop.
+        """
         key = parse_id(job_id)
+        overrun = ""
         with _translated(), self._engine.begin() as conn:
-            result = conn.execute(
+            row = conn.execute(
                 update(J)
                 .where(*self._held(key, token))
                 .values(lease_expires_at=now + timedelta(seconds=seconds))
-            )
-            if not result.rowcount:
+                .returning(*J.c)
+            ).first()
+            if row is None:
                 raise LeaseLost(self._lost(conn, key))
-            cancel = conn.execute(select(J.c.cancel_requested).where(J.c.id == key)).scalar()
-        return Renewal(seconds=seconds, cancel_requested=bool(cancel))
+            started = utc(row.started_at)
+            limit = timedelta(seconds=row.time_limit_seconds + seconds)
+            if row.time_limit_seconds > 0 and started is not None and now > started + limit:
+                overrun = f"time limit of {row.time_limit_seconds} s exceeded"
+                self._end_attempt(conn, row, Outcome(succeeded=False, error=overrun), now)
+        if overrun:
+            raise LeaseLost(f"job {key}: {overrun}")
+        return Renewal(seconds=seconds, cancel_requested=bool(row.cancel_requested))
 
     def finish(self, job_id: str, token: str, outcome: Outcome, now: datetime) -> Job:
         """End the running attempt; a repeated finish with the same token is answered again."""
@@ -406,9 +452,10 @@ class JobStore:
                 if token and self._already_finished(conn, key, token):
                     return _job(conn.execute(select(J).where(J.c.id == key)).one())
                 raise LeaseLost(self._lost(conn, key))
-            if not self._end_attempt(conn, row, outcome, now):
+            ended = self._end_attempt(conn, row, outcome, now)
+            if ended is None:
                 raise LeaseLost(self._lost(conn, key))
-            return _job(conn.execute(select(J).where(J.c.id == key)).one())
+            return _job(ended)
 
     @staticmethod
     def _held(key: int, token: str) -> tuple[Any, ...]:
@@ -436,8 +483,11 @@ class JobStore:
     @staticmethod
     def _end_attempt(
         conn: Connection, row: Any, outcome: Outcome, now: datetime, *, lost: bool = False
-    ) -> bool:
-        """Close the attempt and move the job on: done, queued again, failed or cancelled."""
+    ) -> Any | None:
+        """Close the attempt and move the job on: done, queued again, failed or cancelled.
+
+        Returns the job's new row, or None when the lease changed hands meanwhile.
+        """
         error = outcome.error[:MAX_ERROR_CHARS]
         if outcome.succeeded:
             state = JobState.SUCCEEDED
@@ -464,7 +514,7 @@ class JobStore:
             values.update(_requeue_values(now))
         else:
             values["finished_at"] = now
-        result = conn.execute(
+        ended = conn.execute(
             update(J)
             .where(
                 J.c.id == row.id,
@@ -472,9 +522,10 @@ class JobStore:
                 J.c.lease_token == row.lease_token,
             )
             .values(**values)
-        )
-        if not result.rowcount:
-            return False
+            .returning(*J.c)
+        ).first()
+        if ended is None:
+            return None
         conn.execute(
             update(A)
             .where(A.c.job_id == row.id, A.c.attempt == row.attempt)
@@ -486,7 +537,7 @@ class JobStore:
                 logs=outcome.logs[-MAX_LOG_BYTES:],
             )
         )
-        return True
+        return ended
 
     # -- reading and operator actions --------------------------------------------------------
 

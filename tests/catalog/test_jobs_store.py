@@ -246,3 +246,20 @@ def test_submissions_are_checked(world: World) -> None:
         world.jobs.get(job.id, lung_admin)  # a job of another collection is invisible
     with pytest.raises(JobNotFound):
         world.jobs.get("nope")
+
+
+def test_a_command_renewed_past_its_time_limit_loses_its_lease(world: World) -> None:
+    limited = StreamInfo("segment", "2", max_attempts=2, time_limit_seconds=60)
+    world.report("site-a", streams=(limited,))
+    [job] = world.jobs.submit("segment", study_instance_uids=["1.2.7.1"])
+    world.round()
+    lease = world.jobs.lease("site-a", 0)
+    assert lease is not None
+    for _ in range(3):  # within time limit + one lease period, renewals are fine
+        world.clock.advance(29)
+        world.jobs.renew(job.id, lease.token)
+    world.clock.advance(5)
+    with pytest.raises(LeaseLost, match="time limit of 60 s exceeded"):
+        world.jobs.renew(job.id, lease.token)
+    again = world.jobs.get(job.id)
+    assert (again.state, again.error) == (JobState.QUEUED, "time limit of 60 s exceeded")

@@ -32,6 +32,7 @@ def upgrade() -> None:
         sa.Column("attempt", sa.Integer, nullable=False),
         sa.Column("max_attempts", sa.Integer, nullable=False),
         sa.Column("attempt_budget", sa.Integer, nullable=False),
+        sa.Column("time_limit_seconds", sa.Integer, nullable=False),
         sa.Column("origin_node", NAME, nullable=False),
         sa.Column("reply_ae_title", sa.String(16), nullable=False),
         sa.Column("submitted_by", sa.String(200), nullable=False),
