@@ -233,11 +233,11 @@ class NodeApp:
             )
             self.gateway.on_stored = self.publisher.nudge
             self.publisher.start()
-        if self.trigger is not None:
-            self.trigger.start()
-        if self.worker is not None:
+        if self.worker is not None:  # first, so the catalog knows our streams early
             reap_stale(self.config.jobs_dir)
             self.worker.start()
+        if self.trigger is not None:
+            self.trigger.start()
         log_event(
             LOG,
             "node_ready",

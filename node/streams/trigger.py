@@ -75,6 +75,7 @@ class StreamTrigger:
         published_through: Callable[[], int] | None = None,
         publish_wait: float = 15.0,
         retry_interval: float = 2.0,
+        refusal_grace: float = 120.0,
     ) -> None:
         self._submitter = submitter
         self._pending = pending_dir
@@ -84,6 +85,7 @@ class StreamTrigger:
         self._published = published_through
         self._publish_wait = publish_wait
         self._retry = retry_interval
+        self._refusal_grace = refusal_grace
         self._open: dict[int, _Delivery] = {}
         self._lock = threading.Lock()
         self._wake = threading.Event()
@@ -200,6 +202,16 @@ class StreamTrigger:
         try:
             ids = self._submitter.submit(request)
         except CatalogRejected as exc:
+            if _age(path) < self._refusal_grace:
+                # e.g. "no node offers stream": right after start no worker has reported yet
+                log_event(
+                    LOG,
+                    "stream_submit_deferred",
+                    level=logging.WARNING,
+                    stream=request.stream,
+                    reason=str(exc),
+                )
+                return True
             self._give_up(path, str(exc))
             return True
         except CatalogError as exc:
@@ -232,6 +244,7 @@ class StreamTrigger:
                 return
 
     def _give_up(self, path: Path, reason: str) -> None:
+        """Set a request aside for good (still refused after ``refusal_grace`` seconds)."""
         self._failed.mkdir(parents=True, exist_ok=True)
         os.replace(path, self._failed / path.name)
         log_event(
@@ -242,3 +255,11 @@ class StreamTrigger:
             reason=reason,
             kept=str(self._failed / path.name),
         )
+
+
+def _age(path: Path) -> float:
+    """Seconds since the request was persisted (its name starts with the time in ns)."""
+    try:
+        return time.time() - int(path.name.split("-", 1)[0]) / 1e9
+    except ValueError:
+        return float("inf")

@@ -74,6 +74,7 @@ def node(tmp_path: Path, submitter: RecordingSubmitter) -> Iterator[tuple[NodeAp
         origin_node="site-a",
         outbox_position=app.index.last_change_seq,
         retry_interval=0.2,
+        refusal_grace=1.0,
     )
     app.gateway.streams = trigger
     app.start()
@@ -193,3 +194,4 @@ def test_refused_request_is_kept_aside_and_aborted_association_submits_nothing(
     _wait(lambda: failed.is_dir() and any(failed.iterdir()))
     assert trigger.pending() == []
     assert "event=stream_submit_refused" in caplog.text and "unknown stream" in caplog.text
+    assert submitter.calls >= 2, "a refusal is retried for a while (workers may not be known yet)"
