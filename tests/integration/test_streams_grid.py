@@ -123,8 +123,9 @@ def grid(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Grid]:
     streams = tmp / "streams"
     streams.mkdir()
     _manifest(streams, "invert")
-    _manifest(streams, "slow", "--sleep", "5")
+    _manifest(streams, "slow", "--sleep", "4")
     _manifest(streams, "fail", "--exit-code", "3")
+    _manifest(streams, "stall", "--sleep", "60", "--slow-attempts", "1")
     (streams / "broken.json").write_text('{"name": "broken", "AETitle": "BROKEN"}')
     catalog = ConfiguredReplica("sched", tmp)
     catalog.start()
@@ -279,7 +280,7 @@ def test_a_bad_manifest_is_reported_at_start_and_the_others_serve(grid: Grid) ->
         assert "event=stream_manifest_invalid" in log and "broken.json" in log
         assert "command: Field required" in log
         ready = next(line for line in log.splitlines() if "event=node_ready" in line)
-        assert 'streams="fail,invert,slow"' in ready and "worker=on" in ready
+        assert 'streams="fail,invert,slow,stall"' in ready and "worker=on" in ready
 
 
 def test_failing_command_is_retried_then_failed_with_its_logs(grid: Grid) -> None:
@@ -296,34 +297,6 @@ def test_failing_command_is_retried_then_failed_with_its_logs(grid: Grid) -> Non
     shown = gridpacs_cli("jobs", "logs", "--catalog", grid.catalog.address, job.id)
     assert shown.returncode == 0, describe(shown)
     assert "failing on purpose" in shown.stdout
-
-
-def test_node_killed_mid_job_the_job_completes_on_the_other_node(grid: Grid) -> None:
-    a, b = grid.nodes["sitea"], grid.nodes["siteb"]
-    study = _send(grid, a, "SITEA", "E2E3")  # archived on A ...
-    _resend(grid, b, "SITEB", grid.tmp / "send-E2E3-SITEA")  # ... and on B
-    _resend(grid, a, "SLOW", grid.tmp / "send-E2E3-SITEA")  # then processed
-    running = _wait(
-        "the slow job to run",
-        lambda: j if (j := _job_of(grid, "slow", study)) and j.state is JobState.RUNNING else None,
-    )
-    victim = grid.node_of(running)
-    time.sleep(1.0)  # the command is mid-way
-    assert _commands_in(victim.data_dir / "jobs"), "the command runs in the victim's folder"
-    victim.kill()
-    try:
-        _wait(
-            "the victim's command to die with it",
-            lambda: not _commands_in(victim.data_dir / "jobs") or None,
-            10,
-        )
-        job = _final(grid, "slow", study, timeout=120)
-        assert job.state is JobState.SUCCEEDED, job
-        assert job.node != running.node and job.attempt == 2
-        received = _wait("the derived series", lambda: _received(grid, study), 20)
-        assert len(received) == 2 and len({ds.SeriesInstanceUID for ds in received}) == 1
-    finally:
-        victim.start()
 
 
 def test_catalog_restarted_mid_job_the_job_finishes_once(grid: Grid) -> None:
@@ -365,3 +338,56 @@ def test_cancelling_a_running_job_stops_its_command(grid: Grid) -> None:
     assert job.state is JobState.CANCELLED, job
     assert _received(grid, study) == []
     assert "cancelled" in grid.jobs.get_job_logs(job.id).logs.decode()
+
+
+def test_catalog_away_longer_than_a_lease_the_worker_stops_its_command(grid: Grid) -> None:
+    """Fencing: a worker that cannot renew for a whole lease kills its command, so the job,
+    placed again when the catalog is back, never runs in two places at once."""
+    a = grid.nodes["sitea"]
+    study = _send(grid, a, "STALL", "E2E6")
+    running = _wait(
+        "the stalling job to run",
+        lambda: j if (j := _job_of(grid, "stall", study)) and j.state is JobState.RUNNING else None,
+    )
+    node = grid.node_of(running)
+    _wait("the command to start", lambda: _commands_in(node.data_dir / "jobs"), 10)
+    grid.catalog.kill()
+    try:
+        _wait(
+            "the worker to stop its command",
+            lambda: not _commands_in(node.data_dir / "jobs") or None,
+            LEASE_S + 6,
+        )
+        assert "event=job_lease_expired" in node.log_text()
+    finally:
+        grid.catalog.start()
+    job = _final(grid, "stall", study, timeout=120)
+    assert job.state is JobState.SUCCEEDED, job
+    assert job.attempt == 2, "the fenced attempt does not count as a success"
+    received = _wait("the derived series", lambda: _received(grid, study), 20)
+    assert len({ds.SeriesInstanceUID for ds in received}) == 1
+
+
+def test_node_killed_mid_job_the_job_completes_on_the_other_node(grid: Grid) -> None:
+    a, b = grid.nodes["sitea"], grid.nodes["siteb"]
+    study = _send(grid, a, "SITEA", "E2E3")  # archived on A ...
+    _resend(grid, b, "SITEB", grid.tmp / "send-E2E3-SITEA")  # ... and on B
+    _resend(grid, a, "SLOW", grid.tmp / "send-E2E3-SITEA")  # then processed
+    running = _wait(
+        "the slow job to run",
+        lambda: j if (j := _job_of(grid, "slow", study)) and j.state is JobState.RUNNING else None,
+    )
+    victim = grid.node_of(running)
+    time.sleep(1.0)  # the command is mid-way
+    assert _commands_in(victim.data_dir / "jobs"), "the command runs in the victim's folder"
+    victim.kill()  # last test of the module: the victim stays down
+    _wait(
+        "the victim's command to die with it",
+        lambda: not _commands_in(victim.data_dir / "jobs") or None,
+        10,
+    )
+    job = _final(grid, "slow", study, timeout=120)
+    assert job.state is JobState.SUCCEEDED, job
+    assert job.node != running.node and job.attempt == 2
+    received = _wait("the derived series", lambda: _received(grid, study), 20)
+    assert len(received) == 2 and len({ds.SeriesInstanceUID for ds in received}) == 1

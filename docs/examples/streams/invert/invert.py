@@ -6,7 +6,8 @@ It shows the contract a stream command follows (docs/streams.md): read the DICOM
 UIDs and references to the source, so the algorithm may keep the input's UIDs.
 
 Options for tests and demos: ``--sleep SECONDS`` (before writing, prints a heartbeat each
-second) and ``--exit-code N`` (fail after printing to stdout and stderr).
+second), ``--slow-attempts N`` (sleep only in the first N attempts) and ``--exit-code N``
+(fail after printing to stdout and stderr).
 """
 
 from __future__ import annotations
@@ -34,7 +35,11 @@ def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--sleep", type=float, default=0.0)
     parser.add_argument("--exit-code", type=int, default=0)
+    parser.add_argument("--slow-attempts", type=int, default=0)
     args = parser.parse_args()
+    attempt = int(os.environ.get("GRIDPACS_ATTEMPT", "1"))
+    if args.slow_attempts and attempt > args.slow_attempts:
+        args.sleep = 0.0
     in_dir = Path(os.environ.get("GRIDPACS_INPUT_DIR", "input"))
     out_dir = Path(os.environ.get("GRIDPACS_OUTPUT_DIR", "output"))
     inputs = sorted(in_dir.rglob("*.dcm"))
