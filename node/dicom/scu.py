@@ -88,25 +88,26 @@ def send_files(
     if not files:
         return 0
     install_nodelay_for_outgoing()
-    datasets = [dcmread(path) for path in files]
+    headers = [dcmread(path, stop_before_pixels=True) for path in files]
     ae = AE(ae_title=calling_ae)
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = timeout
     contexts: dict[tuple[str, str], PresentationContext] = {}
-    for ds in datasets:
+    for ds in headers:
         key = (str(ds.SOPClassUID), str(ds.file_meta.TransferSyntaxUID))
         if key not in contexts:
-            syntaxes = [
-                key[1],
-                *(t for t in (ExplicitVRLittleEndian, ImplicitVRLittleEndian) if t != key[1]),
-            ]
-            contexts[key] = build_context(key[0], syntaxes)
+            others = [t for t in (ExplicitVRLittleEndian, ImplicitVRLittleEndian) if t != key[1]]
+            contexts[key] = build_context(key[0], [key[1], *others])
     ae.requested_contexts = list(contexts.values())[:MAX_REQUESTED_CONTEXTS]
     assoc = ae.associate(host, port, ae_title=called_ae)
     if not assoc.is_established:
         raise SendFailed(f"{called_ae} at {host}:{port} did not accept an association")
     try:
-        for ds in datasets:
-            reply = assoc.send_c_store(ds)
+        for path in files:  # one dataset in memory at a time, however large the series
+            ds = dcmread(path)
+            try:
+                reply = assoc.send_c_store(ds)
+            except (ValueError, RuntimeError) as exc:  # no accepted context, aborted ...
+                raise SendFailed(f"{called_ae}: cannot send {ds.SOPInstanceUID}: {exc}") from exc
             code = int(reply.Status) if reply is not None and "Status" in reply else -1
             if code != 0 and not (0xB000 <= code <= 0xBFFF):
                 raise SendFailed(
@@ -115,4 +116,4 @@ def send_files(
                 )
     finally:
         assoc.release()
-    return len(datasets)
+    return len(files)

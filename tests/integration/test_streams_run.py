@@ -14,7 +14,8 @@ from pydicom import dcmread
 
 from catalog.jobs.records import Job, JobPriority, JobState
 from node.app import NodeApp
-from node.config import load_config
+from node.config import Destination, load_config
+from node.dicom.scu import send_files
 from node.index.records import IndexQuery, Level
 from node.services.ingest import StoreRequest
 from node.streams.inputs import InputGatherer
@@ -58,19 +59,20 @@ def node(tmp_path: Path, scp: StoreSCP) -> Iterator[NodeApp]:
     app.index.close()
 
 
-def _runner(app: NodeApp, streams_dir: Path) -> JobRunner:
+def _runner(
+    app: NodeApp, streams_dir: Path, destinations: dict[str, Destination] | None = None
+) -> JobRunner:
     cfg = app.config
+    destinations = destinations or dict(cfg.dicom.destinations)
     settings = RunnerSettings(
         cfg.name, cfg.dicom.ae_title, cfg.default_collection, cfg.jobs_dir, kill_grace=0.5
     )
-    from node.dicom.scu import send_files
-
     return JobRunner(
         settings,
-        load_streams(streams_dir, destinations=set(cfg.dicom.destinations)),
+        load_streams(streams_dir, destinations=set(destinations)),
         InputGatherer(app.index, app.store, None, None),
         app.ingest,
-        cfg.dicom.destinations,
+        destinations,
         send=lambda ae, where, files: send_files(
             cfg.dicom.ae_title, ae, where.host, where.port, files
         ),
@@ -181,3 +183,22 @@ def test_unknown_study_fails_clearly(node: NodeApp) -> None:
     outcome = _runner(node, EXAMPLES).run(_job("1.2.3.4", "STORESCP"), threading.Event())
     assert not outcome.succeeded
     assert "study 1.2.3.4 has no instances here or in the catalog" in outcome.error
+
+
+def test_unreachable_destination_fails_the_attempt_after_storing(
+    node: NodeApp, tmp_path: Path
+) -> None:
+    streams = tmp_path / "streams"
+    streams.mkdir()
+    (streams / "topacs.json").write_text(
+        '{"name": "topacs", "AETitle": "TOPACS", "destination": "PACS", '
+        f'"command": ["{{python}}", "{EXAMPLES}/invert/invert.py"]}}'
+    )
+    sources = _store_study(node, 1)
+    dead = {"PACS": Destination(host="127.0.0.1", port=free_port())}  # nobody listens
+    outcome = _runner(node, streams, dead).run(
+        _job(str(sources[0].StudyInstanceUID), "", stream="topacs"), threading.Event()
+    )
+    assert not outcome.succeeded
+    assert outcome.error.startswith("PACS at 127.0.0.1:") and "did not accept" in outcome.error
+    assert b"stored 1 derived instances" in outcome.logs, "results are kept on the node"
