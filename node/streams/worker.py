@@ -149,7 +149,16 @@ class Worker:
                 LOG.exception("event=lease_poll_error")
                 self._stop.wait(backoff)
                 continue
-            if lease is not None:
+            if lease is not None and self._stop.is_set():
+                log_event(
+                    LOG,
+                    "job_abandoned",
+                    level=logging.WARNING,
+                    job=lease.job.id,
+                    attempt=lease.job.attempt,
+                    reason="node stopping; lease lapses",
+                )
+            elif lease is not None:
                 self._attempt(lease)
 
     def _attempt(self, lease: Lease) -> None:
