@@ -23,6 +23,7 @@ from catalog.jobs.scheduler import Scheduler, SchedulerSettings
 from catalog.jobs.service import JobsService
 from catalog.jobs.store import JobStore
 from catalog.replication import Peer, Replicator
+from catalog.server.holdings_convert import SERVICE_NAME as HOLDINGS_SERVICE
 from catalog.server.serve import JOBS_SERVICE_NAME, SERVICE_NAME, CatalogServer, build_server
 from catalog.service import CatalogService
 
@@ -44,6 +45,7 @@ JOB_USER_METHODS = (
     "CancelJob",
     "RetryJob",
 )
+HOLDINGS_METHOD = f"/{HOLDINGS_SERVICE}/ListHoldings"
 
 
 @dataclass
@@ -110,6 +112,7 @@ def _security(
     rules.update({METHOD + m: Requirement.TOKEN_OR_HOST for m in QUERY_METHODS})
     rules.update({JOBS_METHOD + m: Requirement.HOST for m in JOB_HOST_METHODS})
     rules.update({JOBS_METHOD + m: Requirement.TOKEN_OR_HOST for m in JOB_USER_METHODS})
+    rules[HOLDINGS_METHOD] = Requirement.TOKEN_OR_HOST  # reconciliation: operators and nodes
     auth = AuthInterceptor(
         TokenStore(engine, load_pepper(security.pepper_file)), policy=AccessPolicy(rules=rules)
     )

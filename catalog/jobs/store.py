@@ -9,6 +9,7 @@ a time. Nothing is kept in memory between calls: a SIGKILLed catalog resumes fro
 from __future__ import annotations
 
 import secrets
+import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
@@ -145,6 +146,9 @@ class Inputs:
 
     workers: list[WorkerReport]
     active: dict[str, int]
+    """Placed + running jobs per node."""
+    waiting: dict[str, int]
+    """Placed jobs no worker leased yet, per node."""
     queue: list[QueuedJob]
     holders: dict[str, list[str]]
 
@@ -153,12 +157,21 @@ def _workers(conn: Connection) -> list[WorkerReport]:
     return [_report(r) for r in conn.execute(select(W).order_by(W.c.node)).all()]
 
 
-def _active(conn: Connection) -> dict[str, int]:
+def _active(conn: Connection) -> tuple[dict[str, int], dict[str, int]]:
+    """(placed + running, placed) jobs per node."""
     states = [s.value for s in ACTIVE_STATES]
     rows = conn.execute(
-        select(J.c.node, func.count()).where(J.c.state.in_(states)).group_by(J.c.node)
+        select(J.c.node, J.c.state, func.count())
+        .where(J.c.state.in_(states))
+        .group_by(J.c.node, J.c.state)
     ).all()
-    return {node: int(count) for node, count in rows}
+    active: dict[str, int] = {}
+    waiting: dict[str, int] = {}
+    for node, state, count in rows:
+        active[node] = active.get(node, 0) + int(count)
+        if state == JobState.PLACED.value:
+            waiting[node] = int(count)
+    return active, waiting
 
 
 def _queued(conn: Connection, limit: int) -> list[QueuedJob]:
@@ -202,6 +215,19 @@ class JobStore:
 
     def __init__(self, engine: Engine) -> None:
         self._engine = engine
+        # SQLite has one writer: queue writers here instead of in its busy handler, which
+        # sleeps in growing steps (a lease would wait milliseconds for a microsecond lock).
+        self._write_lock = threading.Lock() if engine.dialect.name == "sqlite" else None
+
+    @contextmanager
+    def _begin(self) -> Iterator[Connection]:
+        """A write transaction (serialized in-process on SQLite)."""
+        if self._write_lock is None:
+            with self._engine.begin() as conn:
+                yield conn
+            return
+        with self._write_lock, self._engine.begin() as conn:
+            yield conn
 
     @property
     def engine(self) -> Engine:
@@ -220,7 +246,7 @@ class JobStore:
             "min_memory_available_mb": report.limits.min_memory_available_mb,
             "streams": [asdict(s) for s in report.streams],
         }
-        with _translated(), self._engine.begin() as conn:
+        with _translated(), self._begin() as conn:
             updated = conn.execute(update(W).where(W.c.node == report.node).values(**values))
             if updated.rowcount == 0:
                 conn.execute(insert(W).values(node=report.node, **values))
@@ -262,7 +288,7 @@ class JobStore:
             }
             for new in jobs
         ]
-        with _translated(), self._engine.begin() as conn:
+        with _translated(), self._begin() as conn:
             created = conn.execute(
                 insert(J).returning(*J.c, sort_by_parameter_order=True), rows
             ).all()
@@ -290,7 +316,7 @@ class JobStore:
 
     def expire_leases(self, now: datetime) -> list[Job]:
         """Running jobs whose lease ran out: the attempt failed; queue again while allowed."""
-        with _translated(), self._engine.begin() as conn:
+        with _translated(), self._begin() as conn:
             expired = conn.execute(
                 select(J).where(J.c.state == JobState.RUNNING.value, J.c.lease_expires_at < now)
             ).all()
@@ -302,7 +328,7 @@ class JobStore:
         self, now: datetime, fresh_nodes: Sequence[str], placed_before: datetime
     ) -> int:
         """Placed jobs whose node went silent, or that no worker leased in time, go back."""
-        with _translated(), self._engine.begin() as conn:
+        with _translated(), self._begin() as conn:
             result = conn.execute(
                 update(J)
                 .where(
@@ -315,30 +341,32 @@ class JobStore:
 
     def active_counts(self) -> dict[str, int]:
         with _translated(), self._engine.connect() as conn:
-            return _active(conn)
+            return _active(conn)[0]
 
     def queued(self, limit: int) -> list[QueuedJob]:
         """The head of the queue in placement order (URGENT first, then FIFO)."""
         with _translated(), self._engine.connect() as conn:
             return _queued(conn, limit)
 
-    def placement_inputs(self, scan: Callable[[list[WorkerReport], dict[str, int]], int]) -> Inputs:
+    def placement_inputs(
+        self, scan: Callable[[list[WorkerReport], dict[str, int], dict[str, int]], int]
+    ) -> Inputs:
         """Workers, active jobs per node, the head of the queue and its holders, in one read.
 
-        ``scan(workers, active)`` says how much of the queue to read (0: none).
+        ``scan(workers, active, waiting)`` says how much of the queue to read (0: none).
         """
         with _translated(), self._engine.connect() as conn:
             workers = _workers(conn)
-            active = _active(conn)
-            limit = scan(workers, active)
+            active, waiting = _active(conn)
+            limit = scan(workers, active, waiting)
             queue = _queued(conn, limit) if limit else []
             holders = _holders(conn, [j.study_instance_uid for j in queue]) if queue else {}
-        return Inputs(workers, active, queue, holders)
+        return Inputs(workers, active, waiting, queue, holders)
 
     def apply_placements(self, placements: Sequence[Placement], now: datetime) -> list[str]:
         """Move queued jobs to their nodes; a job no longer queued (cancelled) is skipped."""
         done: list[str] = []
-        with _translated(), self._engine.begin() as conn:
+        with _translated(), self._begin() as conn:
             for p in placements:
                 result = conn.execute(
                     update(J)
@@ -360,7 +388,7 @@ class JobStore:
         Workers could not renew while no catalog answered; failing their attempts for that
         would re-run work that may well be nearly done.
         """
-        with _translated(), self._engine.begin() as conn:
+        with _translated(), self._begin() as conn:
             result = conn.execute(
                 update(J)
                 .where(J.c.state == JobState.RUNNING.value, J.c.lease_expires_at < now + grace)
@@ -374,12 +402,13 @@ class JobStore:
         """The next job placed on ``node`` becomes RUNNING under a fresh token."""
         with _translated():
             for _ in range(5):
-                with self._engine.begin() as conn:
+                with self._begin() as conn:
                     row = conn.execute(
                         select(J)
                         .where(J.c.node == node, J.c.state == JobState.PLACED.value)
                         .order_by(J.c.priority.desc(), J.c.created_at, J.c.id)
                         .limit(1)
+                        .with_for_update(skip_locked=True)  # PostgreSQL: leasers take turns
                     ).first()
                     if row is None:
                         return None
@@ -425,7 +454,7 @@ class JobStore:
         """
         key = parse_id(job_id)
         overrun = ""
-        with _translated(), self._engine.begin() as conn:
+        with _translated(), self._begin() as conn:
             row = conn.execute(
                 update(J)
                 .where(*self._held(key, token))
@@ -446,7 +475,7 @@ class JobStore:
     def finish(self, job_id: str, token: str, outcome: Outcome, now: datetime) -> Job:
         """End the running attempt; a repeated finish with the same token is answered again."""
         key = parse_id(job_id)
-        with _translated(), self._engine.begin() as conn:
+        with _translated(), self._begin() as conn:
             row = conn.execute(select(J).where(*self._held(key, token))).first()
             if row is None:
                 if token and self._already_finished(conn, key, token):
@@ -582,7 +611,7 @@ class JobStore:
     def cancel(self, job_id: str, now: datetime, reason: str) -> Job:
         """Queued/placed: cancelled now. Running: flagged; the worker stops at its next renew."""
         key = parse_id(job_id)
-        with _translated(), self._engine.begin() as conn:
+        with _translated(), self._begin() as conn:
             conn.execute(
                 update(J)
                 .where(
@@ -610,7 +639,7 @@ class JobStore:
         """A failed or cancelled job is queued again with a fresh attempt budget."""
         key = parse_id(job_id)
         final = [JobState.FAILED.value, JobState.CANCELLED.value]
-        with _translated(), self._engine.begin() as conn:
+        with _translated(), self._begin() as conn:
             row = conn.execute(select(J).where(J.c.id == key)).first()
             if row is None:
                 raise JobNotFound(f"no job {job_id}")

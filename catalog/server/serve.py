@@ -16,10 +16,11 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from catalog.jobs.service import JobsService
+from catalog.server.holdings import HoldingsServicer
 from catalog.server.jobs_servicer import JobServicer
 from catalog.server.servicer import CatalogServicer, ScopeResolver
 from catalog.service import CatalogService
-from catalog.v1 import catalog_pb2, catalog_pb2_grpc, jobs_pb2, jobs_pb2_grpc
+from catalog.v1 import catalog_pb2, catalog_pb2_grpc, holdings_pb2_grpc, jobs_pb2, jobs_pb2_grpc
 
 log = logging.getLogger("catalog.server")
 
@@ -86,6 +87,9 @@ def build_server(
     )
     catalog_pb2_grpc.add_CatalogServiceServicer_to_server(
         CatalogServicer(service, scope=scope), server
+    )
+    holdings_pb2_grpc.add_HoldingsServiceServicer_to_server(
+        HoldingsServicer(service, scope=scope), server
     )
     if jobs is not None:
         jobs_pb2_grpc.add_JobServiceServicer_to_server(JobServicer(jobs), server)

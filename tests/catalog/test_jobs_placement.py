@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from catalog.jobs.placement import QueuedJob, place, stream_settings
+from catalog.jobs.placement import UNLIMITED_WAITING, QueuedJob, place, stream_settings
 from catalog.jobs.records import JobPriority, StreamInfo
 from tests.catalog.jobs_helpers import SEGMENT, report
 
@@ -74,11 +74,14 @@ def test_a_node_at_or_over_a_limit_gets_nothing() -> None:
     assert len(place([job(1), job(2), job(3)], one, {}, {})) == 2
 
 
-def test_no_limit_means_unbounded_and_nodes_without_the_stream_are_skipped() -> None:
+def test_no_max_jobs_means_unbounded_running_but_no_hoarding() -> None:
     workers = [report("a", max_jobs=0), report("b", streams=(OTHER,))]
-    placements = place([job(n) for n in range(1, 6)], workers, {"a": 50}, {})
-    assert set(nodes_of(placements).values()) == {"a"} and len(placements) == 5
-    assert place([job(1, stream="unknown")], workers, {}, {}) == []
+    jobs = [job(n) for n in range(1, 6)]
+    # 50 running, nothing waiting: takes UNLIMITED_WAITING more, not the whole queue
+    placements = place(jobs, workers, {"a": 50}, {}, {"a": 0})
+    assert nodes_of(placements) == {"1": "a", "2": "a"} and UNLIMITED_WAITING == 2
+    assert place(jobs, workers, {"a": 52}, {}, {"a": 2}) == []  # its worker has not leased
+    assert place([job(1, stream="unknown")], workers, {}, {}) == []  # b lacks the stream
 
 
 def test_urgent_jobs_first_then_fifo() -> None:

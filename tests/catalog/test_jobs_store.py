@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
@@ -263,3 +264,23 @@ def test_a_command_renewed_past_its_time_limit_loses_its_lease(world: World) -> 
         world.jobs.renew(job.id, lease.token)
     again = world.jobs.get(job.id)
     assert (again.state, again.error) == (JobState.QUEUED, "time limit of 60 s exceeded")
+
+
+def test_concurrent_leases_never_hand_out_a_job_twice(world: World) -> None:
+    world.report("site-a", max_jobs=30)
+    submitted = world.jobs.submit("segment", study_instance_uids=[f"1.2.8.{n}" for n in range(24)])
+    world.round()
+    leased: list[str] = []
+    lock = threading.Lock()
+
+    def worker() -> None:
+        while (lease := world.jobs.store.lease("site-a", world.clock(), 30)) is not None:
+            with lock:
+                leased.append(lease.job.id)
+
+    threads = [threading.Thread(target=worker) for _ in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert sorted(leased, key=int) == [j.id for j in submitted]  # each exactly once
