@@ -84,6 +84,28 @@ class DerivedSeries:
     skipped: list[tuple[Path, str]]
 
 
+def derivation_prefix(stream: str) -> str:
+    """How DerivationDescription starts on every instance ``stream`` produced."""
+    return f"gridpacs stream {stream} "
+
+
+def drop_own_outputs(paths: Sequence[Path], stream: str) -> int:
+    """Delete the input files that ``stream`` itself derived earlier; returns how many.
+
+    A study keeps its derived series, so a retry or a second run of a stream would
+    otherwise take its own earlier results as input (and derive from them again). Results
+    of other streams stay: streams may be chained.
+    """
+    prefix = derivation_prefix(stream)
+    dropped = 0
+    for path in paths:
+        ds = dcmread(path, stop_before_pixels=True, specific_tags=["DerivationDescription"])
+        if str(ds.get("DerivationDescription", "")).startswith(prefix):
+            path.unlink()
+            dropped += 1
+    return dropped
+
+
 def new_uid() -> UID:
     """A ``2.25.`` UID from a random UUID (PS3.5 B.2): unique without an organisation root."""
     return generate_uid(prefix=None)

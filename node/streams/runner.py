@@ -21,7 +21,13 @@ from catalog.jobs.records import Job, Outcome
 from node.config import Destination
 from node.errors import NodeError
 from node.services.ingest import IngestService, StoreRequest
-from node.streams.derived import DerivedSeries, SourceStudy, derive
+from node.streams.derived import (
+    DerivedSeries,
+    SourceStudy,
+    derivation_prefix,
+    derive,
+    drop_own_outputs,
+)
 from node.streams.executor import RunResult, Workspace, run_command
 from node.streams.inputs import InputGatherer
 from node.streams.manifest import StreamManifest
@@ -92,6 +98,9 @@ class JobRunner:
                 f"input: {len(gathered.files)} instances ({gathered.local} local, "
                 f"{gathered.fetched} fetched from holders) in {_since(step)}",
             )
+            own = drop_own_outputs(gathered.files, manifest.name)
+            if own:
+                _note(ws, f"left out {own} instances this stream derived earlier")
             if cancel.is_set():
                 raise AttemptFailed("cancelled")
             result = run_command(
@@ -111,9 +120,7 @@ class JobRunner:
                 raise AttemptFailed(result.describe(manifest.time_limit_seconds), _code(result))
             series = self._store_outputs(job, manifest, ws)
             if route is not None and series.files:
-                step = time.perf_counter()
-                sent = self._send(route[0], route[1], series.files)
-                _note(ws, f"routed {sent} instances to {route[0]} in {_since(step)}")
+                self._route_results(ws, route, series.files)
             outcome = Outcome(True, 0, "", ws.log_tail(), tuple(series.series_instance_uids))
         except AttemptFailed as exc:
             outcome = self._failed(ws, exc.reason, exc.exit_code)
@@ -177,7 +184,7 @@ class JobRunner:
         step = time.perf_counter()
         source = SourceStudy.from_files(sorted(ws.input.rglob("*.dcm")))
         description = (
-            f"gridpacs stream {manifest.name} {manifest.version}, job {job.id} "
+            f"{derivation_prefix(manifest.name)}{manifest.version}, job {job.id} "
             f"attempt {job.attempt}"
         )
         series = derive(outputs, source, ws.derived, description=description)
@@ -196,6 +203,19 @@ class JobRunner:
             f"series {', '.join(series.series_instance_uids)}",
         )
         return series
+
+    def _route_results(
+        self, ws: Workspace, route: tuple[str, Destination], files: list[Path]
+    ) -> None:
+        """C-STORE the derived series; one more association if the first one fails (a
+        receiver that stalls or drops a connection), then the attempt fails."""
+        step = time.perf_counter()
+        try:
+            sent = self._send(route[0], route[1], files)
+        except NodeError as exc:
+            _note(ws, f"routing to {route[0]} failed ({exc}); trying once more")
+            sent = self._send(route[0], route[1], files)
+        _note(ws, f"routed {sent} instances to {route[0]} in {_since(step)}")
 
     def _failed(self, ws: Workspace | None, reason: str, exit_code: int) -> Outcome:
         if ws is not None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import threading
@@ -64,7 +65,9 @@ class ConfiguredReplica(ReplicaProcess):
             self.wait_serving(timeout)
 
 
-def _manifest(folder: Path, name: str, *args: str, attempts: int = 2) -> None:
+def _manifest(
+    folder: Path, name: str, *args: str, attempts: int = 2, destination: str = "sender"
+) -> None:
     (folder / f"{name}.json").write_text(
         json.dumps(
             {
@@ -74,7 +77,7 @@ def _manifest(folder: Path, name: str, *args: str, attempts: int = 2) -> None:
                 "enabled": 1,
                 "command": ["{python}", str(INVERT), *args],
                 "time_limit_seconds": 60,
-                "destination": "sender",
+                "destination": destination,
                 "max_attempts": attempts,
                 "resources": {"cpus": 1, "memory_mb": 64},
             }
@@ -127,12 +130,19 @@ def grid(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Grid]:
     _manifest(streams, "fail", "--exit-code", "3")
     _manifest(streams, "stall", "--sleep", "60", "--slow-attempts", "1")
     (streams / "broken.json").write_text('{"name": "broken", "AETitle": "BROKEN"}')
+    # a stream only site B offers: its jobs run there whoever holds the study
+    streams_b = tmp / "streams-b"
+    shutil.copytree(streams, streams_b)
+    _manifest(streams_b, "onlyb", destination="STORESCP")
     catalog = ConfiguredReplica("sched", tmp)
     catalog.start()
     scp = StoreSCP(
         name="storescp", log_path=tmp / "scp.log", port=free_port(), out_dir=tmp / "received"
     ).start()
-    nodes = {n: _node(tmp, n, catalog, streams, scp) for n in ("sitea", "siteb")}
+    nodes = {
+        "sitea": _node(tmp, "sitea", catalog, streams, scp),
+        "siteb": _node(tmp, "siteb", catalog, streams_b, scp),
+    }
     starting = [threading.Thread(target=node.start) for node in nodes.values()]
     for thread in starting:
         thread.start()
@@ -275,12 +285,32 @@ def test_study_sent_to_a_stream_comes_back_as_a_derived_series(grid: Grid) -> No
 
 
 def test_a_bad_manifest_is_reported_at_start_and_the_others_serve(grid: Grid) -> None:
-    for node in grid.nodes.values():
+    for name, node in grid.nodes.items():
         log = node.log_text()
         assert "event=stream_manifest_invalid" in log and "broken.json" in log
         assert "command: Field required" in log
         ready = next(line for line in log.splitlines() if "event=node_ready" in line)
-        assert 'streams="fail,invert,slow,stall"' in ready and "worker=on" in ready
+        offered = "fail,invert,onlyb,slow,stall" if name == "siteb" else "fail,invert,slow,stall"
+        assert f'streams="{offered}"' in ready and "worker=on" in ready
+
+
+def test_a_node_without_the_study_fetches_it_from_the_holder(grid: Grid) -> None:
+    """Placement near the data when it can, elsewhere when it must: only site B offers the
+    stream, site A holds the study; B's worker gathers the input over the peer service."""
+    study = _send(grid, grid.nodes["sitea"], "SITEA", "E2E7", count=3)
+    _wait(
+        "the study in the catalog",
+        lambda: _grid_find_soon(grid.nodes["siteb"].port, "STUDY", StudyInstanceUID=study),
+        20,
+    )
+    (_job,) = grid.jobs.submit_jobs("onlyb", study_instance_uids=[study])
+    job = _final(grid, "onlyb", study)
+    assert job.state is JobState.SUCCEEDED, job
+    assert job.node == "siteb" and "sitea" in job.input_holders
+    logs = grid.jobs.get_job_logs(job.id).logs.decode()
+    assert "input: 3 instances (0 local, 3 fetched from holders)" in logs
+    received = _wait("the derived series", lambda: _received(grid, study), 20)
+    assert len(received) == 3
 
 
 def test_failing_command_is_retried_then_failed_with_its_logs(grid: Grid) -> None:

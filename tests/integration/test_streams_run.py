@@ -202,3 +202,18 @@ def test_unreachable_destination_fails_the_attempt_after_storing(
     assert not outcome.succeeded
     assert outcome.error.startswith("PACS at 127.0.0.1:") and "did not accept" in outcome.error
     assert b"stored 1 derived instances" in outcome.logs, "results are kept on the node"
+
+
+def test_a_second_run_leaves_out_what_the_stream_derived_before(
+    node: NodeApp, scp: StoreSCP
+) -> None:
+    scp.clear()
+    sources = _store_study(node, 2)
+    study = str(sources[0].StudyInstanceUID)
+    first = _runner(node, EXAMPLES).run(_job(study, scp.ae_title), threading.Event())
+    again = _runner(node, EXAMPLES).run(_job(study, scp.ae_title, attempt=2), threading.Event())
+    assert first.succeeded and again.succeeded, again.logs.decode()
+    logs = again.logs.decode()
+    assert "input: 4 instances" in logs and "left out 2 instances this stream derived" in logs
+    assert "invert: 2 input files" in logs and "routed 2 instances" in logs
+    assert first.output_series_instance_uids != again.output_series_instance_uids
