@@ -146,7 +146,14 @@ class FailoverClient:
         start = self._preferred
         return [(start + i) % len(self.addresses) for i in range(len(self.addresses))]
 
-    def _unary(self, method: str, request: Any, timeout: float | None = None) -> Any:
+    def _unary(
+        self,
+        method: str,
+        request: Any,
+        timeout: float | None = None,
+        idempotent: bool | None = None,
+    ) -> Any:
+        """One unary call with failover; ``idempotent`` overrides the per-method table."""
         errors: list[str] = []
         for index in self._order():
             address = self.addresses[index]
@@ -163,7 +170,8 @@ class FailoverClient:
                     address,
                     exc.code().name,
                 )
-                if not self.idempotent[method] and exc.code() is grpc.StatusCode.DEADLINE_EXCEEDED:
+                repeatable = self.idempotent[method] if idempotent is None else idempotent
+                if not repeatable and exc.code() is grpc.StatusCode.DEADLINE_EXCEEDED:
                     break
                 continue
             self._preferred = index

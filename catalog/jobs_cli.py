@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import sys
+import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict
@@ -210,6 +211,7 @@ def submit_cmd(
             query=None if study else query,
             collection=collection,
             priority=priority,
+            request_id=uuid.uuid4().hex,  # a failover resend inside this run queues nothing twice
         )
     _emit(jobs, as_json, f"gridpacs: {len(jobs)} job(s) submitted to {stream}")
 

@@ -113,8 +113,13 @@ class JobsClient(FailoverClient):
         priority: JobPriority = JobPriority.NORMAL,
         origin_node: str = "",
         reply_ae_title: str = "",
+        request_id: str = "",
     ) -> list[Job]:
-        """One job per study: the UIDs given, else every study ``query`` matches."""
+        """One job per study: the UIDs given, else every study ``query`` matches.
+
+        With a ``request_id`` (e.g. a UUID per trigger) the call is safe to resend and fails
+        over like the idempotent calls: the catalog answers a repeat with the jobs it made.
+        """
         request = jpb.SubmitJobsRequest(
             stream=stream,
             priority=PRIORITY_TO_PB[priority],
@@ -122,10 +127,12 @@ class JobsClient(FailoverClient):
             collection=collection,
             origin_node=origin_node,
             reply_ae_title=reply_ae_title,
+            request_id=request_id,
         )
         if query is not None:
             convert.filter_to_pb(query, request.filter)
-        return [job_from_pb(j) for j in self._unary("SubmitJobs", request).jobs]
+        response = self._unary("SubmitJobs", request, idempotent=bool(request_id) or None)
+        return [job_from_pb(j) for j in response.jobs]
 
     def list_jobs(
         self,

@@ -76,6 +76,12 @@ def _mount_jobs() -> None:
     app.add_typer(jobs_app, name="jobs", help="Submit studies to processing streams; follow jobs.")
 
 
+def _mount_retrieve() -> None:
+    from gridpacs.retrieve import retrieve_cmd
+
+    app.command("retrieve", help="Retrieve studies you may read into a folder.")(retrieve_cmd)
+
+
 def _mount_reconcile() -> None:
     from gridpacs.reconcile.cli import RECONCILE_HELP, reconcile_cmd
 
@@ -107,6 +113,7 @@ _MOUNTS = {
     "catalog": _mount_catalog,
     "query": _mount_query,
     "jobs": _mount_jobs,
+    "retrieve": _mount_retrieve,
     "reconcile": _mount_reconcile,
     "storage": _mount_storage,
     "streams": _mount_streams,

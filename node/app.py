@@ -13,12 +13,14 @@ import grpc
 
 from catalog import GrpcCatalogClient, NodeInfo
 from catalog.jobs_client import JobsClient
+from catalog.security.grants import GrantKeyError, GrantVerifier, load_public_key
 from catalog.security.tls import channel_credentials, server_credentials
 from node.anti_entropy import AntiEntropy
 from node.config import CatalogLinkConfig, Destination, NodeConfig
 from node.dicom.handlers import Gateway
 from node.dicom.scu import send_files
 from node.dicom.server import DicomServer, configure_pynetdicom
+from node.errors import ConfigError
 from node.grid import GridQueryService, GridRetrieveService
 from node.index import SqlIndex, open_index
 from node.peer import PeerClient, PeerServer
@@ -102,6 +104,16 @@ def _grid_credentials(
     )
 
 
+def _grant_verifier(link: CatalogLinkConfig) -> GrantVerifier | None:
+    """Verifies researchers' retrieve grants, when the catalog's public keys are configured."""
+    if not link.grant_public_keys:
+        return None
+    try:
+        return GrantVerifier([load_public_key(path) for path in link.grant_public_keys])
+    except GrantKeyError as exc:
+        raise ConfigError(str(exc)) from exc
+
+
 class NodeApp:
     """One running node: index, blob store, quarantine, DICOM gateway."""
 
@@ -156,7 +168,13 @@ class NodeApp:
             require_host=not link.insecure,
         )
         self.peer_server = PeerServer(
-            PeerServicer(self.index, self.store, servable=self._publishable),
+            PeerServicer(
+                self.index,
+                self.store,
+                servable=self._publishable,
+                identified=lambda collection: collection == self.config.default_collection,
+                grants=_grant_verifier(link),
+            ),
             link.peer_host,
             link.peer_port,
             server_creds,
@@ -164,7 +182,7 @@ class NodeApp:
         )
         self.gateway.grid_query = GridQueryService(self.catalog)
         self.gateway.grid_retrieve = GridRetrieveService(
-            self.catalog, self.index, local.load, self.peers
+            self.catalog, self.index, local.load, self.peers, prefetch=link.retrieve_prefetch
         )
         if self.streams.enabled:
             self._set_up_streams(link, client_creds)

@@ -20,6 +20,7 @@ from sqlalchemy import (
     LargeBinary,
     String,
     Text,
+    text,
 )
 from sqlalchemy.orm import Mapped, mapped_column
 
@@ -34,6 +35,14 @@ class JobRow(Base):
         Index("ix_catalog_jobs_queue", "state", "priority", "created_at"),
         Index("ix_catalog_jobs_node", "node", "state"),
         Index("ix_catalog_jobs_study", "study_instance_uid"),
+        Index(
+            "uq_catalog_jobs_request",
+            "request_id",
+            "study_instance_uid",
+            unique=True,
+            postgresql_where=text("request_id <> ''"),
+            sqlite_where=text("request_id <> ''"),
+        ),
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
@@ -50,6 +59,7 @@ class JobRow(Base):
     origin_node: Mapped[str] = mapped_column(NAME, default="")
     reply_ae_title: Mapped[str] = mapped_column(String(16), default="")
     submitted_by: Mapped[str] = mapped_column(String(200), default="")
+    request_id: Mapped[str] = mapped_column(String(64), default="")
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     queued_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     placed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)

@@ -157,3 +157,5 @@ class NewJob:
     reply_ae_title: str = ""
     submitted_by: str = ""
     holders: tuple[str, ...] = field(default_factory=tuple)
+    request_id: str = ""
+    """Deduplicates a resent submission (all jobs of one request share it)."""

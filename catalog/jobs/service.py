@@ -134,6 +134,7 @@ class JobsService:
         priority: JobPriority = JobPriority.NORMAL,
         origin_node: str = "",
         reply_ae_title: str = "",
+        request_id: str = "",
         caller: Caller = LOCAL,
     ) -> list[Job]:
         """One job per study: those named, or every study ``query`` matches."""
@@ -167,6 +168,7 @@ class JobsService:
                     origin_node=origin_node,
                     reply_ae_title=reply_ae_title,
                     submitted_by=caller.name,
+                    request_id=request_id,
                 )
             )
         created = self.store.submit(jobs, settings, self._now())

@@ -17,7 +17,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import Connection, Engine, Table, and_, func, insert, or_, select, update
-from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 
 from catalog.db.models import StudyRow
 from catalog.errors import CatalogUnavailable, InvalidJobState, JobNotFound, LeaseLost
@@ -277,6 +277,7 @@ class JobStore:
                 "origin_node": new.origin_node,
                 "reply_ae_title": new.reply_ae_title,
                 "submitted_by": new.submitted_by,
+                "request_id": new.request_id[:64],
                 "created_at": now,
                 "queued_at": now,
                 "error": "",
@@ -288,11 +289,27 @@ class JobStore:
             }
             for new in jobs
         ]
-        with _translated(), self._begin() as conn:
-            created = conn.execute(
-                insert(J).returning(*J.c, sort_by_parameter_order=True), rows
-            ).all()
+        request_id = jobs[0].request_id[:64]
+        try:
+            with _translated(), self._begin() as conn:
+                if request_id:
+                    seen = self._by_request(conn, request_id)
+                    if seen:
+                        return seen
+                created = conn.execute(
+                    insert(J).returning(*J.c, sort_by_parameter_order=True), rows
+                ).all()
+        except IntegrityError:
+            if not request_id:
+                raise
+            with _translated(), self._engine.connect() as conn:  # a concurrent twin won
+                return self._by_request(conn, request_id)
         return [_job(r) for r in created]
+
+    @staticmethod
+    def _by_request(conn: Connection, request_id: str) -> list[Job]:
+        rows = conn.execute(select(J).where(J.c.request_id == request_id).order_by(J.c.id)).all()
+        return [_job(r) for r in rows]
 
     def holders(self, study_uids: Sequence[str], collection: str = "") -> dict[str, list[str]]:
         """Nodes (origins) holding each study, from the catalog's own study rows."""

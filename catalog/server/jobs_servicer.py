@@ -69,6 +69,7 @@ class JobServicer(jpb_grpc.JobServiceServicer):
                 priority=priority_from_pb(request.priority),
                 origin_node=request.origin_node,
                 reply_ae_title=request.reply_ae_title,
+                request_id=request.request_id,
                 caller=current_caller(),
             )
             response = jpb.SubmitJobsResponse()

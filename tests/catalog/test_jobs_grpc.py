@@ -101,6 +101,15 @@ def test_a_worker_leases_renews_and_finishes_over_grpc(client: JobsClient) -> No
             reply_ae_title="MODALITY",
         )
         poll.join(15)
+        again = client.submit_jobs(
+            "segment", study_instance_uids=["1.2.3.1", "1.2.3.2"], request_id="t-1"
+        )
+        resent = client.submit_jobs(
+            "segment", study_instance_uids=["1.2.3.1", "1.2.3.2"], request_id="t-1"
+        )
+        assert [j.id for j in resent] == [j.id for j in again]  # nothing queued twice
+        for extra in again:
+            client.cancel_job(extra.id)
         waited = time.monotonic() - started
         [lease] = result
         assert lease is not None and waited < 5  # the long poll was woken, not timed out
@@ -121,6 +130,7 @@ def test_a_worker_leases_renews_and_finishes_over_grpc(client: JobsClient) -> No
         assert shown.output_series_instance_uids == ("9.8",) and shown.finished_at is not None
         assert client.get_job_logs(job.id).logs == b"done\n"
         assert [j.id for j in client.list_jobs(states=[JobState.SUCCEEDED])] == [job.id]
+        assert len(client.list_jobs(states=[JobState.CANCELLED])) == 2
         with pytest.raises(CatalogRejected) as lost:
             client.renew_lease(job.id, token)
         assert lost.value.code == "FAILED_PRECONDITION"

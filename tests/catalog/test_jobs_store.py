@@ -284,3 +284,25 @@ def test_concurrent_leases_never_hand_out_a_job_twice(world: World) -> None:
     for thread in threads:
         thread.join(30)
     assert sorted(leased, key=int) == [j.id for j in submitted]  # each exactly once
+
+
+def test_a_resent_submission_with_a_request_id_queues_nothing_twice(world: World) -> None:
+    world.report("site-a")
+    uids = [f"1.2.6.{n}" for n in range(5)]
+    results: list[list[str]] = []
+
+    def submit() -> None:
+        jobs = world.jobs.submit("segment", study_instance_uids=uids, request_id="trigger-42")
+        results.append([j.id for j in jobs])
+
+    threads = [threading.Thread(target=submit) for _ in range(4)]  # resent concurrently
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert len(results) == 4 and all(r == results[0] for r in results)
+    assert len(world.jobs.list(JobQuery())) == 5
+    # without an id (or with another one) the same studies are queued again
+    assert len(world.jobs.submit("segment", study_instance_uids=uids)) == 5
+    assert len(world.jobs.submit("segment", study_instance_uids=uids, request_id="other")) == 5
+    assert len(world.jobs.list(JobQuery())) == 15

@@ -36,6 +36,7 @@ def upgrade() -> None:
         sa.Column("origin_node", NAME, nullable=False),
         sa.Column("reply_ae_title", sa.String(16), nullable=False),
         sa.Column("submitted_by", sa.String(200), nullable=False),
+        sa.Column("request_id", sa.String(64), nullable=False),
         sa.Column("created_at", WHEN, nullable=False),
         sa.Column("queued_at", WHEN, nullable=False),
         sa.Column("placed_at", WHEN, nullable=True),
@@ -52,6 +53,14 @@ def upgrade() -> None:
     op.create_index("ix_catalog_jobs_queue", "catalog_jobs", ["state", "priority", "created_at"])
     op.create_index("ix_catalog_jobs_node", "catalog_jobs", ["node", "state"])
     op.create_index("ix_catalog_jobs_study", "catalog_jobs", ["study_instance_uid"])
+    op.create_index(
+        "uq_catalog_jobs_request",
+        "catalog_jobs",
+        ["request_id", "study_instance_uid"],
+        unique=True,
+        postgresql_where=sa.text("request_id <> ''"),
+        sqlite_where=sa.text("request_id <> ''"),
+    )
     op.create_table(
         "catalog_job_attempts",
         sa.Column(
@@ -88,6 +97,7 @@ def upgrade() -> None:
 def downgrade() -> None:
     op.drop_table("catalog_workers")
     op.drop_table("catalog_job_attempts")
+    op.drop_index("uq_catalog_jobs_request", table_name="catalog_jobs")
     op.drop_index("ix_catalog_jobs_study", table_name="catalog_jobs")
     op.drop_index("ix_catalog_jobs_node", table_name="catalog_jobs")
     op.drop_index("ix_catalog_jobs_queue", table_name="catalog_jobs")
