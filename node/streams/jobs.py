@@ -47,5 +47,6 @@ class CatalogSubmitter:
             collection=request.collection,
             origin_node=request.origin_node,
             reply_ae_title=request.reply_ae_title,
+            request_id=request.request_id,
         )
         return [job.id for job in jobs]

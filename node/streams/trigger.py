@@ -44,6 +44,8 @@ class JobRequest:
     reply_ae_title: str
     after_change_seq: int = 0
     """The node's outbox position the catalog must have before placing (0 = none)."""
+    request_id: str = ""
+    """Unique per request, so a submission resent after a lost reply queues nothing twice."""
 
 
 class JobSubmitter(Protocol):
@@ -131,7 +133,15 @@ class StreamTrigger:
             return []
         position = self._position()
         requests = [
-            JobRequest(stream, tuple(uids), collection, self._origin, delivery.calling_ae, position)
+            JobRequest(
+                stream,
+                tuple(uids),
+                collection,
+                self._origin,
+                delivery.calling_ae,
+                position,
+                request_id=f"{self._origin}/{uuid.uuid4()}",
+            )
             for (stream, collection), uids in delivery.studies.items()
         ]
         for request in requests:

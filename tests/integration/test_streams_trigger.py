@@ -124,6 +124,7 @@ def test_released_association_submits_one_job_per_study(
         "local",
     )
     assert request.after_change_seq == app.index.last_change_seq()
+    assert request.request_id.startswith("site-a/") and len(request.request_id) > 20
     assert list(trigger.submitted) == ["job-1-0", "job-1-1"]
     assert trigger.pending() == []
     stored = list(app.index.instances(IndexQuery(level=Level.IMAGE, collections=("local",))))
@@ -164,6 +165,8 @@ def test_requests_survive_an_unreachable_scheduler(
         _wait(lambda: submitter.requests)
         assert again.pending() == []
         assert submitter.requests[0].reply_ae_title == "MODALITY"
+        # the persisted request kept its id: a resend is recognised by the catalog
+        assert submitter.requests[0].request_id.startswith("site-a/")
     finally:
         again.stop()
 
