@@ -181,7 +181,9 @@ def _jobs(config: CatalogConfig, engine: Engine, repository: Repository) -> Jobs
         interval_seconds=config.jobs.interval_s,
     )
     store = JobStore(engine)
-    return JobsService(store, Scheduler(store, settings), repository)
+    return JobsService(
+        store, Scheduler(store, settings), repository, max_long_polls=config.jobs.max_long_polls
+    )
 
 
 def build_app(config: CatalogConfig) -> CatalogApp:
@@ -203,7 +205,7 @@ def build_app(config: CatalogConfig) -> CatalogApp:
             interceptors=interceptors,
             server_credentials=server_creds,
             scope=scope,
-            max_workers=config.max_workers,
+            max_workers=config.max_workers + config.jobs.max_long_polls,
             jobs=jobs,
         )
         _add_access_service(server, service, config)

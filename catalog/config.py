@@ -92,6 +92,13 @@ class JobsConfig(_Model):
         default=60.0, gt=0, description="a placed job not leased this long is placed again"
     )
     interval_s: float = Field(default=0.5, gt=0, le=60, description="longest pause between rounds")
+    max_long_polls: int = Field(
+        default=32,
+        ge=1,
+        le=1024,
+        description="LeaseJob calls that may wait at once (each holds a server thread; the "
+        "server gets this many threads on top of max_workers)",
+    )
 
 
 class CatalogConfig(_Model):
@@ -197,6 +204,7 @@ lease_s = 30.0                  # a worker renews its lease within this
 worker_fresh_s = 15.0           # nodes not reported for longer get nothing new
 place_timeout_s = 60.0          # a placed job not leased this long is placed again
 interval_s = 0.5
+max_long_polls = 32             # waiting LeaseJob calls; extra server threads for them
 
 # [security]                    # researcher tokens and the audit log
 # pepper_file = "/etc/gridpacs/token-pepper"

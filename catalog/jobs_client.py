@@ -9,6 +9,7 @@ so a worker may resend it after a lost reply.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 
 from catalog.client import FailoverClient
@@ -71,10 +72,16 @@ class JobsClient(FailoverClient):
     def lease_job(self, node: str, wait_seconds: float = 0.0) -> Lease | None:
         """The next job placed on ``node`` (waiting up to ``wait_seconds``), or None."""
         request = jpb.LeaseJobRequest(node=node, wait_seconds=wait_seconds)
+        started = time.monotonic()
         response = self._unary(
             "LeaseJob", request, timeout=self.timeout + wait_seconds + LEASE_SLACK
         )
         if not response.HasField("job"):
+            # answered at once although asked to wait: the catalog has all the long polls it
+            # takes; wait here rather than ask again in a tight loop
+            early = min(1.0, wait_seconds) - (time.monotonic() - started)
+            if early > 0:
+                time.sleep(early)
             return None
         return Lease(
             job=job_from_pb(response.job),

@@ -9,6 +9,7 @@ collections they administer, and see only jobs of collections they can read; gri
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
@@ -57,10 +58,19 @@ LOCAL = Caller("local")
 class JobsService:
     """Submissions, leases and operator actions over a :class:`JobStore` and a scheduler."""
 
-    def __init__(self, store: JobStore, scheduler: Scheduler, repository: Repository) -> None:
+    def __init__(
+        self,
+        store: JobStore,
+        scheduler: Scheduler,
+        repository: Repository,
+        *,
+        max_long_polls: int = 32,
+    ) -> None:
         self.store = store
         self.scheduler = scheduler
         self._repository = repository
+        # each waiting LeaseJob holds a server thread: beyond this many, answer at once
+        self._long_polls = threading.BoundedSemaphore(max_long_polls)
 
     @property
     def lease_seconds(self) -> float:
@@ -82,6 +92,14 @@ class JobsService:
             raise InvalidFilter("a lease needs the node name")
         if wait_seconds < 0:
             raise InvalidFilter("wait_seconds must be >= 0")
+        waiting = wait_seconds > 0 and self._long_polls.acquire(blocking=False)
+        try:
+            return self._lease(node, wait_seconds if waiting else 0.0)
+        finally:
+            if waiting:
+                self._long_polls.release()
+
+    def _lease(self, node: str, wait_seconds: float) -> Lease | None:
         deadline = time.monotonic() + min(wait_seconds, MAX_WAIT_SECONDS)
         placed_here = True  # one round on this thread before waiting for the scheduler's
         while True:

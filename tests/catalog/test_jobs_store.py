@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
@@ -306,3 +307,23 @@ def test_a_resent_submission_with_a_request_id_queues_nothing_twice(world: World
     assert len(world.jobs.submit("segment", study_instance_uids=uids)) == 5
     assert len(world.jobs.submit("segment", study_instance_uids=uids, request_id="other")) == 5
     assert len(world.jobs.list(JobQuery())) == 15
+
+
+def test_long_polls_beyond_the_cap_are_answered_at_once(db_url: str) -> None:
+    engine = open_database(db_url)
+    try:
+        store = JobStore(engine)
+        jobs = JobsService(store, Scheduler(store, SETTINGS), Repository(engine), max_long_polls=1)
+        jobs.report_worker(report("site-a"))
+        holder = threading.Thread(target=lambda: jobs.lease("site-a", 1.5))
+        holder.start()  # takes the one long-poll slot
+        time.sleep(0.2)
+        started = time.monotonic()
+        assert jobs.lease("site-a", 5) is None
+        assert time.monotonic() - started < 1.0  # did not wait: no server thread held
+        holder.join(5)
+        started = time.monotonic()
+        assert jobs.lease("site-a", 0.5) is None
+        assert time.monotonic() - started >= 0.4  # the slot is free again: it waits
+    finally:
+        engine.dispose()
