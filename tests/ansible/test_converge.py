@@ -336,7 +336,7 @@ def test_stream_manifests_are_rendered_as_the_inventory_lists_them(grid: Grid) -
         "max_attempts": 1,
         "destination": "sender",
     }
-    assert not any((grid.etc("site-b") / "streams" / "node-site-b").iterdir())
+    assert not (grid.etc("site-b") / "streams" / "node-site-b").exists()
 
 
 def _secret_digests(prefix: Path) -> dict[str, str]:
@@ -527,8 +527,8 @@ def _check_units(unit_dir: Path, venv: Path, prefix: Path) -> None:
 
 def test_an_invalid_value_is_refused_by_check_config(tmp_path: Path) -> None:
     proc = _render_example(
-        tmp_path, "--limit", "site-a", "-e", "gridpacs_node_ae_title=AE_TITLE_LONGER_THAN_16"
+        tmp_path, "--limit", "site-c", "-e", "gridpacs_node_ae_title=AE_TITLE_LONGER_THAN_16"
     )
     assert proc.returncode != 0
     assert "check-config" in proc.stdout or "failed to validate" in proc.stdout, proc.stdout[-3000:]
-    assert not (tmp_path / "etc" / "gridpacs" / "node-site-a.toml").exists()
+    assert not (tmp_path / "etc" / "gridpacs" / "node-site-c.toml").exists()
