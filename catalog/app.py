@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import grpc
 from sqlalchemy import Engine
@@ -20,6 +21,7 @@ from catalog.config import CatalogConfig, SecurityConfig
 from catalog.db import Repository, open_database
 from catalog.db.filters import Scope
 from catalog.replication import Peer, Replicator
+from catalog.server.holdings_convert import SERVICE_NAME as HOLDINGS_SERVICE
 from catalog.server.serve import SERVICE_NAME, CatalogServer, build_server
 from catalog.service import CatalogService
 
@@ -29,6 +31,8 @@ METHOD = f"/{SERVICE_NAME}/"
 # token or a host certificate (a node's grid AE queries on behalf of DICOM users).
 HOST_METHODS = ("RegisterNode", "Heartbeat", "PublishChanges", "GetWatermarks", "PullChanges")
 QUERY_METHODS = ("QueryStudies", "QuerySeries", "QueryInstances", "LocateInstances")
+AUTHORIZE_RETRIEVE = "/gridpacs.catalog.v1.AccessService/AuthorizeRetrieve"
+HOLDINGS_METHOD = f"/{HOLDINGS_SERVICE}/ListHoldings"
 
 
 @dataclass
@@ -90,14 +94,49 @@ def _security(
     # the security tables and audit triggers come from migration 0003, like the rest
     rules = {METHOD + m: Requirement.HOST for m in HOST_METHODS}
     rules.update({METHOD + m: Requirement.TOKEN_OR_HOST for m in QUERY_METHODS})
+    rules[HOLDINGS_METHOD] = Requirement.TOKEN_OR_HOST  # reconciliation: operators and nodes
     auth = AuthInterceptor(
         TokenStore(engine, load_pepper(security.pepper_file)), policy=AccessPolicy(rules=rules)
     )
     interceptors: list[grpc.ServerInterceptor] = []
     if security.audit:
-        interceptors.append(AuditInterceptor(AuditLog(engine), security.audited_methods))
+        interceptors.append(
+            AuditInterceptor(
+                AuditLog(engine),
+                security.audited_methods,
+                summarizers={AUTHORIZE_RETRIEVE: _retrieve_summary},
+            )
+        )
     interceptors.append(auth)  # audit outermost, so rejected calls are audited too
     return interceptors, _scope_from_principal
+
+
+def _retrieve_summary(request: Any) -> dict[str, Any]:
+    """The audit row of a retrieve names the studies (the first 50) and collections asked for."""
+    studies = list(request.study_instance_uids)
+    return {
+        "studies": studies[:50],
+        "study_count": len(studies),
+        "collections": list(request.collections)[:50],
+    }
+
+
+def _add_access_service(
+    app_server: CatalogServer, service: CatalogService, config: CatalogConfig
+) -> None:
+    """Researchers' retrieve authorization (grants), on the same server and interceptors."""
+    from catalog.security.grants import GrantSigner, load_signing_key
+    from catalog.server.access import AccessServicer
+    from catalog.v1 import access_pb2_grpc
+
+    signer = None
+    security = config.security
+    if security is not None and security.grant_key_file is not None:
+        signer = GrantSigner(load_signing_key(security.grant_key_file), ttl_s=security.grant_ttl_s)
+    identified = frozenset(security.identified_collections) if security else frozenset()
+    access_pb2_grpc.add_AccessServiceServicer_to_server(
+        AccessServicer(service, signer, identified=identified), app_server.server
+    )
 
 
 def _credentials(
@@ -133,6 +172,7 @@ def build_app(config: CatalogConfig) -> CatalogApp:
             scope=scope,
             max_workers=config.max_workers,
         )
+        _add_access_service(server, service, config)
         timeout = config.replication.timeout_s
 
         def connect(address: str) -> GrpcCatalogClient:

@@ -11,13 +11,17 @@ import logging
 import grpc
 
 from catalog import GrpcCatalogClient, NodeInfo
+from catalog.security.grants import GrantKeyError, GrantVerifier, load_public_key
 from catalog.security.tls import channel_credentials, server_credentials
+from node.anti_entropy import AntiEntropy
 from node.config import CatalogLinkConfig, NodeConfig
 from node.dicom.handlers import Gateway
 from node.dicom.server import DicomServer, configure_pynetdicom
+from node.errors import ConfigError
 from node.grid import GridQueryService, GridRetrieveService
 from node.index import SqlIndex, open_index
 from node.peer import PeerClient, PeerServer
+from node.peer.inventory import InventoryServicer
 from node.peer.server import PeerServicer
 from node.publisher import Publisher
 from node.research_routes import build_research_routes
@@ -54,6 +58,16 @@ def _grid_credentials(
     )
 
 
+def _grant_verifier(link: CatalogLinkConfig) -> GrantVerifier | None:
+    """Verifies researchers' retrieve grants, when the catalog's public keys are configured."""
+    if not link.grant_public_keys:
+        return None
+    try:
+        return GrantVerifier([load_public_key(path) for path in link.grant_public_keys])
+    except GrantKeyError as exc:
+        raise ConfigError(str(exc)) from exc
+
+
 class NodeApp:
     """One running node: index, blob store, quarantine, DICOM gateway."""
 
@@ -83,6 +97,7 @@ class NodeApp:
         self.publisher: Publisher | None = None
         self.peer_server: PeerServer | None = None
         self.peers: PeerClient | None = None
+        self.anti_entropy: AntiEntropy | None = None
         if config.catalog is not None:
             self._join_grid(config.catalog, retrieve)
         self.dicom = DicomServer(config.dicom, self.gateway)
@@ -93,16 +108,36 @@ class NodeApp:
             link.addresses, timeout=link.timeout, credentials=client_creds
         )
         self.peers = PeerClient(client_creds)
+        inventory = InventoryServicer(
+            self.index,
+            publishable=self._publishable,
+            ingest=self.ingest,
+            peers=self.peers,
+            ae_title=self.config.dicom.ae_title,
+            changed=self._nudge_publisher,
+            require_host=not link.insecure,
+        )
         self.peer_server = PeerServer(
-            PeerServicer(self.index, self.store, servable=self._publishable),
+            PeerServicer(
+                self.index,
+                self.store,
+                servable=self._publishable,
+                identified=lambda collection: collection == self.config.default_collection,
+                grants=_grant_verifier(link),
+            ),
             link.peer_host,
             link.peer_port,
             server_creds,
+            inventory=inventory,
         )
         self.gateway.grid_query = GridQueryService(self.catalog)
         self.gateway.grid_retrieve = GridRetrieveService(
-            self.catalog, self.index, local.load, self.peers
+            self.catalog, self.index, local.load, self.peers, prefetch=link.retrieve_prefetch
         )
+
+    def _nudge_publisher(self) -> None:
+        if self.publisher is not None:
+            self.publisher.nudge()
 
     def _publishable(self, collection: str) -> bool:
         link = self.config.catalog
@@ -133,6 +168,17 @@ class NodeApp:
             )
             self.gateway.on_stored = self.publisher.nudge
             self.publisher.start()
+            self.anti_entropy = AntiEntropy(
+                self.config.name,
+                self.index,
+                self.catalog,
+                publishable=self._publishable,
+                published_up_to=lambda: self.publisher.sent_up_to if self.publisher else -1,
+                nudge=self._nudge_publisher,
+                interval=self.config.catalog.anti_entropy_interval,
+                months=self.config.catalog.anti_entropy_months,
+            )
+            self.anti_entropy.start()
         log_event(
             LOG,
             "node_ready",
@@ -146,6 +192,8 @@ class NodeApp:
 
     def stop(self) -> None:
         self.dicom.stop()
+        if self.anti_entropy is not None:
+            self.anti_entropy.stop()
         if self.publisher is not None:
             self.publisher.stop()
         if self.peer_server is not None:
