@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import grpc
 from sqlalchemy import Engine
@@ -19,8 +20,12 @@ from catalog.client import GrpcCatalogClient
 from catalog.config import CatalogConfig, SecurityConfig
 from catalog.db import Repository, open_database
 from catalog.db.filters import Scope
+from catalog.jobs.scheduler import Scheduler, SchedulerSettings
+from catalog.jobs.service import JobsService
+from catalog.jobs.store import JobStore
 from catalog.replication import Peer, Replicator
-from catalog.server.serve import SERVICE_NAME, CatalogServer, build_server
+from catalog.server.holdings_convert import SERVICE_NAME as HOLDINGS_SERVICE
+from catalog.server.serve import JOBS_SERVICE_NAME, SERVICE_NAME, CatalogServer, build_server
 from catalog.service import CatalogService
 
 log = logging.getLogger("catalog.app")
@@ -29,6 +34,20 @@ METHOD = f"/{SERVICE_NAME}/"
 # token or a host certificate (a node's grid AE queries on behalf of DICOM users).
 HOST_METHODS = ("RegisterNode", "Heartbeat", "PublishChanges", "GetWatermarks", "PullChanges")
 QUERY_METHODS = ("QueryStudies", "QuerySeries", "QueryInstances", "LocateInstances")
+JOBS_METHOD = f"/{JOBS_SERVICE_NAME}/"
+# A node's worker reports and leases with its host certificate; researchers submit, look and
+# act with a token (the jobs service checks their role on the job's collection).
+JOB_HOST_METHODS = ("ReportWorker", "LeaseJob", "RenewLease", "FinishJob")
+JOB_USER_METHODS = (
+    "SubmitJobs",
+    "ListJobs",
+    "GetJob",
+    "GetJobLogs",
+    "CancelJob",
+    "RetryJob",
+)
+AUTHORIZE_RETRIEVE = "/gridpacs.catalog.v1.AccessService/AuthorizeRetrieve"
+HOLDINGS_METHOD = f"/{HOLDINGS_SERVICE}/ListHoldings"
 
 
 @dataclass
@@ -40,6 +59,7 @@ class CatalogApp:
     service: CatalogService
     server: CatalogServer
     replicator: Replicator
+    jobs: JobsService
     closers: list[Callable[[], None]] = field(default_factory=list)
 
     @property
@@ -47,6 +67,7 @@ class CatalogApp:
         return self.server.port
 
     def start(self) -> None:
+        self.jobs.scheduler.start()
         self.server.start()
         self.replicator.start()
         log.info(
@@ -59,6 +80,7 @@ class CatalogApp:
 
     def stop(self, grace: float = 2.0) -> None:
         self.replicator.stop()
+        self.jobs.scheduler.stop()
         self.server.stop(grace)
         for close in self.closers:
             close()
@@ -90,14 +112,51 @@ def _security(
     # the security tables and audit triggers come from migration 0003, like the rest
     rules = {METHOD + m: Requirement.HOST for m in HOST_METHODS}
     rules.update({METHOD + m: Requirement.TOKEN_OR_HOST for m in QUERY_METHODS})
+    rules.update({JOBS_METHOD + m: Requirement.HOST for m in JOB_HOST_METHODS})
+    rules.update({JOBS_METHOD + m: Requirement.TOKEN_OR_HOST for m in JOB_USER_METHODS})
+    rules[HOLDINGS_METHOD] = Requirement.TOKEN_OR_HOST  # reconciliation: operators and nodes
     auth = AuthInterceptor(
         TokenStore(engine, load_pepper(security.pepper_file)), policy=AccessPolicy(rules=rules)
     )
     interceptors: list[grpc.ServerInterceptor] = []
     if security.audit:
-        interceptors.append(AuditInterceptor(AuditLog(engine), security.audited_methods))
+        interceptors.append(
+            AuditInterceptor(
+                AuditLog(engine),
+                security.audited_methods,
+                summarizers={AUTHORIZE_RETRIEVE: _retrieve_summary},
+            )
+        )
     interceptors.append(auth)  # audit outermost, so rejected calls are audited too
     return interceptors, _scope_from_principal
+
+
+def _retrieve_summary(request: Any) -> dict[str, Any]:
+    """The audit row of a retrieve names the studies (the first 50) and collections asked for."""
+    studies = list(request.study_instance_uids)
+    return {
+        "studies": studies[:50],
+        "study_count": len(studies),
+        "collections": list(request.collections)[:50],
+    }
+
+
+def _add_access_service(
+    app_server: CatalogServer, service: CatalogService, config: CatalogConfig
+) -> None:
+    """Researchers' retrieve authorization (grants), on the same server and interceptors."""
+    from catalog.security.grants import GrantSigner, load_signing_key
+    from catalog.server.access import AccessServicer
+    from catalog.v1 import access_pb2_grpc
+
+    signer = None
+    security = config.security
+    if security is not None and security.grant_key_file is not None:
+        signer = GrantSigner(load_signing_key(security.grant_key_file), ttl_s=security.grant_ttl_s)
+    identified = frozenset(security.identified_collections) if security else frozenset()
+    access_pb2_grpc.add_AccessServiceServicer_to_server(
+        AccessServicer(service, signer, identified=identified), app_server.server
+    )
 
 
 def _credentials(
@@ -114,11 +173,26 @@ def _credentials(
     )
 
 
+def _jobs(config: CatalogConfig, engine: Engine, repository: Repository) -> JobsService:
+    settings = SchedulerSettings(
+        lease_seconds=config.jobs.lease_s,
+        worker_fresh_seconds=config.jobs.worker_fresh_s,
+        place_timeout_seconds=config.jobs.place_timeout_s,
+        interval_seconds=config.jobs.interval_s,
+    )
+    store = JobStore(engine)
+    return JobsService(
+        store, Scheduler(store, settings), repository, max_long_polls=config.jobs.max_long_polls
+    )
+
+
 def build_app(config: CatalogConfig) -> CatalogApp:
     """Open the database (migrating it) and wire a replica; nothing is started yet."""
     engine = open_database(config.db_url)
     try:
-        service = CatalogService(config.name, Repository(engine))
+        repository = Repository(engine)
+        service = CatalogService(config.name, repository)
+        jobs = _jobs(config, engine, repository)
         server_creds, channel_creds = _credentials(config)
         interceptors: list[grpc.ServerInterceptor] = []
         scope = None
@@ -131,8 +205,10 @@ def build_app(config: CatalogConfig) -> CatalogApp:
             interceptors=interceptors,
             server_credentials=server_creds,
             scope=scope,
-            max_workers=config.max_workers,
+            max_workers=config.max_workers + config.jobs.max_long_polls,
+            jobs=jobs,
         )
+        _add_access_service(server, service, config)
         timeout = config.replication.timeout_s
 
         def connect(address: str) -> GrpcCatalogClient:
@@ -153,4 +229,4 @@ def build_app(config: CatalogConfig) -> CatalogApp:
     except BaseException:
         engine.dispose()
         raise
-    return CatalogApp(config, engine, service, server, replicator)
+    return CatalogApp(config, engine, service, server, replicator, jobs)

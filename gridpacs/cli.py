@@ -64,6 +64,30 @@ def _mount_query() -> None:
     app.command("query", help="Query the grid-wide catalog.")(query_cmd)
 
 
+def _mount_streams() -> None:
+    from node.streams.cli import app as streams_app
+
+    app.add_typer(streams_app, name="streams", help="Processing streams of a node.")
+
+
+def _mount_jobs() -> None:
+    from catalog.jobs_cli import app as jobs_app
+
+    app.add_typer(jobs_app, name="jobs", help="Submit studies to processing streams; follow jobs.")
+
+
+def _mount_retrieve() -> None:
+    from gridpacs.retrieve import retrieve_cmd
+
+    app.command("retrieve", help="Retrieve studies you may read into a folder.")(retrieve_cmd)
+
+
+def _mount_reconcile() -> None:
+    from gridpacs.reconcile.cli import RECONCILE_HELP, reconcile_cmd
+
+    app.command("reconcile", help=RECONCILE_HELP)(reconcile_cmd)
+
+
 def _mount_storage() -> None:
     from storage.cli import app as storage_app
 
@@ -88,7 +112,11 @@ _MOUNTS = {
     "node": _mount_node,
     "catalog": _mount_catalog,
     "query": _mount_query,
+    "jobs": _mount_jobs,
+    "retrieve": _mount_retrieve,
+    "reconcile": _mount_reconcile,
     "storage": _mount_storage,
+    "streams": _mount_streams,
     "anonymize": _mount_anonymizer,
     "anonymizer": _mount_anonymizer,
     "pki": _mount_security,

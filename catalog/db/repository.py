@@ -22,6 +22,7 @@ from catalog.db.apply import apply_batch, read_watermark
 from catalog.db.filters import Scope
 from catalog.db.models import NodeRow, WatermarkRow
 from catalog.errors import CatalogUnavailable, InvalidChange, UnknownNode
+from catalog.reconcile import Held, Period
 from catalog.records import (
     Change,
     InstanceLocation,
@@ -193,6 +194,13 @@ class Repository:
 
     def locate_instances(self, query: QueryFilter, scope: Scope) -> Iterator[InstanceLocation]:
         return self._streamed(lambda conn: reads.locate_instances(conn, query, scope))
+
+    def list_holdings(
+        self, period: Period, node: str, collections: tuple[str, ...], scope: Scope
+    ) -> Iterator[tuple[str, Held]]:
+        return self._streamed(
+            lambda conn: reads.list_holdings(conn, period, node, collections, scope)
+        )
 
     def _streamed(self, produce: Callable[[Connection], Iterator[T]]) -> Iterator[T]:
         """Run a streaming read in its own connection, closed when the consumer stops."""

@@ -44,6 +44,8 @@ class ReplicaProcess:
         self.db_url = f"sqlite:///{workdir / f'{name}.sqlite'}"
         self.log_path = workdir / f"{name}.log"
         self.peers: dict[str, str] = {}
+        self.config: Path | None = None
+        """A TOML file for what the command line cannot say (e.g. the ``[jobs]`` timings)."""
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -67,6 +69,8 @@ class ReplicaProcess:
         ]
         for peer, address in self.peers.items():
             args += ["--peer", f"{peer}={address}"]
+        if self.config is not None:
+            args += ["--config", str(self.config)]
         env = {**os.environ, "PYTHONPATH": str(REPO)}
         with self.log_path.open("ab") as log:
             self.proc = subprocess.Popen(args, cwd=REPO, env=env, stdout=log, stderr=log)
