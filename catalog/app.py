@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import timedelta
 
 import grpc
 from sqlalchemy import Engine
@@ -19,7 +20,9 @@ from catalog.client import GrpcCatalogClient
 from catalog.config import CatalogConfig, SecurityConfig
 from catalog.db import Repository, open_database
 from catalog.db.filters import Scope
+from catalog.placement import PullPlanner, ReplicationPolicy
 from catalog.replication import Peer, Replicator
+from catalog.server.replication_servicer import REPLICATION_SERVICE, add_replication_service
 from catalog.server.serve import SERVICE_NAME, CatalogServer, build_server
 from catalog.service import CatalogService
 
@@ -90,6 +93,7 @@ def _security(
     # the security tables and audit triggers come from migration 0003, like the rest
     rules = {METHOD + m: Requirement.HOST for m in HOST_METHODS}
     rules.update({METHOD + m: Requirement.TOKEN_OR_HOST for m in QUERY_METHODS})
+    rules[f"/{REPLICATION_SERVICE}/PlanPulls"] = Requirement.HOST
     auth = AuthInterceptor(
         TokenStore(engine, load_pepper(security.pepper_file)), policy=AccessPolicy(rules=rules)
     )
@@ -114,6 +118,16 @@ def _credentials(
     )
 
 
+def _policy(config: CatalogConfig) -> ReplicationPolicy:
+    replication = config.replication
+    return ReplicationPolicy(
+        default_factor=replication.default_factor,
+        factors=dict(replication.collections),
+        sites=dict(replication.sites),
+        lost_after=timedelta(seconds=replication.lost_after_seconds),
+    )
+
+
 def build_app(config: CatalogConfig) -> CatalogApp:
     """Open the database (migrating it) and wire a replica; nothing is started yet."""
     engine = open_database(config.db_url)
@@ -133,6 +147,7 @@ def build_app(config: CatalogConfig) -> CatalogApp:
             scope=scope,
             max_workers=config.max_workers,
         )
+        add_replication_service(server.server, PullPlanner(service.repository, _policy(config)))
         timeout = config.replication.timeout_s
 
         def connect(address: str) -> GrpcCatalogClient:
