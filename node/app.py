@@ -20,6 +20,7 @@ from node.index import SqlIndex, open_index
 from node.peer import PeerClient, PeerServer
 from node.peer.server import PeerServicer
 from node.publisher import Publisher
+from node.replicator import Replicator
 from node.research_routes import build_research_routes
 from node.routing import Route, Router
 from node.services.ingest import IngestService
@@ -83,12 +84,15 @@ class NodeApp:
         self.publisher: Publisher | None = None
         self.peer_server: PeerServer | None = None
         self.peers: PeerClient | None = None
+        self.replicator: Replicator | None = None
+        self._grid_client_credentials: grpc.ChannelCredentials | None = None
         if config.catalog is not None:
             self._join_grid(config.catalog, retrieve)
         self.dicom = DicomServer(config.dicom, self.gateway)
 
     def _join_grid(self, link: CatalogLinkConfig, local: RetrieveService) -> None:
         client_creds, server_creds = _grid_credentials(link)
+        self._grid_client_credentials = client_creds
         self.catalog = GrpcCatalogClient(
             link.addresses, timeout=link.timeout, credentials=client_creds
         )
@@ -133,6 +137,9 @@ class NodeApp:
             )
             self.gateway.on_stored = self.publisher.nudge
             self.publisher.start()
+            if self.config.catalog.replication.enabled:
+                self.replicator = self._replicator(self.config.catalog, self.publisher)
+                self.replicator.start()
         log_event(
             LOG,
             "node_ready",
@@ -144,8 +151,37 @@ class NodeApp:
             routes=",".join(sorted(self.router.ae_titles)),
         )
 
+    def _replicator(self, link: CatalogLinkConfig, publisher: Publisher) -> Replicator:
+        from catalog.placement.client import GrpcPlacementClient
+
+        assert self.peers is not None
+        settings = link.replication
+        plans = GrpcPlacementClient(
+            link.addresses,
+            timeout=max(10.0, link.timeout),
+            credentials=self._grid_client_credentials,
+        )
+        default = self.config.default_collection
+        return Replicator(
+            self.config.name,
+            self.config.dicom.ae_title,
+            plans,
+            self.peers,
+            self.ingest,
+            self.index,
+            publishable=self._publishable,
+            refused_collections=() if self._publishable(default) else (default,),
+            interval=settings.interval,
+            concurrency=settings.concurrency,
+            batch_size=settings.batch_size,
+            max_backoff=settings.max_backoff,
+            on_stored=publisher.nudge,
+        )
+
     def stop(self) -> None:
         self.dicom.stop()
+        if self.replicator is not None:
+            self.replicator.stop()
         if self.publisher is not None:
             self.publisher.stop()
         if self.peer_server is not None:

@@ -38,8 +38,11 @@ def wait_for(condition: Callable[[], bool], timeout: float, what: str) -> None:
 class ReplicaProcess:
     """``python -m gridpacs catalog serve`` on a free port with a SQLite file."""
 
-    def __init__(self, name: str, workdir: Path, *, port: int | None = None) -> None:
+    def __init__(
+        self, name: str, workdir: Path, *, port: int | None = None, extra_args: tuple[str, ...] = ()
+    ) -> None:
         self.name = name
+        self.extra_args = extra_args
         self.port = port or free_port()
         self.db_url = f"sqlite:///{workdir / f'{name}.sqlite'}"
         self.log_path = workdir / f"{name}.log"
@@ -67,6 +70,7 @@ class ReplicaProcess:
         ]
         for peer, address in self.peers.items():
             args += ["--peer", f"{peer}={address}"]
+        args += self.extra_args
         env = {**os.environ, "PYTHONPATH": str(REPO)}
         with self.log_path.open("ab") as log:
             self.proc = subprocess.Popen(args, cwd=REPO, env=env, stdout=log, stderr=log)
