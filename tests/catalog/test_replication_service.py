@@ -1,0 +1,85 @@
+"""ReplicationService over gRPC through the composition root: the plan crosses the wire
+intact, and only grid hosts may ask for one."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from catalog.app import CatalogApp, build_app
+from catalog.config import build_config
+from catalog.errors import CatalogRejected, CatalogUnavailable
+from catalog.placement.client import GrpcPlacementClient
+from catalog.records import NodeInfo
+from catalog.security.tokens import write_pepper
+from tests.catalog.builders import Outbox, StudyBuilder
+from tests.catalog.processes import free_port
+
+pytestmark = pytest.mark.timeout(60)
+
+
+def _app(sqlite_url: str, **extra: object) -> CatalogApp:
+    config = build_config(
+        {
+            "name": "cat-repl",
+            "port": 0,
+            "db_url": sqlite_url,
+            "insecure": True,
+            "replication": {"collections": {"lung": 2}},
+            **extra,
+        }
+    )
+    app = build_app(config)
+    for name in ("site-a", "site-b"):
+        app.service.register_node(NodeInfo(name, name.upper(), peer_address=f"{name}:50061"))
+    records = StudyBuilder("R1", collection="lung").instances(3)
+    app.service.apply_changes("site-a", Outbox("site-a").added(records))
+    app.start()
+    return app
+
+
+@pytest.fixture
+def app(sqlite_url: str) -> Iterator[CatalogApp]:
+    app = _app(sqlite_url)
+    try:
+        yield app
+    finally:
+        app.stop(grace=0)
+
+
+def test_plan_pulls_round_trip(app: CatalogApp) -> None:
+    dead = f"127.0.0.1:{free_port()}"
+    with_failover = GrpcPlacementClient([dead, f"127.0.0.1:{app.port}"], timeout=5)
+    try:
+        pulls = with_failover.plan_pulls("site-b", refused_collections=["local"])
+        assert len(pulls) == 3
+        pull = pulls[0]
+        assert pull.holding.collection == "lung"
+        assert pull.holding.sop_class_uid == "1.2.840.10008.5.1.4.1.1.2"
+        assert pull.holding.study_instance_uid and pull.holding.series_instance_uid
+        assert [(s.node, s.peer_address) for s in pull.sources] == [("site-a", "site-a:50061")]
+        assert (pull.factor, pull.copies) == (2, 1)
+        assert with_failover.plan_pulls("site-b", limit=1)[0].holding.sop_instance_uid
+        assert with_failover.plan_pulls("site-a") == []
+        assert with_failover.plan_pulls("site-b", refused_collections=["lung"]) == []
+    finally:
+        with_failover.close()
+    nobody = GrpcPlacementClient([dead], timeout=2)
+    with pytest.raises(CatalogUnavailable):
+        nobody.plan_pulls("site-b")
+    nobody.close()
+
+
+def test_plan_pulls_needs_a_grid_host_certificate(tmp_path: Path, sqlite_url: str) -> None:
+    pepper = write_pepper(tmp_path / "pepper")
+    app = _app(sqlite_url, security={"pepper_file": str(pepper)})
+    try:
+        client = GrpcPlacementClient([f"127.0.0.1:{app.port}"], timeout=5)
+        with pytest.raises(CatalogRejected) as refused:
+            client.plan_pulls("site-b")
+        assert refused.value.code == "UNAUTHENTICATED"
+        client.close()
+    finally:
+        app.stop(grace=0)
