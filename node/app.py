@@ -20,7 +20,7 @@ from node.index import SqlIndex, open_index
 from node.peer import PeerClient, PeerServer
 from node.peer.server import PeerServicer
 from node.publisher import Publisher
-from node.replicator import Replicator
+from node.replicator import Replicator, replication_status_file
 from node.research_routes import build_research_routes
 from node.routing import Route, Router
 from node.services.ingest import IngestService
@@ -176,6 +176,7 @@ class NodeApp:
             batch_size=settings.batch_size,
             max_backoff=settings.max_backoff,
             on_stored=publisher.nudge,
+            status_file=replication_status_file(self.config),
         )
 
     def stop(self) -> None:

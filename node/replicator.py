@@ -14,16 +14,21 @@ instance that no holder delivers is retried later with its own doubling backoff.
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable, Collection
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
-from typing import Protocol
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Protocol
 
 from catalog import CatalogError
 from catalog.placement import PlannedPull
+from node.config import NodeConfig
 from node.errors import NodeError
 from node.index.records import InstanceRecord
 from node.peer.client import PeerTransferError
@@ -35,6 +40,20 @@ CALLING_AE = "GRIDREPLICA"
 """Recorded as the calling AE title of copies made by replication."""
 COPIED, HELD, FAILED = "copied", "held", "failed"
 """Outcomes of one planned pull (held: a copy is already here, not yet published)."""
+
+
+def replication_status_file(config: NodeConfig) -> Path:
+    """Where a node's replicator leaves its progress for ``gridpacs node status``."""
+    return config.data_dir / "replication-status.json"
+
+
+def read_replication_status(path: Path) -> dict[str, Any] | None:
+    """The last progress written by the replicator, or None (never ran, unreadable)."""
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
 
 
 class PlanSource(Protocol):
@@ -86,6 +105,7 @@ class Replicator:
         batch_size: int = 200,
         max_backoff: float = 60.0,
         on_stored: Callable[[], None] = lambda: None,
+        status_file: Path | None = None,
     ) -> None:
         self._node = node
         self._ae_title = ae_title
@@ -99,6 +119,7 @@ class Replicator:
         self._batch = batch_size
         self._max_backoff = max_backoff
         self._on_stored = on_stored
+        self._status_file = status_file
         self._pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="replica")
         self._retry_at: dict[str, tuple[float, float]] = {}  # uid -> (monotonic due, delay)
         self._stop = threading.Event()
@@ -155,7 +176,26 @@ class Replicator:
                   held=outcomes.count(HELD), failed=outcomes.count(FAILED),
                   ms=round((time.perf_counter() - started) * 1000, 1),
                   **{f"total_{k}": v for k, v in asdict(self.stats).items()})  # fmt: skip
+        self._write_status({"planned": len(pulls), "attempted": len(due), "copied": copied})
         return copied > 0
+
+    def _write_status(self, last_round: dict[str, int]) -> None:
+        """Progress for ``gridpacs node status`` (a separate process): replaced atomically."""
+        if self._status_file is None:
+            return
+        with self._lock:
+            report: dict[str, Any] = {
+                **asdict(self.stats),
+                "waiting_retry": len(self._retry_at),
+                "last_round": last_round,
+                "updated_at": datetime.now(UTC).isoformat(timespec="seconds"),
+            }
+        partial = self._status_file.with_suffix(".tmp")
+        try:
+            partial.write_text(json.dumps(report))
+            os.replace(partial, self._status_file)
+        except OSError as exc:
+            log_event(LOG, "replication_status_unwritable", level=logging.WARNING, reason=str(exc))
 
     def _copy(self, pull: PlannedPull) -> str:
         holding = pull.holding

@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import time
 from collections.abc import Callable, Iterator
@@ -19,6 +20,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.integration.processes import Node, gridpacs_cli
 from tests.integration.replication_grid import Grid, NetNs, store_study
 
 pytestmark = pytest.mark.timeout(120)
@@ -66,6 +68,13 @@ def _at_factor(
     return check
 
 
+def _status(node: Node) -> dict[str, object]:
+    """``gridpacs node status --json`` of a node, as an operator reads it."""
+    result = gridpacs_cli("node", "status", "--config", str(node.config_file), "--json")
+    assert result.returncode == 0, result.stderr
+    return dict(json.loads(result.stdout))
+
+
 @pytest.fixture
 def grid(tmp_path: Path) -> Iterator[Grid]:
     grid = Grid(tmp_path, POLICY.format(lost_after=60))
@@ -98,6 +107,8 @@ def test_factor_reached_privacy_kept_and_a_wiped_node_refilled(grid: Grid, tmp_p
     log = n1.log_text()
     assert "event=store_reset" in log
     assert log.count("event=replica_copied") >= len(acked)
+    _until(lambda: _status(n1).get("replication_copied") == len(acked), 10, "node status")
+    assert _status(n1)["instances"] == len(acked)
     assert "event=replica_copied" not in private.log_text()
 
 
