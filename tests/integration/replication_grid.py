@@ -149,13 +149,13 @@ class Grid:
 
     def holders(self, patient_id: str, replica: int = 0) -> dict[str, set[str]]:
         """SOP Instance UID -> nodes holding it, as one replica sees it."""
-        with GrpcCatalogClient([self.replicas[replica].address], timeout=5) as client:
+        with GrpcCatalogClient([self.replicas[replica].address], timeout=10) as client:
             found = client.query_instances(QueryFilter(patient_id=patient_id))
             return {m.sop_instance_uid: {h.node for h in m.holders} for m in found}
 
     def mark(self, node: str, replica: int = 0) -> int:
         """The replica's high-water mark of ``node`` (what it applied of its changes)."""
-        with GrpcCatalogClient([self.replicas[replica].address], timeout=5) as client:
+        with GrpcCatalogClient([self.replicas[replica].address], timeout=10) as client:
             return client.get_watermarks().marks.get(node, 0)
 
     def start_nodes(self, *nodes: Node) -> None:
