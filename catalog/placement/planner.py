@@ -30,6 +30,8 @@ MAX_LIMIT = 5_000
 class HoldingsSource(Protocol):
     def nodes(self) -> list[NodeInfo]: ...
 
+    def watermarks(self) -> dict[str, int]: ...
+
     def under_replicated(
         self,
         policy: ReplicationPolicy,
@@ -58,6 +60,7 @@ class PullPlanner:
         self.policy = policy
         self._clock = clock
         self._refused: dict[str, frozenset[str]] = {}
+        self._nothing_at: dict[str, object] = {}  # node -> state in which it had nothing
         self._lock = threading.Lock()
 
     def plan(
@@ -73,6 +76,13 @@ class PullPlanner:
         if node not in {n.name for n in nodes}:
             return []
         live = self.policy.live_nodes(nodes, self._clock(), also=node)
+        # steady state: nothing was published and no node came or went since this node last
+        # had nothing to copy, so it still has nothing (skips the aggregate over all holdings)
+        state = (sorted(self._repository.watermarks().items()), sorted(live),
+                 sorted(refused.items()))  # fmt: skip
+        with self._lock:
+            if self._nothing_at.get(node) == state:
+                return []
         holdings = self._repository.under_replicated(
             self.policy, live=list(live), asking=node, refused=refused_here
         )
@@ -82,6 +92,11 @@ class PullPlanner:
             close = getattr(holdings, "close", None)
             if close is not None:
                 close()  # release the streaming read when the limit stopped us early
+        with self._lock:
+            if pulls:
+                self._nothing_at.pop(node, None)
+            else:
+                self._nothing_at[node] = state
         if pulls:
             log.info(
                 "event=pulls_planned node=%s pulls=%d live_nodes=%d",

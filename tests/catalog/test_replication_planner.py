@@ -120,3 +120,23 @@ def test_store_reset_forgets_the_origin_and_replicates_in_order(
     outbox_b.seq = reset_seq
     service.apply_changes("b", outbox_b.added(records))
     assert planner.plan("b") == []
+
+
+def test_steady_state_skips_the_aggregate_until_something_changes(service: CatalogService) -> None:
+    _register(service, "a", "b")
+    calls: list[str] = []
+    repository = service.repository
+    original = repository.under_replicated
+
+    def counted(*args: object, **kwargs: object):  # type: ignore[no-untyped-def]
+        calls.append("scan")
+        return original(*args, **kwargs)  # type: ignore[arg-type]
+
+    repository.under_replicated = counted  # type: ignore[method-assign]
+    planner = _planner(service, factors={"lung": 2})
+    assert planner.plan("b") == [] and planner.plan("b") == []
+    assert len(calls) == 1  # nothing published since: the second answer needed no scan
+    records = StudyBuilder(collection="lung").instances(2)
+    service.apply_changes("a", Outbox("a").added(records))
+    assert _uids(planner.plan("b")) == {r.sop_instance_uid for r in records}
+    assert len(calls) == 2
