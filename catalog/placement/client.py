@@ -53,6 +53,7 @@ class GrpcPlacementClient:
         self._channels: dict[str, grpc.Channel] = {}
         self._preferred = 0
         self._lock = threading.Lock()
+        self._announcements: list[grpc.Future] = []
 
     def _stub(self, address: str) -> pb_grpc.ReplicationServiceStub:
         with self._lock:
@@ -88,8 +89,21 @@ class GrpcPlacementClient:
                 errors.append(f"{address}: {exc.code().name}")
                 continue
             self._preferred = index
+            self._announce(request, skip=address)
             return [pull_from_pb(p) for p in response.pulls]
         raise CatalogUnavailable(f"no catalog replica answered PlanPulls: {'; '.join(errors)}")
+
+    def _announce(self, request: pb.PlanPullsRequest, *, skip: str) -> None:
+        """Tell the other replicas our refusals, without waiting (errors are ignored: the
+        next round tries again)."""
+        note = pb.PlanPullsRequest(
+            node=request.node, refused_collections=request.refused_collections, announce_only=True
+        )
+        self._announcements = [
+            self._stub(address).PlanPulls.future(note, timeout=min(self._timeout, 2.0))
+            for address in self.addresses
+            if address != skip
+        ]
 
     def close(self) -> None:
         with self._lock:

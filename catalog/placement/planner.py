@@ -5,9 +5,10 @@ from the instance rows; the decision is :func:`catalog.placement.policy.plan_for
 reserved or written: the plan is recomputed on every call, so a node that dies mid-copy
 simply leaves the instance under-replicated for the next plan.
 
-Refused collections are what each node said in its own requests (kept in memory, per
-replica): a node that refuses a collection is never chosen as its target, so that copy goes
-to the next-ranked node instead.
+Refused collections are what each node said in its requests (kept in memory, per replica;
+nodes announce them to every replica each round, see ``announce_only`` in
+replication.proto): a node that refuses a collection is never chosen as its target, so
+that copy goes to the next-ranked node instead.
 """
 
 from __future__ import annotations
@@ -63,14 +64,19 @@ class PullPlanner:
         self._nothing_at: dict[str, object] = {}  # node -> state in which it had nothing
         self._lock = threading.Lock()
 
+    def note_refusals(self, node: str, refused_collections: Collection[str]) -> None:
+        """Remember which collections ``node`` will not take copies of."""
+        with self._lock:
+            self._refused[node] = frozenset(refused_collections)
+
     def plan(
         self, node: str, *, refused_collections: Collection[str] = (), limit: int = 0
     ) -> list[PlannedPull]:
         """At most ``limit`` pulls for ``node`` (an unknown node gets none)."""
         limit = min(limit or DEFAULT_LIMIT, MAX_LIMIT)
         refused_here = frozenset(refused_collections)
+        self.note_refusals(node, refused_here)
         with self._lock:
-            self._refused[node] = refused_here
             refused = dict(self._refused)
         nodes = [NodeState(n.name, n.peer_address, n.last_seen) for n in self._repository.nodes()]
         if node not in {n.name for n in nodes}:

@@ -36,6 +36,9 @@ class ReplicationServicer(pb_grpc.ReplicationServiceServicer):
     def PlanPulls(
         self, request: pb.PlanPullsRequest, context: grpc.ServicerContext
     ) -> pb.PlanPullsResponse:
+        if request.announce_only:
+            self._planner.note_refusals(request.node, list(request.refused_collections))
+            return pb.PlanPullsResponse()
         pulls = guarded(
             "PlanPulls",
             context,

@@ -33,10 +33,16 @@ class PlanPullsRequest(_message.Message):
     NODE_FIELD_NUMBER: _builtins.int
     REFUSED_COLLECTIONS_FIELD_NUMBER: _builtins.int
     LIMIT_FIELD_NUMBER: _builtins.int
+    ANNOUNCE_ONLY_FIELD_NUMBER: _builtins.int
     node: _builtins.str
     """The asking node (as registered); an unknown node gets an empty plan."""
     limit: _builtins.int
     """At most this many pulls (0 = server default, capped by the server)."""
+    announce_only: _builtins.bool
+    """Only record `refused_collections` and plan nothing. Each replica plans with the refusals
+    it has heard (kept in memory), so a node sends this to every replica it did not ask for
+    its plan: whichever replica plans for the others then knows where not to place copies.
+    """
     @_builtins.property
     def refused_collections(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Collections this node will not take copies of (its site policy would not let it publish
@@ -49,10 +55,11 @@ class PlanPullsRequest(_message.Message):
         node: _builtins.str = ...,
         refused_collections: _abc.Iterable[_builtins.str] | None = ...,
         limit: _builtins.int = ...,
+        announce_only: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["limit", b"limit", "node", b"node", "refused_collections", b"refused_collections"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["announce_only", b"announce_only", "limit", b"limit", "node", b"node", "refused_collections", b"refused_collections"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -3,6 +3,7 @@ intact, and only grid hosts may ask for one."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,7 +21,7 @@ from tests.catalog.processes import free_port
 pytestmark = pytest.mark.timeout(60)
 
 
-def _app(sqlite_url: str, **extra: object) -> CatalogApp:
+def _app(sqlite_url: str, instances: int = 3, **extra: object) -> CatalogApp:
     config = build_config(
         {
             "name": "cat-repl",
@@ -34,7 +35,7 @@ def _app(sqlite_url: str, **extra: object) -> CatalogApp:
     app = build_app(config)
     for name in ("site-a", "site-b"):
         app.service.register_node(NodeInfo(name, name.upper(), peer_address=f"{name}:50061"))
-    records = StudyBuilder("R1", collection="lung").instances(3)
+    records = StudyBuilder("R1", collection="lung").instances(instances)
     app.service.apply_changes("site-a", Outbox("site-a").added(records))
     app.start()
     return app
@@ -83,3 +84,29 @@ def test_plan_pulls_needs_a_grid_host_certificate(tmp_path: Path, sqlite_url: st
         client.close()
     finally:
         app.stop(grace=0)
+
+
+def test_refusals_reach_the_replicas_a_node_does_not_ask(tmp_path: Path) -> None:
+    apps = [_app(f"sqlite:///{tmp_path}/{n}.sqlite", instances=40) for n in ("r1", "r2")]
+    try:
+        for app in apps:
+            app.service.register_node(NodeInfo("private", "PRIVATE", peer_address="p:50061"))
+        first, second = (f"127.0.0.1:{app.port}" for app in apps)
+        private = GrpcPlacementClient([first, second], timeout=5)
+        site_b = GrpcPlacementClient([second], timeout=5)
+        try:
+            # site-b asks r2, which has not heard of private's refusal yet: the 40 copies are
+            # split between the two candidates
+            assert 0 < len(site_b.plan_pulls("site-b")) < 40
+            private.plan_pulls("private", refused_collections=["lung"])  # asks r1 only...
+            # ...and announces its refusal to r2, which now places everything on site-b
+            deadline = time.monotonic() + 10
+            while len(site_b.plan_pulls("site-b")) != 40:
+                assert time.monotonic() < deadline, "r2 never heard private's refusal"
+                time.sleep(0.1)
+        finally:
+            private.close()
+            site_b.close()
+    finally:
+        for app in apps:
+            app.stop(grace=0)
