@@ -22,6 +22,7 @@ from catalog.db import Repository, open_database
 from catalog.db.filters import Scope
 from catalog.placement import PullPlanner, ReplicationPolicy
 from catalog.replication import Peer, Replicator
+from catalog.server.holdings_convert import SERVICE_NAME as HOLDINGS_SERVICE
 from catalog.server.replication_servicer import REPLICATION_SERVICE, add_replication_service
 from catalog.server.serve import SERVICE_NAME, CatalogServer, build_server
 from catalog.service import CatalogService
@@ -32,6 +33,7 @@ METHOD = f"/{SERVICE_NAME}/"
 # token or a host certificate (a node's grid AE queries on behalf of DICOM users).
 HOST_METHODS = ("RegisterNode", "Heartbeat", "PublishChanges", "GetWatermarks", "PullChanges")
 QUERY_METHODS = ("QueryStudies", "QuerySeries", "QueryInstances", "LocateInstances")
+HOLDINGS_METHOD = f"/{HOLDINGS_SERVICE}/ListHoldings"
 
 
 @dataclass
@@ -94,6 +96,7 @@ def _security(
     rules = {METHOD + m: Requirement.HOST for m in HOST_METHODS}
     rules.update({METHOD + m: Requirement.TOKEN_OR_HOST for m in QUERY_METHODS})
     rules[f"/{REPLICATION_SERVICE}/PlanPulls"] = Requirement.HOST
+    rules[HOLDINGS_METHOD] = Requirement.TOKEN_OR_HOST  # reconciliation: operators and nodes
     auth = AuthInterceptor(
         TokenStore(engine, load_pepper(security.pepper_file)), policy=AccessPolicy(rules=rules)
     )

@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 import grpc
 
 from catalog.errors import CatalogRejected, CatalogUnavailable
+from catalog.reconcile import Held, Period
 from catalog.records import (
     Change,
     InstanceLocation,
@@ -30,8 +31,10 @@ from catalog.records import (
     Watermarks,
 )
 from catalog.server import convert
+from catalog.server.holdings_convert import held_from_pb
 from catalog.v1 import catalog_pb2 as pb
 from catalog.v1 import catalog_pb2_grpc as pb_grpc
+from catalog.v1 import holdings_pb2, holdings_pb2_grpc
 
 log = logging.getLogger("catalog.client")
 T = TypeVar("T")
@@ -48,6 +51,7 @@ IDEMPOTENT: dict[str, bool] = {
     "QuerySeries": True,
     "QueryInstances": True,
     "LocateInstances": True,
+    "ListHoldings": True,
 }
 CHANNEL_OPTIONS: list[tuple[str, Any]] = [
     # reconnect quickly to a replica that comes back instead of backing off for minutes
@@ -103,6 +107,7 @@ class GrpcCatalogClient:
         )
         self._channels: dict[str, grpc.Channel] = {}
         self._stubs: dict[str, pb_grpc.CatalogServiceStub] = {}
+        self._holdings_stubs: dict[str, holdings_pb2_grpc.HoldingsServiceStub] = {}
         self._preferred = 0
         self._lock = threading.Lock()
 
@@ -120,6 +125,17 @@ class GrpcCatalogClient:
                     )
                 self._channels[address] = channel
                 stub = self._stubs[address] = pb_grpc.CatalogServiceStub(channel)
+            return stub
+
+    def _holdings_stub(self, address: str) -> holdings_pb2_grpc.HoldingsServiceStub:
+        self._stub(address)  # opens the channel
+        with self._lock:
+            stub = self._holdings_stubs.get(address)
+            if stub is None:
+                channel = self._channels[address]
+                stub = self._holdings_stubs[address] = holdings_pb2_grpc.HoldingsServiceStub(
+                    channel
+                )
             return stub
 
     def _order(self) -> list[int]:
@@ -150,11 +166,13 @@ class GrpcCatalogClient:
             return response
         raise CatalogUnavailable(f"no catalog replica answered {method}: {'; '.join(errors)}")
 
-    def _stream(self, method: str, request: Any) -> Iterator[Any]:
+    def _stream(
+        self, method: str, request: Any, stub: Callable[[str], Any] | None = None
+    ) -> Iterator[Any]:
         errors: list[str] = []
         for index in self._order():
             address = self.addresses[index]
-            call: Callable[..., Any] = getattr(self._stub(address), method)
+            call: Callable[..., Any] = getattr((stub or self._stub)(address), method)
             responses = call(request, timeout=self.stream_timeout, metadata=self._metadata)
             started = False
             try:
@@ -246,12 +264,26 @@ class GrpcCatalogClient:
         for page in self._stream("LocateInstances", request):
             yield from (convert.location_from_pb(loc) for loc in page.locations)
 
+    def list_holdings(
+        self, period: Period, *, node: str = "", collections: Sequence[str] = ()
+    ) -> Iterator[tuple[str, Held]]:
+        """(node, instance) the catalog believes are held in ``period``."""
+        request = holdings_pb2.ListHoldingsRequest(
+            start_date=period.start_text,
+            end_date=period.end_text,
+            node=node,
+            collections=list(collections),
+        )
+        for page in self._stream("ListHoldings", request, self._holdings_stub):
+            yield from (held_from_pb(h) for h in page.holdings)
+
     def close(self) -> None:
         with self._lock:
             for channel in self._channels.values():
                 channel.close()
             self._channels.clear()
             self._stubs.clear()
+            self._holdings_stubs.clear()
 
     def __enter__(self) -> GrpcCatalogClient:
         return self

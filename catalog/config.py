@@ -72,6 +72,7 @@ class SecurityConfig(_Model):
         "/gridpacs.catalog.v1.CatalogService/Query*",
         "/gridpacs.catalog.v1.CatalogService/LocateInstances",
         "/gridpacs.catalog.v1.CatalogService/RegisterNode",
+        "/gridpacs.catalog.v1.HoldingsService/ListHoldings",
     )
 
 

@@ -14,6 +14,7 @@ from collections.abc import Iterator, Sequence
 from catalog.db.filters import Scope, validate
 from catalog.db.repository import Repository
 from catalog.errors import InvalidFilter
+from catalog.reconcile import Held, Period
 from catalog.records import (
     Change,
     InstanceLocation,
@@ -31,6 +32,7 @@ log = logging.getLogger("catalog.service")
 DEFAULT_PULL_LIMIT = 5_000
 MAX_PULL_LIMIT = 50_000
 MAX_PUBLISH_BATCH = 10_000
+MAX_HOLDINGS_DAYS = 366
 EVERYTHING = Scope()
 """No collection restriction (callers without an auth scope)."""
 
@@ -130,3 +132,17 @@ class CatalogService:
             raise InvalidFilter("locate needs study, series or SOP instance UIDs")
         validate(query)
         return self.repository.locate_instances(query, scope)
+
+    def list_holdings(
+        self,
+        period: Period,
+        *,
+        node: str = "",
+        collections: Sequence[str] = (),
+        scope: Scope = EVERYTHING,
+    ) -> Iterator[tuple[str, Held]]:
+        """(node, instance) for everything the catalog believes is held in ``period``
+        (by StudyDate or UTC date received): the catalog's side of reconciliation."""
+        if (period.end - period.start).days > MAX_HOLDINGS_DAYS:
+            raise InvalidFilter(f"a holdings period spans at most {MAX_HOLDINGS_DAYS} days")
+        return self.repository.list_holdings(period, node, tuple(collections), scope)

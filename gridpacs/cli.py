@@ -64,6 +64,12 @@ def _mount_query() -> None:
     app.command("query", help="Query the grid-wide catalog.")(query_cmd)
 
 
+def _mount_reconcile() -> None:
+    from gridpacs.reconcile.cli import RECONCILE_HELP, reconcile_cmd
+
+    app.command("reconcile", help=RECONCILE_HELP)(reconcile_cmd)
+
+
 def _mount_storage() -> None:
     from storage.cli import app as storage_app
 
@@ -88,6 +94,7 @@ _MOUNTS = {
     "node": _mount_node,
     "catalog": _mount_catalog,
     "query": _mount_query,
+    "reconcile": _mount_reconcile,
     "storage": _mount_storage,
     "anonymize": _mount_anonymizer,
     "anonymizer": _mount_anonymizer,

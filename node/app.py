@@ -12,12 +12,14 @@ import grpc
 
 from catalog import GrpcCatalogClient, NodeInfo
 from catalog.security.tls import channel_credentials, server_credentials
+from node.anti_entropy import AntiEntropy
 from node.config import CatalogLinkConfig, NodeConfig
 from node.dicom.handlers import Gateway
 from node.dicom.server import DicomServer, configure_pynetdicom
 from node.grid import GridQueryService, GridRetrieveService
 from node.index import SqlIndex, open_index
 from node.peer import PeerClient, PeerServer
+from node.peer.inventory import InventoryServicer
 from node.peer.server import PeerServicer
 from node.publisher import Publisher
 from node.replicator import Replicator, replication_status_file
@@ -86,6 +88,7 @@ class NodeApp:
         self.peers: PeerClient | None = None
         self.replicator: Replicator | None = None
         self._grid_client_credentials: grpc.ChannelCredentials | None = None
+        self.anti_entropy: AntiEntropy | None = None
         if config.catalog is not None:
             self._join_grid(config.catalog, retrieve)
         self.dicom = DicomServer(config.dicom, self.gateway)
@@ -97,16 +100,30 @@ class NodeApp:
             link.addresses, timeout=link.timeout, credentials=client_creds
         )
         self.peers = PeerClient(client_creds)
+        inventory = InventoryServicer(
+            self.index,
+            publishable=self._publishable,
+            ingest=self.ingest,
+            peers=self.peers,
+            ae_title=self.config.dicom.ae_title,
+            changed=self._nudge_publisher,
+            require_host=not link.insecure,
+        )
         self.peer_server = PeerServer(
             PeerServicer(self.index, self.store, servable=self._publishable),
             link.peer_host,
             link.peer_port,
             server_creds,
+            inventory=inventory,
         )
         self.gateway.grid_query = GridQueryService(self.catalog)
         self.gateway.grid_retrieve = GridRetrieveService(
             self.catalog, self.index, local.load, self.peers
         )
+
+    def _nudge_publisher(self) -> None:
+        if self.publisher is not None:
+            self.publisher.nudge()
 
     def _publishable(self, collection: str) -> bool:
         link = self.config.catalog
@@ -140,6 +157,17 @@ class NodeApp:
             if self.config.catalog.replication.enabled:
                 self.replicator = self._replicator(self.config.catalog, self.publisher)
                 self.replicator.start()
+            self.anti_entropy = AntiEntropy(
+                self.config.name,
+                self.index,
+                self.catalog,
+                publishable=self._publishable,
+                published_up_to=lambda: self.publisher.sent_up_to if self.publisher else -1,
+                nudge=self._nudge_publisher,
+                interval=self.config.catalog.anti_entropy_interval,
+                months=self.config.catalog.anti_entropy_months,
+            )
+            self.anti_entropy.start()
         log_event(
             LOG,
             "node_ready",
@@ -183,6 +211,8 @@ class NodeApp:
         self.dicom.stop()
         if self.replicator is not None:
             self.replicator.stop()
+        if self.anti_entropy is not None:
+            self.anti_entropy.stop()
         if self.publisher is not None:
             self.publisher.stop()
         if self.peer_server is not None:

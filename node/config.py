@@ -167,6 +167,10 @@ class CatalogLinkConfig(_Strict):
     batch_size: Annotated[int, Field(ge=1, le=5000)] = 500
     timeout: Annotated[float, Field(gt=0)] = 5.0
     replication: ReplicaPullConfig = Field(default_factory=ReplicaPullConfig)
+    anti_entropy_interval: Annotated[float, Field(ge=0)] = 3600.0
+    """Seconds between anti-entropy passes (republish what the catalog lost); 0 = off."""
+    anti_entropy_months: Annotated[int, Field(ge=1, le=24)] = 2
+    """How many recent months (by StudyDate or date received) each pass compares."""
 
     @field_validator("grid_ae_title")
     @classmethod

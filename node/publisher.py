@@ -102,6 +102,12 @@ class Publisher:
         if self._thread is not None:
             self._thread.join(timeout)
 
+    @property
+    def sent_up_to(self) -> int:
+        """Every outbox row up to this seq was acknowledged by a replica or is unpublishable
+        (anti-entropy republishes only below it, so it never races the publisher)."""
+        return self._scanned if self._mark >= 0 else -1
+
     def nudge(self) -> None:
         """Publish soon (called after ingest) instead of waiting for the interval."""
         self._wake.set()

@@ -131,6 +131,7 @@ class InstanceRow(Base):
         ),
         Index("ix_catalog_instances_uid", "sop_instance_uid"),
         Index("ix_catalog_instances_series", "series_id"),
+        Index("ix_catalog_instances_received_at", "received_at"),
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)

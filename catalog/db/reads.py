@@ -11,15 +11,17 @@ from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
-from sqlalchemy import Connection, Row, Select, select
+from sqlalchemy import Connection, Row, Select, select, union
 
 from catalog.db.filters import (
     Scope,
+    effective_collections,
     instance_level_where,
     series_level_where,
     study_level_where,
 )
 from catalog.db.models import ChangeRow, InstanceRow, NodeRow, SeriesRow, StudyRow
+from catalog.reconcile import Held, Period
 from catalog.records import (
     Change,
     ChangeKind,
@@ -305,3 +307,61 @@ def locate_instances(
         )
 
     return _merged(_stream(conn, _instance_select(where)), lambda r: r.sop_instance_uid, build, 0)
+
+
+def list_holdings(
+    conn: Connection, period: Period, node: str, collections: tuple[str, ...], scope: Scope
+) -> Iterator[tuple[str, Held]]:
+    """Every (node, instance) whose StudyDate or UTC date received falls in ``period``.
+
+    Two index-driven selects (studies by StudyDate; instances by received_at) and their
+    UNION, rather than one OR that no index serves (a scan of every instance row).
+    """
+    wanted = effective_collections(QueryFilter(collections=collections), scope)
+    columns: list[Any] = [
+        InstanceRow.origin,
+        InstanceRow.collection,
+        InstanceRow.sop_instance_uid,
+        InstanceRow.sop_class_uid,
+        InstanceRow.received_at,
+        SeriesRow.series_instance_uid,
+        StudyRow.study_instance_uid,
+        StudyRow.study_date,
+    ]
+    by_date = (
+        select(*columns)
+        .select_from(StudyRow)
+        .join(SeriesRow, SeriesRow.study_id == StudyRow.id)
+        .join(InstanceRow, InstanceRow.series_id == SeriesRow.id)
+        .where(StudyRow.study_date.between(period.start_text, period.end_text))
+    )
+    by_received = (
+        select(*columns)
+        .select_from(InstanceRow)
+        .join(SeriesRow, SeriesRow.id == InstanceRow.series_id)
+        .join(StudyRow, StudyRow.id == SeriesRow.study_id)
+        .where(
+            InstanceRow.received_at >= period.received_from,
+            InstanceRow.received_at < period.received_until,
+        )
+    )
+    if node:
+        by_date = by_date.where(StudyRow.origin == node)
+        by_received = by_received.where(InstanceRow.origin == node)
+    if wanted is not None:
+        by_date = by_date.where(StudyRow.collection.in_(wanted))
+        by_received = by_received.where(InstanceRow.collection.in_(wanted))
+    stmt: Any = union(by_date, by_received)
+    for row in _stream(conn, stmt):
+        yield (
+            row.origin,
+            Held(
+                sop_instance_uid=row.sop_instance_uid,
+                collection=row.collection,
+                study_instance_uid=row.study_instance_uid,
+                series_instance_uid=row.series_instance_uid,
+                sop_class_uid=row.sop_class_uid,
+                study_date=row.study_date or "",
+                received_at=as_utc(row.received_at),
+            ),
+        )

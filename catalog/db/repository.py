@@ -23,6 +23,7 @@ from catalog.db.filters import Scope
 from catalog.db.models import NodeRow, WatermarkRow
 from catalog.errors import CatalogUnavailable, InvalidChange, UnknownNode
 from catalog.placement.policy import Holding, ReplicationPolicy
+from catalog.reconcile import Held, Period
 from catalog.records import (
     Change,
     InstanceLocation,
@@ -208,6 +209,13 @@ class Repository:
             lambda conn: placement.under_replicated(
                 conn, policy, live=live, asking=asking, refused=refused
             )
+        )
+
+    def list_holdings(
+        self, period: Period, node: str, collections: tuple[str, ...], scope: Scope
+    ) -> Iterator[tuple[str, Held]]:
+        return self._streamed(
+            lambda conn: reads.list_holdings(conn, period, node, collections, scope)
         )
 
     def _streamed(self, produce: Callable[[Connection], Iterator[T]]) -> Iterator[T]:

@@ -15,9 +15,10 @@ from dataclasses import dataclass
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
+from catalog.server.holdings import HoldingsServicer
 from catalog.server.servicer import CatalogServicer, ScopeResolver
 from catalog.service import CatalogService
-from catalog.v1 import catalog_pb2, catalog_pb2_grpc
+from catalog.v1 import catalog_pb2, catalog_pb2_grpc, holdings_pb2_grpc
 
 log = logging.getLogger("catalog.server")
 
@@ -78,6 +79,9 @@ def build_server(
     )
     catalog_pb2_grpc.add_CatalogServiceServicer_to_server(
         CatalogServicer(service, scope=scope), server
+    )
+    holdings_pb2_grpc.add_HoldingsServiceServicer_to_server(
+        HoldingsServicer(service, scope=scope), server
     )
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)

@@ -140,7 +140,10 @@ class Instance(Base):
     received_at: Mapped[datetime]
     calling_ae: Mapped[str]
 
-    __table_args__ = (sa.Index("ix_instances_series_pk", "series_pk"),)
+    __table_args__ = (
+        sa.Index("ix_instances_series_pk", "series_pk"),
+        sa.Index("ix_instances_received_at", "received_at"),
+    )
 
 
 class ChangeRow(Base):

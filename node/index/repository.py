@@ -9,8 +9,9 @@ their connection only while the caller iterates. Database failures surface as
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from contextlib import contextmanager
+from datetime import datetime
 from itertools import islice
 from typing import Any
 
@@ -28,12 +29,14 @@ from storage.sql import (
 from . import bulk, writes
 from . import changes as outbox
 from .errors import IndexFailure, IndexUnavailable
+from .inventory import InventoryEntry, Requeued, inventory_statement, tombstone
 from .migrate import upgrade
 from .models import ATTRIBUTES, Instance, Patient, Series, Study, table_of
 from .queries import count_statement, find_plan, instances_statement
 from .records import (
     AddOutcome,
     Change,
+    ChangeKind,
     IndexQuery,
     InstanceRecord,
     StoredInstance,
@@ -234,6 +237,56 @@ class SqlIndex:
             rows = conn.execute(_RECORD_SELECT.order_by(IN.c.pk)).mappings()
             held = [_record_from_row(row) for row in rows]
             return outbox.rebase(conn, above_seq, held)
+
+    def inventory(
+        self,
+        start_date: str,
+        end_date: str,
+        received_from: datetime,
+        received_until: datetime,
+        collections: Collection[str] | None = None,
+    ) -> Iterator[InventoryEntry]:
+        """Stream instances by StudyDate or date received (see :mod:`.inventory`)."""
+        stmt = inventory_statement(start_date, end_date, received_from, received_until,
+                                   collections)  # fmt: skip
+
+        def rows() -> Iterator[InventoryEntry]:
+            for row in self._stream(stmt):
+                uid, study, series, sop_class, collection, study_date, received = row
+                at = None if received is None else writes.as_utc(received)
+                yield InventoryEntry(uid, study, series, sop_class, collection,
+                                     study_date or "", at)  # fmt: skip
+
+        return rows()
+
+    def republish(
+        self, sop_instance_uids: Sequence[str], allowed: Callable[[str], bool]
+    ) -> Requeued:
+        """Append a fresh INSTANCE_ADDED outbox row for each held instance whose collection
+        is ``allowed``; the rest are skipped (not held, or may not leave the site)."""
+        with self._guard(), self._write() as conn, conn.begin():
+            records = [self._record(conn, uid) for uid in dict.fromkeys(sop_instance_uids)]
+            found = [r for r in records if r is not None and allowed(r.collection)]
+            outbox.append_changes(conn, ChangeKind.INSTANCE_ADDED, found)
+        done = {r.sop_instance_uid for r in found}
+        return Requeued([r.sop_instance_uid for r in found],
+                        [u for u in sop_instance_uids if u not in done])  # fmt: skip
+
+    def retract(self, instances: Sequence[tuple[str, str]]) -> Requeued:
+        """Append an INSTANCE_DELETED outbox row for each (UID, collection) not held here."""
+        with self._guard(), self._write() as conn, conn.begin():
+            held = set(
+                conn.execute(
+                    sa.select(IN.c.sop_instance_uid).where(
+                        IN.c.sop_instance_uid.in_([uid for uid, _ in instances])
+                    )
+                ).scalars()
+            )
+            gone = [tombstone(uid, coll) for uid, coll in dict.fromkeys(instances)
+                    if uid not in held]  # fmt: skip
+            outbox.append_changes(conn, ChangeKind.INSTANCE_DELETED, gone)
+        return Requeued([r.sop_instance_uid for r in gone],
+                        [uid for uid, _ in instances if uid in held])  # fmt: skip
 
     def last_change_seq(self) -> int:
         """The newest outbox sequence number (0 for an empty outbox)."""

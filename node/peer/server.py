@@ -13,7 +13,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from node.index.records import InstanceRecord
 from node.structlog import log_event
-from node.v1 import peer_pb2, peer_pb2_grpc
+from node.v1 import inventory_pb2_grpc, peer_pb2, peer_pb2_grpc
 
 LOG = logging.getLogger("gridpacs.node.peer")
 CHUNK_BYTES = 256 * 1024
@@ -79,11 +79,15 @@ class PeerServer:
         host: str,
         port: int,
         credentials: grpc.ServerCredentials | None,
+        inventory: inventory_pb2_grpc.InventoryServiceServicer | None = None,
     ) -> None:
         self._server = grpc.server(ThreadPoolExecutor(max_workers=8))
         peer_pb2_grpc.add_PeerServiceServicer_to_server(servicer, self._server)
         checker = health.HealthServicer()
         checker.set("gridpacs.node.v1.PeerService", health_pb2.HealthCheckResponse.SERVING)
+        if inventory is not None:  # reconciliation, same port and mTLS
+            inventory_pb2_grpc.add_InventoryServiceServicer_to_server(inventory, self._server)
+            checker.set("gridpacs.node.v1.InventoryService", health_pb2.HealthCheckResponse.SERVING)
         health_pb2_grpc.add_HealthServicer_to_server(checker, self._server)
         address = f"{host}:{port}"
         if credentials is None:
