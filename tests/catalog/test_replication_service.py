@@ -14,6 +14,7 @@ from catalog.config import build_config
 from catalog.errors import CatalogRejected, CatalogUnavailable
 from catalog.placement.client import GrpcPlacementClient
 from catalog.records import NodeInfo
+from catalog.security import channel_credentials, init_ca, issue
 from catalog.security.tokens import write_pepper
 from tests.catalog.builders import Outbox, StudyBuilder
 from tests.catalog.processes import free_port
@@ -110,3 +111,35 @@ def test_refusals_reach_the_replicas_a_node_does_not_ask(tmp_path: Path) -> None
     finally:
         for app in apps:
             app.stop(grace=0)
+
+
+def test_plan_pulls_over_mtls_takes_a_host_certificate_not_a_user_one(
+    tmp_path: Path, sqlite_url: str
+) -> None:
+    init_ca(tmp_path / "ca", "testgrid")
+    server = issue(tmp_path / "ca", tmp_path / "catalog", "127.0.0.1")
+    pepper = write_pepper(tmp_path / "pepper")
+    app = _app(
+        sqlite_url,
+        insecure=False,
+        tls={"cert": str(server.cert), "key": str(server.key), "ca": str(server.ca_cert)},
+        security={"pepper_file": str(pepper)},
+    )
+    address = [f"127.0.0.1:{app.port}"]
+    try:
+        node = issue(tmp_path / "ca", tmp_path / "site-b", "127.0.0.1")
+        host = GrpcPlacementClient(
+            address, credentials=channel_credentials(node.cert, node.key, node.ca_cert)
+        )
+        assert len(host.plan_pulls("site-b")) == 3
+        host.close()
+        user = issue(tmp_path / "ca", tmp_path / "alice", "alice", roles=("client",))
+        researcher = GrpcPlacementClient(
+            address, credentials=channel_credentials(user.cert, user.key, user.ca_cert)
+        )
+        with pytest.raises(CatalogRejected) as refused:
+            researcher.plan_pulls("site-b")
+        assert refused.value.code == "UNAUTHENTICATED"
+        researcher.close()
+    finally:
+        app.stop(grace=0)
