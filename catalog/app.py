@@ -12,6 +12,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
+from typing import Any
 
 import grpc
 from sqlalchemy import Engine
@@ -33,6 +34,7 @@ METHOD = f"/{SERVICE_NAME}/"
 # token or a host certificate (a node's grid AE queries on behalf of DICOM users).
 HOST_METHODS = ("RegisterNode", "Heartbeat", "PublishChanges", "GetWatermarks", "PullChanges")
 QUERY_METHODS = ("QueryStudies", "QuerySeries", "QueryInstances", "LocateInstances")
+AUTHORIZE_RETRIEVE = "/gridpacs.catalog.v1.AccessService/AuthorizeRetrieve"
 HOLDINGS_METHOD = f"/{HOLDINGS_SERVICE}/ListHoldings"
 
 
@@ -102,9 +104,43 @@ def _security(
     )
     interceptors: list[grpc.ServerInterceptor] = []
     if security.audit:
-        interceptors.append(AuditInterceptor(AuditLog(engine), security.audited_methods))
+        interceptors.append(
+            AuditInterceptor(
+                AuditLog(engine),
+                security.audited_methods,
+                summarizers={AUTHORIZE_RETRIEVE: _retrieve_summary},
+            )
+        )
     interceptors.append(auth)  # audit outermost, so rejected calls are audited too
     return interceptors, _scope_from_principal
+
+
+def _retrieve_summary(request: Any) -> dict[str, Any]:
+    """The audit row of a retrieve names the studies (the first 50) and collections asked for."""
+    studies = list(request.study_instance_uids)
+    return {
+        "studies": studies[:50],
+        "study_count": len(studies),
+        "collections": list(request.collections)[:50],
+    }
+
+
+def _add_access_service(
+    app_server: CatalogServer, service: CatalogService, config: CatalogConfig
+) -> None:
+    """Researchers' retrieve authorization (grants), on the same server and interceptors."""
+    from catalog.security.grants import GrantSigner, load_signing_key
+    from catalog.server.access import AccessServicer
+    from catalog.v1 import access_pb2_grpc
+
+    signer = None
+    security = config.security
+    if security is not None and security.grant_key_file is not None:
+        signer = GrantSigner(load_signing_key(security.grant_key_file), ttl_s=security.grant_ttl_s)
+    identified = frozenset(security.identified_collections) if security else frozenset()
+    access_pb2_grpc.add_AccessServiceServicer_to_server(
+        AccessServicer(service, signer, identified=identified), app_server.server
+    )
 
 
 def _credentials(
@@ -151,6 +187,7 @@ def build_app(config: CatalogConfig) -> CatalogApp:
             max_workers=config.max_workers,
         )
         add_replication_service(server.server, PullPlanner(service.repository, _policy(config)))
+        _add_access_service(server, service, config)
         timeout = config.replication.timeout_s
 
         def connect(address: str) -> GrpcCatalogClient:

@@ -72,7 +72,18 @@ class SecurityConfig(_Model):
         "/gridpacs.catalog.v1.CatalogService/Query*",
         "/gridpacs.catalog.v1.CatalogService/LocateInstances",
         "/gridpacs.catalog.v1.CatalogService/RegisterNode",
+        "/gridpacs.catalog.v1.AccessService/*",
         "/gridpacs.catalog.v1.HoldingsService/ListHoldings",
+    )
+    grant_key_file: Path | None = Field(
+        default=None,
+        description="Ed25519 key signing researchers' retrieve grants (gridpacs pki grant-key)",
+    )
+    grant_ttl_s: int = Field(default=900, ge=30, le=86_400, description="lifetime of a grant")
+    identified_collections: tuple[str, ...] = Field(
+        default=(),
+        description="collections holding identified data (nodes' default collections where "
+        "the grid is one trust domain): retrieved by admins of the collection only",
     )
 
 
@@ -183,4 +194,7 @@ lost_after_seconds = 3600.0     # a node silent this long is lost: its data is c
 
 # [security]                    # researcher tokens and the audit log
 # pepper_file = "/etc/gridpacs/token-pepper"
+# grant_key_file = "/etc/gridpacs/grant.key"   # signs retrieve grants (gridpacs pki grant-key)
+# grant_ttl_s = 900
+# identified_collections = ["local"]   # identified data: only admins of it may retrieve
 """

@@ -184,3 +184,6 @@ class InstanceLocation:
     size: int
     holders: tuple[Holder, ...]
     peer_addresses: tuple[str, ...]
+    blob_keys: tuple[str, ...] = ()
+    """SHA-256 of each holder's copy, same order as ``holders`` (a researcher's retrieve
+    checks files it already has against them)."""

@@ -64,6 +64,12 @@ def _mount_query() -> None:
     app.command("query", help="Query the grid-wide catalog.")(query_cmd)
 
 
+def _mount_retrieve() -> None:
+    from gridpacs.retrieve import retrieve_cmd
+
+    app.command("retrieve", help="Retrieve studies you may read into a folder.")(retrieve_cmd)
+
+
 def _mount_reconcile() -> None:
     from gridpacs.reconcile.cli import RECONCILE_HELP, reconcile_cmd
 
@@ -94,6 +100,7 @@ _MOUNTS = {
     "node": _mount_node,
     "catalog": _mount_catalog,
     "query": _mount_query,
+    "retrieve": _mount_retrieve,
     "reconcile": _mount_reconcile,
     "storage": _mount_storage,
     "anonymize": _mount_anonymizer,

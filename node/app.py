@@ -11,11 +11,13 @@ import logging
 import grpc
 
 from catalog import GrpcCatalogClient, NodeInfo
+from catalog.security.grants import GrantKeyError, GrantVerifier, load_public_key
 from catalog.security.tls import channel_credentials, server_credentials
 from node.anti_entropy import AntiEntropy
 from node.config import CatalogLinkConfig, NodeConfig
 from node.dicom.handlers import Gateway
 from node.dicom.server import DicomServer, configure_pynetdicom
+from node.errors import ConfigError
 from node.grid import GridQueryService, GridRetrieveService
 from node.index import SqlIndex, open_index
 from node.peer import PeerClient, PeerServer
@@ -55,6 +57,16 @@ def _grid_credentials(
         channel_credentials(link.cert_file, link.key_file, link.ca_file),
         server_credentials(link.cert_file, link.key_file, link.ca_file),
     )
+
+
+def _grant_verifier(link: CatalogLinkConfig) -> GrantVerifier | None:
+    """Verifies researchers' retrieve grants, when the catalog's public keys are configured."""
+    if not link.grant_public_keys:
+        return None
+    try:
+        return GrantVerifier([load_public_key(path) for path in link.grant_public_keys])
+    except GrantKeyError as exc:
+        raise ConfigError(str(exc)) from exc
 
 
 class NodeApp:
@@ -110,7 +122,13 @@ class NodeApp:
             require_host=not link.insecure,
         )
         self.peer_server = PeerServer(
-            PeerServicer(self.index, self.store, servable=self._publishable),
+            PeerServicer(
+                self.index,
+                self.store,
+                servable=self._publishable,
+                identified=lambda collection: collection == self.config.default_collection,
+                grants=_grant_verifier(link),
+            ),
             link.peer_host,
             link.peer_port,
             server_creds,
@@ -118,7 +136,7 @@ class NodeApp:
         )
         self.gateway.grid_query = GridQueryService(self.catalog)
         self.gateway.grid_retrieve = GridRetrieveService(
-            self.catalog, self.index, local.load, self.peers
+            self.catalog, self.index, local.load, self.peers, prefetch=link.retrieve_prefetch
         )
 
     def _nudge_publisher(self) -> None:

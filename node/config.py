@@ -163,6 +163,11 @@ class CatalogLinkConfig(_Strict):
     """Where other nodes fetch this node's instances (gRPC PeerService)."""
     peer_port: Annotated[int, Field(ge=0, le=65535)] = 0
     """0 picks a free port; the bound address is registered in the catalog."""
+    grant_public_keys: tuple[Path, ...] = ()
+    """Catalog grant public keys (``gridpacs pki grant-key``): researchers presenting a grant
+    signed by one of them may fetch what it names over the peer service."""
+    retrieve_prefetch: Annotated[int, Field(ge=0, le=32)] = 4
+    """Grid C-MOVE/C-GET: instances fetched from peers ahead of the one being sent (0: off)."""
     publish_interval: Annotated[float, Field(gt=0)] = 0.5
     batch_size: Annotated[int, Field(ge=1, le=5000)] = 500
     timeout: Annotated[float, Field(gt=0)] = 5.0

@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import io
 import logging
+import threading
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Protocol
 
 from pydicom import dcmread
@@ -24,6 +27,7 @@ from node.services.retrieve import MAX_SUBOPERATIONS, TooManyMatches
 from node.structlog import log_event
 
 LOG = logging.getLogger("gridpacs.node.grid")
+DEFAULT_PREFETCH = 4
 
 _SCALAR = {
     "PatientID": "patient_id",
@@ -107,9 +111,71 @@ class PeerFetcher(Protocol):
     def fetch(self, address: str, sop_instance_uid: str) -> bytes: ...
 
 
+@dataclass(frozen=True, eq=False)
+class PlannedInstance:
+    """One sub-operation of a grid C-MOVE/C-GET: the catalog location plus its place in the
+    plan, so :meth:`GridRetrieveService.load` can fetch the next ones ahead."""
+
+    location: InstanceLocation
+    index: int
+    window: _Prefetch | None
+
+    @property
+    def sop_instance_uid(self) -> str:
+        return self.location.sop_instance_uid
+
+    @property
+    def sop_class_uid(self) -> str:
+        return self.location.sop_class_uid
+
+    @property
+    def transfer_syntax_uid(self) -> str:
+        return self.location.transfer_syntax_uid
+
+
+class _Prefetch:
+    """Fetches up to ``depth`` instances of one plan ahead of the one being C-STOREd.
+
+    The fetch (network, TLS, SHA-256, parsing) of the next instances overlaps the C-STORE of
+    the current one. Bounded: at most ``depth`` instances wait in memory; an abandoned plan
+    (cancel, aborted association) wastes at most ``depth`` fetches.
+    """
+
+    def __init__(
+        self,
+        locations: list[InstanceLocation],
+        load: Callable[[InstanceLocation], Dataset],
+        pool: ThreadPoolExecutor,
+        depth: int,
+    ) -> None:
+        self._locations = locations
+        self._load = load
+        self._pool = pool
+        self._depth = depth
+        self._futures: dict[int, Future[Dataset]] = {}
+        self._next = 0
+        self._lock = threading.Lock()
+
+    def take(self, index: int) -> Dataset:
+        with self._lock:
+            self._next = max(self._next, index)
+            while self._next < min(index + 1 + self._depth, len(self._locations)):
+                self._futures[self._next] = self._pool.submit(
+                    self._load, self._locations[self._next]
+                )
+                self._next += 1
+            future = self._futures.pop(index, None)
+        if future is None:
+            return self._load(self._locations[index])
+        return future.result()
+
+
 class GridRetrieveService:
     """Grid C-MOVE/C-GET: locate holders in the catalog, read a local copy when there is
-    one, otherwise fetch a verified copy from a holder — the next holder when one fails."""
+    one, otherwise fetch a verified copy from a holder — the next holder when one fails.
+
+    ``prefetch`` instances are fetched ahead of the current sub-operation (0 turns it off).
+    """
 
     def __init__(
         self,
@@ -117,13 +183,21 @@ class GridRetrieveService:
         local: LocalCopies,
         read_local: Callable[[StoredInstance], Dataset],
         peers: PeerFetcher,
+        *,
+        prefetch: int = DEFAULT_PREFETCH,
     ) -> None:
         self._catalog = catalog
         self._local = local
         self._read_local = read_local
         self._peers = peers
+        self._depth = prefetch
+        self._pool = (
+            ThreadPoolExecutor(max_workers=prefetch, thread_name_prefix="grid-prefetch")
+            if prefetch > 0
+            else None
+        )
 
-    def plan(self, query: IndexQuery) -> list[InstanceLocation]:
+    def plan(self, query: IndexQuery) -> list[PlannedInstance]:
         """Every instance the identifier selects, grid-wide (at most 65,535)."""
         uids = _unique_keys(query)
         if not any(uids.values()):
@@ -134,9 +208,22 @@ class GridRetrieveService:
         planned = list(self._catalog.locate_instances(**uids))
         if len(planned) > MAX_SUBOPERATIONS:
             raise TooManyMatches(f"more than {MAX_SUBOPERATIONS} instances match")
-        return planned
+        window = (
+            _Prefetch(planned, self.load_location, self._pool, self._depth)
+            if self._pool is not None
+            else None
+        )
+        return [PlannedInstance(loc, i, window) for i, loc in enumerate(planned)]
 
-    def load(self, location: InstanceLocation) -> Dataset:
+    def load(self, item: PlannedInstance | InstanceLocation) -> Dataset:
+        """The instance as a Dataset (fetched ahead when it came from :meth:`plan`)."""
+        if isinstance(item, PlannedInstance):
+            if item.window is None:
+                return self.load_location(item.location)
+            return item.window.take(item.index)
+        return self.load_location(item)
+
+    def load_location(self, location: InstanceLocation) -> Dataset:
         """The instance as a Dataset, from here or from the first holder that delivers."""
         local = self._local.get_instance(location.sop_instance_uid)
         if local is not None:
@@ -154,6 +241,10 @@ class GridRetrieveService:
         raise PeerTransferError(
             f"no holder delivered {location.sop_instance_uid}: {'; '.join(errors) or 'none known'}"
         )
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=False, cancel_futures=True)
 
 
 def _unique_keys(query: IndexQuery) -> dict[str, tuple[str, ...]]:

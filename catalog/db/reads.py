@@ -238,6 +238,7 @@ def _instance_select(where: Any) -> Select[Any]:
             InstanceRow.sop_class_uid,
             InstanceRow.transfer_syntax_uid,
             InstanceRow.size,
+            InstanceRow.blob_key,
             InstanceRow.attributes,
             InstanceRow.origin,
             InstanceRow.collection,
@@ -295,6 +296,7 @@ def locate_instances(
         first = rows[0]
         holders = _holders(rows)
         peers = {(r.origin, r.collection): r.peer_address or "" for r in rows}
+        keys = {(r.origin, r.collection): r.blob_key or "" for r in rows}
         return InstanceLocation(
             study_instance_uid=first.study_instance_uid,
             series_instance_uid=first.series_instance_uid,
@@ -304,6 +306,7 @@ def locate_instances(
             size=first.size,
             holders=holders,
             peer_addresses=tuple(peers[(h.node, h.collection)] for h in holders),
+            blob_keys=tuple(keys[(h.node, h.collection)] for h in holders),
         )
 
     return _merged(_stream(conn, _instance_select(where)), lambda r: r.sop_instance_uid, build, 0)

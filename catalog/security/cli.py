@@ -121,6 +121,21 @@ def init_ca_cmd(
     typer.echo(f"CA key:  {files.key} (mode 0600)\nCA cert: {files.cert}")
 
 
+@pki_app.command("grant-key")
+def grant_key_cmd(
+    directory: Annotated[Path, typer.Option("--dir", help="Directory for grant.key/grant.pub.")],
+    force: Annotated[bool, typer.Option("--force", help="Replace an existing key.")] = False,
+) -> None:
+    """Create the Ed25519 key that signs retrieve grants: grant.key to every catalog replica
+    (security.grant_key_file), grant.pub to every node (catalog.grant_public_keys)."""
+    from catalog.security.grants import write_grant_key
+
+    with _boundary():
+        files = write_grant_key(directory, force=force)
+    typer.echo(f"grant key:        {files.private} (mode 0600, catalog replicas)")
+    typer.echo(f"grant public key: {files.public} (nodes)")
+
+
 @pki_app.command("issue")
 def issue_cmd(
     ca: Annotated[Path, typer.Option("--ca", help="The CA directory (from init-ca).")],

@@ -2,21 +2,24 @@
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from typing import Protocol
+from typing import NoReturn, Protocol
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
+from catalog.security.errors import SecurityError
+from catalog.security.grants import METADATA_KEY, Grant, GrantError, GrantVerifier
+from catalog.security.pki import UNIT_HOST
+from catalog.security.tls import PeerIdentity, peer_identity
 from node.index.records import InstanceRecord
 from node.structlog import log_event
 from node.v1 import inventory_pb2_grpc, peer_pb2, peer_pb2_grpc
 
 LOG = logging.getLogger("gridpacs.node.peer")
-CHUNK_BYTES = 256 * 1024
+CHUNK_BYTES = 1024 * 1024  # a CT slice in one message; well under gRPC's 4 MiB limit
 
 
 class InstanceLookup(Protocol):
@@ -28,22 +31,45 @@ class BlobReader(Protocol):
 
 
 class PeerServicer(peer_pb2_grpc.PeerServiceServicer):
-    """FetchInstance: NOT_FOUND for unknown UIDs and for collections that may not leave the
-    site (the publisher's policy: identified data only in one trust domain), DATA_LOSS when
-    our copy is corrupt. A grid certificate alone never unlocks identified data."""
+    """FetchInstance for two kinds of callers.
+
+    * Another node (a grid host certificate, ``OU=host``; or anyone on an explicitly insecure
+      grid): NOT_FOUND for unknown UIDs and for collections that may not leave the site (the
+      publisher's policy: identified data only in one trust domain). A grid certificate alone
+      never unlocks identified data.
+    * A researcher's tool (any other client certificate, or a request carrying a grant): only
+      with a retrieve grant signed by the catalog (metadata ``gridpacs-grant``) that names the
+      instance's study and collection; an identified collection only when the grant says the
+      role allows it. UNAUTHENTICATED without a valid grant, PERMISSION_DENIED when the grant
+      does not cover the instance. Every refusal is logged with the grant's user and token id.
+
+    DATA_LOSS when our copy is corrupt.
+    """
 
     def __init__(
-        self, index: InstanceLookup, store: BlobReader, *, servable: Callable[[str], bool]
+        self,
+        index: InstanceLookup,
+        store: BlobReader,
+        *,
+        servable: Callable[[str], bool],
+        identified: Callable[[str], bool] = lambda _collection: True,
+        grants: GrantVerifier | None = None,
     ) -> None:
         self._index = index
         self._store = store
         self._servable = servable
+        self._identified = identified
+        self._grants = grants
 
     def FetchInstance(
         self, request: peer_pb2.FetchInstanceRequest, context: grpc.ServicerContext
     ) -> Iterator[peer_pb2.InstanceChunk]:
         inst = self._index.get_record(request.sop_instance_uid)
-        if inst is None or not self._servable(inst.collection):
+        peer = peer_identity(context)
+        grant_text = _metadata(context, METADATA_KEY)
+        if grant_text is not None or (peer is not None and peer.organizational_unit != UNIT_HOST):
+            self._check_researcher(inst, grant_text, peer, context)
+        elif inst is None or not self._servable(inst.collection):
             if inst is not None:
                 log_event(LOG, "peer_fetch_refused", level=logging.WARNING,
                           sop_instance_uid=inst.sop_instance_uid, peer=context.peer(),
@@ -56,18 +82,84 @@ class PeerServicer(peer_pb2_grpc.PeerServiceServicer):
             log_event(LOG, "peer_fetch_failed", level=logging.ERROR,
                       sop_instance_uid=inst.sop_instance_uid, reason=str(exc))  # fmt: skip
             context.abort(grpc.StatusCode.DATA_LOSS, f"stored copy unreadable: {exc}")
-        digest = hashlib.sha256(data).hexdigest()
-        total = len(data)
-        for offset in range(0, max(total, 1), CHUNK_BYTES):
-            last = offset + CHUNK_BYTES >= total
-            yield peer_pb2.InstanceChunk(
-                data=data[offset : offset + CHUNK_BYTES],
-                offset=offset,
-                size=total if offset == 0 else 0,
-                transfer_syntax_uid=inst.transfer_syntax_uid if offset == 0 else "",
-                sha256=digest if last else "",
-                last=last,
+        # the store verified the bytes against their content key, which is their SHA-256
+        yield from _chunks(data, inst.transfer_syntax_uid, inst.blob_key)
+
+    def _check_researcher(
+        self,
+        inst: InstanceRecord | None,
+        grant_text: str | None,
+        peer: PeerIdentity | None,
+        context: grpc.ServicerContext,
+    ) -> None:
+        """Return when the grant covers ``inst``; abort the call otherwise."""
+        if grant_text is None:
+            why = "researchers need a retrieve grant from the catalog (gridpacs retrieve)"
+            self._refuse(context, grpc.StatusCode.UNAUTHENTICATED, inst, None, why)
+        if self._grants is None:
+            why = "this node accepts no retrieve grants (catalog.grant_public_keys unset)"
+            self._refuse(context, grpc.StatusCode.UNAUTHENTICATED, inst, None, why)
+        assert grant_text is not None and self._grants is not None
+        fingerprint = peer.fingerprint_sha256 if peer is not None and peer.pem else None
+        try:
+            grant = self._grants.verify(grant_text, client_fingerprint=fingerprint)
+        except GrantError as exc:
+            self._refuse(
+                context, grpc.StatusCode.UNAUTHENTICATED, inst, None, f"grant rejected: {exc}"
             )
+        except SecurityError as exc:
+            self._refuse(context, grpc.StatusCode.PERMISSION_DENIED, inst, None, str(exc))
+        if inst is None:
+            context.abort(grpc.StatusCode.NOT_FOUND, "instance not held here")
+        assert inst is not None
+        if not self._servable(inst.collection):
+            self._refuse(context, grpc.StatusCode.PERMISSION_DENIED, inst, grant,
+                         f"collection {inst.collection!r} may not leave the site")  # fmt: skip
+        reason = grant.allows(
+            inst.study_instance_uid, inst.collection, identified=self._identified(inst.collection)
+        )
+        if reason is not None:
+            self._refuse(context, grpc.StatusCode.PERMISSION_DENIED, inst, grant, reason)
+        log_event(LOG, "researcher_fetch", sop_instance_uid=inst.sop_instance_uid,
+                  collection=inst.collection, user=grant.user, token_id=grant.token_id,
+                  peer=context.peer())  # fmt: skip
+
+    def _refuse(
+        self,
+        context: grpc.ServicerContext,
+        code: grpc.StatusCode,
+        inst: InstanceRecord | None,
+        grant: Grant | None,
+        reason: str,
+    ) -> NoReturn:
+        log_event(LOG, "researcher_fetch_refused", level=logging.WARNING, code=code.name,
+                  sop_instance_uid=inst.sop_instance_uid if inst else "",
+                  user=grant.user if grant else "", token_id=grant.token_id if grant else "",
+                  peer=context.peer(), reason=reason)  # fmt: skip
+        context.abort(code, reason)
+        raise AssertionError("unreachable")  # pragma: no cover - abort raises
+
+
+def _metadata(context: grpc.ServicerContext, key: str) -> str | None:
+    for item in context.invocation_metadata() or ():
+        if item.key == key:
+            value = item.value
+            return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
+    return None
+
+
+def _chunks(data: bytes, transfer_syntax_uid: str, digest: str) -> Iterator[peer_pb2.InstanceChunk]:
+    total = len(data)
+    for offset in range(0, max(total, 1), CHUNK_BYTES):
+        last = offset + CHUNK_BYTES >= total
+        yield peer_pb2.InstanceChunk(
+            data=data[offset : offset + CHUNK_BYTES],
+            offset=offset,
+            size=total if offset == 0 else 0,
+            transfer_syntax_uid=transfer_syntax_uid if offset == 0 else "",
+            sha256=digest if last else "",
+            last=last,
+        )
 
 
 class PeerServer:
