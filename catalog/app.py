@@ -21,11 +21,14 @@ from catalog.client import GrpcCatalogClient
 from catalog.config import CatalogConfig, SecurityConfig
 from catalog.db import Repository, open_database
 from catalog.db.filters import Scope
+from catalog.jobs.scheduler import Scheduler, SchedulerSettings
+from catalog.jobs.service import JobsService
+from catalog.jobs.store import JobStore
 from catalog.placement import PullPlanner, ReplicationPolicy
 from catalog.replication import Peer, Replicator
 from catalog.server.holdings_convert import SERVICE_NAME as HOLDINGS_SERVICE
 from catalog.server.replication_servicer import REPLICATION_SERVICE, add_replication_service
-from catalog.server.serve import SERVICE_NAME, CatalogServer, build_server
+from catalog.server.serve import JOBS_SERVICE_NAME, SERVICE_NAME, CatalogServer, build_server
 from catalog.service import CatalogService
 
 log = logging.getLogger("catalog.app")
@@ -34,6 +37,18 @@ METHOD = f"/{SERVICE_NAME}/"
 # token or a host certificate (a node's grid AE queries on behalf of DICOM users).
 HOST_METHODS = ("RegisterNode", "Heartbeat", "PublishChanges", "GetWatermarks", "PullChanges")
 QUERY_METHODS = ("QueryStudies", "QuerySeries", "QueryInstances", "LocateInstances")
+JOBS_METHOD = f"/{JOBS_SERVICE_NAME}/"
+# A node's worker reports and leases with its host certificate; researchers submit, look and
+# act with a token (the jobs service checks their role on the job's collection).
+JOB_HOST_METHODS = ("ReportWorker", "LeaseJob", "RenewLease", "FinishJob")
+JOB_USER_METHODS = (
+    "SubmitJobs",
+    "ListJobs",
+    "GetJob",
+    "GetJobLogs",
+    "CancelJob",
+    "RetryJob",
+)
 AUTHORIZE_RETRIEVE = "/gridpacs.catalog.v1.AccessService/AuthorizeRetrieve"
 HOLDINGS_METHOD = f"/{HOLDINGS_SERVICE}/ListHoldings"
 
@@ -47,6 +62,7 @@ class CatalogApp:
     service: CatalogService
     server: CatalogServer
     replicator: Replicator
+    jobs: JobsService
     closers: list[Callable[[], None]] = field(default_factory=list)
 
     @property
@@ -54,6 +70,7 @@ class CatalogApp:
         return self.server.port
 
     def start(self) -> None:
+        self.jobs.scheduler.start()
         self.server.start()
         self.replicator.start()
         log.info(
@@ -66,6 +83,7 @@ class CatalogApp:
 
     def stop(self, grace: float = 2.0) -> None:
         self.replicator.stop()
+        self.jobs.scheduler.stop()
         self.server.stop(grace)
         for close in self.closers:
             close()
@@ -98,6 +116,8 @@ def _security(
     rules = {METHOD + m: Requirement.HOST for m in HOST_METHODS}
     rules.update({METHOD + m: Requirement.TOKEN_OR_HOST for m in QUERY_METHODS})
     rules[f"/{REPLICATION_SERVICE}/PlanPulls"] = Requirement.HOST
+    rules.update({JOBS_METHOD + m: Requirement.HOST for m in JOB_HOST_METHODS})
+    rules.update({JOBS_METHOD + m: Requirement.TOKEN_OR_HOST for m in JOB_USER_METHODS})
     rules[HOLDINGS_METHOD] = Requirement.TOKEN_OR_HOST  # reconciliation: operators and nodes
     auth = AuthInterceptor(
         TokenStore(engine, load_pepper(security.pepper_file)), policy=AccessPolicy(rules=rules)
@@ -167,11 +187,26 @@ def _policy(config: CatalogConfig) -> ReplicationPolicy:
     )
 
 
+def _jobs(config: CatalogConfig, engine: Engine, repository: Repository) -> JobsService:
+    settings = SchedulerSettings(
+        lease_seconds=config.jobs.lease_s,
+        worker_fresh_seconds=config.jobs.worker_fresh_s,
+        place_timeout_seconds=config.jobs.place_timeout_s,
+        interval_seconds=config.jobs.interval_s,
+    )
+    store = JobStore(engine)
+    return JobsService(
+        store, Scheduler(store, settings), repository, max_long_polls=config.jobs.max_long_polls
+    )
+
+
 def build_app(config: CatalogConfig) -> CatalogApp:
     """Open the database (migrating it) and wire a replica; nothing is started yet."""
     engine = open_database(config.db_url)
     try:
-        service = CatalogService(config.name, Repository(engine))
+        repository = Repository(engine)
+        service = CatalogService(config.name, repository)
+        jobs = _jobs(config, engine, repository)
         server_creds, channel_creds = _credentials(config)
         interceptors: list[grpc.ServerInterceptor] = []
         scope = None
@@ -184,7 +219,8 @@ def build_app(config: CatalogConfig) -> CatalogApp:
             interceptors=interceptors,
             server_credentials=server_creds,
             scope=scope,
-            max_workers=config.max_workers,
+            max_workers=config.max_workers + config.jobs.max_long_polls,
+            jobs=jobs,
         )
         add_replication_service(server.server, PullPlanner(service.repository, _policy(config)))
         _add_access_service(server, service, config)
@@ -208,4 +244,4 @@ def build_app(config: CatalogConfig) -> CatalogApp:
     except BaseException:
         engine.dispose()
         raise
-    return CatalogApp(config, engine, service, server, replicator)
+    return CatalogApp(config, engine, service, server, replicator, jobs)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any, TypeVar
+from typing import Any, Self, TypeVar
 
 import grpc
 
@@ -70,8 +70,11 @@ def _rejected(exc: grpc.RpcError) -> CatalogRejected:
     return CatalogRejected(f"{code.name}: {exc.details()}", code=code.name)
 
 
-class GrpcCatalogClient:
-    """:class:`catalog.interfaces.CatalogClient` over gRPC, failing over between replicas.
+class FailoverClient:
+    """Channels to every replica and the failover of unary and streaming calls.
+
+    Subclasses name their stub (``stub_type``) and which methods are safe to send again to
+    another replica after an unknown outcome (``idempotent``).
 
     Parameters
     ----------
@@ -86,6 +89,9 @@ class GrpcCatalogClient:
     token
         Researcher token, sent as ``authorization: Bearer <token>`` metadata.
     """
+
+    stub_type: Callable[[grpc.Channel], Any] = pb_grpc.CatalogServiceStub
+    idempotent: dict[str, bool] = IDEMPOTENT
 
     def __init__(
         self,
@@ -106,14 +112,14 @@ class GrpcCatalogClient:
             (("authorization", f"Bearer {token}"),) if token else ()
         )
         self._channels: dict[str, grpc.Channel] = {}
-        self._stubs: dict[str, pb_grpc.CatalogServiceStub] = {}
-        self._holdings_stubs: dict[str, holdings_pb2_grpc.HoldingsServiceStub] = {}
+        self._stubs: dict[str, Any] = {}
+        self._other_stubs: dict[tuple[str, Any], Any] = {}
         self._preferred = 0
         self._lock = threading.Lock()
 
     # -- plumbing ------------------------------------------------------------------------------
 
-    def _stub(self, address: str) -> pb_grpc.CatalogServiceStub:
+    def _stub(self, address: str) -> Any:
         with self._lock:
             stub = self._stubs.get(address)
             if stub is None:
@@ -124,31 +130,36 @@ class GrpcCatalogClient:
                         address, self._credentials, options=CHANNEL_OPTIONS
                     )
                 self._channels[address] = channel
-                stub = self._stubs[address] = pb_grpc.CatalogServiceStub(channel)
+                stub = self._stubs[address] = type(self).stub_type(channel)
             return stub
 
-    def _holdings_stub(self, address: str) -> holdings_pb2_grpc.HoldingsServiceStub:
+    def _stub_of(self, address: str, stub_type: Callable[[grpc.Channel], Any]) -> Any:
+        """A stub of another service on the same channel to ``address``."""
         self._stub(address)  # opens the channel
         with self._lock:
-            stub = self._holdings_stubs.get(address)
+            stub = self._other_stubs.get((address, stub_type))
             if stub is None:
-                channel = self._channels[address]
-                stub = self._holdings_stubs[address] = holdings_pb2_grpc.HoldingsServiceStub(
-                    channel
-                )
+                stub = self._other_stubs[(address, stub_type)] = stub_type(self._channels[address])
             return stub
 
     def _order(self) -> list[int]:
         start = self._preferred
         return [(start + i) % len(self.addresses) for i in range(len(self.addresses))]
 
-    def _unary(self, method: str, request: Any) -> Any:
+    def _unary(
+        self,
+        method: str,
+        request: Any,
+        timeout: float | None = None,
+        idempotent: bool | None = None,
+    ) -> Any:
+        """One unary call with failover; ``idempotent`` overrides the per-method table."""
         errors: list[str] = []
         for index in self._order():
             address = self.addresses[index]
             call: Callable[..., Any] = getattr(self._stub(address), method)
             try:
-                response = call(request, timeout=self.timeout, metadata=self._metadata)
+                response = call(request, timeout=timeout or self.timeout, metadata=self._metadata)
             except grpc.RpcError as exc:
                 if exc.code() not in FAILOVER_CODES:
                     raise _rejected(exc) from exc
@@ -159,7 +170,8 @@ class GrpcCatalogClient:
                     address,
                     exc.code().name,
                 )
-                if not IDEMPOTENT[method] and exc.code() is grpc.StatusCode.DEADLINE_EXCEEDED:
+                repeatable = self.idempotent[method] if idempotent is None else idempotent
+                if not repeatable and exc.code() is grpc.StatusCode.DEADLINE_EXCEEDED:
                     break
                 continue
             self._preferred = index
@@ -193,6 +205,24 @@ class GrpcCatalogClient:
             finally:
                 responses.cancel()
         raise CatalogUnavailable(f"no catalog replica answered {method}: {'; '.join(errors)}")
+
+    def close(self) -> None:
+        with self._lock:
+            for channel in self._channels.values():
+                channel.close()
+            self._channels.clear()
+            self._stubs.clear()
+            self._other_stubs.clear()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
+
+
+class GrpcCatalogClient(FailoverClient):
+    """:class:`catalog.interfaces.CatalogClient` over gRPC, failing over between replicas."""
 
     # -- API -----------------------------------------------------------------------------------
 
@@ -264,6 +294,12 @@ class GrpcCatalogClient:
         for page in self._stream("LocateInstances", request):
             yield from (convert.location_from_pb(loc) for loc in page.locations)
 
+    def _holdings_stub(self, address: str) -> holdings_pb2_grpc.HoldingsServiceStub:
+        stub: holdings_pb2_grpc.HoldingsServiceStub = self._stub_of(
+            address, holdings_pb2_grpc.HoldingsServiceStub
+        )
+        return stub
+
     def list_holdings(
         self, period: Period, *, node: str = "", collections: Sequence[str] = ()
     ) -> Iterator[tuple[str, Held]]:
@@ -276,17 +312,3 @@ class GrpcCatalogClient:
         )
         for page in self._stream("ListHoldings", request, self._holdings_stub):
             yield from (held_from_pb(h) for h in page.holdings)
-
-    def close(self) -> None:
-        with self._lock:
-            for channel in self._channels.values():
-                channel.close()
-            self._channels.clear()
-            self._stubs.clear()
-            self._holdings_stubs.clear()
-
-    def __enter__(self) -> GrpcCatalogClient:
-        return self
-
-    def __exit__(self, *_exc: object) -> None:
-        self.close()

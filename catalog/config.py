@@ -72,6 +72,14 @@ class SecurityConfig(_Model):
         "/gridpacs.catalog.v1.CatalogService/Query*",
         "/gridpacs.catalog.v1.CatalogService/LocateInstances",
         "/gridpacs.catalog.v1.CatalogService/RegisterNode",
+        # jobs: every action on a job; not the workers' heartbeats, polls and renewals
+        "/gridpacs.catalog.v1.JobService/SubmitJobs",
+        "/gridpacs.catalog.v1.JobService/FinishJob",
+        "/gridpacs.catalog.v1.JobService/ListJobs",
+        "/gridpacs.catalog.v1.JobService/GetJob",
+        "/gridpacs.catalog.v1.JobService/GetJobLogs",
+        "/gridpacs.catalog.v1.JobService/CancelJob",
+        "/gridpacs.catalog.v1.JobService/RetryJob",
         "/gridpacs.catalog.v1.AccessService/*",
         "/gridpacs.catalog.v1.HoldingsService/ListHoldings",
     )
@@ -84,6 +92,26 @@ class SecurityConfig(_Model):
         default=(),
         description="collections holding identified data (nodes' default collections where "
         "the grid is one trust domain): retrieved by admins of the collection only",
+    )
+
+
+class JobsConfig(_Model):
+    """The scheduler of processing streams' jobs (catalog.jobs)."""
+
+    lease_s: float = Field(default=30.0, gt=0, le=3600, description="a lease's life per renew")
+    worker_fresh_s: float = Field(
+        default=15.0, gt=0, description="a node not reported for longer gets nothing new"
+    )
+    place_timeout_s: float = Field(
+        default=60.0, gt=0, description="a placed job not leased this long is placed again"
+    )
+    interval_s: float = Field(default=0.5, gt=0, le=60, description="longest pause between rounds")
+    max_long_polls: int = Field(
+        default=32,
+        ge=1,
+        le=1024,
+        description="LeaseJob calls that may wait at once (each holds a server thread; the "
+        "server gets this many threads on top of max_workers)",
     )
 
 
@@ -100,6 +128,7 @@ class CatalogConfig(_Model):
     security: SecurityConfig | None = None
     insecure: bool = Field(default=False, description="plaintext gRPC, for local development only")
     max_workers: int = Field(default=16, ge=2, le=256)
+    jobs: JobsConfig = JobsConfig.model_validate({})
 
     @field_validator("db_url")
     @classmethod
@@ -191,6 +220,13 @@ lost_after_seconds = 3600.0     # a node silent this long is lost: its data is c
 # cert = "/etc/gridpacs/catalog.crt"
 # key = "/etc/gridpacs/catalog.key"
 # ca = "/etc/gridpacs/ca.crt"
+
+[jobs]                          # the scheduler of processing streams' jobs
+lease_s = 30.0                  # a worker renews its lease within this
+worker_fresh_s = 15.0           # nodes not reported for longer get nothing new
+place_timeout_s = 60.0          # a placed job not leased this long is placed again
+interval_s = 0.5
+max_long_polls = 32             # waiting LeaseJob calls; extra server threads for them
 
 # [security]                    # researcher tokens and the audit log
 # pepper_file = "/etc/gridpacs/token-pepper"

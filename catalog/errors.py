@@ -38,3 +38,19 @@ class CatalogRejected(CatalogError):
 
 class ConfigError(CatalogError):
     """The catalog configuration file is missing or invalid."""
+
+
+class JobNotFound(CatalogError):
+    """No job has that id."""
+
+
+class LeaseLost(CatalogError):
+    """A worker presented a lease that is no longer held (expired, re-placed, finished)."""
+
+
+class InvalidJobState(CatalogError):
+    """The job is not in a state that allows the operation (retry a running job ...)."""
+
+
+class NotAllowed(CatalogError):
+    """The caller's roles do not allow the operation on that collection."""

@@ -64,6 +64,12 @@ def _mount_query() -> None:
     app.command("query", help="Query the grid-wide catalog.")(query_cmd)
 
 
+def _mount_jobs() -> None:
+    from catalog.jobs_cli import app as jobs_app
+
+    app.add_typer(jobs_app, name="jobs", help="Submit studies to processing streams; follow jobs.")
+
+
 def _mount_retrieve() -> None:
     from gridpacs.retrieve import retrieve_cmd
 
@@ -100,6 +106,7 @@ _MOUNTS = {
     "node": _mount_node,
     "catalog": _mount_catalog,
     "query": _mount_query,
+    "jobs": _mount_jobs,
     "retrieve": _mount_retrieve,
     "reconcile": _mount_reconcile,
     "storage": _mount_storage,

@@ -15,14 +15,17 @@ from dataclasses import dataclass
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
+from catalog.jobs.service import JobsService
 from catalog.server.holdings import HoldingsServicer
+from catalog.server.jobs_servicer import JobServicer
 from catalog.server.servicer import CatalogServicer, ScopeResolver
 from catalog.service import CatalogService
-from catalog.v1 import catalog_pb2, catalog_pb2_grpc, holdings_pb2_grpc
+from catalog.v1 import catalog_pb2, catalog_pb2_grpc, holdings_pb2_grpc, jobs_pb2, jobs_pb2_grpc
 
 log = logging.getLogger("catalog.server")
 
 SERVICE_NAME = catalog_pb2.DESCRIPTOR.services_by_name["CatalogService"].full_name
+JOBS_SERVICE_NAME = jobs_pb2.DESCRIPTOR.services_by_name["JobService"].full_name
 MAX_MESSAGE = 64 * 1024 * 1024
 
 
@@ -37,11 +40,14 @@ class CatalogServer:
     server: grpc.Server
     health: health.HealthServicer
     port: int
+    jobs: bool = False
 
     def start(self) -> None:
         self.server.start()
         self.health.set("", health_pb2.HealthCheckResponse.SERVING)
         self.health.set(SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING)
+        if self.jobs:
+            self.health.set(JOBS_SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING)
         log.info("event=catalog_listening port=%d", self.port)
 
     def stop(self, grace: float | None = 2.0) -> None:
@@ -62,11 +68,13 @@ def build_server(
     host: str = "127.0.0.1",
     scope: ScopeResolver | None = None,
     max_workers: int = 16,
+    jobs: JobsService | None = None,
 ) -> CatalogServer:
     """A sync gRPC server serving the catalog and ``grpc.health.v1`` on ``host:port``.
 
     ``port=0`` picks a free port (read it back from :attr:`CatalogServer.port`);
-    ``server_credentials=None`` serves plaintext (local development only).
+    ``server_credentials=None`` serves plaintext (local development only); ``jobs`` adds
+    the ``JobService`` (the scheduler of processing streams) next to the catalog.
     """
     server = grpc.server(
         ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="catalog-rpc"),
@@ -83,6 +91,8 @@ def build_server(
     holdings_pb2_grpc.add_HoldingsServiceServicer_to_server(
         HoldingsServicer(service, scope=scope), server
     )
+    if jobs is not None:
+        jobs_pb2_grpc.add_JobServiceServicer_to_server(JobServicer(jobs), server)
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     address = f"{host}:{port}"
@@ -95,4 +105,4 @@ def build_server(
         raise ServerError(f"cannot listen on {address}: {exc}") from exc
     if bound == 0:
         raise ServerError(f"cannot listen on {address}")
-    return CatalogServer(server=server, health=health_servicer, port=bound)
+    return CatalogServer(server=server, health=health_servicer, port=bound, jobs=jobs is not None)

@@ -18,6 +18,10 @@ from catalog.errors import (
     CatalogUnavailable,
     InvalidChange,
     InvalidFilter,
+    InvalidJobState,
+    JobNotFound,
+    LeaseLost,
+    NotAllowed,
     UnknownNode,
 )
 from catalog.server.convert import ConversionError
@@ -30,6 +34,10 @@ CODES: tuple[tuple[type[Exception], grpc.StatusCode], ...] = (
     (InvalidChange, grpc.StatusCode.INVALID_ARGUMENT),
     (ConversionError, grpc.StatusCode.INVALID_ARGUMENT),
     (UnknownNode, grpc.StatusCode.FAILED_PRECONDITION),
+    (JobNotFound, grpc.StatusCode.NOT_FOUND),
+    (LeaseLost, grpc.StatusCode.FAILED_PRECONDITION),
+    (InvalidJobState, grpc.StatusCode.FAILED_PRECONDITION),
+    (NotAllowed, grpc.StatusCode.PERMISSION_DENIED),
     (CatalogUnavailable, grpc.StatusCode.UNAVAILABLE),
     (CatalogError, grpc.StatusCode.INTERNAL),
 )

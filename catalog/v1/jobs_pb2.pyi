@@ -222,6 +222,7 @@ class SubmitJobsRequest(_message.Message):
     COLLECTION_FIELD_NUMBER: _builtins.int
     ORIGIN_NODE_FIELD_NUMBER: _builtins.int
     REPLY_AE_TITLE_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
     stream: _builtins.str
     priority: Global___JobPriority.ValueType
     collection: _builtins.str
@@ -231,6 +232,10 @@ class SubmitJobsRequest(_message.Message):
     sent it (results go back there when the stream's destination says "sender").
     """
     reply_ae_title: _builtins.str
+    request_id: _builtins.str
+    """Makes the submission safe to resend: a request with an id already seen returns the jobs
+    that request created instead of queueing them again ("" = no deduplication).
+    """
     @_builtins.property
     def study_instance_uids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Either explicit studies..."""
@@ -249,10 +254,11 @@ class SubmitJobsRequest(_message.Message):
         collection: _builtins.str = ...,
         origin_node: _builtins.str = ...,
         reply_ae_title: _builtins.str = ...,
+        request_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["filter", b"filter"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["collection", b"collection", "filter", b"filter", "origin_node", b"origin_node", "priority", b"priority", "reply_ae_title", b"reply_ae_title", "stream", b"stream", "study_instance_uids", b"study_instance_uids"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["collection", b"collection", "filter", b"filter", "origin_node", b"origin_node", "priority", b"priority", "reply_ae_title", b"reply_ae_title", "request_id", b"request_id", "stream", b"stream", "study_instance_uids", b"study_instance_uids"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -38,15 +38,14 @@ def wait_for(condition: Callable[[], bool], timeout: float, what: str) -> None:
 class ReplicaProcess:
     """``python -m gridpacs catalog serve`` on a free port with a SQLite file."""
 
-    def __init__(
-        self, name: str, workdir: Path, *, port: int | None = None, extra_args: tuple[str, ...] = ()
-    ) -> None:
+    def __init__(self, name: str, workdir: Path, *, port: int | None = None) -> None:
         self.name = name
-        self.extra_args = extra_args
         self.port = port or free_port()
         self.db_url = f"sqlite:///{workdir / f'{name}.sqlite'}"
         self.log_path = workdir / f"{name}.log"
         self.peers: dict[str, str] = {}
+        self.config: Path | None = None
+        """A TOML file for what the command line cannot say (e.g. the ``[jobs]`` timings)."""
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -70,7 +69,8 @@ class ReplicaProcess:
         ]
         for peer, address in self.peers.items():
             args += ["--peer", f"{peer}={address}"]
-        args += self.extra_args
+        if self.config is not None:
+            args += ["--config", str(self.config)]
         env = {**os.environ, "PYTHONPATH": str(REPO)}
         with self.log_path.open("ab") as log:
             self.proc = subprocess.Popen(args, cwd=REPO, env=env, stdout=log, stderr=log)

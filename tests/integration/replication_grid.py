@@ -95,8 +95,8 @@ class Grid:
     def start_catalog(self) -> None:
         config = self.workdir / "catalog.toml"
         config.write_text(f'listen_host = "{self.listen_host}"\n{self.policy}')
-        first = ReplicaProcess("c1", self.workdir, extra_args=("--config", str(config)))
-        second = ReplicaProcess("c2", self.workdir, extra_args=("--config", str(config)))
+        first, second = ReplicaProcess("c1", self.workdir), ReplicaProcess("c2", self.workdir)
+        first.config = second.config = config
         first.peers = {"c2": second.address}
         second.peers = {"c1": first.address}
         self.replicas = [first, second]

@@ -5,7 +5,7 @@ rows) or by the date the node received them; without this index the second half 
 every instance row of the catalog once per node and month.
 
 Revision ID: 0006
-Revises: 0003 (the lead re-chains it after 0004/0005 on merge)
+Revises: 0004 (0005, from another branch, goes between on merge)
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from __future__ import annotations
 from alembic import op
 
 revision = "0006"
-down_revision = "0003"
+down_revision = "0004"
 branch_labels = None
 depends_on = None
 
