@@ -81,10 +81,15 @@ class DeidentifiedInstance:
     sop_instance_uid: str
     study_instance_uid: str
     patient_id: str
+    #: From :meth:`Deidentifier.deidentify_head`: the source file's bytes that follow
+    #: ``parts`` (native pixel data, copied as they are) as ``(offset, length)``.
+    source_tail: tuple[int, int] | None = None
 
     @property
     def data(self) -> bytes:
         """The Part 10 file (joined on each access; ``parts`` avoids the copy)."""
+        if self.source_tail is not None:
+            raise ValueError("built from a file head: write parts, then the source's tail")
         return b"".join(self.parts)
 
 
@@ -175,6 +180,10 @@ class Deidentifier:
         self._reid_map = reid_map
         self._allow_burned_in = allow_burned_in
         self._rules: dict[int, Rule | None] = {}
+        #: The fast path's decision per (tag, VR): see anonymizer.direct._decide.
+        self._direct_decisions: dict[tuple[int, str | None], tuple[Any, bool]] = {}
+        #: The fast path's per-encoding constants (additions, marking, their bytes).
+        self._direct_fixed: dict[tuple[Any, ...], Any] = {}
         self._handlers: dict[Action, Handler] = {
             Action.UID: self._uid,
             Action.PSEUDONYM: self._pseudonym,
@@ -232,6 +241,45 @@ class Deidentifier:
 
     def deidentify_part10(self, data: bytes) -> DeidentifiedInstance:
         """Like :meth:`deidentify_bytes`, also returning the new identifiers."""
+        fast = self._direct(data, None)
+        if fast is not None:
+            return fast
+        return self.deidentify_general(data)
+
+    def deidentify_head(self, head: bytes, size: int) -> DeidentifiedInstance | None:
+        """De-identify a Part 10 file of ``size`` bytes from its first bytes ``head``.
+
+        For file-to-file work: the native pixel data at the end of the file need not be
+        read into memory; the result's ``source_tail`` says which bytes of the source
+        file to copy after ``parts``. None when more of the file is needed (the header
+        does not fit in ``head``, encapsulated pixel data, elements after the pixels,
+        anything the fast path leaves to the general one): read the whole file and call
+        :meth:`deidentify_part10`. The output is the same either way.
+        """
+        return self._direct(head, size)
+
+    def _direct(self, data: bytes, size: int | None) -> DeidentifiedInstance | None:
+        from anonymizer.direct import PixelRange, deidentify_direct
+
+        fast = deidentify_direct(self, data, size)
+        if fast is None:
+            return None
+        parts, _, texts = fast
+        tail = None
+        if parts and isinstance(parts[-1], PixelRange):
+            pixels = parts.pop()
+            tail = (pixels.offset, pixels.length)
+        return DeidentifiedInstance(
+            parts=tuple(parts),
+            sop_instance_uid=texts[SOP_INSTANCE_UID],
+            study_instance_uid=texts[0x0020000D],
+            patient_id=texts[PATIENT_ID],
+            source_tail=tail,
+        )
+
+    def deidentify_general(self, data: bytes) -> DeidentifiedInstance:
+        """:meth:`deidentify_part10` by the general path only (pydicom data sets
+        throughout); the fast path's output is tested against it."""
         out, meta = self._deidentified(read_part10(data, zero_copy=True))
         return DeidentifiedInstance(
             parts=tuple(encode_part10(out, meta)),
@@ -426,10 +474,14 @@ class Deidentifier:
         if not syntax:
             implicit, _ = src.original_encoding
             syntax = ImplicitVRLittleEndian if implicit else ExplicitVRLittleEndian
+        return self._new_meta(sop_class, _text(out, SOP_INSTANCE_UID), str(syntax))
+
+    @staticmethod
+    def _new_meta(sop_class: str, sop_instance: str, syntax: str) -> dict[int, str]:
         return {
             0x00020002: sop_class,
-            0x00020003: _text(out, SOP_INSTANCE_UID),
-            0x00020010: str(syntax),
+            0x00020003: sop_instance,
+            0x00020010: syntax,
             0x00020012: IMPLEMENTATION_CLASS_UID,
             0x00020013: IMPLEMENTATION_VERSION_NAME,
         }

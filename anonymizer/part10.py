@@ -13,6 +13,7 @@ import io
 import struct
 import warnings
 from collections.abc import Mapping
+from functools import lru_cache
 from typing import Any
 
 from pydicom import dcmread
@@ -55,7 +56,9 @@ def peek(ds: Dataset, tag: int) -> Any:
     """The value of ``tag`` without caching a decoded element in ``ds``.
 
     Keeping elements raw is what lets :func:`write_part10` copy them back cheaply. VRs
-    whose characters are always ASCII, and single US values, are decoded here directly.
+    whose characters are always ASCII, single US values, and single ASCII names and IDs
+    in a character set that decodes ASCII as itself are decoded here directly (the same
+    text pydicom gives; pydicom's decoder costs more than the rest of an instance).
     """
     elem = ds.get_item(tag)
     if elem is None:
@@ -65,10 +68,37 @@ def peek(ds: Dataset, tag: int) -> Any:
         if values is not None:
             return values[0] if len(values) == 1 else (values or "")
         vr = elem.VR or dictionary_vr(tag)
-        if vr == "US" and isinstance(elem.value, bytes) and len(elem.value) == 2:
-            return int.from_bytes(elem.value, "little" if elem.is_little_endian else "big")
+        value = elem.value
+        if vr == "US" and isinstance(value, bytes) and len(value) == 2:
+            return int.from_bytes(value, "little" if elem.is_little_endian else "big")
+        if (
+            vr in _NAME_VRS
+            and isinstance(value, bytes)
+            and value.isascii()
+            and b"\\" not in value
+            and _decodes_ascii_as_itself(ds)
+        ):
+            return value.decode("ascii").rstrip("\x00 ")
         elem = decode(elem, ds)
     return elem.value
+
+
+#: Single-valued text VRs pydicom decodes with the character set (then strips the end).
+_NAME_VRS = frozenset({"LO", "SH", "PN"})
+#: Values of Specific Character Set under which ASCII bytes are ASCII text.
+_ASCII_CHARSETS = frozenset({"", "ISO_IR 6", "ISO_IR 100", "ISO_IR 192"})
+
+
+def _decodes_ascii_as_itself(ds: Dataset) -> bool:
+    if getattr(ds, "_parent_encoding", None) != "iso8859":
+        return False  # an item inheriting another character set: let pydicom decide
+    charset = ds.get_item(0x00080005)
+    if charset is None:
+        return True
+    value = charset.value
+    if isinstance(value, bytes):
+        value = value.decode("ascii", "replace").strip(" \x00")
+    return isinstance(value, str) and value in _ASCII_CHARSETS
 
 
 def decode(elem: RawDataElement, ds: Dataset) -> DataElement:
@@ -268,8 +298,8 @@ def encode_part10(ds: Dataset, meta: Mapping[int, str] | None = None) -> list[by
             buffer = io.BytesIO()
             dcmwrite(buffer, ds, enforce_file_format=True)
             return [buffer.getvalue()]
-        out = _Output(syntax.is_implicit_VR)
-        out.parts += [b"\x00" * 128 + b"DICM", _file_meta_bytes(meta)]
+        out = Output(syntax.is_implicit_VR)
+        out.parts += [PREAMBLE, file_meta_bytes(meta)]
         charset = peek(ds, 0x00080005)
         _write_items(out, ds, convert_encodings(charset or "ISO_IR 6"))
         return out.parts
@@ -279,7 +309,13 @@ def encode_part10(ds: Dataset, meta: Mapping[int, str] | None = None) -> list[by
         raise AnonymizationError(f"cannot encode the de-identified instance: {exc}") from exc
 
 
-class _Output:
+#: The 128-byte preamble (zeros) and the DICM prefix of every file written.
+PREAMBLE = b"\x00" * 128 + b"DICM"
+#: The sequence delimiter the writer ends undefined-length values with.
+SEQUENCE_END = _SEQUENCE_END
+
+
+class Output:
     """Output as a list of byte strings; raw values are appended without copying."""
 
     def __init__(self, implicit: bool) -> None:
@@ -295,22 +331,31 @@ class _Output:
         self.parts.append(scratch.getvalue())
 
 
-def _file_meta_bytes(meta: Mapping[int, str]) -> bytes:
+def _version() -> bytes:
+    return _short(0x00020001, b"OB", b"\x00\x01")
+
+
+def file_meta_bytes(meta: Mapping[int, str]) -> bytes:
     """Group 0002 in explicit VR little endian, with its group length."""
-    body = [_short(0x00020001, b"OB", b"\x00\x01")]
+    body = [_VERSION]
     for tag in _META_ORDER:
         value = meta.get(tag)
         if not value:
             if tag in (0x00020002, 0x00020003, 0x00020010):
                 raise AnonymizationError(f"file meta lacks {tag:08X}")
             continue
-        text = str(value).encode("ascii")
-        if len(text) % 2:
-            text += b"\x00" if tag != 0x00020013 else b" "
-        body.append(_short(tag, b"SH" if tag == 0x00020013 else b"UI", text))
+        body.append(_meta_element(tag, str(value)))
     payload = b"".join(body)
     length = struct.pack("<HH2sHI", 0x0002, 0x0000, b"UL", 4, len(payload))
     return length + payload
+
+
+@lru_cache(maxsize=256)  # all but the SOP Instance UID repeat from file to file
+def _meta_element(tag: int, value: str) -> bytes:
+    text = value.encode("ascii")
+    if len(text) % 2:
+        text += b"\x00" if tag != 0x00020013 else b" "
+    return _short(tag, b"SH" if tag == 0x00020013 else b"UI", text)
 
 
 def _short(tag: int, vr: bytes, value: bytes) -> bytes:
@@ -319,30 +364,38 @@ def _short(tag: int, vr: bytes, value: bytes) -> bytes:
     return struct.pack("<HH2sH", tag >> 16, tag & 0xFFFF, vr, len(value)) + value
 
 
-def _write_items(out: _Output, ds: Dataset, encodings: list[str]) -> None:
-    implicit = out.implicit
+def _write_items(out: Output, ds: Dataset, encodings: list[str]) -> None:
     for tag, elem in sorted(ds.items(), key=_tag_number):
-        if isinstance(elem, RawDataElement):
-            if (
-                elem.is_implicit_VR == implicit
-                and elem.is_little_endian
-                and (implicit or elem.VR)
-                and (elem.VR != "SQ" or elem.length != 0xFFFFFFFF)
-            ):
-                _write_raw(out, elem)
-                continue
+        if isinstance(elem, RawDataElement) and not writable_raw(out, elem):
             elem = ds[tag]  # another encoding: let pydicom decode it
-        if elem.VR == "SQ":
-            _write_sequence(out, elem, encodings)
-        else:
-            out.element(elem, encodings)
+        write_element(out, elem, encodings)
+
+
+def writable_raw(out: Output, elem: RawDataElement) -> bool:
+    """True when ``elem``'s bytes can be copied to ``out`` as they are."""
+    return bool(
+        elem.is_implicit_VR == out.implicit
+        and elem.is_little_endian
+        and (out.implicit or elem.VR)
+        and (elem.VR != "SQ" or elem.length != 0xFFFFFFFF)
+    )
+
+
+def write_element(out: Output, elem: DataElement | RawDataElement, encodings: list[str]) -> None:
+    """One top-level or item element (a raw one must be :func:`writable_raw`)."""
+    if isinstance(elem, RawDataElement):
+        _write_raw(out, elem)
+    elif elem.VR == "SQ":
+        _write_sequence(out, elem, encodings)
+    else:
+        out.element(elem, encodings)
 
 
 def _tag_number(item: tuple[BaseTag, Any]) -> int:
     return int(item[0])  # plain ints compare without BaseTag.__eq__/__lt__
 
 
-def _write_raw(out: _Output, elem: RawDataElement) -> None:
+def _write_raw(out: Output, elem: RawDataElement) -> None:
     value = elem.value or b""
     undefined = elem.length == 0xFFFFFFFF
     length = 0xFFFFFFFF if undefined else len(value)
@@ -359,7 +412,7 @@ def _write_raw(out: _Output, elem: RawDataElement) -> None:
         out.parts.append(_SEQUENCE_END)
 
 
-def _write_sequence(out: _Output, elem: DataElement, encodings: list[str]) -> None:
+def _write_sequence(out: Output, elem: DataElement, encodings: list[str]) -> None:
     group, element = elem.tag >> 16, elem.tag & 0xFFFF
     if out.implicit:
         out.parts.append(struct.pack("<HHI", group, element, 0xFFFFFFFF))
@@ -372,3 +425,6 @@ def _write_sequence(out: _Output, elem: DataElement, encodings: list[str]) -> No
         _write_items(out, item, item_encodings)
         out.parts.append(_ITEM_END)
     out.parts.append(_SEQUENCE_END)
+
+
+_VERSION = _version()  # (0002,0001) File Meta Information Version

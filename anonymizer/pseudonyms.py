@@ -7,7 +7,6 @@ them, and another site's secret gives unrelated values (unlinkable across sites)
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 import os
 import secrets
@@ -18,6 +17,7 @@ from anonymizer.errors import AnonymizationError
 SECRET_BYTES = 32
 #: Largest backwards shift applied to dates, in days (about ten years).
 MAX_SHIFT_DAYS = 3650
+_MEMO_SIZE = 4096
 
 
 class Pseudonymizer:
@@ -27,10 +27,21 @@ class Pseudonymizer:
         if len(secret) < SECRET_BYTES:
             raise AnonymizationError(f"the site secret must be at least {SECRET_BYTES} bytes")
         self._secret = secret
+        # The instances of a series repeat their patient, study and series values: a
+        # small memo saves most HMACs of a folder (cleared when full; dict operations
+        # are atomic, so threads may share it).
+        self._memo: dict[tuple[str, str], bytes] = {}
 
     def _digest(self, domain: str, value: str) -> bytes:
-        message = domain.encode("ascii") + b"\x00" + value.encode("utf-8")
-        return hmac.new(self._secret, message, hashlib.sha256).digest()
+        key = (domain, value)
+        digest = self._memo.get(key)
+        if digest is None:
+            message = domain.encode("ascii") + b"\x00" + value.encode("utf-8")
+            digest = hmac.digest(self._secret, message, "sha256")
+            if len(self._memo) >= _MEMO_SIZE:
+                self._memo.clear()
+            self._memo[key] = digest
+        return digest
 
     def uid(self, value: str) -> str:
         """A UID under the ``2.25.`` root (128-bit integer, at most 44 characters)."""

@@ -4,8 +4,10 @@ Plain script (not a test) printing a table. Every side reads the same Part 10 fi
 applies the same recipe (``anonymizer/profiles/deid.basic``, with the same HMAC pseudonym
 functions plugged into deid's ``func:`` lookups) and writes one output file per input:
 
-* ``engine``   — our engine in one process, plain ``open``/``write`` (no fsync), the same
-  way deid's pipeline writes: the engine-to-engine comparison;
+* ``engine``   — our engine in one process, each output written straight into place with
+  no temporary file and no fsync, the way deid's pipeline writes (only the head of each
+  input is read; the header goes out with ``writev``, native pixel data is copied by the
+  kernel, as in the CLI): the engine-to-engine comparison;
 * ``cli j1``   — :func:`anonymizer.batch.run_batch` with ``jobs=1``, the code path of
   ``gridpacs anonymize --jobs 1`` (temporary file, fsync, rename per output);
 * ``cli jN``   — the same with ``jobs=<CPUs>`` worker processes (``gridpacs anonymize``'s
@@ -43,6 +45,7 @@ sys.path.insert(0, str(ROOT))
 from anonymizer import Deidentifier, load_profile  # noqa: E402
 from anonymizer._deid import run_reference_pipeline  # noqa: E402
 from anonymizer.batch import Settings, default_jobs, run_batch  # noqa: E402
+from anonymizer.files import deidentify_source, open_source, write_instance  # noqa: E402
 from anonymizer.pseudonyms import Pseudonymizer  # noqa: E402
 from tests.factories import StudySpec, make_dataset  # noqa: E402
 
@@ -98,10 +101,15 @@ def engine_runner() -> Runner:
 
     def run(files: list[Path], out: Path) -> None:
         deid = Deidentifier(load_profile(), SECRET)
+        flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC
         for path in files:
-            result = deid.deidentify_part10(path.read_bytes())
-            with (out / f"{result.sop_instance_uid}.dcm").open("wb") as handle:
-                handle.writelines(result.parts)
+            with open_source(path) as source:
+                result = deidentify_source(deid, source)
+                fd = os.open(out / f"{result.sop_instance_uid}.dcm", flags, 0o644)
+                try:
+                    write_instance(fd, result, source)
+                finally:
+                    os.close(fd)
 
     return run
 

@@ -64,6 +64,12 @@ def _mount_query() -> None:
     app.command("query", help="Query the grid-wide catalog.")(query_cmd)
 
 
+def _mount_streams() -> None:
+    from node.streams.cli import app as streams_app
+
+    app.add_typer(streams_app, name="streams", help="Processing streams of a node.")
+
+
 def _mount_jobs() -> None:
     from catalog.jobs_cli import app as jobs_app
 
@@ -110,6 +116,7 @@ _MOUNTS = {
     "retrieve": _mount_retrieve,
     "reconcile": _mount_reconcile,
     "storage": _mount_storage,
+    "streams": _mount_streams,
     "anonymize": _mount_anonymizer,
     "anonymizer": _mount_anonymizer,
     "pki": _mount_security,

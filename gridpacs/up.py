@@ -22,6 +22,8 @@ from rich.table import Table
 from catalog.security import pki
 
 HOST = "127.0.0.1"
+EXAMPLE_STREAMS = Path(__file__).resolve().parents[1] / "docs" / "examples" / "streams"
+"""The example processing stream (invert), served by the demo nodes in a source checkout."""
 
 
 @dataclass(frozen=True)
@@ -78,6 +80,7 @@ def _node_toml(root: Path, site: Site, sites: list[Site], catalog_port: int, tls
     lines = [
         f'name = "{site.name}"',
         f'data_dir = "{root / site.name}"',
+        *([f'streams_dir = "{EXAMPLE_STREAMS}"'] if EXAMPLE_STREAMS.is_dir() else []),
         "[dicom]",
         f'ae_title = "{site.ae_title}"',
         f'host = "{HOST}"',
@@ -208,7 +211,13 @@ def _print_table(console: Console, root: Path, sites: list[Site], port: int, tls
         f"  storescp -od received {ws} &   # the destination WORKSTATION\n"
         f"  movescu -S -aec GRID -aem WORKSTATION -k QueryRetrieveLevel=STUDY "
         f"-k PatientID=<id> {HOST} {b.port}\n"
-        "Ctrl-C stops everything."
+        + (
+            f"  storescu -aet WORKSTATION -aec INVERT +sd {HOST} {a.port} <study-folder>"
+            "   # processing stream: the inverted series comes back to WORKSTATION\n"
+            if EXAMPLE_STREAMS.is_dir()
+            else ""
+        )
+        + "Ctrl-C stops everything."
     )
 
 

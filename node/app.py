@@ -7,15 +7,18 @@ Nothing else in the node constructs collaborators; tests and the CLI build a
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 import grpc
 
 from catalog import GrpcCatalogClient, NodeInfo
+from catalog.jobs_client import JobsClient
 from catalog.security.grants import GrantKeyError, GrantVerifier, load_public_key
 from catalog.security.tls import channel_credentials, server_credentials
 from node.anti_entropy import AntiEntropy
-from node.config import CatalogLinkConfig, NodeConfig
+from node.config import CatalogLinkConfig, Destination, NodeConfig
 from node.dicom.handlers import Gateway
+from node.dicom.scu import send_files
 from node.dicom.server import DicomServer, configure_pynetdicom
 from node.errors import ConfigError
 from node.grid import GridQueryService, GridRetrieveService
@@ -30,20 +33,63 @@ from node.routing import Route, Router
 from node.services.ingest import IngestService
 from node.services.query import QueryService
 from node.services.retrieve import RetrieveService
+from node.streams.executor import reap_stale
+from node.streams.inputs import InputGatherer
+from node.streams.jobs import CatalogSubmitter
+from node.streams.registry import StreamRegistry, load_streams
+from node.streams.runner import JobRunner, RunnerSettings
+from node.streams.trigger import StreamTrigger
+from node.streams.worker import Worker
 from node.structlog import log_event
 from storage import BlobStore, Quarantine, open_store
 
 LOG = logging.getLogger("gridpacs.node")
 
 
-def build_routes(config: NodeConfig) -> list[Route]:
+def build_routes(config: NodeConfig, streams: StreamRegistry | None = None) -> list[Route]:
     """Every AE title the node answers to and what it does with what arrives there."""
     routes = [Route(ae_title=config.dicom.ae_title, collection=config.default_collection)]
     routes.extend(build_research_routes(config))
     if config.catalog is not None:
         grid_ae = config.catalog.grid_ae_title
         routes.append(Route(ae_title=grid_ae, collection="", grid=True, description="grid"))
+    for manifest in streams.enabled if streams is not None else ():
+        routes.append(
+            Route(
+                ae_title=manifest.ae_title,
+                collection=manifest.collection or config.default_collection,
+                stream=manifest.name,
+                description=f"stream {manifest.name}",
+            )
+        )
     return routes
+
+
+def reserved_ae_titles(config: NodeConfig) -> set[str]:
+    """AE titles a stream may not take: the node's own, the grid's, research routes'."""
+    taken = {config.dicom.ae_title, *(r.ae_title for r in config.routes)}
+    if config.catalog is not None:
+        taken.add(config.catalog.grid_ae_title)
+    return taken
+
+
+def load_node_streams(config: NodeConfig) -> StreamRegistry:
+    """The node's streams; without a catalog there is no scheduler, so none are served."""
+    registry = load_streams(
+        config.streams_dir,
+        reserved_ae_titles=reserved_ae_titles(config),
+        destinations=set(config.dicom.destinations),
+    )
+    if registry.streams and config.catalog is None:
+        log_event(
+            LOG,
+            "streams_disabled",
+            level=logging.WARNING,
+            streams=",".join(registry.streams),
+            reason="processing streams need a catalog (the scheduler)",
+        )
+        return StreamRegistry(problems=registry.problems)
+    return registry
 
 
 def _grid_credentials(
@@ -78,7 +124,8 @@ class NodeApp:
         self.store: BlobStore = open_store(config.blob_dir, config.storage.encryption_key_file)
         self.quarantine = Quarantine(config.quarantine_dir)
         self.index: SqlIndex = open_index(config.index_url)
-        self.router = Router(build_routes(config))
+        self.streams = load_node_streams(config)
+        self.router = Router(build_routes(config, self.streams))
         self.ingest = IngestService(
             self.store,
             self.index,
@@ -101,6 +148,9 @@ class NodeApp:
         self.replicator: Replicator | None = None
         self._grid_client_credentials: grpc.ChannelCredentials | None = None
         self.anti_entropy: AntiEntropy | None = None
+        self.jobs: JobsClient | None = None
+        self.trigger: StreamTrigger | None = None
+        self.worker: Worker | None = None
         if config.catalog is not None:
             self._join_grid(config.catalog, retrieve)
         self.dicom = DicomServer(config.dicom, self.gateway)
@@ -138,6 +188,50 @@ class NodeApp:
         self.gateway.grid_retrieve = GridRetrieveService(
             self.catalog, self.index, local.load, self.peers, prefetch=link.retrieve_prefetch
         )
+        if self.streams.enabled:
+            self._set_up_streams(link, client_creds)
+
+    def _set_up_streams(
+        self, link: CatalogLinkConfig, credentials: grpc.ChannelCredentials | None
+    ) -> None:
+        """Stream AE titles submit jobs; the worker runs the jobs placed on this node."""
+        config = self.config
+        self.jobs = JobsClient(link.addresses, timeout=link.timeout, credentials=credentials)
+        self.trigger = StreamTrigger(
+            CatalogSubmitter(self.jobs),
+            config.trigger_dir,
+            origin_node=config.name,
+            outbox_position=self.index.last_change_seq,
+            published_through=self._published_through,
+        )
+        self.gateway.streams = self.trigger
+        if not config.worker.enabled:
+            return
+        runner = JobRunner(
+            RunnerSettings(
+                node_name=config.name,
+                node_ae_title=config.dicom.ae_title,
+                default_collection=config.default_collection,
+                work_dir=config.jobs_dir,
+                kill_grace=config.worker.kill_grace,
+                keep_work_dirs=config.worker.keep_work_dirs,
+            ),
+            self.streams,
+            InputGatherer(self.index, self.store, self.catalog, self.peers),
+            self.ingest,
+            config.dicom.destinations,
+            send=self._send_results,
+            on_stored=self._nudge_publisher,
+        )
+        self.worker = Worker(
+            self.jobs, self.streams, runner.run, node_name=config.name, config=config.worker
+        )
+
+    def _send_results(self, called_ae: str, where: Destination, files: list[Path]) -> int:
+        return send_files(self.config.dicom.ae_title, called_ae, where.host, where.port, files)
+
+    def _published_through(self) -> int:
+        return self.publisher.sent_up_to if self.publisher is not None else -1
 
     def _nudge_publisher(self) -> None:
         if self.publisher is not None:
@@ -186,6 +280,11 @@ class NodeApp:
                 months=self.config.catalog.anti_entropy_months,
             )
             self.anti_entropy.start()
+        if self.worker is not None:  # first, so the catalog knows our streams early
+            reap_stale(self.config.jobs_dir)
+            self.worker.start()
+        if self.trigger is not None:
+            self.trigger.start()
         log_event(
             LOG,
             "node_ready",
@@ -195,6 +294,8 @@ class NodeApp:
             port=self.dicom.port,
             data_dir=str(self.config.data_dir.resolve()),
             routes=",".join(sorted(self.router.ae_titles)),
+            streams=",".join(sorted(self.streams.streams)) or "-",
+            worker="on" if self.worker is not None else "off",
         )
 
     def _replicator(self, link: CatalogLinkConfig, publisher: Publisher) -> Replicator:
@@ -229,6 +330,12 @@ class NodeApp:
         self.dicom.stop()
         if self.replicator is not None:
             self.replicator.stop()
+        if self.worker is not None:
+            self.worker.stop()
+        if self.trigger is not None:
+            self.trigger.stop()
+        if self.jobs is not None:
+            self.jobs.close()
         if self.anti_entropy is not None:
             self.anti_entropy.stop()
         if self.publisher is not None:

@@ -64,7 +64,9 @@ def _overrides(**values: Any) -> dict[str, Any]:
     if values.get("destination"):
         dicom["destinations"] = _destinations(values["destination"])
     top: dict[str, Any] = {
-        key: str(values[key]) for key in ("data_dir", "db_url", "name") if values.get(key)
+        key: str(values[key])
+        for key in ("data_dir", "db_url", "name", "streams_dir")
+        if values.get(key)
     }
     if dicom:
         top["dicom"] = dicom
@@ -72,6 +74,11 @@ def _overrides(**values: Any) -> dict[str, Any]:
     if link:
         top["catalog"] = link
     return top
+
+
+def load_node_config(config: Path | None, **overrides: Any) -> NodeConfig:
+    """The node configuration from ``--config`` plus CLI overrides; exit 2 when invalid."""
+    return _load(config, **overrides)
 
 
 def _load(config: Path | None, **overrides: Any) -> NodeConfig:
@@ -110,6 +117,10 @@ def serve(
         bool,
         typer.Option("--publish-identified", help="One trust domain: publish identified data."),
     ] = False,
+    streams_dir: Annotated[
+        Path | None,
+        typer.Option("--streams-dir", help="Folder of processing stream manifests."),
+    ] = None,
     log_level: Annotated[str, typer.Option("--log-level")] = "INFO",
 ) -> None:
     """Run the node until SIGTERM/SIGINT."""
@@ -126,6 +137,7 @@ def serve(
         catalog=catalog,
         insecure_catalog=insecure_catalog,
         publish_identified=publish_identified,
+        streams_dir=streams_dir,
     )
     configure_logging(log_level.upper())
     from node.app import NodeApp  # heavy imports only when serving

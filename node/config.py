@@ -191,6 +191,35 @@ class CatalogLinkConfig(_Strict):
         return self
 
 
+class WorkerConfig(_Strict):
+    """The node's long-lived job worker (processing streams, see docs/streams.md).
+
+    It runs inside ``gridpacs node serve`` when the node has a catalog and at least one
+    enabled stream; the limits are reported to the catalog, which places nothing new on a
+    node at or over any of them (0 = no limit).
+    """
+
+    enabled: bool = True
+    max_jobs: Annotated[int, Field(ge=1, le=256)] = 2
+    """Jobs run at the same time on this node (one worker thread each)."""
+    max_cpu_percent: Annotated[float, Field(ge=0, le=100)] = 0.0
+    min_memory_available_mb: Annotated[int, Field(ge=0)] = 0
+    work_dir: Path | None = None
+    """Where each attempt gets its fresh folder (default ``<data_dir>/jobs``)."""
+    keep_work_dirs: bool = False
+    """Keep an attempt's folder after it ends (debugging); failed ones are always kept."""
+    report_interval: Annotated[float, Field(gt=0)] = 2.0
+    """Seconds between ReportWorker heartbeats."""
+    lease_wait: Annotated[float, Field(gt=0, le=60)] = 5.0
+    """Long-poll of LeaseJob in seconds."""
+    renew_fraction: Annotated[float, Field(gt=0, lt=1)] = 0.3
+    """Renew a lease after this fraction of its duration has passed."""
+    kill_grace: Annotated[float, Field(ge=0)] = 2.0
+    """Seconds between SIGTERM and SIGKILL of a command's process group."""
+    finish_retry_seconds: Annotated[float, Field(gt=0)] = 60.0
+    """How long FinishJob is retried while the catalog is unreachable."""
+
+
 class NodeConfig(_Strict):
     """The whole configuration of one node process."""
 
@@ -204,6 +233,9 @@ class NodeConfig(_Strict):
     anonymizer: AnonymizerConfig = Field(default_factory=AnonymizerConfig)
     routes: tuple[RouteConfig, ...] = ()
     catalog: CatalogLinkConfig | None = None
+    streams_dir: Path | None = None
+    """Folder of processing stream manifests (``*.json`` or ``*/info.json``)."""
+    worker: WorkerConfig = Field(default_factory=WorkerConfig)
 
     @field_validator("name", "default_collection")
     @classmethod
@@ -241,6 +273,15 @@ class NodeConfig(_Strict):
     @property
     def quarantine_dir(self) -> Path:
         return self.data_dir / "quarantine"
+
+    @property
+    def jobs_dir(self) -> Path:
+        return self.worker.work_dir or self.data_dir / "jobs"
+
+    @property
+    def trigger_dir(self) -> Path:
+        """Stream triggers not yet accepted by the catalog (durable, retried)."""
+        return self.data_dir / "stream-triggers"
 
     @property
     def index_url(self) -> str:
@@ -284,8 +325,9 @@ def load_config(path: Path | None = None, overrides: dict[str, Any] | None = Non
             raise ConfigError(f"configuration file not found: {path}") from exc
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"{path}: not valid TOML: {exc}") from exc
-        if "data_dir" in data and not Path(data["data_dir"]).is_absolute():
-            data["data_dir"] = str(Path(path).parent / data["data_dir"])
+        for key in ("data_dir", "streams_dir"):
+            if key in data and not Path(data[key]).is_absolute():
+                data[key] = str(Path(path).parent / data[key])
     if overrides:
         data = _merge(data, overrides)
     try:

@@ -24,6 +24,8 @@ class Route:
     archive_original_in: str | None = None
     """Also store the untransformed original in this collection (identified archive)."""
     description: str = "archive"
+    stream: str | None = None
+    """Processing stream: each study the association delivers becomes one job."""
 
 
 class Router:

@@ -12,6 +12,9 @@ Rules, in order:
 * Among candidates a node holding the study wins (no transfer); then the least loaded
   (fewest active jobs relative to its ``max_jobs``, then CPU); then the name, so the answer
   is deterministic.
+* A study nobody holds in the catalog but that a node's stream trigger submitted is in a
+  collection that node does not publish (identified data stays at the site): only that
+  origin node can run it, so it waits for a slot there rather than failing elsewhere.
 * A job with no candidate stays queued; later jobs are still considered (a free node for
   another stream is not left idle behind a job nobody can run).
 """
@@ -40,6 +43,8 @@ class QueuedJob:
     created_at: datetime
     seq: int = 0
     """Tie-break within one ``created_at`` (the submission order)."""
+    origin_node: str = ""
+    """The node whose stream trigger submitted the job ("" for catalog submissions)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,10 +134,13 @@ def place(
         if all(slot.full() for slot in slots.values()):
             break
         held_by = tuple(sorted(set(holders.get(job.study_instance_uid, ()))))
+        only_origin = not held_by and bool(job.origin_node)
         candidates = [
             slot
             for slot in slots.values()
-            if job.stream in slot.streams and slot.fits(slot.streams[job.stream])
+            if job.stream in slot.streams
+            and slot.fits(slot.streams[job.stream])
+            and (not only_origin or slot.report.node == job.origin_node)
         ]
         if not candidates:
             continue

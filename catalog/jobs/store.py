@@ -176,7 +176,14 @@ def _active(conn: Connection) -> tuple[dict[str, int], dict[str, int]]:
 
 def _queued(conn: Connection, limit: int) -> list[QueuedJob]:
     rows = conn.execute(
-        select(J.c.id, J.c.stream, J.c.study_instance_uid, J.c.priority, J.c.created_at)
+        select(
+            J.c.id,
+            J.c.stream,
+            J.c.study_instance_uid,
+            J.c.priority,
+            J.c.created_at,
+            J.c.origin_node,
+        )
         .where(J.c.state == JobState.QUEUED.value)
         .order_by(J.c.priority.desc(), J.c.created_at, J.c.id)
         .limit(limit)
@@ -189,6 +196,7 @@ def _queued(conn: Connection, limit: int) -> list[QueuedJob]:
             priority=JobPriority(r.priority),
             created_at=utc(r.created_at) or now_utc(),
             seq=r.id,
+            origin_node=r.origin_node or "",
         )
         for r in rows
     ]

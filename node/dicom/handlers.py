@@ -54,6 +54,22 @@ class Retriever(Protocol):
     def load(self, item: Any) -> Dataset: ...
 
 
+class StreamSink(Protocol):
+    """The processing-stream trigger, as the gateway sees it."""
+
+    def stored(
+        self,
+        association: int,
+        *,
+        stream: str,
+        study_instance_uid: str,
+        collection: str,
+        calling_ae: str,
+    ) -> None: ...
+
+    def ended(self, association: int, *, released: bool) -> Any: ...
+
+
 def _model(event: Event) -> Model:
     sop_class = str(event.request.AffectedSOPClassUID)
     return Model.PATIENT_ROOT if sop_class in _PATIENT_ROOT else Model.STUDY_ROOT
@@ -83,6 +99,8 @@ class Gateway:
     grid_retrieve: Retriever | None = None
     on_stored: Callable[[], None] | None = None
     """Called after each successful store (wakes the catalog publisher)."""
+    streams: StreamSink | None = None
+    """Told what each association stored to stream AE titles, and when it ended."""
 
     def handlers(self) -> list[tuple[Any, Any]]:
         return [
@@ -92,6 +110,8 @@ class Gateway:
             (evt.EVT_C_FIND, self.on_find),
             (evt.EVT_C_MOVE, self.on_move),
             (evt.EVT_C_GET, self.on_get),
+            (evt.EVT_RELEASED, self.on_released),
+            (evt.EVT_ABORTED, self.on_aborted),
         ]
 
     # -- association ---------------------------------------------------------------------
@@ -111,6 +131,22 @@ class Gateway:
             # the DUL flush the A-ASSOCIATE-RJ before the socket closes (as pynetdicom does)
             event.assoc.acse.send_reject(0x01, 0x01, 0x07)
             event.assoc.kill()
+
+    def on_released(self, event: Event) -> None:
+        """A stream association ended normally: its studies become jobs."""
+        self._association_ended(event, released=True)
+
+    def on_aborted(self, event: Event) -> None:
+        """Aborted: what was stored stays, no job is made (the sender did not finish)."""
+        self._association_ended(event, released=False)
+
+    def _association_ended(self, event: Event, *, released: bool) -> None:
+        if self.streams is None:
+            return
+        try:
+            self.streams.ended(id(event.assoc), released=released)
+        except Exception:  # a full disk must not take the association thread down silently
+            LOG.exception("event=stream_trigger_error")
 
     def on_echo(self, event: Event) -> int:
         log_event(LOG, "c_echo", calling_ae=_calling_ae(event), status="0x0000")
@@ -141,7 +177,17 @@ class Gateway:
                 )
             if route.archive_original_in is not None:
                 self.ingest.store(request, collection=route.archive_original_in)
-            self.ingest.store(request, collection=route.collection, transform=route.transform)
+            stored = self.ingest.store(
+                request, collection=route.collection, transform=route.transform
+            )
+            if route.stream is not None and self.streams is not None:
+                self.streams.stored(
+                    id(event.assoc),
+                    stream=route.stream,
+                    study_instance_uid=stored.study_instance_uid,
+                    collection=stored.collection,
+                    calling_ae=calling,
+                )
             result, code = status.SUCCESS, status.SUCCESS
             if self.on_stored is not None:
                 self.on_stored()

@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import contextlib
 import socket
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
+from pathlib import Path
 from typing import Any
 
+from pydicom import dcmread
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
-from pynetdicom import build_context
+from pynetdicom import AE, build_context
 from pynetdicom.presentation import PresentationContext
 from pynetdicom.transport import AssociationSocket
 
+from node.errors import NodeError
 from node.index.records import StoredInstance
 
 MAX_REQUESTED_CONTEXTS = 128
@@ -62,3 +65,55 @@ def contexts_for(instances: Iterable[StoredInstance]) -> list[PresentationContex
         contexts.extend(build_context(sop_class, ts) for ts in ts_list if ts not in uncompressed)
         contexts.append(build_context(sop_class, list(uncompressed)))
     return contexts[:MAX_REQUESTED_CONTEXTS]
+
+
+class SendFailed(NodeError):
+    """A C-STORE to a destination did not succeed for every instance."""
+
+
+def send_files(
+    calling_ae: str,
+    called_ae: str,
+    host: str,
+    port: int,
+    files: Sequence[Path],
+    *,
+    timeout: float = 60.0,
+) -> int:
+    """C-STORE ``files`` (Part 10) to ``called_ae`` over one association; returns how many.
+
+    Raises :class:`SendFailed` naming the first instance the destination did not accept
+    (status other than success or warning) or why the association failed.
+    """
+    if not files:
+        return 0
+    install_nodelay_for_outgoing()
+    headers = [dcmread(path, stop_before_pixels=True) for path in files]
+    ae = AE(ae_title=calling_ae)
+    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = timeout
+    contexts: dict[tuple[str, str], PresentationContext] = {}
+    for ds in headers:
+        key = (str(ds.SOPClassUID), str(ds.file_meta.TransferSyntaxUID))
+        if key not in contexts:
+            others = [t for t in (ExplicitVRLittleEndian, ImplicitVRLittleEndian) if t != key[1]]
+            contexts[key] = build_context(key[0], [key[1], *others])
+    ae.requested_contexts = list(contexts.values())[:MAX_REQUESTED_CONTEXTS]
+    assoc = ae.associate(host, port, ae_title=called_ae)
+    if not assoc.is_established:
+        raise SendFailed(f"{called_ae} at {host}:{port} did not accept an association")
+    try:
+        for path in files:  # one dataset in memory at a time, however large the series
+            ds = dcmread(path)
+            try:
+                reply = assoc.send_c_store(ds)
+            except (ValueError, RuntimeError) as exc:  # no accepted context, aborted ...
+                raise SendFailed(f"{called_ae}: cannot send {ds.SOPInstanceUID}: {exc}") from exc
+            code = int(reply.Status) if reply is not None and "Status" in reply else -1
+            if code != 0 and not (0xB000 <= code <= 0xBFFF):
+                raise SendFailed(
+                    f"{called_ae} refused {ds.SOPInstanceUID}: "
+                    + (f"status 0x{code:04X}" if code >= 0 else "no response")
+                )
+    finally:
+        assoc.release()
+    return len(files)

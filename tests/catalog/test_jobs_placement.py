@@ -50,6 +50,21 @@ def test_without_a_holder_the_least_loaded_node_fetches() -> None:
     assert place([job(1)], same, {}, {})[0].node == "a"
 
 
+def test_a_study_the_grid_cannot_see_runs_only_on_the_node_that_submitted_it() -> None:
+    """Identified data stays home: no holder in the catalog + an origin node = that node only."""
+    from dataclasses import replace
+
+    workers = [report("a", max_jobs=1), report("b", max_jobs=4)]
+    local = replace(job(1, study="S"), origin_node="a")
+    [p] = place([local], workers, {}, {})
+    assert (p.node, p.holds_data) == ("a", False)
+    # the origin is full: the job waits for it instead of going to a node that cannot read it
+    assert place([local], workers, {"a": 1}, {}) == []
+    # once the catalog knows holders, the usual rules apply again
+    [p] = place([local], workers, {"a": 1}, {"S": ["b"]})
+    assert p.node == "b"
+
+
 def test_jobs_spread_as_slots_fill_within_one_round() -> None:
     workers = [report("a", max_jobs=2), report("b", max_jobs=2), report("c", max_jobs=2)]
     placements = place([job(n) for n in range(1, 9)], workers, {}, {})
