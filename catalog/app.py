@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import Any
 
 import grpc
@@ -23,8 +24,10 @@ from catalog.db.filters import Scope
 from catalog.jobs.scheduler import Scheduler, SchedulerSettings
 from catalog.jobs.service import JobsService
 from catalog.jobs.store import JobStore
+from catalog.placement import PullPlanner, ReplicationPolicy
 from catalog.replication import Peer, Replicator
 from catalog.server.holdings_convert import SERVICE_NAME as HOLDINGS_SERVICE
+from catalog.server.replication_servicer import REPLICATION_SERVICE, add_replication_service
 from catalog.server.serve import JOBS_SERVICE_NAME, SERVICE_NAME, CatalogServer, build_server
 from catalog.service import CatalogService
 
@@ -112,6 +115,7 @@ def _security(
     # the security tables and audit triggers come from migration 0003, like the rest
     rules = {METHOD + m: Requirement.HOST for m in HOST_METHODS}
     rules.update({METHOD + m: Requirement.TOKEN_OR_HOST for m in QUERY_METHODS})
+    rules[f"/{REPLICATION_SERVICE}/PlanPulls"] = Requirement.HOST
     rules.update({JOBS_METHOD + m: Requirement.HOST for m in JOB_HOST_METHODS})
     rules.update({JOBS_METHOD + m: Requirement.TOKEN_OR_HOST for m in JOB_USER_METHODS})
     rules[HOLDINGS_METHOD] = Requirement.TOKEN_OR_HOST  # reconciliation: operators and nodes
@@ -173,6 +177,16 @@ def _credentials(
     )
 
 
+def _policy(config: CatalogConfig) -> ReplicationPolicy:
+    replication = config.replication
+    return ReplicationPolicy(
+        default_factor=replication.default_factor,
+        factors=dict(replication.collections),
+        sites=dict(replication.sites),
+        lost_after=timedelta(seconds=replication.lost_after_seconds),
+    )
+
+
 def _jobs(config: CatalogConfig, engine: Engine, repository: Repository) -> JobsService:
     settings = SchedulerSettings(
         lease_seconds=config.jobs.lease_s,
@@ -208,6 +222,7 @@ def build_app(config: CatalogConfig) -> CatalogApp:
             max_workers=config.max_workers + config.jobs.max_long_polls,
             jobs=jobs,
         )
+        add_replication_service(server.server, PullPlanner(service.repository, _policy(config)))
         _add_access_service(server, service, config)
         timeout = config.replication.timeout_s
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import tomllib
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -35,9 +35,23 @@ class PeerConfig(_Model):
 
 
 class ReplicationConfig(_Model):
+    """Replica-to-replica change pulling, and the grid's replication policy between sites."""
+
     interval_s: float = Field(default=0.5, gt=0, le=3600, description="pause between pull rounds")
     batch_size: int = Field(default=2000, ge=1, le=50_000, description="changes per pull and apply")
     timeout_s: float = Field(default=5.0, gt=0, description="deadline of each call to a peer")
+    default_factor: int = Field(
+        default=1, ge=1, le=16, description="copies (on distinct sites) of every collection"
+    )
+    collections: dict[str, Annotated[int, Field(ge=1, le=16)]] = Field(
+        default_factory=dict, description="replication factor per collection"
+    )
+    sites: dict[str, str] = Field(
+        default_factory=dict, description="node name -> site label (default: the node's name)"
+    )
+    lost_after_seconds: float = Field(
+        default=3600.0, gt=0, description="a node silent this long is lost: copy its data"
+    )
 
 
 class TlsConfig(_Model):
@@ -193,6 +207,14 @@ max_workers = 16
 interval_s = 0.5
 batch_size = 2000
 timeout_s = 5.0
+default_factor = 1              # copies on distinct sites of every collection
+lost_after_seconds = 3600.0     # a node silent this long is lost: its data is copied elsewhere
+
+[replication.collections]       # replication factor per collection, e.g.
+# lung = 2
+
+[replication.sites]             # node name -> site label (default: the node's own name)
+# node-a1 = "hospital-a"
 
 # [tls]                         # mTLS (files made by `gridpacs pki`)
 # cert = "/etc/gridpacs/catalog.crt"

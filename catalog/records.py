@@ -49,6 +49,8 @@ class ChangeKind(enum.StrEnum):
     INSTANCE_DELETED = "instance_deleted"
     SUPERSEDED = "superseded"
     """Only from PullChanges: replaced by a later change of the same origin."""
+    STORE_RESET = "store_reset"
+    """The origin's store was emptied: forget its instances written by lower seqs."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,7 +78,7 @@ class Change:
     seq: int
     kind: ChangeKind
     record: InstanceRecord | None
-    """``None`` only for :attr:`ChangeKind.SUPERSEDED`."""
+    """``None`` only for :attr:`ChangeKind.SUPERSEDED` and :attr:`ChangeKind.STORE_RESET`."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -27,6 +27,7 @@ from node.peer import PeerClient, PeerServer
 from node.peer.inventory import InventoryServicer
 from node.peer.server import PeerServicer
 from node.publisher import Publisher
+from node.replicator import Replicator, replication_status_file
 from node.research_routes import build_research_routes
 from node.routing import Route, Router
 from node.services.ingest import IngestService
@@ -144,6 +145,8 @@ class NodeApp:
         self.publisher: Publisher | None = None
         self.peer_server: PeerServer | None = None
         self.peers: PeerClient | None = None
+        self.replicator: Replicator | None = None
+        self._grid_client_credentials: grpc.ChannelCredentials | None = None
         self.anti_entropy: AntiEntropy | None = None
         self.jobs: JobsClient | None = None
         self.trigger: StreamTrigger | None = None
@@ -154,6 +157,7 @@ class NodeApp:
 
     def _join_grid(self, link: CatalogLinkConfig, local: RetrieveService) -> None:
         client_creds, server_creds = _grid_credentials(link)
+        self._grid_client_credentials = client_creds
         self.catalog = GrpcCatalogClient(
             link.addresses, timeout=link.timeout, credentials=client_creds
         )
@@ -262,6 +266,9 @@ class NodeApp:
             )
             self.gateway.on_stored = self.publisher.nudge
             self.publisher.start()
+            if self.config.catalog.replication.enabled:
+                self.replicator = self._replicator(self.config.catalog, self.publisher)
+                self.replicator.start()
             self.anti_entropy = AntiEntropy(
                 self.config.name,
                 self.index,
@@ -291,8 +298,38 @@ class NodeApp:
             worker="on" if self.worker is not None else "off",
         )
 
+    def _replicator(self, link: CatalogLinkConfig, publisher: Publisher) -> Replicator:
+        from catalog.placement.client import GrpcPlacementClient
+
+        assert self.peers is not None
+        settings = link.replication
+        plans = GrpcPlacementClient(
+            link.addresses,
+            timeout=max(10.0, link.timeout),
+            credentials=self._grid_client_credentials,
+        )
+        default = self.config.default_collection
+        return Replicator(
+            self.config.name,
+            self.config.dicom.ae_title,
+            plans,
+            self.peers,
+            self.ingest,
+            self.index,
+            publishable=self._publishable,
+            refused_collections=() if self._publishable(default) else (default,),
+            interval=settings.interval,
+            concurrency=settings.concurrency,
+            batch_size=settings.batch_size,
+            max_backoff=settings.max_backoff,
+            on_stored=publisher.nudge,
+            status_file=replication_status_file(self.config),
+        )
+
     def stop(self) -> None:
         self.dicom.stop()
+        if self.replicator is not None:
+            self.replicator.stop()
         if self.worker is not None:
             self.worker.stop()
         if self.trigger is not None:

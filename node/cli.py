@@ -189,6 +189,9 @@ def status(
     finally:
         index.close()
     quarantined = len(Quarantine(cfg.quarantine_dir).list()) if cfg.quarantine_dir.exists() else 0
+    from node.replicator import read_replication_status, replication_status_file
+
+    replication = read_replication_status(replication_status_file(cfg)) or {}
     report = {
         "name": cfg.name,
         "ae_title": cfg.dicom.ae_title,
@@ -197,6 +200,7 @@ def status(
         "index": _redact(cfg.index_url),
         **counts,
         "quarantined": quarantined,
+        **{f"replication_{k}": v for k, v in replication.items() if k != "last_round"},
     }
     if as_json:
         typer.echo(json.dumps(report, indent=2))

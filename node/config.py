@@ -130,6 +130,20 @@ class RouteConfig(_Strict):
         return _check_ae(value)
 
 
+class ReplicaPullConfig(_Strict):
+    """The node's share of grid replication: copying what the catalog plans for it."""
+
+    enabled: bool = True
+    interval: Annotated[float, Field(gt=0, le=3600)] = 10.0
+    """Pause between asking the catalog for pulls while there is nothing to copy."""
+    concurrency: Annotated[int, Field(ge=1, le=64)] = 4
+    """Instances fetched and stored at the same time."""
+    batch_size: Annotated[int, Field(ge=1, le=5000)] = 200
+    """Pulls asked for per round."""
+    max_backoff: Annotated[float, Field(gt=0)] = 60.0
+    """Longest wait before retrying an instance that failed (doubles per failure)."""
+
+
 class CatalogLinkConfig(_Strict):
     """How the node reaches the catalog replicas (publishing and grid queries)."""
 
@@ -157,6 +171,7 @@ class CatalogLinkConfig(_Strict):
     publish_interval: Annotated[float, Field(gt=0)] = 0.5
     batch_size: Annotated[int, Field(ge=1, le=5000)] = 500
     timeout: Annotated[float, Field(gt=0)] = 5.0
+    replication: ReplicaPullConfig = Field(default_factory=ReplicaPullConfig)
     anti_entropy_interval: Annotated[float, Field(ge=0)] = 3600.0
     """Seconds between anti-entropy passes (republish what the catalog lost); 0 = off."""
     anti_entropy_months: Annotated[int, Field(ge=1, le=24)] = 2

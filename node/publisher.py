@@ -28,6 +28,7 @@ LOG = logging.getLogger("gridpacs.node.publisher")
 _KINDS = {
     ChangeKind.INSTANCE_ADDED: CatalogChangeKind.INSTANCE_ADDED,
     ChangeKind.INSTANCE_DELETED: CatalogChangeKind.INSTANCE_DELETED,
+    ChangeKind.STORE_RESET: CatalogChangeKind.STORE_RESET,
 }
 
 
@@ -35,6 +36,8 @@ class Outbox(Protocol):
     def changes_since(self, after_seq: int, limit: int) -> list[Change]: ...
 
     def last_change_seq(self) -> int: ...
+
+    def rebase_outbox(self, above_seq: int) -> int: ...
 
 
 class PublishTarget(Protocol):
@@ -47,6 +50,8 @@ class PublishTarget(Protocol):
 
 def to_catalog_change(change: Change) -> CatalogChange:
     """The node's outbox row as the catalog's wire-level value."""
+    if change.kind is ChangeKind.STORE_RESET:
+        return CatalogChange(seq=change.seq, kind=CatalogChangeKind.STORE_RESET, record=None)
     record = CatalogRecord(**{f.name: getattr(change.record, f.name) for f in
                               dataclasses.fields(change.record)})  # fmt: skip
     return CatalogChange(seq=change.seq, kind=_KINDS[change.kind], record=record)
@@ -138,7 +143,7 @@ class Publisher:
         changes = self._outbox.changes_since(self._scanned, self._batch)
         if not changes:
             return False
-        wanted = [to_catalog_change(c) for c in changes if self._publishable(c.record.collection)]
+        wanted = [to_catalog_change(c) for c in changes if self._publishes(c)]
         if wanted:
             result = self._target.publish_changes(self._node.name, wanted)
             self._mark = max(mark, result.high_water_mark)
@@ -148,12 +153,22 @@ class Publisher:
         self._scanned = changes[-1].seq
         return len(changes) == self._batch
 
+    def _publishes(self, change: Change) -> bool:
+        return change.kind is ChangeKind.STORE_RESET or self._publishable(change.record.collection)
+
     def _sync_mark(self) -> int:
         if not self._registered:
             mark = self._target.register_node(self._node)
             self._registered = True
         else:
             mark = self._target.heartbeat(self._node.name)
+        if mark > self._outbox.last_change_seq():
+            # the catalog has changes of ours this store never made: our disk was emptied
+            # (or restored from an older copy); restart its view of us from what is here
+            reset = self._outbox.rebase_outbox(mark)
+            log_event(LOG, "store_reset", level=logging.WARNING, catalog_mark=mark,
+                      reset_seq=reset)  # fmt: skip
+            self._scanned = mark
         if mark < self._mark or self._mark < 0:
             # first contact, or a replica that has less of us than we thought: resume there
             self._scanned = mark

@@ -61,7 +61,7 @@ def validate_changes(changes: Sequence[Change]) -> None:
         if change.seq <= previous:
             raise InvalidChange(f"seq {change.seq} is not > {previous}: changes must ascend")
         previous = change.seq
-        if change.kind is ChangeKind.SUPERSEDED:
+        if change.kind in (ChangeKind.SUPERSEDED, ChangeKind.STORE_RESET):
             continue
         record = change.record
         if record is None or not record.sop_instance_uid:
@@ -90,6 +90,8 @@ def apply_batch(conn: Connection, origin: str, changes: Sequence[Change]) -> tup
             _apply_adds(conn, origin, run)
         elif kind is ChangeKind.INSTANCE_DELETED:
             _apply_deletes(conn, origin, run)
+        elif kind is ChangeKind.STORE_RESET:
+            _apply_store_reset(conn, origin)
     conn.execute(insert(ChangeRow), [_log_row(origin, c) for c in fresh])
     write_watermark(conn, origin, fresh[-1].seq, existed=row is not None)
     return fresh[-1].seq, len(fresh), len(changes) - len(fresh)
@@ -108,7 +110,7 @@ def _runs(changes: Sequence[Change]) -> Iterator[tuple[ChangeKind, list[Change]]
 
 def _log_row(origin: str, change: Change) -> dict[str, Any]:
     record = change.record
-    if change.kind is ChangeKind.SUPERSEDED or record is None:
+    if change.kind in (ChangeKind.SUPERSEDED, ChangeKind.STORE_RESET) or record is None:
         return {
             "origin": origin,
             "seq": change.seq,
@@ -198,6 +200,15 @@ def _apply_adds(conn: Connection, origin: str, changes: list[Change]) -> None:
 def _apply_deletes(conn: Connection, origin: str, changes: list[Change]) -> None:
     keys = [(c.record.collection, c.record.sop_instance_uid) for c in changes if c.record]
     refresh_counts(conn, _delete_instances(conn, origin, keys))
+
+
+def _apply_store_reset(conn: Connection, origin: str) -> None:
+    """The origin's store was emptied: drop every row it wrote so far (all have lower seqs,
+    changes being applied in seq order). Its later ADDED changes fill it again."""
+    studies = select(StudyRow.id).where(StudyRow.origin == origin).scalar_subquery()
+    conn.execute(delete(InstanceRow).where(InstanceRow.origin == origin))
+    conn.execute(delete(SeriesRow).where(SeriesRow.study_id.in_(studies)))
+    conn.execute(delete(StudyRow).where(StudyRow.origin == origin))
 
 
 def _delete_instances(conn: Connection, origin: str, keys: list[tuple[str, str]]) -> set[int]:

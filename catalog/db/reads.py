@@ -109,6 +109,8 @@ def _change_from_row(row: Any) -> Change:
                 collection=row.log_collection,
             ),
         )
+    if kind is ChangeKind.STORE_RESET:
+        return Change(seq=row.seq, kind=kind, record=None)
     if kind is ChangeKind.SUPERSEDED or row.instance_id is None:
         return Change(seq=row.seq, kind=ChangeKind.SUPERSEDED, record=None)
     attributes = {**row.study_attributes, **row.series_attributes, **row.instance_attributes}

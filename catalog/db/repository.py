@@ -9,7 +9,7 @@ are translated.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import TypeVar
@@ -17,11 +17,12 @@ from typing import TypeVar
 from sqlalchemy import Connection, Engine, insert, select, update
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 
-from catalog.db import reads
+from catalog.db import placement, reads
 from catalog.db.apply import apply_batch, read_watermark
 from catalog.db.filters import Scope
 from catalog.db.models import NodeRow, WatermarkRow
 from catalog.errors import CatalogUnavailable, InvalidChange, UnknownNode
+from catalog.placement.policy import Holding, ReplicationPolicy
 from catalog.reconcile import Held, Period
 from catalog.records import (
     Change,
@@ -194,6 +195,21 @@ class Repository:
 
     def locate_instances(self, query: QueryFilter, scope: Scope) -> Iterator[InstanceLocation]:
         return self._streamed(lambda conn: reads.locate_instances(conn, query, scope))
+
+    def under_replicated(
+        self,
+        policy: ReplicationPolicy,
+        *,
+        live: Collection[str],
+        asking: str,
+        refused: Collection[str] = (),
+    ) -> Iterator[Holding]:
+        """Instances that may need another copy (see :mod:`catalog.db.placement`)."""
+        return self._streamed(
+            lambda conn: placement.under_replicated(
+                conn, policy, live=live, asking=asking, refused=refused
+            )
+        )
 
     def list_holdings(
         self, period: Period, node: str, collections: tuple[str, ...], scope: Scope

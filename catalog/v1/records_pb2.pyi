@@ -36,6 +36,11 @@ class _ChangeKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ChangeKind
     instance was re-added or deleted since); it carries only its seq, and applying it just
     advances the receiver's high-water mark. Publishers never send it.
     """
+    CHANGE_KIND_STORE_RESET: _ChangeKind.ValueType  # 4
+    """The origin's store was emptied or replaced (e.g. a node back with a wiped disk): forget
+    every instance of the origin written by a lower seq. Carries no record; the origin then
+    publishes what it really holds as ordinary INSTANCE_ADDED changes (replication.proto).
+    """
 
 class ChangeKind(_ChangeKind, metaclass=_ChangeKindEnumTypeWrapper): ...
 
@@ -46,6 +51,11 @@ CHANGE_KIND_SUPERSEDED: ChangeKind.ValueType  # 3
 """Only in PullChanges: the change was replaced by a later change of the same origin (the
 instance was re-added or deleted since); it carries only its seq, and applying it just
 advances the receiver's high-water mark. Publishers never send it.
+"""
+CHANGE_KIND_STORE_RESET: ChangeKind.ValueType  # 4
+"""The origin's store was emptied or replaced (e.g. a node back with a wiped disk): forget
+every instance of the origin written by a lower seq. Carries no record; the origin then
+publishes what it really holds as ordinary INSTANCE_ADDED changes (replication.proto).
 """
 Global___ChangeKind: _TypeAlias = ChangeKind  # noqa: Y015
 

@@ -96,6 +96,34 @@ _NEXT_SEQ = (
 _APPEND = sa.insert(table_of(ChangeRow))
 
 
+EMPTY_RECORD = InstanceRecord(
+    sop_instance_uid="",
+    sop_class_uid="",
+    study_instance_uid="",
+    series_instance_uid="",
+    patient_id="",
+    transfer_syntax_uid="",
+    blob_key="",
+    size=0,
+    collection="",
+)
+"""The record of a :attr:`ChangeKind.STORE_RESET` change (it is about no instance)."""
+
+
+def rebase(conn: Connection, above_seq: int, held: list[InstanceRecord]) -> int:
+    """Number the next changes above ``above_seq``, then append a STORE_RESET followed by an
+    INSTANCE_ADDED for every record in ``held``; return the reset's seq."""
+    head = table_of(ChangeHead)
+    conn.execute(
+        sa.update(head)
+        .where(head.c.id == HEAD_ID, head.c.last_seq < above_seq)
+        .values(last_seq=above_seq)
+    )
+    reset = append_change(conn, ChangeKind.STORE_RESET, EMPTY_RECORD)
+    append_changes(conn, ChangeKind.INSTANCE_ADDED, held)
+    return reset
+
+
 def changes_since(conn: Connection, after_seq: int, limit: int) -> list[Change]:
     """Up to ``limit`` changes with ``seq > after_seq``, oldest first."""
     limit = max(0, min(limit, MAX_CHANGES_PER_READ))

@@ -155,6 +155,9 @@ class ChangeKind(enum.StrEnum):
 
     INSTANCE_ADDED = "instance_added"
     INSTANCE_DELETED = "instance_deleted"
+    STORE_RESET = "store_reset"
+    """The catalog must forget what this node published before (see :meth:`SqlIndex.rebase_outbox`);
+    its record is empty."""
 
 
 @dataclass(frozen=True, slots=True)

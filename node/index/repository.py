@@ -233,6 +233,20 @@ class SqlIndex:
         with self._guard(), self._write() as conn, conn.begin():
             return outbox.prune_changes(conn, up_to_seq)
 
+    def rebase_outbox(self, above_seq: int) -> int:
+        """The catalog holds changes of this node up to ``above_seq`` that this index never
+        made: the store was emptied (a wiped disk) or restored from an older copy.
+
+        Numbering continues above ``above_seq`` with a STORE_RESET (the catalog forgets what
+        it believed this node held) and an INSTANCE_ADDED for every instance really held, all
+        in one transaction, so the catalog's view is rebuilt from what is here. Returns the
+        reset's seq.
+        """
+        with self._guard(), self._write() as conn, conn.begin():
+            rows = conn.execute(_RECORD_SELECT.order_by(IN.c.pk)).mappings()
+            held = [_record_from_row(row) for row in rows]
+            return outbox.rebase(conn, above_seq, held)
+
     def inventory(
         self,
         start_date: str,

@@ -176,11 +176,11 @@ def test_node_publishing_to_a_dead_replica_fails_over(
 
         client = GrpcCatalogClient([second.address], timeout=5)
         try:
-            # both instances: the publisher may send the first before the second is stored
+            # both instances, not just the study: the publisher may send them in two batches
             studies = _wait_for(
                 lambda: [s for s in client.query_studies(QueryFilter(patient_id="FAILOVER-1"))
                          if s.number_of_instances == 2],
-                30, "publication of both instances to the surviving replica",
+                30, "publication to the surviving replica",
             )  # fmt: skip
         finally:
             client.close()

@@ -1,0 +1,24 @@
+"""Replication between sites: the policy (pure), the planner (catalog side) and the client
+nodes use to ask what to copy. See docs/grid.md, "Replication"."""
+
+from catalog.placement.planner import PullPlanner
+from catalog.placement.policy import (
+    Holding,
+    NodeState,
+    PlannedPull,
+    PullSource,
+    ReplicationPolicy,
+    plan_for,
+    targets,
+)
+
+__all__ = [
+    "Holding",
+    "NodeState",
+    "PlannedPull",
+    "PullPlanner",
+    "PullSource",
+    "ReplicationPolicy",
+    "plan_for",
+    "targets",
+]

@@ -1,0 +1,112 @@
+"""The node's client of ``ReplicationService``, failing over between catalog replicas.
+
+PlanPulls is read-only, so any replica may answer and a failed call is simply sent to the
+next one; gRPC errors become :class:`CatalogUnavailable` / :class:`CatalogRejected` here.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Collection, Sequence
+
+import grpc
+
+from catalog.client import CHANNEL_OPTIONS, FAILOVER_CODES
+from catalog.errors import CatalogRejected, CatalogUnavailable
+from catalog.placement.policy import Holding, PlannedPull, PullSource
+from catalog.v1 import replication_pb2 as pb
+from catalog.v1 import replication_pb2_grpc as pb_grpc
+
+
+def pull_from_pb(message: pb.PlannedPull) -> PlannedPull:
+    return PlannedPull(
+        holding=Holding(
+            collection=message.collection,
+            sop_instance_uid=message.sop_instance_uid,
+            holders=tuple(s.node for s in message.sources),
+            sop_class_uid=message.sop_class_uid,
+            study_instance_uid=message.study_instance_uid,
+            series_instance_uid=message.series_instance_uid,
+            size=message.size,
+        ),
+        sources=tuple(PullSource(s.node, s.peer_address) for s in message.sources),
+        factor=message.factor,
+        copies=message.copies,
+    )
+
+
+class GrpcPlacementClient:
+    """``plan_pulls`` against the first replica that answers (preferring the last good one)."""
+
+    def __init__(
+        self,
+        addresses: Sequence[str],
+        *,
+        timeout: float = 10.0,
+        credentials: grpc.ChannelCredentials | None = None,
+    ) -> None:
+        if not addresses:
+            raise ValueError("at least one catalog address is required")
+        self.addresses = tuple(addresses)
+        self._timeout = timeout
+        self._credentials = credentials
+        self._channels: dict[str, grpc.Channel] = {}
+        self._preferred = 0
+        self._lock = threading.Lock()
+        self._announcements: list[grpc.Future] = []
+
+    def _stub(self, address: str) -> pb_grpc.ReplicationServiceStub:
+        with self._lock:
+            channel = self._channels.get(address)
+            if channel is None:
+                if self._credentials is None:
+                    channel = grpc.insecure_channel(address, options=CHANNEL_OPTIONS)
+                else:
+                    channel = grpc.secure_channel(
+                        address, self._credentials, options=CHANNEL_OPTIONS
+                    )
+                self._channels[address] = channel
+        return pb_grpc.ReplicationServiceStub(channel)
+
+    def plan_pulls(
+        self, node: str, *, refused_collections: Collection[str] = (), limit: int = 0
+    ) -> list[PlannedPull]:
+        request = pb.PlanPullsRequest(
+            node=node, refused_collections=sorted(refused_collections), limit=limit
+        )
+        errors: list[str] = []
+        count = len(self.addresses)
+        for step in range(count):
+            index = (self._preferred + step) % count
+            address = self.addresses[index]
+            try:
+                response = self._stub(address).PlanPulls(request, timeout=self._timeout)
+            except grpc.RpcError as exc:
+                if exc.code() not in FAILOVER_CODES:
+                    raise CatalogRejected(
+                        f"{exc.code().name}: {exc.details()}", code=exc.code().name
+                    ) from exc
+                errors.append(f"{address}: {exc.code().name}")
+                continue
+            self._preferred = index
+            self._announce(request, skip=address)
+            return [pull_from_pb(p) for p in response.pulls]
+        raise CatalogUnavailable(f"no catalog replica answered PlanPulls: {'; '.join(errors)}")
+
+    def _announce(self, request: pb.PlanPullsRequest, *, skip: str) -> None:
+        """Tell the other replicas our refusals, without waiting (errors are ignored: the
+        next round tries again)."""
+        note = pb.PlanPullsRequest(
+            node=request.node, refused_collections=request.refused_collections, announce_only=True
+        )
+        self._announcements = [
+            self._stub(address).PlanPulls.future(note, timeout=min(self._timeout, 2.0))
+            for address in self.addresses
+            if address != skip
+        ]
+
+    def close(self) -> None:
+        with self._lock:
+            for channel in self._channels.values():
+                channel.close()
+            self._channels.clear()

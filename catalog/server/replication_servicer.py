@@ -1,0 +1,59 @@
+"""The gRPC face of replication planning: ``gridpacs.catalog.v1.ReplicationService``."""
+
+from __future__ import annotations
+
+import grpc
+
+from catalog.placement.planner import PullPlanner
+from catalog.placement.policy import PlannedPull
+from catalog.server.status import guarded
+from catalog.v1 import replication_pb2 as pb
+from catalog.v1 import replication_pb2_grpc as pb_grpc
+
+REPLICATION_SERVICE = pb.DESCRIPTOR.services_by_name["ReplicationService"].full_name
+
+
+def pull_to_pb(pull: PlannedPull, target: pb.PlannedPull) -> None:
+    holding = pull.holding
+    target.sop_instance_uid = holding.sop_instance_uid
+    target.sop_class_uid = holding.sop_class_uid
+    target.study_instance_uid = holding.study_instance_uid
+    target.series_instance_uid = holding.series_instance_uid
+    target.collection = holding.collection
+    target.size = holding.size
+    target.factor = pull.factor
+    target.copies = pull.copies
+    for source in pull.sources:
+        target.sources.add(node=source.node, peer_address=source.peer_address)
+
+
+class ReplicationServicer(pb_grpc.ReplicationServiceServicer):
+    """PlanPulls: the asking node's share of the copies the grid is missing."""
+
+    def __init__(self, planner: PullPlanner) -> None:
+        self._planner = planner
+
+    def PlanPulls(
+        self, request: pb.PlanPullsRequest, context: grpc.ServicerContext
+    ) -> pb.PlanPullsResponse:
+        if request.announce_only:
+            self._planner.note_refusals(request.node, list(request.refused_collections))
+            return pb.PlanPullsResponse()
+        pulls = guarded(
+            "PlanPulls",
+            context,
+            lambda: self._planner.plan(
+                request.node,
+                refused_collections=list(request.refused_collections),
+                limit=max(0, request.limit),
+            ),
+        )
+        response = pb.PlanPullsResponse()
+        for pull in pulls:
+            pull_to_pb(pull, response.pulls.add())
+        return response
+
+
+def add_replication_service(server: grpc.Server, planner: PullPlanner) -> None:
+    """Serve ReplicationService on ``server`` (before it starts)."""
+    pb_grpc.add_ReplicationServiceServicer_to_server(ReplicationServicer(planner), server)
