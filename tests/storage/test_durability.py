@@ -125,12 +125,17 @@ def test_sigkill_mid_way_loses_no_acknowledged_put_and_shows_no_partial_blob(
             assert list((root / "tmp").iterdir()) == []
             if kills_mid_put >= 2:
                 break
+        # The concurrent reader may lag on a loaded machine; let it read what is left, so the
+        # torn-read check below covers every acknowledged blob.
+        deadline = time.monotonic() + 30
+        while not set(acknowledged) <= observer.seen and time.monotonic() < deadline:
+            time.sleep(0.05)
     finally:
         observer.stop.set()
         observer.join(timeout=30)
     assert kills_mid_put >= 2, "no kill landed inside a put; the test proved nothing"
     assert observer.torn == [], "a reader saw a partially written blob"
-    assert len(observer.seen) >= len(acknowledged) - 6
+    assert set(acknowledged) <= observer.seen, "the reader never read some acknowledged blobs"
     assert list(open_store(root, key).scrub()) == []
 
 
