@@ -527,6 +527,12 @@ def test_the_example_inventory_renders_valid_configurations(tmp_path: Path) -> N
     assert 'address = "catalog-2.grid.example.org:50051"' in catalog_1
     assert 'db_url = "postgresql+psycopg2://gridpacs@/gridpacs_catalog_1"' in catalog_1
     assert (etc / "streams" / "node-site-a" / "lung-seg.json").is_file()
+    assert f'grant_public_keys = ["{etc / "pki" / "grant-g1.pub"}"]' in site_a
+    assert f'grant_key_file = "{etc / "pki" / "grant.key"}"' in catalog_1
+    site_c = (etc / "node-site-c.toml").read_text()
+    assert "\nanti_entropy_interval = 1800.0\nanti_entropy_months = 1\n" in site_c
+    assert "\n[catalog.replication]\nconcurrency = 2\n" in site_c
+    assert "anti_entropy" not in site_a and "[catalog.replication]" not in site_a
     replication_keys = _known_fields("catalog.config", "ReplicationConfig")
     node_keys = _known_fields("node.config", "NodeConfig")
     assert ("\ndefault_factor = 2\n" in catalog_1) == ("default_factor" in replication_keys)
