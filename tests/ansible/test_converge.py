@@ -28,6 +28,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import pydicom
 import pytest
 import sqlalchemy as sa
 from pynetdicom import AE
@@ -337,10 +338,70 @@ def test_stream_manifests_are_rendered_as_the_inventory_lists_them(grid: Grid) -
         "destination": "sender",
     }
     assert not (grid.etc("site-b") / "streams" / "node-site-b").exists()
+    # the installed gridpacs reads streams and replication factors: rendered as keys
+    assert f'\nstreams_dir = "{streams}"\n' in (grid.etc("site-a") / "node-site-a.toml").read_text()
+    catalog = (grid.etc("ci-catalog-1") / "catalog-ci-catalog-1.toml").read_text()
+    assert "\ndefault_factor = 1\n" in catalog and "not read" not in catalog
+
+
+def test_grant_keys_are_distributed_private_and_referenced(grid: Grid) -> None:
+    control = grid.prefix / "control-pki" / "grant" / "g1"
+    assert _mode(control / "grant.key") == 0o600
+    signing = grid.etc("ci-catalog-1") / "pki" / "grant.key"
+    assert _mode(signing) == 0o600
+    assert signing.read_bytes() == (control / "grant.key").read_bytes()
+    catalog_toml = (grid.etc("ci-catalog-1") / "catalog-ci-catalog-1.toml").read_text()
+    assert f'grant_key_file = "{signing}"' in catalog_toml
+    for host in ("site-a", "site-b"):
+        public = grid.etc(host) / "pki" / "grant-g1.pub"
+        assert public.read_bytes() == (control / "grant.pub").read_bytes()
+        assert not (grid.etc(host) / "pki" / "grant.key").exists(), "a node can mint grants"
+        toml = (grid.etc(host) / f"node-{host}.toml").read_text()
+        assert f'grant_public_keys = ["{public}"]' in toml
+        assert "anti_entropy" not in toml and "[catalog.replication]" not in toml  # defaults
+    assert not (grid.etc("ci-catalog-1") / "pki" / "grant-g1.pub").exists()
+
+
+def test_a_researcher_retrieves_the_study_with_a_token_and_a_grant(
+    grid: Grid, stored: StudySpec, tmp_path: Path
+) -> None:
+    """The whole grant path as provisioned: token from the catalog's database and pepper, a
+    user certificate from the grid CA, a grant signed with the distributed key and checked by
+    SITEA with the public key it was given."""
+    venv_cli = str(grid.prefix / "site-a" / "opt" / "gridpacs" / "venv" / "bin" / "gridpacs")
+    pepper = grid.etc("ci-catalog-1") / "secrets" / "catalog-ci-catalog-1" / "token.pepper"
+
+    def run(*args: str) -> str:
+        proc = subprocess.run([venv_cli, *args], capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+        return proc.stdout
+
+    run("pki", "issue", "--ca", str(grid.prefix / "control-pki" / "ca"),
+        "--out", str(tmp_path / "alice"), "--name", "alice", "--client-only")  # fmt: skip
+    token = json.loads(
+        run("token", "create", "--db-url", grid.db_url, "--pepper-file", str(pepper),
+            "--user", "alice", "--grant", "local=admin", "--expires-in", "1h", "--json")
+    )["token"]  # fmt: skip
+    _wait_for(
+        lambda: _grid_find_soon(grid.site_b_port, "STUDY", PatientID="ANSIBLE-P1"),
+        60,
+        "the stored study in the catalog",
+    )
+    out = tmp_path / "out"
+    run("retrieve", "--catalog", f"127.0.0.1:{grid.catalog_port}", "--token", token,
+        "--ca", str(tmp_path / "alice" / "ca.crt"), "--cert", str(tmp_path / "alice" / "alice.crt"),
+        "--key", str(tmp_path / "alice" / "alice.key"), "--study", stored.study_uid,
+        "--out", str(out), "--json")  # fmt: skip
+    [fetched] = list((out / stored.study_uid).rglob("*.dcm"))
+    assert pydicom.dcmread(fetched).PatientID == "ANSIBLE-P1"
 
 
 def _secret_digests(prefix: Path) -> dict[str, str]:
-    files = [*prefix.glob("*/etc/gridpacs/secrets/*/*"), *prefix.glob("*/etc/gridpacs/streams/*/*")]
+    files = [
+        *prefix.glob("*/etc/gridpacs/secrets/*/*"),
+        *prefix.glob("*/etc/gridpacs/streams/*/*"),
+        *prefix.glob("*/etc/gridpacs/pki/grant*"),
+    ]
     return {str(f): hashlib.sha256(f.read_bytes()).hexdigest() for f in files}
 
 
@@ -364,7 +425,8 @@ def test_a_second_run_changes_nothing(grid: Grid) -> None:
     pids = {p.name: p.read_text() for p in grid.prefix.glob("*/run/gridpacs/*.pid")}
     assert len(pids) == 3, pids
     secrets = _secret_digests(grid.prefix)
-    assert len(secrets) == 7, secrets  # 3 + 2 node secrets, 1 pepper, 1 stream manifest
+    # 3 + 2 node secrets, 1 pepper, 1 stream manifest, the grant key + 2 public keys
+    assert len(secrets) == 10, secrets
     second = _converge(grid.extra_vars, grid.prefix / "ansible-home")
     assert _recap(second) == {"ci-catalog-1": 0, "site-a": 0, "site-b": 0}, second[-3000:]
     after = {p.name: p.read_text() for p in grid.prefix.glob("*/run/gridpacs/*.pid")}
@@ -465,6 +527,12 @@ def test_the_example_inventory_renders_valid_configurations(tmp_path: Path) -> N
     assert 'address = "catalog-2.grid.example.org:50051"' in catalog_1
     assert 'db_url = "postgresql+psycopg2://gridpacs@/gridpacs_catalog_1"' in catalog_1
     assert (etc / "streams" / "node-site-a" / "lung-seg.json").is_file()
+    assert f'grant_public_keys = ["{etc / "pki" / "grant-g1.pub"}"]' in site_a
+    assert f'grant_key_file = "{etc / "pki" / "grant.key"}"' in catalog_1
+    site_c = (etc / "node-site-c.toml").read_text()
+    assert "\nanti_entropy_interval = 1800.0\nanti_entropy_months = 1\n" in site_c
+    assert "\n[catalog.replication]\nconcurrency = 2\n" in site_c
+    assert "anti_entropy" not in site_a and "[catalog.replication]" not in site_a
     replication_keys = _known_fields("catalog.config", "ReplicationConfig")
     node_keys = _known_fields("node.config", "NodeConfig")
     assert ("\ndefault_factor = 2\n" in catalog_1) == ("default_factor" in replication_keys)
