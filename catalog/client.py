@@ -70,6 +70,14 @@ def _rejected(exc: grpc.RpcError) -> CatalogRejected:
     return CatalogRejected(f"{code.name}: {exc.details()}", code=code.name)
 
 
+def open_channel(address: str, credentials: grpc.ChannelCredentials | None) -> grpc.Channel:
+    """A channel to a catalog replica: mTLS when credentials are given, plaintext otherwise
+    (local development only, as the configuration says)."""
+    if credentials is None:
+        return grpc.insecure_channel(address, options=CHANNEL_OPTIONS)
+    return grpc.secure_channel(address, credentials, options=CHANNEL_OPTIONS)
+
+
 class FailoverClient:
     """Channels to every replica and the failover of unary and streaming calls.
 
@@ -123,13 +131,7 @@ class FailoverClient:
         with self._lock:
             stub = self._stubs.get(address)
             if stub is None:
-                if self._credentials is None:
-                    channel = grpc.insecure_channel(address, options=CHANNEL_OPTIONS)
-                else:
-                    channel = grpc.secure_channel(
-                        address, self._credentials, options=CHANNEL_OPTIONS
-                    )
-                self._channels[address] = channel
+                channel = self._channels[address] = open_channel(address, self._credentials)
                 stub = self._stubs[address] = type(self).stub_type(channel)
             return stub
 

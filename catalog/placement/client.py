@@ -11,7 +11,7 @@ from collections.abc import Collection, Sequence
 
 import grpc
 
-from catalog.client import CHANNEL_OPTIONS, FAILOVER_CODES
+from catalog.client import FAILOVER_CODES, open_channel
 from catalog.errors import CatalogRejected, CatalogUnavailable
 from catalog.placement.policy import Holding, PlannedPull, PullSource
 from catalog.v1 import replication_pb2 as pb
@@ -59,13 +59,7 @@ class GrpcPlacementClient:
         with self._lock:
             channel = self._channels.get(address)
             if channel is None:
-                if self._credentials is None:
-                    channel = grpc.insecure_channel(address, options=CHANNEL_OPTIONS)
-                else:
-                    channel = grpc.secure_channel(
-                        address, self._credentials, options=CHANNEL_OPTIONS
-                    )
-                self._channels[address] = channel
+                channel = self._channels[address] = open_channel(address, self._credentials)
         return pb_grpc.ReplicationServiceStub(channel)
 
     def plan_pulls(
