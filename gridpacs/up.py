@@ -69,10 +69,27 @@ def _catalog_toml(root: Path, port: int, tls: bool) -> Path:
     if tls:
         cert, key, ca = _cert_paths(root / "pki", "catalog-1")
         lines += ["[tls]", f'cert = "{cert}"', f'key = "{key}"', f'ca = "{ca}"']
+        pepper, grant_key, _ = _research_secrets(root / "pki")
+        lines += ["[security]", f'pepper_file = "{pepper}"', f'grant_key_file = "{grant_key}"']
     else:
         lines.append("insecure = true")
     path.write_text("\n".join(lines) + "\n")
     return path
+
+
+def _research_secrets(pki_dir: Path) -> tuple[Path, Path, Path]:
+    """The token pepper and the grant key pair, made once: with them researchers' tokens
+    (``gridpacs token create``) and ``gridpacs retrieve`` work on this grid too."""
+    from catalog.security.grants import write_grant_key
+    from catalog.security.tokens import write_pepper
+
+    pepper = pki_dir / "token.pepper"
+    grant_dir = pki_dir / "grant"
+    if not pepper.exists():
+        write_pepper(pepper)
+    if not (grant_dir / "grant.key").exists():
+        write_grant_key(grant_dir)
+    return pepper, grant_dir / "grant.key", grant_dir / "grant.pub"
 
 
 def _node_toml(root: Path, site: Site, sites: list[Site], catalog_port: int, tls: bool) -> Path:
@@ -99,6 +116,7 @@ def _node_toml(root: Path, site: Site, sites: list[Site], catalog_port: int, tls
     if tls:
         cert, key, ca = _cert_paths(root / "pki", site.name)
         lines += [f'cert_file = "{cert}"', f'key_file = "{key}"', f'ca_file = "{ca}"']
+        lines.append(f'grant_public_keys = ["{_research_secrets(root / "pki")[2]}"]')
     else:
         lines.append("insecure = true")
     path.write_text("\n".join(lines) + "\n")
@@ -217,7 +235,20 @@ def _print_table(console: Console, root: Path, sites: list[Site], port: int, tls
             if EXAMPLE_STREAMS.is_dir()
             else ""
         )
+        + (_researcher_hint(root, port) if tls else "")
         + "Ctrl-C stops everything."
+    )
+
+
+def _researcher_hint(root: Path, port: int) -> str:
+    pki_dir = root / "pki"
+    return (
+        "Researchers (tokens and retrieve grants are on):\n"
+        f"  gridpacs pki issue --ca {pki_dir / 'ca'} --out alice --name alice --client-only\n"
+        f"  gridpacs token create --db-url sqlite:///{root / 'catalog-1.sqlite'} "
+        f"--pepper-file {pki_dir / 'token.pepper'} --user alice --grant local=admin\n"
+        f"  gridpacs retrieve --catalog {HOST}:{port} --token <token> --ca alice/ca.crt "
+        "--cert alice/alice.crt --key alice/alice.key --study <StudyInstanceUID> --out fetched\n"
     )
 
 

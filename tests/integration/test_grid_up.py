@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -13,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from tests.factories import StudySpec, make_dataset
-from tests.integration.processes import free_port
+from tests.integration.processes import free_port, gridpacs_cli
 from tests.integration.test_grid_catalog import _grid_find_soon, _store, _wait_for
 
 REPO = Path(__file__).resolve().parents[2]
@@ -44,6 +45,7 @@ def test_up_starts_a_grid_where_one_node_finds_the_others_study(tmp_path: Path) 
         )  # fmt: skip
         assert found[0].RetrieveAETitle == "SITEA"
         assert (tmp_path / "grid" / "pki" / "ca" / "ca.crt").exists()
+        _researcher_retrieves(tmp_path, catalog, found[0].StudyInstanceUID)
     finally:
         proc.send_signal(signal.SIGTERM)
         try:
@@ -59,3 +61,29 @@ def test_up_starts_a_grid_where_one_node_finds_the_others_study(tmp_path: Path) 
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             sock.bind(("127.0.0.1", port))
             sock.listen()
+
+
+def _researcher_retrieves(tmp_path: Path, catalog_port: int, study_uid: str) -> None:
+    """The grid `up` prints how a researcher gets a certificate, a token and the study."""
+    grid = tmp_path / "grid"
+    pepper, grant_key = grid / "pki" / "token.pepper", grid / "pki" / "grant" / "grant.key"
+    assert pepper.stat().st_mode & 0o077 == 0 and grant_key.stat().st_mode & 0o077 == 0
+
+    def run(*args: str) -> str:
+        proc = gridpacs_cli(*args)
+        assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+        return proc.stdout
+
+    alice = tmp_path / "alice"
+    run("pki", "issue", "--ca", str(grid / "pki" / "ca"), "--out", str(alice),
+        "--name", "alice", "--client-only")  # fmt: skip
+    token = json.loads(
+        run("token", "create", "--db-url", f"sqlite:///{grid / 'catalog-1.sqlite'}",
+            "--pepper-file", str(pepper), "--user", "alice", "--grant", "local=admin", "--json")
+    )["token"]  # fmt: skip
+    out = tmp_path / "fetched"
+    run("retrieve", "--catalog", f"127.0.0.1:{catalog_port}", "--token", token,
+        "--ca", str(alice / "ca.crt"), "--cert", str(alice / "alice.crt"),
+        "--key", str(alice / "alice.key"), "--study", study_uid, "--out", str(out))  # fmt: skip
+    [fetched] = list((out / study_uid).rglob("*.dcm"))
+    assert b"UP-1" in fetched.read_bytes()
