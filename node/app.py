@@ -215,6 +215,7 @@ class NodeApp:
                 work_dir=config.jobs_dir,
                 kill_grace=config.worker.kill_grace,
                 keep_work_dirs=config.worker.keep_work_dirs,
+                may_leave_site=self._publishable,
             ),
             self.streams,
             InputGatherer(self.index, self.store, self.catalog, self.peers),

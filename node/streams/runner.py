@@ -12,7 +12,8 @@ import shutil
 import threading
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from io import BytesIO
 from pathlib import Path
 
 from pydicom import dcmread
@@ -57,6 +58,9 @@ class RunnerSettings:
     work_dir: Path
     kill_grace: float = 2.0
     keep_work_dirs: bool = False
+    may_leave_site: Callable[[str], bool] = lambda _collection: True
+    """The node's publish policy: a job on a collection that may not leave the site keeps
+    its logs here (a command's output can quote patient data) and tells the catalog where."""
 
 
 class JobRunner:
@@ -129,8 +133,32 @@ class JobRunner:
         except Exception as exc:  # a bug must still end the attempt with a report
             LOG.exception("event=job_attempt_crashed job=%s", job.id)
             outcome = self._failed(ws, f"internal error: {type(exc).__name__}: {exc}", -1)
+        if ws is not None and not self.settings.may_leave_site(self._collection(job)):
+            outcome = replace(outcome, logs=self._keep_logs_here(ws, job))
         self._cleanup(ws, outcome)
         return outcome
+
+    def _collection(self, job: Job) -> str:
+        manifest = self._registry.streams.get(job.stream)
+        return (
+            job.collection
+            or (manifest.collection if manifest is not None else "")
+            or self.settings.default_collection
+        )
+
+    def _keep_logs_here(self, ws: Workspace, job: Job) -> bytes:
+        """Move the attempt's logs out of the work folder (which cleanup may remove) and
+        return the note the catalog gets instead of them."""
+        kept = self.settings.work_dir / "logs" / f"{ws.root.name}.txt"
+        try:
+            kept.parent.mkdir(mode=0o700, exist_ok=True)
+            shutil.copyfile(ws.log_file, kept)
+        except OSError as exc:
+            LOG.warning("event=job_logs_not_kept job=%s error=%s", job.id, exc)
+        return (
+            f"logs kept at node {self.settings.node_name} in {kept}: collection "
+            f"{self._collection(job)!r} does not leave the site\n"
+        ).encode()
 
     # -- steps -------------------------------------------------------------------------------
     def _manifest(self, job: Job) -> StreamManifest:
@@ -229,9 +257,10 @@ class JobRunner:
 
 
 def _request(path: Path, node_ae: str) -> StoreRequest:
-    ds = dcmread(path, stop_before_pixels=True)
+    data = path.read_bytes()  # read once: the header comes from the same bytes
+    ds = dcmread(BytesIO(data), stop_before_pixels=True)
     return StoreRequest(
-        data=path.read_bytes(),
+        data=data,
         calling_ae=node_ae,
         called_ae=node_ae,
         affected_sop_class_uid=str(ds.SOPClassUID),

@@ -179,6 +179,29 @@ def test_failing_command_reports_exit_code_and_logs(node: NodeApp, tmp_path: Pat
     assert len(kept) == 1 and (kept[0] / "logs.txt").exists(), "failed attempts are kept"
 
 
+def test_logs_of_a_collection_that_stays_home_never_reach_the_catalog(
+    node: NodeApp, tmp_path: Path
+) -> None:
+    """A command may print patient data: on an unpublished collection its logs stay here."""
+    streams = tmp_path / "streams"
+    streams.mkdir()
+    (streams / "fail.json").write_text(
+        '{"name": "fail", "AETitle": "FAIL", "command": ["{python}", '
+        f'"{EXAMPLES}/invert/invert.py", "--exit-code", "3"], "max_attempts": 2}}'
+    )
+    sources = _store_study(node, 1)
+    runner = _runner(node, streams)
+    runner.settings.may_leave_site = lambda collection: collection != "local"
+    outcome = runner.run(
+        _job(str(sources[0].StudyInstanceUID), "", stream="fail"), threading.Event()
+    )
+    assert not outcome.succeeded and outcome.exit_code == 3
+    sent = outcome.logs.decode()
+    assert "failing on purpose" not in sent and "'local' does not leave the site" in sent
+    [kept] = list((node.config.jobs_dir / "logs").iterdir())
+    assert str(kept) in sent and "failing on purpose" in kept.read_text()
+
+
 def test_unknown_study_fails_clearly(node: NodeApp) -> None:
     outcome = _runner(node, EXAMPLES).run(_job("1.2.3.4", "STORESCP"), threading.Event())
     assert not outcome.succeeded
