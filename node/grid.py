@@ -10,8 +10,8 @@ from __future__ import annotations
 import io
 import logging
 import threading
-from collections.abc import Callable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+import weakref
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -28,6 +28,7 @@ from node.structlog import log_event
 
 LOG = logging.getLogger("gridpacs.node.grid")
 DEFAULT_PREFETCH = 4
+DEFAULT_BATCH = 32
 
 _SCALAR = {
     "PatientID": "patient_id",
@@ -110,11 +111,15 @@ class LocalCopies(Protocol):
 class PeerFetcher(Protocol):
     def fetch(self, address: str, sop_instance_uid: str) -> bytes: ...
 
+    def fetch_many(
+        self, address: str, sop_instance_uids: Sequence[str]
+    ) -> Iterator[tuple[str, bytes | PeerTransferError]]: ...
+
 
 @dataclass(frozen=True, eq=False)
 class PlannedInstance:
     """One sub-operation of a grid C-MOVE/C-GET: the catalog location plus its place in the
-    plan, so :meth:`GridRetrieveService.load` can fetch the next ones ahead."""
+    plan, so :meth:`GridRetrieveService.load` can take it from the instances fetched ahead."""
 
     location: InstanceLocation
     index: int
@@ -133,48 +138,165 @@ class PlannedInstance:
         return self.location.transfer_syntax_uid
 
 
-class _Prefetch:
-    """Fetches up to ``depth`` instances of one plan ahead of the one being C-STOREd.
+class _Ahead:
+    """What the prefetch thread and the sub-operations share (the thread holds this, not the
+    window, so a window nobody references any more is collected and stops the thread)."""
 
-    The fetch (network, TLS, SHA-256, parsing) of the next instances overlaps the C-STORE of
-    the current one. Bounded: at most ``depth`` instances wait in memory; an abandoned plan
-    (cancel, aborted association) wastes at most ``depth`` fetches.
+    def __init__(self, size: int, depth: int) -> None:
+        self.cond = threading.Condition()
+        self.ready: dict[int, Dataset | Exception] = {}
+        self.taking = 0  # index of the sub-operation in progress
+        self.depth = depth
+        self.stopped = False
+        self.finished = False
+        self.size = size
+
+    def put(self, index: int, value: Dataset | Exception) -> bool:
+        """Hand one instance over once the sub-operations are near; False once abandoned."""
+        with self.cond:
+            while not self.stopped and index > self.taking + self.depth:
+                self.cond.wait()
+            if self.stopped:
+                return False
+            self.ready[index] = value
+            self.cond.notify_all()
+            return True
+
+    def stop(self) -> None:
+        with self.cond:
+            self.stopped = True
+            self.cond.notify_all()
+
+
+class _Prefetch:
+    """Fetches a plan's remote instances ahead of the C-STORE in progress, several per peer
+    call (``FetchInstances``): per instance, a call of its own cost more CPU on both nodes
+    than moving the bytes (docs/performance.md, "Grid C-MOVE").
+
+    One thread per plan walks it in order: instances held here are left to the
+    sub-operation; runs of remote instances with the same first holder go in one call of at
+    most ``batch``. An instance that holder cannot serve, and the rest of a call that broke,
+    are fetched one by one from the other holders (fail-over). Bounded: at most ``depth``
+    decoded instances wait ahead of the sub-operation in progress, and the peer's stream is
+    held back by gRPC flow control meanwhile. An abandoned plan (cancel, aborted
+    association) stops the thread when its window is collected.
     """
 
     def __init__(
         self,
         locations: list[InstanceLocation],
-        load: Callable[[InstanceLocation], Dataset],
-        pool: ThreadPoolExecutor,
+        retriever: GridRetrieveService,
         depth: int,
+        batch: int,
     ) -> None:
         self._locations = locations
-        self._load = load
-        self._pool = pool
-        self._depth = depth
-        self._futures: dict[int, Future[Dataset]] = {}
-        self._next = 0
+        self._retriever = retriever
+        self._shared = _Ahead(len(locations), depth)
+        self._batch = batch
+        self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
+        weakref.finalize(self, self._shared.stop)
 
     def take(self, index: int) -> Dataset:
+        shared = self._shared
         with self._lock:
-            self._next = max(self._next, index)
-            while self._next < min(index + 1 + self._depth, len(self._locations)):
-                self._futures[self._next] = self._pool.submit(
-                    self._load, self._locations[self._next]
+            if self._thread is None:
+                self._thread = threading.Thread(
+                    target=_prefetch_plan,
+                    args=(shared, self._locations, self._retriever, self._batch),
+                    name="grid-prefetch",
+                    daemon=True,
                 )
-                self._next += 1
-            future = self._futures.pop(index, None)
-        if future is None:
-            return self._load(self._locations[index])
-        return future.result()
+                self._thread.start()
+        with shared.cond:
+            shared.taking = max(shared.taking, index)
+            shared.cond.notify_all()
+            while index not in shared.ready and not shared.finished:
+                shared.cond.wait()
+            value = shared.ready.pop(index, None)
+        if value is None:  # held here, or the thread gave up: load it now
+            return self._retriever.load_location(self._locations[index])
+        if isinstance(value, Exception):
+            raise value
+        return value
+
+
+def _prefetch_plan(
+    shared: _Ahead,
+    locations: list[InstanceLocation],
+    retriever: GridRetrieveService,
+    batch: int,
+) -> None:
+    try:
+        index = 0
+        while index < len(locations) and not shared.stopped:
+            location = locations[index]
+            if not location.peer_addresses or retriever.held_here(location):
+                index += 1  # the sub-operation reads (or reports) it itself
+                continue
+            address = location.peer_addresses[0]
+            run = [index]
+            while (
+                len(run) < batch
+                and run[-1] + 1 < len(locations)
+                and locations[run[-1] + 1].peer_addresses[:1] == (address,)
+                and not retriever.held_here(locations[run[-1] + 1])
+            ):
+                run.append(run[-1] + 1)
+            if not _fetch_run(shared, locations, retriever, address, run):
+                return
+            index = run[-1] + 1
+    except Exception as exc:  # never leave a sub-operation waiting on a dead thread
+        log_event(LOG, "grid_prefetch_failed", level=logging.ERROR, reason=repr(exc))
+    finally:
+        with shared.cond:
+            shared.finished = True
+            shared.cond.notify_all()
+
+
+def _fetch_run(
+    shared: _Ahead,
+    locations: list[InstanceLocation],
+    retriever: GridRetrieveService,
+    address: str,
+    run: list[int],
+) -> bool:
+    """One batch call for ``run``; fail-over for what it did not deliver. False = abandoned."""
+    uids = [locations[i].sop_instance_uid for i in run]
+    done = 0
+    stream = retriever.peers.fetch_many(address, uids)
+    try:
+        for _uid, result in stream:  # in request order (the client checks)
+            i = run[done]
+            done += 1
+            if isinstance(result, bytes):
+                value: Dataset | Exception = _decode(result)
+            else:
+                value = retriever.fail_over(locations[i], result, skip=address)
+            if not shared.put(i, value):
+                return False
+    except PeerTransferError as exc:  # the call broke: the rest from the other holders
+        for i in run[done:]:
+            if not shared.put(i, retriever.fail_over(locations[i], exc, skip=address)):
+                return False
+    finally:
+        stream.close()  # type: ignore[attr-defined]  # a generator: cancels the call
+    return True
+
+
+def _decode(data: bytes) -> Dataset | Exception:
+    try:
+        return dcmread(io.BytesIO(data))
+    except Exception as exc:  # verified bytes that do not parse: that sub-operation fails
+        return exc
 
 
 class GridRetrieveService:
     """Grid C-MOVE/C-GET: locate holders in the catalog, read a local copy when there is
     one, otherwise fetch a verified copy from a holder — the next holder when one fails.
 
-    ``prefetch`` instances are fetched ahead of the current sub-operation (0 turns it off).
+    ``prefetch`` instances are fetched ahead of the current sub-operation (0 turns it off),
+    up to ``batch`` per peer call.
     """
 
     def __init__(
@@ -185,17 +307,14 @@ class GridRetrieveService:
         peers: PeerFetcher,
         *,
         prefetch: int = DEFAULT_PREFETCH,
+        batch: int = DEFAULT_BATCH,
     ) -> None:
         self._catalog = catalog
         self._local = local
         self._read_local = read_local
-        self._peers = peers
+        self.peers = peers
         self._depth = prefetch
-        self._pool = (
-            ThreadPoolExecutor(max_workers=prefetch, thread_name_prefix="grid-prefetch")
-            if prefetch > 0
-            else None
-        )
+        self._batch = max(1, batch)
 
     def plan(self, query: IndexQuery) -> list[PlannedInstance]:
         """Every instance the identifier selects, grid-wide (at most 65,535)."""
@@ -208,11 +327,12 @@ class GridRetrieveService:
         planned = list(self._catalog.locate_instances(**uids))
         if len(planned) > MAX_SUBOPERATIONS:
             raise TooManyMatches(f"more than {MAX_SUBOPERATIONS} instances match")
-        window = (
-            _Prefetch(planned, self.load_location, self._pool, self._depth)
-            if self._pool is not None
-            else None
-        )
+        return self.plan_locations(planned)
+
+    def plan_locations(self, locations: Sequence[InstanceLocation]) -> list[PlannedInstance]:
+        """Sub-operations for instances already located (prefetched unless turned off)."""
+        planned = list(locations)
+        window = _Prefetch(planned, self, self._depth, self._batch) if self._depth > 0 else None
         return [PlannedInstance(loc, i, window) for i, loc in enumerate(planned)]
 
     def load(self, item: PlannedInstance | InstanceLocation) -> Dataset:
@@ -223,15 +343,34 @@ class GridRetrieveService:
             return item.window.take(item.index)
         return self.load_location(item)
 
+    def held_here(self, location: InstanceLocation) -> bool:
+        return self._local.get_instance(location.sop_instance_uid) is not None
+
     def load_location(self, location: InstanceLocation) -> Dataset:
         """The instance as a Dataset, from here or from the first holder that delivers."""
         local = self._local.get_instance(location.sop_instance_uid)
         if local is not None:
             return self._read_local(local)
-        errors: list[str] = []
-        for address in location.peer_addresses:
+        return self._from_peers(location, location.peer_addresses, [])
+
+    def fail_over(
+        self, location: InstanceLocation, error: PeerTransferError, *, skip: str
+    ) -> Dataset | Exception:
+        """After ``skip`` failed to deliver: the other holders, then ``skip`` once more."""
+        log_event(LOG, "peer_failover", level=logging.WARNING, peer=skip,
+                  sop_instance_uid=location.sop_instance_uid, reason=str(error))  # fmt: skip
+        others = [a for a in location.peer_addresses if a != skip]
+        try:
+            return self._from_peers(location, [*others, skip], [str(error)])
+        except PeerTransferError as exc:
+            return exc
+
+    def _from_peers(
+        self, location: InstanceLocation, addresses: Sequence[str], errors: list[str]
+    ) -> Dataset:
+        for address in addresses:
             try:
-                data = self._peers.fetch(address, location.sop_instance_uid)
+                data = self.peers.fetch(address, location.sop_instance_uid)
             except PeerTransferError as exc:
                 errors.append(str(exc))
                 log_event(LOG, "peer_failover", level=logging.WARNING, peer=address,
@@ -243,8 +382,7 @@ class GridRetrieveService:
         )
 
     def close(self) -> None:
-        if self._pool is not None:
-            self._pool.shutdown(wait=False, cancel_futures=True)
+        """Nothing to release: each plan's prefetch thread ends with its plan."""
 
 
 def _unique_keys(query: IndexQuery) -> dict[str, tuple[str, ...]]:

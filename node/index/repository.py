@@ -219,6 +219,16 @@ class SqlIndex:
         with self._guard(), self._engine.connect() as conn:
             return self._record(conn, sop_instance_uid)
 
+    def get_records(self, sop_instance_uids: Sequence[str]) -> dict[str, InstanceRecord]:
+        """The records of those instances held here, by UID, in one statement (a peer's
+        batch fetch); UIDs not held are absent from the result."""
+        if not sop_instance_uids:
+            return {}
+        stmt = _RECORD_SELECT.where(IN.c.sop_instance_uid.in_(list(set(sop_instance_uids))))
+        with self._guard(), self._engine.connect() as conn:
+            rows = conn.execute(stmt).mappings().all()
+        return {row["sop_instance_uid"]: _record_from_row(row) for row in rows}
+
     def changes_since(self, after_seq: int, limit: int = 1000) -> list[Change]:
         """Outbox changes with ``seq > after_seq``, oldest first, at most ``limit``."""
         with self._guard(), self._engine.connect() as conn:

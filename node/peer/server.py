@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import NoReturn, Protocol
 
@@ -20,10 +20,13 @@ from node.v1 import inventory_pb2_grpc, peer_pb2, peer_pb2_grpc
 
 LOG = logging.getLogger("gridpacs.node.peer")
 CHUNK_BYTES = 1024 * 1024  # a CT slice in one message; well under gRPC's 4 MiB limit
+MAX_BATCH = 256  # UIDs per FetchInstances call: one index statement, a bounded request
 
 
 class InstanceLookup(Protocol):
     def get_record(self, sop_instance_uid: str) -> InstanceRecord | None: ...
+
+    def get_records(self, sop_instance_uids: Sequence[str]) -> dict[str, InstanceRecord]: ...
 
 
 class BlobReader(Protocol):
@@ -44,6 +47,10 @@ class PeerServicer(peer_pb2_grpc.PeerServiceServicer):
       does not cover the instance. Every refusal is logged with the grant's user and token id.
 
     DATA_LOSS when our copy is corrupt.
+
+    FetchInstances (several instances per call) serves grid nodes only; per instance it
+    answers as FetchInstance would, but inside the stream, so one missing instance does not
+    end the others.
     """
 
     def __init__(
@@ -84,6 +91,45 @@ class PeerServicer(peer_pb2_grpc.PeerServiceServicer):
             context.abort(grpc.StatusCode.DATA_LOSS, f"stored copy unreadable: {exc}")
         # the store verified the bytes against their content key, which is their SHA-256
         yield from _chunks(data, inst.transfer_syntax_uid, inst.blob_key)
+
+    def FetchInstances(
+        self, request: peer_pb2.FetchInstancesRequest, context: grpc.ServicerContext
+    ) -> Iterator[peer_pb2.InstanceChunk]:
+        peer = peer_identity(context)
+        if _metadata(context, METADATA_KEY) is not None or (
+            peer is not None and peer.organizational_unit != UNIT_HOST
+        ):
+            why = "batch fetch is for grid nodes; researchers fetch one instance at a time"
+            self._refuse(context, grpc.StatusCode.PERMISSION_DENIED, None, None, why)
+        uids = list(request.sop_instance_uids)
+        if len(uids) > MAX_BATCH:
+            context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT, f"at most {MAX_BATCH} instances per call"
+            )
+        records = self._index.get_records(uids)  # one statement for the whole batch
+        for uid in uids:
+            inst = records.get(uid)
+            if inst is None or not self._servable(inst.collection):
+                if inst is not None:
+                    log_event(LOG, "peer_fetch_refused", level=logging.WARNING,
+                              sop_instance_uid=uid, peer=context.peer(),
+                              reason="collection may not leave the site")  # fmt: skip
+                yield peer_pb2.InstanceChunk(
+                    sop_instance_uid=uid, last=True, error_code="NOT_FOUND",
+                    error="instance not held here",
+                )  # fmt: skip
+                continue
+            try:
+                data = self._store.get(inst.blob_key)  # verified against its content key
+            except Exception as exc:
+                log_event(LOG, "peer_fetch_failed", level=logging.ERROR,
+                          sop_instance_uid=uid, reason=str(exc))  # fmt: skip
+                yield peer_pb2.InstanceChunk(
+                    sop_instance_uid=uid, last=True, error_code="DATA_LOSS",
+                    error=f"stored copy unreadable: {exc}",
+                )  # fmt: skip
+                continue
+            yield from _chunks(data, inst.transfer_syntax_uid, inst.blob_key, uid)
 
     def _check_researcher(
         self,
@@ -148,15 +194,19 @@ def _metadata(context: grpc.ServicerContext, key: str) -> str | None:
     return None
 
 
-def _chunks(data: bytes, transfer_syntax_uid: str, digest: str) -> Iterator[peer_pb2.InstanceChunk]:
+def _chunks(
+    data: bytes, transfer_syntax_uid: str, digest: str, sop_instance_uid: str = ""
+) -> Iterator[peer_pb2.InstanceChunk]:
     total = len(data)
     for offset in range(0, max(total, 1), CHUNK_BYTES):
         last = offset + CHUNK_BYTES >= total
+        first = offset == 0
         yield peer_pb2.InstanceChunk(
             data=data[offset : offset + CHUNK_BYTES],
             offset=offset,
-            size=total if offset == 0 else 0,
-            transfer_syntax_uid=transfer_syntax_uid if offset == 0 else "",
+            size=total if first else 0,
+            transfer_syntax_uid=transfer_syntax_uid if first else "",
+            sop_instance_uid=sop_instance_uid if first else "",
             sha256=digest if last else "",
             last=last,
         )
@@ -173,7 +223,8 @@ class PeerServer:
         credentials: grpc.ServerCredentials | None,
         inventory: inventory_pb2_grpc.InventoryServiceServicer | None = None,
     ) -> None:
-        self._server = grpc.server(ThreadPoolExecutor(max_workers=8))
+        # a batch call holds its thread while the fetching node C-STOREs what it got
+        self._server = grpc.server(ThreadPoolExecutor(max_workers=32))
         peer_pb2_grpc.add_PeerServiceServicer_to_server(servicer, self._server)
         checker = health.HealthServicer()
         checker.set("gridpacs.node.v1.PeerService", health_pb2.HealthCheckResponse.SERVING)

@@ -24,17 +24,19 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x12node/v1/peer.proto\x12\x10gridpacs.node.v1\"D\n\x14\x46\x65tchInstanceRequest\x12\x18\n\x10sop_instance_uid\x18\x01 \x01(\t\x12\x12\n\ncollection\x18\x02 \x01(\t\"v\n\rInstanceChunk\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\x12\x0e\n\x06sha256\x18\x02 \x01(\t\x12\x0c\n\x04size\x18\x03 \x01(\x03\x12\x0e\n\x06offset\x18\x04 \x01(\x03\x12\x0c\n\x04last\x18\x05 \x01(\x08\x12\x1b\n\x13transfer_syntax_uid\x18\x06 \x01(\t2i\n\x0bPeerService\x12Z\n\rFetchInstance\x12&.gridpacs.node.v1.FetchInstanceRequest\x1a\x1f.gridpacs.node.v1.InstanceChunk0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x12node/v1/peer.proto\x12\x10gridpacs.node.v1\"2\n\x15\x46\x65tchInstancesRequest\x12\x19\n\x11sop_instance_uids\x18\x01 \x03(\t\"D\n\x14\x46\x65tchInstanceRequest\x12\x18\n\x10sop_instance_uid\x18\x01 \x01(\t\x12\x12\n\ncollection\x18\x02 \x01(\t\"\xb3\x01\n\rInstanceChunk\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\x12\x0e\n\x06sha256\x18\x02 \x01(\t\x12\x0c\n\x04size\x18\x03 \x01(\x03\x12\x0e\n\x06offset\x18\x04 \x01(\x03\x12\x0c\n\x04last\x18\x05 \x01(\x08\x12\x1b\n\x13transfer_syntax_uid\x18\x06 \x01(\t\x12\x18\n\x10sop_instance_uid\x18\x07 \x01(\t\x12\x12\n\nerror_code\x18\x08 \x01(\t\x12\r\n\x05\x65rror\x18\t \x01(\t2\xc7\x01\n\x0bPeerService\x12Z\n\rFetchInstance\x12&.gridpacs.node.v1.FetchInstanceRequest\x1a\x1f.gridpacs.node.v1.InstanceChunk0\x01\x12\\\n\x0e\x46\x65tchInstances\x12\'.gridpacs.node.v1.FetchInstancesRequest\x1a\x1f.gridpacs.node.v1.InstanceChunk0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'node.v1.peer_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_FETCHINSTANCEREQUEST']._serialized_start=40
-  _globals['_FETCHINSTANCEREQUEST']._serialized_end=108
-  _globals['_INSTANCECHUNK']._serialized_start=110
-  _globals['_INSTANCECHUNK']._serialized_end=228
-  _globals['_PEERSERVICE']._serialized_start=230
-  _globals['_PEERSERVICE']._serialized_end=335
+  _globals['_FETCHINSTANCESREQUEST']._serialized_start=40
+  _globals['_FETCHINSTANCESREQUEST']._serialized_end=90
+  _globals['_FETCHINSTANCEREQUEST']._serialized_start=92
+  _globals['_FETCHINSTANCEREQUEST']._serialized_end=160
+  _globals['_INSTANCECHUNK']._serialized_start=163
+  _globals['_INSTANCECHUNK']._serialized_end=342
+  _globals['_PEERSERVICE']._serialized_start=345
+  _globals['_PEERSERVICE']._serialized_end=544
 # @@protoc_insertion_point(module_scope)

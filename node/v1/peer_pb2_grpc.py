@@ -39,6 +39,11 @@ class PeerServiceStub:
                 request_serializer=node_dot_v1_dot_peer__pb2.FetchInstanceRequest.SerializeToString,
                 response_deserializer=node_dot_v1_dot_peer__pb2.InstanceChunk.FromString,
                 _registered_method=True)
+        self.FetchInstances = channel.unary_stream(
+                '/gridpacs.node.v1.PeerService/FetchInstances',
+                request_serializer=node_dot_v1_dot_peer__pb2.FetchInstancesRequest.SerializeToString,
+                response_deserializer=node_dot_v1_dot_peer__pb2.InstanceChunk.FromString,
+                _registered_method=True)
 
 
 class PeerServiceServicer:
@@ -51,12 +56,28 @@ class PeerServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def FetchInstances(self, request, context):
+        """Streams several instances, one after the other in request order, in one call: the grid
+        C-MOVE/C-GET path, where a call per instance cost more CPU than the bytes. Grid nodes
+        only (researchers fetch one instance at a time, with a grant). An instance that cannot
+        be served does not end the stream: it gets one chunk with `error_code` set, and the next
+        instance follows. At most 256 UIDs per call (INVALID_ARGUMENT beyond).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_PeerServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
             'FetchInstance': grpc.unary_stream_rpc_method_handler(
                     servicer.FetchInstance,
                     request_deserializer=node_dot_v1_dot_peer__pb2.FetchInstanceRequest.FromString,
+                    response_serializer=node_dot_v1_dot_peer__pb2.InstanceChunk.SerializeToString,
+            ),
+            'FetchInstances': grpc.unary_stream_rpc_method_handler(
+                    servicer.FetchInstances,
+                    request_deserializer=node_dot_v1_dot_peer__pb2.FetchInstancesRequest.FromString,
                     response_serializer=node_dot_v1_dot_peer__pb2.InstanceChunk.SerializeToString,
             ),
     }
@@ -86,6 +107,33 @@ class PeerService:
             target,
             '/gridpacs.node.v1.PeerService/FetchInstance',
             node_dot_v1_dot_peer__pb2.FetchInstanceRequest.SerializeToString,
+            node_dot_v1_dot_peer__pb2.InstanceChunk.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def FetchInstances(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/gridpacs.node.v1.PeerService/FetchInstances',
+            node_dot_v1_dot_peer__pb2.FetchInstancesRequest.SerializeToString,
             node_dot_v1_dot_peer__pb2.InstanceChunk.FromString,
             options,
             channel_credentials,
