@@ -138,18 +138,27 @@ class PlannedInstance:
         return self.location.transfer_syntax_uid
 
 
+_HERE = object()  # marks a sub-operation the prefetch thread leaves to the sub-operation
+
+
 class _Ahead:
     """What the prefetch thread and the sub-operations share (the thread holds this, not the
     window, so a window nobody references any more is collected and stops the thread)."""
 
     def __init__(self, size: int, depth: int) -> None:
         self.cond = threading.Condition()
-        self.ready: dict[int, Dataset | Exception] = {}
+        self.ready: dict[int, Dataset | Exception | object] = {}
         self.taking = 0  # index of the sub-operation in progress
         self.depth = depth
         self.stopped = False
         self.finished = False
         self.size = size
+
+    def here(self, index: int) -> None:
+        """The sub-operation reads this one itself (held here, or no holder known)."""
+        with self.cond:
+            self.ready[index] = _HERE
+            self.cond.notify_all()
 
     def put(self, index: int, value: Dataset | Exception) -> bool:
         """Hand one instance over once the sub-operations are near; False once abandoned."""
@@ -213,11 +222,12 @@ class _Prefetch:
             shared.cond.notify_all()
             while index not in shared.ready and not shared.finished:
                 shared.cond.wait()
-            value = shared.ready.pop(index, None)
-        if value is None:  # held here, or the thread gave up: load it now
+            value = shared.ready.pop(index, _HERE)
+        if value is _HERE:  # held here, or the thread gave up: load it now
             return self._retriever.load_location(self._locations[index])
         if isinstance(value, Exception):
             raise value
+        assert isinstance(value, Dataset)
         return value
 
 
@@ -232,7 +242,8 @@ def _prefetch_plan(
         while index < len(locations) and not shared.stopped:
             location = locations[index]
             if not location.peer_addresses or retriever.held_here(location):
-                index += 1  # the sub-operation reads (or reports) it itself
+                shared.here(index)  # the sub-operation reads (or reports) it itself
+                index += 1
                 continue
             address = location.peer_addresses[0]
             run = [index]

@@ -222,3 +222,38 @@ def test_an_abandoned_plan_stops_fetching(
             time.sleep(0.05)
     finally:
         holder.server.stop()
+
+
+class _SomeHere:
+    """Every other instance of the study is also held here."""
+
+    def __init__(self, study: list[Dataset]) -> None:
+        self.local = {ds.SOPInstanceUID: ds for ds in study[::2]}
+        self.read: list[str] = []
+
+    def get_instance(self, sop_instance_uid: str) -> StoredInstance | None:
+        if sop_instance_uid not in self.local:
+            return None
+        return StoredInstance(sop_instance_uid, "", "", "", 0, "", "")  # only the UID is read
+
+    def read_local(self, inst: StoredInstance) -> Dataset:
+        self.read.append(inst.sop_instance_uid)
+        return self.local[inst.sop_instance_uid]
+
+
+def test_local_and_remote_copies_interleave_without_waiting(
+    tmp_path: Path, study: list[Dataset], client: PeerClient
+) -> None:
+    holder = _holding(tmp_path, study)
+    here = _SomeHere(study)
+    grid = GridRetrieveService(None, here, here.read_local, client,  # type: ignore[arg-type]
+                               prefetch=1, batch=32)  # fmt: skip
+    try:
+        planned = grid.plan_locations(_locations(holder, holder, study))
+        started = time.monotonic()
+        moved = [grid.load(item).SOPInstanceUID for item in planned]
+        assert moved == [ds.SOPInstanceUID for ds in study]
+        assert here.read == [ds.SOPInstanceUID for ds in study[::2]]  # local ones read here
+        assert time.monotonic() - started < 10
+    finally:
+        holder.server.stop()
