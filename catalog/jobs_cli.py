@@ -151,12 +151,22 @@ def print_job(job: Job) -> None:
         ("finished", _when(job.finished_at)),
         ("exit code", str(job.exit_code) if job.finished_at or job.error else ""),
         ("error", job.error),
-        ("output series", "\n".join(job.output_series_instance_uids)),
+        ("output series", _outputs(job)),
     ]
     for name, value in rows:
         if value:
             table.add_row(name, value)
     Console().print(table)
+
+
+def _outputs(job: Job) -> str:
+    """The derived series' UIDs, or how many there are when their UIDs stayed at the site."""
+    listed = "\n".join(job.output_series_instance_uids)
+    withheld = job.output_series_count - len(job.output_series_instance_uids)
+    if withheld > 0:
+        note = f"{withheld} kept at node {job.node or job.origin_node} (the collection stays there)"
+        return f"{listed}\n{note}" if listed else note
+    return listed
 
 
 def _emit(jobs: Sequence[Job], as_json: bool, title: str) -> None:

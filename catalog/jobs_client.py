@@ -105,6 +105,7 @@ class JobsClient(FailoverClient):
             error=outcome.error,
             logs=outcome.logs,
             output_series_instance_uids=list(outcome.output_series_instance_uids),
+            output_series_count=outcome.output_series_count,
         )
         return job_from_pb(self._unary("FinishJob", request).job)
 

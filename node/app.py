@@ -36,6 +36,7 @@ from node.services.retrieve import RetrieveService
 from node.streams.executor import reap_stale
 from node.streams.inputs import InputGatherer
 from node.streams.jobs import CatalogSubmitter
+from node.streams.references import StudyReferences, load_or_create_secret
 from node.streams.registry import StreamRegistry, load_streams
 from node.streams.runner import JobRunner, RunnerSettings
 from node.streams.trigger import StreamTrigger
@@ -150,6 +151,7 @@ class NodeApp:
         self.anti_entropy: AntiEntropy | None = None
         self.jobs: JobsClient | None = None
         self.trigger: StreamTrigger | None = None
+        self.study_references: StudyReferences | None = None
         self.worker: Worker | None = None
         if config.catalog is not None:
             self._join_grid(config.catalog, retrieve)
@@ -197,12 +199,16 @@ class NodeApp:
         """Stream AE titles submit jobs; the worker runs the jobs placed on this node."""
         config = self.config
         self.jobs = JobsClient(link.addresses, timeout=link.timeout, credentials=credentials)
+        self.study_references = StudyReferences(
+            load_or_create_secret(config.secrets_dir / "stream-ref.secret"), self.index
+        )
         self.trigger = StreamTrigger(
             CatalogSubmitter(self.jobs),
             config.trigger_dir,
             origin_node=config.name,
             outbox_position=self.index.last_change_seq,
             published_through=self._published_through,
+            name_study=self._job_study_name,
         )
         self.gateway.streams = self.trigger
         if not config.worker.enabled:
@@ -216,6 +222,7 @@ class NodeApp:
                 kill_grace=config.worker.kill_grace,
                 keep_work_dirs=config.worker.keep_work_dirs,
                 may_leave_site=self._publishable,
+                resolve_study=self.study_references.resolve,
             ),
             self.streams,
             InputGatherer(self.index, self.store, self.catalog, self.peers),
@@ -227,6 +234,13 @@ class NodeApp:
         self.worker = Worker(
             self.jobs, self.streams, runner.run, node_name=config.name, config=config.worker
         )
+
+    def _job_study_name(self, collection: str, study_instance_uid: str) -> str:
+        """The UID when the collection may leave the site, else this node's reference."""
+        if self._publishable(collection):
+            return study_instance_uid
+        assert self.study_references is not None
+        return self.study_references.refer(study_instance_uid, collection)
 
     def _send_results(self, called_ae: str, where: Destination, files: list[Path]) -> int:
         return send_files(self.config.dicom.ae_title, called_ae, where.host, where.port, files)

@@ -1,4 +1,4 @@
-"""Tables of the job scheduler (schema owned by alembic revision 0004).
+"""Tables of the job scheduler (schema owned by alembic revisions 0004 and 0007).
 
 They share the catalog's declarative base so one metadata describes the database; the
 scheduler's rows are local to the replica that schedules (jobs are not replicated).
@@ -68,6 +68,7 @@ class JobRow(Base):
     error: Mapped[str] = mapped_column(Text, default="")
     exit_code: Mapped[int] = mapped_column(Integer, default=0)
     output_series: Mapped[list[str]] = mapped_column(JSON, default=list)
+    output_series_count: Mapped[int] = mapped_column(Integer, default=0, server_default=text("0"))
     input_holders: Mapped[list[str]] = mapped_column(JSON, default=list)
     lease_token: Mapped[str] = mapped_column(String(64), default="")
     lease_expires_at: Mapped[datetime | None] = mapped_column(

@@ -14,7 +14,8 @@ Rules, in order:
   is deterministic.
 * A study nobody holds in the catalog but that a node's stream trigger submitted is in a
   collection that node does not publish (identified data stays at the site): only that
-  origin node can run it, so it waits for a slot there rather than failing elsewhere.
+  origin node can run it, so it waits for a slot there rather than failing elsewhere. The
+  same holds for a study reference (``ref:…``), which only its origin node can resolve.
 * A job with no candidate stays queued; later jobs are still considered (a free node for
   another stream is not left idle behind a job nobody can run).
 """
@@ -25,7 +26,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from catalog.jobs.records import JobPriority, StreamInfo, WorkerReport
+from catalog.jobs.records import JobPriority, StreamInfo, WorkerReport, is_study_reference
 
 UNLIMITED_WAITING = 2
 """Placed-but-not-leased jobs a node without ``max_jobs`` may hold (its worker leases more
@@ -134,7 +135,9 @@ def place(
         if all(slot.full() for slot in slots.values()):
             break
         held_by = tuple(sorted(set(holders.get(job.study_instance_uid, ()))))
-        only_origin = not held_by and bool(job.origin_node)
+        only_origin = bool(job.origin_node) and (
+            not held_by or is_study_reference(job.study_instance_uid)
+        )
         candidates = [
             slot
             for slot in slots.values()

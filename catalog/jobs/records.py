@@ -3,8 +3,32 @@
 from __future__ import annotations
 
 import enum
+import re
 from dataclasses import dataclass, field
 from datetime import datetime
+
+STUDY_REFERENCE_PREFIX = "ref:"
+"""A job's study may be an opaque reference instead of a StudyInstanceUID (see
+:func:`is_study_reference`)."""
+_STUDY_REFERENCE = re.compile(r"ref:[0-9a-f]{16,60}")
+_UID = re.compile(r"[0-9]+(?:\.[0-9]+)*")
+MAX_UID_CHARS = 64
+
+
+def is_study_reference(value: str) -> bool:
+    """``ref:`` and 16 to 60 lowercase hex digits (at most 64 characters, like a UID).
+
+    A node's stream trigger submits one for a study in a collection that may not leave its
+    site (DICOM PS3.15 counts UIDs as identifiers): a keyed hash only that node can map
+    back to the study. The catalog stores and shows it as it is and never matches it to
+    studies; only the origin node can run such a job.
+    """
+    return _STUDY_REFERENCE.fullmatch(value) is not None
+
+
+def is_uid(value: str) -> bool:
+    """A DICOM UID as far as the scheduler cares: digits and dots, at most 64 characters."""
+    return len(value) <= MAX_UID_CHARS and _UID.fullmatch(value) is not None
 
 
 class JobState(enum.StrEnum):
@@ -99,6 +123,9 @@ class Job:
     output_series_instance_uids: tuple[str, ...] = ()
     input_holders: tuple[str, ...] = ()
     cancel_requested: bool = False
+    output_series_count: int = 0
+    """Derived series of the last successful attempt, also when their UIDs stayed at the
+    site (a collection that may not leave it)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,6 +152,8 @@ class Outcome:
     error: str = ""
     logs: bytes = b""
     output_series_instance_uids: tuple[str, ...] = ()
+    output_series_count: int = 0
+    """How many derived series were stored; may exceed the UIDs listed (withheld ones)."""
 
 
 @dataclass(frozen=True, slots=True)

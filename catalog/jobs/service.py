@@ -30,6 +30,8 @@ from catalog.jobs.records import (
     Outcome,
     Renewal,
     WorkerReport,
+    is_study_reference,
+    is_uid,
 )
 from catalog.jobs.scheduler import Scheduler
 from catalog.jobs.store import JobStore
@@ -53,6 +55,23 @@ class Caller:
 
 
 LOCAL = Caller("local")
+
+
+def _check_studies(values: Sequence[str], origin_node: str) -> None:
+    """Each named study is a UID or a node's study reference (never both kinds of mistake:
+    a typo'd UID is refused here instead of queueing a job that can only fail)."""
+    for value in values:
+        if is_study_reference(value):
+            if not origin_node:
+                raise InvalidFilter(
+                    f"study reference {value} needs the origin_node that made it (only "
+                    "that node can resolve it)"
+                )
+        elif not is_uid(value):
+            raise InvalidFilter(
+                f"{value[:80]!r} is neither a StudyInstanceUID nor a study reference "
+                "(ref: and 16-60 lowercase hex digits)"
+            )
 
 
 class JobsService:
@@ -162,6 +181,7 @@ class JobsService:
         if settings is None:
             raise InvalidFilter(f"no node offers stream {stream!r}")
         uids = list(dict.fromkeys(u for u in study_instance_uids if u))
+        _check_studies(uids, origin_node)
         if not uids:
             uids = self._matching(query or QueryFilter(), collection, caller)
         if not uids:

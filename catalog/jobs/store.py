@@ -110,6 +110,7 @@ def _job(row: Any) -> Job:
         output_series_instance_uids=tuple(row.output_series or ()),
         input_holders=tuple(row.input_holders or ()),
         cancel_requested=bool(row.cancel_requested),
+        output_series_count=max(row.output_series_count or 0, len(row.output_series or ())),
     )
 
 
@@ -291,6 +292,7 @@ class JobStore:
                 "error": "",
                 "exit_code": 0,
                 "output_series": [],
+                "output_series_count": 0,
                 "input_holders": list(new.holders),
                 "lease_token": "",
                 "cancel_requested": False,
@@ -564,6 +566,9 @@ class JobStore:
         }
         if outcome.succeeded:
             values["output_series"] = list(outcome.output_series_instance_uids)
+            values["output_series_count"] = max(
+                outcome.output_series_count, len(outcome.output_series_instance_uids)
+            )
         if state is JobState.QUEUED:
             values.update(_requeue_values(now))
         else:

@@ -65,6 +65,7 @@ def job_to_pb(job: Job, target: jpb.Job) -> jpb.Job:
     target.exit_code = job.exit_code
     target.output_series_instance_uids.extend(job.output_series_instance_uids)
     target.input_holders.extend(job.input_holders)
+    target.output_series_count = job.output_series_count
     return target
 
 
@@ -90,6 +91,9 @@ def job_from_pb(message: jpb.Job) -> Job:
         exit_code=message.exit_code,
         output_series_instance_uids=tuple(message.output_series_instance_uids),
         input_holders=tuple(message.input_holders),
+        output_series_count=max(
+            message.output_series_count, len(message.output_series_instance_uids)
+        ),
     )
 
 

@@ -117,6 +117,7 @@ class JobServicer(jpb_grpc.JobServiceServicer):
                 error=request.error,
                 logs=bytes(request.logs),
                 output_series_instance_uids=tuple(request.output_series_instance_uids),
+                output_series_count=request.output_series_count,
             )
             job = self._service.finish(request.job_id, request.lease_token, outcome)
             response = jpb.FinishJobResponse()

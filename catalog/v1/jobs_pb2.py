@@ -26,17 +26,17 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from catalog.v1 import catalog_pb2 as catalog_dot_v1_dot_catalog__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15\x63\x61talog/v1/jobs.proto\x12\x13gridpacs.catalog.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x18\x63\x61talog/v1/catalog.proto\"\x90\x01\n\nStreamInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x10\n\x08\x61\x65_title\x18\x03 \x01(\t\x12\x14\n\x0cmax_attempts\x18\x04 \x01(\x05\x12\x1a\n\x12time_limit_seconds\x18\x05 \x01(\x05\x12\x0c\n\x04\x63pus\x18\x06 \x01(\x01\x12\x11\n\tmemory_mb\x18\x07 \x01(\x03\"T\n\nWorkerLoad\x12\x13\n\x0b\x63pu_percent\x18\x01 \x01(\x01\x12\x1b\n\x13memory_available_mb\x18\x02 \x01(\x03\x12\x14\n\x0crunning_jobs\x18\x03 \x01(\x05\"Z\n\x0cWorkerLimits\x12\x10\n\x08max_jobs\x18\x01 \x01(\x05\x12\x17\n\x0fmax_cpu_percent\x18\x02 \x01(\x01\x12\x1f\n\x17min_memory_available_mb\x18\x03 \x01(\x03\"\xb7\x01\n\x13ReportWorkerRequest\x12\x0c\n\x04node\x18\x01 \x01(\t\x12-\n\x04load\x18\x02 \x01(\x0b\x32\x1f.gridpacs.catalog.v1.WorkerLoad\x12\x31\n\x06limits\x18\x03 \x01(\x0b\x32!.gridpacs.catalog.v1.WorkerLimits\x12\x30\n\x07streams\x18\x04 \x03(\x0b\x32\x1f.gridpacs.catalog.v1.StreamInfo\"\x16\n\x14ReportWorkerResponse\"\xfb\x01\n\x11SubmitJobsRequest\x12\x0e\n\x06stream\x18\x01 \x01(\t\x12\x32\n\x08priority\x18\x02 \x01(\x0e\x32 .gridpacs.catalog.v1.JobPriority\x12\x1b\n\x13study_instance_uids\x18\x03 \x03(\t\x12\x30\n\x06\x66ilter\x18\x04 \x01(\x0b\x32 .gridpacs.catalog.v1.QueryFilter\x12\x12\n\ncollection\x18\x05 \x01(\t\x12\x13\n\x0borigin_node\x18\x06 \x01(\t\x12\x16\n\x0ereply_ae_title\x18\x07 \x01(\t\x12\x12\n\nrequest_id\x18\x08 \x01(\t\"<\n\x12SubmitJobsResponse\x12&\n\x04jobs\x18\x01 \x03(\x0b\x32\x18.gridpacs.catalog.v1.Job\"\xc9\x04\n\x03Job\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0e\n\x06stream\x18\x02 \x01(\t\x12\x1a\n\x12study_instance_uid\x18\x03 \x01(\t\x12\x12\n\ncollection\x18\x04 \x01(\t\x12,\n\x05state\x18\x05 \x01(\x0e\x32\x1d.gridpacs.catalog.v1.JobState\x12\x32\n\x08priority\x18\x06 \x01(\x0e\x32 .gridpacs.catalog.v1.JobPriority\x12\x0c\n\x04node\x18\x07 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x08 \x01(\x05\x12\x14\n\x0cmax_attempts\x18\t \x01(\x05\x12\x13\n\x0borigin_node\x18\n \x01(\t\x12\x16\n\x0ereply_ae_title\x18\x0b \x01(\t\x12\x14\n\x0csubmitted_by\x18\x0c \x01(\t\x12.\n\ncreated_at\x18\r \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12-\n\tplaced_at\x18\x0e \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nstarted_at\x18\x0f \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0b\x66inished_at\x18\x10 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\r\n\x05\x65rror\x18\x11 \x01(\t\x12\x11\n\texit_code\x18\x12 \x01(\x05\x12#\n\x1boutput_series_instance_uids\x18\x13 \x03(\t\x12\x15\n\rinput_holders\x18\x14 \x03(\t\"5\n\x0fLeaseJobRequest\x12\x0c\n\x04node\x18\x01 \x01(\t\x12\x14\n\x0cwait_seconds\x18\x02 \x01(\x01\"e\n\x10LeaseJobResponse\x12%\n\x03job\x18\x01 \x01(\x0b\x32\x18.gridpacs.catalog.v1.Job\x12\x13\n\x0blease_token\x18\x02 \x01(\t\x12\x15\n\rlease_seconds\x18\x03 \x01(\x01\"8\n\x11RenewLeaseRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x13\n\x0blease_token\x18\x02 \x01(\t\"E\n\x12RenewLeaseResponse\x12\x15\n\rlease_seconds\x18\x01 \x01(\x01\x12\x18\n\x10\x63\x61ncel_requested\x18\x02 \x01(\x08\"\x9f\x01\n\x10\x46inishJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x13\n\x0blease_token\x18\x02 \x01(\t\x12\x11\n\tsucceeded\x18\x03 \x01(\x08\x12\x11\n\texit_code\x18\x04 \x01(\x05\x12\r\n\x05\x65rror\x18\x05 \x01(\t\x12\x0c\n\x04logs\x18\x06 \x01(\x0c\x12#\n\x1boutput_series_instance_uids\x18\x07 \x03(\t\":\n\x11\x46inishJobResponse\x12%\n\x03job\x18\x01 \x01(\x0b\x32\x18.gridpacs.catalog.v1.Job\"m\n\x0fListJobsRequest\x12-\n\x06states\x18\x01 \x03(\x0e\x32\x1d.gridpacs.catalog.v1.JobState\x12\x0e\n\x06stream\x18\x02 \x01(\t\x12\x0c\n\x04node\x18\x03 \x01(\t\x12\r\n\x05limit\x18\x04 \x01(\x05\":\n\x10ListJobsResponse\x12&\n\x04jobs\x18\x01 \x03(\x0b\x32\x18.gridpacs.catalog.v1.Job\"\x1b\n\rGetJobRequest\x12\n\n\x02id\x18\x01 \x01(\t\"0\n\x11GetJobLogsRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\x05\"3\n\x12GetJobLogsResponse\x12\x0f\n\x07\x61ttempt\x18\x01 \x01(\x05\x12\x0c\n\x04logs\x18\x02 \x01(\x0c\"\x1e\n\x10\x43\x61ncelJobRequest\x12\n\n\x02id\x18\x01 \x01(\t\"\x1d\n\x0fRetryJobRequest\x12\n\n\x02id\x18\x01 \x01(\t*\xb0\x01\n\x08JobState\x12\x19\n\x15JOB_STATE_UNSPECIFIED\x10\x00\x12\x14\n\x10JOB_STATE_QUEUED\x10\x01\x12\x14\n\x10JOB_STATE_PLACED\x10\x02\x12\x15\n\x11JOB_STATE_RUNNING\x10\x03\x12\x17\n\x13JOB_STATE_SUCCEEDED\x10\x04\x12\x14\n\x10JOB_STATE_FAILED\x10\x05\x12\x17\n\x13JOB_STATE_CANCELLED\x10\x06*]\n\x0bJobPriority\x12\x1c\n\x18JOB_PRIORITY_UNSPECIFIED\x10\x00\x12\x17\n\x13JOB_PRIORITY_NORMAL\x10\x01\x12\x17\n\x13JOB_PRIORITY_URGENT\x10\x02\x32\xfe\x06\n\nJobService\x12\x63\n\x0cReportWorker\x12(.gridpacs.catalog.v1.ReportWorkerRequest\x1a).gridpacs.catalog.v1.ReportWorkerResponse\x12]\n\nSubmitJobs\x12&.gridpacs.catalog.v1.SubmitJobsRequest\x1a\'.gridpacs.catalog.v1.SubmitJobsResponse\x12W\n\x08LeaseJob\x12$.gridpacs.catalog.v1.LeaseJobRequest\x1a%.gridpacs.catalog.v1.LeaseJobResponse\x12]\n\nRenewLease\x12&.gridpacs.catalog.v1.RenewLeaseRequest\x1a\'.gridpacs.catalog.v1.RenewLeaseResponse\x12Z\n\tFinishJob\x12%.gridpacs.catalog.v1.FinishJobRequest\x1a&.gridpacs.catalog.v1.FinishJobResponse\x12W\n\x08ListJobs\x12$.gridpacs.catalog.v1.ListJobsRequest\x1a%.gridpacs.catalog.v1.ListJobsResponse\x12\x46\n\x06GetJob\x12\".gridpacs.catalog.v1.GetJobRequest\x1a\x18.gridpacs.catalog.v1.Job\x12]\n\nGetJobLogs\x12&.gridpacs.catalog.v1.GetJobLogsRequest\x1a\'.gridpacs.catalog.v1.GetJobLogsResponse\x12L\n\tCancelJob\x12%.gridpacs.catalog.v1.CancelJobRequest\x1a\x18.gridpacs.catalog.v1.Job\x12J\n\x08RetryJob\x12$.gridpacs.catalog.v1.RetryJobRequest\x1a\x18.gridpacs.catalog.v1.Jobb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15\x63\x61talog/v1/jobs.proto\x12\x13gridpacs.catalog.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x18\x63\x61talog/v1/catalog.proto\"\x90\x01\n\nStreamInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x10\n\x08\x61\x65_title\x18\x03 \x01(\t\x12\x14\n\x0cmax_attempts\x18\x04 \x01(\x05\x12\x1a\n\x12time_limit_seconds\x18\x05 \x01(\x05\x12\x0c\n\x04\x63pus\x18\x06 \x01(\x01\x12\x11\n\tmemory_mb\x18\x07 \x01(\x03\"T\n\nWorkerLoad\x12\x13\n\x0b\x63pu_percent\x18\x01 \x01(\x01\x12\x1b\n\x13memory_available_mb\x18\x02 \x01(\x03\x12\x14\n\x0crunning_jobs\x18\x03 \x01(\x05\"Z\n\x0cWorkerLimits\x12\x10\n\x08max_jobs\x18\x01 \x01(\x05\x12\x17\n\x0fmax_cpu_percent\x18\x02 \x01(\x01\x12\x1f\n\x17min_memory_available_mb\x18\x03 \x01(\x03\"\xb7\x01\n\x13ReportWorkerRequest\x12\x0c\n\x04node\x18\x01 \x01(\t\x12-\n\x04load\x18\x02 \x01(\x0b\x32\x1f.gridpacs.catalog.v1.WorkerLoad\x12\x31\n\x06limits\x18\x03 \x01(\x0b\x32!.gridpacs.catalog.v1.WorkerLimits\x12\x30\n\x07streams\x18\x04 \x03(\x0b\x32\x1f.gridpacs.catalog.v1.StreamInfo\"\x16\n\x14ReportWorkerResponse\"\xfb\x01\n\x11SubmitJobsRequest\x12\x0e\n\x06stream\x18\x01 \x01(\t\x12\x32\n\x08priority\x18\x02 \x01(\x0e\x32 .gridpacs.catalog.v1.JobPriority\x12\x1b\n\x13study_instance_uids\x18\x03 \x03(\t\x12\x30\n\x06\x66ilter\x18\x04 \x01(\x0b\x32 .gridpacs.catalog.v1.QueryFilter\x12\x12\n\ncollection\x18\x05 \x01(\t\x12\x13\n\x0borigin_node\x18\x06 \x01(\t\x12\x16\n\x0ereply_ae_title\x18\x07 \x01(\t\x12\x12\n\nrequest_id\x18\x08 \x01(\t\"<\n\x12SubmitJobsResponse\x12&\n\x04jobs\x18\x01 \x03(\x0b\x32\x18.gridpacs.catalog.v1.Job\"\xe6\x04\n\x03Job\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0e\n\x06stream\x18\x02 \x01(\t\x12\x1a\n\x12study_instance_uid\x18\x03 \x01(\t\x12\x12\n\ncollection\x18\x04 \x01(\t\x12,\n\x05state\x18\x05 \x01(\x0e\x32\x1d.gridpacs.catalog.v1.JobState\x12\x32\n\x08priority\x18\x06 \x01(\x0e\x32 .gridpacs.catalog.v1.JobPriority\x12\x0c\n\x04node\x18\x07 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x08 \x01(\x05\x12\x14\n\x0cmax_attempts\x18\t \x01(\x05\x12\x13\n\x0borigin_node\x18\n \x01(\t\x12\x16\n\x0ereply_ae_title\x18\x0b \x01(\t\x12\x14\n\x0csubmitted_by\x18\x0c \x01(\t\x12.\n\ncreated_at\x18\r \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12-\n\tplaced_at\x18\x0e \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nstarted_at\x18\x0f \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0b\x66inished_at\x18\x10 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\r\n\x05\x65rror\x18\x11 \x01(\t\x12\x11\n\texit_code\x18\x12 \x01(\x05\x12#\n\x1boutput_series_instance_uids\x18\x13 \x03(\t\x12\x15\n\rinput_holders\x18\x14 \x03(\t\x12\x1b\n\x13output_series_count\x18\x15 \x01(\x05\"5\n\x0fLeaseJobRequest\x12\x0c\n\x04node\x18\x01 \x01(\t\x12\x14\n\x0cwait_seconds\x18\x02 \x01(\x01\"e\n\x10LeaseJobResponse\x12%\n\x03job\x18\x01 \x01(\x0b\x32\x18.gridpacs.catalog.v1.Job\x12\x13\n\x0blease_token\x18\x02 \x01(\t\x12\x15\n\rlease_seconds\x18\x03 \x01(\x01\"8\n\x11RenewLeaseRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x13\n\x0blease_token\x18\x02 \x01(\t\"E\n\x12RenewLeaseResponse\x12\x15\n\rlease_seconds\x18\x01 \x01(\x01\x12\x18\n\x10\x63\x61ncel_requested\x18\x02 \x01(\x08\"\xbc\x01\n\x10\x46inishJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x13\n\x0blease_token\x18\x02 \x01(\t\x12\x11\n\tsucceeded\x18\x03 \x01(\x08\x12\x11\n\texit_code\x18\x04 \x01(\x05\x12\r\n\x05\x65rror\x18\x05 \x01(\t\x12\x0c\n\x04logs\x18\x06 \x01(\x0c\x12#\n\x1boutput_series_instance_uids\x18\x07 \x03(\t\x12\x1b\n\x13output_series_count\x18\x08 \x01(\x05\":\n\x11\x46inishJobResponse\x12%\n\x03job\x18\x01 \x01(\x0b\x32\x18.gridpacs.catalog.v1.Job\"m\n\x0fListJobsRequest\x12-\n\x06states\x18\x01 \x03(\x0e\x32\x1d.gridpacs.catalog.v1.JobState\x12\x0e\n\x06stream\x18\x02 \x01(\t\x12\x0c\n\x04node\x18\x03 \x01(\t\x12\r\n\x05limit\x18\x04 \x01(\x05\":\n\x10ListJobsResponse\x12&\n\x04jobs\x18\x01 \x03(\x0b\x32\x18.gridpacs.catalog.v1.Job\"\x1b\n\rGetJobRequest\x12\n\n\x02id\x18\x01 \x01(\t\"0\n\x11GetJobLogsRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\x05\"3\n\x12GetJobLogsResponse\x12\x0f\n\x07\x61ttempt\x18\x01 \x01(\x05\x12\x0c\n\x04logs\x18\x02 \x01(\x0c\"\x1e\n\x10\x43\x61ncelJobRequest\x12\n\n\x02id\x18\x01 \x01(\t\"\x1d\n\x0fRetryJobRequest\x12\n\n\x02id\x18\x01 \x01(\t*\xb0\x01\n\x08JobState\x12\x19\n\x15JOB_STATE_UNSPECIFIED\x10\x00\x12\x14\n\x10JOB_STATE_QUEUED\x10\x01\x12\x14\n\x10JOB_STATE_PLACED\x10\x02\x12\x15\n\x11JOB_STATE_RUNNING\x10\x03\x12\x17\n\x13JOB_STATE_SUCCEEDED\x10\x04\x12\x14\n\x10JOB_STATE_FAILED\x10\x05\x12\x17\n\x13JOB_STATE_CANCELLED\x10\x06*]\n\x0bJobPriority\x12\x1c\n\x18JOB_PRIORITY_UNSPECIFIED\x10\x00\x12\x17\n\x13JOB_PRIORITY_NORMAL\x10\x01\x12\x17\n\x13JOB_PRIORITY_URGENT\x10\x02\x32\xfe\x06\n\nJobService\x12\x63\n\x0cReportWorker\x12(.gridpacs.catalog.v1.ReportWorkerRequest\x1a).gridpacs.catalog.v1.ReportWorkerResponse\x12]\n\nSubmitJobs\x12&.gridpacs.catalog.v1.SubmitJobsRequest\x1a\'.gridpacs.catalog.v1.SubmitJobsResponse\x12W\n\x08LeaseJob\x12$.gridpacs.catalog.v1.LeaseJobRequest\x1a%.gridpacs.catalog.v1.LeaseJobResponse\x12]\n\nRenewLease\x12&.gridpacs.catalog.v1.RenewLeaseRequest\x1a\'.gridpacs.catalog.v1.RenewLeaseResponse\x12Z\n\tFinishJob\x12%.gridpacs.catalog.v1.FinishJobRequest\x1a&.gridpacs.catalog.v1.FinishJobResponse\x12W\n\x08ListJobs\x12$.gridpacs.catalog.v1.ListJobsRequest\x1a%.gridpacs.catalog.v1.ListJobsResponse\x12\x46\n\x06GetJob\x12\".gridpacs.catalog.v1.GetJobRequest\x1a\x18.gridpacs.catalog.v1.Job\x12]\n\nGetJobLogs\x12&.gridpacs.catalog.v1.GetJobLogsRequest\x1a\'.gridpacs.catalog.v1.GetJobLogsResponse\x12L\n\tCancelJob\x12%.gridpacs.catalog.v1.CancelJobRequest\x1a\x18.gridpacs.catalog.v1.Job\x12J\n\x08RetryJob\x12$.gridpacs.catalog.v1.RetryJobRequest\x1a\x18.gridpacs.catalog.v1.Jobb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'catalog.v1.jobs_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_JOBSTATE']._serialized_start=2420
-  _globals['_JOBSTATE']._serialized_end=2596
-  _globals['_JOBPRIORITY']._serialized_start=2598
-  _globals['_JOBPRIORITY']._serialized_end=2691
+  _globals['_JOBSTATE']._serialized_start=2478
+  _globals['_JOBSTATE']._serialized_end=2654
+  _globals['_JOBPRIORITY']._serialized_start=2656
+  _globals['_JOBPRIORITY']._serialized_end=2749
   _globals['_STREAMINFO']._serialized_start=106
   _globals['_STREAMINFO']._serialized_end=250
   _globals['_WORKERLOAD']._serialized_start=252
@@ -52,33 +52,33 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_SUBMITJOBSRESPONSE']._serialized_start=894
   _globals['_SUBMITJOBSRESPONSE']._serialized_end=954
   _globals['_JOB']._serialized_start=957
-  _globals['_JOB']._serialized_end=1542
-  _globals['_LEASEJOBREQUEST']._serialized_start=1544
-  _globals['_LEASEJOBREQUEST']._serialized_end=1597
-  _globals['_LEASEJOBRESPONSE']._serialized_start=1599
-  _globals['_LEASEJOBRESPONSE']._serialized_end=1700
-  _globals['_RENEWLEASEREQUEST']._serialized_start=1702
-  _globals['_RENEWLEASEREQUEST']._serialized_end=1758
-  _globals['_RENEWLEASERESPONSE']._serialized_start=1760
-  _globals['_RENEWLEASERESPONSE']._serialized_end=1829
-  _globals['_FINISHJOBREQUEST']._serialized_start=1832
-  _globals['_FINISHJOBREQUEST']._serialized_end=1991
-  _globals['_FINISHJOBRESPONSE']._serialized_start=1993
-  _globals['_FINISHJOBRESPONSE']._serialized_end=2051
-  _globals['_LISTJOBSREQUEST']._serialized_start=2053
-  _globals['_LISTJOBSREQUEST']._serialized_end=2162
-  _globals['_LISTJOBSRESPONSE']._serialized_start=2164
-  _globals['_LISTJOBSRESPONSE']._serialized_end=2222
-  _globals['_GETJOBREQUEST']._serialized_start=2224
-  _globals['_GETJOBREQUEST']._serialized_end=2251
-  _globals['_GETJOBLOGSREQUEST']._serialized_start=2253
-  _globals['_GETJOBLOGSREQUEST']._serialized_end=2301
-  _globals['_GETJOBLOGSRESPONSE']._serialized_start=2303
-  _globals['_GETJOBLOGSRESPONSE']._serialized_end=2354
-  _globals['_CANCELJOBREQUEST']._serialized_start=2356
-  _globals['_CANCELJOBREQUEST']._serialized_end=2386
-  _globals['_RETRYJOBREQUEST']._serialized_start=2388
-  _globals['_RETRYJOBREQUEST']._serialized_end=2417
-  _globals['_JOBSERVICE']._serialized_start=2694
-  _globals['_JOBSERVICE']._serialized_end=3588
+  _globals['_JOB']._serialized_end=1571
+  _globals['_LEASEJOBREQUEST']._serialized_start=1573
+  _globals['_LEASEJOBREQUEST']._serialized_end=1626
+  _globals['_LEASEJOBRESPONSE']._serialized_start=1628
+  _globals['_LEASEJOBRESPONSE']._serialized_end=1729
+  _globals['_RENEWLEASEREQUEST']._serialized_start=1731
+  _globals['_RENEWLEASEREQUEST']._serialized_end=1787
+  _globals['_RENEWLEASERESPONSE']._serialized_start=1789
+  _globals['_RENEWLEASERESPONSE']._serialized_end=1858
+  _globals['_FINISHJOBREQUEST']._serialized_start=1861
+  _globals['_FINISHJOBREQUEST']._serialized_end=2049
+  _globals['_FINISHJOBRESPONSE']._serialized_start=2051
+  _globals['_FINISHJOBRESPONSE']._serialized_end=2109
+  _globals['_LISTJOBSREQUEST']._serialized_start=2111
+  _globals['_LISTJOBSREQUEST']._serialized_end=2220
+  _globals['_LISTJOBSRESPONSE']._serialized_start=2222
+  _globals['_LISTJOBSRESPONSE']._serialized_end=2280
+  _globals['_GETJOBREQUEST']._serialized_start=2282
+  _globals['_GETJOBREQUEST']._serialized_end=2309
+  _globals['_GETJOBLOGSREQUEST']._serialized_start=2311
+  _globals['_GETJOBLOGSREQUEST']._serialized_end=2359
+  _globals['_GETJOBLOGSRESPONSE']._serialized_start=2361
+  _globals['_GETJOBLOGSRESPONSE']._serialized_end=2412
+  _globals['_CANCELJOBREQUEST']._serialized_start=2414
+  _globals['_CANCELJOBREQUEST']._serialized_end=2444
+  _globals['_RETRYJOBREQUEST']._serialized_start=2446
+  _globals['_RETRYJOBREQUEST']._serialized_end=2475
+  _globals['_JOBSERVICE']._serialized_start=2752
+  _globals['_JOBSERVICE']._serialized_end=3646
 # @@protoc_insertion_point(module_scope)

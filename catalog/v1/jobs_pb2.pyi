@@ -238,7 +238,16 @@ class SubmitJobsRequest(_message.Message):
     """
     @_builtins.property
     def study_instance_uids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
-        """Either explicit studies..."""
+        """Either explicit studies...
+
+        Each is a StudyInstanceUID (digits and dots, at most 64 characters) or a study
+        reference: "ref:" and 16 to 60 lowercase hex digits. A node's stream trigger sends a
+        reference instead of the UID for a study in a collection that may not leave its site
+        (DICOM PS3.15 counts UIDs as identifiers): a keyed hash (HMAC-SHA-256 under a secret of
+        that node) that only that node can map back to the study. A reference needs
+        `origin_node`, is never matched to the catalog's studies, is placed only on its origin
+        node and is stored and shown as it is. Anything else is INVALID_ARGUMENT.
+        """
 
     @_builtins.property
     def filter(self) -> _catalog_pb2.QueryFilter:
@@ -308,9 +317,13 @@ class Job(_message.Message):
     EXIT_CODE_FIELD_NUMBER: _builtins.int
     OUTPUT_SERIES_INSTANCE_UIDS_FIELD_NUMBER: _builtins.int
     INPUT_HOLDERS_FIELD_NUMBER: _builtins.int
+    OUTPUT_SERIES_COUNT_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     stream: _builtins.str
     study_instance_uid: _builtins.str
+    """The StudyInstanceUID, or a study reference ("ref:…", see SubmitJobsRequest) that only
+    `origin_node` can resolve.
+    """
     collection: _builtins.str
     state: Global___JobState.ValueType
     priority: Global___JobPriority.ValueType
@@ -326,6 +339,8 @@ class Job(_message.Message):
     error: _builtins.str
     """Why the last attempt failed or the job was cancelled."""
     exit_code: _builtins.int
+    output_series_count: _builtins.int
+    """How many derived series the last successful attempt stored, listed or not."""
     @_builtins.property
     def created_at(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
@@ -336,7 +351,9 @@ class Job(_message.Message):
     def finished_at(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
     def output_series_instance_uids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
-        """The derived series the last successful attempt stored."""
+        """The derived series the last successful attempt stored; empty when they are in a
+        collection that may not leave the site (see output_series_count).
+        """
 
     @_builtins.property
     def input_holders(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
@@ -365,10 +382,11 @@ class Job(_message.Message):
         exit_code: _builtins.int = ...,
         output_series_instance_uids: _abc.Iterable[_builtins.str] | None = ...,
         input_holders: _abc.Iterable[_builtins.str] | None = ...,
+        output_series_count: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "finished_at", b"finished_at", "placed_at", b"placed_at", "started_at", b"started_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "collection", b"collection", "created_at", b"created_at", "error", b"error", "exit_code", b"exit_code", "finished_at", b"finished_at", "id", b"id", "input_holders", b"input_holders", "max_attempts", b"max_attempts", "node", b"node", "origin_node", b"origin_node", "output_series_instance_uids", b"output_series_instance_uids", "placed_at", b"placed_at", "priority", b"priority", "reply_ae_title", b"reply_ae_title", "started_at", b"started_at", "state", b"state", "stream", b"stream", "study_instance_uid", b"study_instance_uid", "submitted_by", b"submitted_by"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "collection", b"collection", "created_at", b"created_at", "error", b"error", "exit_code", b"exit_code", "finished_at", b"finished_at", "id", b"id", "input_holders", b"input_holders", "max_attempts", b"max_attempts", "node", b"node", "origin_node", b"origin_node", "output_series_count", b"output_series_count", "output_series_instance_uids", b"output_series_instance_uids", "placed_at", b"placed_at", "priority", b"priority", "reply_ae_title", b"reply_ae_title", "started_at", b"started_at", "state", b"state", "stream", b"stream", "study_instance_uid", b"study_instance_uid", "submitted_by", b"submitted_by"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -482,6 +500,7 @@ class FinishJobRequest(_message.Message):
     ERROR_FIELD_NUMBER: _builtins.int
     LOGS_FIELD_NUMBER: _builtins.int
     OUTPUT_SERIES_INSTANCE_UIDS_FIELD_NUMBER: _builtins.int
+    OUTPUT_SERIES_COUNT_FIELD_NUMBER: _builtins.int
     job_id: _builtins.str
     lease_token: _builtins.str
     succeeded: _builtins.bool
@@ -489,8 +508,16 @@ class FinishJobRequest(_message.Message):
     error: _builtins.str
     logs: _builtins.bytes
     """The attempt's captured stdout/stderr (the worker keeps at most its last MiB)."""
+    output_series_count: _builtins.int
+    """How many derived series the attempt stored (0 from older workers: the catalog then
+    counts output_series_instance_uids).
+    """
     @_builtins.property
-    def output_series_instance_uids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def output_series_instance_uids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Left empty by a worker for a collection that may not leave its site: the UIDs of its
+        derived series are identifiers of identified data.
+        """
+
     def __init__(
         self,
         *,
@@ -501,10 +528,11 @@ class FinishJobRequest(_message.Message):
         error: _builtins.str = ...,
         logs: _builtins.bytes = ...,
         output_series_instance_uids: _abc.Iterable[_builtins.str] | None = ...,
+        output_series_count: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["error", b"error", "exit_code", b"exit_code", "job_id", b"job_id", "lease_token", b"lease_token", "logs", b"logs", "output_series_instance_uids", b"output_series_instance_uids", "succeeded", b"succeeded"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["error", b"error", "exit_code", b"exit_code", "job_id", b"job_id", "lease_token", b"lease_token", "logs", b"logs", "output_series_count", b"output_series_count", "output_series_instance_uids", b"output_series_instance_uids", "succeeded", b"succeeded"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -1,4 +1,5 @@
-"""The index's tables: Patient -> Study -> Series -> Instance, plus the change outbox.
+"""The index's tables: Patient -> Study -> Series -> Instance, the change outbox, and the
+study references of processing-stream jobs.
 
 Counters (instances per series/study/patient, series per study/patient, studies per
 patient) and the study's modalities are maintained on insert and delete, so a STUDY-level
@@ -171,6 +172,22 @@ class ChangeHead(Base):
 
     id: Mapped[int] = mapped_column(primary_key=True, autoincrement=False)
     last_seq: Mapped[int] = mapped_column(sa.BigInteger)
+
+
+class StudyReference(Base):
+    """A study reference this node's stream trigger sent the catalog instead of the UID.
+
+    For a collection that may not leave the site the catalog's job names the study by a
+    keyed hash; only this table maps it back, so only this node can run the job. Rows are
+    never removed: a job may be retried long after it was submitted.
+    """
+
+    __tablename__ = "study_references"
+
+    reference: Mapped[str] = mapped_column(primary_key=True)
+    study_instance_uid: Mapped[str]
+    collection: Mapped[str]
+    created_at: Mapped[datetime]
 
 
 def table_of(model: type[Base]) -> sa.Table:

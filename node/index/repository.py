@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from datetime import datetime
+from datetime import UTC, datetime
 from itertools import islice
 from typing import Any
 
@@ -28,10 +28,10 @@ from storage.sql import (
 
 from . import bulk, writes
 from . import changes as outbox
-from .errors import IndexFailure, IndexUnavailable
+from .errors import IndexFailure, IndexUnavailable, RecordConflict
 from .inventory import InventoryEntry, Requeued, inventory_statement, tombstone
 from .migrate import upgrade
-from .models import ATTRIBUTES, Instance, Patient, Series, Study, table_of
+from .models import ATTRIBUTES, Instance, Patient, Series, Study, StudyReference, table_of
 from .queries import count_statement, find_plan, instances_statement
 from .records import (
     AddOutcome,
@@ -50,6 +50,7 @@ BULK_CHUNK = 500
 """Records per transaction in :meth:`SqlIndex.add_instances`."""
 
 PT, ST, SE, IN = (table_of(m) for m in (Patient, Study, Series, Instance))
+SR = table_of(StudyReference)
 
 
 class SqlIndex:
@@ -306,6 +307,55 @@ class SqlIndex:
             outbox.append_changes(conn, ChangeKind.INSTANCE_DELETED, gone)
         return Requeued([r.sop_instance_uid for r in gone],
                         [uid for uid, _ in instances if uid in held])  # fmt: skip
+
+    # -- study references of stream jobs ---------------------------------------------
+
+    def remember_study_reference(
+        self, reference: str, study_instance_uid: str, collection: str
+    ) -> None:
+        """Keep ``reference`` -> study durably before the reference leaves the node.
+
+        The same pair again changes nothing (a resubmission, a resent study).
+
+        Raises
+        ------
+        RecordConflict
+            ``reference`` already names another study (a hash collision: refused rather
+            than let a job run on the wrong patient's study).
+        IndexUnavailable
+            The database failed.
+        """
+        with self._guard():
+            for _ in range(2):  # a concurrent insert of the same pair: read it back once
+                try:
+                    with self._write() as conn, conn.begin():
+                        known = conn.execute(
+                            sa.select(SR.c.study_instance_uid).where(SR.c.reference == reference)
+                        ).scalar()
+                        if known is None:
+                            conn.execute(
+                                sa.insert(SR).values(
+                                    reference=reference,
+                                    study_instance_uid=study_instance_uid,
+                                    collection=collection,
+                                    created_at=datetime.now(UTC),
+                                )
+                            )
+                            return
+                except sa.exc.IntegrityError:
+                    continue
+                if known != study_instance_uid:
+                    raise RecordConflict(f"study reference {reference} names another study")
+                return
+        raise IndexFailure(f"study reference {reference} could not be recorded")
+
+    def study_of_reference(self, reference: str) -> str | None:
+        """The StudyInstanceUID ``reference`` stands for, None when this node did not make it."""
+        with self._guard(), self._engine.connect() as conn:
+            found = conn.execute(
+                sa.select(SR.c.study_instance_uid).where(SR.c.reference == reference)
+            ).scalar()
+        return None if found is None else str(found)
 
     def last_change_seq(self) -> int:
         """The newest outbox sequence number (0 for an empty outbox)."""

@@ -61,8 +61,14 @@ class InputGatherer:
         self._catalog = catalog
         self._peers = peers
 
-    def gather(self, study_instance_uid: str, collection: str, target: Path) -> Gathered:
-        """Write every instance of the study to ``target/<series>/<sop>.dcm``."""
+    def gather(
+        self, study_instance_uid: str, collection: str, target: Path, *, local_only: bool = False
+    ) -> Gathered:
+        """Write every instance of the study to ``target/<series>/<sop>.dcm``.
+
+        ``local_only``: the study's collection may not leave the site, so the catalog is
+        not asked (the question alone would name the study, and it holds nothing of it).
+        """
         query = IndexQuery(
             level=Level.IMAGE,
             filters={"StudyInstanceUID": study_instance_uid},
@@ -75,7 +81,8 @@ class InputGatherer:
             files.append(_write(target, inst.series_instance_uid, inst.sop_instance_uid, data))
         fetched = 0
         seen = set(local)
-        for location in self._remote(study_instance_uid, collection, bool(local)):
+        remote = [] if local_only else self._remote(study_instance_uid, collection, bool(local))
+        for location in remote:
             if location.sop_instance_uid in seen:
                 continue
             data = self._fetch(location.sop_instance_uid, location.peer_addresses)
@@ -86,7 +93,8 @@ class InputGatherer:
             fetched += 1
         if not files:
             raise InputUnavailable(
-                f"study {study_instance_uid} has no instances here or in the catalog"
+                f"study {study_instance_uid} has no instances here"
+                + ("" if local_only else " or in the catalog")
                 + (f" (collection {collection})" if collection else "")
             )
         log_event(

@@ -3,11 +3,17 @@
 Every failure becomes an :class:`~node.streams.jobs.Outcome` with a clear error and the
 command's logs (with the node's own notes appended), never an exception: the worker
 always has something to report to the scheduler.
+
+A job on a collection that may not leave the site reports nothing identifying: its study
+arrives as a reference only this node resolves (:mod:`node.streams.references`), its input
+is read from this node only (asking the catalog would name the study), its logs stay
+here, its derived series are counted but not named, and UIDs in its error are masked.
 """
 
 from __future__ import annotations
 
 import logging
+import re
 import shutil
 import threading
 import time
@@ -18,7 +24,7 @@ from pathlib import Path
 
 from pydicom import dcmread
 
-from catalog.jobs.records import Job, Outcome
+from catalog.jobs.records import Job, Outcome, is_study_reference
 from node.config import Destination
 from node.errors import NodeError
 from node.services.ingest import IngestService, StoreRequest
@@ -61,6 +67,8 @@ class RunnerSettings:
     may_leave_site: Callable[[str], bool] = lambda _collection: True
     """The node's publish policy: a job on a collection that may not leave the site keeps
     its logs here (a command's output can quote patient data) and tells the catalog where."""
+    resolve_study: Callable[[str], str | None] = lambda _reference: None
+    """Maps a study reference this node's trigger made back to its StudyInstanceUID."""
 
 
 class JobRunner:
@@ -85,18 +93,22 @@ class JobRunner:
     def run(self, job: Job, cancel: threading.Event) -> Outcome:
         """Run ``job`` once; ``cancel`` stops it (cancellation, lost lease, shutdown)."""
         ws: Workspace | None = None
+        study = job.study_instance_uid
+        home = is_study_reference(study) or not self.settings.may_leave_site(self._collection(job))
         try:
             manifest = self._manifest(job)
             route = self._route(manifest, job)
+            study = self._study(job)
             ws = Workspace.create(self.settings.work_dir, job.id, job.attempt)
+            named = "" if study == job.study_instance_uid else f" ({job.study_instance_uid})"
             _note(
                 ws,
                 f"job {job.id} attempt {job.attempt}/{job.max_attempts} on node "
                 f"{self.settings.node_name}: stream {manifest.name} {manifest.version}, "
-                f"study {job.study_instance_uid}",
+                f"study {study}{named}",
             )
             step = time.perf_counter()
-            gathered = self._inputs.gather(job.study_instance_uid, job.collection, ws.input)
+            gathered = self._inputs.gather(study, job.collection, ws.input, local_only=home)
             _note(
                 ws,
                 f"input: {len(gathered.files)} instances ({gathered.local} local, "
@@ -110,7 +122,7 @@ class JobRunner:
             result = run_command(
                 manifest.argv(),
                 ws,
-                env=self._env(job, manifest, ws),
+                env=self._env(job, study, manifest, ws),
                 time_limit=manifest.time_limit_seconds,
                 cancel=cancel,
                 kill_grace=self.settings.kill_grace,
@@ -125,7 +137,14 @@ class JobRunner:
             series = self._store_outputs(job, manifest, ws)
             if route is not None and series.files:
                 self._route_results(ws, route, series.files)
-            outcome = Outcome(True, 0, "", ws.log_tail(), tuple(series.series_instance_uids))
+            outcome = Outcome(
+                True,
+                0,
+                "",
+                ws.log_tail(),
+                tuple(series.series_instance_uids),
+                len(series.series_instance_uids),
+            )
         except AttemptFailed as exc:
             outcome = self._failed(ws, exc.reason, exc.exit_code)
         except NodeError as exc:
@@ -133,10 +152,32 @@ class JobRunner:
         except Exception as exc:  # a bug must still end the attempt with a report
             LOG.exception("event=job_attempt_crashed job=%s", job.id)
             outcome = self._failed(ws, f"internal error: {type(exc).__name__}: {exc}", -1)
-        if ws is not None and not self.settings.may_leave_site(self._collection(job)):
-            outcome = replace(outcome, logs=self._keep_logs_here(ws, job))
+        if home:
+            outcome = self._nothing_identifying(outcome, ws, job, study)
         self._cleanup(ws, outcome)
         return outcome
+
+    def _study(self, job: Job) -> str:
+        """The job's StudyInstanceUID, resolving a study reference this node made."""
+        if not is_study_reference(job.study_instance_uid):
+            return job.study_instance_uid
+        found = self.settings.resolve_study(job.study_instance_uid)
+        if found is None:
+            raise AttemptFailed(
+                f"study reference {job.study_instance_uid} is not known on node "
+                f"{self.settings.node_name}: only its origin node "
+                f"{job.origin_node or '(unknown)'} can resolve it"
+            )
+        return found
+
+    def _nothing_identifying(
+        self, outcome: Outcome, ws: Workspace | None, job: Job, study: str
+    ) -> Outcome:
+        """The outcome as a collection that stays home may report it: logs kept here,
+        derived series counted not named, UIDs in the error masked."""
+        error = _mask_uids(outcome.error, study, job.study_instance_uid)
+        logs = self._keep_logs_here(ws, job) if ws is not None else error.encode()
+        return replace(outcome, error=error, logs=logs, output_series_instance_uids=())
 
     def _collection(self, job: Job) -> str:
         manifest = self._registry.streams.get(job.stream)
@@ -157,7 +198,8 @@ class JobRunner:
             LOG.warning("event=job_logs_not_kept job=%s error=%s", job.id, exc)
         return (
             f"logs kept at node {self.settings.node_name} in {kept}: collection "
-            f"{self._collection(job)!r} does not leave the site\n"
+            f"{self._collection(job)!r} does not leave the site (nor do the UIDs of its "
+            "study and derived series)\n"
         ).encode()
 
     # -- steps -------------------------------------------------------------------------------
@@ -187,14 +229,14 @@ class JobRunner:
             )
         return ae, where
 
-    def _env(self, job: Job, manifest: StreamManifest, ws: Workspace) -> dict[str, str]:
+    def _env(self, job: Job, study: str, manifest: StreamManifest, ws: Workspace) -> dict[str, str]:
         return {
             "GRIDPACS_JOB_ID": job.id,
             "GRIDPACS_ATTEMPT": str(job.attempt),
             "GRIDPACS_STREAM": manifest.name,
             "GRIDPACS_STREAM_VERSION": manifest.version,
             "GRIDPACS_STREAM_DIR": str(manifest.stream_dir.resolve()),
-            "GRIDPACS_STUDY_INSTANCE_UID": job.study_instance_uid,
+            "GRIDPACS_STUDY_INSTANCE_UID": study,
             "GRIDPACS_NODE": self.settings.node_name,
             "GRIDPACS_WORK_DIR": str(ws.root.resolve()),
             "GRIDPACS_INPUT_DIR": str(ws.input.resolve()),
@@ -254,6 +296,27 @@ class JobRunner:
         if ws is None or self.settings.keep_work_dirs or not outcome.succeeded:
             return
         shutil.rmtree(ws.root, ignore_errors=True)
+
+
+_UID_TEXT = re.compile(r"(?<![0-9.])[0-9]+(?:\.[0-9]+){2,}(?![0-9.])")
+
+
+def _mask_uids(text: str, study: str, known_as: str) -> str:
+    """``text`` with the study named as the catalog knows it and any other UID masked.
+
+    UID-shaped: three or more dot-separated numbers, longer than 15 characters or of five
+    parts or more, so an IPv4 address (a destination in a routing error) stays readable.
+    """
+    if study and study != known_as:
+        text = text.replace(study, known_as)
+
+    def masked(match: re.Match[str]) -> str:
+        value = match.group(0)
+        if value == known_as or (len(value) <= 15 and value.count(".") < 4):
+            return value
+        return "<uid>"
+
+    return _UID_TEXT.sub(masked, text)
 
 
 def _request(path: Path, node_ae: str) -> StoreRequest:

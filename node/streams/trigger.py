@@ -11,6 +11,11 @@ with ``gridpacs jobs submit``) — that is logged.
 The catalog must know the study before it can place the job near the data, so a request
 waits (bounded) until the publisher has published the outbox up to the last instance of
 the association.
+
+A study in a collection that may not leave the site is submitted by its reference
+(:mod:`node.streams.references`), never by its UID. The pending file keeps the UID (it
+stays on this node); the reference is made, and remembered, when the request is sent,
+so a request persisted by an older version is submitted the same way.
 """
 
 from __future__ import annotations
@@ -23,11 +28,12 @@ import time
 import uuid
 from collections import deque
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Protocol
 
 from catalog import CatalogError, CatalogRejected
+from node.index import IndexFailure
 from node.structlog import log_event
 
 LOG = logging.getLogger("gridpacs.node.streams.trigger")
@@ -78,7 +84,10 @@ class StreamTrigger:
         publish_wait: float = 15.0,
         retry_interval: float = 2.0,
         refusal_grace: float = 120.0,
+        name_study: Callable[[str, str], str] | None = None,
     ) -> None:
+        """``name_study(collection, uid)`` is what the catalog is told instead of ``uid``
+        (a study reference for a collection that may not leave the site); None: the UID."""
         self._submitter = submitter
         self._pending = pending_dir
         self._failed = pending_dir / "failed"
@@ -88,6 +97,7 @@ class StreamTrigger:
         self._publish_wait = publish_wait
         self._retry = retry_interval
         self._refusal_grace = refusal_grace
+        self._name_study = name_study
         self._open: dict[int, _Delivery] = {}
         self._lock = threading.Lock()
         self._wake = threading.Event()
@@ -210,6 +220,17 @@ class StreamTrigger:
             return True
         self._wait_published(request.after_change_seq)
         try:
+            request = self._named(request)
+        except IndexFailure as exc:
+            log_event(
+                LOG,
+                "stream_submit_deferred",
+                level=logging.WARNING,
+                stream=request.stream,
+                reason=f"study reference not recorded: {exc}",
+            )
+            return False
+        try:
             ids = self._submitter.submit(request)
         except CatalogRejected as exc:
             if _age(path) < self._refusal_grace:
@@ -244,6 +265,14 @@ class StreamTrigger:
             reply_ae_title=request.reply_ae_title,
         )
         return True
+
+    def _named(self, request: JobRequest) -> JobRequest:
+        """The request as the catalog may see it (references for studies that stay home)."""
+        if self._name_study is None:
+            return request
+        name = self._name_study
+        studies = tuple(name(request.collection, uid) for uid in request.study_instance_uids)
+        return replace(request, study_instance_uids=studies)
 
     def _wait_published(self, position: int) -> None:
         if self._published is None or position <= 0:

@@ -215,7 +215,7 @@ class Worker:
                     succeeded=outcome.succeeded,
                     exit_code=outcome.exit_code,
                     error=outcome.error or "-",
-                    outputs=len(outcome.output_series_instance_uids),
+                    outputs=outcome.output_series_count,
                     s=round(time.monotonic() - started, 2),
                 )
         finally:

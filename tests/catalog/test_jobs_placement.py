@@ -129,3 +129,14 @@ def test_the_highest_stream_version_reported_sets_the_attempts() -> None:
     chosen = stream_settings(workers, "segment")
     assert chosen is not None and (chosen.version, chosen.max_attempts) == ("1.10", 4)
     assert stream_settings(workers, "nope") is None
+
+
+def test_a_study_reference_runs_only_on_its_origin_even_if_a_uid_like_it_is_held() -> None:
+    from dataclasses import replace
+
+    ref = "ref:" + "ab" * 24
+    workers = [report("a", max_jobs=1), report("b", max_jobs=4)]
+    queued = replace(job(1, study=ref), origin_node="a")
+    [p] = place([queued], workers, {}, {ref: ["b"]})
+    assert (p.node, p.holds_data) == ("a", False)
+    assert place([queued], workers, {"a": 1}, {ref: ["b"]}) == [], "waits for its origin"

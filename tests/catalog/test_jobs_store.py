@@ -327,3 +327,43 @@ def test_long_polls_beyond_the_cap_are_answered_at_once(db_url: str) -> None:
         assert time.monotonic() - started >= 0.4  # the slot is free again: it waits
     finally:
         engine.dispose()
+
+
+REF = "ref:" + "0123456789abcdef" * 3
+
+
+def test_a_study_reference_is_kept_as_it_is_and_runs_only_on_its_origin(world: World) -> None:
+    """A node names a study that stays at its site by a reference: stored and shown as
+    sent, never matched to the catalog's studies, placed on its origin node only."""
+    world.report("site-a", max_jobs=4)
+    world.report("site-b", max_jobs=4)
+    [job] = world.jobs.submit(
+        "segment", study_instance_uids=[REF], collection="local", origin_node="site-b"
+    )
+    assert (job.study_instance_uid, job.collection, job.origin_node) == (REF, "local", "site-b")
+    world.round()
+    assert world.jobs.get(job.id).node == "site-b"
+    lease = world.jobs.lease("site-b", 0)
+    assert lease is not None and lease.job.study_instance_uid == REF
+    done = world.jobs.finish(job.id, lease.token, Outcome(succeeded=True, output_series_count=2))
+    assert done.output_series_instance_uids == () and done.output_series_count == 2
+    [listed] = world.jobs.list(JobQuery())
+    assert (listed.study_instance_uid, listed.output_series_count) == (REF, 2)
+
+
+def test_named_studies_are_uids_or_references_with_their_origin(world: World) -> None:
+    world.report("site-a")
+    with pytest.raises(InvalidFilter, match="needs the origin_node"):
+        world.jobs.submit("segment", study_instance_uids=[REF])
+    for bad in ("ref:XYZ", "ref:" + "a" * 61, "1.2.abc", "1..2", "1" * 65, "DROP TABLE"):
+        with pytest.raises(InvalidFilter, match="neither a StudyInstanceUID nor a study"):
+            world.jobs.submit("segment", study_instance_uids=[bad], origin_node="site-a")
+    # a worker that names its outputs: the count follows the UIDs (older workers send none)
+    [job] = world.jobs.submit("segment", study_instance_uids=["1.2.3.9"])
+    world.round()
+    lease = world.jobs.lease("site-a", 0)
+    assert lease is not None
+    done = world.jobs.finish(
+        job.id, lease.token, Outcome(succeeded=True, output_series_instance_uids=("1.2.4",))
+    )
+    assert done.output_series_count == 1

@@ -19,6 +19,7 @@ from node.dicom.scu import send_files
 from node.index.records import IndexQuery, Level
 from node.services.ingest import StoreRequest
 from node.streams.inputs import InputGatherer
+from node.streams.references import StudyReferences, load_or_create_secret
 from node.streams.registry import load_streams
 from node.streams.runner import JobRunner, RunnerSettings
 from tests.factories import StudySpec, make_dataset, to_bytes
@@ -240,3 +241,58 @@ def test_a_second_run_leaves_out_what_the_stream_derived_before(
     assert "input: 4 instances" in logs and "left out 2 instances this stream derived" in logs
     assert "invert: 2 input files" in logs and "routed 2 instances" in logs
     assert first.output_series_instance_uids != again.output_series_instance_uids
+
+
+def _private_runner(node: NodeApp, streams_dir: Path) -> tuple[JobRunner, StudyReferences]:
+    """A runner as a node without ``publish_identified`` has it: 'local' stays home."""
+    refs = StudyReferences(
+        load_or_create_secret(node.config.secrets_dir / "ref.secret"), node.index
+    )
+    runner = _runner(node, streams_dir)
+    runner.settings.may_leave_site = lambda collection: collection != "local"
+    runner.settings.resolve_study = refs.resolve
+    return runner, refs
+
+
+def test_a_study_reference_is_resolved_here_and_outputs_are_counted_not_named(
+    node: NodeApp, scp: StoreSCP
+) -> None:
+    scp.clear()
+    sources = _store_study(node, 2)
+    study = str(sources[0].StudyInstanceUID)
+    runner, refs = _private_runner(node, EXAMPLES)
+    ref = refs.refer(study, "local")
+    assert ref.startswith("ref:") and len(ref) <= 64 and study not in ref
+    assert refs.refer(study, "local") == ref == refs.refer(ref, "local"), "stable, idempotent"
+    outcome = runner.run(_job(ref, scp.ae_title), threading.Event())
+    assert outcome.succeeded, outcome.error
+    assert outcome.output_series_instance_uids == () and outcome.output_series_count == 1
+    received = [dcmread(p) for p in scp.received()]
+    assert len(received) == 2 and {ds.StudyInstanceUID for ds in received} == {study}
+    sent = outcome.logs.decode()
+    assert "logs kept at node site-a" in sent and study not in sent
+    [kept] = list((node.config.jobs_dir / "logs").iterdir())
+    assert f"study {study} ({ref})" in kept.read_text()
+    assert str(received[0].SeriesInstanceUID) in kept.read_text()
+
+
+def test_a_reference_this_node_did_not_make_fails_clearly(node: NodeApp) -> None:
+    runner, _ = _private_runner(node, EXAMPLES)
+    ref = "ref:" + "ab" * 24
+    outcome = runner.run(_job(ref, "STORESCP"), threading.Event())
+    assert not outcome.succeeded
+    assert outcome.error == (
+        f"study reference {ref} is not known on node site-a: only its origin node site-a "
+        "can resolve it"
+    )
+
+
+def test_an_error_of_a_job_that_stays_home_names_no_uid(node: NodeApp) -> None:
+    """The study was deleted after the trigger: the error says so without its UID."""
+    runner, refs = _private_runner(node, EXAMPLES)
+    study = "1.2.826.0.1.3680043.99.12345"
+    ref = refs.refer(study, "local")
+    outcome = runner.run(_job(ref, "STORESCP"), threading.Event())
+    assert not outcome.succeeded
+    assert outcome.error == f"study {ref} has no instances here"
+    assert study.encode() not in outcome.logs

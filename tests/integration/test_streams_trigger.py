@@ -18,6 +18,7 @@ from node.app import NodeApp, build_routes
 from node.config import load_config
 from node.index.records import IndexQuery, Level
 from node.routing import Router
+from node.streams.references import StudyReferences, load_or_create_secret
 from node.streams.registry import load_streams
 from node.streams.trigger import JobRequest, StreamTrigger
 from tests.factories import StudySpec, make_dataset
@@ -198,3 +199,42 @@ def test_refused_request_is_kept_aside_and_aborted_association_submits_nothing(
     assert trigger.pending() == []
     assert "event=stream_submit_refused" in caplog.text and "unknown stream" in caplog.text
     assert submitter.calls >= 2, "a refusal is retried for a while (workers may not be known yet)"
+
+
+def test_studies_that_stay_home_are_submitted_by_reference(
+    tmp_path: Path, submitter: RecordingSubmitter
+) -> None:
+    """The node's own policy decides per collection: 'local' (identified, unpublished) is
+    named by a reference kept in the index, 'research' by its UID."""
+    cfg = load_config(
+        None, {"name": "site-a", "data_dir": str(tmp_path / "node"), "dicom": {"port": 0}}
+    )
+    app = NodeApp(cfg)
+    refs = StudyReferences(load_or_create_secret(cfg.secrets_dir / "stream-ref.secret"), app.index)
+    trigger = StreamTrigger(
+        submitter,
+        cfg.trigger_dir,
+        origin_node="site-a",
+        retry_interval=0.2,
+        name_study=lambda collection, uid: (
+            uid if collection != "local" else refs.refer(uid, collection)
+        ),
+    )
+    try:
+        for n, collection in enumerate(("local", "research", "local")):
+            trigger.stored(n, stream="invert", study_instance_uid=f"1.2.840.7.{n}",
+                           collection=collection, calling_ae="MODALITY")  # fmt: skip
+            trigger.ended(n, released=True)
+        pending = [p.read_text() for p in trigger.pending()]
+        assert '"1.2.840.7.0"' in pending[0], "the pending file keeps the UID, on this node"
+        trigger.start()
+        _wait(lambda: len(submitter.requests) == 3)
+        named = [r.study_instance_uids[0] for r in submitter.requests]
+        assert named[1] == "1.2.840.7.1"
+        for n in (0, 2):
+            assert named[n].startswith("ref:") and "1.2.840" not in named[n]
+            assert app.index.study_of_reference(named[n]) == f"1.2.840.7.{n}"
+        assert named[0] != named[2], "one reference per study"
+    finally:
+        trigger.stop()
+        app.index.close()

@@ -20,9 +20,17 @@ def test_models_and_migrations_agree(db_url: str) -> None:
             )
             diff = compare_metadata(context, Base.metadata)
         assert diff == []
-        assert current_revision(index.engine) == head_revision() == "0002"
+        assert current_revision(index.engine) == head_revision() == "0003"
         tables = set(sa.inspect(index.engine).get_table_names())
-        assert {"patients", "studies", "series", "instances", "changes", VERSION_TABLE} <= tables
+        assert {
+            "patients",
+            "studies",
+            "series",
+            "instances",
+            "changes",
+            "study_references",
+            VERSION_TABLE,
+        } <= tables
     finally:
         index.close()
 
