@@ -9,7 +9,8 @@ functions plugged into deid's ``func:`` lookups) and writes one output file per 
   input is read; the header goes out with ``writev``, native pixel data is copied by the
   kernel, as in the CLI): the engine-to-engine comparison;
 * ``cli j1``   — :func:`anonymizer.batch.run_batch` with ``jobs=1``, the code path of
-  ``gridpacs anonymize --jobs 1`` (temporary file, fsync, rename per output);
+  ``gridpacs anonymize --jobs 1`` (temporary file per output, made durable in group
+  commits: a batch fsynced concurrently, renamed, its directory fsynced once);
 * ``cli jN``   — the same with ``jobs=<CPUs>`` worker processes (``gridpacs anonymize``'s
   default), pool start-up included;
 * ``deid``     — deid's ``replace_identifiers`` pipeline, one process.
