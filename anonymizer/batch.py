@@ -1,8 +1,11 @@
 """Many files at once: de-identify a list of files in one process or in a pool of workers.
 
-Per-file I/O (read, temporary file, fsync, rename) costs more than the engine itself, so a
-folder goes faster on several cores. Work is sent to the workers in chunks of files (a
-few dozen round trips instead of one per file); each worker builds its own
+Per-file I/O (read, temporary file, rename) costs more than the engine itself, so a
+folder goes faster on several cores. Outputs are made durable in group commits
+(:func:`~anonymizer.files.anonymize_tree`): in this process for ``jobs=1``, per chunk in a
+worker, so a chunk's outcomes come back only once its outputs are durable. Work is sent
+to the workers in chunks of files (a few dozen round trips instead of one per file); each
+worker builds its own
 :class:`~anonymizer.engine.Deidentifier` once, from the same :class:`Settings`, so every
 worker computes the same pseudonyms and the outputs are byte-identical to a
 single-process run. The re-identification map is a SQLite file in WAL mode written in
@@ -28,7 +31,7 @@ from pathlib import Path
 
 from anonymizer.engine import Deidentifier
 from anonymizer.errors import AnonymizationError
-from anonymizer.files import FileOutcome, anonymize_file
+from anonymizer.files import FileOutcome, GroupCommit, anonymize_tree, make_output_dir
 from anonymizer.profiles import load_profile
 from anonymizer.pseudonyms import load_secret
 from anonymizer.reidentification import ReidentificationMap
@@ -71,21 +74,14 @@ def default_jobs() -> int:
         return os.cpu_count() or 1
 
 
-def _safe_one(deid: Deidentifier, source: Path, output: Path) -> FileOutcome:
-    # anonymize_file returns the expected failures; anything else (a bug in a reader) is
-    # still one file's failure, not the end of the batch or of a worker's chunk.
-    try:
-        return anonymize_file(deid, source, output)
-    except Exception as exc:  # reported per file, never swallowed
-        return FileOutcome(source, error=str(exc) or repr(exc), error_kind=type(exc).__name__)
-
-
 _worker_deid: Deidentifier | None = None
+_worker_group: GroupCommit | None = None  # its fsync threads live as long as the worker
 
 
 def _init_worker(settings: Settings) -> None:
-    global _worker_deid
+    global _worker_deid, _worker_group
     _worker_deid = settings.build()
+    _worker_group = GroupCommit()
     # Everything up to here (the modules, the compiled profile) lives as long as the
     # worker: out of the collector's sight, full collections stay cheap and the pages
     # shared with the parent are not copied by the collector touching them.
@@ -93,8 +89,8 @@ def _init_worker(settings: Settings) -> None:
 
 
 def _run_chunk(sources: list[Path], output: Path) -> list[FileOutcome]:
-    assert _worker_deid is not None, "worker not initialised"
-    return [_safe_one(_worker_deid, source, output) for source in sources]
+    assert _worker_deid is not None and _worker_group is not None, "worker not initialised"
+    return list(anonymize_tree(_worker_deid, sources, output, _worker_group))
 
 
 def _chunks(inputs: Sequence[Path], jobs: int) -> list[list[Path]]:
@@ -115,16 +111,23 @@ def run_batch(
 
     ``jobs=1`` (or a single chunk of work) runs in this process, with ``deidentifier`` when
     given (else one built from ``settings``). ``on_progress(n)`` is called in this process
-    as each group of ``n`` files is done.
+    as each group of ``n`` files is done; every output reported ok is durable by then.
     """
     advance = on_progress or (lambda _n: None)
+    if inputs:
+        try:
+            make_output_dir(output)
+        except OSError as exc:  # every file fails the same way, each one listed
+            return [
+                FileOutcome(s, error=f"cannot write: {exc}", error_kind="OSError") for s in inputs
+            ]
     chunks = _chunks(inputs, max(1, jobs))
     jobs = min(max(1, jobs), len(chunks))
     if jobs <= 1:
         deid = deidentifier or settings.build()
         outcomes = []
-        for source in inputs:
-            outcomes.append(_safe_one(deid, source, output))
+        for outcome in anonymize_tree(deid, inputs, output):  # its fsync threads end with it
+            outcomes.append(outcome)
             advance(1)
         return outcomes
     results: list[list[FileOutcome] | None] = [None] * len(chunks)

@@ -9,9 +9,12 @@ functions plugged into deid's ``func:`` lookups) and writes one output file per 
   input is read; the header goes out with ``writev``, native pixel data is copied by the
   kernel, as in the CLI): the engine-to-engine comparison;
 * ``cli j1``   — :func:`anonymizer.batch.run_batch` with ``jobs=1``, the code path of
-  ``gridpacs anonymize --jobs 1`` (temporary file, fsync, rename per output);
+  ``gridpacs anonymize --jobs 1`` (temporary file per output, made durable in group
+  commits: a batch fsynced concurrently, renamed, its directory fsynced once);
 * ``cli jN``   — the same with ``jobs=<CPUs>`` worker processes (``gridpacs anonymize``'s
-  default), pool start-up included;
+  default), pool start-up included. Both cli sides run in a separate process as light as
+  the CLI's (``bench/anonymize_cli.py``), timed there: forking workers from this process,
+  with deid's pipeline run in it, copied a heap several times the CLI's;
 * ``deid``     — deid's ``replace_identifiers`` pipeline, one process.
 
 Runs are interleaved (engine, cli j1, cli jN, deid, engine, …) so every side sees the same
@@ -31,6 +34,7 @@ import platform
 import resource
 import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -44,7 +48,7 @@ sys.path.insert(0, str(ROOT))
 
 from anonymizer import Deidentifier, load_profile  # noqa: E402
 from anonymizer._deid import run_reference_pipeline  # noqa: E402
-from anonymizer.batch import Settings, default_jobs, run_batch  # noqa: E402
+from anonymizer.batch import default_jobs  # noqa: E402
 from anonymizer.files import deidentify_source, open_source, write_instance  # noqa: E402
 from anonymizer.pseudonyms import Pseudonymizer  # noqa: E402
 from tests.factories import StudySpec, make_dataset  # noqa: E402
@@ -93,7 +97,9 @@ def _cpu() -> float:
     return time.process_time() + children.ru_utime + children.ru_stime
 
 
-Runner = Callable[[list[Path], Path], None]
+#: (wall, CPU) seconds measured by the runner itself, or None: timed around the call.
+Times = tuple[float, float]
+Runner = Callable[[list[Path], Path], "Times | None"]
 
 
 def engine_runner() -> Runner:
@@ -114,13 +120,36 @@ def engine_runner() -> Runner:
     return run
 
 
-def cli_runner(settings: Settings, jobs: int) -> Runner:
-    """What ``gridpacs anonymize --jobs N`` runs once its arguments are parsed."""
+class CliProcess:
+    """``bench/anonymize_cli.py`` started once: the cli sides run there (see its docstring)."""
 
-    def run(files: list[Path], out: Path) -> None:
-        outcomes = run_batch(settings, files, out, jobs)
-        failed = [o for o in outcomes if not o.ok]
-        assert not failed, f"{len(failed)} failed, first: {failed[0].error}"
+    def __init__(self) -> None:
+        script = Path(__file__).with_name("anonymize_cli.py")
+        self.proc = subprocess.Popen([sys.executable, str(script)], stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, text=True)  # fmt: skip
+
+    def run(self, secret_file: Path, files: list[Path], out: Path, jobs: int) -> Times:
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        request = {"secret": str(secret_file), "files": [str(f) for f in files],
+                   "out": str(out), "jobs": jobs}  # fmt: skip
+        self.proc.stdin.write(json.dumps(request) + "\n")
+        self.proc.stdin.flush()
+        answer = json.loads(self.proc.stdout.readline())
+        assert not answer["n_failed"], f"{answer['n_failed']} failed, first: {answer['failed']}"
+        return answer["wall"], answer["cpu"]
+
+    def close(self) -> None:
+        if self.proc.stdin is not None:
+            self.proc.stdin.close()
+        self.proc.wait(timeout=60)
+
+
+def cli_runner(cli: CliProcess, secret_file: Path, jobs: int) -> Runner:
+    """What ``gridpacs anonymize --jobs N`` runs once its arguments are parsed, timed in a
+    process as light as the CLI's."""
+
+    def run(files: list[Path], out: Path) -> Times:
+        return cli.run(secret_file, files, out, jobs)
 
     return run
 
@@ -146,9 +175,11 @@ def measure(
             out = scratch / f"out-{round_}"
             out.mkdir()
             started, cpu_started = time.perf_counter(), _cpu()
-            runner(files, out)
-            wall[name].append(len(files) / (time.perf_counter() - started))
-            cpu[name].append(len(files) / (_cpu() - cpu_started))
+            times = runner(files, out)
+            if times is None:
+                times = (time.perf_counter() - started, _cpu() - cpu_started)
+            wall[name].append(len(files) / times[0])
+            cpu[name].append(len(files) / times[1])
             assert len(list(out.iterdir())) == len(files), name
             shutil.rmtree(out)
     med = {k: statistics.median(v) for k, v in wall.items()}
@@ -182,15 +213,22 @@ def main() -> None:
         scratch = Path(tmp)
         secret_file = scratch / "site.secret"
         secret_file.write_text(SECRET.hex())
+        cli = CliProcess()
         runners = {
             "engine": engine_runner(),
-            "cli j1": cli_runner(Settings(secret_file), 1),
-            f"cli j{args.jobs}": cli_runner(Settings(secret_file), args.jobs),
+            "cli j1": cli_runner(cli, secret_file, 1),
+            f"cli j{args.jobs}": cli_runner(cli, secret_file, args.jobs),
             "deid": deid_runner(),
         }
-        for label, count, size in (("small 64x64", args.small, 64), ("CT 512x512", args.ct, 512)):
-            files = make_corpus(scratch / label.split()[0], count, size)
-            results[label] = measure(files, scratch, args.repeat, runners)
+        try:
+            for label, count, size in (
+                ("small 64x64", args.small, 64),
+                ("CT 512x512", args.ct, 512),
+            ):
+                files = make_corpus(scratch / label.split()[0], count, size)
+                results[label] = measure(files, scratch, args.repeat, runners)
+        finally:
+            cli.close()
     load = os.getloadavg()
     machine: dict[str, Any] = {
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),

@@ -1,0 +1,244 @@
+"""Group commit: outputs are durable before they are reported, never partial at their name.
+
+Real processes, real files: the CLI is killed with SIGKILL mid-run, traced with strace
+(fsync before rename, directory fsync before the report), and made to fail for real
+(a non-empty directory in the way of a rename, a file size limit while writing).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import resource
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from pydicom import dcmread
+
+from anonymizer import Deidentifier, generate_secret, load_profile
+from anonymizer.batch import Settings, _chunks, run_batch
+from anonymizer.files import GroupCommit, anonymize_file, anonymize_tree, list_inputs
+from tests.anonymizer.conftest import SITE_A
+from tests.anonymizer.test_cli import ROOT, _gridpacs
+from tests.factories import StudySpec, write_study
+
+pytestmark = pytest.mark.timeout(180)
+
+STRACE = shutil.which("strace") or "/usr/bin/strace"
+
+
+@pytest.fixture
+def secret(tmp_path: Path) -> Path:
+    path = tmp_path / "site.secret"
+    generate_secret(path)
+    return path
+
+
+def _corpus(directory: Path, studies: int, per_study: int, size: int = 64) -> Path:
+    for n in range(studies):
+        study = directory / f"S{n:03d}"
+        study.mkdir(parents=True)
+        spec = StudySpec(patient_id=f"MRN-{n % 5}", patient_name=f"DOE^P{n % 5}")
+        write_study(str(study), per_study, spec, rows=size, columns=size)
+    return directory
+
+
+def _contents(directory: Path) -> dict[str, bytes]:
+    """The outputs at their final names (hidden temporary files left out)."""
+    return {
+        p.name: p.read_bytes()
+        for p in sorted(directory.iterdir())
+        if p.is_file() and not p.name.startswith(".")
+    }
+
+
+def _leftovers(directory: Path) -> list[str]:
+    return sorted(p.name for p in directory.iterdir() if p.name.startswith("."))
+
+
+@pytest.mark.parametrize("jobs", [1, 2])
+def test_kill_9_mid_run_leaves_only_complete_outputs(
+    tmp_path: Path, secret: Path, jobs: int
+) -> None:
+    """SIGKILL while outputs are being committed: every name present holds the complete
+    file (byte-identical to an uninterrupted run); only hidden temporary files may remain."""
+    source = _corpus(tmp_path / "in", 40, 10, size=256)  # 400 files of ~130 kB
+    ref = tmp_path / "ref"
+    done = _gridpacs("anonymize", str(source), str(ref), "--secret-file", str(secret),
+                     "--jobs", str(jobs), "--json")  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    reference = _contents(ref)
+    assert len(reference) == 400
+
+    out = tmp_path / "out"
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    command = [sys.executable, "-m", "gridpacs", "anonymize", str(source), str(out),
+               "--secret-file", str(secret), "--jobs", str(jobs), "--json"]  # fmt: skip
+    proc = subprocess.Popen(command, cwd=ROOT, env=env, start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and proc.poll() is None:
+            if out.is_dir() and any(not n.startswith(".") for n in os.listdir(out)):
+                break  # the first commit is renaming outputs into place: kill it now
+            time.sleep(0.001)
+        os.killpg(proc.pid, signal.SIGKILL)
+    finally:
+        proc.wait(timeout=30)
+    assert proc.returncode == -signal.SIGKILL, "the run ended before it could be killed"
+
+    names = sorted(os.listdir(out))
+    final = [n for n in names if not n.startswith(".")]
+    assert 0 < len(final) < len(reference), "killed mid-run, after the first commit began"
+    for name in final:
+        data = (out / name).read_bytes()
+        assert data == reference[name], f"{name} is not the complete output"
+        assert dcmread(out / name).PatientID != ""
+    assert all(re.fullmatch(r"\..+\.part", n) for n in names if n.startswith("."))
+
+
+def _trace(log: Path) -> list[tuple[str, str]]:
+    """(syscall, argument) of every completed fsync (path of its fd), every rename at its
+    start, and writes to stdout (the report), in order."""
+    events = []
+    pending: dict[str, str] = {}  # tid -> fsync path while unfinished
+    for line in log.read_text().splitlines():
+        tid = line.split(" ", 1)[0]
+        if m := re.search(r"fsync\(\d+<([^>]*)>\) = 0", line):
+            events.append(("fsync", m.group(1)))
+        elif m := re.search(r"fsync\(\d+<([^>]*)> <unfinished", line):
+            pending[tid] = m.group(1)
+        elif "<... fsync resumed>" in line and re.search(r"\) += 0", line):
+            events.append(("fsync", pending.pop(tid)))
+        elif m := re.search(r"rename(?:at2?)?\(.*?\"([^\"]+)\".*?\"([^\"]+)\"", line):
+            if "= -1" not in line:  # at its start: complete, or unfinished (another thread)
+                events.append(("rename", f"{m.group(1)} {m.group(2)}"))
+        elif re.search(r"write\(1<", line):
+            events.append(("report", ""))
+    return events
+
+
+@pytest.mark.parametrize("jobs", [1, 2])
+def test_every_output_is_fsynced_before_its_rename_and_its_directory_before_the_report(
+    tmp_path: Path, secret: Path, jobs: int
+) -> None:
+    source = _corpus(tmp_path / "in", 3, 10)
+    out = tmp_path / "out" / "nested"  # two new directories: their parents need an fsync
+    log = tmp_path / "strace.log"
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    command = [STRACE, "-f", "-y", "-qq", "-e", "trace=fsync,rename,renameat,renameat2,write",
+               "-e", "signal=none", "-o", str(log), sys.executable, "-m", "gridpacs",
+               "anonymize", str(source), str(out), "--secret-file", str(secret),
+               "--jobs", str(jobs), "--json"]  # fmt: skip
+    result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True,
+                            timeout=120)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["written"] == 30
+    events = _trace(log)
+    report = next(i for i, (kind, _) in enumerate(events) if kind == "report")
+    renames = [(i, arg.split(" ")) for i, (kind, arg) in enumerate(events) if kind == "rename"]
+    renames = [(i, [old, new]) for i, [old, new] in renames if Path(new).parent == out]
+    assert len(renames) == 30 and all(i < report for i, _ in renames)
+    assert len({new for _, (_, new) in renames}) == 30
+    for i, [old, _new] in renames:
+        assert re.fullmatch(r"\..+\.part", Path(old).name)
+        assert ("fsync", old) in events[:i], f"{old} renamed before it was fsynced"
+    last_rename = max(i for i, _ in renames)
+    assert ("fsync", str(out)) in events[last_rename:report]
+    first_rename = min(i for i, _ in renames)  # the new directories, made before any output
+    assert {("fsync", str(out.parent)), ("fsync", str(tmp_path))} <= set(events[:first_rename])
+    # Grouped: one directory fsync per commit (per chunk of work with workers).
+    commits = 1 if jobs == 1 else len(_chunks(list_inputs(source), jobs))
+    assert sum(1 for event in events if event == ("fsync", str(out))) == commits < 30
+
+
+def test_a_rename_that_fails_at_commit_is_a_failure_and_leaves_nothing(
+    tmp_path: Path, secret: Path
+) -> None:
+    source = _corpus(tmp_path / "in", 1, 6)
+    inputs = list_inputs(source)
+    settings = Settings(secret)
+    ref = run_batch(settings, inputs, tmp_path / "ref")
+    names = [o.target.name for o in ref if o.target is not None]
+    out = tmp_path / "out"
+    (out / names[2] / "inside").mkdir(parents=True)  # a non-empty directory in the way
+
+    outcomes = run_batch(settings, inputs, out)
+
+    assert [o.ok for o in outcomes] == [True, True, False, True, True, True]
+    assert outcomes[2].error_kind == "OSError" and outcomes[2].target is None
+    assert "cannot write" in (outcomes[2].error or "")
+    assert _leftovers(out) == []
+    assert (out / names[2] / "inside").is_dir()
+    ok = {n: b for n, b in _contents(tmp_path / "ref").items() if n != names[2]}
+    assert _contents(out) == ok
+
+
+def _limit_file_size() -> None:
+    resource.setrlimit(resource.RLIMIT_FSIZE, (64 * 1024, 64 * 1024))
+
+
+@pytest.mark.parametrize("jobs", [1, 2])
+def test_a_write_that_fails_while_staging_leaves_no_temporary_file(
+    tmp_path: Path, secret: Path, jobs: int
+) -> None:
+    """Under a 64 KiB file size limit the 256x256 outputs fail to write (EFBIG, for real);
+    the small ones in the same batches are committed."""
+    source = tmp_path / "in"
+    _corpus(source / "small", 2, 10, size=64)
+    _corpus(source / "large", 1, 5, size=256)
+    out = tmp_path / "out"
+    out.mkdir()
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    result = subprocess.run(
+        [sys.executable, "-m", "gridpacs", "anonymize", str(source), str(out),
+         "--secret-file", str(secret), "--jobs", str(jobs), "--json"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=120,
+        preexec_fn=_limit_file_size,
+    )  # fmt: skip
+    assert result.returncode == 1, result.stderr
+    report = json.loads(result.stdout)
+    assert (report["written"], report["failed"]) == (20, 5)
+    failed = [r for r in report["results"] if r["error"]]
+    assert all("/large/" in r["source"] and r["error_kind"] == "OSError" for r in failed)
+    assert all("File too large" in r["error"] for r in failed)
+    assert _leftovers(out) == []
+    assert len(_contents(out)) == 20
+
+
+def test_outcomes_are_yielded_in_input_order_after_their_group_is_durable(
+    tmp_path: Path,
+) -> None:
+    source = _corpus(tmp_path / "in", 1, 10)
+    inputs = list_inputs(source)
+    inputs.insert(4, tmp_path / "missing.dcm")
+    deid = Deidentifier(load_profile(), SITE_A)
+    out = tmp_path / "out"
+    seen = []
+    with GroupCommit(max_files=3) as group:
+        for outcome in anonymize_tree(deid, inputs, out, group):
+            seen.append(outcome.source)
+            assert outcome.ok == (outcome.source.name != "missing.dcm")
+            if outcome.ok:
+                assert outcome.target is not None and outcome.target.is_file()
+            # Groups of 3 staged files are renamed into place as a whole, then yielded.
+            assert len(_contents(out)) in (3, 6, 9, 10) and _leftovers(out) == []
+    assert seen == inputs
+    assert len(_contents(out)) == 10 and _leftovers(out) == []
+
+
+def test_what_is_staged_and_not_committed_is_removed(tmp_path: Path) -> None:
+    inputs = list_inputs(_corpus(tmp_path / "in", 1, 3))
+    deid = Deidentifier(load_profile(), SITE_A)
+    out = tmp_path / "out"
+    with GroupCommit() as group:
+        for source in inputs:
+            group.hold(anonymize_file(deid, source, out, group.writer(source)))
+        assert len(_leftovers(out)) == 3 and _contents(out) == {}  # written, not committed
+    assert _leftovers(out) == [] and _contents(out) == {}
