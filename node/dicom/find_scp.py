@@ -27,6 +27,8 @@ from __future__ import annotations
 
 import logging
 import struct
+import threading
+import time
 import traceback
 from io import BytesIO
 from typing import TYPE_CHECKING, Any, cast
@@ -65,6 +67,13 @@ _DATA_SET_PRESENT = 0x0001
 _HANDLER_FAILED = 0xC311  # pynetdicom's status for an exception in the handler
 _PDV_OVERHEAD = 6  # item length (4), presentation context ID (1), control header (1)
 _COMMAND_LAST, _DATA_LAST = b"\x03", b"\x02"
+MAX_QUEUED = 16
+"""Pending responses the DUL may hold unsent before the handler waits for it to catch up.
+
+Writing a response is now cheaper than the DUL's turn that sends it, so without a bound a
+large answer would pile up in its queue (memory), and the DUL, which reads the socket only
+when it has nothing to send, would not see a C-CANCEL until the whole answer was out."""
+_DRAIN_WAIT_S = 0.01
 
 
 def pending_command(sop_class_uid: str, message_id: int, status: int) -> bytes:
@@ -192,7 +201,10 @@ class _PendingSender:
     """Sends pending responses whose identifier is already encoded, one PDU each."""
 
     def __init__(self, assoc: Association, cx_id: int, req: C_FIND) -> None:
+        self._assoc = assoc
         self._dul = assoc.dul
+        self._queue = assoc.dul.to_provider_queue
+        self._wake: threading.Event | None = getattr(assoc.dul, "user_wake", None)
         self._cx_id = cx_id
         self._max_pdu = assoc.dimse.maximum_pdu_size
         sop_class, message_id = str(req.AffectedSOPClassUID), cast(int, req.MessageID)
@@ -212,5 +224,17 @@ class _PendingSender:
         pdvs = pdata.presentation_data_value_list  # as pynetdicom's encode_msg fills it
         pdvs.append((self._cx_id, command))
         pdvs.append((self._cx_id, _DATA_LAST + identifier))
+        if self._queue.qsize() >= MAX_QUEUED:
+            self._drain()
         self._dul.send_pdu(pdata)
         return True
+
+    def _drain(self) -> None:
+        """Wait until the DUL has sent what it holds (it reads the socket in between)."""
+        while self._queue.qsize() and self._assoc.is_established and self._dul.is_alive():
+            if self._wake is None:  # a stock DUL: poll as pynetdicom does
+                time.sleep(0.001)
+                continue
+            self._wake.clear()  # the DUL sets it after each action; nothing else waits on it now
+            if self._queue.qsize():
+                self._wake.wait(_DRAIN_WAIT_S)

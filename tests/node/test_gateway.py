@@ -228,8 +228,10 @@ def test_store_failures_get_statuses_and_the_server_keeps_serving(node: NodeApp)
 
 
 def test_c_cancel_stops_a_find_with_cancel_status(node: NodeApp) -> None:
-    # 5,000 study matches, indexed in bulk (the fixture, not what is tested): streaming them
-    # takes the node seconds, the cancel arrives right after the first response
+    # 5,000 study matches, indexed in bulk (the fixture, not what is tested); the cancel is
+    # sent right after the first response. The node writes responses faster than its DUL
+    # sends them, and holds at most find_scp.MAX_QUEUED unsent, so the DUL reads the cancel
+    # while the answer is still streaming (~20 responses later on an idle machine)
     records = [
         InstanceRecord(
             sop_instance_uid=f"1.2.826.0.1.{n}.1",
