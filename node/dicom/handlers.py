@@ -25,7 +25,8 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]  # generated at
 from catalog import CatalogError
 from node.config import Destination
 from node.dicom import status
-from node.dicom.identifiers import to_query, to_response
+from node.dicom.find_scp import ENCODED_IDENTIFIERS
+from node.dicom.identifiers import ResponseEncoder, to_query, to_response
 from node.dicom.part10 import part10
 from node.dicom.scu import contexts_for
 from node.errors import IngestError, NodeError, NotAuthorized, StoreNotAccepted
@@ -219,18 +220,24 @@ class Gateway:
         return result
 
     # -- query ---------------------------------------------------------------------------
-    def on_find(self, event: Event) -> Iterator[tuple[int | Dataset, Dataset | None]]:
+    def on_find(self, event: Event) -> Iterator[tuple[int | Dataset, Dataset | bytes | None]]:
+        """Stream the matches; as encoded bytes where the SCP takes them (find_scp)."""
         started = time.perf_counter()
         matches = 0
         final: int | Dataset = status.SUCCESS
         try:
             query = to_query(event.identifier, _model(event))
+            encoder = None
+            if getattr(event, ENCODED_IDENTIFIERS, False):
+                syntax = event.context.transfer_syntax
+                encoder = ResponseEncoder.for_query(query, self.ae_title, syntax)
             for match in self._query_service(event).find(query):
                 if event.is_cancelled:
                     final = status.CANCELLED
                     break
                 matches += 1
-                yield status.PENDING, to_response(match, query, self.ae_title)
+                encoded = encoder.encode(match) if encoder is not None else None
+                yield status.PENDING, encoded or to_response(match, query, self.ae_title)
         except _QUERY_ERRORS as exc:
             final = status.query_failure(exc)
         except Exception as exc:

@@ -43,6 +43,8 @@ from pynetdicom.dul import DULServiceProvider
 from pynetdicom.pdu import A_ABORT_RQ
 from pynetdicom.transport import RequestHandler
 
+from node.dicom import find_scp
+
 # the messages pynetdicom logs from these loops, under its own logger names
 DUL_LOG = logging.getLogger("pynetdicom.dul")
 ASSOC_LOG = logging.getLogger("pynetdicom.association")
@@ -167,7 +169,8 @@ class EventDrivenDUL(DULServiceProvider):
 
 
 class EventDrivenAssociation(Association):
-    """An acceptor association whose reactor waits for its DUL's news instead of polling."""
+    """An acceptor association whose reactor waits for its DUL's news instead of polling,
+    and whose C-FIND responses are written by :mod:`node.dicom.find_scp`."""
 
     dul: EventDrivenDUL
 
@@ -195,6 +198,14 @@ class EventDrivenAssociation(Association):
 
     def _run_reactor(self) -> None:
         association_loop(self)
+
+    def _serve_request(self, msg: Any, context_id: int) -> None:
+        """C-FIND on the Q/R models goes to :mod:`node.dicom.find_scp`; the rest as upstream."""
+        context = self._accepted_cx.get(context_id)
+        if not self._sent_release and context is not None and find_scp.serves(msg, context):
+            find_scp.serve_find(self, msg, context)
+            return
+        super()._serve_request(msg, context_id)
 
 
 def association_loop(assoc: Association) -> None:

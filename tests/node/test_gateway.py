@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 from pydicom.dataset import Dataset
+from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE, StoragePresentationContexts, build_role, evt
 from pynetdicom.sop_class import (
     CTImageStorage,
@@ -227,8 +228,10 @@ def test_store_failures_get_statuses_and_the_server_keeps_serving(node: NodeApp)
 
 
 def test_c_cancel_stops_a_find_with_cancel_status(node: NodeApp) -> None:
-    # 5,000 study matches, indexed in bulk (the fixture, not what is tested): streaming them
-    # takes the node seconds, the cancel arrives right after the first response
+    # 5,000 study matches, indexed in bulk (the fixture, not what is tested); the cancel is
+    # sent right after the first response. The node writes responses faster than its DUL
+    # sends them, and holds at most find_scp.MAX_QUEUED unsent, so the DUL reads the cancel
+    # while the answer is still streaming (~20 responses later on an idle machine)
     records = [
         InstanceRecord(
             sop_instance_uid=f"1.2.826.0.1.{n}.1",
@@ -264,3 +267,63 @@ def test_c_cancel_stops_a_find_with_cancel_status(node: NodeApp) -> None:
         assoc.release()
     assert rest[-1] == 0xFE00  # Matching terminated due to Cancel
     assert len(rest) - 1 < 4999  # not every remaining match was sent
+
+
+@pytest.mark.parametrize("syntax", [ImplicitVRLittleEndian, ExplicitVRLittleEndian])
+def test_find_answers_on_both_backends_and_syntaxes(
+    tmp_path: Path, db_url: str, syntax: str
+) -> None:
+    """The encoded-identifier path end to end: values, charset, only the requested keys,
+    literal LIKE characters, and an answer too large for one PDU (the fallback)."""
+    cfg = load_config(None, {"data_dir": str(tmp_path / "node"), "db_url": db_url,
+                             "dicom": {"port": 0}})  # fmt: skip
+    app = NodeApp(cfg)
+    app.start()
+    try:
+        _store_study(app, StudySpec(patient_id="P1", patient_name="SMITH^ANN"), 2)
+        _store_study(app, StudySpec(patient_id="P2", patient_name="SMÖRG^ÅSA"), 1)
+        _store_study(app, StudySpec(patient_id="P3", patient_name="SM_%TH^X"), 1)
+        _store_study(app, StudySpec(patient_id="P4", patient_name="SMXXTH^Y",
+                                    study_description="D" * 64), 1)  # fmt: skip
+        ae = AE(ae_title="TESTSCU")
+        ae.add_requested_context(StudyRootQueryRetrieveInformationModelFind, [syntax])
+
+        def find(name: str, max_pdu: int = 16382) -> list[Dataset]:
+            assoc = ae.associate("127.0.0.1", app.dicom.port, ae_title="GRIDPACS", max_pdu=max_pdu)
+            assert assoc.is_established
+            query = Dataset()
+            query.QueryRetrieveLevel = "STUDY"
+            query.PatientName = name
+            query.PatientID = ""
+            query.NumberOfStudyRelatedInstances = ""
+            query.StudyDescription = ""
+            try:
+                responses = list(
+                    assoc.send_c_find(query, StudyRootQueryRetrieveInformationModelFind)
+                )
+            finally:
+                assoc.release()
+            assert [s.Status for s, _ in responses[:-1]] == [0xFF00] * (len(responses) - 1)
+            assert responses[-1][0].Status == 0x0000 and responses[-1][1] is None
+            return [ident for _, ident in responses[:-1]]
+
+        found = {str(ds.PatientID): ds for ds in find("SM*")}
+        assert sorted(found) == ["P1", "P2", "P3", "P4"]
+        assert found["P1"].NumberOfStudyRelatedInstances == 2
+        assert "SpecificCharacterSet" not in found["P1"]
+        assert found["P2"].SpecificCharacterSet == "ISO_IR 192"
+        assert str(found["P2"].PatientName) == "SMÖRG^ÅSA"
+        assert sorted(found["P1"].dir()) == [
+            "NumberOfStudyRelatedInstances", "PatientID", "PatientName", "QueryRetrieveLevel",
+            "RetrieveAETitle", "StudyDescription",
+        ]  # fmt: skip
+        assert [str(ds.PatientID) for ds in find("SM_%*")] == ["P3"]  # literal _ and %
+        assert [str(ds.PatientID) for ds in find("sm?rg*")] == ["P2"]  # PN: any case
+        # a peer that takes 200-byte PDUs: P1's answer fits one PDU with its command set
+        # (184 bytes in implicit VR), P4's with the 64-character description (238) goes
+        # out the pynetdicom way, command and identifier fragments in separate PDUs
+        small = {str(ds.PatientID): ds for ds in find("SM*", max_pdu=200)}
+        assert small["P4"].StudyDescription == "D" * 64
+        assert sorted(small) == sorted(found)
+    finally:
+        app.stop()
