@@ -11,7 +11,7 @@ import io
 import logging
 import threading
 import weakref
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -107,6 +107,8 @@ class GridQueryService:
 class LocalCopies(Protocol):
     def get_instance(self, sop_instance_uid: str) -> StoredInstance | None: ...
 
+    def get_records(self, sop_instance_uids: Sequence[str]) -> Mapping[str, object]: ...
+
 
 class PeerFetcher(Protocol):
     def fetch(self, address: str, sop_instance_uid: str) -> bytes: ...
@@ -145,14 +147,13 @@ class _Ahead:
     """What the prefetch thread and the sub-operations share (the thread holds this, not the
     window, so a window nobody references any more is collected and stops the thread)."""
 
-    def __init__(self, size: int, depth: int) -> None:
+    def __init__(self, depth: int) -> None:
         self.cond = threading.Condition()
         self.ready: dict[int, Dataset | Exception | object] = {}
         self.taking = 0  # index of the sub-operation in progress
         self.depth = depth
         self.stopped = False
         self.finished = False
-        self.size = size
 
     def here(self, index: int) -> None:
         """The sub-operation reads this one itself (held here, or no holder known)."""
@@ -200,7 +201,7 @@ class _Prefetch:
     ) -> None:
         self._locations = locations
         self._retriever = retriever
-        self._shared = _Ahead(len(locations), depth)
+        self._shared = _Ahead(depth)
         self._batch = batch
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
@@ -240,29 +241,36 @@ def _prefetch_plan(
     try:
         index = 0
         while index < len(locations) and not shared.stopped:
-            location = locations[index]
-            if not location.peer_addresses or retriever.held_here(location):
-                shared.here(index)  # the sub-operation reads (or reports) it itself
-                index += 1
-                continue
-            address = location.peer_addresses[0]
-            run = [index]
-            while (
-                len(run) < batch
-                and run[-1] + 1 < len(locations)
-                and locations[run[-1] + 1].peer_addresses[:1] == (address,)
-                and not retriever.held_here(locations[run[-1] + 1])
-            ):
-                run.append(run[-1] + 1)
-            if not _fetch_run(shared, locations, retriever, address, run):
-                return
-            index = run[-1] + 1
+            end = min(index + batch, len(locations))
+            # one index statement per window, not one per instance
+            here = retriever.held_here([loc.sop_instance_uid for loc in locations[index:end]])
+            while index < end:
+                if not _remote(locations[index], here):
+                    shared.here(index)  # the sub-operation reads (or reports) it itself
+                    index += 1
+                    continue
+                address = locations[index].peer_addresses[0]
+                run = [index]
+                while (
+                    run[-1] + 1 < end
+                    and locations[run[-1] + 1].peer_addresses[:1] == (address,)
+                    and _remote(locations[run[-1] + 1], here)
+                ):
+                    run.append(run[-1] + 1)
+                if not _fetch_run(shared, locations, retriever, address, run):
+                    return
+                index = run[-1] + 1
     except Exception as exc:  # never leave a sub-operation waiting on a dead thread
         log_event(LOG, "grid_prefetch_failed", level=logging.ERROR, reason=repr(exc))
     finally:
         with shared.cond:
             shared.finished = True
             shared.cond.notify_all()
+
+
+def _remote(location: InstanceLocation, here: set[str]) -> bool:
+    """Fetched ahead: not held here, and some holder is known."""
+    return bool(location.peer_addresses) and location.sop_instance_uid not in here
 
 
 def _fetch_run(
@@ -354,8 +362,9 @@ class GridRetrieveService:
             return item.window.take(item.index)
         return self.load_location(item)
 
-    def held_here(self, location: InstanceLocation) -> bool:
-        return self._local.get_instance(location.sop_instance_uid) is not None
+    def held_here(self, sop_instance_uids: Sequence[str]) -> set[str]:
+        """Which of these instances this node holds itself."""
+        return set(self._local.get_records(sop_instance_uids))
 
     def load_location(self, location: InstanceLocation) -> Dataset:
         """The instance as a Dataset, from here or from the first holder that delivers."""

@@ -7,7 +7,7 @@ from __future__ import annotations
 import gc
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -160,6 +160,9 @@ class _NothingHere:
     def get_instance(self, sop_instance_uid: str) -> StoredInstance | None:
         return None
 
+    def get_records(self, sop_instance_uids: Sequence[str]) -> dict[str, object]:
+        return {}
+
 
 def _never_read(_inst: StoredInstance) -> Dataset:
     raise AssertionError("nothing is held here")
@@ -235,6 +238,9 @@ class _SomeHere:
         if sop_instance_uid not in self.local:
             return None
         return StoredInstance(sop_instance_uid, "", "", "", 0, "", "")  # only the UID is read
+
+    def get_records(self, sop_instance_uids: Sequence[str]) -> dict[str, object]:
+        return {uid: self.local[uid] for uid in sop_instance_uids if uid in self.local}
 
     def read_local(self, inst: StoredInstance) -> Dataset:
         self.read.append(inst.sop_instance_uid)
