@@ -29,6 +29,7 @@ from node.dicom.find_scp import ENCODED_IDENTIFIERS
 from node.dicom.identifiers import ResponseEncoder, to_query, to_response
 from node.dicom.part10 import part10
 from node.dicom.scu import contexts_for
+from node.dicom.store_scp import StoreCall, StoreOutcome
 from node.errors import IngestError, NodeError, NotAuthorized, StoreNotAccepted
 from node.index.errors import IndexFailure
 from node.index.records import IndexQuery, Model
@@ -156,27 +157,49 @@ class Gateway:
 
     # -- storage -------------------------------------------------------------------------
     def on_store(self, event: Event) -> int | Dataset:
-        started = time.perf_counter()
+        """pynetdicom's path (a request the fast path declined): the same :meth:`store`."""
         req = cast(C_STORE, event.request)
-        called = _called_ae(event)
-        calling = _calling_ae(event)
-        route = self.router.route_for(called)
-        request = StoreRequest(
-            # what event.encoded_dataset(include_meta=True) returns, a tenth of the cost
-            data=part10(
-                req.AffectedSOPClassUID,
-                req.AffectedSOPInstanceUID,
-                event.context.transfer_syntax,
-                event.encoded_dataset(include_meta=False),
-            ),
-            calling_ae=calling,
-            called_ae=called,
-            affected_sop_class_uid=str(req.AffectedSOPClassUID),
-            affected_sop_instance_uid=str(req.AffectedSOPInstanceUID),
+        transfer_syntax = event.context.transfer_syntax
+        outcome = self.store(
+            StoreCall(
+                calling_ae=_calling_ae(event),
+                called_ae=_called_ae(event),
+                sop_class_uid=str(req.AffectedSOPClassUID),
+                sop_instance_uid=str(req.AffectedSOPInstanceUID),
+                transfer_syntax=str(transfer_syntax),
+                # what event.encoded_dataset(include_meta=True) returns, a tenth of the cost
+                part10=lambda: part10(
+                    req.AffectedSOPClassUID,
+                    req.AffectedSOPInstanceUID,
+                    transfer_syntax,
+                    event.encoded_dataset(include_meta=False),
+                ),
+                association=id(event.assoc),
+            )
         )
-        result: int | Dataset
+        if outcome.status == status.SUCCESS:
+            return status.SUCCESS
+        return status.status_dataset(outcome.status, outcome.comment)
+
+    def store(self, call: StoreCall) -> StoreOutcome:
+        """Store one received instance as its called AE title's route says; never raises.
+
+        Both C-STORE paths end here: :mod:`node.dicom.store_scp` (the DUL thread, most
+        requests) and :meth:`on_store` (pynetdicom's, for the rest).
+        """
+        started = time.perf_counter()
+        called, calling = call.called_ae, call.calling_ae
         outcome = "refused"
+        result = StoreOutcome(status.SUCCESS)
         try:
+            request = StoreRequest(
+                data=call.part10(),
+                calling_ae=calling,
+                called_ae=called,
+                affected_sop_class_uid=call.sop_class_uid,
+                affected_sop_instance_uid=call.sop_instance_uid,
+            )
+            route = self.router.route_for(called)
             if route is None:  # cannot happen after on_requested, but never store unrouted
                 raise IngestError(f"no route for called AE {called!r}")
             if route.grid:
@@ -192,28 +215,27 @@ class Gateway:
             outcome = stored.outcome.value
             if route.stream is not None and self.streams is not None:
                 self.streams.stored(
-                    id(event.assoc),
+                    call.association,
                     stream=route.stream,
                     study_instance_uid=stored.study_instance_uid,
                     collection=stored.collection,
                     calling_ae=calling,
                 )
-            result, code = status.SUCCESS, status.SUCCESS
             if self.on_stored is not None:
                 self.on_stored()
         except Exception as exc:
             if not isinstance(exc, NodeError):
-                LOG.exception("unexpected failure storing %s", request.affected_sop_instance_uid)
-            result = status.store_failure(exc)
-            code = int(result.Status)
+                LOG.exception("unexpected failure storing %s", call.sop_instance_uid)
+            failure = status.store_failure(exc)
+            result = StoreOutcome(int(failure.Status), failure.get("ErrorComment"))
         log_event(
             LOG,
             "c_store",
-            level=logging.INFO if code == status.SUCCESS else logging.WARNING,
+            level=logging.INFO if result.status == status.SUCCESS else logging.WARNING,
             calling_ae=calling,
             called_ae=called,
-            sop_instance_uid=request.affected_sop_instance_uid,
-            status=f"0x{code:04X}",
+            sop_instance_uid=call.sop_instance_uid,
+            status=f"0x{result.status:04X}",
             outcome=outcome,
             ms=round((time.perf_counter() - started) * 1000, 2),
         )

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import re
 import struct
+from collections.abc import Sequence
 from typing import Any
 
 from pynetdicom import PYNETDICOM_IMPLEMENTATION_UID, PYNETDICOM_IMPLEMENTATION_VERSION
@@ -63,8 +64,17 @@ def file_meta(sop_class_uid: Any, sop_instance_uid: Any, transfer_syntax: Any) -
 
 
 def part10(
-    sop_class_uid: Any, sop_instance_uid: Any, transfer_syntax: Any, dataset: bytes
+    sop_class_uid: Any,
+    sop_instance_uid: Any,
+    transfer_syntax: Any,
+    dataset: bytes | Sequence[bytes | memoryview],
 ) -> bytes:
-    """Preamble, ``DICM``, the file meta and ``dataset`` (encoded as received)."""
+    """Preamble, ``DICM``, the file meta and ``dataset`` (encoded as received).
+
+    ``dataset`` may be the fragments it arrived in: they are joined with the header in one
+    copy.
+    """
     meta = file_meta(sop_class_uid, sop_instance_uid, transfer_syntax)
-    return b"".join((PREAMBLE, meta, dataset))
+    if isinstance(dataset, bytes):
+        return b"".join((PREAMBLE, meta, dataset))
+    return b"".join((PREAMBLE, meta, *dataset))

@@ -33,6 +33,7 @@ import queue
 import select
 import socket
 import ssl
+import struct
 import threading
 import time
 from typing import Any, cast
@@ -44,6 +45,19 @@ from pynetdicom.pdu import A_ABORT_RQ
 from pynetdicom.transport import RequestHandler
 
 from node.dicom import find_scp
+from node.dicom.part10 import part10
+from node.dicom.store_scp import (
+    HANDLER_FAILED,
+    MIN_PEER_PDU,
+    PendingStore,
+    StoreCall,
+    StoreOutcome,
+    StoreSink,
+    command_pdu,
+    decode_store_command,
+    is_storage_class,
+    store_response,
+)
 
 # the messages pynetdicom logs from these loops, under its own logger names
 DUL_LOG = logging.getLogger("pynetdicom.dul")
@@ -55,6 +69,10 @@ MAX_WAIT_S = 0.01
 """Longest a reactor blocks without news: bounds how late a flag set elsewhere is seen."""
 _CLOSED_WAIT_S = 0.001
 """With no socket to watch (closing), wait like pynetdicom does."""
+_P_DATA_TF = 0x04
+_PDU_TYPES = range(0x01, 0x08)
+_PDU_HEADER = struct.Struct(">BBI")
+_PDV_HEADER = struct.Struct(">IBB")
 
 
 def supported(version: str = pynetdicom.__version__) -> bool:
@@ -65,8 +83,11 @@ def supported(version: str = pynetdicom.__version__) -> bool:
 class EventDrivenDUL(DULServiceProvider):
     """pynetdicom's DUL provider, blocking in ``select`` instead of sleeping 1 ms a turn."""
 
-    def __init__(self, assoc: Association) -> None:
+    def __init__(self, assoc: Association, store_sink: StoreSink | None = None) -> None:
         super().__init__(assoc)
+        self.store_sink = store_sink
+        """Where the C-STOREs this DUL takes itself go (node.dicom.store_scp); None: none."""
+        self._pending_store: PendingStore | None = None
         self._wake_lock = threading.Lock()
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_r.setblocking(False)
@@ -153,6 +174,173 @@ class EventDrivenDUL(DULServiceProvider):
             self.user_wake.set()
             idle = False
 
+    # -- the C-STORE fast path (node/dicom/store_scp.py) ---------------------------------
+    def _read_pdu_data(self) -> None:
+        """Read one PDU; C-STOREs the fast path takes are served here, the rest as upstream."""
+        if self.store_sink is None:
+            super()._read_pdu_data()
+            return
+        pdu = self._read_whole_pdu()
+        if pdu is None:
+            return
+        if pdu[0] == _P_DATA_TF and (
+            self._pending_store is not None or self.state_machine.current_state == "Sta6"
+        ):
+            rest = self._take_stores(pdu)
+            if rest is None:
+                return
+            pdu = rest
+        # pynetdicom's own handling of a received PDU (3.0.x ``_read_pdu_data``)
+        try:
+            decoded, event = self._decode_pdu(pdu)
+            self.event_queue.put(event)
+        except Exception as exc:
+            DUL_LOG.error("Unable to decode the received PDU data")
+            DUL_LOG.exception(exc)
+            self.event_queue.put("Evt19")
+            return
+        self._recv_pdu.put(decoded)
+
+    def _read_whole_pdu(self) -> bytearray | None:
+        """One PDU off the socket in as few reads as it takes, or None (an event is queued).
+
+        The failure cases and their events are upstream's (``_read_pdu_data``).
+        """
+        header = self._recv_exactly(bytearray(6))
+        if header is None:
+            self.event_queue.put("Evt17")
+            return None
+        pdu_type, _, length = _PDU_HEADER.unpack(header)
+        if pdu_type not in _PDU_TYPES:
+            DUL_LOG.error(f"Unknown PDU type received '0x{pdu_type:02X}'")
+            self.event_queue.put("Evt19")
+            return None
+        pdu = bytearray(6 + length)
+        pdu[:6] = header
+        if self._recv_exactly(pdu, 6) is None:
+            DUL_LOG.error("Connection closed before the entire PDU was received")
+            self.event_queue.put("Evt17")
+            return None
+        return pdu
+
+    def _recv_exactly(self, buffer: bytearray, start: int = 0) -> bytearray | None:
+        sock = self.socket.socket if self.socket is not None else None
+        if sock is None:
+            return None
+        view = memoryview(buffer)
+        filled = start
+        try:
+            while filled < len(buffer):
+                count = sock.recv_into(view[filled:])
+                if not count:
+                    return None
+                filled += count
+        except (OSError, TimeoutError) as exc:
+            DUL_LOG.error("Connection closed before the entire PDU was received")
+            DUL_LOG.exception(exc)
+            return None
+        return buffer
+
+    def _take_stores(self, pdu: bytearray) -> bytearray | None:
+        """Serve the PDVs of fast-path C-STOREs in ``pdu``; return what is left for upstream.
+
+        ``None``: all consumed. Otherwise a P-DATA-TF of the remaining PDVs (``pdu`` itself
+        when none was taken), which begins a message pynetdicom is to handle.
+        """
+        view = memoryview(pdu)
+        offset, end = 6, len(pdu)
+        while offset < end:
+            if end - offset < _PDV_HEADER.size:
+                return self._malformed(pdu, offset)
+            length, context_id, control = _PDV_HEADER.unpack_from(view, offset)
+            if length < 2 or offset + 4 + length > end:
+                return self._malformed(pdu, offset)
+            fragment = view[offset + 6 : offset + 4 + length]
+            pending = self._pending_store
+            if pending is not None:
+                if context_id != pending.context_id or control & 0x01:
+                    DUL_LOG.error("P-DATA out of sequence during a C-STORE data set")
+                    return self._malformed(pdu, offset)
+                pending.add(fragment)
+                if control & 0x02:
+                    self._pending_store = None
+                    self._serve_store(pending)
+            else:
+                started = self._start_store(context_id, control, fragment)
+                if started is None:
+                    break  # this message is pynetdicom's, and so is the rest of the PDU
+                self._pending_store = started
+            offset += 4 + length
+        if offset >= end:
+            return None
+        if offset == 6:
+            return pdu
+        return bytearray(_PDU_HEADER.pack(_P_DATA_TF, 0, end - offset)) + pdu[offset:]
+
+    def _malformed(self, pdu: bytearray, offset: int) -> bytearray | None:
+        """A PDU the fast path cannot read: upstream's if nothing was taken, else abort."""
+        if offset == 6 and self._pending_store is None:
+            return pdu  # pynetdicom decodes it and reacts as it always has
+        self._pending_store = None
+        self.event_queue.put("Evt19")  # invalid PDU: A-ABORT (AA-8)
+        return None
+
+    def _start_store(
+        self, context_id: int, control: int, fragment: memoryview
+    ) -> PendingStore | None:
+        """A new C-STORE-RQ for the fast path, or None when it belongs to pynetdicom."""
+        assoc = self.assoc
+        if (
+            control != 0x03  # a whole command set in this one PDV
+            or self.state_machine.current_state != "Sta6"
+            or assoc.dimse.message is not None  # pynetdicom is assembling a message
+            or context_id not in assoc._accepted_cx
+            or not (assoc.requestor.maximum_length or 1 << 32) >= MIN_PEER_PDU
+        ):
+            return None
+        command = decode_store_command(fragment)
+        if (
+            command is None
+            or not is_storage_class(command.sop_class_uid)
+            or command.sop_class_uid in assoc.acceptor.accepted_common_extended
+        ):
+            return None
+        return PendingStore(context_id, command)
+
+    def _serve_store(self, pending: PendingStore) -> None:
+        """Store the instance (on this thread: the association is idle), then answer."""
+        if self.state_machine.current_state != "Sta6":
+            return  # aborted or released meanwhile: nobody to answer
+        assoc = self.assoc
+        command = pending.command
+        transfer_syntax = assoc._accepted_cx[pending.context_id].transfer_syntax[0]
+        primitive = assoc.requestor.primitive
+        call = StoreCall(
+            calling_ae=str(primitive.calling_ae_title).strip() if primitive else "",
+            called_ae=str(primitive.called_ae_title).strip() if primitive else "",
+            sop_class_uid=command.sop_class_uid,
+            sop_instance_uid=command.sop_instance_uid,
+            transfer_syntax=str(transfer_syntax),
+            part10=lambda: part10(
+                command.sop_class_uid,
+                command.sop_instance_uid,
+                str(transfer_syntax),
+                pending.fragments,
+            ),
+            association=id(assoc),
+        )
+        assert self.store_sink is not None
+        self._idle_timer.stop()  # a slow disk is not an idle peer
+        try:
+            outcome = self.store_sink(call)
+        except Exception:
+            DUL_LOG.exception("Exception in the C-STORE handler")
+            outcome = StoreOutcome(HANDLER_FAILED)
+        finally:
+            self._idle_timer.restart()
+        if self.socket is not None:
+            self.socket.send(command_pdu(pending.context_id, store_response(command, outcome)))
+
     def _abort_on(self, exc: Exception) -> None:
         """What pynetdicom does on an exception in its loop: A-ABORT and stop both reactors."""
         DUL_LOG.error("Exception in DUL.run(), aborting association")
@@ -175,14 +363,17 @@ class EventDrivenAssociation(Association):
     dul: EventDrivenDUL
 
     @classmethod
-    def adopt(cls, assoc: Association) -> EventDrivenAssociation:
+    def adopt(
+        cls, assoc: Association, store_sink: StoreSink | None = None
+    ) -> EventDrivenAssociation:
         """Turn a freshly configured (not yet started) acceptor into an event-driven one.
 
         pynetdicom builds and configures the association itself (contexts, handlers,
-        timeouts); only its DUL provider and its run loop are replaced.
+        timeouts); only its DUL provider and its run loop are replaced. With a
+        ``store_sink`` the DUL serves C-STOREs itself (:mod:`node.dicom.store_scp`).
         """
         old = assoc.dul
-        new = EventDrivenDUL(assoc)
+        new = EventDrivenDUL(assoc, store_sink)
         new.socket = old.socket
         # what the socket's creation already queued (Evt5, "connection open") comes along
         new.event_queue = old.event_queue
@@ -306,11 +497,24 @@ def install_race_free_loop() -> None:
 class EventDrivenRequestHandler(RequestHandler):
     """The server's request handler: every accepted association gets the event-driven loops."""
 
+    store_sink: StoreSink | None = None
+    """Set on a subclass (:func:`with_store_sink`) to take C-STOREs off pynetdicom's path."""
+
     def _create_association(self) -> Association:
         assoc = super()._create_association()
         if not supported():
             return assoc
-        return EventDrivenAssociation.adopt(assoc)
+        sink = type(self).store_sink
+        return EventDrivenAssociation.adopt(assoc, sink)
+
+
+def with_store_sink(sink: StoreSink) -> type[EventDrivenRequestHandler]:
+    """A request handler class whose associations serve C-STOREs through ``sink``."""
+    return type(
+        "StoreFastPathRequestHandler",
+        (EventDrivenRequestHandler,),
+        {"store_sink": staticmethod(sink)},
+    )
 
 
 def warn_if_unsupported() -> None:

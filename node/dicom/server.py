@@ -26,6 +26,7 @@ from node.dicom.reactor import (
     EventDrivenRequestHandler,
     install_race_free_loop,
     warn_if_unsupported,
+    with_store_sink,
 )
 from node.dicom.scu import install_nodelay_for_outgoing, set_nodelay
 
@@ -150,6 +151,9 @@ class DicomServer:
             (self._config.host, self._config.port),
             self._gateway.handlers(),
             _tls_context(self._config),
+            # C-STOREs are served by the DUL thread (node/dicom/store_scp.py); the rest,
+            # and any request that path declines, by the Gateway's pynetdicom handlers
+            with_store_sink(self._gateway.store),
         )
 
     def stop(self) -> None:
