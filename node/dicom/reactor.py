@@ -73,6 +73,9 @@ _P_DATA_TF = 0x04
 _PDU_TYPES = range(0x01, 0x08)
 _PDU_HEADER = struct.Struct(">BBI")
 _PDV_HEADER = struct.Struct(">IBB")
+_PDUS_PER_TURN = 64
+"""At most this many PDUs of one data set read in one turn: the loop's other duties
+(kill requests, primitives to send) wait no longer than that."""
 
 
 def supported(version: str = pynetdicom.__version__) -> bool:
@@ -176,20 +179,31 @@ class EventDrivenDUL(DULServiceProvider):
 
     # -- the C-STORE fast path (node/dicom/store_scp.py) ---------------------------------
     def _read_pdu_data(self) -> None:
-        """Read one PDU; C-STOREs the fast path takes are served here, the rest as upstream."""
+        """Read one PDU; C-STOREs the fast path takes are served here, the rest as upstream.
+
+        While a data set is arriving and its next PDU is already readable, that PDU is read
+        at once, without a turn of the loop (up to :data:`_PDUS_PER_TURN`): a CT image
+        comes as dozens of PDUs back to back.
+        """
         if self.store_sink is None:
             super()._read_pdu_data()
             return
-        pdu = self._read_whole_pdu()
-        if pdu is None:
-            return
-        if pdu[0] == _P_DATA_TF and (
-            self._pending_store is not None or self.state_machine.current_state == "Sta6"
-        ):
-            rest = self._take_stores(pdu)
-            if rest is None:
+        for _ in range(_PDUS_PER_TURN):
+            pdu = self._read_whole_pdu()
+            if pdu is None:
                 return
-            pdu = rest
+            if pdu[0] != _P_DATA_TF or (
+                self._pending_store is None and self.state_machine.current_state != "Sta6"
+            ):
+                break
+            rest = self._take_stores(pdu)
+            if rest is not None:
+                pdu = rest
+                break
+            if self._pending_store is None or not self._readable_now():
+                return
+        else:
+            return
         # pynetdicom's own handling of a received PDU (3.0.x ``_read_pdu_data``)
         try:
             decoded, event = self._decode_pdu(pdu)
@@ -200,6 +214,17 @@ class EventDrivenDUL(DULServiceProvider):
             self.event_queue.put("Evt19")
             return
         self._recv_pdu.put(decoded)
+
+    def _readable_now(self) -> bool:
+        sock = self.socket.socket if self.socket is not None else None
+        if sock is None or sock.fileno() < 0:
+            return False
+        if isinstance(sock, ssl.SSLSocket) and sock.pending():
+            return True
+        try:
+            return bool(select.select([sock], [], [], 0)[0])
+        except (OSError, ValueError):
+            return False
 
     def _read_whole_pdu(self) -> bytearray | None:
         """One PDU off the socket in as few reads as it takes, or None (an event is queued).
