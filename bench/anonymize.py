@@ -22,7 +22,7 @@ noise on a shared machine; the table shows medians of files/s by wall clock and 
 time (this process plus its reaped worker processes), and the ratios to deid's medians.
 
     python bench/anonymize.py [--small 1000] [--ct 200] [--repeat 3] [--jobs N]
-                              [--dir /dev/shm] [--json]
+                              [--dir /dev/shm] [--baseline DIR] [--json]
 """
 
 from __future__ import annotations
@@ -123,10 +123,11 @@ def engine_runner() -> Runner:
 class CliProcess:
     """``bench/anonymize_cli.py`` started once: the cli sides run there (see its docstring)."""
 
-    def __init__(self) -> None:
-        script = Path(__file__).with_name("anonymize_cli.py")
+    def __init__(self, tree: Path = ROOT) -> None:
+        script = tree / "bench" / "anonymize_cli.py"
+        env = {**os.environ, "PYTHONPATH": str(tree)}  # that tree's anonymizer, not ours
         self.proc = subprocess.Popen([sys.executable, str(script)], stdin=subprocess.PIPE,
-                                     stdout=subprocess.PIPE, text=True)  # fmt: skip
+                                     stdout=subprocess.PIPE, text=True, env=env)  # fmt: skip
 
     def run(self, secret_file: Path, files: list[Path], out: Path, jobs: int) -> Times:
         assert self.proc.stdin is not None and self.proc.stdout is not None
@@ -202,6 +203,13 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=default_jobs(), help="workers of cli jN")
     parser.add_argument("--json", action="store_true")
     parser.add_argument(
+        "--baseline",
+        type=Path,
+        default=None,
+        help="another checkout (e.g. `git archive main | tar -x -C DIR`): its cli sides run "
+        "too, as 'base j1' and 'base jN', interleaved with ours in the same rounds",
+    )
+    parser.add_argument(
         "--dir",
         default=None,
         help="where inputs and outputs are written (default: the system temp dir; "
@@ -213,22 +221,28 @@ def main() -> None:
         scratch = Path(tmp)
         secret_file = scratch / "site.secret"
         secret_file.write_text(SECRET.hex())
-        cli = CliProcess()
+        clis = [CliProcess()]
         runners = {
             "engine": engine_runner(),
-            "cli j1": cli_runner(cli, secret_file, 1),
-            f"cli j{args.jobs}": cli_runner(cli, secret_file, args.jobs),
-            "deid": deid_runner(),
+            "cli j1": cli_runner(clis[0], secret_file, 1),
+            f"cli j{args.jobs}": cli_runner(clis[0], secret_file, args.jobs),
         }
+        if args.baseline is not None:
+            clis.append(CliProcess(args.baseline.resolve()))
+            runners["base j1"] = cli_runner(clis[1], secret_file, 1)
+            runners[f"base j{args.jobs}"] = cli_runner(clis[1], secret_file, args.jobs)
+        runners["deid"] = deid_runner()
         try:
             for label, count, size in (
                 ("small 64x64", args.small, 64),
                 ("CT 512x512", args.ct, 512),
             ):
-                files = make_corpus(scratch / label.split()[0], count, size)
-                results[label] = measure(files, scratch, args.repeat, runners)
+                if count > 0:
+                    files = make_corpus(scratch / label.split()[0], count, size)
+                    results[label] = measure(files, scratch, args.repeat, runners)
         finally:
-            cli.close()
+            for cli in clis:
+                cli.close()
     load = os.getloadavg()
     machine: dict[str, Any] = {
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
