@@ -50,15 +50,15 @@ def tmpfs() -> Iterator[Path]:
 
 
 def _ct_corpus(directory: Path, count: int = 12) -> list[Path]:
-    """CT-size instances with random pixels and headers of different lengths, so the
-    outputs end at every kind of offset in their last block (and one pixel shift shows)."""
+    """CT-size instances with random pixels, 512 rows of 500 to 511 columns, so the outputs
+    end at different offsets in their last block (and a pixel shifted by one shows)."""
     directory.mkdir(parents=True)
     rng = random.Random(7)
     for n in range(count):
+        columns = 500 + n
         ds = make_dataset(StudySpec(patient_id=f"MRN-{n % 3}"), instance_number=n + 1,
-                          rows=512, columns=512)  # fmt: skip
-        ds.PixelData = rng.randbytes(512 * 512 * 2)
-        ds.StudyDescription = "CT " + "X" * (n * 7 % 60)
+                          rows=512, columns=columns)  # fmt: skip
+        ds.PixelData = rng.randbytes(512 * columns * 2)
         ds.save_as(directory / f"{n:03d}.dcm", enforce_file_format=True)
     return list_inputs(directory)
 
