@@ -30,13 +30,14 @@ import ctypes
 import os
 import tempfile
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import BinaryIO
 
 from anonymizer.engine import DeidentifiedInstance, Deidentifier
 from anonymizer.errors import AnonymizationError, UnreadableInput
+from anonymizer.uncached import DirectWriter, Tail
 
 
 @dataclass(frozen=True)
@@ -78,8 +79,6 @@ GROUP_BYTES = 64 << 20
 #: Threads that fsync a group's files concurrently.
 FSYNC_THREADS = 8
 
-#: (source file, offset, length) of bytes copied from a source after the written parts.
-Tail = tuple[BinaryIO, int, int]
 #: Writes an output: (target, parts, tail).
 Writer = Callable[[Path, Sequence[bytes], Tail | None], None]
 
@@ -147,9 +146,13 @@ def _create_temporary(directory: Path) -> tuple[int, str, list[Path]]:
 
 
 def _write_output(fd: int, data: bytes | Sequence[bytes], tail: Tail | None) -> None:
-    _write_all(fd, [data] if isinstance(data, bytes) else list(data))
+    _write_all(fd, _parts(data))
     if tail is not None:
         _copy_range(tail[0], fd, tail[1], tail[2])
+
+
+def _parts(data: bytes | Sequence[bytes]) -> list[bytes]:
+    return [data] if isinstance(data, bytes) else list(data)
 
 
 @dataclass
@@ -159,8 +162,19 @@ class _Staged:
     fd: int  # -1 once closed
     temporary: str
     target: Path
+    pending: Future[None] | None = None  # its direct write, still running
     error: OSError | None = None
     renamed: bool = False
+
+    def settle(self) -> None:
+        """Wait for the direct write, if any; its error becomes :attr:`error`."""
+        if self.pending is not None:
+            try:
+                self.pending.result()
+            except OSError as exc:
+                self.error = exc
+            finally:
+                self.pending = None
 
 
 class GroupCommit:
@@ -180,9 +194,11 @@ class GroupCommit:
         max_files: int = GROUP_FILES,
         max_bytes: int = GROUP_BYTES,
         threads: int = FSYNC_THREADS,
+        direct: bool = True,
     ) -> None:
         self.max_files = max_files
         self.max_bytes = max_bytes
+        self.direct = DirectWriter(direct)  # large outputs around the page cache
         self._threads = threads
         self._pool: ThreadPoolExecutor | None = None
         self._held: list[tuple[FileOutcome, _Staged | None]] = []
@@ -212,16 +228,19 @@ class GroupCommit:
         """Write the output of ``source`` to a temporary file for ``target``; on failure
         the temporary file is removed and the error raised."""
         fd, temporary, created = _create_temporary(target.parent)
+        parts = _parts(data)
+        size = sum(len(p) for p in parts) + (0 if tail is None else tail[2])
         try:
-            _write_output(fd, data, tail)
-            size = os.fstat(fd).st_size
+            pending = self.direct.start(str(target.parent), fd, parts, tail, size)
+            if pending is None:
+                _write_output(fd, parts, tail)
         except BaseException:
             os.close(fd)
             Path(temporary).unlink(missing_ok=True)
             raise
         self._new_dirs.update(d.parent for d in created)
         _drop(self._staged.pop(source, None))
-        self._staged[source] = _Staged(fd, temporary, target)
+        self._staged[source] = _Staged(fd, temporary, target, pending)
         self._count += 1
         self._bytes += size
 
@@ -243,7 +262,10 @@ class GroupCommit:
         """
         staged = [s for _, s in self._held if s is not None]
         try:
-            for s, error in zip(staged, self._fsync_all(staged), strict=True):
+            for s in staged:
+                s.settle()
+            written = [s for s in staged if s.error is None]
+            for s, error in zip(written, self._fsync_all(written), strict=True):
                 s.error = error
                 if error is None:
                     try:
@@ -297,8 +319,9 @@ class GroupCommit:
             _drop(s)
 
     def close(self) -> None:
-        """:meth:`discard`, and stop the fsync threads."""
+        """:meth:`discard`, stop the fsync threads and release the direct writer's buffer."""
         self.discard()
+        self.direct.close()
         if self._pool is not None:
             self._pool.shutdown()
             self._pool = None
@@ -333,6 +356,7 @@ def _drop(staged: _Staged | None, keep: bool = False) -> None:
     """Close a staged file's descriptor and, unless ``keep``, remove its temporary file."""
     if staged is None:
         return
+    staged.settle()  # never close a file a thread is writing
     if staged.fd >= 0:
         os.close(staged.fd)
         staged.fd = -1

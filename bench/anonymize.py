@@ -22,7 +22,7 @@ noise on a shared machine; the table shows medians of files/s by wall clock and 
 time (this process plus its reaped worker processes), and the ratios to deid's medians.
 
     python bench/anonymize.py [--small 1000] [--ct 200] [--repeat 3] [--jobs N]
-                              [--dir /dev/shm] [--json]
+                              [--dir /dev/shm] [--baseline DIR] [--keep-outputs] [--json]
 """
 
 from __future__ import annotations
@@ -123,10 +123,11 @@ def engine_runner() -> Runner:
 class CliProcess:
     """``bench/anonymize_cli.py`` started once: the cli sides run there (see its docstring)."""
 
-    def __init__(self) -> None:
-        script = Path(__file__).with_name("anonymize_cli.py")
+    def __init__(self, tree: Path = ROOT) -> None:
+        script = tree / "bench" / "anonymize_cli.py"
+        env = {**os.environ, "PYTHONPATH": str(tree)}  # that tree's anonymizer, not ours
         self.proc = subprocess.Popen([sys.executable, str(script)], stdin=subprocess.PIPE,
-                                     stdout=subprocess.PIPE, text=True)  # fmt: skip
+                                     stdout=subprocess.PIPE, text=True, env=env)  # fmt: skip
 
     def run(self, secret_file: Path, files: list[Path], out: Path, jobs: int) -> Times:
         assert self.proc.stdin is not None and self.proc.stdout is not None
@@ -165,14 +166,23 @@ def deid_runner() -> Runner:
 
 
 def measure(
-    files: list[Path], scratch: Path, repeat: int, runners: dict[str, Runner]
+    files: list[Path], scratch: Path, repeat: int, runners: dict[str, Runner], keep: bool = False
 ) -> dict[str, Any]:
-    """Interleaved runs; medians of files/s by wall clock and by CPU time, ratios to deid."""
+    """Interleaved runs; medians of files/s by wall clock and by CPU time, ratios to deid.
+
+    ``keep``: outputs stay until every round is done (each run writes a new folder, as a
+    user's would) and the file system is synced after each run, untimed, so no run starts
+    with another's unwritten data. Without it each run's outputs are removed right after
+    it: on an ext4 without a journal (this machine's /tmp) the next run's file creations
+    then skip over the inodes just freed (ext4 does not reuse an inode for a minute or so
+    after its deletion without a journal), ~0.1-1 ms per new file, whatever side runs.
+    """
     wall: dict[str, list[float]] = {name: [] for name in runners}
     cpu: dict[str, list[float]] = {name: [] for name in runners}
+    outputs = []
     for round_ in range(repeat):
-        for name, runner in runners.items():
-            out = scratch / f"out-{round_}"
+        for n, (name, runner) in enumerate(runners.items()):
+            out = scratch / f"out-{round_}-{n}"
             out.mkdir()
             started, cpu_started = time.perf_counter(), _cpu()
             times = runner(files, out)
@@ -181,7 +191,13 @@ def measure(
             wall[name].append(len(files) / times[0])
             cpu[name].append(len(files) / times[1])
             assert len(list(out.iterdir())) == len(files), name
-            shutil.rmtree(out)
+            if keep:
+                outputs.append(out)
+                os.sync()
+            else:
+                shutil.rmtree(out)
+    for out in outputs:
+        shutil.rmtree(out)
     med = {k: statistics.median(v) for k, v in wall.items()}
     med_cpu = {k: statistics.median(v) for k, v in cpu.items()}
     return {
@@ -202,6 +218,19 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=default_jobs(), help="workers of cli jN")
     parser.add_argument("--json", action="store_true")
     parser.add_argument(
+        "--keep-outputs",
+        action="store_true",
+        help="keep every run's outputs until the corpus is done, sync after each run "
+        "(see measure())",
+    )
+    parser.add_argument(
+        "--baseline",
+        type=Path,
+        default=None,
+        help="another checkout (e.g. `git archive main | tar -x -C DIR`): its cli sides run "
+        "too, as 'base j1' and 'base jN', interleaved with ours in the same rounds",
+    )
+    parser.add_argument(
         "--dir",
         default=None,
         help="where inputs and outputs are written (default: the system temp dir; "
@@ -213,22 +242,30 @@ def main() -> None:
         scratch = Path(tmp)
         secret_file = scratch / "site.secret"
         secret_file.write_text(SECRET.hex())
-        cli = CliProcess()
+        clis = [CliProcess()]
         runners = {
             "engine": engine_runner(),
-            "cli j1": cli_runner(cli, secret_file, 1),
-            f"cli j{args.jobs}": cli_runner(cli, secret_file, args.jobs),
-            "deid": deid_runner(),
+            "cli j1": cli_runner(clis[0], secret_file, 1),
+            f"cli j{args.jobs}": cli_runner(clis[0], secret_file, args.jobs),
         }
+        if args.baseline is not None:
+            clis.append(CliProcess(args.baseline.resolve()))
+            runners["base j1"] = cli_runner(clis[1], secret_file, 1)
+            runners[f"base j{args.jobs}"] = cli_runner(clis[1], secret_file, args.jobs)
+        runners["deid"] = deid_runner()
         try:
             for label, count, size in (
                 ("small 64x64", args.small, 64),
                 ("CT 512x512", args.ct, 512),
             ):
-                files = make_corpus(scratch / label.split()[0], count, size)
-                results[label] = measure(files, scratch, args.repeat, runners)
+                if count > 0:
+                    files = make_corpus(scratch / label.split()[0], count, size)
+                    os.sync()  # the corpus on disk before any run: none flushes it
+                    results[label] = measure(files, scratch, args.repeat, runners,
+                                             args.keep_outputs)  # fmt: skip
         finally:
-            cli.close()
+            for cli in clis:
+                cli.close()
     load = os.getloadavg()
     machine: dict[str, Any] = {
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
@@ -237,12 +274,14 @@ def main() -> None:
         "python": platform.python_version(),
         "load_average": [round(x, 1) for x in load],
         "dir": args.dir or tempfile.gettempdir(),
+        "keep_outputs": args.keep_outputs,
     }
     if args.json:
         print(json.dumps({"machine": machine, "results": results}, indent=2))
         return
     print(f"# anonymize benchmark  {machine['date']}  {machine['cpus']} CPUs  "
-          f"{machine['platform']}  load {load[0]:.1f}  files in {machine['dir']}")  # fmt: skip
+          f"{machine['platform']}  load {load[0]:.1f}  files in {machine['dir']}"
+          f"{'  outputs kept' if args.keep_outputs else ''}")  # fmt: skip
     header = (
         f"{'corpus':<13}{'files':>6}  {'side':<9}{'f/s':>9}{'ratio':>8}{'f/cpu-s':>10}{'ratio':>8}"
     )

@@ -24,6 +24,7 @@ from pydicom import dcmread
 from anonymizer import Deidentifier, generate_secret, load_profile
 from anonymizer.batch import Settings, _chunks, run_batch
 from anonymizer.files import GroupCommit, anonymize_file, anonymize_tree, list_inputs
+from anonymizer.uncached import file_system_type
 from tests.anonymizer.conftest import SITE_A
 from tests.anonymizer.test_cli import ROOT, _gridpacs
 from tests.factories import StudySpec, write_study
@@ -62,19 +63,21 @@ def _leftovers(directory: Path) -> list[str]:
     return sorted(p.name for p in directory.iterdir() if p.name.startswith("."))
 
 
+@pytest.mark.parametrize(("size", "studies"), [(256, 40), (512, 20)])
 @pytest.mark.parametrize("jobs", [1, 2])
 def test_kill_9_mid_run_leaves_only_complete_outputs(
-    tmp_path: Path, secret: Path, jobs: int
+    tmp_path: Path, secret: Path, jobs: int, size: int, studies: int
 ) -> None:
     """SIGKILL while outputs are being committed: every name present holds the complete
-    file (byte-identical to an uninterrupted run); only hidden temporary files may remain."""
-    source = _corpus(tmp_path / "in", 40, 10, size=256)  # 400 files of ~130 kB
+    file (byte-identical to an uninterrupted run); only hidden temporary files may remain.
+    400 files of ~130 kB (through the page cache) or 200 of ~0.5 MB (O_DIRECT on a disk)."""
+    source = _corpus(tmp_path / "in", studies, 10, size=size)
     ref = tmp_path / "ref"
     done = _gridpacs("anonymize", str(source), str(ref), "--secret-file", str(secret),
                      "--jobs", str(jobs), "--json")  # fmt: skip
     assert done.returncode == 0, done.stderr
     reference = _contents(ref)
-    assert len(reference) == 400
+    assert len(reference) == studies * 10
 
     out = tmp_path / "out"
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
@@ -105,7 +108,7 @@ def test_kill_9_mid_run_leaves_only_complete_outputs(
 
 def _trace(log: Path) -> list[tuple[str, str]]:
     """(syscall, argument) of every completed fsync (path of its fd), every rename at its
-    start, and writes to stdout (the report), in order."""
+    start, writes to stdout (the report) and O_DIRECT set on a file (its path), in order."""
     events = []
     pending: dict[str, str] = {}  # tid -> fsync path while unfinished
     for line in log.read_text().splitlines():
@@ -121,18 +124,33 @@ def _trace(log: Path) -> list[tuple[str, str]]:
                 events.append(("rename", f"{m.group(1)} {m.group(2)}"))
         elif re.search(r"write\(1<", line):
             events.append(("report", ""))
+        elif m := re.search(r"fcntl\(\d+<([^>]*)>, F_SETFL, [A-Z_|]*O_DIRECT", line):
+            events.append(("direct", m.group(1)))
     return events
 
 
+def _on_disk(path: Path) -> bool:
+    """True when ``path`` is on a file system the CLI writes large outputs to directly."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        return file_system_type(fd) in (0xEF53, 0x58465342)  # ext4, XFS
+    finally:
+        os.close(fd)
+
+
+@pytest.mark.parametrize("size", [64, 512])
 @pytest.mark.parametrize("jobs", [1, 2])
 def test_every_output_is_fsynced_before_its_rename_and_its_directory_before_the_report(
-    tmp_path: Path, secret: Path, jobs: int
+    tmp_path: Path, secret: Path, jobs: int, size: int
 ) -> None:
-    source = _corpus(tmp_path / "in", 3, 10)
+    """512x512 outputs (~0.5 MB) are written with O_DIRECT on a disk (written by a thread,
+    made durable the same way), 64x64 ones through the page cache."""
+    source = _corpus(tmp_path / "in", 3, 10, size=size)
     out = tmp_path / "out" / "nested"  # two new directories: their parents need an fsync
     log = tmp_path / "strace.log"
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    command = [STRACE, "-f", "-y", "-qq", "-e", "trace=fsync,rename,renameat,renameat2,write",
+    command = [STRACE, "-f", "-y", "-qq", "-e",
+               "trace=fsync,rename,renameat,renameat2,write,fcntl",
                "-e", "signal=none", "-o", str(log), sys.executable, "-m", "gridpacs",
                "anonymize", str(source), str(out), "--secret-file", str(secret),
                "--jobs", str(jobs), "--json"]  # fmt: skip
@@ -156,6 +174,12 @@ def test_every_output_is_fsynced_before_its_rename_and_its_directory_before_the_
     # Grouped: one directory fsync per commit (per chunk of work with workers).
     commits = 1 if jobs == 1 else len(_chunks(list_inputs(source), jobs))
     assert sum(1 for event in events if event == ("fsync", str(out))) == commits < 30
+    direct = {Path(arg).name for kind, arg in events if kind == "direct"}
+    staged = {Path(old).name for _, [old, _new] in renames}
+    if size == 512 and _on_disk(tmp_path):
+        assert direct == staged, "every CT-size output written with O_DIRECT"
+    else:
+        assert direct == set()
 
 
 def test_a_rename_that_fails_at_commit_is_a_failure_and_leaves_nothing(
@@ -184,15 +208,17 @@ def _limit_file_size() -> None:
     resource.setrlimit(resource.RLIMIT_FSIZE, (64 * 1024, 64 * 1024))
 
 
+@pytest.mark.parametrize("large", [256, 512])
 @pytest.mark.parametrize("jobs", [1, 2])
 def test_a_write_that_fails_while_staging_leaves_no_temporary_file(
-    tmp_path: Path, secret: Path, jobs: int
+    tmp_path: Path, secret: Path, jobs: int, large: int
 ) -> None:
-    """Under a 64 KiB file size limit the 256x256 outputs fail to write (EFBIG, for real);
-    the small ones in the same batches are committed."""
+    """Under a 64 KiB file size limit the 256x256 or 512x512 outputs fail to write (EFBIG,
+    for real; the 512x512 ones in an O_DIRECT write, in a thread, on a disk); the small
+    ones in the same batches are committed."""
     source = tmp_path / "in"
     _corpus(source / "small", 2, 10, size=64)
-    _corpus(source / "large", 1, 5, size=256)
+    _corpus(source / "large", 1, 5, size=large)
     out = tmp_path / "out"
     out.mkdir()
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
