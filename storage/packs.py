@@ -31,7 +31,7 @@ killed mid-put leaves no header, so no record. A header whose payload fails its 
 power loss tore an unacknowledged append, or the bytes rotted since) makes the key a
 *suspect*: listed and reported by scrub, never trusted by a put's de-duplication.
 
-The location of every key is kept in memory (one dict entry, ~130 bytes), rebuilt at open
+The location of every key is kept in memory (one dict entry, ~150 bytes), rebuilt at open
 from the sidecars of sealed packs plus a scan of the packs that have none (normally the
 open pack and the spare): opening costs a sidecar read per 2,700 small blobs plus reading
 at most two packs. Deleted records keep their space: there is no compaction yet.
@@ -51,6 +51,7 @@ import weakref
 import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from storage.durable import Chunk, make_dirs_durably, write_atomically
 
@@ -82,16 +83,15 @@ def _header(kind: int, digest: bytes, length: int, payload_crc: int) -> bytes:
     return head + struct.pack(">I", zlib.crc32(head))
 
 
-@dataclass(frozen=True, slots=True)
-class Record:
-    """One record found in a pack (by a scan or in a sidecar)."""
+class Record(NamedTuple):
+    """One record found in a pack (by a scan or in a sidecar); a tuple: cheap by the million."""
 
     kind: int
+    ok: bool
+    """The payload matches its CRC (False: torn by a crash, or corrupted since)."""
     digest: bytes
     offset: int
     length: int
-    ok: bool
-    """The payload matches its CRC (False: torn by a crash, or corrupted since)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,7 +127,7 @@ def scan(buf: bytes | mmap.mmap, size: int) -> list[Record]:
             pos = found + BLOCK
             continue
         ok = zlib.crc32(buf[found + HEADER_SIZE : end]) == pcrc
-        records.append(Record(kind, digest, found, length, ok))
+        records.append(Record(kind, ok, digest, found, length))
         # A bad payload's length is not trusted to skip: step one block instead.
         pos = _aligned(end) if ok else found + BLOCK
     return records
@@ -151,10 +151,7 @@ def decode_index(raw: bytes, pack_id: int) -> list[Record] | None:
         return None
     if len(body) != count * _ENTRY.size:
         return None
-    return [
-        Record(kind, digest, offset, length, bool(ok))
-        for kind, ok, digest, offset, length in _ENTRY.iter_unpack(body)
-    ]
+    return list(map(Record._make, _ENTRY.iter_unpack(body)))
 
 
 @dataclass(eq=False)
@@ -170,21 +167,33 @@ class _Pack:
     full: bool = False
 
 
+def _packed(pack: int, offset: int, length: int) -> int:
+    """A location as one int: a dict of a million of them costs ~150 MB, not ~240."""
+    return pack << 64 | offset << 32 | length
+
+
+def _unpacked(value: int) -> Location:
+    return Location(value >> 64, value >> 32 & 0xFFFFFFFF, value & 0xFFFFFFFF)
+
+
 @dataclass
 class _State:
-    index: dict[bytes, Location] = field(default_factory=dict)
-    suspects: dict[bytes, Location] = field(default_factory=dict)
+    index: dict[bytes, int] = field(default_factory=dict)
+    suspects: dict[bytes, int] = field(default_factory=dict)
 
-    def apply(self, pack: int, record: Record) -> None:
-        digest = record.digest
-        if record.kind == KIND_TOMBSTONE:
-            self.index.pop(digest, None)
-            self.suspects.pop(digest, None)
-        elif record.ok:
-            self.index[digest] = Location(pack, record.offset, record.length)
-            self.suspects.pop(digest, None)
-        elif digest not in self.index:
-            self.suspects[digest] = Location(pack, record.offset, record.length)
+    def apply(self, pack: int, records: Sequence[Record]) -> None:
+        """Apply a pack's records in offset order (packs in id order): last one wins."""
+        index, suspects, base = self.index, self.suspects, pack << 64
+        for kind, ok, digest, offset, length in records:
+            if kind == KIND_TOMBSTONE:
+                index.pop(digest, None)
+            elif ok:
+                index[digest] = base | offset << 32 | length
+            elif digest not in index:
+                suspects[digest] = base | offset << 32 | length
+                continue
+            if suspects:
+                suspects.pop(digest, None)
 
 
 class PackStore:
@@ -201,8 +210,8 @@ class PackStore:
     def __init__(
         self, directory: str, tmp_dir: str, *, writable: bool, pack_size: int = DEFAULT_PACK_SIZE
     ) -> None:
-        if pack_size < 4 * BLOCK or pack_size % BLOCK:
-            raise ValueError(f"pack size must be a multiple of {BLOCK} and >= {4 * BLOCK}")
+        if pack_size < 4 * BLOCK or pack_size % BLOCK or pack_size >= 1 << 32:
+            raise ValueError(f"pack size must be a multiple of {BLOCK}, >= {4 * BLOCK}, < 4 GiB")
         self._dir = directory
         self._tmp = tmp_dir
         self._pack_size = pack_size
@@ -258,8 +267,7 @@ class PackStore:
             pack.full = records is not None
             if records is None:
                 records = self._scan(pack)
-            for record in records:
-                self._state.apply(pack.id, record)
+            self._state.apply(pack.id, records)
             if records:
                 pack.next = max(_aligned(r.offset + HEADER_SIZE + r.length) for r in records)
             if records or pack.full:
@@ -300,7 +308,10 @@ class PackStore:
 
     def locate(self, digest: bytes) -> Location | None:
         """Where a durable record of *digest* lives (suspects included), or None."""
-        return self._state.index.get(digest) or self._state.suspects.get(digest)
+        found = self._state.index.get(digest)
+        if found is None:
+            found = self._state.suspects.get(digest)
+        return None if found is None else _unpacked(found)
 
     def contains(self, digest: bytes) -> bool:
         """Whether a durable, intact-at-open record of *digest* is held (not suspects)."""
@@ -350,7 +361,7 @@ class PackStore:
         finally:
             with self._lock:
                 if done:
-                    self._state.index[digest] = Location(pack.id, offset, len(payload))
+                    self._state.index[digest] = _packed(pack.id, offset, len(payload))
                     self._state.suspects.pop(digest, None)
                 self._pending.pop(digest).set()
                 self._finished(pack)
@@ -489,4 +500,3 @@ def _pwrite_all(fd: int, data: bytes, offset: int) -> None:
     while view:
         written = os.pwrite(fd, view, offset)
         view, offset = view[written:], offset + written
-
