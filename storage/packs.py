@@ -306,10 +306,10 @@ class PackStore:
 
     # -- reading ---------------------------------------------------------------------
 
-    def locate(self, digest: bytes) -> Location | None:
-        """Where a durable record of *digest* lives (suspects included), or None."""
+    def locate(self, digest: bytes, *, suspects: bool = True) -> Location | None:
+        """Where a record of *digest* lives (an intact one first), or None."""
         found = self._state.index.get(digest)
-        if found is None:
+        if found is None and suspects:
             found = self._state.suspects.get(digest)
         return None if found is None else _unpacked(found)
 

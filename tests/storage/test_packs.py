@@ -213,6 +213,23 @@ def test_a_header_whose_payload_fails_is_a_suspect_never_deduplicated(tmp_path: 
     again.close()
     final = packed_store(root)
     assert list(final.scrub()) == [] and sorted(final.keys()) == sorted([*keys, digest.hex()])
+    final.close()
+
+
+def test_a_whole_file_of_a_suspect_blob_wins(tmp_path: Path) -> None:
+    root = tmp_path / "b"
+    first = packed_store(root)
+    first.put(b"an acknowledged record")
+    first.close()
+    data = small_blob(8)
+    torn = bytearray(_record(hashlib.sha256(data).digest(), data))
+    torn[-100:] = bytes(100)
+    _append_raw(root, bytes(torn))
+    unpacking = packed_store(root, pack_threshold=0)  # packing turned off since
+    key = unpacking.put(data).key
+    assert blob_path(unpacking, key).is_file()
+    assert unpacking.get(key) == data and list(unpacking.scrub()) == []
+    unpacking.close()
 
 
 @pytest.mark.parametrize("where", ["payload", "header"])
