@@ -43,7 +43,7 @@ from storage.errors import (
     error_from_os,
 )
 from storage.interfaces import BlobInfo, ScrubFinding, ScrubProgress
-from storage.packs import DEFAULT_PACK_SIZE, PackStore
+from storage.packs import DEFAULT_PACK_SIZE, FIRST_PACK_SIZE, PackStore
 
 MARKER_NAME = "gridpacs-store.json"
 TMP_DIR_NAME = "tmp"
@@ -79,7 +79,8 @@ class FilesystemBlobStore:
         put instead of ~3 journal commits); 0 keeps one file per blob. Packs already in the
         store are read (and their blobs deleted) whatever the threshold.
     pack_size
-        Size of each preallocated pack file.
+        Size of the preallocated pack files (the first ones are smaller, see
+        :data:`storage.packs.FIRST_PACK_SIZE`).
 
     Raises
     ------
@@ -120,7 +121,13 @@ class FilesystemBlobStore:
             return
         if wanted:
             self._upgrade_marker()
-        self._packs = PackStore(directory, self._tmp, writable=create, pack_size=pack_size)
+        self._packs = PackStore(
+            directory,
+            self._tmp,
+            writable=create,
+            pack_size=pack_size,
+            first_pack_size=max(FIRST_PACK_SIZE, 4 * self._pack_threshold),  # fits any record
+        )
         if wanted:
             self._packs.prepare_ahead()  # the first small put should not make the pack
 

@@ -8,7 +8,8 @@ the sync is a data flush without a journal commit (measured: bench/storage_put.p
 
 Layout under ``<root>/packs/``::
 
-    00000001.pack     PACK_SIZE bytes, created zero-filled and durable (temp+fsync+rename)
+    00000001.pack     created zero-filled and durable (temp+fsync+link); 1 MiB, each
+                      next one twice the size of the previous, up to 32 MiB
     00000001.idx      sidecar index, written once the pack is full and quiet ("sealed")
     writer.lock       flock'ed by the one process that may append
 
@@ -57,6 +58,9 @@ from storage.durable import Chunk, make_dirs_durably, write_atomically
 
 BLOCK = 4096
 DEFAULT_PACK_SIZE = 32 * 1024 * 1024
+FIRST_PACK_SIZE = 1024 * 1024
+"""Packs grow from this size, doubling per pack up to the pack size: a small store (a test,
+a new node) does not write 64 MiB of zeros before its first instance."""
 RECORD_MAGIC = b"GPBR"
 PACK_MAGIC = b"GPPK"
 INDEX_MAGIC = b"GPPI"
@@ -208,10 +212,17 @@ class PackStore:
     """
 
     def __init__(
-        self, directory: str, tmp_dir: str, *, writable: bool, pack_size: int = DEFAULT_PACK_SIZE
+        self,
+        directory: str,
+        tmp_dir: str,
+        *,
+        writable: bool,
+        pack_size: int = DEFAULT_PACK_SIZE,
+        first_pack_size: int = FIRST_PACK_SIZE,
     ) -> None:
         if pack_size < 4 * BLOCK or pack_size % BLOCK or pack_size >= 1 << 32:
             raise ValueError(f"pack size must be a multiple of {BLOCK}, >= {4 * BLOCK}, < 4 GiB")
+        self._first_pack_size = min(pack_size, max(first_pack_size, 4 * BLOCK))
         self._dir = directory
         self._tmp = tmp_dir
         self._pack_size = pack_size
@@ -432,10 +443,11 @@ class PackStore:
                 return
             pack_id = self._next_id
             path = os.path.join(self._dir, f"{pack_id:08d}.pack")
-            head = _PACK_HEAD.pack(PACK_MAGIC, VERSION, pack_id, self._pack_size)
+            size = min(self._pack_size, self._first_pack_size << min(pack_id - 1, 32))
+            head = _PACK_HEAD.pack(PACK_MAGIC, VERSION, pack_id, size)
             zeros = memoryview(bytes(1 << 20))
             chunks: list[Chunk] = [head.ljust(BLOCK, b"\0")]
-            left = self._pack_size - BLOCK
+            left = size - BLOCK
             while left:
                 chunks.append(zeros[: min(left, len(zeros))])
                 left -= len(chunks[-1])

@@ -390,3 +390,15 @@ def test_sigkill_of_a_packing_writer_loses_no_acknowledged_put(
 def test_pack_threshold_is_bounded(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="pack_threshold"):
         FilesystemBlobStore(tmp_path / "b", pack_threshold=SMALL_PACK, pack_size=SMALL_PACK)
+
+
+def test_packs_start_small_and_grow(tmp_path: Path) -> None:
+    store = FilesystemBlobStore(tmp_path / "b", pack_threshold=64 * 1024)  # the node's sizes
+    for n in range(120):  # ~1.4 MB of records: the first pack fills, the second opens
+        store.put(small_blob(n)[:9000].ljust(9000, b"-") + n.to_bytes(4, "big"))
+    store.close()
+    sizes = [p.stat().st_size for p in _packs(store.root)]
+    assert sizes[:2] == [1 << 20, 2 << 20], sizes
+    for number, pack in enumerate(_packs(store.root), 1):
+        head = pack.read_bytes()[:20]
+        assert struct.unpack(">4sBxxxIQ", head) == (b"GPPK", 1, number, pack.stat().st_size)
