@@ -410,7 +410,9 @@ class PackStore:
         if need > self._pack_size - BLOCK:
             raise ValueError(f"a record of {size} bytes does not fit a pack")
         pack = self._open
-        if pack is None or pack.next + need > pack.size:
+        # A loop, not an if: a spare made before the threshold was raised may be too small
+        # for this record (packs grow, so one will fit).
+        while pack is None or pack.next + need > pack.size:
             if pack is not None:
                 self._retire(pack)
             pack = self._open = self._take_spare()

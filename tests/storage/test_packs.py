@@ -402,3 +402,22 @@ def test_packs_start_small_and_grow(tmp_path: Path) -> None:
     for number, pack in enumerate(_packs(store.root), 1):
         head = pack.read_bytes()[:20]
         assert struct.unpack(">4sBxxxIQ", head) == (b"GPPK", 1, number, pack.stat().st_size)
+
+
+def test_raising_the_threshold_later_rolls_past_packs_too_small(tmp_path: Path) -> None:
+    root = tmp_path / "b"
+    first = FilesystemBlobStore(root, pack_threshold=4000, pack_size=16 << 20)
+    for n in range(140):  # one block each: the 1 MiB pack passes half full, a spare is made
+        first.put(n.to_bytes(4, "big") * 1000)
+    first.close()
+    assert [p.stat().st_size for p in _packs(root)] == [1 << 20, 2 << 20]
+    again = FilesystemBlobStore(root, pack_threshold=4 << 20, pack_size=16 << 20)
+    big = os.urandom(4 << 20)
+    key = again.put(big).key  # fits neither the open pack nor the 2 MiB spare
+    again.close()
+    pack, offset, length = _locate(root, key)
+    declared = struct.unpack(">Q", pack.read_bytes()[12:20])[0]
+    assert offset + HEADER.size + length <= pack.stat().st_size == declared
+    reader = FilesystemBlobStore(root, create=False)
+    assert reader.get(key) == big and len(list(reader.scrub())) == 0
+    reader.close()
