@@ -31,8 +31,12 @@ def key_file(tmp_path: Path) -> Path:
 def packed_store(root: Path, key: Path | None = None, **kwargs: int) -> FilesystemBlobStore:
     """A filesystem store packing blobs up to 64 KiB into small (256 KiB) packs."""
     cipher = BlobCipher(load_key(key)) if key is not None else None
-    options = {"pack_threshold": 64 * 1024, "pack_size": SMALL_PACK, **kwargs}
-    return FilesystemBlobStore(root, cipher, **options)
+    return FilesystemBlobStore(
+        root,
+        cipher,
+        pack_threshold=kwargs.get("pack_threshold", 64 * 1024),
+        pack_size=kwargs.get("pack_size", SMALL_PACK),
+    )
 
 
 @pytest.fixture(
@@ -66,7 +70,11 @@ def store_factory(request: pytest.FixtureRequest, tmp_path: Path) -> StoreFactor
         opened.append(packed_store(root, key))
         return opened[-1]
 
-    request.addfinalizer(lambda: [s.close() for s in opened])
+    def close_all() -> None:
+        for store in opened:
+            store.close()
+
+    request.addfinalizer(close_all)
     return reopen
 
 
