@@ -355,7 +355,10 @@ def _kill_packed_writer(root: Path, start: int, key: Path | None) -> dict[int, s
         time.sleep(random.uniform(0, 0.05))
     finally:
         child.send_signal(signal.SIGKILL)
-        rest, _ = child.communicate(timeout=10)
+        # Through the same buffered reader (communicate() would skip what readline()
+        # already buffered, cutting a line in two).
+        rest = child.stdout.read()
+        child.wait(timeout=10)
     assert child.returncode == -signal.SIGKILL
     for line in rest.split(b"\n")[:-1]:  # a torn last line was not acknowledged
         number, key_hex = line.split()
