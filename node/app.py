@@ -122,7 +122,11 @@ class NodeApp:
     def __init__(self, config: NodeConfig) -> None:
         self.config = config
         config.data_dir.mkdir(parents=True, exist_ok=True)
-        self.store: BlobStore = open_store(config.blob_dir, config.storage.encryption_key_file)
+        self.store: BlobStore = open_store(
+            config.blob_dir,
+            config.storage.encryption_key_file,
+            pack_threshold=config.storage.pack_threshold,
+        )
         self.quarantine = Quarantine(config.quarantine_dir)
         self.index: SqlIndex = open_index(config.index_url)
         self.streams = load_node_streams(config)

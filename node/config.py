@@ -99,6 +99,10 @@ class StorageConfig(_Strict):
     """Where blobs live and whether they are encrypted at rest."""
 
     encryption_key_file: Path | None = None
+    pack_threshold: Annotated[int, Field(ge=0, le=8 * 1024 * 1024)] = 64 * 1024
+    """Blobs up to this many bytes are appended to preallocated pack files (one data-only
+    sync per instance instead of ~3 journal commits); larger ones get a file each. 0 turns
+    packing off (packs already written stay readable)."""
 
 
 class AnonymizerConfig(_Strict):

@@ -19,6 +19,7 @@ from storage.encryption import (
 from storage.errors import (
     BlobNotFound,
     ChecksumMismatch,
+    DamagedRecord,
     EncryptionError,
     InvalidKey,
     KeyFileError,
@@ -36,6 +37,7 @@ __all__ = [
     "BlobNotFound",
     "BlobStore",
     "ChecksumMismatch",
+    "DamagedRecord",
     "EncryptionError",
     "FilesystemBlobStore",
     "FindingKind",
@@ -59,7 +61,9 @@ __all__ = [
 ]
 
 
-def open_store(root: Path, key_file: Path | None = None, *, create: bool = True) -> BlobStore:
+def open_store(
+    root: Path, key_file: Path | None = None, *, create: bool = True, pack_threshold: int = 0
+) -> FilesystemBlobStore:
     """Open (creating unless *create* is false) the filesystem blob store at *root*.
 
     Parameters
@@ -71,6 +75,10 @@ def open_store(root: Path, key_file: Path | None = None, *, create: bool = True)
         encrypted at rest. Must match the key the store was created with.
     create
         When false, a directory that is not yet a store is an error.
+    pack_threshold
+        Blobs up to this size are appended to pack files (:mod:`storage.packs`: one
+        data-only sync per put); 0 (the default here) stores every blob as its own file.
+        The node passes ``[storage] pack_threshold`` (64 KiB unless configured).
 
     Raises
     ------
@@ -82,4 +90,4 @@ def open_store(root: Path, key_file: Path | None = None, *, create: bool = True)
         The store cannot be opened.
     """
     cipher = BlobCipher(load_key(key_file)) if key_file is not None else None
-    return FilesystemBlobStore(root, cipher=cipher, create=create)
+    return FilesystemBlobStore(root, cipher=cipher, create=create, pack_threshold=pack_threshold)

@@ -35,6 +35,15 @@ class ChecksumMismatch(StorageError):
         self.actual = actual
 
 
+class DamagedRecord(ChecksumMismatch):
+    """A packed blob's record header no longer describes it: the pack is corrupt there."""
+
+    def __init__(self, key: str, problem: str) -> None:
+        StorageError.__init__(self, f"blob {key} is corrupt: {problem}")
+        self.key = key
+        self.actual = ""
+
+
 class StorageFull(StorageError):
     """The file system is out of space or the quota is exhausted (ENOSPC / EDQUOT)."""
 

@@ -6,15 +6,19 @@ Layout under ``root`` (nothing in a path ever comes from DICOM content)::
     tmp/                      temp files being written (same file system as the blobs)
     ab/cd/abcd…(64 hex)       one file per blob, fanned out by the first two hex pairs
                               (the 256 ``ab/`` exist from the start; ``cd/`` on demand)
+    packs/                    small blobs appended to pack files (:mod:`storage.packs`),
+                              when the store is opened with a ``pack_threshold``
 
 A plaintext blob file holds exactly the stored bytes, so ``sha256sum`` of a file equals
-its name; an encrypted one uses the format of :mod:`storage.encryption`.
+its name; an encrypted one uses the format of :mod:`storage.encryption` (so does the
+payload of a packed record).
 """
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
+import heapq
 import json
 import os
 import time
@@ -33,16 +37,21 @@ from storage.encryption import OVERHEAD, BlobCipher
 from storage.errors import (
     BlobNotFound,
     ChecksumMismatch,
+    DamagedRecord,
     EncryptionError,
     StorageError,
     error_from_os,
 )
 from storage.interfaces import BlobInfo, ScrubFinding, ScrubProgress
+from storage.packs import DEFAULT_PACK_SIZE, FIRST_PACK_SIZE, PackStore
 
 MARKER_NAME = "gridpacs-store.json"
 TMP_DIR_NAME = "tmp"
 FORMAT_NAME = "gridpacs-blobstore"
 FORMAT_VERSION = 1
+PACKED_FORMAT_VERSION = 2
+"""A store that has (or may have) packs: older code, blind to packs, refuses to open it."""
+PACKS_DIR_NAME = "packs"
 LAYOUT = "sha256/2/2"
 RECENT_WRITE_SECONDS = 60.0
 """A duplicate put of a file younger than this fsyncs its directory before returning."""
@@ -65,6 +74,13 @@ class FilesystemBlobStore:
         with which key (by fingerprint), and refuses to open with a mismatching setting.
     create
         When false, a missing store is an error instead of being created (``scrub``).
+    pack_threshold
+        Blobs of at most this many bytes are appended to pack files (one ``fdatasync`` per
+        put instead of ~3 journal commits); 0 keeps one file per blob. Packs already in the
+        store are read (and their blobs deleted) whatever the threshold.
+    pack_size
+        Size of the preallocated pack files (the first ones are smaller, see
+        :data:`storage.packs.FIRST_PACK_SIZE`).
 
     Raises
     ------
@@ -74,16 +90,61 @@ class FilesystemBlobStore:
         The key (or its absence) does not match the store.
     """
 
-    def __init__(self, root: Path, cipher: BlobCipher | None = None, create: bool = True) -> None:
+    def __init__(
+        self,
+        root: Path,
+        cipher: BlobCipher | None = None,
+        create: bool = True,
+        *,
+        pack_threshold: int = 0,
+        pack_size: int = DEFAULT_PACK_SIZE,
+    ) -> None:
+        if pack_threshold < 0 or pack_threshold > pack_size // 4:
+            raise ValueError(f"pack_threshold must be from 0 to pack_size / 4 ({pack_size // 4})")
         self.root = Path(root).absolute()
         self._root = str(self.root)
         self._cipher = cipher
         self._overhead = OVERHEAD if cipher is not None else 0
         self._tmp = os.path.join(self._root, TMP_DIR_NAME)
+        self._pack_threshold = pack_threshold
+        self._packs: PackStore | None = None
         try:
             self._open(create)
+            self._open_packs(create, pack_size)
         except OSError as exc:
             raise error_from_os(exc, f"opening blob store {self.root}") from exc
+
+    def _open_packs(self, create: bool, pack_size: int) -> None:
+        directory = os.path.join(self._root, PACKS_DIR_NAME)
+        wanted = self._pack_threshold > 0 and create
+        if not wanted and not os.path.isdir(directory):
+            return
+        if wanted:
+            self._upgrade_marker()
+        self._packs = PackStore(
+            directory,
+            self._tmp,
+            writable=create,
+            pack_size=pack_size,
+            first_pack_size=max(FIRST_PACK_SIZE, 4 * self._pack_threshold),  # fits any record
+        )
+        if wanted:
+            self._packs.prepare_ahead()  # the first small put should not make the pack
+
+    def _upgrade_marker(self) -> None:
+        marker = self.root / MARKER_NAME
+        found = json.loads(marker.read_bytes())
+        if found["version"] != PACKED_FORMAT_VERSION:
+            body = json.dumps({**found, "version": PACKED_FORMAT_VERSION}, indent=2).encode()
+            write_atomically(str(marker), [body + b"\n"], self._tmp, mode=0o644)
+
+    def close(self) -> None:
+        """Finish background pack work and release the packs (and their writer lock).
+
+        Optional: dropping the store does the same, less promptly.
+        """
+        if self._packs is not None:
+            self._packs.close()
 
     @property
     def encrypted(self) -> bool:
@@ -142,7 +203,7 @@ class FilesystemBlobStore:
             raise StorageError(f"{marker} is not a valid store marker: {exc}") from exc
         if not isinstance(encryption, dict | None):
             raise StorageError(f"{marker}: 'encryption' must be an object or null")
-        if not ok or version != FORMAT_VERSION:
+        if not ok or version not in (FORMAT_VERSION, PACKED_FORMAT_VERSION):
             raise StorageError(f"{marker}: unsupported store format or version {version!r}")
         self._check_encryption(None if encryption is None else encryption.get("key_id"))
 
@@ -168,24 +229,24 @@ class FilesystemBlobStore:
 
     def put(self, data: bytes) -> BlobInfo:
         """Store *data* durably and return its address; a no-op when already present."""
-        key = hashlib.sha256(data).hexdigest()
+        digest = hashlib.sha256(data).digest()
+        key = digest.hex()
         info = BlobInfo(key=key, size=len(data))
         path = self._path(key)
-        try:
-            # Present with the right size: trust it (cheap); scrub checks content. A
-            # wrong size (e.g. a truncated file) is healed by rewriting.
-            found = os.stat(path)
-            if found.st_size == len(data) + self._overhead:
-                if time.time() - found.st_mtime < RECENT_WRITE_SECONDS:
-                    # Its writer (another thread, or a process that just died) may not
-                    # have fsynced the directory entry yet; the data itself was fsynced
-                    # before the rename made it visible.
-                    fsync_dir(os.path.dirname(path))
+        packs = self._packs
+        if packs is not None:
+            if packs.contains(digest):
                 return info
-        except FileNotFoundError:
-            pass
-        except OSError as exc:
-            raise error_from_os(exc, f"checking blob {key}") from exc
+            if len(data) <= self._pack_threshold and packs.writable:
+                if not self._present(path, len(data), key):
+                    chunks = (data,) if self._cipher is None else self._cipher.seal(key, data)
+                    try:
+                        packs.put(digest, chunks)
+                    except OSError as exc:
+                        raise error_from_os(exc, f"writing blob {key} to a pack") from exc
+                return info
+        if self._present(path, len(data), key):
+            return info
         chunks = (data,) if self._cipher is None else self._cipher.seal(key, data)
         try:
             write_atomically(path, chunks, self._tmp)
@@ -193,39 +254,110 @@ class FilesystemBlobStore:
             raise error_from_os(exc, f"writing blob {key}") from exc
         return info
 
+    def _present(self, path: str, size: int, key: str) -> bool:
+        """Whether the blob's file is present and whole (then durably so on return)."""
+        try:
+            # Present with the right size: trust it (cheap); scrub checks content. A
+            # wrong size (e.g. a truncated file) is healed by rewriting.
+            found = os.stat(path)
+            if found.st_size == size + self._overhead:
+                if time.time() - found.st_mtime < RECENT_WRITE_SECONDS:
+                    # Its writer (another thread, or a process that just died) may not
+                    # have fsynced the directory entry yet; the data itself was fsynced
+                    # before the rename made it visible.
+                    fsync_dir(os.path.dirname(path))
+                return True
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            raise error_from_os(exc, f"checking blob {key}") from exc
+        return False
+
     def get(self, key: str) -> bytes:
         """Return the blob's bytes, verified against *key*."""
-        path = self._path(check_key(key))
         try:
-            with open(path, "rb", buffering=0) as file:
-                raw = file.readall()
-        except FileNotFoundError:
-            raise BlobNotFound(key) from None
-        except OSError as exc:
-            raise error_from_os(exc, f"reading blob {key}") from exc
+            raw = self._read_packed(key, suspects=False)
+            if raw is None:
+                raw = self._read_file(key)
+        except BlobNotFound:
+            # A suspect record (payload failed its CRC at open) is read last: a whole file
+            # of the same blob, if one was written since, wins; else get reports it corrupt.
+            raw = self._read_packed(key, suspects=True)
+            if raw is None:
+                raise
         data = raw if self._cipher is None else self._cipher.open(key, raw)
         actual = hashlib.sha256(data).hexdigest()
         if actual != key:
             raise ChecksumMismatch(key, actual)
         return data
 
+    def _read_packed(self, key: str, *, suspects: bool) -> bytes | None:
+        if self._packs is None:
+            return None
+        digest = bytes.fromhex(check_key(key))
+        where = self._packs.locate(digest, suspects=suspects)
+        if where is None:
+            return None
+        try:
+            return self._packs.read(digest, where)
+        except ValueError as exc:
+            raise DamagedRecord(key, str(exc)) from None
+        except OSError as exc:
+            raise error_from_os(exc, f"reading blob {key} from pack {where.pack}") from exc
+
+    def _read_file(self, key: str) -> bytes:
+        path = self._path(check_key(key))
+        try:
+            with open(path, "rb", buffering=0) as file:
+                return file.readall()
+        except FileNotFoundError:
+            raise BlobNotFound(key) from None
+        except OSError as exc:
+            raise error_from_os(exc, f"reading blob {key}") from exc
+
     def exists(self, key: str) -> bool:
         """Whether a blob is stored under *key* (not verified)."""
-        return os.path.isfile(self._path(check_key(key)))
+        path = self._path(check_key(key))
+        if self._packs is not None and self._packs.locate(bytes.fromhex(key)) is not None:
+            return True
+        return os.path.isfile(path)
 
     def delete(self, key: str) -> None:
-        """Remove the blob durably; :class:`BlobNotFound` when absent."""
+        """Remove the blob durably; :class:`BlobNotFound` when absent.
+
+        A packed blob gets a durable tombstone record; its space is not reclaimed.
+        """
         path = self._path(check_key(key))
+        packed = False
+        if self._packs is not None and self._packs.locate(bytes.fromhex(key)) is not None:
+            if not self._packs.writable:
+                raise StorageError(f"blob {key} is packed and another process owns the packs")
+            try:
+                packed = self._packs.delete(bytes.fromhex(key))
+            except OSError as exc:
+                raise error_from_os(exc, f"deleting blob {key} from its pack") from exc
         try:
             os.unlink(path)
             fsync_dir(os.path.dirname(path))
         except FileNotFoundError:
-            raise BlobNotFound(key) from None
+            if not packed:
+                raise BlobNotFound(key) from None
         except OSError as exc:
             raise error_from_os(exc, f"deleting blob {key}") from exc
 
     def keys(self) -> Iterator[str]:
         """Every stored key (sorted); temp files and strays are ignored."""
+        if self._packs is None:
+            yield from self._file_keys()
+            return
+        packed = sorted(d.hex() for d in self._packs.digests())
+        previous = None
+        for key in heapq.merge(self._file_keys(), packed):
+            if key != previous:
+                yield key
+            previous = key
+
+    def _file_keys(self) -> Iterator[str]:
         for first in self._subdirs(self._root):
             for second in self._subdirs(os.path.join(self._root, first)):
                 prefix = first + second

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 from pynetdicom.sop_class import Verification
 
+from storage import open_store
 from tests.integration.archive import load, node_status, status_counts
 from tests.integration.corpus import build_corpus
 from tests.integration.processes import (
@@ -60,8 +61,8 @@ def test_status_json_counts_and_locations(node_factory: NodeFactory) -> None:
 
     # the default layout under --data-dir
     assert (node.data_dir / "index.sqlite").is_file()
-    blobs = [p for p in (node.data_dir / "blobs").rglob("*") if p.is_file()]
-    assert len(blobs) >= len(corpus.datasets), f"{len(blobs)} blob files"
+    blobs = list(open_store(node.data_dir / "blobs", create=False).keys())  # files or packs
+    assert len(blobs) >= len(corpus.datasets), f"{len(blobs)} blobs"
 
     text = gridpacs_cli("node", "status", "--data-dir", str(node.data_dir))
     assert text.returncode == 0, describe(text)

@@ -31,6 +31,7 @@ from catalog.security.grants import GrantSigner, load_signing_key
 from gridpacs.retrieve import renew_expired
 from gridpacs.retrieve_fetch import Authorizer, Fetcher, Outcome
 from node.peer.client import PeerClient, PeerTransferError
+from storage import open_store
 from tests.factories import StudySpec, make_dataset
 from tests.integration.processes import Node, gridpacs_cli
 from tests.integration.secure_grid import GridKeys, SecureReplica, node_config
@@ -120,8 +121,9 @@ def _retrieve(grid: Grid, token: str, out: Path, *args: str) -> tuple[int, dict[
 
 
 def _blob(node: Node, key: str) -> bytes:
-    [path] = list((node.data_dir / "blobs").rglob(key))
-    return path.read_bytes()
+    # Through the store: small instances are packed, not one file each (a read-only
+    # snapshot next to the running node).
+    return open_store(node.data_dir / "blobs", create=False).get(key)
 
 
 def test_token_for_a_deidentified_collection_gets_the_study_and_resumes(

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from node.app import NodeApp
 from node.config import load_config
 from node.errors import ConfigError
 
@@ -53,3 +54,25 @@ def test_check_config_cli_exit_codes(tmp_path: Path) -> None:
     ko = subprocess.run([*run, str(bad)], cwd=REPO, capture_output=True, text=True)
     assert ko.returncode == 2
     assert "not valid TOML" in ko.stderr
+
+
+@pytest.mark.parametrize("threshold", [None, 0, 1024])
+def test_storage_pack_threshold_reaches_the_blob_store(
+    tmp_path: Path, threshold: int | None
+) -> None:
+    storage = {} if threshold is None else {"pack_threshold": threshold}
+    cfg = load_config(None, {"data_dir": str(tmp_path / "n"), "storage": storage})
+    assert cfg.storage.pack_threshold == (64 * 1024 if threshold is None else threshold)
+    app = NodeApp(cfg)
+    small = app.store.put(b"a small instance" * 60)  # 960 bytes
+    large = app.store.put(b"x" * 2000)
+    blobs = cfg.blob_dir
+    packed = {k for k in (small.key, large.key) if not (blobs / k[:2] / k[2:4] / k).exists()}
+    expected = {None: {small.key, large.key}, 0: set(), 1024: {small.key}}[threshold]
+    assert packed == expected
+    assert app.store.get(small.key) == b"a small instance" * 60
+
+
+def test_storage_pack_threshold_is_bounded() -> None:
+    with pytest.raises(ConfigError, match=r"storage\.pack_threshold"):
+        load_config(None, {"storage": {"pack_threshold": -1}})

@@ -3,6 +3,10 @@
 ``forever ROOT START [KEY_FILE]``: put deterministic blobs number START, START+1, ... in a
 loop, printing each key only after ``put`` returned, until killed.
 ``fill ROOT``: put 64 KiB blobs until the store is full, then report as JSON.
+``packed ROOT START [KEY_FILE]``: as ``forever`` with small blobs into small packs, from
+4 threads (the parent kills it -9; :func:`small_blob` gives the bytes of each number).
+``traced ROOT COUNT``: open a packed store, wait for its spare pack, print ``BEGIN``, put
+COUNT small blobs, print ``END`` (run under strace to count the syscalls of a put).
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ import json
 import os
 import random
 import sys
+import threading
 from pathlib import Path
 
 from storage import StorageFull, open_store
@@ -31,6 +36,51 @@ def forever(root: Path, start: int, key_file: Path | None) -> None:
         info = store.put(blob(index))
         print(info.key, flush=True)
         index += 1
+
+
+def small_blob(index: int) -> bytes:
+    """The *index*-th blob of ``packed``: 1 B to 20 KB, so records take 1 to 5 blocks."""
+    rnd = random.Random(-index - 1)
+    return rnd.randbytes(rnd.randint(1, 20_000))
+
+
+def packed(root: Path, start: int, key_file: Path | None) -> None:
+    from tests.storage.conftest import packed_store
+
+    store = packed_store(root, key_file)
+    numbers = iter(range(start, 1 << 62))
+    lock = threading.Lock()
+
+    def worker() -> None:
+        while True:
+            with lock:
+                index = next(numbers)
+            key = store.put(small_blob(index)).key
+            with lock:
+                print(index, key, flush=True)
+
+    threads = [threading.Thread(target=worker) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+
+def traced(root: Path, count: int) -> None:
+    from tests.storage.conftest import packed_store
+
+    for n in range(2):  # makes the open pack, then its spare (close joins the maker)
+        store = packed_store(root, pack_size=64 * 1024 * 1024)
+        store.put(b"warm up %d" % n)
+        store.close()
+    store = packed_store(root, pack_size=64 * 1024 * 1024)
+    blobs = [small_blob(n)[:9000].ljust(9000, b"x") for n in range(count)]
+    sys.stdout.write("BEGIN\n")
+    sys.stdout.flush()
+    for data in blobs:
+        store.put(data)
+    sys.stdout.write("END\n")
+    sys.stdout.flush()
 
 
 def fill(root: Path) -> None:
@@ -59,5 +109,9 @@ if __name__ == "__main__":
     mode, root = sys.argv[1], Path(sys.argv[2])
     if mode == "forever":
         forever(root, int(sys.argv[3]), Path(sys.argv[4]) if len(sys.argv) > 4 else None)
+    elif mode == "packed":
+        packed(root, int(sys.argv[3]), Path(sys.argv[4]) if len(sys.argv) > 4 else None)
+    elif mode == "traced":
+        traced(root, int(sys.argv[3]))
     else:
         fill(root)

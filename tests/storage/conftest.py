@@ -7,9 +7,19 @@ from pathlib import Path
 
 import pytest
 
-from storage import BlobStore, FilesystemBlobStore, MemoryBlobStore, generate_key_file, open_store
+from storage import (
+    BlobCipher,
+    BlobStore,
+    FilesystemBlobStore,
+    MemoryBlobStore,
+    generate_key_file,
+    load_key,
+    open_store,
+)
 
 StoreFactory = Callable[[], BlobStore]
+SMALL_PACK = 256 * 1024
+"""Pack size in tests: a few dozen small blobs already fill, seal and roll packs."""
 
 
 @pytest.fixture
@@ -18,18 +28,54 @@ def key_file(tmp_path: Path) -> Path:
     return generate_key_file(tmp_path / "blob.key")
 
 
-@pytest.fixture(params=["memory", "filesystem", "filesystem+encryption"])
+def packed_store(root: Path, key: Path | None = None, **kwargs: int) -> FilesystemBlobStore:
+    """A filesystem store packing blobs up to 64 KiB into small (256 KiB) packs."""
+    cipher = BlobCipher(load_key(key)) if key is not None else None
+    return FilesystemBlobStore(
+        root,
+        cipher,
+        pack_threshold=kwargs.get("pack_threshold", 64 * 1024),
+        pack_size=kwargs.get("pack_size", SMALL_PACK),
+    )
+
+
+@pytest.fixture(
+    params=[
+        "memory",
+        "filesystem",
+        "filesystem+encryption",
+        "filesystem+packs",
+        "filesystem+packs+encryption",
+    ]
+)
 def store_factory(request: pytest.FixtureRequest, tmp_path: Path) -> StoreFactory:
-    """Opens the store under test; calling it again reopens the same store (not memory)."""
+    """Opens the store under test; calling it again reopens the same store (not memory).
+
+    A reopened packed store closes the previous instance first, as a restarted process
+    would (only one writer holds the packs).
+    """
     kind = request.param
     if kind == "memory":
         memory = MemoryBlobStore()
         return lambda: memory
     root = tmp_path / "blobs"
-    if kind == "filesystem":
-        return lambda: open_store(root)
-    key = generate_key_file(tmp_path / "store.key")
-    return lambda: open_store(root, key)
+    key = generate_key_file(tmp_path / "store.key") if "encryption" in kind else None
+    if "packs" not in kind:
+        return lambda: open_store(root, key)
+    opened: list[FilesystemBlobStore] = []
+
+    def reopen() -> BlobStore:
+        for previous in opened:
+            previous.close()
+        opened.append(packed_store(root, key))
+        return opened[-1]
+
+    def close_all() -> None:
+        for store in opened:
+            store.close()
+
+    request.addfinalizer(close_all)
+    return reopen
 
 
 @pytest.fixture
