@@ -43,6 +43,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import hashlib
+import logging
 import mmap
 import os
 import re
@@ -56,6 +57,7 @@ from typing import NamedTuple
 
 from storage.durable import Chunk, make_dirs_durably, write_atomically
 
+LOG = logging.getLogger("gridpacs.storage")
 BLOCK = 4096
 DEFAULT_PACK_SIZE = 32 * 1024 * 1024
 FIRST_PACK_SIZE = 1024 * 1024
@@ -258,7 +260,9 @@ class PackStore:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             os.close(fd)
-            return None  # another process appends; we read (and put small blobs as files)
+            # another process appends; we read (and put small blobs as files)
+            LOG.info("event=packs_read_only dir=%s reason=writer_lock_held", self._dir)
+            return None
         self._fds.append(fd)
         return fd
 

@@ -61,7 +61,11 @@ def _catalog_forgets(replica: ReplicaProcess, node: str, uid: str) -> None:
 
 
 def _node_loses(node: Node, uid: str) -> None:
-    """A disk/index accident on the node: the instance row and its blob vanish."""
+    """An index accident on the node: the instance row vanishes (reconcile sees the index).
+
+    A blob kept as a file vanishes too; a small one lives in a pack, which only the node
+    itself may change, so it stays (unreferenced) — what reconcile compares is unchanged.
+    """
     with sqlite3.connect(node.data_dir / "index.sqlite") as db:
         [(key,)] = db.execute("SELECT blob_key FROM instances WHERE sop_instance_uid = ?", (uid,))
         db.execute("DELETE FROM instances WHERE sop_instance_uid = ?", (uid,))
