@@ -13,6 +13,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from .models import ChangeHead, ChangeRow, table_of
+from .prepared import Runner, runner
 from .records import Change, ChangeKind, InstanceRecord
 
 HEAD_ID = 1
@@ -53,9 +54,15 @@ def append_change(conn: Connection, kind: ChangeKind, record: InstanceRecord) ->
     Must be the last write of the transaction: it takes the head row's lock, which
     serialises the end of concurrent writers so sequence numbers commit in order.
     """
-    seq = conn.execute(_NEXT_SEQ).scalar_one()
-    conn.execute(
-        _APPEND,
+    with runner(conn) as run:
+        return append_change_with(run, kind, record)
+
+
+def append_change_with(run: Runner, kind: ChangeKind, record: InstanceRecord) -> int:
+    """:func:`append_change` on a :class:`Runner` (ingest's prepared-statement path)."""
+    seq = run.scalar(_NEXT_SEQ, _NO_VALUES)
+    run.run(
+        _APPEND_ONE,
         {
             "seq": seq,
             "kind": kind.value,
@@ -94,6 +101,10 @@ _NEXT_SEQ = (
     .returning(_HEAD.c.last_seq)
 )
 _APPEND = sa.insert(table_of(ChangeRow))
+_APPEND_ONE = sa.insert(table_of(ChangeRow)).values(
+    {c: sa.bindparam(c.key, type_=c.type) for c in table_of(ChangeRow).c}
+)
+_NO_VALUES: dict[str, Any] = {}
 
 
 EMPTY_RECORD = InstanceRecord(
