@@ -377,7 +377,7 @@ def _quick_fields(data: bytes) -> _Fields | None:
         if not all(len(texts[kw]) <= 64 and _UID_RE.match(texts[kw]) for kw in _UID_KEYS):
             return None  # pydicom's path says what is wrong
         attributes = {kw: _quick_value(found, kw) for kw in _RECORDED_KEYS}
-    except header.Declined:
+    except Exception:  # Declined; anything else would be a bug costing speed, not a refusal
         return None
     return _Fields(
         sop_instance_uid=texts["SOPInstanceUID"],
