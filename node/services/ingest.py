@@ -4,6 +4,10 @@ The order is the durability contract of the node (Orthanc's store path, ARCHITEC
 bytes are fsynced by the blob store, then the index row and its outbox row commit in one
 transaction, and only then does the caller acknowledge. Refused bytes are quarantined with
 the reason so nothing a modality sent disappears silently.
+
+Plainly encoded bytes are checked and read by :mod:`.header` without building a pydicom
+Dataset (most of a small instance's cost otherwise); whatever it declines, and every
+instance a route transforms, goes through pydicom (:mod:`.dataset_check`) as before.
 """
 
 from __future__ import annotations
