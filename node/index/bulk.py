@@ -1,6 +1,6 @@
 """Bulk adds: many records in a few statements per patient, study and series.
 
-`add_instance` runs about seven statements per instance and updates the same counter
+`add_instance` runs about six statements per instance and updates the same counter
 rows once per instance; for an import of thousands of instances that is slow (and on
 PostgreSQL each update of a row in one transaction leaves a version behind). Here a chunk
 of records is grouped by patient -> study -> series: each row is upserted once with the

@@ -32,6 +32,7 @@ from .errors import IndexFailure, IndexUnavailable, RecordConflict
 from .inventory import InventoryEntry, Requeued, inventory_statement, tombstone
 from .migrate import upgrade
 from .models import ATTRIBUTES, Instance, Patient, Series, Study, StudyReference, table_of
+from .prepared import runner, transaction
 from .queries import count_statement, find_plan, instances_statement
 from .records import (
     AddOutcome,
@@ -113,10 +114,11 @@ class SqlIndex:
             The database failed.
         """
         record = writes.stamped(record)
-        with self._guard(), self._write() as conn:
+        with self._guard():
             try:
-                with conn.begin():
-                    writes.add(conn, record)
+                # On the DBAPI connection (see .prepared): this runs once per C-STORE.
+                with transaction(self._engine) as run:
+                    writes.add(run, record)
                     if before_commit is not None:
                         before_commit()
             except writes.Duplicate:
@@ -148,8 +150,8 @@ class SqlIndex:
         outcomes = []
         for record in chunk:
             try:
-                with conn.begin_nested():
-                    writes.add(conn, record)
+                with conn.begin_nested(), runner(conn) as run:
+                    writes.add(run, record)
                 outcomes.append(AddOutcome.STORED)
             except writes.Duplicate:
                 outcomes.append(AddOutcome.ALREADY_STORED)

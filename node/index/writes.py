@@ -22,10 +22,11 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 
-from .changes import append_change
+from .changes import append_change, append_change_with
 from .errors import RecordConflict
 from .matching import normalise_date, normalise_pn, normalise_time
 from .models import ATTRIBUTES, COMPUTED_VRS, Instance, Patient, Series, Study, table_of
+from .prepared import Runner, runner
 from .records import LEVEL_KEYS, ChangeKind, InstanceRecord, Level
 
 PT, ST, SE, IN = (table_of(m) for m in (Patient, Study, Series, Instance))
@@ -35,33 +36,42 @@ class Duplicate(Exception):
     """Internal: the SOP instance is already indexed."""
 
 
-def add(conn: Connection, record: InstanceRecord) -> None:
-    """Index ``record`` and append its outbox row; raises :class:`Duplicate`."""
-    if conn.execute(_FIND_INSTANCE, {"uid": record.sop_instance_uid}).first() is not None:
-        raise Duplicate
-    patient_pk, _ = upsert(conn, PT, patient_key(record), level_values(record, Level.PATIENT))
-    study_pk, new_study = upsert(
-        conn,
-        ST,
-        {"study_instance_uid": record.study_instance_uid},
-        study_values(record),
-        parent=patient_pk,
-    )
-    series_pk, new_series = upsert(
-        conn,
-        SE,
-        {"series_instance_uid": record.series_instance_uid},
-        level_values(record, Level.SERIES),
-        parent=study_pk,
-    )
+def add(run: Runner, record: InstanceRecord) -> None:
+    """Index ``record`` and append its outbox row; raises :class:`Duplicate`.
+
+    The statements run through :mod:`.prepared` (this is the per-C-STORE path). There is
+    no duplicate check up front: the instance insert (``ON CONFLICT DO NOTHING``) is the
+    check, and a duplicate's counter updates go with the rolled-back transaction. A
+    duplicate whose parents changed meanwhile stays a duplicate, not a conflict.
+    """
+    try:
+        patient_pk, _ = upsert(run, PT, patient_key(record), level_values(record, Level.PATIENT))
+        study_pk, new_study = upsert(
+            run,
+            ST,
+            {"study_instance_uid": record.study_instance_uid},
+            study_values(record),
+            parent=patient_pk,
+        )
+        series_pk, new_series = upsert(
+            run,
+            SE,
+            {"series_instance_uid": record.series_instance_uid},
+            level_values(record, Level.SERIES),
+            parent=study_pk,
+        )
+    except RecordConflict:
+        if run.one(_FIND_INSTANCE, {"uid": record.sop_instance_uid}) is not None:
+            raise Duplicate from None
+        raise
     values = instance_values(record, series_pk)
-    inserted = conn.execute(_statements(conn.dialect.name, IN).insert, values).first()
-    if inserted is None:
+    if run.one(_statements(run.dialect_name, IN).insert, values) is None:
         raise Duplicate
     if new_series:
-        bump(conn, ST, study_pk, num_series=1, modalities=modalities(conn, study_pk))
-        bump(conn, PT, patient_pk, num_series=1, num_studies=int(new_study))
-    append_change(conn, ChangeKind.INSTANCE_ADDED, record)
+        listed = "\\".join(sorted(run.scalars(_MODALITIES, {"study_pk": study_pk})))
+        run.run(_NEW_SERIES_OF_STUDY, {"pk": study_pk, "modalities": listed})
+        run.run(_NEW_SERIES_OF_PATIENT, {"pk": patient_pk, "new_study": int(new_study)})
+    append_change_with(run, ChangeKind.INSTANCE_ADDED, record)
 
 
 def instance_values(record: InstanceRecord, series_pk: int) -> dict[str, Any]:
@@ -137,6 +147,24 @@ def as_utc(moment: datetime) -> datetime:
 
 
 _FIND_INSTANCE = sa.select(IN.c.pk).where(IN.c.sop_instance_uid == sa.bindparam("uid"))
+_MODALITIES = (
+    sa.select(SE.c.modality)
+    .where(SE.c.study_pk == sa.bindparam("study_pk"), SE.c.modality.is_not(None))
+    .distinct()
+)
+_NEW_SERIES_OF_STUDY = (
+    sa.update(ST)
+    .where(ST.c.pk == sa.bindparam("pk"))
+    .values(num_series=ST.c.num_series + 1, modalities=sa.bindparam("modalities"))
+)
+_NEW_SERIES_OF_PATIENT = (
+    sa.update(PT)
+    .where(PT.c.pk == sa.bindparam("pk"))
+    .values(
+        num_series=PT.c.num_series + 1,
+        num_studies=PT.c.num_studies + sa.bindparam("new_study", type_=sa.Integer),
+    )
+)
 _PARENT = {"studies": "patient_pk", "series": "study_pk"}
 _KEYS = {
     "patients": ("collection", "patient_id"),
@@ -195,7 +223,7 @@ def _value(column: sa.Column[Any]) -> Any:
 
 
 def upsert(
-    conn: Connection,
+    target: Connection | Runner,
     table: sa.Table,
     key: Mapping[str, Any],
     values: Mapping[str, Any],
@@ -207,7 +235,10 @@ def upsert(
     Attributes the record lacks (``None``) never erase stored ones; a stored row that
     hangs under another parent than ``parent`` is a :class:`RecordConflict`.
     """
-    statements = _statements(conn.dialect.name, table)
+    if isinstance(target, Connection):
+        with runner(target) as run:
+            return upsert(run, table, key, values, parent, inc)
+    statements = _statements(target.dialect_name, table)
     params = {
         **{f"k_{k}": v for k, v in key.items()},
         **{f"v_{k}": v for k, v in values.items()},
@@ -215,12 +246,12 @@ def upsert(
         "inc": inc,
     }
     for _attempt in range(3):
-        row = conn.execute(statements.update, params).first()
+        row = target.one(statements.update, params)
         if row is not None:
             if parent is not None and row[1] != parent:
                 raise RecordConflict(_conflict_message(table, key))
             return int(row[0]), False
-        pk = conn.execute(statements.insert, params).scalar()
+        pk = target.scalar(statements.insert, params)
         if pk is not None:
             return int(pk), True
     raise RecordConflict(f"could not file {dict(key)} in {table.name}")  # pragma: no cover

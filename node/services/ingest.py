@@ -4,6 +4,10 @@ The order is the durability contract of the node (Orthanc's store path, ARCHITEC
 bytes are fsynced by the blob store, then the index row and its outbox row commit in one
 transaction, and only then does the caller acknowledge. Refused bytes are quarantined with
 the reason so nothing a modality sent disappears silently.
+
+Plainly encoded bytes are checked and read by :mod:`.header` without building a pydicom
+Dataset (most of a small instance's cost otherwise); whatever it declines, and every
+instance a route transforms, goes through pydicom (:mod:`.dataset_check`) as before.
 """
 
 from __future__ import annotations
@@ -18,7 +22,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Protocol, cast
 
-from pydicom.datadict import tag_for_keyword
+from pydicom import config as pydicom_config
+from pydicom.datadict import dictionary_VR, tag_for_keyword
 from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
@@ -35,6 +40,7 @@ from node.errors import (
 )
 from node.index.errors import IndexUnavailable, RecordConflict
 from node.index.records import LEVEL_KEYS, AddOutcome, InstanceRecord
+from node.services import header
 from node.services.dataset_check import read_complete
 from node.structlog import log_event
 from storage.addressing import key_of
@@ -146,10 +152,19 @@ class IngestService:
     ) -> StoreResult:
         """Check, persist and index ``request``; raise :class:`IngestError` when refused."""
         started = time.perf_counter()
+        ds: Dataset | None = None
         try:
-            data, ds = self._checked(request)
-            if transform is not None:
-                data, ds = transform(data, ds)
+            self._check_size(request)
+            # Untransformed plain bytes are read without pydicom (.header); anything that
+            # path declines takes pydicom's, with the same values and the same refusals.
+            fields = _quick_fields(request.data) if transform is None else None
+            if fields is not None:
+                data = request.data
+                _check_matches(fields.sop_class_uid, fields.sop_instance_uid, request)
+            else:
+                data, ds = self._checked(request)
+                if transform is not None:
+                    data, ds = transform(data, ds)
         except IngestError as exc:
             self._quarantine_bytes(request, exc)
             raise
@@ -160,7 +175,10 @@ class IngestService:
         blob = _WRITERS.submit(self._store.put, data)
         try:
             expected = BlobAddress(key_of(data), len(data))
-            record = _record_from(ds, data, expected, collection, request)
+            if ds is not None:
+                fields = _fields_from(ds)
+            assert fields is not None
+            record = _record_from(fields, expected, collection, request)
             outcome = self._index.add_instance(
                 record, before_commit=lambda: _durable(blob, expected)
             )
@@ -199,11 +217,13 @@ class IngestService:
         self._quarantine_bytes(request, error)
         raise error
 
-    def _checked(self, request: StoreRequest) -> tuple[bytes, Dataset]:
+    def _check_size(self, request: StoreRequest) -> None:
         if len(request.data) > self._max_bytes:
             raise InstanceTooLarge(
                 f"instance of {len(request.data)} bytes exceeds the limit of {self._max_bytes}"
             )
+
+    def _checked(self, request: StoreRequest) -> tuple[bytes, Dataset]:
         ds = read_complete(request.data)
         for keyword in _UID_KEYS:
             value = _text(ds, keyword)
@@ -211,16 +231,7 @@ class IngestService:
                 raise MissingAttribute(f"{keyword} is missing or empty")
             if len(value) > 64 or not _UID_RE.match(value):
                 raise UndecodableDataset(f"{keyword} {value[:80]!r} is not a valid UID")
-        if _text(ds, "SOPClassUID") != request.affected_sop_class_uid.strip():
-            raise SopClassMismatch(
-                f"dataset SOPClassUID {_text(ds, 'SOPClassUID')} does not match the request's "
-                f"Affected SOP Class UID {request.affected_sop_class_uid}"
-            )
-        if _text(ds, "SOPInstanceUID") != request.affected_sop_instance_uid.strip():
-            raise SopClassMismatch(
-                f"dataset SOPInstanceUID {_text(ds, 'SOPInstanceUID')} does not match the "
-                f"request's Affected SOP Instance UID {request.affected_sop_instance_uid}"
-            )
+        _check_matches(_text(ds, "SOPClassUID"), _text(ds, "SOPInstanceUID"), request)
         return request.data, ds
 
     def _quarantine_bytes(self, request: StoreRequest, exc: IngestError) -> None:
@@ -308,26 +319,133 @@ def _value(ds: Dataset, keyword: str) -> str | int | None:
     return "\\".join(texts)
 
 
-def _record_from(
-    ds: Dataset, data: bytes, blob: Any, collection: str, request: StoreRequest
-) -> InstanceRecord:
+def _check_matches(sop_class_uid: str, sop_instance_uid: str, request: StoreRequest) -> None:
+    if sop_class_uid != request.affected_sop_class_uid.strip():
+        raise SopClassMismatch(
+            f"dataset SOPClassUID {sop_class_uid} does not match the request's "
+            f"Affected SOP Class UID {request.affected_sop_class_uid}"
+        )
+    if sop_instance_uid != request.affected_sop_instance_uid.strip():
+        raise SopClassMismatch(
+            f"dataset SOPInstanceUID {sop_instance_uid} does not match the "
+            f"request's Affected SOP Instance UID {request.affected_sop_instance_uid}"
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class _Fields:
+    """What the index record takes from the dataset, by either path."""
+
+    sop_instance_uid: str
+    sop_class_uid: str
+    study_instance_uid: str
+    series_instance_uid: str
+    patient_id: str
+    transfer_syntax_uid: str
+    attributes: dict[str, str | int | None]
+
+
+def _fields_from(ds: Dataset) -> _Fields:
+    """The fields as pydicom reads them (``ds`` passed :meth:`IngestService._checked`)."""
     try:
         attributes = {kw: _value(ds, kw) for kw in _RECORDED_KEYS}
     except IngestError:
         raise
     except Exception as exc:  # a value pydicom cannot convert (bad charset, bad number)
         raise UndecodableDataset(f"attribute cannot be decoded: {exc}") from exc
-    return InstanceRecord(
+    return _Fields(
         sop_instance_uid=_text(ds, "SOPInstanceUID"),
         sop_class_uid=_text(ds, "SOPClassUID"),
         study_instance_uid=_text(ds, "StudyInstanceUID"),
         series_instance_uid=_text(ds, "SeriesInstanceUID"),
         patient_id=_text(ds, "PatientID"),
         transfer_syntax_uid=str(ds.file_meta.get("TransferSyntaxUID", "")),
+        attributes=attributes,
+    )
+
+
+_VRS = {kw: dictionary_VR(tag) for kw, tag in _TAGS.items()}
+_WANTED = frozenset({*(int(tag) for tag in _TAGS.values()), header.CHARSET_TAG})
+
+
+def _quick_fields(data: bytes) -> _Fields | None:
+    """The fields read without pydicom, identical to :func:`_fields_from`'s, for complete
+    plainly encoded bytes with valid UIDs and values; ``None`` for pydicom's path."""
+    if not _pydicom_defaults():
+        return None
+    found = header.scan(data, _WANTED)
+    if found is None or not header.plain_charset(found):
+        return None
+    try:
+        texts = {kw: _quick_text(found, kw) for kw in (*_UID_KEYS, "PatientID")}
+        if not all(len(texts[kw]) <= 64 and _UID_RE.match(texts[kw]) for kw in _UID_KEYS):
+            return None  # pydicom's path says what is wrong
+        attributes = {kw: _quick_value(found, kw) for kw in _RECORDED_KEYS}
+    except Exception:  # Declined; anything else would be a bug costing speed, not a refusal
+        return None
+    return _Fields(
+        sop_instance_uid=texts["SOPInstanceUID"],
+        sop_class_uid=texts["SOPClassUID"],
+        study_instance_uid=texts["StudyInstanceUID"],
+        series_instance_uid=texts["SeriesInstanceUID"],
+        patient_id=texts["PatientID"],
+        transfer_syntax_uid=found.transfer_syntax_uid,
+        attributes=attributes,
+    )
+
+
+def _pydicom_defaults() -> bool:
+    """pydicom's reading settings the quick path mirrors (checked per call: a tool may
+    change them at run time)."""
+    return (
+        not pydicom_config.datetime_conversion
+        and not pydicom_config.use_IS_numpy
+        and pydicom_config.settings.reading_validation_mode != pydicom_config.RAISE
+    )
+
+
+def _quick_text(found: header.Header, keyword: str) -> str:
+    """:func:`_text` from raw bytes."""
+    raw = header.element(found, _TAGS[keyword], _VRS[keyword])
+    if raw is None:
+        return ""
+    values = header.strings(raw, _VRS[keyword])
+    if len(values) != 1:
+        raise header.Declined  # pydicom's path gives a list's repr, refused there
+    return values[0].strip().rstrip("\x00")
+
+
+def _quick_value(found: header.Header, keyword: str) -> str | int | None:
+    """:func:`_value` from raw bytes; declines a value :func:`_value` would refuse."""
+    vr = _VRS[keyword]
+    raw = header.element(found, _TAGS[keyword], vr)
+    if raw is None:
+        return None
+    if vr in ("IS", "US"):
+        return header.integer(raw, vr)
+    values = header.strings(raw, vr)
+    if len(values) == 1 and not values[0]:
+        return None
+    limit = _MAX_LEN.get(vr)
+    if limit is not None and any(len(t) > limit for t in values):
+        raise header.Declined
+    return "\\".join(values)
+
+
+def _record_from(
+    fields: _Fields, blob: Any, collection: str, request: StoreRequest
+) -> InstanceRecord:
+    return InstanceRecord(
+        sop_instance_uid=fields.sop_instance_uid,
+        sop_class_uid=fields.sop_class_uid,
+        study_instance_uid=fields.study_instance_uid,
+        series_instance_uid=fields.series_instance_uid,
+        patient_id=fields.patient_id,
+        transfer_syntax_uid=fields.transfer_syntax_uid,
         blob_key=blob.key,
         size=blob.size,
         collection=collection,
-        attributes=attributes,
+        attributes=fields.attributes,
         received_at=datetime.now(UTC),
         calling_ae=request.calling_ae,
     )

@@ -79,3 +79,43 @@ def test_sop_class_mismatch(service) -> None:  # type: ignore[no-untyped-def]
     with pytest.raises(SopClassMismatch):
         svc.store(_request(to_bytes(ds), MRImageStorage, ds.SOPInstanceUID), collection="local")
     assert "does not match" in quarantine.list()[0].reason
+
+
+def test_the_same_instance_from_concurrent_associations_is_stored_once(service) -> None:  # type: ignore[no-untyped-def]
+    """Two associations sending one instance at the same moment: both are acknowledged,
+    one stores it, the other finds it stored; one row, one outbox change, one blob."""
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    svc, index, store, _ = service
+    ds = make_dataset(StudySpec(patient_id="P1"))
+    data = to_bytes(ds)
+    barrier = threading.Barrier(4)
+
+    def send(_: int) -> AddOutcome:
+        barrier.wait(timeout=10)
+        request = _request(data, ds.SOPClassUID, ds.SOPInstanceUID)
+        return svc.store(request, collection="local").outcome
+
+    with ThreadPoolExecutor(4) as pool:
+        outcomes = list(pool.map(send, range(4)))
+    assert sorted(o.value for o in outcomes) == ["already_stored"] * 3 + ["stored"]
+    assert index.stats()["instances"] == 1
+    assert [c.record.sop_instance_uid for c in index.changes_since(0, 10)] == [ds.SOPInstanceUID]
+    stored = index.get_instance(ds.SOPInstanceUID)
+    assert stored is not None and store.get(stored.blob_key) == data
+
+
+def test_a_dataset_pydicom_must_read_is_indexed_as_before(service) -> None:  # type: ignore[no-untyped-def]
+    """A character set with code extensions is beyond the quick header path: pydicom's
+    path stores and indexes it, decoded."""
+    svc, index, _, _ = service
+    ds = make_dataset(StudySpec(patient_id="P1"))
+    ds.SpecificCharacterSet = ["", "ISO 2022 IR 87"]
+    ds.PatientName = "Yamada^Tarou=\u5c71\u7530^\u592a\u90ce"
+    data = to_bytes(ds)
+    result = svc.store(_request(data, ds.SOPClassUID, ds.SOPInstanceUID), collection="local")
+    assert result.outcome is AddOutcome.STORED
+    record = index.get_record(ds.SOPInstanceUID)
+    assert record is not None
+    assert record.attributes["PatientName"] == "Yamada^Tarou=\u5c71\u7530^\u592a\u90ce"

@@ -266,3 +266,46 @@ def test_instances_for_retrieve(index: SqlIndex) -> None:
         record("1.1", series="9.1", InstanceNumber="2"), attributes=rec.attributes
     )
     assert rec.attributes["InstanceNumber"] == 2
+
+
+def test_a_resent_instance_is_already_stored_even_if_its_parents_now_conflict(
+    index: SqlIndex,
+) -> None:
+    """The instance insert is the duplicate check; a conflict on the way there is
+    not reported for an instance that is held already (nothing changes either way)."""
+    index.add_instance(record("1.1", StudyDescription="CHEST"))
+    seq, stats = index.last_change_seq(), index.stats()
+    assert index.add_instance(record("1.1", patient_id="OTHER")) == AddOutcome.ALREADY_STORED
+    assert index.add_instance(record("1.1", study="5.5")) == AddOutcome.ALREADY_STORED
+    resent = record("1.1", StudyDescription="ABDOMEN", PatientName="Roe^Jane")
+    assert index.add_instance(resent) == AddOutcome.ALREADY_STORED
+    assert (index.last_change_seq(), index.stats()) == (seq, stats)
+    study = _study(index)
+    assert study is not None
+    assert study["StudyDescription"] == "CHEST"  # a duplicate's updates are rolled back
+    assert study["NumberOfStudyRelatedInstances"] == 1
+    with pytest.raises(RecordConflict):  # a new instance under those parents still is one
+        index.add_instance(record("1.2", study="5.5"))
+
+
+def test_a_failure_before_commit_leaves_no_trace(index: SqlIndex) -> None:
+    """``before_commit`` runs inside the transaction: if it raises, nothing commits and
+    the next add numbers its outbox row as if the failed one never happened."""
+    index.add_instance(record("1.1"))
+    stats = index.stats()
+
+    def blob_lost() -> None:
+        raise OSError("disk gone")
+
+    with pytest.raises(OSError, match="disk gone"):
+        index.add_instance(record("1.2", series="9.9", Modality="MR"), before_commit=blob_lost)
+    assert index.stats() == stats
+    assert index.get_instance("1.2") is None
+    study = _study(index)
+    assert study is not None and study["ModalitiesInStudy"] == ["CT"]
+    calls: list[int] = []
+    seen = lambda: calls.append(index.stats()["instances"])  # noqa: E731
+    index.add_instance(record("1.3"), before_commit=seen)
+    assert calls == [1]  # ran before COMMIT: another connection does not see the row yet
+    assert [c.seq for c in index.changes_since(0, 10)] == [1, 2]
+    assert index.get_instance("1.3") is not None
