@@ -227,9 +227,13 @@ class FilesystemBlobStore:
     def _path(self, key: str) -> str:
         return f"{self._root}/{key[:2]}/{key[2:4]}/{key}"
 
-    def put(self, data: bytes) -> BlobInfo:
-        """Store *data* durably and return its address; a no-op when already present."""
-        digest = hashlib.sha256(data).digest()
+    def put(self, data: bytes, digest: bytes | None = None) -> BlobInfo:
+        """Store *data* durably and return its address; a no-op when already present.
+
+        ``digest``: the SHA-256 of *data* when the caller has it (see ``BlobStore``).
+        """
+        if digest is None:
+            digest = hashlib.sha256(data).digest()
         key = digest.hex()
         info = BlobInfo(key=key, size=len(data))
         path = self._path(key)

@@ -22,9 +22,9 @@ class MemoryBlobStore:
         self._blobs: dict[str, bytes] = {}
         self._lock = threading.Lock()
 
-    def put(self, data: bytes) -> BlobInfo:
+    def put(self, data: bytes, digest: bytes | None = None) -> BlobInfo:
         """Store *data* (a copy) and return its address."""
-        key = hashlib.sha256(data).hexdigest()
+        key = (digest or hashlib.sha256(data).digest()).hex()
         with self._lock:
             if key not in self._blobs:
                 self._blobs[key] = bytes(data)

@@ -13,6 +13,7 @@ instance a route transforms, goes through pydicom (:mod:`.dataset_check`) as bef
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
 import re
 import time
@@ -43,7 +44,6 @@ from node.index.records import LEVEL_KEYS, AddOutcome, InstanceRecord
 from node.services import header
 from node.services.dataset_check import read_complete
 from node.structlog import log_event
-from storage.addressing import key_of
 
 LOG = logging.getLogger("gridpacs.node.ingest")
 
@@ -84,7 +84,7 @@ _MAX_LEN = {
 class BlobWriter(Protocol):
     """What ingest needs of the storage provider."""
 
-    def put(self, data: bytes) -> Any: ...
+    def put(self, data: bytes, digest: bytes | None = None) -> Any: ...
 
 
 class InstanceIndex(Protocol):
@@ -172,9 +172,10 @@ class IngestService:
         # this one extracts the attributes and runs the index statements; the index
         # transaction commits only once the blob is durable (before_commit), and nothing is
         # acknowledged before both are.
-        blob = _WRITERS.submit(self._store.put, data)
+        digest = hashlib.sha256(data).digest()  # once: the store is given it
+        blob = _WRITERS.submit(self._store.put, data, digest)
         try:
-            expected = BlobAddress(key_of(data), len(data))
+            expected = BlobAddress(digest.hex(), len(data))
             if ds is not None:
                 fields = _fields_from(ds)
             assert fields is not None

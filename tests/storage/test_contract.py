@@ -24,6 +24,18 @@ def test_put_returns_sha256_of_plaintext_and_get_round_trips(store: BlobStore) -
     assert store.exists(info.key)
 
 
+def test_a_caller_supplied_digest_files_the_bytes_under_it(store: BlobStore) -> None:
+    data = b"hashed by the caller" * 100
+    digest = hashlib.sha256(data).digest()
+    assert store.put(data, digest) == BlobInfo(key=digest.hex(), size=len(data))
+    assert store.get(digest.hex()) == data
+    # a wrong digest is the caller's bug, and reading it back says so
+    wrong = hashlib.sha256(b"other bytes").digest()
+    store.put(data + b"!", wrong)
+    with pytest.raises(StorageError):
+        store.get(wrong.hex())
+
+
 def test_empty_blob(store: BlobStore) -> None:
     info = store.put(b"")
     assert info.size == 0
