@@ -91,7 +91,9 @@ StoreSink = Callable[[StoreCall], StoreOutcome]
 
 
 def _text(value: bytes) -> str:
-    return value.decode("ascii", "replace").rstrip("\x00 ")
+    """ASCII only (UIDs, AE titles): anything else raises, so the command is declined —
+    a UID the response cannot carry back must not reach the store function."""
+    return value.decode("ascii").rstrip("\x00 ")
 
 
 def decode_store_command(raw: bytes | memoryview) -> StoreCommand | None:
@@ -121,20 +123,20 @@ def decode_store_command(raw: bytes | memoryview) -> StoreCommand | None:
         sop_class = _text(values[0x0002])
         sop_instance = _text(values[0x1000])
         message_id = _unsigned(values, 0x0110)
-    except (KeyError, ValueError, struct.error):
+        priority = _unsigned(values, 0x0700) or 0
+        originator_ae = _text(values.get(0x1030, b""))
+        originator_id = _unsigned(values, 0x1031)
+    except (KeyError, ValueError, struct.error):  # UnicodeDecodeError is a ValueError
         return None
     if not sop_class or not sop_instance or message_id is None:
         return None
-    originator_id = values.get(0x1031)
     return StoreCommand(
         message_id=message_id,
         sop_class_uid=sop_class,
         sop_instance_uid=sop_instance,
-        priority=_unsigned(values, 0x0700) or 0,
-        move_originator_ae=_text(values.get(0x1030, b"")),
-        move_originator_message_id=(
-            struct.unpack("<H", originator_id)[0] if originator_id is not None else None
-        ),
+        priority=priority,
+        move_originator_ae=originator_ae,
+        move_originator_message_id=originator_id,
     )
 
 
