@@ -20,9 +20,12 @@ defines, all in one fragment) on an accepted storage context, takes the message:
 Anything else — another command, an unusual command set, a fragmented command, a context
 that was not accepted, a message already begun on pynetdicom's path, any state but
 data transfer (Sta6) — goes to pynetdicom exactly as before, PDU by PDU, so its checks,
-aborts and logging still apply. Not done for the fast requests: pynetdicom's EVT_PDU_RECV,
-EVT_DATA_RECV, EVT_DIMSE_RECV/SENT notifications and its per-request log line (the node
-binds none of them; its own ``c_store`` log line records each instance).
+aborts and logging still apply. One exception: a P-DATA-TF whose PDV items do not fill it
+exactly, or a PDV out of sequence during a fast store's data set, is A-ABORTed by the DUL
+itself before any PDV of it is used (pynetdicom's decoder crashes on some). Not done for
+the fast requests: pynetdicom's EVT_PDU_RECV, EVT_DATA_RECV, EVT_DIMSE_RECV/SENT
+notifications and its per-request log line (the node binds none of them; its own
+``c_store`` log line records each instance).
 """
 
 from __future__ import annotations
