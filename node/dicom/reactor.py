@@ -76,6 +76,9 @@ _PDV_HEADER = struct.Struct(">IBB")
 _PDUS_PER_TURN = 64
 """At most this many PDUs of one data set read in one turn: the loop's other duties
 (kill requests, primitives to send) wait no longer than that."""
+_PREALLOCATE_MAX = 1 << 20
+"""A PDU claiming more than this is read in pieces of this size: memory follows the bytes
+that arrive, not the length a peer claims (up to 4 GiB, zero-filled up front)."""
 
 
 def supported(version: str = pynetdicom.__version__) -> bool:
@@ -173,7 +176,11 @@ class EventDrivenDUL(DULServiceProvider):
             except queue.Empty:
                 idle = True
                 continue
-            self.state_machine.do_action(event)
+            try:
+                self.state_machine.do_action(event)
+            except Exception as exc:  # pynetdicom has logged it and stopped the DUL
+                self._abort_on(exc)  # the peer gets an A-ABORT, not a silent hang-up
+                return
             self.user_wake.set()
             idle = False
 
@@ -240,9 +247,18 @@ class EventDrivenDUL(DULServiceProvider):
             DUL_LOG.error(f"Unknown PDU type received '0x{pdu_type:02X}'")
             self.event_queue.put("Evt19")
             return None
-        pdu = bytearray(6 + length)
-        pdu[:6] = header
-        if self._recv_exactly(pdu, 6) is None:
+        if length <= _PREALLOCATE_MAX:
+            pdu = bytearray(6 + length)
+            pdu[:6] = header
+            received = self._recv_exactly(pdu, 6) is not None
+        else:
+            pdu = header
+            received = True
+            while received and len(pdu) < 6 + length:
+                piece = self._recv_exactly(bytearray(min(_PREALLOCATE_MAX, 6 + length - len(pdu))))
+                received = piece is not None
+                pdu += piece or b""
+        if not received:
             DUL_LOG.error("Connection closed before the entire PDU was received")
             self.event_queue.put("Evt17")
             return None
@@ -274,18 +290,19 @@ class EventDrivenDUL(DULServiceProvider):
         """
         view = memoryview(pdu)
         offset, end = 6, len(pdu)
+        if not _pdvs_well_framed(view):
+            DUL_LOG.error("Invalid P-DATA-TF: its PDV items do not fill it exactly")
+            self._malformed()
+            return None
         while offset < end:
-            if end - offset < _PDV_HEADER.size:
-                return self._malformed(pdu, offset)
             length, context_id, control = _PDV_HEADER.unpack_from(view, offset)
-            if length < 2 or offset + 4 + length > end:
-                return self._malformed(pdu, offset)
             fragment = view[offset + 6 : offset + 4 + length]
             pending = self._pending_store
             if pending is not None:
                 if context_id != pending.context_id or control & 0x01:
                     DUL_LOG.error("P-DATA out of sequence during a C-STORE data set")
-                    return self._malformed(pdu, offset)
+                    self._malformed()
+                    return None
                 pending.add(fragment)
                 if control & 0x02:
                     self._pending_store = None
@@ -302,13 +319,12 @@ class EventDrivenDUL(DULServiceProvider):
             return pdu
         return bytearray(_PDU_HEADER.pack(_P_DATA_TF, 0, end - offset)) + pdu[offset:]
 
-    def _malformed(self, pdu: bytearray, offset: int) -> bytearray | None:
-        """A PDU the fast path cannot read: upstream's if nothing was taken, else abort."""
-        if offset == 6 and self._pending_store is None:
-            return pdu  # pynetdicom decodes it and reacts as it always has
+    def _malformed(self) -> None:
+        """A P-DATA-TF that breaks the protocol: A-ABORT, as for a PDU pynetdicom cannot
+        decode. Checked before any PDV of it is acted on: no instance in a broken PDU is
+        stored (pynetdicom's own decoder crashes on some, e.g. a PDV of length 1)."""
         self._pending_store = None
         self.event_queue.put("Evt19")  # invalid PDU: A-ABORT (AA-8)
-        return None
 
     def _start_store(
         self, context_id: int, control: int, fragment: memoryview
@@ -381,6 +397,20 @@ class EventDrivenDUL(DULServiceProvider):
         self._kill_thread = True
 
 
+def _pdvs_well_framed(pdu: memoryview) -> bool:
+    """Whether the PDV items of a P-DATA-TF fill it exactly, each with a context ID and a
+    message control header (PS3.8 9.3.5.1)."""
+    offset, end = 6, len(pdu)
+    while offset < end:
+        if end - offset < _PDV_HEADER.size:
+            return False
+        length = _PDV_HEADER.unpack_from(pdu, offset)[0]
+        if length < 2 or offset + 4 + length > end:
+            return False
+        offset += 4 + length
+    return offset == end
+
+
 class EventDrivenAssociation(Association):
     """An acceptor association whose reactor waits for its DUL's news instead of polling,
     and whose C-FIND responses are written by :mod:`node.dicom.find_scp`."""
@@ -417,6 +447,16 @@ class EventDrivenAssociation(Association):
 
     def _serve_request(self, msg: Any, context_id: int) -> None:
         """C-FIND on the Q/R models goes to :mod:`node.dicom.find_scp`; the rest as upstream."""
+        if not self._sent_release and getattr(msg, "Status", 0) is None and not (
+            msg.is_valid_request
+        ):
+            # pynetdicom only logs this and never answers: the peer would wait forever
+            ASSOC_LOG.error(
+                f"Invalid {msg.msg_type} request (a required element is missing or empty): "
+                "aborting the association"
+            )
+            self.abort()
+            return
         context = self._accepted_cx.get(context_id)
         if not self._sent_release and context is not None and find_scp.serves(msg, context):
             find_scp.serve_find(self, msg, context)

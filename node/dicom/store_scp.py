@@ -20,9 +20,12 @@ defines, all in one fragment) on an accepted storage context, takes the message:
 Anything else — another command, an unusual command set, a fragmented command, a context
 that was not accepted, a message already begun on pynetdicom's path, any state but
 data transfer (Sta6) — goes to pynetdicom exactly as before, PDU by PDU, so its checks,
-aborts and logging still apply. Not done for the fast requests: pynetdicom's EVT_PDU_RECV,
-EVT_DATA_RECV, EVT_DIMSE_RECV/SENT notifications and its per-request log line (the node
-binds none of them; its own ``c_store`` log line records each instance).
+aborts and logging still apply. One exception: a P-DATA-TF whose PDV items do not fill it
+exactly, or a PDV out of sequence during a fast store's data set, is A-ABORTed by the DUL
+itself before any PDV of it is used (pynetdicom's decoder crashes on some). Not done for
+the fast requests: pynetdicom's EVT_PDU_RECV, EVT_DATA_RECV, EVT_DIMSE_RECV/SENT
+notifications and its per-request log line (the node binds none of them; its own
+``c_store`` log line records each instance).
 """
 
 from __future__ import annotations
@@ -91,7 +94,9 @@ StoreSink = Callable[[StoreCall], StoreOutcome]
 
 
 def _text(value: bytes) -> str:
-    return value.decode("ascii", "replace").rstrip("\x00 ")
+    """ASCII only (UIDs, AE titles): anything else raises, so the command is declined —
+    a UID the response cannot carry back must not reach the store function."""
+    return value.decode("ascii").rstrip("\x00 ")
 
 
 def decode_store_command(raw: bytes | memoryview) -> StoreCommand | None:
@@ -121,20 +126,20 @@ def decode_store_command(raw: bytes | memoryview) -> StoreCommand | None:
         sop_class = _text(values[0x0002])
         sop_instance = _text(values[0x1000])
         message_id = _unsigned(values, 0x0110)
-    except (KeyError, ValueError, struct.error):
+        priority = _unsigned(values, 0x0700) or 0
+        originator_ae = _text(values.get(0x1030, b""))
+        originator_id = _unsigned(values, 0x1031)
+    except (KeyError, ValueError, struct.error):  # UnicodeDecodeError is a ValueError
         return None
     if not sop_class or not sop_instance or message_id is None:
         return None
-    originator_id = values.get(0x1031)
     return StoreCommand(
         message_id=message_id,
         sop_class_uid=sop_class,
         sop_instance_uid=sop_instance,
-        priority=_unsigned(values, 0x0700) or 0,
-        move_originator_ae=_text(values.get(0x1030, b"")),
-        move_originator_message_id=(
-            struct.unpack("<H", originator_id)[0] if originator_id is not None else None
-        ),
+        priority=priority,
+        move_originator_ae=originator_ae,
+        move_originator_message_id=originator_id,
     )
 
 
