@@ -12,6 +12,7 @@ Layout under ``<root>/packs/``::
                       next one twice the size of the previous, up to 32 MiB
     00000001.idx      sidecar index, written once the pack is full and quiet ("sealed")
     writer.lock       flock'ed by the one process that may append
+    locations.sqlite  where the records of sealed packs are (derived; rebuilt if lost)
 
 A pack starts with one block holding a pack header; records start on 4096-byte
 boundaries, so an append never rewrites a block holding an earlier acknowledged record::
@@ -32,10 +33,10 @@ killed mid-put leaves no header, so no record. A header whose payload fails its 
 power loss tore an unacknowledged append, or the bytes rotted since) makes the key a
 *suspect*: listed and reported by scrub, never trusted by a put's de-duplication.
 
-The location of every key is kept in memory (one dict entry, ~150 bytes), rebuilt at open
-from the sidecars of sealed packs plus a scan of the packs that have none (normally the
-open pack and the spare): opening costs a sidecar read per 2,700 small blobs plus reading
-at most two packs. Deleted records keep their space: there is no compaction yet.
+Where each record is: for sealed packs, in a SQLite table derived from their sidecars
+(``storage/pack_locations.py``), so memory does not grow with the number of blobs; for the
+packs still appended to, in memory, from a scan at open. Deleted records keep their space:
+there is no compaction yet.
 """
 
 from __future__ import annotations
@@ -52,10 +53,11 @@ import threading
 import weakref
 import zlib
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import NamedTuple
 
 from storage.durable import Chunk, make_dirs_durably, write_atomically
+from storage.pack_locations import Locations, packed, unpacked
 
 LOG = logging.getLogger("gridpacs.storage")
 BLOCK = 4096
@@ -173,35 +175,6 @@ class _Pack:
     full: bool = False
 
 
-def _packed(pack: int, offset: int, length: int) -> int:
-    """A location as one int: a dict of a million of them costs ~150 MB, not ~240."""
-    return pack << 64 | offset << 32 | length
-
-
-def _unpacked(value: int) -> Location:
-    return Location(value >> 64, value >> 32 & 0xFFFFFFFF, value & 0xFFFFFFFF)
-
-
-@dataclass
-class _State:
-    index: dict[bytes, int] = field(default_factory=dict)
-    suspects: dict[bytes, int] = field(default_factory=dict)
-
-    def apply(self, pack: int, records: Sequence[Record]) -> None:
-        """Apply a pack's records in offset order (packs in id order): last one wins."""
-        index, suspects, base = self.index, self.suspects, pack << 64
-        for kind, ok, digest, offset, length in records:
-            if kind == KIND_TOMBSTONE:
-                index.pop(digest, None)
-            elif ok:
-                index[digest] = base | offset << 32 | length
-            elif digest not in index:
-                suspects[digest] = base | offset << 32 | length
-                continue
-            if suspects:
-                suspects.pop(digest, None)
-
-
 class PackStore:
     """The packed half of a blob store: opaque payloads keyed by a 32-byte digest.
 
@@ -236,7 +209,9 @@ class PackStore:
         self._spares: list[_Pack] = []
         self._next_id = 1
         self._pending: dict[bytes, threading.Event] = {}
-        self._state = _State()
+        self._merged: set[int] = set()
+        """Packs whose records are in the locations table (storage/pack_locations.py)."""
+        self._merge_lock = threading.Lock()
         self._lock_fd: int | None = None
         self._fds: list[int] = []
         self._tasks: list[threading.Thread] = []
@@ -247,6 +222,9 @@ class PackStore:
         if writable:
             make_dirs_durably(directory)
             self._lock_fd = self._take_writer_lock()
+        self._locations = Locations(
+            os.path.join(directory, "locations.sqlite"), writable=self._lock_fd is not None
+        )
         self._load()
 
     @property
@@ -274,21 +252,35 @@ class PackStore:
         except FileNotFoundError:
             return
         last_used: _Pack | None = None
+        self._merged = self._locations.merged_packs()
+        merging = self._lock_fd is not None  # while every earlier pack is merged
         for name in names:
             pack = self._open_pack(int(name[:8]))
             self._packs[pack.id] = pack
             self._next_id = pack.id + 1
+            if pack.id in self._merged:
+                pack.full = True
+                last_used = pack
+                continue
             records = self._read_index(pack)
             pack.full = records is not None
             if records is None:
                 records = self._scan(pack)
-            self._state.apply(pack.id, records)
+            if merging and pack.full:
+                self._locations.merge(pack.id, records)  # sealed before a crash, or old store
+                self._merged.add(pack.id)
+            else:
+                merging = False  # later packs' records must not go under this one's
+                self._locations.apply(pack.id, records)
             if records:
                 pack.next = max(_aligned(r.offset + HEADER_SIZE + r.length) for r in records)
             if records or pack.full:
                 last_used = pack
-        if self._lock_fd is None:
-            return
+        if self._lock_fd is not None:
+            self._arrange(last_used)
+
+    def _arrange(self, last_used: _Pack | None) -> None:
+        """After opening as the writer: which pack is open, which are spares, which are done."""
         for pack in self._packs.values():
             if pack.full:
                 continue
@@ -323,19 +315,18 @@ class PackStore:
 
     def locate(self, digest: bytes, *, suspects: bool = True) -> Location | None:
         """Where a record of *digest* lives (an intact one first), or None."""
-        found = self._state.index.get(digest)
+        found = self._locations.get(digest)
         if found is None and suspects:
-            found = self._state.suspects.get(digest)
-        return None if found is None else _unpacked(found)
+            found = self._locations.suspect(digest)
+        return None if found is None else Location(*unpacked(found))
 
     def contains(self, digest: bytes) -> bool:
         """Whether a durable, intact-at-open record of *digest* is held (not suspects)."""
-        return digest in self._state.index
+        return self._locations.get(digest) is not None
 
     def digests(self) -> list[bytes]:
         """Every key held, suspects included (scrub must see them)."""
-        with self._lock:
-            return [*self._state.index, *self._state.suspects]
+        return self._locations.digests()
 
     def read(self, digest: bytes, where: Location) -> bytes:
         """The payload at *where*; :class:`ValueError` when its header is not *digest*'s.
@@ -361,7 +352,7 @@ class PackStore:
         header = _header(KIND_BLOB, digest, len(payload), zlib.crc32(payload))
         while True:
             with self._lock:
-                if digest in self._state.index:
+                if self._locations.get(digest) is not None:
                     return
                 waiter = self._pending.get(digest)
                 if waiter is None:
@@ -376,8 +367,7 @@ class PackStore:
         finally:
             with self._lock:
                 if done:
-                    self._state.index[digest] = _packed(pack.id, offset, len(payload))
-                    self._state.suspects.pop(digest, None)
+                    self._locations.put(digest, packed(pack.id, offset, len(payload)))
                 self._pending.pop(digest).set()
                 self._finished(pack)
 
@@ -394,8 +384,7 @@ class PackStore:
         finally:
             with self._lock:
                 if done:
-                    self._state.index.pop(digest, None)
-                    self._state.suspects.pop(digest, None)
+                    self._locations.remove(digest, pack.id)
                 self._finished(pack)
         return True
 
@@ -469,6 +458,21 @@ class PackStore:
                 self._idle.wait()
         index = encode_index(pack.id, self._scan(pack))
         write_atomically(pack.path[: -len(".pack")] + ".idx", [index], self._tmp)
+        self._merge_sealed()
+
+    def _merge_sealed(self) -> None:
+        """Merge sealed packs into the locations table, lowest id first, up to the first
+        one not sealed yet (seals finish out of order; later records must win)."""
+        with self._merge_lock:
+            for pack_id in sorted(self._packs):
+                if pack_id in self._merged:
+                    continue
+                pack = self._packs[pack_id]
+                records = self._read_index(pack) if pack.full else None
+                if records is None:
+                    return
+                self._locations.merge(pack_id, records)
+                self._merged.add(pack_id)
 
     def prepare_ahead(self) -> None:
         """Have a spare pack made in the background unless one is ready or under way."""
@@ -503,6 +507,7 @@ class PackStore:
     def close(self) -> None:
         """Finish background work, close the packs and release the writer lock."""
         self.sync_background()
+        self._locations.close()
         self._finalizer()
 
 

@@ -128,13 +128,72 @@ def test_round_trip_dedupe_and_reopen_across_sealed_packs(tmp_path: Path) -> Non
     for key, data in zip(keys, blobs, strict=True):
         assert again.get(key) == data
     again.close()
-    # A lost or damaged sidecar only costs a scan.
+    # A lost or damaged sidecar only costs a scan (with the derived locations table gone
+    # too, or the sidecars would not be read at all).
+    _drop_locations_table(root)
     (root / "packs" / sealed[0]).unlink()
     flip_byte(root / "packs" / sealed[1], 20)
     third = packed_store(root)
     assert sorted(third.keys()) == sorted(keys)
     assert list(third.scrub()) == []
     third.close()
+
+
+def _drop_locations_table(root: Path) -> None:
+    for leftover in (root / "packs").glob("locations.sqlite*"):
+        leftover.unlink()
+
+
+def test_sealed_packs_locations_leave_memory_and_survive_losing_their_table(
+    tmp_path: Path,
+) -> None:
+    """Memory holds only the unsealed packs' records; the table is derived from the packs."""
+    root = tmp_path / "b"
+    store = packed_store(root)
+    blobs = [small_blob(n) for n in range(240)]  # ~2.4 MB: about ten 256 KiB packs
+    keys = [store.put(data).key for data in blobs]
+    packs = store._packs
+    assert packs is not None
+    packs.sync_background()
+    per_pack = SMALL_PACK // BLOCK
+    assert len(_packs(root)) >= 8
+    assert packs._locations.in_memory() <= 2 * per_pack < len(keys)
+    assert all(store.get(key) == data for key, data in zip(keys, blobs, strict=True))
+    store.close()
+    again = packed_store(root)
+    assert again._packs is not None and again._packs._locations.in_memory() <= 2 * per_pack
+    assert sorted(again.keys()) == sorted(keys)
+    again.close()
+    _drop_locations_table(root)  # as after a crash between a seal and its merge
+    rebuilt = packed_store(root)
+    assert sorted(rebuilt.keys()) == sorted(keys)
+    assert all(rebuilt.get(key) == data for key, data in zip(keys, blobs, strict=True))
+    assert list(rebuilt.scrub()) == []
+    rebuilt.close()
+    assert (root / "packs" / "locations.sqlite").exists()
+
+
+def test_a_tombstone_in_a_newer_pack_shadows_a_merged_record(tmp_path: Path) -> None:
+    root = tmp_path / "b"
+    store = packed_store(root)
+    first = store.put(small_blob(0)).key
+    for n in range(1, 80):  # first's pack is sealed and merged into the table
+        store.put(small_blob(n))
+    assert store._packs is not None
+    store._packs.sync_background()
+    store.delete(first)  # a tombstone in the open pack, over a row of the table
+    assert not store.exists(first)
+    store.close()
+    again = packed_store(root)
+    assert not again.exists(first)
+    for n in range(80, 160):  # the tombstone's pack is sealed and merged in its turn
+        again.put(small_blob(n))
+    again.close()
+    third = packed_store(root)
+    assert not third.exists(first)
+    assert third.put(small_blob(0)).key == first  # put back after the tombstone
+    third.close()
+    assert packed_store(root).get(first) == small_blob(0)
 
 
 def test_encrypted_packed_records(tmp_path: Path) -> None:
