@@ -43,6 +43,8 @@ from report import Report, show
 from rich.console import Console
 from storescu import send_parallel
 
+from node.dicom.reactor import install_race_free_loop
+
 KINDS = ("PatientID", "StudyDate range", "PatientName wildcard")
 RETURN_KEYS = ("StudyInstanceUID", "PatientID", "PatientName", "StudyDate", "AccessionNumber",
                "StudyDescription")  # fmt: skip
@@ -105,6 +107,7 @@ def build_queries(studies: list[StudyRow], per_kind: int, seed: int = 7) -> list
 
 def associate(server: Server) -> Association:
     """One Study Root FIND association, with Nagle off on the SCU socket."""
+    install_race_free_loop()  # stock pynetdicom SCUs now and then drop a pending response
     ae = AE(ae_title="BENCHSCU")
     ae.add_requested_context(StudyRootQueryRetrieveInformationModelFind)
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 120

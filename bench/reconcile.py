@@ -46,6 +46,7 @@ from gridpacs.reconcile.nodes import InventoryClient
 from gridpacs.reconcile.run import gather
 from node.app import NodeApp
 from node.config import load_config
+from node.dicom.reactor import install_race_free_loop
 from node.index import InstanceRecord
 
 JUNE = Period.parse("2024-06")
@@ -78,6 +79,7 @@ def records(total: int) -> list[InstanceRecord]:
 
 
 def c_find_count(port: int, called: str) -> int:
+    install_race_free_loop()  # stock pynetdicom SCUs now and then drop a pending response
     ae = AE(ae_title="BENCHSCU")
     ae.add_requested_context(StudyRootQueryRetrieveInformationModelFind)
     assoc = ae.associate("127.0.0.1", port, ae_title=called)
