@@ -177,6 +177,24 @@ def query(level: str, **keys: Any) -> Dataset:
     return ds
 
 
+def series_instance_uids(node: Node, study_uid: str, series_uid: str) -> list[str]:
+    """The SOP Instance UIDs the node's C-FIND finds in one series (a sane response)."""
+    with association(node) as assoc:
+        found = matches(
+            find(
+                assoc,
+                "S",
+                query(
+                    "IMAGE",
+                    StudyInstanceUID=study_uid,
+                    SeriesInstanceUID=series_uid,
+                    SOPInstanceUID=None,
+                ),
+            )
+        )
+    return [str(ds.SOPInstanceUID) for ds in found]
+
+
 def matches(responses: list[Response]) -> list[Dataset]:
     """Identifiers of the pending responses, after checking the response sequence is sane:
     zero or more pending (0xFF00/0xFF01) then exactly one final success."""

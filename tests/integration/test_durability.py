@@ -22,10 +22,9 @@ from tests.integration.scu import (
     STORAGE_CLASSES,
     Received,
     association,
-    find,
     get,
-    matches,
     query,
+    series_instance_uids,
     store,
 )
 
@@ -108,20 +107,7 @@ def _stop_senders() -> Iterator[None]:
 
 
 def _series_uids(node: Node, study_uid: str, series_uid: str) -> list[str]:
-    with association(node) as assoc:
-        found = matches(
-            find(
-                assoc,
-                "S",
-                query(
-                    "IMAGE",
-                    StudyInstanceUID=study_uid,
-                    SeriesInstanceUID=series_uid,
-                    SOPInstanceUID=None,
-                ),
-            )
-        )
-    return [str(ds.SOPInstanceUID) for ds in found]
+    return series_instance_uids(node, study_uid, series_uid)
 
 
 def test_acknowledged_instances_survive_kill_9(node_factory: NodeFactory, tmp_path: Path) -> None:

@@ -32,7 +32,7 @@ from tests.integration.rawpeer import (
     pdv,
     store_rq,
 )
-from tests.integration.scu import association, find, matches, query
+from tests.integration.scu import association, series_instance_uids
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -52,20 +52,7 @@ def _instance(number: int) -> tuple[str, bytes, bytes]:
 
 
 def _indexed(node: Node) -> set[str]:
-    with association(node) as assoc:
-        found = matches(
-            find(
-                assoc,
-                "S",
-                query(
-                    "IMAGE",
-                    StudyInstanceUID=SPEC.study_uid,
-                    SeriesInstanceUID=SPEC.series_uid,
-                    SOPInstanceUID=None,
-                ),
-            )
-        )
-    return {str(ds.SOPInstanceUID) for ds in found}
+    return set(series_instance_uids(node, SPEC.study_uid, SPEC.series_uid))
 
 
 def _storescu_works(node: Node, directory: Path, number: int) -> str:
@@ -88,9 +75,7 @@ def _peer(node: Node) -> RawPeer:
     return RawPeer(HOST, node.port, node.called_ae, {CT: str(CTImageStorage), ECHO: Verification})
 
 
-def test_broken_pdus_are_aborted_and_nothing_of_them_is_indexed(
-    node: Node, tmp_path: Path
-) -> None:
+def test_broken_pdus_are_aborted_and_nothing_of_them_is_indexed(node: Node, tmp_path: Path) -> None:
     cases = []
     for number in range(1, 5):
         uid, command, data = _instance(number)
