@@ -239,15 +239,16 @@ class FilesystemBlobStore:
         path = self._path(key)
         packs = self._packs
         if packs is not None:
-            if packs.contains(digest):
-                return info
             if len(data) <= self._pack_threshold and packs.writable:
+                # packs.put is itself a no-op for a held digest: one lookup per new blob
                 if not self._present(path, len(data), key):
                     chunks = (data,) if self._cipher is None else self._cipher.seal(key, data)
                     try:
                         packs.put(digest, chunks)
                     except OSError as exc:
                         raise error_from_os(exc, f"writing blob {key} to a pack") from exc
+                return info
+            if packs.contains(digest):  # packed earlier (a higher threshold, or by the writer)
                 return info
         if self._present(path, len(data), key):
             return info

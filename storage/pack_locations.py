@@ -19,7 +19,6 @@ memory (a newer record, or a tombstone from an unsealed pack) shadows the table.
 
 from __future__ import annotations
 
-import contextlib
 import sqlite3
 import threading
 from collections.abc import Iterable, Sequence
@@ -64,6 +63,22 @@ def unpacked(value: int) -> tuple[int, int, int]:
     return value >> 64, value >> 32 & 0xFFFFFFFF, value & 0xFFFFFFFF
 
 
+def _open_read_only(db_path: str) -> sqlite3.Connection | None:
+    """The table as another process sees it, or None when it cannot be read (none yet, a
+    writer mid-creation): then every pack is read into memory, as before the table."""
+    try:
+        db = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True, check_same_thread=False)
+    except sqlite3.Error:
+        return None
+    try:
+        db.execute("SELECT 1 FROM merged LIMIT 1")
+        db.execute("SELECT 1 FROM suspect LIMIT 1")
+    except sqlite3.Error:
+        db.close()
+        return None
+    return db
+
+
 def _tombstone(pack: int) -> int:
     return -(pack + 1)
 
@@ -87,11 +102,7 @@ class Locations:
             for statement in _SCHEMA:
                 self._db.execute(statement)
         else:
-            with contextlib.suppress(sqlite3.OperationalError):  # none yet: nothing merged
-                self._db = sqlite3.connect(
-                    f"file:{db_path}?mode=ro", uri=True, check_same_thread=False
-                )
-                self._db.execute("SELECT 1 FROM merged LIMIT 1")
+            self._db = _open_read_only(db_path)
         if self._db is not None:
             self._suspects = {
                 digest: packed(pack, offset, length)

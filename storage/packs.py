@@ -456,19 +456,25 @@ class PackStore:
         with self._lock:
             while pack.inflight:
                 self._idle.wait()
-        index = encode_index(pack.id, self._scan(pack))
-        write_atomically(pack.path[: -len(".pack")] + ".idx", [index], self._tmp)
-        self._merge_sealed()
+        records = self._scan(pack)
+        write_atomically(pack.path[: -len(".pack")] + ".idx", [encode_index(pack.id, records)],
+                         self._tmp)  # fmt: skip
+        self._merge_sealed({pack.id: records})
 
-    def _merge_sealed(self) -> None:
+    def _merge_sealed(self, just_sealed: dict[int, list[Record]]) -> None:
         """Merge sealed packs into the locations table, lowest id first, up to the first
-        one not sealed yet (seals finish out of order; later records must win)."""
+        one not sealed yet (seals finish out of order; later records must win).
+
+        ``just_sealed``: records a seal has at hand (the others are read from sidecars).
+        """
         with self._merge_lock:
             for pack_id in sorted(self._packs):
                 if pack_id in self._merged:
                     continue
                 pack = self._packs[pack_id]
-                records = self._read_index(pack) if pack.full else None
+                records = just_sealed.get(pack_id)
+                if records is None and pack.full:
+                    records = self._read_index(pack)
                 if records is None:
                     return
                 self._locations.merge(pack_id, records)
