@@ -24,7 +24,6 @@ from pydicom import dcmread
 from anonymizer import Deidentifier, generate_secret, load_profile
 from anonymizer.batch import Settings, _chunks, run_batch
 from anonymizer.files import GroupCommit, anonymize_file, anonymize_tree, list_inputs
-from anonymizer.uncached import file_system_type
 from tests.anonymizer.conftest import SITE_A
 from tests.anonymizer.test_cli import ROOT, _gridpacs
 from tests.factories import StudySpec, write_study
@@ -69,8 +68,9 @@ def test_kill_9_mid_run_leaves_only_complete_outputs(
     tmp_path: Path, secret: Path, jobs: int, size: int, studies: int
 ) -> None:
     """SIGKILL while outputs are being committed: every name present holds the complete
-    file (byte-identical to an uninterrupted run); only hidden temporary files may remain.
-    400 files of ~130 kB (through the page cache) or 200 of ~0.5 MB (O_DIRECT on a disk)."""
+    file (byte-identical to an uninterrupted run); only hidden temporary files may remain
+    (none where outputs are unnamed files until their commit). 400 files of ~130 kB or 200
+    of ~0.5 MB."""
     source = _corpus(tmp_path / "in", studies, 10, size=size)
     ref = tmp_path / "ref"
     done = _gridpacs("anonymize", str(source), str(ref), "--secret-file", str(secret),
@@ -106,51 +106,53 @@ def test_kill_9_mid_run_leaves_only_complete_outputs(
     assert all(re.fullmatch(r"\..+\.part", n) for n in names if n.startswith("."))
 
 
-def _trace(log: Path) -> list[tuple[str, str]]:
-    """(syscall, argument) of every completed fsync (path of its fd), every rename at its
-    start, writes to stdout (the report) and O_DIRECT set on a file (its path), in order."""
+def _trace(log: Path, out: Path) -> list[tuple[str, str]]:
+    """In order: ("data", "") for a write of an output's bytes, ("kick", "") for the start of
+    its write-back, ("syncfs", ""), ("fsync", path of its descriptor), ("publish", name)
+    for an output put at its name in ``out`` (a link of an unnamed file or a rename, at its
+    start), ("report", "") for a write to stdout."""
     events = []
-    pending: dict[str, str] = {}  # tid -> fsync path while unfinished
+    pending: dict[str, str] = {}  # tid -> fsync/syncfs path while unfinished
     for line in log.read_text().splitlines():
         tid = line.split(" ", 1)[0]
-        if m := re.search(r"fsync\(\d+<([^>]*)>\) = 0", line):
-            events.append(("fsync", m.group(1)))
-        elif m := re.search(r"fsync\(\d+<([^>]*)> <unfinished", line):
-            pending[tid] = m.group(1)
-        elif "<... fsync resumed>" in line and re.search(r"\) += 0", line):
-            events.append(("fsync", pending.pop(tid)))
-        elif m := re.search(r"rename(?:at2?)?\(.*?\"([^\"]+)\".*?\"([^\"]+)\"", line):
-            if "= -1" not in line:  # at its start: complete, or unfinished (another thread)
-                events.append(("rename", f"{m.group(1)} {m.group(2)}"))
-        elif re.search(r"write\(1<", line):
+        if m := re.search(r"\b(fsync|syncfs)\(\d+<([^>]*)>\) += 0", line):
+            events.append(("fsync", m.group(2)) if m.group(1) == "fsync" else ("syncfs", ""))
+        elif m := re.search(r"\b(fsync|syncfs)\(\d+<([^>]*)> <unfinished", line):
+            pending[tid] = m.group(1) + " " + m.group(2)
+        elif m := re.search(r"<\.\.\. (fsync|syncfs) resumed>.*\) += 0", line):
+            call, path = pending.pop(tid).split(" ", 1)
+            events.append(("fsync", path) if call == "fsync" else ("syncfs", ""))
+        elif "= -1" in line or "resumed>" in line:
+            continue
+        elif m := re.search(rf"link(?:at)?\(.*\d+<{re.escape(str(out))}>, \"([^\"/]+)\"", line):
+            events.append(("publish", m.group(1)))
+        elif m := re.search(r"rename(?:at2?)?\(.*?\"[^\"]+\".*?\"([^\"]+)\"", line):
+            if Path(m.group(1)).parent == out:
+                events.append(("publish", Path(m.group(1)).name))
+        elif re.search(r"\b(writev|copy_file_range|pwrite64)\(\d+<" + re.escape(str(out)), line):
+            events.append(("data", ""))
+        elif "sync_file_range(" in line:
+            events.append(("kick", ""))
+        elif re.search(r"\bwrite\(1<", line):
             events.append(("report", ""))
-        elif m := re.search(r"fcntl\(\d+<([^>]*)>, F_SETFL, [A-Z_|]*O_DIRECT", line):
-            events.append(("direct", m.group(1)))
     return events
-
-
-def _on_disk(path: Path) -> bool:
-    """True when ``path`` is on a file system the CLI writes large outputs to directly."""
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        return file_system_type(fd) in (0xEF53, 0x58465342)  # ext4, XFS
-    finally:
-        os.close(fd)
 
 
 @pytest.mark.parametrize("size", [64, 512])
 @pytest.mark.parametrize("jobs", [1, 2])
-def test_every_output_is_fsynced_before_its_rename_and_its_directory_before_the_report(
+def test_every_output_is_written_out_before_its_name_and_its_directory_before_the_report(
     tmp_path: Path, secret: Path, jobs: int, size: int
 ) -> None:
-    """512x512 outputs (~0.5 MB) are written with O_DIRECT on a disk (written by a thread,
-    made durable the same way), 64x64 ones through the page cache."""
+    """Each output's write-back is started as soon as it is written; a batch's outputs get
+    their names only after a ``syncfs`` (or their own fsyncs) that came after their bytes,
+    and the directory is fsynced after the last name and before the report."""
     source = _corpus(tmp_path / "in", 3, 10, size=size)
     out = tmp_path / "out" / "nested"  # two new directories: their parents need an fsync
     log = tmp_path / "strace.log"
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     command = [STRACE, "-f", "-y", "-qq", "-e",
-               "trace=fsync,rename,renameat,renameat2,write,fcntl",
+               "trace=fsync,syncfs,rename,renameat,renameat2,link,linkat,write,writev,"
+               "copy_file_range,pwrite64,sync_file_range",
                "-e", "signal=none", "-o", str(log), sys.executable, "-m", "gridpacs",
                "anonymize", str(source), str(out), "--secret-file", str(secret),
                "--jobs", str(jobs), "--json"]  # fmt: skip
@@ -158,28 +160,26 @@ def test_every_output_is_fsynced_before_its_rename_and_its_directory_before_the_
                             timeout=120)  # fmt: skip
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)["written"] == 30
-    events = _trace(log)
+    events = _trace(log, out)
     report = next(i for i, (kind, _) in enumerate(events) if kind == "report")
-    renames = [(i, arg.split(" ")) for i, (kind, arg) in enumerate(events) if kind == "rename"]
-    renames = [(i, [old, new]) for i, [old, new] in renames if Path(new).parent == out]
-    assert len(renames) == 30 and all(i < report for i, _ in renames)
-    assert len({new for _, (_, new) in renames}) == 30
-    for i, [old, _new] in renames:
-        assert re.fullmatch(r"\..+\.part", Path(old).name)
-        assert ("fsync", old) in events[:i], f"{old} renamed before it was fsynced"
-    last_rename = max(i for i, _ in renames)
-    assert ("fsync", str(out)) in events[last_rename:report]
-    first_rename = min(i for i, _ in renames)  # the new directories, made before any output
-    assert {("fsync", str(out.parent)), ("fsync", str(tmp_path))} <= set(events[:first_rename])
+    published = [(i, name) for i, (kind, name) in enumerate(events) if kind == "publish"]
+    assert len(published) == 30 and all(i < report for i, _ in published)
+    assert {name for _, name in published} == set(_contents(out))
+    assert sum(1 for kind, _ in events if kind == "kick") == 30, "write-back started per output"
+    for i, _name in published:
+        synced = max(j for j, (kind, _) in enumerate(events[:i]) if kind in ("syncfs", "fsync"))
+        if jobs == 1:  # one process: nothing else writes outputs meanwhile
+            assert all(kind != "data" for kind, _ in events[synced:i]), "named before written out"
+    last = max(i for i, _ in published)
+    assert ("fsync", str(out)) in events[last:report]
+    if jobs == 1:  # the linked files' link counts written out before the directory's fsync
+        directory = events.index(("fsync", str(out)), last)
+        assert ("syncfs", "") in events[last:directory]
+    first = min(i for i, _ in published)  # the new directories, made before any output
+    assert {("fsync", str(out.parent)), ("fsync", str(tmp_path))} <= set(events[:first])
     # Grouped: one directory fsync per commit (per chunk of work with workers).
     commits = 1 if jobs == 1 else len(_chunks(list_inputs(source), jobs))
     assert sum(1 for event in events if event == ("fsync", str(out))) == commits < 30
-    direct = {Path(arg).name for kind, arg in events if kind == "direct"}
-    staged = {Path(old).name for _, [old, _new] in renames}
-    if size == 512 and _on_disk(tmp_path):
-        assert direct == staged, "every CT-size output written with O_DIRECT"
-    else:
-        assert direct == set()
 
 
 def test_a_rename_that_fails_at_commit_is_a_failure_and_leaves_nothing(
@@ -214,7 +214,7 @@ def test_a_write_that_fails_while_staging_leaves_no_temporary_file(
     tmp_path: Path, secret: Path, jobs: int, large: int
 ) -> None:
     """Under a 64 KiB file size limit the 256x256 or 512x512 outputs fail to write (EFBIG,
-    for real; the 512x512 ones in an O_DIRECT write, in a thread, on a disk); the small
+    for real, in the writer threads); the small
     ones in the same batches are committed."""
     source = tmp_path / "in"
     _corpus(source / "small", 2, 10, size=64)
@@ -266,5 +266,23 @@ def test_what_is_staged_and_not_committed_is_removed(tmp_path: Path) -> None:
     with GroupCommit() as group:
         for source in inputs:
             group.hold(anonymize_file(deid, source, out, group.writer(source)))
-        assert len(_leftovers(out)) == 3 and _contents(out) == {}  # written, not committed
-    assert _leftovers(out) == [] and _contents(out) == {}
+        group.writers.close()  # type: ignore[union-attr]  # every staged file written
+        assert _contents(out) == {}  # written, not committed: at no name
+        assert len(_held_outputs(out)) == 3
+        held = sorted(os.fstat(fd).st_size for fd in _held_outputs(out))
+        assert held == sorted(len(deid.deidentify_part10(p.read_bytes()).data) for p in inputs)
+    assert _leftovers(out) == [] and _contents(out) == {} and _held_outputs(out) == []
+
+
+def _held_outputs(directory: Path) -> list[int]:
+    """Descriptors of this process on staged outputs in ``directory``: unnamed files
+    ("#<inode> (deleted)") or hidden temporary files."""
+    held = []
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            target = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:
+            continue
+        if Path(target).parent == directory and Path(target).name.startswith(("#", ".")):
+            held.append(int(fd))
+    return held
