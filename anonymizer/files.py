@@ -11,8 +11,9 @@ and made durable on its own: fsync, rename, fsync of the directory. Many files
 created (unnamed, ``O_TMPFILE``, where the file system allows; else a hidden temporary
 file), written and its write-back started by writer threads (:mod:`anonymizer.writeback`)
 while the next file is de-identified; a batch (:data:`GROUP_FILES` files or
-:data:`GROUP_BYTES`, whichever comes first, and whatever is left at the end) is then
-written out by one ``syncfs`` per file system (whose error report covers the whole batch
+:data:`GROUP_BYTES`, whichever comes first, and whatever is left at the end) is then,
+in a committer thread while the next batch is written (one batch at a time), written out
+by one ``syncfs`` per file system (whose error report covers the whole batch
 on Linux 5.8 and later; elsewhere, or on an error, each file is fsynced to find its own),
 linked or renamed to its name, written out again for the new links' counts, and each
 directory that gained a name is fsynced once. An outcome is yielded only after its batch
@@ -30,11 +31,12 @@ from __future__ import annotations
 
 import ctypes
 import errno
+import logging
 import os
 import tempfile
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import BinaryIO
 
@@ -42,6 +44,8 @@ from anonymizer.engine import DeidentifiedInstance, Deidentifier
 from anonymizer.errors import AnonymizationError, UnreadableInput
 from anonymizer.writeback import THREADS as WRITER_THREADS
 from anonymizer.writeback import OutputWriters, Tail, start_writeback
+
+_log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -275,13 +279,11 @@ class GroupCommit:
         self.writers = OutputWriters(writers) if writers > 0 else None
         self._threads = threads
         self._pool: ThreadPoolExecutor | None = None
-        self._held: list[tuple[FileOutcome, _Staged | None]] = []
+        self._batch = _Batch()  # filling
         self._staged: dict[Path, _Staged] = {}  # by source, from stage to hold
-        self._count = 0
-        self._bytes = 0
-        self._new_dirs: set[Path] = set()  # parents of directories made for outputs
         self._devices: dict[Path, int] = {}  # output directories made or found, their device
-        self._witnesses: dict[int, int] = {}  # by device: a descriptor opened before the batch
+        self._committer: ThreadPoolExecutor | None = None
+        self._committing: Future[list[FileOutcome]] | None = None
 
     def __enter__(self) -> GroupCommit:
         return self
@@ -292,7 +294,7 @@ class GroupCommit:
     @property
     def due(self) -> bool:
         """True when the staged outputs fill a batch."""
-        return self._count >= self.max_files or self._bytes >= self.max_bytes
+        return self._batch.count >= self.max_files or self._batch.bytes >= self.max_bytes
 
     def writer(self, source: Path) -> Writer:
         """A ``write`` for :func:`anonymize_file` that stages the output of ``source``."""
@@ -325,8 +327,8 @@ class GroupCommit:
                 raise
         _drop(self._staged.pop(source, None))
         self._staged[source] = staged
-        self._count += 1
-        self._bytes += sum(len(p) for p in parts) + (0 if tail is None else tail[2])
+        self._batch.count += 1
+        self._batch.bytes += sum(len(p) for p in parts) + (0 if tail is None else tail[2])
 
     def _witness(self, directory: Path) -> None:
         """Make ``directory`` if missing (its new parents are fsynced at the next commit) and
@@ -340,10 +342,10 @@ class GroupCommit:
                 missing = missing.parent
             if created:
                 directory.mkdir(parents=True, exist_ok=True)
-                self._new_dirs.update(d.parent for d in created)
+                self._batch.new_dirs.update(d.parent for d in created)
             device = self._devices[directory] = os.stat(directory).st_dev
-        if device not in self._witnesses:
-            self._witnesses[device] = os.open(
+        if device not in self._batch.witnesses:
+            self._batch.witnesses[device] = os.open(
                 directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
             )
 
@@ -355,22 +357,48 @@ class GroupCommit:
             staged = None
         elif staged is None:
             raise ValueError(f"no output staged for {outcome.source}")
-        self._held.append((outcome, staged))
+        self._batch.held.append((outcome, staged))
 
     def commit(self) -> list[FileOutcome]:
-        """Make every staged output durable at its name; the held outcomes, in order.
+        """Make every staged output durable at its name; the held outcomes, in order (those
+        of a batch still committing in the background first)."""
+        done = self.wait()
+        return done + self._commit(self._take())
+
+    def commit_in_background(self) -> list[FileOutcome]:
+        """Start committing the held outcomes' batch in the committer thread and go on
+        filling the next; returns the outcomes of the batch committed before it (waiting
+        for it if need be), so at most one batch commits at a time and outcomes stay in
+        order. :meth:`wait` gives the last batch's."""
+        done = self.wait()
+        if self._committer is None:
+            self._committer = ThreadPoolExecutor(1, thread_name_prefix="commit")
+        self._committing = self._committer.submit(self._commit, self._take())
+        return done
+
+    def wait(self) -> list[FileOutcome]:
+        """The outcomes of the batch committing in the background, once it is done."""
+        committing, self._committing = self._committing, None
+        return [] if committing is None else committing.result()
+
+    def _take(self) -> _Batch:
+        batch, self._batch = self._batch, _Batch()
+        return batch
+
+    def _commit(self, batch: _Batch) -> list[FileOutcome]:
+        """Make ``batch``'s staged outputs durable at their names; its outcomes, in order.
 
         Order: every file written out (``syncfs``, or fsyncs), then put at its name (renamed,
         or linked and written out again for its link count), then every directory that
         gained a name fsynced: at any moment an output's name holds nothing or the complete
         file.
         """
-        staged = [s for _, s in self._held if s is not None]
+        staged = [s for _, s in batch.held if s is not None]
         try:
             for s in staged:
                 s.settle()
             written = [s for s in staged if s.error is None]
-            for s, error in zip(written, self._fsync_all(written), strict=True):
+            for s, error in zip(written, self._fsync_all(batch, written), strict=True):
                 s.error = error
                 if error is None:
                     try:
@@ -379,9 +407,9 @@ class GroupCommit:
                     except OSError as exc:
                         s.error = exc
             linked = [s for s in staged if s.renamed and s.temporary is None]
-            if linked and not self._sync_witnesses():
+            if linked and not batch.sync():
                 _withdraw_unsynced(linked)
-            directories = {s.target.parent for s in staged if s.renamed} | self._new_dirs
+            directories = {s.target.parent for s in staged if s.renamed} | batch.new_dirs
             for directory in sorted(directories):
                 try:
                     fsync_directory(directory)
@@ -393,16 +421,13 @@ class GroupCommit:
         finally:
             for s in staged:
                 _drop(s, keep=s.renamed)
-            self._close_witnesses()
-        held, self._held = self._held, []
-        self._count = self._bytes = 0
-        self._new_dirs = set()
+            batch.close()
         return [
             outcome if s is None or s.error is None else _write_failure(outcome, s.error)
-            for outcome, s in held
+            for outcome, s in batch.held
         ]
 
-    def _fsync_all(self, staged: list[_Staged]) -> list[OSError | None]:
+    def _fsync_all(self, batch: _Batch, staged: list[_Staged]) -> list[OSError | None]:
         """Write every staged file out; the error of each, if any.
 
         One ``syncfs`` per file system writes the whole batch out (one device flush instead
@@ -416,7 +441,7 @@ class GroupCommit:
         fds = [s.fd for s in staged]
         if len(fds) <= 1:  # one file: its own fsync, not the whole file system's
             return [_fsync(fd) for fd in fds]
-        synced = self._sync_witnesses()
+        synced = batch.sync()
         if synced and SYNCFS_REPORTS_ERRORS:
             return [None] * len(fds)
         if synced or self._threads <= 1:
@@ -425,32 +450,51 @@ class GroupCommit:
             self._pool = ThreadPoolExecutor(self._threads, thread_name_prefix="fsync")
         return list(self._pool.map(_fsync, fds))
 
-    def _sync_witnesses(self) -> bool:
-        """``syncfs`` of every file system the batch wrote to; False unless all succeeded."""
-        return bool(self._witnesses) and all(_syncfs(fd) for fd in self._witnesses.values())
-
-    def _close_witnesses(self) -> None:
-        for fd in self._witnesses.values():
-            os.close(fd)
-        self._witnesses = {}
-
     def discard(self) -> None:
-        """Remove every output staged and not committed (an error of the caller, Ctrl-C)."""
-        pending = [s for _, s in self._held if s is not None] + list(self._staged.values())
-        self._held, self._staged = [], {}
-        self._count = self._bytes = 0
+        """Remove every output staged and not committed (an error of the caller, Ctrl-C).
+
+        A batch already committing in the background is let finish: its outputs are
+        complete at their names, though never reported."""
+        try:
+            self.wait()
+        except Exception:  # cleaning up after another error: this one is logged, not raised
+            _log.exception("a group commit failed while its batch was discarded")
+        batch = self._take()
+        pending = [s for _, s in batch.held if s is not None] + list(self._staged.values())
+        self._staged = {}
         for s in pending:
             _drop(s)
-        self._close_witnesses()
+        batch.close()
 
     def close(self) -> None:
-        """:meth:`discard` and stop the writer and fsync threads."""
+        """:meth:`discard` and stop the writer, committer and fsync threads."""
         self.discard()
         if self.writers is not None:
             self.writers.close()
-        if self._pool is not None:
-            self._pool.shutdown()
-            self._pool = None
+        for pool in (self._committer, self._pool):
+            if pool is not None:
+                pool.shutdown()
+        self._committer = self._pool = None
+
+
+@dataclass
+class _Batch:
+    """The outcomes held for one group commit and what the commit needs besides."""
+
+    held: list[tuple[FileOutcome, _Staged | None]] = field(default_factory=list)
+    count: int = 0
+    bytes: int = 0
+    new_dirs: set[Path] = field(default_factory=set)  # parents of directories made for it
+    witnesses: dict[int, int] = field(default_factory=dict)  # by device: opened before it
+
+    def sync(self) -> bool:
+        """``syncfs`` of every file system the batch wrote to; False unless all succeeded."""
+        return bool(self.witnesses) and all(_syncfs(fd) for fd in self.witnesses.values())
+
+    def close(self) -> None:
+        for fd in self.witnesses.values():
+            os.close(fd)
+        self.witnesses = {}
 
 
 def _write_staged(
@@ -657,8 +701,8 @@ def anonymize_tree(
                 outcome = FileOutcome(source, error=str(exc) or repr(exc),
                                       error_kind=type(exc).__name__)  # fmt: skip
             batch.hold(outcome)
-            if batch.due:
-                yield from batch.commit()
+            if batch.due:  # committed while the next batch is written
+                yield from batch.commit_in_background()
         yield from batch.commit()
     finally:
         if own:
