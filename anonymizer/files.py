@@ -43,7 +43,7 @@ from typing import BinaryIO
 from anonymizer.engine import DeidentifiedInstance, Deidentifier
 from anonymizer.errors import AnonymizationError, UnreadableInput
 from anonymizer.writeback import THREADS as WRITER_THREADS
-from anonymizer.writeback import OutputWriters, Tail, start_writeback
+from anonymizer.writeback import OutputWriters, Tail, copy_range, write_all
 
 _log = logging.getLogger(__name__)
 
@@ -222,9 +222,9 @@ def _create_temporary(directory: Path) -> tuple[int, str, list[Path]]:
 
 
 def _write_output(fd: int, data: bytes | Sequence[bytes], tail: Tail | None) -> None:
-    _write_all(fd, _parts(data))
+    write_all(fd, _parts(data))
     if tail is not None:
-        _copy_range(tail[0], fd, tail[1], tail[2])
+        copy_range(tail[0], fd, tail[1], tail[2])
 
 
 def _parts(data: bytes | Sequence[bytes]) -> list[bytes]:
@@ -256,14 +256,16 @@ class _Staged:
 class GroupCommit:
     """Outputs written to temporary files now, made durable and renamed in batches.
 
-    :meth:`writer` gives :func:`anonymize_file` a writer that stages an output: created,
-    written and its write-back started by a writer thread (:mod:`anonymizer.writeback`)
-    while the caller goes on, not yet durable; :meth:`hold` queues every outcome, staged or
+    :meth:`writer` gives :func:`anonymize_file` a writer that stages an output: created and
+    written by a writer thread (:mod:`anonymizer.writeback`: CT-size outputs around the
+    page cache, others with their write-back started) while the caller goes on, not yet
+    durable; :meth:`hold` queues every outcome, staged or
     failed, in input order; :meth:`commit` makes the staged files durable together and
     returns the held outcomes, a staged file that could not be written or made durable
     turned into a failure (its temporary file removed). :meth:`discard` (also
     :meth:`close`, and leaving a ``with`` block) removes whatever was staged and not
-    committed. ``writers=0`` writes in the caller's thread. The threads live until
+    committed. ``writers=0`` writes in the caller's thread, ``direct=False`` never around
+    the page cache. The threads live until
     :meth:`close`: close before forking.
     """
 
@@ -273,10 +275,12 @@ class GroupCommit:
         max_bytes: int = GROUP_BYTES,
         threads: int = FSYNC_THREADS,
         writers: int = WRITER_THREADS,
+        direct: bool = True,
     ) -> None:
         self.max_files = max_files
         self.max_bytes = max_bytes
-        self.writers = OutputWriters(writers) if writers > 0 else None
+        self.writers = OutputWriters(max(1, writers), direct=direct)
+        self._inline = writers <= 0  # write in the caller's thread
         self._threads = threads
         self._pool: ThreadPoolExecutor | None = None
         self._batch = _Batch()  # filling
@@ -309,9 +313,9 @@ class GroupCommit:
         self._witness(target.parent)
         parts = _parts(data)
         staged = _Staged(target)
-        if self.writers is None:
+        if self._inline:
             try:
-                _write_staged(staged, parts, tail)
+                _write_staged(self.writers, staged, parts, tail)
             except BaseException:
                 _drop(staged)
                 raise
@@ -319,7 +323,7 @@ class GroupCommit:
             own = None if tail is None else (_reopen(tail[0]), tail[1], tail[2])
             try:
                 staged.pending = self.writers.submit(
-                    lambda: _write_staged(staged, parts, own, own_tail=True)
+                    lambda: _write_staged(self.writers, staged, parts, own, own_tail=True)
                 )
             except BaseException:
                 if own is not None:
@@ -469,8 +473,7 @@ class GroupCommit:
     def close(self) -> None:
         """:meth:`discard` and stop the writer, committer and fsync threads."""
         self.discard()
-        if self.writers is not None:
-            self.writers.close()
+        self.writers.close()
         for pool in (self._committer, self._pool):
             if pool is not None:
                 pool.shutdown()
@@ -498,14 +501,18 @@ class _Batch:
 
 
 def _write_staged(
-    staged: _Staged, parts: list[bytes], tail: Tail | None, own_tail: bool = False
+    writers: OutputWriters,
+    staged: _Staged,
+    parts: list[bytes],
+    tail: Tail | None,
+    own_tail: bool = False,
 ) -> None:
-    """Create ``staged``'s file, write it and start its write-back; ``own_tail``: the tail's
-    source is a descriptor of the caller's own (a writer thread's), closed here."""
+    """Create ``staged``'s file and write it (:meth:`OutputWriters.write`); ``own_tail``:
+    the tail's source is a descriptor of the caller's own (a writer thread's), closed here."""
     try:
         staged.fd, staged.temporary = _create_unnamed(staged.target.parent)
-        _write_output(staged.fd, parts, tail)
-        start_writeback(staged.fd)
+        size = sum(len(p) for p in parts) + (0 if tail is None else tail[2])
+        writers.write(str(staged.target.parent), staged.fd, parts, tail, size)
     finally:
         if own_tail and tail is not None:
             tail[0].close()
@@ -569,49 +576,6 @@ def _write_failure(outcome: FileOutcome, exc: Exception) -> FileOutcome:
     return replace(outcome, target=None, error=f"cannot write: {exc}", error_kind=kind)
 
 
-def _write_all(fd: int, parts: list[bytes]) -> None:
-    """All ``parts`` in as few ``writev`` calls as the kernel allows."""
-    limit = getattr(os, "IOV_MAX", None) or 1024
-    for first in range(0, len(parts), limit):
-        group = parts[first : first + limit]
-        written = os.writev(fd, group)
-        total = sum(len(p) for p in group)
-        if written < total:  # a short write (full disk, signal): finish part by part
-            rest = memoryview(b"".join(group))[written:]
-            while rest:
-                rest = rest[os.write(fd, rest) :]
-
-
-def _copy_range(source: BinaryIO, fd: int, offset: int, length: int) -> None:
-    """``length`` bytes of ``source`` from ``offset`` appended to ``fd``, in the kernel."""
-    src = source.fileno()
-    end = offset + length
-    for copy in (_copy_file_range, _sendfile):
-        try:
-            while offset < end:
-                done = copy(src, fd, offset, end - offset)
-                if done <= 0:
-                    raise UnreadableInput("the source file shrank while it was read")
-                offset += done
-            return
-        except OSError:
-            continue  # not supported between these files: the next way
-    while offset < end:
-        chunk = os.pread(src, min(end - offset, 1 << 20), offset)
-        if not chunk:
-            raise UnreadableInput("the source file shrank while it was read")
-        _write_all(fd, [chunk])
-        offset += len(chunk)
-
-
-def _copy_file_range(src: int, fd: int, offset: int, count: int) -> int:
-    return os.copy_file_range(src, fd, count, offset)
-
-
-def _sendfile(src: int, fd: int, offset: int, count: int) -> int:
-    return os.sendfile(fd, src, offset, count)
-
-
 def anonymize_file(
     deidentifier: Deidentifier, source: Path, output_dir: Path, write: Writer | None = None
 ) -> FileOutcome:
@@ -661,11 +625,11 @@ def deidentify_source(deidentifier: Deidentifier, source: BinaryIO) -> Deidentif
 
 def write_instance(fd: int, result: DeidentifiedInstance, source: BinaryIO | None) -> None:
     """Write ``result`` to the file ``fd``: its parts, then its tail copied from ``source``."""
-    _write_all(fd, list(result.parts))
+    write_all(fd, list(result.parts))
     if result.source_tail is not None:
         if source is None:
             raise ValueError("the result's pixel data is still in its source file")
-        _copy_range(source, fd, *result.source_tail)
+        copy_range(source, fd, *result.source_tail)
 
 
 def open_source(source: Path) -> BinaryIO:

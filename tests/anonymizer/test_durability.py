@@ -24,6 +24,7 @@ from pydicom import dcmread
 from anonymizer import Deidentifier, generate_secret, load_profile
 from anonymizer.batch import Settings, _chunks, run_batch
 from anonymizer.files import GroupCommit, anonymize_file, anonymize_tree, list_inputs
+from anonymizer.writeback import DIRECT_FILE_SYSTEMS, file_system_type
 from tests.anonymizer.conftest import SITE_A
 from tests.anonymizer.test_cli import ROOT, _gridpacs
 from tests.factories import StudySpec, write_study
@@ -108,9 +109,16 @@ def test_kill_9_mid_run_leaves_only_complete_outputs(
 
 def _trace(log: Path, out: Path) -> list[tuple[str, str]]:
     """In order: ("data", "") for a write of an output's bytes, ("kick", "") for the start of
-    its write-back, ("syncfs", ""), ("fsync", path of its descriptor), ("publish", name)
-    for an output put at its name in ``out`` (a link of an unnamed file or a rename, at its
-    start), ("report", "") for a write to stdout."""
+    its write-back, ("direct", "") for O_DIRECT set on a file, ("syncfs", ""), ("fsync",
+    path of its descriptor), ("publish", name) for an output put at its name in ``out`` (a
+    link of an unnamed file or a rename, at its start), ("report", "") for a write to
+    stdout."""
+    simple = [
+        ("data", r"\b(writev|copy_file_range|pwrite64)\(\d+<" + re.escape(str(out))),
+        ("kick", r"\bsync_file_range\("),
+        ("direct", r"\bfcntl\(\d+<[^>]*>(?:\(deleted\))?, F_SETFL, [A-Z_|]*O_DIRECT"),
+        ("report", r"\bwrite\(1<"),
+    ]
     events = []
     pending: dict[str, str] = {}  # tid -> fsync/syncfs path while unfinished
     for line in log.read_text().splitlines():
@@ -129,12 +137,8 @@ def _trace(log: Path, out: Path) -> list[tuple[str, str]]:
         elif m := re.search(r"rename(?:at2?)?\(.*?\"[^\"]+\".*?\"([^\"]+)\"", line):
             if Path(m.group(1)).parent == out:
                 events.append(("publish", Path(m.group(1)).name))
-        elif re.search(r"\b(writev|copy_file_range|pwrite64)\(\d+<" + re.escape(str(out)), line):
-            events.append(("data", ""))
-        elif "sync_file_range(" in line:
-            events.append(("kick", ""))
-        elif re.search(r"\bwrite\(1<", line):
-            events.append(("report", ""))
+        else:
+            events.extend((kind, "") for kind, pattern in simple if re.search(pattern, line))
     return events
 
 
@@ -143,7 +147,8 @@ def _trace(log: Path, out: Path) -> list[tuple[str, str]]:
 def test_every_output_is_written_out_before_its_name_and_its_directory_before_the_report(
     tmp_path: Path, secret: Path, jobs: int, size: int
 ) -> None:
-    """Each output's write-back is started as soon as it is written; a batch's outputs get
+    """Each output is written with O_DIRECT (CT-size, on a disk) or its write-back started as
+    soon as it is written (the rest); a batch's outputs get
     their names only after a ``syncfs`` (or their own fsyncs) that came after their bytes,
     and the directory is fsynced after the last name and before the report."""
     source = _corpus(tmp_path / "in", 3, 10, size=size)
@@ -152,7 +157,7 @@ def test_every_output_is_written_out_before_its_name_and_its_directory_before_th
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     command = [STRACE, "-f", "-y", "-qq", "-e",
                "trace=fsync,syncfs,rename,renameat,renameat2,link,linkat,write,writev,"
-               "copy_file_range,pwrite64,sync_file_range",
+               "copy_file_range,pwrite64,sync_file_range,fcntl",
                "-e", "signal=none", "-o", str(log), sys.executable, "-m", "gridpacs",
                "anonymize", str(source), str(out), "--secret-file", str(secret),
                "--jobs", str(jobs), "--json"]  # fmt: skip
@@ -165,7 +170,12 @@ def test_every_output_is_written_out_before_its_name_and_its_directory_before_th
     published = [(i, name) for i, (kind, name) in enumerate(events) if kind == "publish"]
     assert len(published) == 30 and all(i < report for i, _ in published)
     assert {name for _, name in published} == set(_contents(out))
-    assert sum(1 for kind, _ in events if kind == "kick") == 30, "write-back started per output"
+    kicks = sum(1 for kind, _ in events if kind == "kick")
+    direct = sum(1 for kind, _ in events if kind == "direct")
+    if size == 512 and _on_disk(tmp_path):  # CT-size on a disk: around the page cache
+        assert (direct, kicks) == (30, 0), "every CT-size output written with O_DIRECT"
+    else:  # through the page cache, its write-back started at once
+        assert (direct, kicks) == (0, 30), "write-back started per output"
     for i, _name in published:
         synced = max(j for j, (kind, _) in enumerate(events[:i]) if kind in ("syncfs", "fsync"))
         if jobs == 1:  # one process: nothing else writes outputs meanwhile
@@ -180,6 +190,15 @@ def test_every_output_is_written_out_before_its_name_and_its_directory_before_th
     # Grouped: one directory fsync per commit (per chunk of work with workers).
     commits = 1 if jobs == 1 else len(_chunks(list_inputs(source), jobs))
     assert sum(1 for event in events if event == ("fsync", str(out))) == commits < 30
+
+
+def _on_disk(path: Path) -> bool:
+    """True when ``path`` is on a file system the CLI writes large outputs to directly."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        return file_system_type(fd) in DIRECT_FILE_SYSTEMS
+    finally:
+        os.close(fd)
 
 
 def test_a_rename_that_fails_at_commit_is_a_failure_and_leaves_nothing(

@@ -1,5 +1,6 @@
 """Outputs created and written by writer threads: the same bytes as written in the caller,
-unnamed until their commit, and at most ``depth`` of them pending.
+around the page cache or through it, unnamed until their commit, and at most ``depth`` of
+them pending.
 
 Real files on the real disk (pytest's temporary directory, ext4 here) and on tmpfs.
 """
@@ -18,7 +19,13 @@ import pytest
 
 from anonymizer import Deidentifier, load_profile
 from anonymizer.files import GroupCommit, anonymize_tree, list_inputs
-from anonymizer.writeback import OutputWriters
+from anonymizer.writeback import (
+    ALIGN,
+    DIRECT_FILE_SYSTEMS,
+    DIRECT_MIN_BYTES,
+    OutputWriters,
+    file_system_type,
+)
 from tests.anonymizer.conftest import SITE_A
 from tests.factories import StudySpec, make_dataset
 
@@ -56,25 +63,70 @@ def _expected(deid: Deidentifier, inputs: list[Path]) -> dict[str, bytes]:
     return out
 
 
-def _run(deid: Deidentifier, inputs: list[Path], out: Path, writers: int) -> dict[str, bytes]:
-    with GroupCommit(max_files=5, writers=writers) as group:
+def _run(
+    deid: Deidentifier, inputs: list[Path], out: Path, writers: int, direct: bool = True
+) -> tuple[dict[str, bytes], int]:
+    """The outputs by name, and how many were written with O_DIRECT."""
+    with GroupCommit(max_files=5, writers=writers, direct=direct) as group:
         outcomes = list(anonymize_tree(deid, inputs, out, group))
+        direct_writes = group.writers.direct_writes
     assert all(o.ok for o in outcomes), [o.error for o in outcomes if not o.ok]
     names = sorted(os.listdir(out))
     assert not [n for n in names if n.startswith(".")], "temporary files left"
-    return {n: (out / n).read_bytes() for n in names}
+    return {n: (out / n).read_bytes() for n in names}, direct_writes
+
+
+def _fs_type(path: Path) -> int | None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        return file_system_type(fd)
+    finally:
+        os.close(fd)
 
 
 @pytest.mark.parametrize("where", ["disk", "tmpfs"])
 def test_outputs_written_by_threads_are_those_written_in_the_caller(
     tmp_path: Path, tmpfs: Path, where: str
 ) -> None:
+    """CT-size outputs on a disk go around the page cache (whole blocks direct, the partial
+    last block through the cache), everything else through it: the same bytes every way."""
     base = tmp_path if where == "disk" else tmpfs
     inputs = _corpus(base / "in")
     deid = Deidentifier(load_profile(), SITE_A)
     expected = _expected(deid, inputs)
-    assert _run(deid, inputs, base / "threads", writers=2) == expected
-    assert _run(deid, inputs, base / "caller", writers=0) == expected
+    large = sum(1 for data in expected.values() if len(data) >= DIRECT_MIN_BYTES)
+    assert large == 6 and len({len(d) % ALIGN for d in expected.values()}) > 1  # tails vary
+    on_disk = _fs_type(base) in DIRECT_FILE_SYSTEMS
+    assert on_disk == (where == "disk"), "pytest's temporary directory is expected on a disk"
+
+    threads, direct_writes = _run(deid, inputs, base / "threads", writers=2)
+    assert threads == expected and direct_writes == (large if on_disk else 0)
+    caller, direct_writes = _run(deid, inputs, base / "caller", writers=0)
+    assert caller == expected and direct_writes == (large if on_disk else 0)
+    cached, direct_writes = _run(deid, inputs, base / "cached", writers=2, direct=False)
+    assert cached == expected and direct_writes == 0
+
+
+def test_a_refused_direct_write_is_written_the_ordinary_way_and_not_tried_again(
+    tmp_path: Path,
+) -> None:
+    """256-byte alignment is finer than any block device's logical block (512 bytes at
+    least): the kernel refuses the direct write with EINVAL before writing anything."""
+    if _fs_type(tmp_path) not in DIRECT_FILE_SYSTEMS:
+        pytest.fail(f"{tmp_path} is not on ext4 or XFS: the direct path goes untested")
+    data = os.urandom(256 * 2049 + 100)
+    writers = OutputWriters(align=256)
+    try:
+        for name in ("first", "second"):
+            fd = os.open(tmp_path / name, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+            try:
+                writers.write(str(tmp_path), fd, [data], None, len(data))
+            finally:
+                os.close(fd)
+            assert writers.direct_writes == 0 and writers._verdicts[str(tmp_path)] is False
+    finally:
+        writers.close()
+    assert (tmp_path / "first").read_bytes() == data == (tmp_path / "second").read_bytes()
 
 
 def test_an_output_already_at_its_name_is_replaced(tmp_path: Path) -> None:
@@ -87,7 +139,7 @@ def test_an_output_already_at_its_name_is_replaced(tmp_path: Path) -> None:
     out.mkdir()
     for name in expected:
         (out / name).write_bytes(b"an older output")
-    assert _run(deid, inputs, out, writers=2) == expected
+    assert _run(deid, inputs, out, writers=2)[0] == expected
 
 
 def test_at_most_depth_jobs_are_pending_and_submit_waits_beyond() -> None:
