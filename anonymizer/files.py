@@ -7,18 +7,18 @@ so they are not reproduced.
 
 One file (:func:`write_atomic`) is written to a hidden temporary file (``.<random>.part``)
 and made durable on its own: fsync, rename, fsync of the directory. Many files
-(:func:`anonymize_tree`) are made durable together, a *group commit*: each output is
-created (unnamed, ``O_TMPFILE``, where the file system allows; else a hidden temporary
-file), written and its write-back started by writer threads (:mod:`anonymizer.writeback`)
-while the next file is de-identified; a batch (:data:`GROUP_FILES` files or
-:data:`GROUP_BYTES`, whichever comes first, and whatever is left at the end) is then,
-in a committer thread while the next batch is written (one batch at a time), written out
-by one ``syncfs`` per file system (whose error report covers the whole batch
-on Linux 5.8 and later; elsewhere, or on an error, each file is fsynced to find its own),
-linked or renamed to its name, written out again for the new links' counts, and each
-directory that gained a name is fsynced once. An outcome is yielded only after its batch
-is durable, and a file that cannot be written, made durable or named becomes a failure
-that leaves nothing behind; after a crash an unnamed file leaves nothing at all.
+(:func:`anonymize_tree`) are made durable together, a *group commit*: each output is created
+unnamed (``O_TMPFILE``) where the file system allows (else as a hidden temporary file) and
+written (CT-size outputs on a disk with ``O_DIRECT`` by a writer thread,
+:mod:`anonymizer.uncached`); a batch (:data:`GROUP_FILES` files or :data:`GROUP_BYTES`,
+whichever comes first, and whatever is left at the end) is then, in a committer thread
+while the next batch is written (one batch at a time), written out by one ``syncfs`` per
+file system (whose error report covers the whole batch on Linux 5.8 and later; elsewhere,
+or on an error, each file is fsynced to find its own), linked or renamed to its name,
+written out again for the new links' counts, and each directory that gained a name is
+fsynced once. An outcome is yielded only after its batch is durable, and a file that
+cannot be written, made durable or named becomes a failure that leaves nothing behind;
+after a crash an unnamed file leaves nothing at all.
 
 Only the head of a source file is read into memory (:data:`HEAD_BYTES`); when the rest is
 native pixel data (:meth:`~anonymizer.engine.Deidentifier.deidentify_head`), the new
@@ -42,8 +42,7 @@ from typing import BinaryIO
 
 from anonymizer.engine import DeidentifiedInstance, Deidentifier
 from anonymizer.errors import AnonymizationError, UnreadableInput
-from anonymizer.writeback import THREADS as WRITER_THREADS
-from anonymizer.writeback import OutputWriters, Tail, copy_range, write_all
+from anonymizer.uncached import DirectWriter, Tail
 
 _log = logging.getLogger(__name__)
 
@@ -151,10 +150,9 @@ def _create_unnamed(directory: Path) -> tuple[int, str | None]:
     """A new file for an output in ``directory``: unnamed (``O_TMPFILE``) where the file
     system allows, else a hidden temporary file; its descriptor and path (None: unnamed).
 
-    An unnamed file takes no lock on the directory while its inode is allocated (ext4 here:
-    0.1-0.7 ms, mostly skipping recently freed inodes), so writer threads create files
-    side by side; it gets its name only at commit, and a crash before that leaves nothing
-    behind, not even a temporary name.
+    One system call (``mkstemp`` draws names in Python and renames at commit); the file
+    gets its name only at commit, and a crash before that leaves nothing behind, not even
+    a temporary name.
     """
     if _O_TMPFILE:
         try:
@@ -200,11 +198,6 @@ def _withdraw_unsynced(linked: list[_Staged]) -> None:
             s.target.unlink(missing_ok=True)
 
 
-def _reopen(source: BinaryIO) -> BinaryIO:
-    """A descriptor of its own on ``source``'s file, for a writer thread to read and close."""
-    return os.fdopen(os.dup(source.fileno()), "rb", buffering=0)
-
-
 def _create_temporary(directory: Path) -> tuple[int, str, list[Path]]:
     """A new hidden temporary file in ``directory``: its descriptor, its path and the
     directories made for it (their parents need an fsync for the new names to last)."""
@@ -238,12 +231,12 @@ class _Staged:
     target: Path
     fd: int = -1  # -1 before the file is created and once it is closed
     temporary: str | None = None  # None: an unnamed file (O_TMPFILE), linked at commit
-    pending: Future[None] | None = None  # its creation and write in a writer thread
+    pending: Future[None] | None = None  # its direct write, still running in a thread
     error: Exception | None = None
     renamed: bool = False
 
     def settle(self) -> None:
-        """Wait for the writer thread, if any; its error becomes :attr:`error`."""
+        """Wait for the direct write, if any; its error becomes :attr:`error`."""
         if self.pending is not None:
             try:
                 self.pending.result()
@@ -256,16 +249,16 @@ class _Staged:
 class GroupCommit:
     """Outputs written to temporary files now, made durable and renamed in batches.
 
-    :meth:`writer` gives :func:`anonymize_file` a writer that stages an output: created and
-    written by a writer thread (:mod:`anonymizer.writeback`: CT-size outputs around the
-    page cache, others with their write-back started) while the caller goes on, not yet
-    durable; :meth:`hold` queues every outcome, staged or
-    failed, in input order; :meth:`commit` makes the staged files durable together and
-    returns the held outcomes, a staged file that could not be written or made durable
-    turned into a failure (its temporary file removed). :meth:`discard` (also
-    :meth:`close`, and leaving a ``with`` block) removes whatever was staged and not
-    committed. ``writers=0`` writes in the caller's thread, ``direct=False`` never around
-    the page cache. The threads live until
+    :meth:`writer` gives :func:`anonymize_file` a writer that stages an output (an unnamed
+    file where the file system allows, written, not yet durable; a CT-size one on a disk
+    written with ``O_DIRECT`` by a thread of :class:`~anonymizer.uncached.DirectWriter`);
+    :meth:`hold` queues every outcome, staged or failed, in input order; :meth:`commit`
+    makes the staged files durable together and returns the held outcomes, a staged file
+    that could not be written or made durable turned into a failure (nothing of it left);
+    :meth:`commit_in_background` does the same in a committer thread while the next batch
+    is staged. :meth:`discard` (also :meth:`close`, and leaving a ``with`` block) removes
+    whatever was staged and not committed. ``direct=False`` never writes around the page
+    cache. The threads live until
     :meth:`close`: close before forking.
     """
 
@@ -274,13 +267,11 @@ class GroupCommit:
         max_files: int = GROUP_FILES,
         max_bytes: int = GROUP_BYTES,
         threads: int = FSYNC_THREADS,
-        writers: int = WRITER_THREADS,
         direct: bool = True,
     ) -> None:
         self.max_files = max_files
         self.max_bytes = max_bytes
-        self.writers = OutputWriters(max(1, writers), direct=direct)
-        self._inline = writers <= 0  # write in the caller's thread
+        self.direct = DirectWriter(direct)  # large outputs around the page cache
         self._threads = threads
         self._pool: ThreadPoolExecutor | None = None
         self._batch = _Batch()  # filling
@@ -307,32 +298,26 @@ class GroupCommit:
     def stage(
         self, source: Path, target: Path, data: bytes | Sequence[bytes], tail: Tail | None = None
     ) -> None:
-        """Stage the output of ``source`` for ``target``: written by a writer thread (its
-        errors are that file's failure at :meth:`commit`), or here with ``writers=0`` (on
-        failure its temporary file is removed and the error raised)."""
+        """Write the output of ``source`` to a new unnamed (or hidden temporary) file for
+        ``target``; a large one on a disk is written by a writer thread (its errors are that
+        file's failure at :meth:`commit`). On failure here the file is removed and the error
+        raised."""
         self._witness(target.parent)
         parts = _parts(data)
+        size = sum(len(p) for p in parts) + (0 if tail is None else tail[2])
         staged = _Staged(target)
-        if self._inline:
-            try:
-                _write_staged(self.writers, staged, parts, tail)
-            except BaseException:
-                _drop(staged)
-                raise
-        else:
-            own = None if tail is None else (_reopen(tail[0]), tail[1], tail[2])
-            try:
-                staged.pending = self.writers.submit(
-                    lambda: _write_staged(self.writers, staged, parts, own, own_tail=True)
-                )
-            except BaseException:
-                if own is not None:
-                    own[0].close()
-                raise
+        staged.fd, staged.temporary = _create_unnamed(target.parent)
+        try:
+            staged.pending = self.direct.start(str(target.parent), staged.fd, parts, tail, size)
+            if staged.pending is None:
+                _write_output(staged.fd, parts, tail)
+        except BaseException:
+            _drop(staged)
+            raise
         _drop(self._staged.pop(source, None))
         self._staged[source] = staged
         self._batch.count += 1
-        self._batch.bytes += sum(len(p) for p in parts) + (0 if tail is None else tail[2])
+        self._batch.bytes += size
 
     def _witness(self, directory: Path) -> None:
         """Make ``directory`` if missing (its new parents are fsynced at the next commit) and
@@ -473,7 +458,7 @@ class GroupCommit:
     def close(self) -> None:
         """:meth:`discard` and stop the writer, committer and fsync threads."""
         self.discard()
-        self.writers.close()
+        self.direct.close()
         for pool in (self._committer, self._pool):
             if pool is not None:
                 pool.shutdown()
@@ -498,24 +483,6 @@ class _Batch:
         for fd in self.witnesses.values():
             os.close(fd)
         self.witnesses = {}
-
-
-def _write_staged(
-    writers: OutputWriters,
-    staged: _Staged,
-    parts: list[bytes],
-    tail: Tail | None,
-    own_tail: bool = False,
-) -> None:
-    """Create ``staged``'s file and write it (:meth:`OutputWriters.write`); ``own_tail``:
-    the tail's source is a descriptor of the caller's own (a writer thread's), closed here."""
-    try:
-        staged.fd, staged.temporary = _create_unnamed(staged.target.parent)
-        size = sum(len(p) for p in parts) + (0 if tail is None else tail[2])
-        writers.write(str(staged.target.parent), staged.fd, parts, tail, size)
-    finally:
-        if own_tail and tail is not None:
-            tail[0].close()
 
 
 def _load_syncfs() -> Callable[[int], int] | None:
@@ -574,6 +541,49 @@ def _write_failure(outcome: FileOutcome, exc: Exception) -> FileOutcome:
         return replace(outcome, target=None, error=str(exc), error_kind=type(exc).__name__)
     kind = "OSError" if isinstance(exc, OSError) else type(exc).__name__
     return replace(outcome, target=None, error=f"cannot write: {exc}", error_kind=kind)
+
+
+def write_all(fd: int, parts: list[bytes]) -> None:
+    """All ``parts`` in as few ``writev`` calls as the kernel allows."""
+    limit = getattr(os, "IOV_MAX", None) or 1024
+    for first in range(0, len(parts), limit):
+        group = parts[first : first + limit]
+        written = os.writev(fd, group)
+        total = sum(len(p) for p in group)
+        if written < total:  # a short write (full disk, signal): finish part by part
+            rest = memoryview(b"".join(group))[written:]
+            while rest:
+                rest = rest[os.write(fd, rest) :]
+
+
+def copy_range(source: BinaryIO, fd: int, offset: int, length: int) -> None:
+    """``length`` bytes of ``source`` from ``offset`` appended to ``fd``, in the kernel."""
+    src = source.fileno()
+    end = offset + length
+    for copy in (_copy_file_range, _sendfile):
+        try:
+            while offset < end:
+                done = copy(src, fd, offset, end - offset)
+                if done <= 0:
+                    raise UnreadableInput("the source file shrank while it was read")
+                offset += done
+            return
+        except OSError:
+            continue  # not supported between these files: the next way
+    while offset < end:
+        chunk = os.pread(src, min(end - offset, 1 << 20), offset)
+        if not chunk:
+            raise UnreadableInput("the source file shrank while it was read")
+        write_all(fd, [chunk])
+        offset += len(chunk)
+
+
+def _copy_file_range(src: int, fd: int, offset: int, count: int) -> int:
+    return os.copy_file_range(src, fd, count, offset)
+
+
+def _sendfile(src: int, fd: int, offset: int, count: int) -> int:
+    return os.sendfile(fd, src, offset, count)
 
 
 def anonymize_file(

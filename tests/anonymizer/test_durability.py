@@ -24,7 +24,7 @@ from pydicom import dcmread
 from anonymizer import Deidentifier, generate_secret, load_profile
 from anonymizer.batch import Settings, _chunks, run_batch
 from anonymizer.files import GroupCommit, anonymize_file, anonymize_tree, list_inputs
-from anonymizer.writeback import DIRECT_FILE_SYSTEMS, file_system_type
+from anonymizer.uncached import file_system_type
 from tests.anonymizer.conftest import SITE_A
 from tests.anonymizer.test_cli import ROOT, _gridpacs
 from tests.factories import StudySpec, write_study
@@ -108,14 +108,13 @@ def test_kill_9_mid_run_leaves_only_complete_outputs(
 
 
 def _trace(log: Path, out: Path) -> list[tuple[str, str]]:
-    """In order: ("data", "") for a write of an output's bytes, ("kick", "") for the start of
-    its write-back, ("direct", "") for O_DIRECT set on a file, ("syncfs", ""), ("fsync",
+    """In order: ("data", "") for a write of an output's bytes, ("direct", "") for O_DIRECT
+    set on a file, ("syncfs", ""), ("fsync",
     path of its descriptor), ("publish", name) for an output put at its name in ``out`` (a
     link of an unnamed file or a rename, at its start), ("report", "") for a write to
     stdout."""
     simple = [
         ("data", r"\b(writev|copy_file_range|pwrite64)\(\d+<" + re.escape(str(out))),
-        ("kick", r"\bsync_file_range\("),
         ("direct", r"\bfcntl\(\d+<[^>]*>(?:\(deleted\))?, F_SETFL, [A-Z_|]*O_DIRECT"),
         ("report", r"\bwrite\(1<"),
     ]
@@ -147,8 +146,8 @@ def _trace(log: Path, out: Path) -> list[tuple[str, str]]:
 def test_every_output_is_written_out_before_its_name_and_its_directory_before_the_report(
     tmp_path: Path, secret: Path, jobs: int, size: int
 ) -> None:
-    """Each output is written with O_DIRECT (CT-size, on a disk) or its write-back started as
-    soon as it is written (the rest); a batch's outputs get
+    """Each output is written with O_DIRECT (CT-size, on a disk) or through the page cache
+    (the rest); a batch's outputs get
     their names only after a ``syncfs`` (or their own fsyncs) that came after their bytes,
     and the directory is fsynced after the last name and before the report."""
     source = _corpus(tmp_path / "in", 3, 10, size=size)
@@ -157,7 +156,7 @@ def test_every_output_is_written_out_before_its_name_and_its_directory_before_th
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     command = [STRACE, "-f", "-y", "-qq", "-e",
                "trace=fsync,syncfs,rename,renameat,renameat2,link,linkat,write,writev,"
-               "copy_file_range,pwrite64,sync_file_range,fcntl",
+               "copy_file_range,pwrite64,fcntl",
                "-e", "signal=none", "-o", str(log), sys.executable, "-m", "gridpacs",
                "anonymize", str(source), str(out), "--secret-file", str(secret),
                "--jobs", str(jobs), "--json"]  # fmt: skip
@@ -170,12 +169,11 @@ def test_every_output_is_written_out_before_its_name_and_its_directory_before_th
     published = [(i, name) for i, (kind, name) in enumerate(events) if kind == "publish"]
     assert len(published) == 30 and all(i < report for i, _ in published)
     assert {name for _, name in published} == set(_contents(out))
-    kicks = sum(1 for kind, _ in events if kind == "kick")
     direct = sum(1 for kind, _ in events if kind == "direct")
     if size == 512 and _on_disk(tmp_path):  # CT-size on a disk: around the page cache
-        assert (direct, kicks) == (30, 0), "every CT-size output written with O_DIRECT"
-    else:  # through the page cache, its write-back started at once
-        assert (direct, kicks) == (0, 30), "write-back started per output"
+        assert direct == 30, "every CT-size output written with O_DIRECT"
+    else:
+        assert direct == 0
     for i, _name in published:
         synced = max(j for j, (kind, _) in enumerate(events[:i]) if kind in ("syncfs", "fsync"))
         if jobs == 1:  # one process: nothing else writes outputs meanwhile
@@ -196,7 +194,7 @@ def _on_disk(path: Path) -> bool:
     """True when ``path`` is on a file system the CLI writes large outputs to directly."""
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
-        return file_system_type(fd) in DIRECT_FILE_SYSTEMS
+        return file_system_type(fd) in (0xEF53, 0x58465342)  # ext4, XFS
     finally:
         os.close(fd)
 
@@ -289,7 +287,7 @@ def test_what_is_staged_and_not_committed_is_removed(tmp_path: Path) -> None:
     with GroupCommit() as group:
         for source in inputs:
             group.hold(anonymize_file(deid, source, out, group.writer(source)))
-        group.writers.close()  # type: ignore[union-attr]  # every staged file written
+        group.direct.close()  # every staged file written
         assert _contents(out) == {}  # written, not committed: at no name
         assert len(_held_outputs(out)) == 3
         held = sorted(os.fstat(fd).st_size for fd in _held_outputs(out))
@@ -349,3 +347,19 @@ def _secret_of(secret: bytes, tmp_path: Path) -> Path:
     path = tmp_path / "site-a.secret"
     path.write_text(secret.hex())
     return path
+
+
+def test_an_output_already_at_its_name_is_replaced(tmp_path: Path, secret: Path) -> None:
+    """An unnamed file cannot be linked over a name: it goes through a temporary name and a
+    rename, and nothing is left beside it."""
+    inputs = list_inputs(_corpus(tmp_path / "in", 1, 4))
+    settings = Settings(secret)
+    ref = tmp_path / "ref"
+    assert all(o.ok for o in run_batch(settings, inputs, ref))
+    out = tmp_path / "out"
+    out.mkdir()
+    for name in _contents(ref):
+        (out / name).write_bytes(b"an older output")
+    outcomes = run_batch(settings, inputs, out)
+    assert all(o.ok for o in outcomes)
+    assert _contents(out) == _contents(ref) and _leftovers(out) == []
