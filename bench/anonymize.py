@@ -9,9 +9,9 @@ functions plugged into deid's ``func:`` lookups) and writes one output file per 
   input is read; the header goes out with ``writev``, native pixel data is copied by the
   kernel, as in the CLI): the engine-to-engine comparison;
 * ``cli j1``   — :func:`anonymizer.batch.run_batch` with ``jobs=1``, the code path of
-  ``gridpacs anonymize --jobs 1`` (outputs created, written and their write-back started
-  by writer threads, made durable in group commits: one ``syncfs`` per batch, linked at
-  their names, the directory fsynced once);
+  ``gridpacs anonymize --jobs 1`` (unnamed outputs, CT-size ones written with O_DIRECT by
+  writer threads, made durable in group commits by a committer thread: one ``syncfs`` per
+  batch, linked at their names, the directory fsynced once);
 * ``cli jN``   — the same with ``jobs=<CPUs>`` worker processes (``gridpacs anonymize``'s
   default), pool start-up included. Both cli sides run in a separate process as light as
   the CLI's (``bench/anonymize_cli.py``), timed there: forking workers from this process,
