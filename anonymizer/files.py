@@ -163,29 +163,31 @@ def _create_unnamed(directory: Path) -> tuple[int, str | None]:
     return _mkstemp(directory)
 
 
-def _publish(staged: _Staged) -> None:
+def _publish(staged: _Staged, directories: dict[Path, int]) -> None:
     """Put a durable staged file at its name: rename it, or link it when unnamed (through a
     temporary name and a rename when something is at the name already: ``linkat`` never
-    replaces)."""
+    replaces). ``directories``: descriptors of the targets' directories, opened here the
+    first time one is needed and closed by the caller (one per directory and commit)."""
     if staged.temporary is not None:
         os.replace(staged.temporary, staged.target)
         return
-    directory = os.open(staged.target.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    parent = staged.target.parent
+    directory = directories.get(parent)
+    if directory is None:
+        flags = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
+        directory = directories[parent] = os.open(parent, flags)
+    proc = f"/proc/self/fd/{staged.fd}"
     try:
-        proc = f"/proc/self/fd/{staged.fd}"
+        os.link(proc, staged.target.name, dst_dir_fd=directory)  # linkat(.., FOLLOW)
+    except FileExistsError:
+        temporary = f".{os.urandom(8).hex()}.part"
+        os.link(proc, temporary, dst_dir_fd=directory)
         try:
-            os.link(proc, staged.target.name, dst_dir_fd=directory)  # linkat(.., FOLLOW)
-        except FileExistsError:
-            temporary = f".{os.urandom(8).hex()}.part"
-            os.link(proc, temporary, dst_dir_fd=directory)
-            try:
-                os.replace(temporary, staged.target.name, src_dir_fd=directory,
-                           dst_dir_fd=directory)  # fmt: skip
-            except BaseException:
-                os.unlink(temporary, dir_fd=directory)
-                raise
-    finally:
-        os.close(directory)
+            os.replace(temporary, staged.target.name, src_dir_fd=directory,
+                       dst_dir_fd=directory)  # fmt: skip
+        except BaseException:
+            os.unlink(temporary, dir_fd=directory)
+            raise
 
 
 def _withdraw_unsynced(linked: list[_Staged]) -> None:
@@ -383,6 +385,7 @@ class GroupCommit:
         file.
         """
         staged = [s for _, s in batch.held if s is not None]
+        dir_fds: dict[Path, int] = {}  # descriptors for linking, per directory
         try:
             for s in staged:
                 s.settle()
@@ -391,7 +394,7 @@ class GroupCommit:
                 s.error = error
                 if error is None:
                     try:
-                        _publish(s)
+                        _publish(s, dir_fds)
                         s.renamed = True
                     except OSError as exc:
                         s.error = exc
@@ -408,6 +411,8 @@ class GroupCommit:
                             s.error, s.renamed = exc, False
                             s.target.unlink(missing_ok=True)
         finally:
+            for fd in dir_fds.values():
+                os.close(fd)
             for s in staged:
                 _drop(s, keep=s.renamed)
             batch.close()
