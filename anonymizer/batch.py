@@ -1,11 +1,12 @@
-"""Many files at once: de-identify a list of files in one process or in a pool of workers.
+"""Many files at once: de-identify a list of files in one process or in worker processes.
 
-Per-file I/O (read, temporary file, rename) costs more than the engine itself, so a
-folder goes faster on several cores. Outputs are made durable in group commits
-(:func:`~anonymizer.files.anonymize_tree`): in this process for ``jobs=1``, per chunk in a
-worker, so a chunk's outcomes come back only once its outputs are durable. Work is sent
-to the workers in chunks of files (a few dozen round trips instead of one per file); each
-worker builds its own
+Per-file I/O (read, unnamed file, commit) costs more than the engine itself, so a folder
+goes faster on several cores. Outputs are made durable in group commits
+(:func:`~anonymizer.files.anonymize_tree`): in this process for ``jobs=1``; in each worker
+for ``jobs>1`` (:mod:`anonymizer.workers`), one group commit spanning every chunk it is
+given, so an outcome comes back only once its output is durable. Work is sent to the
+workers in chunks of files (a few dozen round trips instead of one per file, and a slow
+chunk does not leave a core idle); each worker builds its own
 :class:`~anonymizer.engine.Deidentifier` once, from the same :class:`Settings`, so every
 worker computes the same pseudonyms and the outputs are byte-identical to a
 single-process run. The re-identification map is a SQLite file in WAL mode written in
@@ -19,22 +20,19 @@ process is reported as a failure of the files it held, never as a lost file.
 
 from __future__ import annotations
 
-import gc
 import math
-import multiprocessing
 import os
 from collections.abc import Callable, Sequence
-from concurrent.futures import Future, ProcessPoolExecutor, as_completed
-from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
 
 from anonymizer.engine import Deidentifier
 from anonymizer.errors import AnonymizationError
-from anonymizer.files import FileOutcome, GroupCommit, anonymize_tree, make_output_dir
+from anonymizer.files import FileOutcome, anonymize_tree, make_output_dir
 from anonymizer.profiles import load_profile
 from anonymizer.pseudonyms import load_secret
 from anonymizer.reidentification import ReidentificationMap
+from anonymizer.workers import run_workers
 
 #: At most this many files per chunk (progress stays smooth on large folders) …
 MAX_CHUNK = 32
@@ -74,25 +72,6 @@ def default_jobs() -> int:
         return os.cpu_count() or 1
 
 
-_worker_deid: Deidentifier | None = None
-_worker_group: GroupCommit | None = None  # its fsync threads live as long as the worker
-
-
-def _init_worker(settings: Settings) -> None:
-    global _worker_deid, _worker_group
-    _worker_deid = settings.build()
-    _worker_group = GroupCommit()
-    # Everything up to here (the modules, the compiled profile) lives as long as the
-    # worker: out of the collector's sight, full collections stay cheap and the pages
-    # shared with the parent are not copied by the collector touching them.
-    gc.freeze()
-
-
-def _run_chunk(sources: list[Path], output: Path) -> list[FileOutcome]:
-    assert _worker_deid is not None and _worker_group is not None, "worker not initialised"
-    return list(anonymize_tree(_worker_deid, sources, output, _worker_group))
-
-
 def _chunks(inputs: Sequence[Path], jobs: int) -> list[list[Path]]:
     size = max(1, min(MAX_CHUNK, math.ceil(len(inputs) / (jobs * CHUNKS_PER_WORKER))))
     return [list(inputs[i : i + size]) for i in range(0, len(inputs), size)]
@@ -130,27 +109,4 @@ def run_batch(
             outcomes.append(outcome)
             advance(1)
         return outcomes
-    results: list[list[FileOutcome] | None] = [None] * len(chunks)
-    # fork: workers start in milliseconds with the modules already imported. Every worker
-    # is forked at the first submit, before this module starts a thread of its own; callers
-    # must not run threads of their own meanwhile (the CLI's progress bar refreshes from
-    # ``on_progress`` rather than from a timer thread).
-    context = multiprocessing.get_context("fork")
-    with ProcessPoolExecutor(jobs, context, _init_worker, (settings,)) as pool:
-        pending: dict[Future[list[FileOutcome]], int] = {
-            pool.submit(_run_chunk, chunk, output): n for n, chunk in enumerate(chunks)
-        }
-        for future in as_completed(pending):
-            n = pending[future]
-            try:
-                results[n] = future.result()
-            except BrokenProcessPool as exc:
-                results[n] = [_crashed(source, exc) for source in chunks[n]]
-            except Exception as exc:  # e.g. a worker failing to start
-                results[n] = [_crashed(source, exc) for source in chunks[n]]
-            advance(len(chunks[n]))
-    return [outcome for chunk in results if chunk is not None for outcome in chunk]
-
-
-def _crashed(source: Path, exc: BaseException) -> FileOutcome:
-    return FileOutcome(source, error=f"worker failed: {exc}", error_kind=type(exc).__name__)
+    return run_workers(settings, chunks, output, jobs, advance)

@@ -668,23 +668,31 @@ def anonymize_tree(
     Each outcome is yielded once its output is durable at its name (batches of ``group``'s
     size, default :class:`GroupCommit`); leaving the iteration early removes what was
     written and not yet committed. Unexpected errors (a bug in a reader) are one file's
-    failure, not the end of the run.
+    failure, not the end of the run (:func:`stage_file`).
     """
     own = group is None
     batch = group or GroupCommit()
     try:
         for source in inputs:
-            try:
-                outcome = anonymize_file(deidentifier, source, output_dir, batch.writer(source))
-            except Exception as exc:  # reported per file, never swallowed
-                outcome = FileOutcome(source, error=str(exc) or repr(exc),
-                                      error_kind=type(exc).__name__)  # fmt: skip
-            batch.hold(outcome)
-            if batch.due:  # committed while the next batch is written
-                yield from batch.commit_in_background()
+            yield from stage_file(deidentifier, source, output_dir, batch)
         yield from batch.commit()
     finally:
         if own:
             batch.close()
         else:
             batch.discard()
+
+
+def stage_file(
+    deidentifier: Deidentifier, source: Path, output_dir: Path, group: GroupCommit
+) -> list[FileOutcome]:
+    """De-identify ``source`` into ``group`` and hold its outcome; when that fills a batch,
+    start committing it in the background and return the outcomes of the batch committed
+    before it (durable, in order), else nothing. Unexpected errors (a bug in a reader) are
+    the file's failure, not the end of the run."""
+    try:
+        outcome = anonymize_file(deidentifier, source, output_dir, group.writer(source))
+    except Exception as exc:  # reported per file, never swallowed
+        outcome = FileOutcome(source, error=str(exc) or repr(exc), error_kind=type(exc).__name__)
+    group.hold(outcome)
+    return group.commit_in_background() if group.due else []

@@ -172,8 +172,12 @@ def measure(
     """Interleaved runs; medians of files/s by wall clock and by CPU time, ratios to deid.
 
     ``keep``: outputs stay until every round is done (each run writes a new folder, as a
-    user's would) and the file system is synced after each run, untimed, so no run starts
-    with another's unwritten data. Without it each run's outputs are removed right after
+    user's would) and the file system is synced after each run and the outputs' pages
+    dropped from the page cache, untimed, so no run starts with another's unwritten data
+    or with less free memory than the first run had (on this project's virtual machine,
+    page-cache writes slow down several times once the guest needs memory it has not
+    touched before: kept outputs' pages made every later page-cache writer, deid included,
+    pay for the earlier runs). Without it each run's outputs are removed right after
     it: on an ext4 without a journal (this machine's /tmp) the next run's file creations
     then skip over the inodes just freed (ext4 does not reuse an inode for a minute or so
     after its deletion without a journal), ~0.1-1 ms per new file, whatever side runs.
@@ -195,6 +199,7 @@ def measure(
             if keep:
                 outputs.append(out)
                 os.sync()
+                _drop_cached(out)
             else:
                 shutil.rmtree(out)
     for out in outputs:
@@ -209,6 +214,16 @@ def measure(
         "cpu_ratio": {k: round(v / med_cpu["deid"], 1) for k, v in med_cpu.items()},
         "runs_wall": {k: [round(v, 1) for v in vs] for k, vs in wall.items()},
     }
+
+
+def _drop_cached(directory: Path) -> None:
+    """Drop the (clean, synced) cached pages of every file in ``directory``."""
+    for path in directory.iterdir():
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        finally:
+            os.close(fd)
 
 
 def main() -> None:

@@ -185,9 +185,10 @@ def test_every_output_is_written_out_before_its_name_and_its_directory_before_th
         assert ("syncfs", "") in events[last:directory]
     first = min(i for i, _ in published)  # the new directories, made before any output
     assert {("fsync", str(out.parent)), ("fsync", str(tmp_path))} <= set(events[:first])
-    # Grouped: one directory fsync per commit (per chunk of work with workers).
-    commits = 1 if jobs == 1 else len(_chunks(list_inputs(source), jobs))
-    assert sum(1 for event in events if event == ("fsync", str(out))) == commits < 30
+    # Grouped: one directory fsync per commit; a worker's commits span its chunks, so 30
+    # files (under one batch) take one commit per process, not one per chunk of work.
+    assert len(_chunks(list_inputs(source), jobs)) > jobs
+    assert sum(1 for event in events if event == ("fsync", str(out))) == jobs
 
 
 def _on_disk(path: Path) -> bool:
@@ -363,3 +364,64 @@ def test_an_output_already_at_its_name_is_replaced(tmp_path: Path, secret: Path)
     outcomes = run_batch(settings, inputs, out)
     assert all(o.ok for o in outcomes)
     assert _contents(out) == _contents(ref) and _leftovers(out) == []
+
+
+def _children(pid: int) -> list[int]:
+    try:
+        return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except FileNotFoundError:
+        return []
+
+
+def test_a_killed_worker_fails_only_the_files_it_held_and_the_others_finish(
+    tmp_path: Path, secret: Path
+) -> None:
+    """``--jobs 2``: both workers are stopped as soon as they exist; once the parent has
+    sent them their first chunks (it waits in ``poll``), one is killed with SIGKILL and the
+    other let go. The run goes on without the dead one: the files the dead
+    worker held and had not reported are listed failures (``WorkerFailed``, with the
+    signal), every other file is written by the survivor, byte-identical to an
+    uninterrupted run, and nothing else is left in the output folder."""
+    source = _corpus(tmp_path / "in", 60, 10)  # 600 small files
+    inputs = list_inputs(source)
+    ref = tmp_path / "ref"
+    assert all(o.ok for o in run_batch(Settings(secret), inputs, ref))
+    reference = _contents(ref)
+
+    out = tmp_path / "out"
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    command = [sys.executable, "-m", "gridpacs", "anonymize", str(source), str(out),
+               "--secret-file", str(secret), "--jobs", "2", "--json"]  # fmt: skip
+    proc = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        deadline = time.monotonic() + 60
+        workers: list[int] = []
+        while len(workers) < 2 and time.monotonic() < deadline and proc.poll() is None:
+            workers = _children(proc.pid)
+            for pid in workers:
+                os.kill(pid, signal.SIGSTOP)
+        assert len(workers) == 2, "the two workers never appeared"
+        # The parent waits in poll() once it has sent both workers their first chunks.
+        while "poll" not in Path(f"/proc/{proc.pid}/wchan").read_text():
+            assert time.monotonic() < deadline and proc.poll() is None
+            time.sleep(0.001)
+        os.kill(workers[0], signal.SIGKILL)
+        os.kill(workers[1], signal.SIGCONT)
+        stdout, stderr = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+    assert proc.returncode == 1, stderr
+    report = json.loads(stdout)
+    failed = [r for r in report["results"] if r["error"]]
+    assert report["files"] == len(inputs) == report["written"] + report["failed"]
+    assert failed and all(r["error_kind"] == "WorkerFailed" for r in failed)
+    assert all("killed by signal 9" in r["error"] for r in failed)
+    assert report["written"] > len(inputs) // 2, "the surviving worker took the rest"
+    written = _contents(out)
+    assert len(written) == report["written"]
+    assert all(reference[name] == data for name, data in written.items())
+    assert sorted(os.listdir(out)) == sorted(written)  # no temporary file left either
