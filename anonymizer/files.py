@@ -126,14 +126,18 @@ def make_output_dir(directory: Path) -> None:
 
     Done once before a batch, so workers writing into it never race to create it.
     """
-    missing: list[Path] = []
-    probe = directory
-    while not probe.is_dir():
-        missing.append(probe)
-        probe = probe.parent
-    for new in reversed(missing):
+    for new in reversed(_missing_dirs(directory)):
         new.mkdir(exist_ok=True)
         fsync_directory(new.parent)
+
+
+def _missing_dirs(directory: Path) -> list[Path]:
+    """``directory`` and those of its parents that do not exist yet, deepest first."""
+    missing: list[Path] = []
+    while not directory.is_dir():
+        missing.append(directory)
+        directory = directory.parent
+    return missing
 
 
 def _mkstemp(directory: Path) -> tuple[int, str]:
@@ -205,14 +209,11 @@ def _create_temporary(directory: Path) -> tuple[int, str, list[Path]]:
     directories made for it (their parents need an fsync for the new names to last)."""
     created: list[Path] = []
     try:
-        fd, temporary = tempfile.mkstemp(dir=directory, prefix=".", suffix=".part")
+        fd, temporary = _mkstemp(directory)
     except FileNotFoundError:  # the first output of a folder: make it (not once a file)
-        missing = directory
-        while not missing.exists():
-            created.append(missing)
-            missing = missing.parent
+        created = _missing_dirs(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        fd, temporary = tempfile.mkstemp(dir=directory, prefix=".", suffix=".part")
+        fd, temporary = _mkstemp(directory)
     return fd, temporary, created
 
 
@@ -327,10 +328,7 @@ class GroupCommit:
         the commit's ``syncfs`` on it reports the write-back errors of all of them."""
         device = self._devices.get(directory)
         if device is None:
-            missing, created = directory, []
-            while not missing.is_dir():
-                created.append(missing)
-                missing = missing.parent
+            created = _missing_dirs(directory)
             if created:
                 directory.mkdir(parents=True, exist_ok=True)
                 self._batch.new_dirs.update(d.parent for d in created)
