@@ -234,7 +234,9 @@ class _Staged:
     target: Path
     fd: int = -1  # -1 before the file is created and once it is closed
     temporary: str | None = None  # None: an unnamed file (O_TMPFILE), linked at commit
-    pending: Future[None] | None = None  # its direct write, still running in a thread
+    # its direct write, still running in a thread (giving the descriptor when the thread
+    # also creates the file)
+    pending: Future[None] | Future[int] | None = None
     error: Exception | None = None
     renamed: bool = False
 
@@ -242,7 +244,9 @@ class _Staged:
         """Wait for the direct write, if any; its error becomes :attr:`error`."""
         if self.pending is not None:
             try:
-                self.pending.result()
+                fd = self.pending.result()
+                if fd is not None:
+                    self.fd = fd
             except Exception as exc:  # the file's failure, reported at commit
                 self.error = exc
             finally:
@@ -254,7 +258,8 @@ class GroupCommit:
 
     :meth:`writer` gives :func:`anonymize_file` a writer that stages an output (an unnamed
     file where the file system allows, written, not yet durable; a CT-size one on a disk
-    written with ``O_DIRECT`` by a thread of :class:`~anonymizer.uncached.DirectWriter`);
+    written with ``O_DIRECT`` by a thread of :class:`~anonymizer.uncached.DirectWriter`,
+    which also creates it once the directory is known to take unnamed files);
     :meth:`hold` queues every outcome, staged or failed, in input order; :meth:`commit`
     makes the staged files durable together and returns the held outcomes, a staged file
     that could not be written or made durable turned into a failure (nothing of it left);
@@ -280,6 +285,7 @@ class GroupCommit:
         self._batch = _Batch()  # filling
         self._staged: dict[Path, _Staged] = {}  # by source, from stage to hold
         self._devices: dict[Path, int] = {}  # output directories made or found, their device
+        self._unnamed: set[Path] = set()  # directories whose outputs the writer creates
         self._committer: ThreadPoolExecutor | None = None
         self._committing: Future[list[FileOutcome]] | None = None
 
@@ -309,14 +315,20 @@ class GroupCommit:
         parts = _parts(data)
         size = sum(len(p) for p in parts) + (0 if tail is None else tail[2])
         staged = _Staged(target)
-        staged.fd, staged.temporary = _create_unnamed(target.parent)
-        try:
-            staged.pending = self.direct.start(str(target.parent), staged.fd, parts, tail, size)
-            if staged.pending is None:
-                _write_output(staged.fd, parts, tail)
-        except BaseException:
-            _drop(staged)
-            raise
+        directory = str(target.parent)
+        if target.parent in self._unnamed:
+            staged.pending = self.direct.start_unnamed(directory, parts, tail, size)
+        if staged.pending is None:
+            staged.fd, staged.temporary = _create_unnamed(target.parent)
+            try:
+                staged.pending = self.direct.start(directory, staged.fd, parts, tail, size)
+                if staged.pending is None:
+                    _write_output(staged.fd, parts, tail)
+            except BaseException:
+                _drop(staged)
+                raise
+            if staged.pending is not None and staged.temporary is None:
+                self._unnamed.add(target.parent)  # from now on created by the writer
         _drop(self._staged.pop(source, None))
         self._staged[source] = staged
         self._batch.count += 1

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import random
+import subprocess
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -74,14 +75,15 @@ def _expected(deid: Deidentifier, inputs: list[Path]) -> dict[str, bytes]:
 
 def _run(
     deid: Deidentifier, inputs: list[Path], out: Path, direct: bool
-) -> tuple[dict[str, bytes], int]:
+) -> tuple[dict[str, bytes], int, int]:
+    """The outputs by name, and how many the writer threads wrote directly and created."""
     with GroupCommit(direct=direct) as group:
         outcomes = list(anonymize_tree(deid, inputs, out, group))
-        writes = group.direct.writes
+        writes, created = group.direct.writes, group.direct.created
     assert all(o.ok for o in outcomes), [o.error for o in outcomes if not o.ok]
     names = sorted(os.listdir(out))
     assert not [n for n in names if n.startswith(".")], "temporary files left"
-    return {n: (out / n).read_bytes() for n in names}, writes
+    return {n: (out / n).read_bytes() for n in names}, writes, created
 
 
 def test_ct_outputs_on_disk_are_written_directly_and_byte_identical(disk: Path) -> None:
@@ -91,20 +93,65 @@ def test_ct_outputs_on_disk_are_written_directly_and_byte_identical(disk: Path) 
     assert all(len(data) >= DIRECT_MIN_BYTES for data in expected.values())
     assert len({len(data) % ALIGN for data in expected.values()}) > 1  # various tails
 
-    direct, writes = _run(deid, inputs, disk / "direct", direct=True)
-    cached, none = _run(deid, inputs, disk / "cached", direct=False)
+    direct, writes, created = _run(deid, inputs, disk / "direct", direct=True)
+    cached, none, not_created = _run(deid, inputs, disk / "cached", direct=False)
 
     assert writes == len(inputs) and none == 0
+    # The first output shows the directory takes unnamed files and direct writes; the
+    # writer threads create the others themselves.
+    assert created == len(inputs) - 1 and not_created == 0
     assert direct == expected
     assert cached == expected
+
+
+def test_a_file_the_writer_cannot_create_fails_alone_and_leaves_nothing(
+    tiny_ext4: Path, tmp_path: Path
+) -> None:
+    """The writer threads' ``O_TMPFILE`` finds no free inode (``ENOSPC``, the kernel's own
+    refusal on a real ext4 with 16 inodes): those outputs fail with the reason at the
+    commit, the others are written whole, and nothing else is left."""
+    inputs = _ct_corpus(tmp_path / "in", count=8)
+    deid = Deidentifier(load_profile(), SITE_A)
+    expected = _expected(deid, inputs)
+    out = tiny_ext4 / "out"
+    out.mkdir()
+    free = os.statvfs(out).f_favail
+    assert 1 < free < len(inputs)
+    with GroupCommit() as group:
+        outcomes = list(anonymize_tree(deid, inputs, out, group))
+        created = group.direct.created
+    assert [o.source for o in outcomes] == inputs
+    ok = [o for o in outcomes if o.ok]
+    assert len(ok) == free and created == free - 1  # the first made by the caller
+    for outcome in outcomes[free:]:
+        assert not outcome.ok and outcome.error_kind == "OSError"
+        assert outcome.error is not None and "No space left on device" in outcome.error
+    written = {o.target.name for o in ok if o.target is not None}
+    assert sorted(os.listdir(out)) == sorted(written)
+    assert {n: (out / n).read_bytes() for n in written} == {n: expected[n] for n in written}
+
+
+@pytest.fixture
+def tiny_ext4(tmp_path: Path) -> Iterator[Path]:
+    """A 16 MiB ext4 with 16 inodes (5 free), loop-mounted (the tests run as root)."""
+    image, mount = tmp_path / "tiny.img", tmp_path / "tiny"
+    mount.mkdir()
+    with image.open("wb") as handle:
+        handle.truncate(16 << 20)
+    subprocess.run(["mkfs.ext4", "-q", "-F", "-N", "16", str(image)], check=True)
+    subprocess.run(["mount", "-o", "loop", str(image), str(mount)], check=True)
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", str(mount)], check=True)
 
 
 def test_ct_outputs_on_tmpfs_go_through_the_page_cache(tmpfs: Path) -> None:
     """tmpfs takes O_DIRECT (Linux >= 6.6) as a plain copy: not worth a second copy."""
     inputs = _ct_corpus(tmpfs / "in", count=4)
     deid = Deidentifier(load_profile(), SITE_A)
-    written, writes = _run(deid, inputs, tmpfs / "out", direct=True)
-    assert writes == 0
+    written, writes, created = _run(deid, inputs, tmpfs / "out", direct=True)
+    assert writes == 0 and created == 0
     assert written == _expected(deid, inputs)
 
 
