@@ -134,12 +134,7 @@ class DirectWriter:
         output, a file system not worth it, ``O_DIRECT`` refused there before)."""
         if size < self.min_bytes or not self.usable(directory, fd):
             return None
-        buffer = self._take(size)
-        try:
-            _fill(buffer, parts, tail, size)
-        except BaseException:
-            self._idle.put(buffer)
-            raise
+        buffer = self._filled(parts, tail, size)
         return self._executor().submit(self._write, directory, fd, buffer, size)
 
     def start_unnamed(
@@ -154,13 +149,18 @@ class DirectWriter:
         instead of adding to it. None when not sure of that (then :meth:`start`)."""
         if size < self.min_bytes or not self._verdicts.get(directory) or not _O_TMPFILE:
             return None
+        buffer = self._filled(parts, tail, size)
+        return self._executor().submit(self._create_and_write, directory, buffer, size)
+
+    def _filled(self, parts: Sequence[bytes], tail: Tail | None, size: int) -> mmap.mmap:
+        """An idle buffer holding the output (given back if that fails)."""
         buffer = self._take(size)
         try:
             _fill(buffer, parts, tail, size)
         except BaseException:
             self._idle.put(buffer)
             raise
-        return self._executor().submit(self._create_and_write, directory, buffer, size)
+        return buffer
 
     def _executor(self) -> ThreadPoolExecutor:
         if self._pool is None:
