@@ -37,6 +37,7 @@ import tempfile
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
+from functools import partial
 from pathlib import Path
 from typing import BinaryIO
 
@@ -150,6 +151,11 @@ def _mkstemp(directory: Path) -> tuple[int, str]:
 _O_TMPFILE: int = getattr(os, "O_TMPFILE", 0) if os.path.isdir("/proc/self/fd") else 0
 
 
+def _open_unnamed(directory: Path) -> int:
+    """A new unnamed file (``O_TMPFILE``) in ``directory``, open for reading and writing."""
+    return os.open(directory, _O_TMPFILE | os.O_RDWR | os.O_CLOEXEC, 0o600)
+
+
 def _create_unnamed(directory: Path) -> tuple[int, str | None]:
     """A new file for an output in ``directory``: unnamed (``O_TMPFILE``) where the file
     system allows, else a hidden temporary file; its descriptor and path (None: unnamed).
@@ -160,7 +166,7 @@ def _create_unnamed(directory: Path) -> tuple[int, str | None]:
     """
     if _O_TMPFILE:
         try:
-            return os.open(directory, _O_TMPFILE | os.O_RDWR | os.O_CLOEXEC, 0o600), None
+            return _open_unnamed(directory), None
         except OSError as exc:
             if exc.errno not in (errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL):
                 raise
@@ -317,7 +323,8 @@ class GroupCommit:
         staged = _Staged(target)
         directory = str(target.parent)
         if target.parent in self._unnamed:
-            staged.pending = self.direct.start_unnamed(directory, parts, tail, size)
+            create = partial(_open_unnamed, target.parent)
+            staged.pending = self.direct.start_new(directory, create, parts, tail, size)
         if staged.pending is None:
             staged.fd, staged.temporary = _create_unnamed(target.parent)
             try:

@@ -50,7 +50,6 @@ ALIGN = max(4096, mmap.PAGESIZE)
 #: ``statfs.f_type`` of file systems whose ``O_DIRECT`` writes go straight to the device.
 _DIRECT_FILE_SYSTEMS = frozenset({0xEF53, 0x58465342})  # ext2/3/4, XFS
 _O_DIRECT: int = getattr(os, "O_DIRECT", 0)
-_O_TMPFILE: int = getattr(os, "O_TMPFILE", 0)
 
 #: (source file, offset, length) of bytes copied from a source after the written parts.
 Tail = tuple[BinaryIO, int, int]
@@ -116,7 +115,7 @@ class DirectWriter:
         self._pool: ThreadPoolExecutor | None = None
         self._lock = threading.Lock()
         self.writes = 0  # outputs written directly (the tests look)
-        self.created = 0  # files created by the threads (start_unnamed)
+        self.created = 0  # files created by the threads (start_new)
 
     def usable(self, directory: str, fd: int) -> bool:
         """True when outputs in ``directory`` (``fd`` one of its files) go direct."""
@@ -137,20 +136,25 @@ class DirectWriter:
         buffer = self._filled(parts, tail, size)
         return self._executor().submit(self._write, directory, fd, buffer, size)
 
-    def start_unnamed(
-        self, directory: str, parts: Sequence[bytes], tail: Tail | None, size: int
+    def start_new(
+        self,
+        directory: str,
+        create: Callable[[], int],
+        parts: Sequence[bytes],
+        tail: Tail | None,
+        size: int,
     ) -> Future[int] | None:
-        """Like :meth:`start`, but the writer thread also creates the file, unnamed
-        (``O_TMPFILE``) in ``directory``: the future's result is its descriptor, the
+        """Like :meth:`start`, but the writer thread also makes the file, with ``create``
+        (a new empty file in ``directory``): the future's result is its descriptor, the
         caller's to close (on failure the thread closes it). For directories where
-        :meth:`start` went direct before and unnamed files were made: a new inode costs
-        0.01 to 0.25 ms here, more on an ext4 without a journal just after many
-        deletions, and in a writer thread that time overlaps the caller's next header
-        instead of adding to it. None when not sure of that (then :meth:`start`)."""
-        if size < self.min_bytes or not self._verdicts.get(directory) or not _O_TMPFILE:
+        :meth:`start` went direct before: a new inode costs 0.01 to 0.25 ms here, more on
+        an ext4 without a journal just after many deletions, and in a writer thread that
+        time overlaps the caller's next header instead of adding to it. None when not
+        sure direct writes are taken there (then :meth:`start`)."""
+        if size < self.min_bytes or not self._verdicts.get(directory):
             return None
         buffer = self._filled(parts, tail, size)
-        return self._executor().submit(self._create_and_write, directory, buffer, size)
+        return self._executor().submit(self._create_and_write, directory, create, buffer, size)
 
     def _filled(self, parts: Sequence[bytes], tail: Tail | None, size: int) -> mmap.mmap:
         """An idle buffer holding the output (given back if that fails)."""
@@ -167,9 +171,11 @@ class DirectWriter:
             self._pool = ThreadPoolExecutor(self._threads, thread_name_prefix="direct")
         return self._pool
 
-    def _create_and_write(self, directory: str, buffer: mmap.mmap, size: int) -> int:
+    def _create_and_write(
+        self, directory: str, create: Callable[[], int], buffer: mmap.mmap, size: int
+    ) -> int:
         try:
-            fd = os.open(directory, _O_TMPFILE | os.O_RDWR | os.O_CLOEXEC, 0o600)
+            fd = create()
         except BaseException:
             self._idle.put(buffer)
             raise

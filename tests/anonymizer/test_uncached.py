@@ -50,6 +50,21 @@ def tmpfs() -> Iterator[Path]:
         yield Path(name)
 
 
+@pytest.fixture
+def tiny_ext4(tmp_path: Path) -> Iterator[Path]:
+    """A 16 MiB ext4 with 16 inodes (5 free), loop-mounted (the tests run as root)."""
+    image, mount = tmp_path / "tiny.img", tmp_path / "tiny"
+    mount.mkdir()
+    with image.open("wb") as handle:
+        handle.truncate(16 << 20)
+    subprocess.run(["mkfs.ext4", "-q", "-F", "-N", "16", str(image)], check=True)
+    subprocess.run(["mount", "-o", "loop", str(image), str(mount)], check=True)
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", str(mount)], check=True)
+
+
 def _ct_corpus(directory: Path, count: int = 12) -> list[Path]:
     """CT-size instances with random pixels, 512 rows of 500 to 511 columns, so the outputs
     end at different offsets in their last block (and a pixel shifted by one shows)."""
@@ -129,21 +144,6 @@ def test_a_file_the_writer_cannot_create_fails_alone_and_leaves_nothing(
     written = {o.target.name for o in ok if o.target is not None}
     assert sorted(os.listdir(out)) == sorted(written)
     assert {n: (out / n).read_bytes() for n in written} == {n: expected[n] for n in written}
-
-
-@pytest.fixture
-def tiny_ext4(tmp_path: Path) -> Iterator[Path]:
-    """A 16 MiB ext4 with 16 inodes (5 free), loop-mounted (the tests run as root)."""
-    image, mount = tmp_path / "tiny.img", tmp_path / "tiny"
-    mount.mkdir()
-    with image.open("wb") as handle:
-        handle.truncate(16 << 20)
-    subprocess.run(["mkfs.ext4", "-q", "-F", "-N", "16", str(image)], check=True)
-    subprocess.run(["mount", "-o", "loop", str(image), str(mount)], check=True)
-    try:
-        yield mount
-    finally:
-        subprocess.run(["umount", str(mount)], check=True)
 
 
 def test_ct_outputs_on_tmpfs_go_through_the_page_cache(tmpfs: Path) -> None:
