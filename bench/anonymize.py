@@ -29,7 +29,9 @@ time (this process plus its reaped worker processes), and the ratios to deid's m
 from __future__ import annotations
 
 import argparse
+import fcntl
 import json
+import mmap
 import os
 import platform
 import resource
@@ -40,6 +42,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -52,7 +55,8 @@ from anonymizer._deid import run_reference_pipeline  # noqa: E402
 from anonymizer.batch import default_jobs  # noqa: E402
 from anonymizer.files import deidentify_source, open_source, write_instance  # noqa: E402
 from anonymizer.pseudonyms import Pseudonymizer  # noqa: E402
-from tests.factories import StudySpec, make_dataset  # noqa: E402
+from anonymizer.uncached import ALIGN, THREADS  # noqa: E402
+from tests.factories import StudySpec, make_dataset, to_bytes  # noqa: E402
 
 SECRET = bytes(range(32))
 
@@ -234,6 +238,45 @@ def creation_cost(directory: Path, count: int = 200) -> float:
     return statistics.median(times) * 1e6
 
 
+def write_ceiling(directory: Path, size: int, count: int = 400) -> float | None:
+    """Files/s of ``count`` new files of ``size`` bytes written as the CLI writes CT outputs
+    (whole blocks with ``O_DIRECT``, the partial last one through the cache, by
+    :data:`~anonymizer.uncached.THREADS` threads), then one ``sync``: what the disk allows
+    with no de-identification, copy or commit at all (None where ``O_DIRECT`` is refused).
+    The files stay until the scratch folder goes, like :func:`creation_cost`'s: freed
+    inodes would slow the next creations on an ext4 without a journal.
+    """
+    directory.mkdir()
+    flags = os.O_CREAT | os.O_EXCL | os.O_RDWR | os.O_DIRECT | os.O_CLOEXEC
+    whole = size // ALIGN * ALIGN
+    opened: list[int] = []
+
+    def write(first: int, n: int) -> None:
+        buffer = mmap.mmap(-1, size + ALIGN)  # page-aligned
+        buffer.write(bytes(range(256)) * (len(buffer) // 256))
+        with memoryview(buffer) as view:
+            for number in range(first, first + n):
+                fd = os.open(directory / str(number), flags, 0o600)
+                opened.append(fd)
+                os.pwrite(fd, view[:whole], 0)
+                fcntl.fcntl(fd, fcntl.F_SETFL, os.O_RDWR)  # O_DIRECT off for the last block
+                os.pwrite(fd, view[whole:size], whole)
+        buffer.close()
+
+    each = count // THREADS
+    started = time.perf_counter()
+    try:
+        with ThreadPoolExecutor(THREADS) as pool:
+            list(pool.map(write, range(0, each * THREADS, each), [each] * THREADS))
+        os.sync()
+    except OSError:
+        return None
+    finally:
+        for fd in opened:
+            os.close(fd)
+    return each * THREADS / (time.perf_counter() - started)
+
+
 def _drop_cached(directory: Path) -> None:
     """Drop the (clean, synced) cached pages of every file in ``directory``."""
     for path in directory.iterdir():
@@ -288,6 +331,8 @@ def main() -> None:
             runners[f"base j{args.jobs}"] = cli_runner(clis[1], secret_file, args.jobs)
         runners["deid"] = deid_runner()
         create_us = [creation_cost(scratch / "probe-start")]
+        ct_size = len(to_bytes(make_dataset(rows=512, columns=512)))
+        ceilings = [write_ceiling(scratch / "probe-write-start", ct_size)] if args.ct else []
         try:
             for label, count, size in (
                 ("small 64x64", args.small, 64),
@@ -299,6 +344,8 @@ def main() -> None:
                     results[label] = measure(files, scratch, args.repeat, runners,
                                              args.keep_outputs)  # fmt: skip
             create_us.append(creation_cost(scratch / "probe-end"))
+            if args.ct > 0:
+                ceilings.append(write_ceiling(scratch / "probe-write-end", ct_size))
         finally:
             for cli in clis:
                 cli.close()
@@ -312,6 +359,7 @@ def main() -> None:
         "dir": args.dir or tempfile.gettempdir(),
         "keep_outputs": args.keep_outputs,
         "file_creation_us_p50": [round(x, 1) for x in create_us],  # before, after the runs
+        "ct_write_ceiling_files_per_s": [None if c is None else round(c) for c in ceilings],
     }
     if args.json:
         print(json.dumps({"machine": machine, "results": results}, indent=2))
@@ -321,6 +369,11 @@ def main() -> None:
           f"{'  outputs kept' if args.keep_outputs else ''}")  # fmt: skip
     print(f"# file creation there, p50: {create_us[0]:.0f} µs before the runs, "
           f"{create_us[-1]:.0f} µs after")  # fmt: skip
+    if ceilings:
+        shown = ["refused" if c is None else f"{c:,.0f}" for c in ceilings]
+        print(f"# CT files/s the disk takes with no CPU work ({THREADS} threads writing new "
+              f"files directly, one sync): {shown[0]} before the runs, "
+              f"{shown[-1]} after")  # fmt: skip
     header = (
         f"{'corpus':<13}{'files':>6}  {'side':<9}{'f/s':>9}{'ratio':>8}{'f/cpu-s':>10}{'ratio':>8}"
     )
