@@ -407,8 +407,8 @@ def _classify(
 def _decide(deid: Deidentifier, tag: int, vr: str | None) -> tuple[Any, bool]:
     """A public element's rule, or ``_KEEP``/``_DROP``/``_BLANK`` where the engine's
     handler would only copy, leave out or empty it; and whether the engine reads it."""
-    if tag & 0xFFFF == 0:
-        return _DROP, False  # a group length: the engine's walk leaves them out
+    if tag & 0xFFFF == 0 or tag >> 16 == 0:
+        return _DROP, False  # group lengths, command elements: the engine's walk drops them
     cleans = deid._direct_fixed.get(("cleans",))
     if cleans is None:
         cleans = deid._direct_fixed[("cleans",)] = _cleans(deid)

@@ -309,11 +309,18 @@ class Deidentifier:
             return rule
 
     def _walk(self, src: Dataset, instance: _Instance, top: bool) -> Dataset:
+        """The de-identified copy of ``src``, element by element.
+
+        Group 0000 (command elements) is left out whole: it belongs to DIMSE messages, not
+        to stored instances, yet files written from captured traffic carry it, and Table
+        E.1-1 lists only two of its UIDs: Error Comment is free text, Move Originator and
+        Move Destination are AE titles that name sites.
+        """
         elements: dict[BaseTag, Any] = {}
         private_rules: dict[int, Rule | None] | None = None
         for tag, elem in src.items():  # items() keeps raw elements raw
-            if tag.element == 0 and tag.group != 2:
-                continue  # group lengths would be stale; they are retired anyway
+            if tag.group == 0 or (tag.element == 0 and tag.group != 2):
+                continue  # command elements (below); group lengths would be stale, retired
             if tag.group & 1:
                 if private_rules is None:
                     private_rules = self._private_rules(src)
