@@ -56,12 +56,15 @@ class Settings:
         """A Deidentifier for these settings (raises :class:`AnonymizationError`)."""
         if (self.reid_map is None) != (self.reid_key is None):
             raise AnonymizationError("--reid-map and --reid-key go together")
-        reid = None
-        if self.reid_map is not None and self.reid_key is not None:
-            reid = ReidentificationMap(self.reid_map, load_secret(self.reid_key))
+        # Everything that can be refused is read before the map is opened (which creates it).
+        secret = load_secret(self.secret_file)
+        key = None if self.reid_key is None else load_secret(self.reid_key)
         loaded = load_profile(list(self.profile) or ["basic"], list(self.options),
                               list(self.recipes))  # fmt: skip
-        return Deidentifier(loaded, load_secret(self.secret_file), reid, self.allow_burned_in)
+        reid = None
+        if self.reid_map is not None and key is not None:
+            reid = ReidentificationMap(self.reid_map, key)
+        return Deidentifier(loaded, secret, reid, self.allow_burned_in)
 
 
 def default_jobs() -> int:

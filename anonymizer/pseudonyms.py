@@ -10,6 +10,7 @@ from __future__ import annotations
 import hmac
 import os
 import secrets
+import stat
 from pathlib import Path
 
 from anonymizer.errors import AnonymizationError
@@ -79,12 +80,23 @@ def generate_secret(path: Path) -> bytes:
 
 
 def load_secret(path: Path) -> bytes:
-    """Read a secret written by :func:`generate_secret` (hex text)."""
+    """Read a secret written by :func:`generate_secret` (hex text).
+
+    Refuses a file that group or others may access, as the catalog refuses such a pepper:
+    whoever reads a site secret computes every pseudonym of the site, and patient IDs are
+    few enough to try them all (a re-identification key file decrypts the map outright).
+    """
     try:
+        mode = os.stat(path).st_mode
         text = Path(path).read_text(encoding="ascii").strip()
         secret = bytes.fromhex(text)
     except (OSError, UnicodeDecodeError, ValueError) as exc:
         raise AnonymizationError(f"cannot read secret file {path}: {exc}") from exc
+    if mode & (stat.S_IRWXG | stat.S_IRWXO):
+        raise AnonymizationError(
+            f"secret file {path} is accessible by group/others "
+            f"(mode {stat.S_IMODE(mode):04o}); chmod 600 it"
+        )
     if len(secret) < SECRET_BYTES:
         raise AnonymizationError(f"{path}: a secret needs at least {SECRET_BYTES} bytes")
     return secret

@@ -319,6 +319,7 @@ def main() -> None:
         scratch = Path(tmp)
         secret_file = scratch / "site.secret"
         secret_file.write_text(SECRET.hex())
+        secret_file.chmod(0o600)  # the CLI refuses a secret others may read
         clis = [CliProcess()]
         runners = {
             "engine": engine_runner(),

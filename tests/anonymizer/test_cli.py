@@ -92,3 +92,24 @@ def test_setup_errors_exit_2_with_one_line(tmp_path: Path, site: dict[str, Path]
                     str(site["secret"]), "--recipe", str(broken))  # fmt: skip
     assert bad.returncode == 2 and "not a recognised action" in bad.stderr
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("which", ["secret", "key"])
+def test_a_secret_others_may_read_is_refused_before_anything_is_written(
+    tmp_path: Path, site: dict[str, Path], which: str
+) -> None:
+    # Whoever reads the site secret computes every pseudonym (patient IDs are few enough to
+    # try them all); whoever reads the key decrypts the re-identification map.
+    source = tmp_path / "one.dcm"
+    source.write_bytes(to_bytes(make_dataset()))
+    site[which].chmod(0o640)
+    args = ["anonymize", str(source), str(tmp_path / "out"), "--secret-file", str(site["secret"])]
+    args += ["--reid-map", str(site["map"]), "--reid-key", str(site["key"])]
+    refused = _gridpacs(*args)
+    assert refused.returncode == 2, refused.stderr
+    assert f"{site[which]} is accessible by group/others (mode 0640); chmod 600" in refused.stderr
+    assert len(refused.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "out").exists() and not site["map"].exists()
+    site[which].chmod(0o600)
+    assert _gridpacs(*args).returncode == 0
+    assert len(list((tmp_path / "out").iterdir())) == 1

@@ -347,6 +347,7 @@ def _reference(tmp_path: Path, inputs: list[Path]) -> Path:
 def _secret_of(secret: bytes, tmp_path: Path) -> Path:
     path = tmp_path / "site-a.secret"
     path.write_text(secret.hex())
+    path.chmod(0o600)  # load_secret refuses anything wider
     return path
 
 
