@@ -20,7 +20,7 @@ from anonymizer.errors import (
 from anonymizer.interfaces import DatasetDeidentifier, PseudonymStore
 from anonymizer.profiles import OPTIONS, PROFILES, Profile, load_profile
 from anonymizer.pseudonyms import generate_secret, load_secret
-from anonymizer.reidentification import Mapping, ReidentificationMap
+from anonymizer.reidentification import Lookup, Mapping, ReidentificationMap
 
 __all__ = [
     "OPTIONS",
@@ -30,6 +30,7 @@ __all__ = [
     "DatasetDeidentifier",
     "DeidentifiedInstance",
     "Deidentifier",
+    "Lookup",
     "Mapping",
     "Profile",
     "ProfileNotFound",

@@ -10,6 +10,8 @@ Errors become exit codes and one-line messages here, and nowhere below:
 from __future__ import annotations
 
 import json
+import os
+import pwd
 import time
 from pathlib import Path
 from typing import Annotated
@@ -200,13 +202,19 @@ def reidentify_cmd(
     pseudonym: Annotated[str, typer.Argument(help="A pseudonymous PatientID, name or UID.")],
     reid_map: Annotated[Path, typer.Option("--map", help="Re-identification map (SQLite).")],
     reid_key: Annotated[Path, typer.Option("--key", help="AES key file of the map.")],
+    reason: Annotated[
+        str,
+        typer.Option("--reason", help="Why (e.g. a ticket or an incidental finding); recorded."),
+    ],
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
-    """Map a pseudonym back to the original value (authorized staff, at the site only)."""
-    if not reid_map.is_file():
-        raise _fail(f"no re-identification map at {reid_map}")
+    """Map a pseudonym back to the original value (authorized staff, at the site only).
+
+    Every lookup is recorded in the map (who, when, why, what, how many found) before
+    anything is shown; see ``gridpacs anonymizer lookups``."""
+    reid = _open_map(reid_map, reid_key)
     try:
-        found = ReidentificationMap(reid_map, load_secret(reid_key)).lookup(pseudonym)
+        found = reid.lookup(pseudonym, actor=local_actor(), reason=reason)
     except AnonymizationError as exc:
         raise _fail(str(exc)) from None
     if as_json:
@@ -216,3 +224,49 @@ def reidentify_cmd(
             Console().print(f"{mapping.kind}\t{mapping.original}", highlight=False)
     if not found:
         raise _fail(f"unknown pseudonym {pseudonym}", EXIT_FAILED)
+
+
+@group.command("lookups")
+def lookups_cmd(
+    reid_map: Annotated[Path, typer.Option("--map", help="Re-identification map (SQLite).")],
+    reid_key: Annotated[Path, typer.Option("--key", help="AES key file of the map.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """List every re-identification lookup and check that none was edited or removed
+    (exit 1 when the chain of records is broken)."""
+    reid = _open_map(reid_map, reid_key)
+    try:
+        records, broken = reid.lookups(), reid.verify_lookups()
+    except AnonymizationError as exc:
+        raise _fail(str(exc)) from None
+    if as_json:
+        print(json.dumps({"lookups": [vars(r) for r in records], "broken_at": broken}))
+    else:
+        table = Table(title="re-identification lookups")
+        for column in ("seq", "at (UTC)", "actor", "reason", "pseudonym", "found"):
+            table.add_column(column)
+        for r in records:
+            table.add_row(str(r.seq), r.at, r.actor, r.reason, r.pseudonym, str(r.found))
+        Console().print(table)
+        if broken is None:
+            Console().print(f"{len(records)} records, chain intact", highlight=False)
+    if broken is not None:
+        raise _fail(f"lookup record {broken} does not verify: edited, or one before it removed",
+                    EXIT_FAILED)  # fmt: skip
+
+
+def _open_map(reid_map: Path, reid_key: Path) -> ReidentificationMap:
+    if not reid_map.is_file():
+        raise _fail(f"no re-identification map at {reid_map}")
+    try:
+        return ReidentificationMap(reid_map, load_secret(reid_key))
+    except AnonymizationError as exc:
+        raise _fail(str(exc)) from None
+
+
+def local_actor() -> str:
+    """Who runs this command: the account of the real user ID (not ``$USER``, which anyone
+    can set), and the sudo caller's name when run through sudo."""
+    name = pwd.getpwuid(os.getuid()).pw_name
+    via = os.environ.get("SUDO_USER")
+    return f"local:{name}" + (f" (sudo from {via})" if via and os.getuid() == 0 else "")

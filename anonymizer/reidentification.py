@@ -4,14 +4,24 @@ A SQLite file whose rows hold the pseudonym in clear (it is public anyway) and t
 original value sealed with AES-256-GCM; the row's kind and pseudonym are the associated
 data, so a ciphertext moved to another row does not decrypt. Each new mapping is written
 in its own short transaction, so several ingest threads can share one map.
+
+Every lookup is recorded in the same file before anything is decrypted — who, when, why,
+which pseudonym, how many values — and a lookup whose record cannot be written returns
+nothing. The records form a chain: each holds an HMAC, under a key derived from the map's
+key, of the one before it and its own fields, so a record edited or deleted by someone
+without the key breaks the chain (:meth:`ReidentificationMap.verify_lookups`). Removing the
+newest records is not detectable this way; the site's own log collection is for that.
 """
 
 from __future__ import annotations
 
+import hmac
+import json
 import os
 import sqlite3
 import threading
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 
 from cryptography.exceptions import InvalidTag
@@ -19,7 +29,8 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from anonymizer.errors import AnonymizationError
 
-_SCHEMA = """
+_SCHEMA = (
+    """
 CREATE TABLE IF NOT EXISTS mapping (
     kind TEXT NOT NULL,
     pseudonym TEXT NOT NULL,
@@ -27,7 +38,21 @@ CREATE TABLE IF NOT EXISTS mapping (
     sealed BLOB NOT NULL,
     PRIMARY KEY (kind, pseudonym)
 )
-"""
+""",
+    """
+CREATE TABLE IF NOT EXISTS lookup_log (
+    seq INTEGER PRIMARY KEY,
+    at TEXT NOT NULL,
+    actor TEXT NOT NULL,
+    reason TEXT NOT NULL,
+    pseudonym TEXT NOT NULL,
+    found INTEGER NOT NULL,
+    chain BLOB NOT NULL
+)
+""",
+)
+#: What the lookup records' HMAC key is derived from the map's key with.
+_LOG_KEY_LABEL = b"gridpacs re-identification lookup log"
 
 
 @dataclass(frozen=True)
@@ -37,6 +62,19 @@ class Mapping:
     kind: str
     pseudonym: str
     original: str
+
+
+@dataclass(frozen=True)
+class Lookup:
+    """The record of one lookup: who asked, when (UTC, ISO 8601), why, for what, and how
+    many values were found (never the values)."""
+
+    seq: int
+    at: str
+    actor: str
+    reason: str
+    pseudonym: str
+    found: int
 
 
 class ReidentificationMap:
@@ -55,11 +93,13 @@ class ReidentificationMap:
             raise AnonymizationError("the re-identification key must be 16, 24 or 32 bytes")
         self._path = Path(path)
         self._aead = AESGCM(key)
+        self._log_key = hmac.digest(key, _LOG_KEY_LABEL, "sha256")
         self._known: set[tuple[str, str]] = set()
         self._lock = threading.Lock()
         with self._connect() as conn:
             conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute(_SCHEMA)
+            for statement in _SCHEMA:
+                conn.execute(statement)
 
     def _connect(self) -> sqlite3.Connection:
         # A connection per call: cheap for SQLite, and safe from any thread.
@@ -91,28 +131,103 @@ class ReidentificationMap:
         with self._lock:
             self._known.add(key)
 
-    def lookup(self, pseudonym: str) -> list[Mapping]:
-        """Every original value recorded for ``pseudonym`` (usually one)."""
+    def lookup(self, pseudonym: str, *, actor: str, reason: str) -> list[Mapping]:
+        """Every original value recorded for ``pseudonym`` (usually one), once the lookup
+        is recorded: ``actor`` asked, for ``reason`` (both required). Nothing is returned
+        when the record cannot be written, when the key does not decrypt the map, or when
+        the newest record does not verify with it (a wrong key, or an edited record)."""
+        pseudonym, actor, reason = pseudonym.strip(), actor.strip(), reason.strip()
+        if not actor or not reason:
+            raise AnonymizationError("a lookup needs who asks and why (actor and reason)")
+        conn = self._connect()
+        try:
+            with conn:
+                conn.execute("BEGIN IMMEDIATE")
+                rows = conn.execute(
+                    "SELECT kind, nonce, sealed FROM mapping WHERE pseudonym = ? ORDER BY kind",
+                    (pseudonym,),
+                ).fetchall()
+                found = [self._open(kind, pseudonym, nonce, sealed) for kind, nonce, sealed in rows]
+                if not found:  # the key is checked on any mapping before a record is chained
+                    for kind, other, nonce, sealed in conn.execute(
+                        "SELECT kind, pseudonym, nonce, sealed FROM mapping LIMIT 1"
+                    ):
+                        self._open(kind, other, nonce, sealed)
+                last = conn.execute(
+                    "SELECT seq, at, actor, reason, pseudonym, found, chain FROM lookup_log "
+                    "ORDER BY seq DESC LIMIT 1"
+                ).fetchone()
+                previous = b""
+                if last is not None:
+                    before = conn.execute(
+                        "SELECT chain FROM lookup_log WHERE seq < ? ORDER BY seq DESC LIMIT 1",
+                        (last[0],),
+                    ).fetchone()
+                    if self._chain(b"" if before is None else before[0], last[:6]) != last[6]:
+                        raise AnonymizationError(
+                            "the newest lookup record does not verify with this key "
+                            "(a wrong key, or the record was changed)"
+                        )
+                    previous = last[6]
+                seq = 1 if last is None else last[0] + 1
+                at = datetime.now(UTC).isoformat(timespec="seconds")
+                fields = (seq, at, actor, reason, pseudonym, len(found))
+                conn.execute(
+                    "INSERT INTO lookup_log (seq, at, actor, reason, pseudonym, found, chain) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    (*fields, self._chain(previous, fields)),
+                )
+        except sqlite3.Error as exc:
+            raise AnonymizationError(f"cannot record the lookup, nothing returned: {exc}") from exc
+        finally:
+            conn.close()
+        return found
+
+    def lookups(self) -> list[Lookup]:
+        """Every lookup recorded, oldest first."""
         conn = self._connect()
         try:
             rows = conn.execute(
-                "SELECT kind, nonce, sealed FROM mapping WHERE pseudonym = ? ORDER BY kind",
-                (pseudonym.strip(),),
+                "SELECT seq, at, actor, reason, pseudonym, found FROM lookup_log ORDER BY seq"
             ).fetchall()
         except sqlite3.Error as exc:
-            raise AnonymizationError(f"cannot read re-identification map: {exc}") from exc
+            raise AnonymizationError(f"cannot read the lookup records: {exc}") from exc
         finally:
             conn.close()
-        found = []
-        for kind, nonce, sealed in rows:
-            try:
-                plain = self._aead.decrypt(nonce, sealed, _aad(kind, pseudonym.strip()))
-            except InvalidTag:
-                raise AnonymizationError(
-                    "re-identification map does not decrypt with this key"
-                ) from None
-            found.append(Mapping(kind, pseudonym.strip(), plain.decode("utf-8")))
-        return found
+        return [Lookup(*row) for row in rows]
+
+    def verify_lookups(self) -> int | None:
+        """The sequence number of the first lookup record that does not verify with this
+        map's key (edited, or one before it deleted), or None when the chain is intact."""
+        conn = self._connect()
+        try:
+            rows = conn.execute(
+                "SELECT seq, at, actor, reason, pseudonym, found, chain FROM lookup_log "
+                "ORDER BY seq"
+            ).fetchall()
+        except sqlite3.Error as exc:
+            raise AnonymizationError(f"cannot read the lookup records: {exc}") from exc
+        finally:
+            conn.close()
+        previous = b""
+        for expected_seq, row in enumerate(rows, start=1):
+            if row[0] != expected_seq or self._chain(previous, row[:6]) != row[6]:
+                return int(row[0])
+            previous = row[6]
+        return None
+
+    def _open(self, kind: str, pseudonym: str, nonce: bytes, sealed: bytes) -> Mapping:
+        try:
+            plain = self._aead.decrypt(nonce, sealed, _aad(kind, pseudonym))
+        except InvalidTag:
+            raise AnonymizationError(
+                "re-identification map does not decrypt with this key"
+            ) from None
+        return Mapping(kind, pseudonym, plain.decode("utf-8"))
+
+    def _chain(self, previous: bytes, fields: tuple[object, ...]) -> bytes:
+        message = previous + json.dumps(list(fields), ensure_ascii=False).encode("utf-8")
+        return hmac.digest(self._log_key, message, "sha256")
 
 
 def _aad(kind: str, pseudonym: str) -> bytes:

@@ -73,7 +73,9 @@ def test_parallel_output_is_byte_identical_to_one_process(
     originals = {
         m.original
         for name in written
-        for m in reid.lookup(str(dcmread(tmp_path / "two" / name).PatientID))
+        for m in reid.lookup(
+            str(dcmread(tmp_path / "two" / name).PatientID), actor="test", reason="checking"
+        )
     }
     assert originals == {f"MRN-{n}" for n in range(4)}
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import pwd
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -70,6 +72,7 @@ def test_folder_with_bad_files_reports_each_and_exits_nonzero(
     back = _gridpacs(
         "anonymizer", "reidentify", pseudonym,
         "--map", str(site["map"]), "--key", str(site["key"]), "--json",
+        "--reason", "incidental finding, ticket 4711",
     )  # fmt: skip
     assert back.returncode == 0, back.stderr
     assert json.loads(back.stdout) == [{"kind": "PatientID", "original": "MRN-77"}]
@@ -113,3 +116,41 @@ def test_a_secret_others_may_read_is_refused_before_anything_is_written(
     site[which].chmod(0o600)
     assert _gridpacs(*args).returncode == 0
     assert len(list((tmp_path / "out").iterdir())) == 1
+
+
+def test_reidentify_asks_why_and_lookups_lists_and_checks_every_request(
+    tmp_path: Path, site: dict[str, Path]
+) -> None:
+    source = tmp_path / "one.dcm"
+    source.write_bytes(to_bytes(make_dataset(StudySpec(patient_id="MRN-991"))))
+    out = tmp_path / "out"
+    common = ["--map", str(site["map"]), "--key", str(site["key"])]
+    made = _gridpacs("anonymize", str(source), str(out), "--secret-file", str(site["secret"]),
+                     "--reid-map", str(site["map"]), "--reid-key", str(site["key"]))  # fmt: skip
+    assert made.returncode == 0, made.stderr
+    pseudonym = dcmread(next(out.iterdir())).PatientID
+    unasked = _gridpacs("anonymizer", "reidentify", pseudonym, *common)
+    assert unasked.returncode == 2 and "--reason" in unasked.stderr
+    assert "MRN-991" not in unasked.stdout
+    asked = _gridpacs("anonymizer", "reidentify", pseudonym, *common, "--reason", "ticket 12")
+    assert asked.returncode == 0 and "MRN-991" in asked.stdout
+    assert (
+        _gridpacs("anonymizer", "reidentify", "GP-NOPE", *common, "--reason", "x").returncode == 1
+    )
+
+    listed = _gridpacs("anonymizer", "lookups", *common, "--json")
+    assert listed.returncode == 0, listed.stderr
+    report = json.loads(listed.stdout)
+    user = pwd.getpwuid(os.getuid()).pw_name
+    assert [(r["actor"], r["reason"], r["pseudonym"], r["found"]) for r in report["lookups"]] == [
+        (f"local:{user}", "ticket 12", pseudonym, 1),
+        (f"local:{user}", "x", "GP-NOPE", 0),
+    ]
+    assert report["broken_at"] is None and "MRN-991" not in listed.stdout
+    table = _gridpacs("anonymizer", "lookups", *common)
+    assert table.returncode == 0 and "2 records, chain intact" in table.stdout
+
+    with sqlite3.connect(site["map"]) as conn:
+        conn.execute("DELETE FROM lookup_log WHERE seq = 1")
+    broken = _gridpacs("anonymizer", "lookups", *common)
+    assert broken.returncode == 1 and "lookup record 2 does not verify" in broken.stderr
