@@ -23,6 +23,7 @@ import threading
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -185,23 +186,24 @@ class ReidentificationMap:
 
     def lookups(self) -> list[Lookup]:
         """Every lookup recorded, oldest first."""
-        conn = self._connect()
-        try:
-            rows = conn.execute(
-                "SELECT seq, at, actor, reason, pseudonym, found FROM lookup_log ORDER BY seq"
-            ).fetchall()
-        except sqlite3.Error as exc:
-            raise AnonymizationError(f"cannot read the lookup records: {exc}") from exc
-        finally:
-            conn.close()
-        return [Lookup(*row) for row in rows]
+        return [Lookup(*row[:6]) for row in self._log_rows()]
 
     def verify_lookups(self) -> int | None:
         """The sequence number of the first lookup record that does not verify with this
         map's key (edited, or one before it deleted), or None when the chain is intact."""
+        rows = self._log_rows()
+        previous = b""
+        for expected_seq, row in enumerate(rows, start=1):
+            if row[0] != expected_seq or self._chain(previous, row[:6]) != row[6]:
+                return int(row[0])
+            previous = row[6]
+        return None
+
+    def _log_rows(self) -> list[tuple[Any, ...]]:
+        """Every lookup record, its chain value last, oldest first."""
         conn = self._connect()
         try:
-            rows = conn.execute(
+            return conn.execute(
                 "SELECT seq, at, actor, reason, pseudonym, found, chain FROM lookup_log "
                 "ORDER BY seq"
             ).fetchall()
@@ -209,12 +211,6 @@ class ReidentificationMap:
             raise AnonymizationError(f"cannot read the lookup records: {exc}") from exc
         finally:
             conn.close()
-        previous = b""
-        for expected_seq, row in enumerate(rows, start=1):
-            if row[0] != expected_seq or self._chain(previous, row[:6]) != row[6]:
-                return int(row[0])
-            previous = row[6]
-        return None
 
     def _open(self, kind: str, pseudonym: str, nonce: bytes, sealed: bytes) -> Mapping:
         try:
