@@ -34,9 +34,10 @@ from pydicom.valuerep import EXPLICIT_VR_LENGTH_32, VR
 from pydicom.values import convert_string
 
 from anonymizer.actions import Action, Rule
+from anonymizer.bitstream import inspected, scrub_encapsulated
 from anonymizer.elements import dictionary_vr
 from anonymizer.engine import BURNED_IN, IDENTIFYING, PATIENT_NAME, _Instance
-from anonymizer.errors import AnonymizationError
+from anonymizer.errors import AnonymizationError, UnreadableInput
 from anonymizer.marking import marking_elements
 from anonymizer.part10 import (
     PREAMBLE,
@@ -135,7 +136,22 @@ def deidentify_direct(
         return None
     if file_size is not None and not scan.pixels_outside and len(data) != file_size:
         return None  # the head ends between two elements: the rest is unknown
+    if _bitstream_has_text(data, scan, syntax):
+        return None  # the general path blanks it (or refuses what it cannot check)
     return _deidentify(deid, data, scan, implicit, meta)
+
+
+def _bitstream_has_text(data: bytes, scan: _Scan, syntax: str) -> bool:
+    """True when the encapsulated pixel data holds text to blank, or cannot be checked."""
+    if not inspected(syntax):
+        return False
+    for tag, _, _, start, stop, after, _ in scan.entries:
+        if tag == _PIXEL_DATA and after != stop:  # encapsulated (undefined length)
+            try:
+                return scrub_encapsulated(bytes(data[start:stop]), syntax) is not None
+            except UnreadableInput:
+                return True
+    return False
 
 
 @lru_cache(maxsize=64)

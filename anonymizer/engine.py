@@ -21,6 +21,7 @@ from pydicom.tag import BaseTag
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
 from anonymizer.actions import Action, ActionTable, Rule
+from anonymizer.bitstream import inspected, scrub_encapsulated
 from anonymizer.elements import (
     Encoding,
     ascii_element,
@@ -67,6 +68,7 @@ IDENTIFYING = tuple(
         "StudyID", "IssuerOfPatientID", "ResponsiblePerson", "MilitaryRank",
     )
 )  # fmt: skip
+_PIXEL_DATA = 0x7FE00010
 #: Top-level UIDs recorded in the re-identification map.
 RECORDED = {0x0020000D: "StudyInstanceUID", 0x0020000E: "SeriesInstanceUID"}
 
@@ -221,6 +223,7 @@ class Deidentifier:
         for tag, elem in marking_elements(self.profile, instance.encoding).items():
             out[tag] = elem
         meta = self._meta_values(ds, out)
+        _blank_bitstream_text(out, meta[0x00020010])
         if self._reid_map is not None:
             for kind, pseudonym, original in instance.mappings:
                 if original:
@@ -492,6 +495,27 @@ class Deidentifier:
             0x00020012: IMPLEMENTATION_CLASS_UID,
             0x00020013: IMPLEMENTATION_VERSION_NAME,
         }
+
+
+def _blank_bitstream_text(out: Dataset, syntax: str) -> None:
+    """Blank the comments and application segments of ``out``'s compressed pixel data in
+    place (:mod:`anonymizer.bitstream`): JPEG and JPEG 2000 carry text the table does not
+    name (EXIF, captions, comments)."""
+    if not inspected(syntax) or _PIXEL_DATA not in out:
+        return
+    elem = out.get_item(_PIXEL_DATA)
+    value = elem.value
+    if not isinstance(value, bytes | bytearray) or not value:
+        return
+    blanked = scrub_encapsulated(bytes(value), syntax)
+    if blanked is None:
+        return
+    if isinstance(elem, RawDataElement):
+        out[_PIXEL_DATA] = elem._replace(value=blanked)
+    else:
+        out[_PIXEL_DATA] = DataElement(
+            _PIXEL_DATA, elem.VR, blanked, is_undefined_length=elem.is_undefined_length
+        )
 
 
 def _file_meta(values: dict[int, str]) -> FileMetaDataset:

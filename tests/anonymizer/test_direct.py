@@ -101,7 +101,9 @@ def test_ct_size_and_encapsulated_pixels_give_the_same_bytes() -> None:
     jpeg = make_dataset()
     jpeg.BitsAllocated = jpeg.BitsStored = 8
     jpeg.HighBit = 7
-    jpeg.PixelData = encapsulate([b"\xff\xd8frame-one\xff\xd9", b"\xff\xd8two\xff\xd9"])
+    jpeg.PixelData = encapsulate(
+        [b"\xff\xd8\xff\xda\x00\x02frame-one\xff\xd9", b"\xff\xd8\xff\xda\x00\x02two\xff\xd9"]
+    )
     jpeg["PixelData"].VR = "OB"
     jpeg.file_meta.TransferSyntaxUID = JPEGBaseline8Bit
     encapsulated = _same(deid, to_bytes(jpeg))

@@ -174,7 +174,9 @@ def test_pixels_and_transfer_syntax_pass_through_untouched() -> None:
     jpeg = make_dataset(sop_class_uid=MRImageStorage)
     jpeg.BitsAllocated = jpeg.BitsStored = 8
     jpeg.HighBit = 7
-    jpeg.PixelData = encapsulate([b"\xff\xd8fake-frame-one\xff\xd9", b"\xff\xd8two\xff\xd9"])
+    jpeg.PixelData = encapsulate(
+        [b"\xff\xd8\xff\xda\x00\x02fake-frame-one\xff\xd9", b"\xff\xd8\xff\xda\x00\x02two\xff\xd9"]
+    )
     jpeg["PixelData"].VR = "OB"
     jpeg.file_meta.TransferSyntaxUID = JPEGBaseline8Bit
     out = _run(to_bytes(jpeg))

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import io
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from PIL import Image
+from pydicom import dcmread
+from pydicom.uid import JPEGBaseline8Bit
 from pynetdicom import AE
 from pynetdicom.sop_class import CTImageStorage
 
@@ -13,6 +17,7 @@ from node.app import NodeApp
 from node.config import load_config
 from node.errors import ConfigError
 from node.index.records import IndexQuery, Level
+from tests.anonymizer.jpeg_streams import PLANTED, frames_of, instance_of, jpeg_with_text
 from tests.factories import StudySpec, make_dataset
 
 pytestmark = pytest.mark.timeout(60)
@@ -109,3 +114,28 @@ def test_bad_profile_stops_the_start(tmp_path: Path) -> None:
 def test_route_into_identified_collection_is_refused(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="identified default collection"):
         load_config(None, {"routes": [{"ae_title": "X", "collection": "local"}]})
+
+
+def test_text_inside_jpeg_pixel_data_is_blanked_before_it_is_stored(node: NodeApp) -> None:
+    # A photograph's EXIF (description, artist) and a JPEG comment, sent over JPEG Baseline.
+    ds = dcmread(io.BytesIO(instance_of([jpeg_with_text()], JPEGBaseline8Bit)))
+    ae = AE(ae_title="MODALITY")
+    ae.add_requested_context(ds.SOPClassUID, [JPEGBaseline8Bit])
+    assoc = ae.associate("127.0.0.1", node.dicom.port, ae_title="LUNG_STUDY")
+    assert assoc.is_established
+    try:
+        assert int(assoc.send_c_store(ds).Status) == 0
+    finally:
+        assoc.release()
+    [key] = list(node.store.keys())
+    stored = node.store.get(key)
+    assert [text for text in PLANTED if text in stored] == []
+    out = dcmread(io.BytesIO(stored))
+    assert out.file_meta.TransferSyntaxUID == JPEGBaseline8Bit
+    [sent_frame], [stored_frame] = (
+        frames_of(instance_of([jpeg_with_text()], JPEGBaseline8Bit)),
+        frames_of(stored),
+    )
+    assert Image.open(io.BytesIO(stored_frame)).tobytes() == (
+        Image.open(io.BytesIO(sent_frame)).tobytes()
+    )

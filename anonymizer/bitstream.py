@@ -1,0 +1,214 @@
+"""Text a device wrote into a compressed pixel bit stream, blanked in place.
+
+JPEG headers (ISO 10918 and JPEG-LS) carry application segments — EXIF (APP1) from cameras
+with dates, serial numbers, GPS positions and owners' names, IPTC captions (APP13) — and
+comments (COM); JPEG 2000 codestreams carry comment segments (COM) too. Table E.1-1 does not
+mention them, yet a dermatology photograph's EXIF can name the patient as surely as any
+attribute. So each such segment in a frame's headers is blanked where it is: its bytes are
+zeroed and an APPn marker becomes COM. Fragments, offset tables and the file keep their
+lengths, and decoders skip the segment as they skip any comment. Kept as they are: APP0
+JFIF/JFXX, APP2 ICC profiles, APP8 SPIFF and APP14 Adobe, which decoders read for colour
+and layout and which hold no free text.
+
+A frame starts at a fragment that begins with SOI (JPEG: ``FF D8`` cannot occur inside
+entropy-coded data) or with SOC and SIZ (JPEG 2000); its headers are read across as many
+of its fragments as they span: a JPEG frame's up to its first scan, a JPEG 2000
+codestream's main header and every tile-part header. Compressed pixel data of these
+syntaxes whose first fragment starts no frame, or whose headers end before their frame
+does, cannot be checked, and is refused. Other compressed syntaxes (RLE, MPEG, H.264/HEVC)
+are not inspected.
+"""
+
+from __future__ import annotations
+
+import struct
+
+from anonymizer.errors import UnreadableInput
+
+_ITEM = b"\xfe\xff\x00\xe0"
+_JPEG = frozenset(
+    f"1.2.840.10008.1.2.4.{n}" for n in (50, 51, 52, 53, 54, 55, 56, 57, 58, 59, 60, 61, 62,
+                                        63, 64, 65, 66, 70, 80, 81)
+)  # fmt: skip
+_JPEG_2000 = frozenset(f"1.2.840.10008.1.2.4.{n}" for n in (90, 91, 92, 93, 201, 202, 203))
+#: APPn segments kept, by marker and the identifier their payload starts with.
+_KEPT_APPLICATION = (
+    (0xE0, b"JFIF\x00"),
+    (0xE0, b"JFXX\x00"),
+    (0xE2, b"ICC_PROFILE\x00"),
+    (0xE8, b"SPIFF\x00"),
+    (0xEE, b"Adobe"),
+)
+_STANDALONE = frozenset({0x01, *range(0xD0, 0xD8)})  # TEM, RSTn: no length follows
+_SOS, _EOI, _COM = 0xDA, 0xD9, 0xFE
+_J2K_SOT, _J2K_SOD, _J2K_EOC, _J2K_COM = 0xFF90, 0xFF93, 0xFFD9, 0xFF64
+
+
+def inspected(syntax: str) -> bool:
+    """True for the transfer syntaxes whose bit stream headers are blanked here."""
+    return syntax in _JPEG or syntax in _JPEG_2000
+
+
+def scrub_encapsulated(value: bytes, syntax: str) -> bytes | None:
+    """``value`` (encapsulated pixel data: the offset table item, then the fragments) with
+    every comment and application segment of its frames' headers blanked; None when there
+    was nothing to blank (or ``syntax`` is not inspected). Same length, same items.
+
+    Raises
+    ------
+    UnreadableInput
+        The items or the headers cannot be read, so they cannot be checked.
+    """
+    jpeg = syntax in _JPEG
+    if not jpeg and syntax not in _JPEG_2000:
+        return None
+    spans = _fragments(value)
+    starts = [_starts_frame(value, start, end, jpeg) for start, end in spans]
+    if spans and not starts[0]:
+        raise UnreadableInput(
+            "compressed pixel data does not start with a frame header; cannot check it for text"
+        )
+    out = bytearray(value)
+    frame: list[tuple[int, int]] = []
+    for span, start in zip([*spans, None], [*starts, True], strict=True):
+        if start and frame:
+            markers, zeros = _blank_frame(value, frame, jpeg)
+            for at in markers:
+                out[at] = _COM
+            for begin, end in zeros:
+                out[begin:end] = bytes(end - begin)
+            frame = []
+        if span is not None:
+            frame.append(span)
+    return None if out == value else bytes(out)
+
+
+def _fragments(value: bytes) -> list[tuple[int, int]]:
+    """Where each fragment's bytes are in ``value`` (the offset table item skipped)."""
+    spans = []
+    pos, end, first = 0, len(value), True
+    while pos < end:
+        if value[pos : pos + 4] != _ITEM or pos + 8 > end:
+            raise UnreadableInput("encapsulated pixel data: an item was expected")
+        (length,) = struct.unpack_from("<I", value, pos + 4)
+        if pos + 8 + length > end:
+            raise UnreadableInput("encapsulated pixel data: an item runs past the data")
+        if not first:
+            spans.append((pos + 8, pos + 8 + length))
+        first = False
+        pos += 8 + length
+    return spans
+
+
+def _starts_frame(value: bytes, start: int, end: int, jpeg: bool) -> bool:
+    head = value[start : min(end, start + 4)]
+    return head[:3] == b"\xff\xd8\xff" if jpeg else head == b"\xff\x4f\xff\x51"
+
+
+class _Frame:
+    """One frame's bytes, read across its fragments as far as its headers need."""
+
+    def __init__(self, value: bytes, spans: list[tuple[int, int]]) -> None:
+        self.value = value
+        self.spans = spans
+        self.size = sum(end - start for start, end in spans)
+
+    def read(self, pos: int, count: int) -> bytes:
+        """``count`` bytes at frame offset ``pos`` (fewer at the end of the frame)."""
+        out = bytearray()
+        for start, end in self.ranges(pos, count):
+            out += self.value[start:end]
+        return bytes(out)
+
+    def ranges(self, pos: int, count: int) -> list[tuple[int, int]]:
+        """The ``value`` ranges that hold frame bytes ``pos`` to ``pos + count``."""
+        ranges = []
+        for start, end in self.spans:
+            length = end - start
+            if pos < length and count > 0:
+                take = min(length - pos, count)
+                ranges.append((start + pos, start + pos + take))
+                count -= take
+                pos = 0
+            else:
+                pos -= length
+        return ranges
+
+
+def _blank_frame(
+    value: bytes, spans: list[tuple[int, int]], jpeg: bool
+) -> tuple[list[int], list[tuple[int, int]]]:
+    """Where in ``value`` a marker code becomes COM, and the ranges to zero."""
+    frame = _Frame(value, spans)
+    segments = _jpeg_segments(frame) if jpeg else _j2k_segments(frame)
+    markers: list[int] = []
+    zeros: list[tuple[int, int]] = []
+    for marker_at, payload, length in segments:
+        if marker_at is not None:
+            markers += [start for start, _ in frame.ranges(marker_at, 1)]
+        zeros += frame.ranges(payload, length)
+    return markers, zeros
+
+
+def _jpeg_segments(frame: _Frame) -> list[tuple[int | None, int, int]]:
+    """(marker code offset when the marker must become COM, payload offset, payload length)
+    of every segment to blank, up to the first scan."""
+    found: list[tuple[int | None, int, int]] = []
+    pos = 2  # after SOI
+    while True:
+        head = frame.read(pos, 2)
+        if len(head) < 2 or head[0] != 0xFF:
+            raise UnreadableInput("JPEG header: a marker was expected; cannot check it for text")
+        if head[1] == 0xFF:  # fill byte
+            pos += 1
+            continue
+        marker = head[1]
+        if marker in (_SOS, _EOI):
+            return found
+        if marker in _STANDALONE:
+            pos += 2
+            continue
+        raw = frame.read(pos + 2, 2)
+        length = int.from_bytes(raw, "big") if len(raw) == 2 else 0
+        if length < 2 or pos + 2 + length > frame.size:
+            raise UnreadableInput("JPEG header: a segment runs past its frame")
+        payload, size = pos + 4, length - 2
+        if marker == _COM:
+            found.append((None, payload, size))
+        elif 0xE0 <= marker <= 0xEF and not _kept(marker, frame.read(payload, 12)):
+            found.append((pos + 1, payload, size))
+        pos += 2 + length
+
+
+def _kept(marker: int, start: bytes) -> bool:
+    return any(marker == m and start.startswith(name) for m, name in _KEPT_APPLICATION)
+
+
+def _j2k_segments(frame: _Frame) -> list[tuple[int | None, int, int]]:
+    """(None, offset, length) of the text of every COM segment in the main header and the
+    tile-part headers, following the tile-parts through the frame."""
+    found: list[tuple[int | None, int, int]] = []
+    pos = 2  # after SOC
+    tile_end: int | None = None  # where the current tile-part ends (None: at the end)
+    while pos + 2 <= frame.size:
+        marker = int.from_bytes(frame.read(pos, 2), "big")
+        if marker == _J2K_EOC:
+            return found
+        if marker == _J2K_SOD:  # a tile-part's data: on to the next tile-part, if any
+            if tile_end is None:
+                return found  # the last tile-part runs to the end of the codestream
+            pos, tile_end = tile_end, None
+            continue
+        raw = frame.read(pos + 2, 2)
+        length = int.from_bytes(raw, "big") if len(raw) == 2 else 0
+        if marker >> 8 != 0xFF or length < 2 or pos + 2 + length > frame.size:
+            raise UnreadableInput("JPEG 2000 header: a segment runs past its frame")
+        if marker == _J2K_SOT:
+            psot = int.from_bytes(frame.read(pos + 6, 4), "big")
+            tile_end = None if psot == 0 else pos + psot  # 0: the last, to the end
+            if tile_end is not None and tile_end > frame.size:
+                raise UnreadableInput("JPEG 2000 header: a tile-part runs past its frame")
+        elif marker == _J2K_COM and length > 4:
+            found.append((None, pos + 6, length - 4))  # Rcom kept, the text blanked
+        pos += 2 + length
+    raise UnreadableInput("JPEG 2000 codestream: no end of codestream marker")

@@ -1,0 +1,123 @@
+"""Text inside compressed pixel data: EXIF, captions and comments are blanked in place.
+
+The streams are real: JPEG and JPEG 2000 written by Pillow (with EXIF and comments, as a
+camera or a capture station writes them); the blanked outputs are decoded by Pillow and by
+DCMTK's ``dcmdjpeg`` to the same pixels as the inputs.
+"""
+
+from __future__ import annotations
+
+import io
+import subprocess
+from pathlib import Path
+
+import pytest
+from PIL import Image
+from pydicom import dcmread
+from pydicom.uid import JPEG2000Lossless, JPEGBaseline8Bit
+
+from anonymizer import Deidentifier, load_profile
+from anonymizer.bitstream import scrub_encapsulated
+from anonymizer.files import anonymize_tree
+from anonymizer.part10 import write_part10
+from tests.anonymizer.conftest import SITE_A
+from tests.anonymizer.jpeg_streams import (
+    PLANTED,
+    SIDE,
+    frames_of,
+    instance_of,
+    j2k_with_text,
+    jpeg_with_text,
+)
+
+
+@pytest.fixture(scope="module")
+def deid() -> Deidentifier:
+    return Deidentifier(load_profile(), SITE_A)
+
+
+@pytest.mark.parametrize(
+    "syntax, frames, split_at",
+    [
+        (JPEGBaseline8Bit, [jpeg_with_text()], None),
+        (
+            JPEGBaseline8Bit,
+            [jpeg_with_text(), jpeg_with_text()],
+            30,
+        ),  # headers spanning two fragments
+        (JPEG2000Lossless, [j2k_with_text(), j2k_with_text()], None),
+    ],
+    ids=["jpeg", "jpeg-split-fragments", "j2k"],
+)
+def test_text_in_the_bit_stream_is_blanked_on_every_path(
+    deid: Deidentifier, syntax: str, frames: list[bytes], split_at: int | None
+) -> None:
+    data = instance_of(frames, syntax, split_at=split_at)
+    assert any(text in data for text in PLANTED)
+    assert deid._direct(data, None) is None  # the fast path leaves it to the general one
+    outputs = {
+        "bytes": deid.deidentify_part10(data).data,
+        "dataset": write_part10(deid.deidentify(dcmread(io.BytesIO(data)))),
+    }
+    assert outputs["bytes"] == outputs["dataset"]
+    for path, output in outputs.items():
+        assert [t for t in PLANTED if t in output] == [], path
+        before, after = dcmread(io.BytesIO(data)), dcmread(io.BytesIO(output))
+        assert len(after.PixelData) == len(before.PixelData)  # lengths, offsets unchanged
+        for old, new in zip(frames_of(data), frames_of(output), strict=True):
+            assert Image.open(io.BytesIO(new)).tobytes() == Image.open(io.BytesIO(old)).tobytes()
+    # Once blank, nothing is left to blank: a re-send gives the same bytes.
+    assert scrub_encapsulated(dcmread(io.BytesIO(outputs["bytes"])).PixelData, syntax) is None
+    assert deid.deidentify_part10(outputs["bytes"]).data != outputs["bytes"]  # new UIDs, but
+    again = dcmread(io.BytesIO(deid.deidentify_part10(outputs["bytes"]).data)).PixelData
+    assert again == dcmread(io.BytesIO(outputs["bytes"])).PixelData  # the same pixels
+
+
+def test_dcmtk_decodes_the_blanked_jpeg_to_the_same_pixels(
+    deid: Deidentifier, tmp_path: Path
+) -> None:
+    source = tmp_path / "in.dcm"
+    source.write_bytes(instance_of([jpeg_with_text()], JPEGBaseline8Bit))
+    output = tmp_path / "out.dcm"
+    output.write_bytes(deid.deidentify_part10(source.read_bytes()).data)
+    decoded = {}
+    for name in ("in", "out"):
+        plain = tmp_path / f"{name}-plain.dcm"
+        run = subprocess.run(["dcmdjpeg", str(tmp_path / f"{name}.dcm"), str(plain)],
+                             capture_output=True, text=True, timeout=60)  # fmt: skip
+        assert run.returncode == 0, run.stderr
+        decoded[name] = dcmread(plain).PixelData
+    assert decoded["out"] == decoded["in"] and len(decoded["in"]) == SIDE * SIDE
+
+
+def test_a_jpeg_without_text_keeps_the_fast_path_and_its_bytes(deid: Deidentifier) -> None:
+    plain = jpeg_with_text(comment=False)
+    end = plain.index(b"\xff\xdb")  # strip the EXIF segment Pillow was given: JFIF stays
+    start = plain.index(b"\xff\xe1")
+    frame = plain[:start] + plain[end:]
+    data = instance_of([frame], JPEGBaseline8Bit)
+    fast = deid._direct(data, None)
+    assert fast is not None
+    assert fast.data == deid.deidentify_general(data).data
+    assert dcmread(io.BytesIO(fast.data)).PixelData == dcmread(io.BytesIO(data)).PixelData
+
+
+def test_pixel_data_that_cannot_be_checked_is_refused_alone(
+    deid: Deidentifier, tmp_path: Path
+) -> None:
+    folder = tmp_path / "in"
+    folder.mkdir()
+    (folder / "a-good.dcm").write_bytes(instance_of([jpeg_with_text()], JPEGBaseline8Bit))
+    garbled = bytearray(jpeg_with_text())
+    garbled[2:4] = b"??"  # no marker after SOI: the header cannot be read
+    (folder / "b-garbled.dcm").write_bytes(instance_of([bytes(garbled)], JPEGBaseline8Bit))
+    (folder / "c-no-frame.dcm").write_bytes(
+        instance_of([b"\x00\x01" + jpeg_with_text()], JPEGBaseline8Bit)
+    )
+    outcomes = {o.source.name: o for o in anonymize_tree(deid, sorted(folder.iterdir()),
+                                                         tmp_path / "out")}  # fmt: skip
+    assert outcomes["a-good.dcm"].ok
+    for name in ("b-garbled.dcm", "c-no-frame.dcm"):
+        assert outcomes[name].error_kind == "UnreadableInput"
+        assert "cannot check it for text" in str(outcomes[name].error), name
+    assert len(list((tmp_path / "out").iterdir())) == 1
