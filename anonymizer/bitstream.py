@@ -49,10 +49,11 @@ def inspected(syntax: str) -> bool:
     return syntax in _JPEG or syntax in _JPEG_2000
 
 
-def scrub_encapsulated(value: bytes, syntax: str) -> bytes | None:
+def scrub_encapsulated(value: bytes | memoryview, syntax: str) -> bytes | None:
     """``value`` (encapsulated pixel data: the offset table item, then the fragments) with
     every comment and application segment of its frames' headers blanked; None when there
-    was nothing to blank (or ``syntax`` is not inspected). Same length, same items.
+    was nothing to blank (or ``syntax`` is not inspected). Same length, same items. Only
+    the headers are read, and ``value`` is copied only when something is blanked.
 
     Raises
     ------
@@ -68,27 +69,35 @@ def scrub_encapsulated(value: bytes, syntax: str) -> bytes | None:
         raise UnreadableInput(
             "compressed pixel data does not start with a frame header; cannot check it for text"
         )
-    out = bytearray(value)
+    markers: list[int] = []
+    zeros: list[tuple[int, int]] = []
     frame: list[tuple[int, int]] = []
     for span, start in zip([*spans, None], [*starts, True], strict=True):
         if start and frame:
-            markers, zeros = _blank_frame(value, frame, jpeg)
-            for at in markers:
-                out[at] = _COM
-            for begin, end in zeros:
-                out[begin:end] = bytes(end - begin)
+            found = _blank_frame(value, frame, jpeg)
+            markers += found[0]
+            zeros += found[1]
             frame = []
         if span is not None:
             frame.append(span)
-    return None if out == value else bytes(out)
+    markers = [at for at in markers if value[at] != _COM]
+    zeros = [(begin, end) for begin, end in zeros if any(value[begin:end])]
+    if not markers and not zeros:
+        return None  # nothing, or only what an earlier pass blanked already
+    out = bytearray(value)
+    for at in markers:
+        out[at] = _COM
+    for begin, end in zeros:
+        out[begin:end] = bytes(end - begin)
+    return bytes(out)
 
 
-def _fragments(value: bytes) -> list[tuple[int, int]]:
+def _fragments(value: bytes | memoryview) -> list[tuple[int, int]]:
     """Where each fragment's bytes are in ``value`` (the offset table item skipped)."""
     spans = []
     pos, end, first = 0, len(value), True
     while pos < end:
-        if value[pos : pos + 4] != _ITEM or pos + 8 > end:
+        if bytes(value[pos : pos + 4]) != _ITEM or pos + 8 > end:
             raise UnreadableInput("encapsulated pixel data: an item was expected")
         (length,) = struct.unpack_from("<I", value, pos + 4)
         if pos + 8 + length > end:
@@ -100,15 +109,15 @@ def _fragments(value: bytes) -> list[tuple[int, int]]:
     return spans
 
 
-def _starts_frame(value: bytes, start: int, end: int, jpeg: bool) -> bool:
-    head = value[start : min(end, start + 4)]
+def _starts_frame(value: bytes | memoryview, start: int, end: int, jpeg: bool) -> bool:
+    head = bytes(value[start : min(end, start + 4)])
     return head[:3] == b"\xff\xd8\xff" if jpeg else head == b"\xff\x4f\xff\x51"
 
 
 class _Frame:
     """One frame's bytes, read across its fragments as far as its headers need."""
 
-    def __init__(self, value: bytes, spans: list[tuple[int, int]]) -> None:
+    def __init__(self, value: bytes | memoryview, spans: list[tuple[int, int]]) -> None:
         self.value = value
         self.spans = spans
         self.size = sum(end - start for start, end in spans)
@@ -136,7 +145,7 @@ class _Frame:
 
 
 def _blank_frame(
-    value: bytes, spans: list[tuple[int, int]], jpeg: bool
+    value: bytes | memoryview, spans: list[tuple[int, int]], jpeg: bool
 ) -> tuple[list[int], list[tuple[int, int]]]:
     """Where in ``value`` a marker code becomes COM, and the ranges to zero."""
     frame = _Frame(value, spans)

@@ -148,7 +148,8 @@ def _bitstream_has_text(data: bytes, scan: _Scan, syntax: str) -> bool:
     for tag, _, _, start, stop, after, _ in scan.entries:
         if tag == _PIXEL_DATA and after != stop:  # encapsulated (undefined length)
             try:
-                return scrub_encapsulated(bytes(data[start:stop]), syntax) is not None
+                pixels = memoryview(data)[start:stop]  # read in place, never copied
+                return scrub_encapsulated(pixels, syntax) is not None
             except UnreadableInput:
                 return True
     return False
