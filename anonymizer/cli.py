@@ -94,15 +94,26 @@ def anonymize(
         inputs = list_inputs(source)
     except AnonymizationError as exc:
         raise _fail(str(exc)) from None
+    # A DICOMDIR indexes the input files by their original paths, patient names often among
+    # them; it is no instance to de-identify, and an index of the outputs is a new one.
+    skipped = [p for p in inputs if p.name.upper() == "DICOMDIR"]
+    inputs = [p for p in inputs if p.name.upper() != "DICOMDIR"]
     started = time.perf_counter()
     outcomes = _run(settings, deid, inputs, output, jobs or default_jobs(), show=not as_json)
     elapsed = time.perf_counter() - started
     failed = [o for o in outcomes if not o.ok]
     if as_json:
-        print(json.dumps(_report(deid, outcomes, elapsed), indent=2))
+        report = _report(deid, outcomes, elapsed)
+        report["skipped"] = [{"source": str(p), "reason": SKIPPED_DICOMDIR} for p in skipped]
+        print(json.dumps(report, indent=2))
     else:
         _summary(outcomes, elapsed)
+        for path in skipped:
+            Console().print(f"skipped {path}: {SKIPPED_DICOMDIR}", highlight=False)
     raise typer.Exit(EXIT_FAILED if failed else EXIT_OK)
+
+
+SKIPPED_DICOMDIR = "a DICOMDIR (an index of the input files, not an instance); not copied"
 
 
 def _run(

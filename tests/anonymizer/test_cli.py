@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 from pydicom import dcmread
+from pydicom.fileset import FileSet
 
 from anonymizer import generate_secret
 from tests.factories import StudySpec, make_dataset, to_bytes, write_study
@@ -154,3 +155,28 @@ def test_reidentify_asks_why_and_lookups_lists_and_checks_every_request(
         conn.execute("DELETE FROM lookup_log WHERE seq = 1")
     broken = _gridpacs("anonymizer", "lookups", *common)
     assert broken.returncode == 1 and "lookup record 2 does not verify" in broken.stderr
+
+
+def test_a_cd_folder_is_de_identified_and_its_dicomdir_skipped_with_a_reason(
+    tmp_path: Path, site: dict[str, Path]
+) -> None:
+    # A CD's DICOMDIR indexes the files by path (patient names, IDs in its records); it is
+    # no instance, and failing it would make every CD import exit 1.
+    media = FileSet()
+    for n in (1, 2):
+        media.add(make_dataset(StudySpec(patient_id="MRN-CD-1", patient_name="CDNAME^JOHN"),
+                               instance_number=n))  # fmt: skip
+    media.write(tmp_path / "cd")
+    assert (tmp_path / "cd" / "DICOMDIR").is_file()
+    out = tmp_path / "out"
+    args = ["anonymize", str(tmp_path / "cd"), str(out), "--secret-file", str(site["secret"])]
+    result = _gridpacs(*args, "--json")
+    assert result.returncode == 0, result.stdout + result.stderr
+    report = json.loads(result.stdout)
+    assert (report["files"], report["written"], report["failed"]) == (2, 2, 0)
+    assert [Path(s["source"]).name for s in report["skipped"]] == ["DICOMDIR"]
+    assert "not an instance" in report["skipped"][0]["reason"]
+    written = list(out.iterdir())
+    assert len(written) == 2 and not any(b"CDNAME" in p.read_bytes() for p in written)
+    shown = _gridpacs(*args)
+    assert shown.returncode == 0 and "skipped" in shown.stdout and "DICOMDIR" in shown.stdout
