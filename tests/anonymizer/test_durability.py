@@ -80,7 +80,25 @@ def test_kill_9_mid_run_leaves_only_complete_outputs(
     reference = _contents(ref)
     assert len(reference) == studies * 10
 
-    out = tmp_path / "out"
+    # A run whose commits all land between two polls (a loaded machine) proves nothing
+    # about a kill mid-commit, though every name it left is still checked: tried again.
+    for attempt in range(3):
+        out = tmp_path / f"out-{attempt}"
+        final = _kill_once(source, out, secret, jobs)
+        for name in final:
+            data = (out / name).read_bytes()
+            assert data == reference[name], f"{name} is not the complete output"
+            assert dcmread(out / name).PatientID != ""
+        names = os.listdir(out)
+        assert all(re.fullmatch(r"\..+\.part", n) for n in names if n.startswith("."))
+        if 0 < len(final) < len(reference):
+            return
+    pytest.fail(f"never killed mid-commit in 3 runs (last: {len(final)} of {len(reference)})")
+
+
+def _kill_once(source: Path, out: Path, secret: Path, jobs: int) -> list[str]:
+    """Start an anonymize run, SIGKILL it as soon as a first output has its name, and
+    return the names it left (hidden temporary files aside)."""
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     command = [sys.executable, "-m", "gridpacs", "anonymize", str(source), str(out),
                "--secret-file", str(secret), "--jobs", str(jobs), "--json"]  # fmt: skip
@@ -96,15 +114,7 @@ def test_kill_9_mid_run_leaves_only_complete_outputs(
     finally:
         proc.wait(timeout=30)
     assert proc.returncode == -signal.SIGKILL, "the run ended before it could be killed"
-
-    names = sorted(os.listdir(out))
-    final = [n for n in names if not n.startswith(".")]
-    assert 0 < len(final) < len(reference), "killed mid-run, after the first commit began"
-    for name in final:
-        data = (out / name).read_bytes()
-        assert data == reference[name], f"{name} is not the complete output"
-        assert dcmread(out / name).PatientID != ""
-    assert all(re.fullmatch(r"\..+\.part", n) for n in names if n.startswith("."))
+    return sorted(n for n in os.listdir(out) if not n.startswith("."))
 
 
 def _trace(log: Path, out: Path) -> list[tuple[str, str]]:
