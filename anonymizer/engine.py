@@ -323,7 +323,7 @@ class Deidentifier:
         private_rules: dict[int, Rule | None] | None = None
         for tag, elem in src.items():  # items() keeps raw elements raw
             if tag.group == 0 or (tag.element == 0 and tag.group != 2):
-                continue  # command elements (below); group lengths would be stale, retired
+                continue  # command elements (see above); stale, retired group lengths
             if tag.group & 1:
                 if private_rules is None:
                     private_rules = self._private_rules(src)
@@ -507,7 +507,7 @@ def _blank_bitstream_text(out: Dataset, syntax: str) -> None:
     value = elem.value
     if not isinstance(value, bytes | bytearray) or not value:
         return
-    blanked = scrub_encapsulated(bytes(value), syntax)
+    blanked = scrub_encapsulated(memoryview(value), syntax)  # copied only if blanked
     if blanked is None:
         return
     if isinstance(elem, RawDataElement):
