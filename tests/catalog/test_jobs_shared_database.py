@@ -42,13 +42,21 @@ def pair(tmp_path: Path, pg_url: str) -> Iterator[tuple[ReplicaProcess, ReplicaP
             process.stop()
 
 
-def test_workers_on_either_process_run_each_job_exactly_once(
-    pair: tuple[ReplicaProcess, ReplicaProcess],
-) -> None:
-    a, b = pair
+@pytest.fixture
+def clients(pair: tuple[ReplicaProcess, ReplicaProcess]) -> Iterator[tuple[JobsClient, JobsClient]]:
+    """A client of each process (no fail-over: each test says which process it talks to)."""
     with (
-        JobsClient([a.address], timeout=5) as via_a,
-        JobsClient([b.address], timeout=5) as via_b,
+        JobsClient([pair[0].address], timeout=5) as via_a,
+        JobsClient([pair[1].address], timeout=5) as via_b,
+    ):
+        yield via_a, via_b
+
+
+def test_workers_on_either_process_run_each_job_exactly_once(
+    pair: tuple[ReplicaProcess, ReplicaProcess], clients: tuple[JobsClient, JobsClient]
+) -> None:
+    (a, b), (via_a, via_b) = pair, clients
+    with (
         Heartbeat(a.address, report("site-a", max_jobs=2)),
         Heartbeat(b.address, report("site-b", max_jobs=2)),
     ):
@@ -80,14 +88,10 @@ def test_workers_on_either_process_run_each_job_exactly_once(
 
 
 def test_the_other_process_carries_on_after_a_sigkill(
-    pair: tuple[ReplicaProcess, ReplicaProcess],
+    pair: tuple[ReplicaProcess, ReplicaProcess], clients: tuple[JobsClient, JobsClient]
 ) -> None:
-    a, b = pair
-    with (
-        JobsClient([a.address], timeout=5) as via_a,
-        JobsClient([b.address], timeout=5) as via_b,
-        Heartbeat(b.address, report("site-a", max_jobs=2)),
-    ):
+    (a, b), (via_a, via_b) = pair, clients
+    with Heartbeat(b.address, report("site-a", max_jobs=2)):
         jobs = via_a.submit_jobs("segment", study_instance_uids=["1.3.1", "1.3.2", "1.3.3"])
         lease = via_a.lease_job("site-a", 5)
         assert lease is not None
