@@ -139,3 +139,20 @@ def test_text_inside_jpeg_pixel_data_is_blanked_before_it_is_stored(node: NodeAp
     assert Image.open(io.BytesIO(stored_frame)).tobytes() == (
         Image.open(io.BytesIO(sent_frame)).tobytes()
     )
+
+
+def test_pixel_data_whose_headers_cannot_be_checked_is_quarantined(node: NodeApp) -> None:
+    garbled = bytearray(jpeg_with_text())
+    garbled[2:4] = b"??"  # no marker after SOI: its text cannot be looked for
+    ds = dcmread(io.BytesIO(instance_of([bytes(garbled)], JPEGBaseline8Bit)))
+    ae = AE(ae_title="MODALITY")
+    ae.add_requested_context(ds.SOPClassUID, [JPEGBaseline8Bit])
+    assoc = ae.associate("127.0.0.1", node.dicom.port, ae_title="LUNG_STUDY")
+    assert assoc.is_established
+    try:
+        status = int(assoc.send_c_store(ds).Status)
+    finally:
+        assoc.release()
+    assert status == 0xC004 and _all_instances(node) == []
+    [entry] = node.quarantine.list()
+    assert "cannot check it for text" in entry.reason
