@@ -5,8 +5,9 @@ original value sealed with AES-256-GCM; the row's kind and pseudonym are the ass
 data, so a ciphertext moved to another row does not decrypt. Each new mapping is written
 in its own short transaction, so several ingest threads can share one map.
 
-Every lookup is recorded in the same file before anything is decrypted — who, when, why,
-which pseudonym, how many values — and a lookup whose record cannot be written returns
+Every lookup is recorded in the same file before anything is decrypted — who, when, why
+(sealed like the originals: staff may name the patient in it), which pseudonym, how many
+values — and a lookup whose record cannot be written returns
 nothing. The records form a chain: each holds an HMAC, under a key derived from the map's
 key, of the one before it and its own fields, so a record edited or deleted by someone
 without the key breaks the chain (:meth:`ReidentificationMap.verify_lookups`). Removing the
@@ -45,7 +46,7 @@ CREATE TABLE IF NOT EXISTS lookup_log (
     seq INTEGER PRIMARY KEY,
     at TEXT NOT NULL,
     actor TEXT NOT NULL,
-    reason TEXT NOT NULL,
+    reason BLOB NOT NULL,
     pseudonym TEXT NOT NULL,
     found INTEGER NOT NULL,
     chain BLOB NOT NULL
@@ -154,25 +155,22 @@ class ReidentificationMap:
                         "SELECT kind, pseudonym, nonce, sealed FROM mapping LIMIT 1"
                     ):
                         self._open(kind, other, nonce, sealed)
-                last = conn.execute(
+                newest = conn.execute(
                     "SELECT seq, at, actor, reason, pseudonym, found, chain FROM lookup_log "
-                    "ORDER BY seq DESC LIMIT 1"
-                ).fetchone()
+                    "ORDER BY seq DESC LIMIT 2"
+                ).fetchall()
                 previous = b""
-                if last is not None:
-                    before = conn.execute(
-                        "SELECT chain FROM lookup_log WHERE seq < ? ORDER BY seq DESC LIMIT 1",
-                        (last[0],),
-                    ).fetchone()
-                    if self._chain(b"" if before is None else before[0], last[:6]) != last[6]:
+                if newest:
+                    before = newest[1][6] if len(newest) > 1 else b""
+                    if self._chain(before, newest[0][:6]) != newest[0][6]:
                         raise AnonymizationError(
                             "the newest lookup record does not verify with this key "
                             "(a wrong key, or the record was changed)"
                         )
-                    previous = last[6]
-                seq = 1 if last is None else last[0] + 1
+                    previous = newest[0][6]
+                seq = newest[0][0] + 1 if newest else 1
                 at = datetime.now(UTC).isoformat(timespec="seconds")
-                fields = (seq, at, actor, reason, pseudonym, len(found))
+                fields = (seq, at, actor, self._seal_reason(seq, reason), pseudonym, len(found))
                 conn.execute(
                     "INSERT INTO lookup_log (seq, at, actor, reason, pseudonym, found, chain) "
                     "VALUES (?, ?, ?, ?, ?, ?, ?)",
@@ -186,7 +184,10 @@ class ReidentificationMap:
 
     def lookups(self) -> list[Lookup]:
         """Every lookup recorded, oldest first."""
-        return [Lookup(*row[:6]) for row in self._log_rows()]
+        return [
+            Lookup(seq, at, actor, self._open_reason(seq, reason), pseudonym, found)
+            for seq, at, actor, reason, pseudonym, found, _ in self._log_rows()
+        ]
 
     def verify_lookups(self) -> int | None:
         """The sequence number of the first lookup record that does not verify with this
@@ -221,10 +222,33 @@ class ReidentificationMap:
             ) from None
         return Mapping(kind, pseudonym, plain.decode("utf-8"))
 
+    def _seal_reason(self, seq: int, reason: str) -> bytes:
+        """The reason as stored: sealed like the originals (staff may name the patient in
+        it), bound to its record's number."""
+        nonce = os.urandom(12)
+        return nonce + self._aead.encrypt(nonce, reason.encode("utf-8"), _reason_aad(seq))
+
+    def _open_reason(self, seq: int, stored: object) -> str:
+        """The reason of record ``seq``, or a note saying it does not decrypt (an edited
+        record: :meth:`verify_lookups` reports it)."""
+        try:
+            if not isinstance(stored, bytes) or len(stored) < 12 + 16:  # nonce, tag
+                raise InvalidTag
+            plain = self._aead.decrypt(stored[:12], stored[12:], _reason_aad(seq))
+        except InvalidTag:
+            return "(does not decrypt: a wrong key, or changed or moved from another record)"
+        return plain.decode("utf-8")
+
     def _chain(self, previous: bytes, fields: tuple[object, ...]) -> bytes:
-        message = previous + json.dumps(list(fields), ensure_ascii=False).encode("utf-8")
+        """The HMAC of a record: the one before it, then its stored fields."""
+        shown = [f.hex() if isinstance(f, bytes) else f for f in fields]
+        message = previous + json.dumps(shown, ensure_ascii=False).encode("utf-8")
         return hmac.digest(self._log_key, message, "sha256")
 
 
 def _aad(kind: str, pseudonym: str) -> bytes:
     return f"{kind}\x00{pseudonym}".encode()
+
+
+def _reason_aad(seq: int) -> bytes:
+    return f"lookup-reason\x00{seq}".encode()

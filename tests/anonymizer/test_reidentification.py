@@ -199,3 +199,17 @@ def test_a_lookup_whose_record_cannot_be_written_returns_nothing(tmp_path: Path)
     with pytest.raises(AnonymizationError, match="cannot record the lookup, nothing returned"):
         reid.lookup("GP0123", **ASKED)
     assert reid.lookups() == []
+
+
+def test_a_reason_naming_the_patient_is_sealed_like_the_originals(tmp_path: Path) -> None:
+    reid = _mapped(tmp_path)
+    reason = "incidental finding for DOE^JANE, MRN-SECRET-4711"
+    reid.lookup("GP0123", actor="local:alice", reason=reason)
+    assert [r.reason for r in reid.lookups()] == [reason]
+    on_disk = b"".join(p.read_bytes() for p in tmp_path.iterdir())
+    assert b"incidental" not in on_disk and b"MRN-SECRET-4711" not in on_disk
+    with sqlite3.connect(tmp_path / "reid.sqlite") as conn:  # moved to another record
+        conn.execute("INSERT INTO lookup_log SELECT 2, at, actor, reason, pseudonym, found, "
+                     "chain FROM lookup_log WHERE seq = 1")  # fmt: skip
+    assert "does not decrypt" in reid.lookups()[1].reason
+    assert reid.verify_lookups() == 2
