@@ -49,6 +49,13 @@ def inspected(syntax: str) -> bool:
     return syntax in _JPEG or syntax in _JPEG_2000
 
 
+def has_text(value: bytes | memoryview, syntax: str) -> bool:
+    """True when :func:`scrub_encapsulated` would blank something in ``value`` (read in
+    place, nothing copied); raises as it does."""
+    markers, zeros = _to_blank(value, syntax)
+    return bool(markers or zeros)
+
+
 def scrub_encapsulated(value: bytes | memoryview, syntax: str) -> bytes | None:
     """``value`` (encapsulated pixel data: the offset table item, then the fragments) with
     every comment and application segment of its frames' headers blanked; None when there
@@ -60,9 +67,23 @@ def scrub_encapsulated(value: bytes | memoryview, syntax: str) -> bytes | None:
     UnreadableInput
         The items or the headers cannot be read, so they cannot be checked.
     """
+    markers, zeros = _to_blank(value, syntax)
+    if not markers and not zeros:
+        return None
+    out = bytearray(value)
+    for at in markers:
+        out[at] = _COM
+    for begin, end in zeros:
+        out[begin:end] = bytes(end - begin)
+    return bytes(out)
+
+
+def _to_blank(value: bytes | memoryview, syntax: str) -> tuple[list[int], list[tuple[int, int]]]:
+    """Where in ``value`` a marker code must become COM, and the ranges to zero (what an
+    earlier pass blanked already left out)."""
     jpeg = syntax in _JPEG
     if not jpeg and syntax not in _JPEG_2000:
-        return None
+        return [], []
     spans = _fragments(value)
     starts = [_starts_frame(value, start, end, jpeg) for start, end in spans]
     if spans and not starts[0]:
@@ -82,14 +103,7 @@ def scrub_encapsulated(value: bytes | memoryview, syntax: str) -> bytes | None:
             frame.append(span)
     markers = [at for at in markers if value[at] != _COM]
     zeros = [(begin, end) for begin, end in zeros if any(value[begin:end])]
-    if not markers and not zeros:
-        return None  # nothing, or only what an earlier pass blanked already
-    out = bytearray(value)
-    for at in markers:
-        out[at] = _COM
-    for begin, end in zeros:
-        out[begin:end] = bytes(end - begin)
-    return bytes(out)
+    return markers, zeros
 
 
 def _fragments(value: bytes | memoryview) -> list[tuple[int, int]]:

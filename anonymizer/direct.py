@@ -34,7 +34,7 @@ from pydicom.valuerep import EXPLICIT_VR_LENGTH_32, VR
 from pydicom.values import convert_string
 
 from anonymizer.actions import Action, Rule
-from anonymizer.bitstream import inspected, scrub_encapsulated
+from anonymizer.bitstream import has_text, inspected
 from anonymizer.elements import dictionary_vr
 from anonymizer.engine import BURNED_IN, IDENTIFYING, PATIENT_NAME, _Instance
 from anonymizer.errors import AnonymizationError, UnreadableInput
@@ -148,8 +148,7 @@ def _bitstream_has_text(data: bytes, scan: _Scan, syntax: str) -> bool:
     for tag, _, _, start, stop, after, _ in scan.entries:
         if tag == _PIXEL_DATA and after != stop:  # encapsulated (undefined length)
             try:
-                pixels = memoryview(data)[start:stop]  # read in place, never copied
-                return scrub_encapsulated(pixels, syntax) is not None
+                return has_text(memoryview(data)[start:stop], syntax)  # read in place
             except UnreadableInput:
                 return True
     return False
