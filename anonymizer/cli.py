@@ -32,6 +32,7 @@ from anonymizer.reidentification import ReidentificationMap
 EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_SETUP = 2
+SKIPPED_DICOMDIR = "a DICOMDIR (an index of the input files, not an instance); not copied"
 
 group = typer.Typer(
     help="Secrets, profiles and re-identification for de-identification.",
@@ -97,7 +98,7 @@ def anonymize(
     # A DICOMDIR indexes the input files by their original paths, patient names often among
     # them; it is no instance to de-identify, and an index of the outputs is a new one.
     skipped = [p for p in inputs if p.name.upper() == "DICOMDIR"]
-    inputs = [p for p in inputs if p.name.upper() != "DICOMDIR"]
+    inputs = [p for p in inputs if p not in skipped]
     started = time.perf_counter()
     outcomes = _run(settings, deid, inputs, output, jobs or default_jobs(), show=not as_json)
     elapsed = time.perf_counter() - started
@@ -111,9 +112,6 @@ def anonymize(
         for path in skipped:
             Console().print(f"skipped {path}: {SKIPPED_DICOMDIR}", highlight=False)
     raise typer.Exit(EXIT_FAILED if failed else EXIT_OK)
-
-
-SKIPPED_DICOMDIR = "a DICOMDIR (an index of the input files, not an instance); not copied"
 
 
 def _run(
