@@ -1,10 +1,21 @@
-"""Shared pieces of the job scheduler tests: worker reports and a movable clock."""
+"""Shared pieces of the job scheduler tests: worker reports, a movable clock, and the
+three-job setup the SIGKILL tests start from."""
 
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from catalog.jobs.records import StreamInfo, WorkerLimits, WorkerLoad, WorkerReport
+from catalog.jobs.records import (
+    Job,
+    JobState,
+    Lease,
+    StreamInfo,
+    WorkerLimits,
+    WorkerLoad,
+    WorkerReport,
+)
+from catalog.jobs_client import JobsClient
+from tests.catalog.processes import wait_for
 
 SEGMENT = StreamInfo(name="segment", version="1.0", ae_title="SEGMENT", max_attempts=2)
 
@@ -41,3 +52,20 @@ class Clock:
 
     def advance(self, seconds: float) -> None:
         self.now += timedelta(seconds=seconds)
+
+
+def one_running_one_placed(
+    through: JobsClient, seen_by: JobsClient
+) -> tuple[list[Job], Lease, dict[str, JobState]]:
+    """Three jobs submitted and one leased for ``site-a`` through ``through`` (whose worker
+    must be reporting), once ``seen_by`` shows a second one placed: the jobs, the lease,
+    and every job's state as ``seen_by`` then lists it (running, placed, queued)."""
+    jobs = through.submit_jobs("segment", study_instance_uids=["1.3.1", "1.3.2", "1.3.3"])
+    lease = through.lease_job("site-a", 5)
+    assert lease is not None
+    wait_for(
+        lambda: [j.state for j in seen_by.list_jobs()].count(JobState.PLACED) == 1,
+        10,
+        "a second job placed",
+    )
+    return jobs, lease, {j.id: j.state for j in seen_by.list_jobs()}

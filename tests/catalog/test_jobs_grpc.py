@@ -19,7 +19,7 @@ import pytest
 from catalog.errors import CatalogRejected, CatalogUnavailable
 from catalog.jobs.records import JobPriority, JobState, Outcome, WorkerReport
 from catalog.jobs_client import JobsClient
-from tests.catalog.jobs_helpers import report
+from tests.catalog.jobs_helpers import one_running_one_placed, report
 from tests.catalog.processes import ReplicaProcess, wait_for
 
 pytestmark = pytest.mark.timeout(90)
@@ -186,15 +186,7 @@ def test_a_sigkilled_catalog_comes_back_with_every_job_and_lease(
     catalog: ReplicaProcess, client: JobsClient
 ) -> None:
     with Heartbeat(catalog.address, report("site-a", max_jobs=2)):
-        jobs = client.submit_jobs("segment", study_instance_uids=["1.3.1", "1.3.2", "1.3.3"])
-        lease = client.lease_job("site-a", 5)
-        assert lease is not None
-        wait_for(
-            lambda: [j.state for j in client.list_jobs()].count(JobState.PLACED) == 1,
-            10,
-            "a second job placed",
-        )
-        before = {j.id: j.state for j in client.list_jobs()}
+        jobs, lease, before = one_running_one_placed(client, client)
         assert sorted(before.values()) == sorted(
             [JobState.RUNNING, JobState.PLACED, JobState.QUEUED]
         )

@@ -17,8 +17,8 @@ import pytest
 
 from catalog.jobs.records import JobState, Outcome
 from catalog.jobs_client import JobsClient
-from tests.catalog.jobs_helpers import report
-from tests.catalog.processes import ReplicaProcess, wait_for
+from tests.catalog.jobs_helpers import one_running_one_placed, report
+from tests.catalog.processes import ReplicaProcess
 from tests.catalog.test_jobs_grpc import JOBS_TOML, Heartbeat
 
 pytestmark = [pytest.mark.timeout(120), pytest.mark.postgres]
@@ -92,15 +92,7 @@ def test_the_other_process_carries_on_after_a_sigkill(
 ) -> None:
     (a, b), (via_a, via_b) = pair, clients
     with Heartbeat(b.address, report("site-a", max_jobs=2)):
-        jobs = via_a.submit_jobs("segment", study_instance_uids=["1.3.1", "1.3.2", "1.3.3"])
-        lease = via_a.lease_job("site-a", 5)
-        assert lease is not None
-        wait_for(
-            lambda: [j.state for j in via_b.list_jobs()].count(JobState.PLACED) == 1,
-            10,
-            "a second job placed",
-        )
-        before = {j.id: j.state for j in via_b.list_jobs()}
+        jobs, lease, before = one_running_one_placed(via_a, via_b)
 
         a.signal(signal.SIGKILL)  # the process the jobs were submitted and leased through
         a.proc.wait(10)  # type: ignore[union-attr]
