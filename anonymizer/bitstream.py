@@ -12,15 +12,20 @@ and layout and which hold no free text.
 
 A frame starts at a fragment that begins with SOI (JPEG: ``FF D8`` cannot occur inside
 entropy-coded data) or with SOC and SIZ (JPEG 2000); its headers are read across as many
-of its fragments as they span: a JPEG frame's up to its first scan, a JPEG 2000
-codestream's main header and every tile-part header. Compressed pixel data of these
-syntaxes whose first fragment starts no frame, or whose headers end before their frame
-does, cannot be checked, and is refused. Other compressed syntaxes (RLE, MPEG, H.264/HEVC)
-are not inspected.
+of its fragments as they span. A JPEG frame is read to its end, not only to its first scan:
+a progressive or multi-component frame has a scan per pass or component, and tables,
+comments and application segments may come before each. Markers are found through the
+entropy-coded data, where ``FF`` is always followed by ``00`` (a stuffed byte) or a restart
+marker (in JPEG-LS, where a bit is stuffed instead, by a byte below ``80``). Bytes after the
+frame's EOI are no image (a pad byte is zero) and are zeroed. A JPEG 2000 codestream's main
+header and every tile-part header are read. Compressed pixel data of these syntaxes whose
+first fragment starts no frame, or whose headers end before their frame does, cannot be
+checked, and is refused. Other compressed syntaxes (RLE, MPEG, H.264/HEVC) are not inspected.
 """
 
 from __future__ import annotations
 
+import re
 import struct
 
 from anonymizer.errors import UnreadableInput
@@ -30,6 +35,7 @@ _JPEG = frozenset(
     f"1.2.840.10008.1.2.4.{n}" for n in (50, 51, 52, 53, 54, 55, 56, 57, 58, 59, 60, 61, 62,
                                         63, 64, 65, 66, 70, 80, 81)
 )  # fmt: skip
+_JPEG_LS = frozenset({"1.2.840.10008.1.2.4.80", "1.2.840.10008.1.2.4.81"})
 _JPEG_2000 = frozenset(f"1.2.840.10008.1.2.4.{n}" for n in (90, 91, 92, 93, 201, 202, 203))
 #: APPn segments kept, by marker and the identifier their payload starts with.
 _KEPT_APPLICATION = (
@@ -41,6 +47,11 @@ _KEPT_APPLICATION = (
 )
 _STANDALONE = frozenset({0x01, *range(0xD0, 0xD8)})  # TEM, RSTn: no length follows
 _SOS, _EOI, _COM = 0xDA, 0xD9, 0xFE
+#: Where entropy-coded data ends: an ``FF`` followed by neither a stuffed ``00`` nor a
+#: restart marker (which continues the scan). JPEG-LS stuffs a zero bit after ``FF``, so
+#: there a marker is an ``FF`` followed by a byte of ``80`` or more.
+_SCAN_END = re.compile(rb"\xff[^\x00\xd0-\xd7]")
+_LS_SCAN_END = re.compile(rb"\xff[\x80-\xcf\xd8-\xff]")
 _J2K_SOT, _J2K_SOD, _J2K_EOC, _J2K_COM = 0xFF90, 0xFF93, 0xFFD9, 0xFF64
 
 
@@ -95,7 +106,7 @@ def _to_blank(value: bytes | memoryview, syntax: str) -> tuple[list[int], list[t
     frame: list[tuple[int, int]] = []
     for span, start in zip([*spans, None], [*starts, True], strict=True):
         if start and frame:
-            found = _blank_frame(value, frame, jpeg)
+            found = _blank_frame(value, frame, syntax)
             markers += found[0]
             zeros += found[1]
             frame = []
@@ -136,6 +147,14 @@ class _Frame:
         self.spans = spans
         self.size = sum(end - start for start, end in spans)
 
+    def contiguous(self) -> bytes | memoryview:
+        """The frame's bytes in one piece: a view of ``value`` when the frame is one
+        fragment (the usual case, nothing copied), else a copy joined across fragments."""
+        if len(self.spans) == 1:
+            start, end = self.spans[0]
+            return memoryview(self.value)[start:end]
+        return b"".join(self.value[start:end] for start, end in self.spans)
+
     def read(self, pos: int, count: int) -> bytes:
         """``count`` bytes at frame offset ``pos`` (fewer at the end of the frame)."""
         out = bytearray()
@@ -159,11 +178,14 @@ class _Frame:
 
 
 def _blank_frame(
-    value: bytes | memoryview, spans: list[tuple[int, int]], jpeg: bool
+    value: bytes | memoryview, spans: list[tuple[int, int]], syntax: str
 ) -> tuple[list[int], list[tuple[int, int]]]:
     """Where in ``value`` a marker code becomes COM, and the ranges to zero."""
     frame = _Frame(value, spans)
-    segments = _jpeg_segments(frame) if jpeg else _j2k_segments(frame)
+    if syntax in _JPEG_2000:
+        segments = _j2k_segments(frame)
+    else:
+        segments = _jpeg_segments(frame, _LS_SCAN_END if syntax in _JPEG_LS else _SCAN_END)
     markers: list[int] = []
     zeros: list[tuple[int, int]] = []
     for marker_at, payload, length in segments:
@@ -173,34 +195,41 @@ def _blank_frame(
     return markers, zeros
 
 
-def _jpeg_segments(frame: _Frame) -> list[tuple[int | None, int, int]]:
+def _jpeg_segments(frame: _Frame, scan_end: re.Pattern[bytes]) -> list[tuple[int | None, int, int]]:
     """(marker code offset when the marker must become COM, payload offset, payload length)
-    of every segment to blank, up to the first scan."""
+    of every segment to blank in the whole frame, and of the bytes after its EOI."""
+    data = frame.contiguous()
+    size = len(data)
     found: list[tuple[int | None, int, int]] = []
     pos = 2  # after SOI
-    while True:
-        head = frame.read(pos, 2)
-        if len(head) < 2 or head[0] != 0xFF:
+    while pos < size:  # entropy-coded data may run to the end: every marker was read
+        if pos + 2 > size or data[pos] != 0xFF:
             raise UnreadableInput("JPEG header: a marker was expected; cannot check it for text")
-        if head[1] == 0xFF:  # fill byte
+        marker = data[pos + 1]
+        if marker == 0xFF:  # fill byte
             pos += 1
             continue
-        marker = head[1]
-        if marker in (_SOS, _EOI):
-            return found
+        if marker == _EOI:
+            tail = pos + 2
+            if any(data[tail:]):
+                found.append((None, tail, size - tail))
+            break
         if marker in _STANDALONE:
             pos += 2
             continue
-        raw = frame.read(pos + 2, 2)
-        length = int.from_bytes(raw, "big") if len(raw) == 2 else 0
-        if length < 2 or pos + 2 + length > frame.size:
+        length = int.from_bytes(data[pos + 2 : pos + 4], "big")
+        if length < 2 or pos + 2 + length > size:
             raise UnreadableInput("JPEG header: a segment runs past its frame")
-        payload, size = pos + 4, length - 2
+        payload, count = pos + 4, length - 2
         if marker == _COM:
-            found.append((None, payload, size))
-        elif 0xE0 <= marker <= 0xEF and not _kept(marker, frame.read(payload, 12)):
-            found.append((pos + 1, payload, size))
+            found.append((None, payload, count))
+        elif 0xE0 <= marker <= 0xEF and not _kept(marker, bytes(data[payload : payload + 12])):
+            found.append((pos + 1, payload, count))
         pos += 2 + length
+        if marker == _SOS:  # on through the scan's entropy-coded data to the next marker
+            end = scan_end.search(data, pos)
+            pos = size if end is None else end.start()
+    return found
 
 
 def _kept(marker: int, start: bytes) -> bool:

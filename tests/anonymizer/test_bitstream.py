@@ -1,8 +1,9 @@
 """Text inside compressed pixel data: EXIF, captions and comments are blanked in place.
 
 The streams are real: JPEG and JPEG 2000 written by Pillow (with EXIF and comments, as a
-camera or a capture station writes them); the blanked outputs are decoded by Pillow and by
-DCMTK's ``dcmdjpeg`` to the same pixels as the inputs.
+camera or a capture station writes them), progressive JPEG and JPEG-LS (DCMTK) with text
+spliced between their scans and after their end; the blanked outputs are decoded by Pillow
+and by DCMTK's ``dcmdjpeg`` / ``dcmdjpls`` to the same pixels as the inputs.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 from pydicom import dcmread
-from pydicom.uid import JPEG2000Lossless, JPEGBaseline8Bit
+from pydicom.uid import JPEG2000Lossless, JPEGBaseline8Bit, JPEGExtended12Bit
 
 from anonymizer import Deidentifier, load_profile
 from anonymizer.bitstream import scrub_encapsulated
@@ -22,12 +23,15 @@ from anonymizer.files import anonymize_tree
 from anonymizer.part10 import write_part10
 from tests.anonymizer.conftest import SITE_A
 from tests.anonymizer.jpeg_streams import (
+    BETWEEN_SCANS,
     PLANTED,
     SIDE,
     frames_of,
     instance_of,
     j2k_with_text,
+    jpeg_ls_instance,
     jpeg_with_text,
+    progressive_jpeg_with_text,
 )
 
 
@@ -46,14 +50,15 @@ def deid() -> Deidentifier:
             30,
         ),  # headers spanning two fragments
         (JPEG2000Lossless, [j2k_with_text(), j2k_with_text()], None),
+        (JPEGExtended12Bit, [progressive_jpeg_with_text()], 200),  # text between scans
     ],
-    ids=["jpeg", "jpeg-split-fragments", "j2k"],
+    ids=["jpeg", "jpeg-split-fragments", "j2k", "jpeg-progressive"],
 )
 def test_text_in_the_bit_stream_is_blanked_on_every_path(
     deid: Deidentifier, syntax: str, frames: list[bytes], split_at: int | None
 ) -> None:
     data = instance_of(frames, syntax, split_at=split_at)
-    assert any(text in data for text in PLANTED)
+    assert any(text in data for text in PLANTED + BETWEEN_SCANS)
     assert deid._direct(data, None) is None  # the fast path leaves it to the general one
     outputs = {
         "bytes": deid.deidentify_part10(data).data,
@@ -61,7 +66,7 @@ def test_text_in_the_bit_stream_is_blanked_on_every_path(
     }
     assert outputs["bytes"] == outputs["dataset"]
     for path, output in outputs.items():
-        assert [t for t in PLANTED if t in output] == [], path
+        assert [t for t in PLANTED + BETWEEN_SCANS if t in output] == [], path
         before, after = dcmread(io.BytesIO(data)), dcmread(io.BytesIO(output))
         assert len(after.PixelData) == len(before.PixelData)  # lengths, offsets unchanged
         for old, new in zip(frames_of(data), frames_of(output), strict=True):
@@ -88,6 +93,51 @@ def test_dcmtk_decodes_the_blanked_jpeg_to_the_same_pixels(
         assert run.returncode == 0, run.stderr
         decoded[name] = dcmread(plain).PixelData
     assert decoded["out"] == decoded["in"] and len(decoded["in"]) == SIDE * SIDE
+
+
+def _both_paths(deid: Deidentifier, data: bytes) -> dict[str, bytes]:
+    outputs = {
+        "bytes": deid.deidentify_part10(data).data,
+        "dataset": write_part10(deid.deidentify(dcmread(io.BytesIO(data)))),
+    }
+    assert outputs["bytes"] == outputs["dataset"]
+    return outputs
+
+
+def test_text_between_jpeg_ls_scans_is_blanked_and_nothing_else_changes(
+    deid: Deidentifier, tmp_path: Path
+) -> None:
+    data, _ = jpeg_ls_instance(tmp_path, between_scans=True)
+    frame = dcmread(io.BytesIO(data)).PixelData
+    assert all(text in frame for text in BETWEEN_SCANS)
+    # FF then a byte below 80 is data in JPEG-LS; read as ISO 10918 it would be a marker.
+    assert any(0 < frame[at + 1] < 0x80 for at in range(len(frame) - 1) if frame[at] == 0xFF)
+    comment, application, trailer = (frame.index(text) for text in BETWEEN_SCANS)
+    may_change = {application - 3}  # the APP4 marker code, now COM
+    for text, at in zip(BETWEEN_SCANS, (comment, application, trailer), strict=True):
+        may_change |= set(range(at, at + len(text)))
+    for path, output in _both_paths(deid, data).items():
+        blanked = dcmread(io.BytesIO(output)).PixelData
+        assert [t for t in BETWEEN_SCANS if t in blanked] == [], path
+        changed = {at for at, (old, new) in enumerate(zip(frame, blanked, strict=True))
+                   if old != new}  # fmt: skip
+        assert changed and changed <= may_change, path  # the scans' data is untouched
+        assert blanked[application - 3] == 0xFE
+
+
+def test_dcmtk_decodes_a_jpeg_ls_frame_blanked_after_its_three_scans(
+    deid: Deidentifier, tmp_path: Path
+) -> None:
+    data, pixels = jpeg_ls_instance(tmp_path, between_scans=False)
+    assert BETWEEN_SCANS[2] in data
+    for path, output in _both_paths(deid, data).items():
+        assert BETWEEN_SCANS[2] not in output, path
+        (tmp_path / f"{path}.dcm").write_bytes(output)
+        plain = tmp_path / f"{path}-plain.dcm"
+        run = subprocess.run(["dcmdjpls", str(tmp_path / f"{path}.dcm"), str(plain)],
+                             capture_output=True, text=True, timeout=60)  # fmt: skip
+        assert run.returncode == 0, run.stderr
+        assert dcmread(plain).PixelData == pixels, path
 
 
 def test_a_jpeg_without_text_keeps_the_fast_path_and_its_bytes(deid: Deidentifier) -> None:
