@@ -12,6 +12,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -135,6 +136,13 @@ def _security(
     return interceptors, _scope_from_principal
 
 
+def _revocation(crl: Path, ca: Path) -> grpc.ServerInterceptor:
+    from catalog.security.revocation import RevocationList
+    from catalog.server.interceptors import RevocationInterceptor
+
+    return RevocationInterceptor(RevocationList(crl, ca))
+
+
 def _retrieve_summary(request: Any) -> dict[str, Any]:
     """The audit row of a retrieve names the studies (the first 50) and collections asked for."""
     studies = list(request.study_instance_uids)
@@ -212,6 +220,10 @@ def build_app(config: CatalogConfig) -> CatalogApp:
         scope = None
         if config.security is not None:
             interceptors, scope = _security(config.security, engine)
+        if config.tls is not None and config.tls.crl is not None:
+            # after the audit (a refused revoked host is recorded), before authentication
+            at = len(interceptors) - 1 if config.security is not None else 0
+            interceptors.insert(at, _revocation(config.tls.crl, config.tls.ca))
         server = build_server(
             service,
             port=config.port,

@@ -61,6 +61,9 @@ class TlsConfig(_Model):
     key: Path
     ca: Path
     require_client_auth: bool = True
+    crl: Path | None = None
+    """The grid CA's revocation list (``gridpacs pki revoke``): calls of a certificate on it
+    are refused; the file is re-read when it is replaced."""
 
 
 class SecurityConfig(_Model):
@@ -220,6 +223,7 @@ lost_after_seconds = 3600.0     # a node silent this long is lost: its data is c
 # cert = "/etc/gridpacs/catalog.crt"
 # key = "/etc/gridpacs/catalog.key"
 # ca = "/etc/gridpacs/ca.crt"
+# crl = "/etc/gridpacs/crl.pem"  # revoked certificates (`gridpacs pki revoke`), re-read on change
 
 [jobs]                          # the scheduler of processing streams' jobs
 lease_s = 30.0                  # a worker renews its lease within this

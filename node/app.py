@@ -13,8 +13,11 @@ import grpc
 
 from catalog import GrpcCatalogClient, NodeInfo
 from catalog.jobs_client import JobsClient
+from catalog.security.errors import TlsConfigError
 from catalog.security.grants import GrantKeyError, GrantVerifier, load_public_key
+from catalog.security.revocation import RevocationList
 from catalog.security.tls import channel_credentials, server_credentials
+from catalog.server.interceptors import RevocationInterceptor
 from node.anti_entropy import AntiEntropy
 from node.config import CatalogLinkConfig, Destination, NodeConfig
 from node.dicom.handlers import Gateway
@@ -106,6 +109,17 @@ def _grid_credentials(
     )
 
 
+def _peer_interceptors(link: CatalogLinkConfig) -> list[grpc.ServerInterceptor]:
+    """The peer service refuses revoked certificates when the grid's CRL is configured."""
+    if link.crl_file is None:
+        return []
+    assert link.ca_file is not None  # validated: no CRL on an insecure grid
+    try:
+        return [RevocationInterceptor(RevocationList(link.crl_file, link.ca_file))]
+    except TlsConfigError as exc:
+        raise ConfigError(str(exc)) from exc
+
+
 def _grant_verifier(link: CatalogLinkConfig) -> GrantVerifier | None:
     """Verifies researchers' retrieve grants, when the catalog's public keys are configured."""
     if not link.grant_public_keys:
@@ -189,6 +203,7 @@ class NodeApp:
             link.peer_port,
             server_creds,
             inventory=inventory,
+            interceptors=_peer_interceptors(link),
         )
         self.gateway.grid_query = GridQueryService(self.catalog)
         self.gateway.grid_retrieve = GridRetrieveService(

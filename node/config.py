@@ -60,6 +60,15 @@ class TlsConfig(_Strict):
     key_file: Path
     ca_file: Path | None = None
     require_client_cert: bool = False
+    crl_file: Path | None = None
+    """The grid CA's revocation list: a client presenting a revoked certificate fails the
+    handshake. Read at start (restart the node after copying a new one)."""
+
+    @model_validator(mode="after")
+    def _crl_needs_ca(self) -> TlsConfig:
+        if self.crl_file is not None and self.ca_file is None:
+            raise ValueError("crl_file needs ca_file (the CA that signed the list)")
+        return self
 
 
 class DicomConfig(_Strict):
@@ -167,6 +176,9 @@ class CatalogLinkConfig(_Strict):
     """Where other nodes fetch this node's instances (gRPC PeerService)."""
     peer_port: Annotated[int, Field(ge=0, le=65535)] = 0
     """0 picks a free port; the bound address is registered in the catalog."""
+    crl_file: Path | None = None
+    """The grid CA's revocation list (``gridpacs pki revoke``): the peer service refuses
+    calls of a certificate on it; the file is re-read when it is replaced."""
     grant_public_keys: tuple[Path, ...] = ()
     """Catalog grant public keys (``gridpacs pki grant-key``): researchers presenting a grant
     signed by one of them may fetch what it names over the peer service."""
@@ -192,6 +204,8 @@ class CatalogLinkConfig(_Strict):
             raise ValueError("give at least one catalog address")
         if not self.insecure and self.ca_file is None:
             raise ValueError("set cert_file, key_file and ca_file (mTLS) or insecure = true")
+        if self.insecure and self.crl_file is not None:
+            raise ValueError("crl_file needs mTLS: it conflicts with insecure = true")
         return self
 
 

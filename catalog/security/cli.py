@@ -189,6 +189,71 @@ def show_cmd(
     _table(str(cert), ["field", "value"], rows)
 
 
+CrlDays = Annotated[
+    int, typer.Option("--days", help="Days until the list's next update (re-sign before).")
+]
+
+
+@pki_app.command("revoke")
+def revoke_cert_cmd(
+    ca: Annotated[Path, typer.Option("--ca", help="The CA directory (from init-ca).")],
+    cert: Annotated[
+        str, typer.Argument(help="The certificate's PEM file, or its serial in hex (`show`).")
+    ],
+    reason: Annotated[
+        str, typer.Option("--reason", help=", ".join(pki.REVOCATION_REASONS))
+    ] = "unspecified",
+    days: CrlDays = pki.CRL_VALID_DAYS,
+    as_json: JsonOut = False,
+) -> None:
+    """Revoke a certificate: add it to the CA's crl.pem and re-sign the list. Copy crl.pem
+    to every catalog and node (catalog [tls] crl, node catalog.crl_file); they re-read it."""
+    with _boundary():
+        done = pki.revoke(ca, cert, reason=reason, valid_days=days)
+    entry = done.entry
+    if as_json:
+        revoked = {"serial": entry.serial, "reason": entry.reason, "added": done.added}
+        _print_json({"revoked": revoked, "crl": done.crl.to_dict()})
+        return
+    state = "revoked" if done.added else "already revoked"
+    typer.echo(
+        f"{state} {entry.serial} ({entry.reason}) since {entry.revoked_at:%Y-%m-%d %H:%M} UTC"
+    )
+    _crl_table(done.crl)
+
+
+@pki_app.command("crl")
+def crl_cmd(
+    ca: Annotated[Path, typer.Option("--ca", help="The CA directory (from init-ca).")],
+    days: CrlDays = pki.CRL_VALID_DAYS,
+    renew_within: Annotated[
+        int | None,
+        typer.Option(
+            "--renew-within",
+            help="Only re-sign when the next update is this many "
+            "days away or less (for provisioning: unchanged otherwise).",
+        ),
+    ] = None,
+    as_json: JsonOut = False,
+) -> None:
+    """Re-sign the CA's revocation list with a new next update (create an empty one if none)
+    and list what it revokes. Run it before the next update passes."""
+    with _boundary():
+        renewed, info = pki.issue_crl(ca, valid_days=days, renew_within_days=renew_within)
+    if as_json:
+        _print_json({**info.to_dict(), "renewed": renewed})
+        return
+    typer.echo("signed anew" if renewed else "unchanged: its next update is not near")
+    _crl_table(info)
+
+
+def _crl_table(info: pki.CrlInfo) -> None:
+    rows = [[e.serial, f"{e.revoked_at:%Y-%m-%d %H:%M}", e.reason] for e in info.revoked]
+    title = (f"{info.path} (#{info.number}, next update {info.next_update:%Y-%m-%d}): "
+             f"{len(rows)} revoked")  # fmt: skip
+    _table(title, ["serial", "revoked (UTC)", "reason"], rows)
+
+
 def _key_type(text: str) -> pki.KeyType:
     if text == "ec":
         return "ec"

@@ -3,8 +3,11 @@
 Every catalog and node of a grid holds a key and a certificate signed by one grid CA, and
 trusts only that CA; gRPC between them is mutual TLS (see :mod:`catalog.security.tls`). The
 CA is deliberately small: a self-signed root that signs leaf certificates directly
-(``pathlen=0``), no intermediate, no CRL. Revocation is done by re-issuing: see
-``docs/security.md``.
+(``pathlen=0``), no intermediate. A certificate is withdrawn by :func:`revoke`, which adds it
+to the CA's certificate revocation list (``crl.pem``, signed by the CA); servers given that
+file refuse the certificate (:mod:`catalog.security.revocation`). A CRL rather than OCSP:
+the grid is a few dozen hosts provisioned by Ansible, which can copy one small signed file
+to each of them; an OCSP responder would be one more service every handshake depends on.
 
 Host certificates carry ``OU=host`` in their subject; certificates issued for clients only
 (researchers' tools) carry ``OU=user``. The catalog's access policy uses that to tell a grid
@@ -12,7 +15,7 @@ host (allowed to publish) from a person holding a client certificate.
 
 Files written (private keys mode 0600, never overwritten unless ``force=True``)::
 
-    <ca_dir>/ca.key  <ca_dir>/ca.crt
+    <ca_dir>/ca.key  <ca_dir>/ca.crt  <ca_dir>/crl.pem
     <out_dir>/<name>.key  <out_dir>/<name>.crt  <out_dir>/ca.crt
 """
 
@@ -41,7 +44,19 @@ PrivateKey = ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey
 
 CA_KEY_FILE = "ca.key"
 CA_CERT_FILE = "ca.crt"
+CRL_FILE = "crl.pem"
 CA_VALID_DAYS = 3650
+#: A CRL is re-signed on every revocation and by ``gridpacs pki crl``. Past its next update
+#: OpenSSL (DICOM TLS) refuses every client, so it lives long; servers warn when it is stale.
+CRL_VALID_DAYS = 180
+#: Revocation reasons an operator may give (RFC 5280 5.3.1), by their CLI names.
+REVOCATION_REASONS = {
+    "unspecified": x509.ReasonFlags.unspecified,
+    "key-compromise": x509.ReasonFlags.key_compromise,
+    "superseded": x509.ReasonFlags.superseded,
+    "cessation-of-operation": x509.ReasonFlags.cessation_of_operation,
+    "affiliation-changed": x509.ReasonFlags.affiliation_changed,
+}
 #: Leaf certificates live one year by default and two at most: short enough that a leaked
 #: key expires, long enough that rotation is a yearly chore and not a weekly one.
 LEAF_VALID_DAYS = 365
@@ -99,6 +114,48 @@ class CertificateInfo:
         data["extended_key_usage"] = list(self.extended_key_usage)
         data["days_left"] = self.days_left
         return data
+
+
+@dataclass(frozen=True)
+class RevokedEntry:
+    """One revoked certificate, as the CRL lists it."""
+
+    serial: str
+    revoked_at: dt.datetime
+    reason: str
+
+
+@dataclass(frozen=True)
+class Revocation:
+    """What :func:`revoke` did: the entry, the list now in force, whether it was added."""
+
+    entry: RevokedEntry
+    crl: CrlInfo
+    added: bool
+
+
+@dataclass(frozen=True)
+class CrlInfo:
+    """What a CRL says: when it was signed, until when it holds, and what it revokes."""
+
+    path: Path
+    number: int
+    last_update: dt.datetime
+    next_update: dt.datetime
+    revoked: tuple[RevokedEntry, ...]
+
+    def to_dict(self) -> dict[str, object]:
+        """A JSON-ready dictionary (times as ISO 8601, UTC)."""
+        return {
+            "path": str(self.path),
+            "number": self.number,
+            "last_update": self.last_update.isoformat(),
+            "next_update": self.next_update.isoformat(),
+            "revoked": [
+                {"serial": e.serial, "revoked_at": e.revoked_at.isoformat(), "reason": e.reason}
+                for e in self.revoked
+            ],
+        }
 
 
 def init_ca(
@@ -251,6 +308,102 @@ def issue(
     return CertFiles(cert=cert_path, key=key_path, ca_cert=ca_copy)
 
 
+def revoke(
+    ca_dir: str | os.PathLike[str],
+    certificate: str | os.PathLike[str],
+    *,
+    reason: str = "unspecified",
+    valid_days: int = CRL_VALID_DAYS,
+) -> Revocation:
+    """Add a certificate to the CA's revocation list and re-sign it (``<ca_dir>/crl.pem``).
+
+    ``certificate`` is the PEM file of the certificate, or its serial number in hex as
+    ``gridpacs pki show`` prints it (for a certificate whose file is gone). A file must have
+    been issued by this CA. Revoking a revoked certificate changes nothing (the list is not
+    re-signed, so provisioning can run it again and again).
+
+    Raises
+    ------
+    PkiError
+        Unknown reason, a certificate of another CA, a serial that is no hex number, CA or
+        existing CRL unreadable.
+    """
+    if reason not in REVOCATION_REASONS:
+        raise PkiError(f"reason must be one of {', '.join(REVOCATION_REASONS)}, got {reason!r}")
+    ca_cert, ca_key = _load_ca(Path(ca_dir))
+    serial = _serial_of(certificate, ca_cert)
+    old = _load_crl(Path(ca_dir), ca_cert)
+    entries = list(old) if old is not None else []
+    existing = next((e for e in entries if e.serial_number == serial), None)
+    if existing is not None and old is not None:
+        return Revocation(_entry(existing), describe_crl(old, Path(ca_dir) / CRL_FILE), False)
+    added = (
+        x509.RevokedCertificateBuilder()
+        .serial_number(serial)
+        .revocation_date(dt.datetime.now(dt.UTC))
+        .add_extension(x509.CRLReason(REVOCATION_REASONS[reason]), critical=False)
+        .build()
+    )
+    info = _sign_crl(Path(ca_dir), ca_cert, ca_key, [*entries, added], old, valid_days)
+    return Revocation(_entry(added), info, True)
+
+
+def issue_crl(
+    ca_dir: str | os.PathLike[str],
+    *,
+    valid_days: int = CRL_VALID_DAYS,
+    renew_within_days: int | None = None,
+) -> tuple[bool, CrlInfo]:
+    """Re-sign the CA's revocation list with a new next update (an empty one if none yet);
+    with ``renew_within_days``, only when its next update is that close (or past).
+
+    Returns (whether the list was signed anew, the list). Run it before the next update
+    passes, and copy the file to every server again."""
+    ca_cert, ca_key = _load_ca(Path(ca_dir))
+    old = _load_crl(Path(ca_dir), ca_cert)
+    if old is not None and renew_within_days is not None:
+        info = describe_crl(old, Path(ca_dir) / CRL_FILE)
+        if info.next_update - dt.datetime.now(dt.UTC) > dt.timedelta(days=renew_within_days):
+            return False, info
+    return True, _sign_crl(Path(ca_dir), ca_cert, ca_key, list(old or []), old, valid_days)
+
+
+def describe_crl(crl: x509.CertificateRevocationList, path: Path) -> CrlInfo:
+    """What ``crl`` says, in an operator's terms."""
+    try:
+        number = crl.extensions.get_extension_for_class(x509.CRLNumber).value.crl_number
+    except x509.ExtensionNotFound:
+        number = 0
+    next_update = crl.next_update_utc
+    return CrlInfo(
+        path=path,
+        number=number,
+        last_update=crl.last_update_utc,
+        next_update=next_update if next_update is not None else crl.last_update_utc,
+        revoked=tuple(_entry(e) for e in crl),
+    )
+
+
+def load_crl(pem: bytes, ca_cert: x509.Certificate) -> x509.CertificateRevocationList:
+    """Parse a PEM CRL and check that ``ca_cert`` signed it.
+
+    Raises
+    ------
+    PkiError
+        Not a PEM CRL, or not signed by ``ca_cert`` (another grid's, or tampered with).
+    """
+    try:
+        crl = x509.load_pem_x509_crl(pem)
+    except ValueError as exc:
+        raise PkiError(f"not a PEM certificate revocation list: {exc}") from exc
+    public_key = ca_cert.public_key()
+    if not isinstance(public_key, ec.EllipticCurvePublicKey | rsa.RSAPublicKey):
+        raise PkiError(f"unsupported CA key type {type(public_key).__name__}")
+    if crl.issuer != ca_cert.subject or not crl.is_signature_valid(public_key):
+        raise PkiError("the revocation list is not signed by this grid's CA")
+    return crl
+
+
 def inspect(cert: str | os.PathLike[str] | bytes) -> CertificateInfo:
     """Describe a PEM certificate given as a path or as bytes."""
     pem = cert if isinstance(cert, bytes) else _read(Path(cert), "certificate")
@@ -388,6 +541,69 @@ def _load_ca(ca_dir: Path) -> tuple[x509.Certificate, PrivateKey]:
     if key.public_key().public_bytes(enc, pub) != cert.public_key().public_bytes(enc, pub):
         raise PkiError(f"the CA key in {ca_dir} does not match the CA certificate")
     return cert, key
+
+
+def _serial_of(certificate: str | os.PathLike[str], ca_cert: x509.Certificate) -> int:
+    path = Path(certificate)
+    if path.is_file():
+        cert = load_certificate(_read(path, "certificate"))
+        if not issued_by(cert, ca_cert):
+            raise PkiError(f"{path} was not issued by this CA")
+        return int(cert.serial_number)
+    text = str(certificate).replace(":", "").lower().removeprefix("0x")
+    if not text or len(text) > 40 or any(c not in "0123456789abcdef" for c in text):
+        raise PkiError(f"{certificate!s} is neither a certificate file nor a serial in hex")
+    return int(text, 16)
+
+
+def _load_crl(ca_dir: Path, ca_cert: x509.Certificate) -> x509.CertificateRevocationList | None:
+    path = ca_dir / CRL_FILE
+    if not path.exists():
+        return None
+    return load_crl(_read(path, "revocation list"), ca_cert)
+
+
+def _sign_crl(
+    ca_dir: Path,
+    ca_cert: x509.Certificate,
+    ca_key: PrivateKey,
+    entries: list[x509.RevokedCertificate],
+    old: x509.CertificateRevocationList | None,
+    valid_days: int,
+) -> CrlInfo:
+    if not 1 <= valid_days <= CA_VALID_DAYS:
+        raise PkiError(f"valid_days must be between 1 and {CA_VALID_DAYS}, got {valid_days}")
+    number = describe_crl(old, ca_dir / CRL_FILE).number + 1 if old is not None else 1
+    now = dt.datetime.now(dt.UTC)
+    builder = (
+        x509.CertificateRevocationListBuilder()
+        .issuer_name(ca_cert.subject)
+        .last_update(now - _BACKDATE)
+        .next_update(now + dt.timedelta(days=valid_days))
+        .add_extension(x509.CRLNumber(number), critical=False)
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), False
+        )
+    )
+    for entry in entries:
+        builder = builder.add_revoked_certificate(entry)
+    crl = builder.sign(ca_key, hashes.SHA256())
+    path = ca_dir / CRL_FILE
+    _write_public(path, crl.public_bytes(serialization.Encoding.PEM))
+    return describe_crl(crl, path)
+
+
+def _entry(revoked: x509.RevokedCertificate) -> RevokedEntry:
+    try:
+        flag = revoked.extensions.get_extension_for_class(x509.CRLReason).value.reason
+        reason = next((k for k, v in REVOCATION_REASONS.items() if v == flag), flag.value)
+    except x509.ExtensionNotFound:
+        reason = "unspecified"
+    return RevokedEntry(
+        serial=format(revoked.serial_number, "x"),
+        revoked_at=revoked.revocation_date_utc,
+        reason=reason,
+    )
 
 
 def _read(path: Path, what: str) -> bytes:

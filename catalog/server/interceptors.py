@@ -9,7 +9,11 @@
   method and a bounded summary of the request (never its bytes), when, from where
   (``context.peer()``) and the final status code.
 
-Order them ``[AuditInterceptor, AuthInterceptor]`` so rejected calls are audited too (gRPC
+* :class:`RevocationInterceptor` refuses, with ``UNAUTHENTICATED``, every call whose client
+  certificate the grid CA has revoked (the TLS handshake cannot check that in Python).
+
+Order them ``[AuditInterceptor, RevocationInterceptor, AuthInterceptor]`` so rejected calls
+are audited too (gRPC
 runs the first interceptor outermost). Both wrap the method's *behaviour*, not the lookup:
 gRPC looks handlers up on its polling thread but runs behaviours on the pool thread, and only
 there is the ``ServicerContext`` (peer, auth context, status code) available and a
@@ -39,6 +43,7 @@ from catalog.security.errors import (
 )
 from catalog.security.pki import UNIT_HOST, issued_by
 from catalog.security.principal import Principal, PrincipalKind
+from catalog.security.revocation import RevocationList
 from catalog.security.tls import PeerIdentity, peer_identity
 from catalog.security.tokens import TokenStore
 
@@ -240,6 +245,45 @@ class AuthInterceptor(grpc.ServerInterceptor):
             reason="no_token",
         )
         raise AssertionError("unreachable")  # pragma: no cover - abort raises
+
+
+class RevocationInterceptor(grpc.ServerInterceptor):
+    """Refuse every call (health checks included) of a client whose certificate is revoked.
+
+    Calls without a client certificate pass: whether they may proceed is the
+    :class:`AuthInterceptor`'s decision, not this one's.
+    """
+
+    def __init__(self, revocations: RevocationList) -> None:
+        self._revocations = revocations
+
+    def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], grpc.RpcMethodHandler | None],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler | None:
+        """Wrap the handler so the check runs on the worker thread with the context."""
+        handler = continuation(handler_call_details)
+        if handler is None:
+            return None
+        method = handler_call_details.method
+
+        @contextlib.contextmanager
+        def guard(_request: Any, context: grpc.ServicerContext) -> Iterator[None]:
+            pems = (context.auth_context() or {}).get("x509_pem_cert") or []
+            if pems and self._revoked(pems[0]):
+                _reject(context, method, grpc.StatusCode.UNAUTHENTICATED,
+                        "this certificate has been revoked by the grid CA",
+                        reason="revoked_certificate")  # fmt: skip
+            yield
+
+        return _wrap(handler, guard)
+
+    def _revoked(self, pem: bytes) -> bool:
+        try:
+            return self._revocations.is_revoked(pem)
+        except ValueError:  # the handshake verified it, so this cannot happen: fail closed
+            return True
 
 
 class AuditInterceptor(grpc.ServerInterceptor):

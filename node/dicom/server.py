@@ -20,6 +20,8 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]  # generated at
 )
 from pynetdicom.transport import RequestHandler, ThreadedAssociationServer
 
+from catalog.security.errors import TlsConfigError
+from catalog.security.revocation import check_crl_file
 from node.config import DicomConfig
 from node.dicom.handlers import Gateway
 from node.dicom.reactor import (
@@ -29,6 +31,7 @@ from node.dicom.reactor import (
     with_store_sink,
 )
 from node.dicom.scu import install_nodelay_for_outgoing, set_nodelay
+from node.errors import ConfigError
 
 # pynetdicom accepts the first of *our* syntaxes that the peer offers: prefer Explicit VR
 # Little Endian so C-GET (and C-STORE) keep VRs — Implicit VR loses those of private elements.
@@ -81,6 +84,14 @@ def _tls_context(config: DicomConfig) -> ssl.SSLContext | None:
     ctx.load_cert_chain(str(config.tls.cert_file), str(config.tls.key_file))
     if config.tls.ca_file is not None:
         ctx.load_verify_locations(str(config.tls.ca_file))
+    if config.tls.crl_file is not None:
+        assert config.tls.ca_file is not None  # validated
+        try:
+            check_crl_file(config.tls.crl_file, config.tls.ca_file)
+        except TlsConfigError as exc:
+            raise ConfigError(f"[dicom.tls] {exc}") from exc
+        ctx.load_verify_locations(str(config.tls.crl_file))  # a PEM CRL joins the store
+        ctx.verify_flags |= ssl.VERIFY_CRL_CHECK_LEAF
     ctx.verify_mode = ssl.CERT_REQUIRED if config.tls.require_client_cert else ssl.CERT_OPTIONAL
     return ctx
 

@@ -222,9 +222,12 @@ class PeerServer:
         port: int,
         credentials: grpc.ServerCredentials | None,
         inventory: inventory_pb2_grpc.InventoryServiceServicer | None = None,
+        interceptors: Sequence[grpc.ServerInterceptor] = (),
     ) -> None:
         # a batch call holds its thread while the fetching node C-STOREs what it got
-        self._server = grpc.server(ThreadPoolExecutor(max_workers=32))
+        self._server = grpc.server(
+            ThreadPoolExecutor(max_workers=32), interceptors=list(interceptors)
+        )
         peer_pb2_grpc.add_PeerServiceServicer_to_server(servicer, self._server)
         checker = health.HealthServicer()
         checker.set("gridpacs.node.v1.PeerService", health_pb2.HealthCheckResponse.SERVING)

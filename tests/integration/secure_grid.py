@@ -57,7 +57,13 @@ class SecureReplica:
     """``gridpacs catalog serve --config`` with mTLS, tokens, audit and a grant key."""
 
     def __init__(
-        self, name: str, keys: GridKeys, workdir: Path, *, identified: tuple[str, ...] = ()
+        self,
+        name: str,
+        keys: GridKeys,
+        workdir: Path,
+        *,
+        identified: tuple[str, ...] = (),
+        crl: Path | None = None,
     ) -> None:
         self.name = name
         self.port = free_port()
@@ -70,7 +76,8 @@ class SecureReplica:
             f"[replication]\ninterval_s = 0.2\n"
             f'[tls]\ncert = "{self.host.cert}"\nkey = "{self.host.key}"\n'
             f'ca = "{self.host.ca_cert}"\n'
-            f'[security]\npepper_file = "{keys.pepper}"\n'
+            + (f'crl = "{crl}"\n' if crl is not None else "")
+            + f'[security]\npepper_file = "{keys.pepper}"\n'
             f'grant_key_file = "{keys.grant.private}"\n'
             f"identified_collections = {list(identified)!r}\n".replace("'", '"')
         )
@@ -120,6 +127,8 @@ def node_config(
     *,
     publish_identified: bool = False,
     routes: dict[str, str] | None = None,
+    crl: Path | None = None,
+    peer_port: int = 0,
 ) -> Path:
     """A node TOML: mTLS to the catalog and peers, trusting the catalog's grant key."""
     host = keys.host(name)
@@ -135,6 +144,7 @@ def node_config(
         f'grant_public_keys = ["{keys.grant.public}"]\n'
         f"publish_identified = {'true' if publish_identified else 'false'}\n"
         "publish_interval = 0.2\n"
+        f"peer_port = {peer_port}\n" + (f'crl_file = "{crl}"\n' if crl is not None else "")
     )
     path.write_text(text)
     return path

@@ -13,6 +13,7 @@ from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from catalog.security import pki
 from node.app import NodeApp
 from node.config import load_config
+from node.errors import ConfigError
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -25,28 +26,33 @@ def certs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, pki.CertFiles]:
         name: pki.issue(
             root / "ca", root / name, name, dns_names=["localhost"], ip_addresses=["127.0.0.1"]
         )
-        for name in ("node", "workstation")
+        for name in ("node", "workstation", "stolen-laptop")
     }
+
+
+def _tls_config(tmp_path: Path, node: pki.CertFiles, **tls: str | bool) -> dict[str, object]:
+    return {
+        "data_dir": str(tmp_path / "node"),
+        "dicom": {
+            "port": 0,
+            "tls": {"cert_file": str(node.cert), "key_file": str(node.key),
+                    "ca_file": str(node.ca_cert), "require_client_cert": True, **tls},
+        },
+    }  # fmt: skip
 
 
 @pytest.fixture
 def tls_node(tmp_path: Path, certs: dict[str, pki.CertFiles]) -> Iterator[NodeApp]:
-    node = certs["node"]
-    cfg = load_config(
-        None,
-        {
-            "data_dir": str(tmp_path / "node"),
-            "dicom": {
-                "port": 0,
-                "tls": {"cert_file": str(node.cert), "key_file": str(node.key),
-                        "ca_file": str(node.ca_cert), "require_client_cert": True},
-            },
-        },
-    )  # fmt: skip
-    app = NodeApp(cfg)
+    app = NodeApp(load_config(None, _tls_config(tmp_path, certs["node"])))
     app.start()
     yield app
     app.stop()
+
+
+def _client_context(files: pki.CertFiles) -> ssl.SSLContext:
+    ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(files.ca_cert))
+    ctx.load_cert_chain(str(files.cert), str(files.key))
+    return ctx
 
 
 def _echo(port: int, context: ssl.SSLContext | None) -> bool:
@@ -81,3 +87,33 @@ def test_plaintext_and_certificateless_clients_are_refused(
     ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(ws.ca_cert))
     ctx.load_cert_chain(str(ws.cert), str(ws.key))
     assert _echo(tls_node.dicom.port, ctx)
+
+
+def test_a_revoked_client_certificate_fails_the_handshake(
+    tmp_path: Path, certs: dict[str, pki.CertFiles]
+) -> None:
+    ca_dir = certs["node"].ca_cert.parent.parent / "ca"
+    pki.revoke(ca_dir, certs["stolen-laptop"].cert, reason="key-compromise")
+    crl = tmp_path / "crl.pem"
+    crl.write_bytes((ca_dir / pki.CRL_FILE).read_bytes())
+    app = NodeApp(load_config(None, _tls_config(tmp_path, certs["node"], crl_file=str(crl))))
+    app.start()
+    try:
+        assert not _echo(app.dicom.port, _client_context(certs["stolen-laptop"]))
+        assert _echo(app.dicom.port, _client_context(certs["workstation"]))
+    finally:
+        app.stop()
+
+
+def test_a_revocation_list_needs_the_ca_that_signed_it(
+    tmp_path: Path, certs: dict[str, pki.CertFiles]
+) -> None:
+    pki.init_ca(tmp_path / "other", "test grid CA")
+    pki.issue_crl(tmp_path / "other")
+    foreign = str(tmp_path / "other" / pki.CRL_FILE)
+    with pytest.raises(ConfigError, match="crl_file needs ca_file"):
+        load_config(None, _tls_config(tmp_path, certs["node"], crl_file=foreign, ca_file=None))  # type: ignore[arg-type]
+    app = NodeApp(load_config(None, _tls_config(tmp_path, certs["node"], crl_file=foreign)))
+    with pytest.raises(ConfigError, match="not signed by this grid's CA"):
+        app.start()
+    app.stop()
