@@ -28,12 +28,16 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import grpc
 import pydicom
 import pytest
 import sqlalchemy as sa
+from cryptography import x509
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from pynetdicom import AE
 from pynetdicom.sop_class import Verification
 
+from catalog.security import CertFiles, channel_credentials, issue
 from tests.conftest import PG_ADMIN_URL
 from tests.factories import StudySpec, make_dataset
 from tests.integration.test_grid_catalog import _grid_find_soon, _store, _wait_for
@@ -432,6 +436,48 @@ def test_a_second_run_changes_nothing(grid: Grid) -> None:
     after = {p.name: p.read_text() for p in grid.prefix.glob("*/run/gridpacs/*.pid")}
     assert after == pids, "an unchanged service was restarted"
     assert _secret_digests(grid.prefix) == secrets, "a key or secret was regenerated"
+
+
+def _health(address: str, files: CertFiles) -> grpc.StatusCode:
+    creds = channel_credentials(files.cert, files.key, files.ca_cert)
+    with grpc.secure_channel(address, creds) as channel:
+        try:
+            health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=10)
+        except grpc.RpcError as exc:
+            return exc.code()  # type: ignore[no-any-return]
+    return grpc.StatusCode.OK
+
+
+def test_a_certificate_revoked_in_the_inventory_is_refused_without_restarts(
+    grid: Grid, tmp_path: Path
+) -> None:
+    ca = grid.prefix / "control-pki" / "ca"
+    for host, toml, key in [("site-a", "node-site-a.toml", "crl_file"),
+                            ("ci-catalog-1", "catalog-ci-catalog-1.toml", "crl")]:  # fmt: skip
+        served = grid.etc(host) / "pki" / "crl.pem"
+        assert served.read_bytes() == (ca / "crl.pem").read_bytes()
+        assert f'{key} = "{served}"' in (grid.etc(host) / toml).read_text()
+    laptop = issue(ca, tmp_path / "laptop", "127.0.0.1")  # the grid CA's, then lost
+    site_a = CertFiles(
+        *(grid.etc("site-a") / "pki" / n for n in ("host.crt", "host.key", "ca.crt"))
+    )
+    peer = json.loads(grid.extra_vars.read_text())["gridpacs_ci_site_a_peer_port"]
+    servers = [f"127.0.0.1:{grid.catalog_port}", f"127.0.0.1:{peer}"]
+    assert [_health(a, laptop) for a in servers] == [grpc.StatusCode.OK] * 2
+    pids = {p.name: p.read_text() for p in grid.prefix.glob("*/run/gridpacs/*.pid")}
+
+    serial = format(x509.load_pem_x509_certificate(laptop.cert.read_bytes()).serial_number, "x")
+    revoke = json.dumps({"gridpacs_pki_revoked": [serial]})
+    output = _converge(grid.extra_vars, grid.prefix / "ansible-home", "-e", revoke)
+    assert "TASK [gridpacs_pki : Revoke the listed certificates on the control host]" in output
+    assert set(_recap(output).values()) != {0}  # the new list went out
+    refused = [grpc.StatusCode.UNAUTHENTICATED] * 2
+    _wait_for(lambda: [_health(a, laptop) for a in servers] == refused, 30, "the refusals")
+    assert [_health(a, site_a) for a in servers] == [grpc.StatusCode.OK] * 2
+    after = {p.name: p.read_text() for p in grid.prefix.glob("*/run/gridpacs/*.pid")}
+    assert after == pids, "a service was restarted for a new revocation list"
+    again = _converge(grid.extra_vars, grid.prefix / "ansible-home", "-e", revoke)
+    assert _recap(again) == {"ci-catalog-1": 0, "site-a": 0, "site-b": 0}, again[-3000:]
 
 
 def test_a_changed_configuration_restarts_only_that_node(grid: Grid) -> None:
