@@ -33,13 +33,13 @@ import pydicom
 import pytest
 import sqlalchemy as sa
 from cryptography import x509
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 from pynetdicom import AE
 from pynetdicom.sop_class import Verification
 
-from catalog.security import CertFiles, channel_credentials, issue
+from catalog.security import CertFiles, issue
 from tests.conftest import PG_ADMIN_URL
 from tests.factories import StudySpec, make_dataset
+from tests.integration.secure_grid import health_status
 from tests.integration.test_grid_catalog import _grid_find_soon, _store, _wait_for
 
 # Generous limits: the 2-core machine is shared, a converge takes ~60 s alone but 4x that
@@ -438,16 +438,6 @@ def test_a_second_run_changes_nothing(grid: Grid) -> None:
     assert _secret_digests(grid.prefix) == secrets, "a key or secret was regenerated"
 
 
-def _health(address: str, files: CertFiles) -> grpc.StatusCode:
-    creds = channel_credentials(files.cert, files.key, files.ca_cert)
-    with grpc.secure_channel(address, creds) as channel:
-        try:
-            health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=10)
-        except grpc.RpcError as exc:
-            return exc.code()  # type: ignore[no-any-return]
-    return grpc.StatusCode.OK
-
-
 def test_a_certificate_revoked_in_the_inventory_is_refused_without_restarts(
     grid: Grid, tmp_path: Path
 ) -> None:
@@ -463,7 +453,7 @@ def test_a_certificate_revoked_in_the_inventory_is_refused_without_restarts(
     )
     peer = json.loads(grid.extra_vars.read_text())["gridpacs_ci_site_a_peer_port"]
     servers = [f"127.0.0.1:{grid.catalog_port}", f"127.0.0.1:{peer}"]
-    assert [_health(a, laptop) for a in servers] == [grpc.StatusCode.OK] * 2
+    assert [health_status(a, laptop) for a in servers] == [grpc.StatusCode.OK] * 2
     pids = {p.name: p.read_text() for p in grid.prefix.glob("*/run/gridpacs/*.pid")}
 
     serial = format(x509.load_pem_x509_certificate(laptop.cert.read_bytes()).serial_number, "x")
@@ -472,8 +462,8 @@ def test_a_certificate_revoked_in_the_inventory_is_refused_without_restarts(
     assert "TASK [gridpacs_pki : Revoke the listed certificates on the control host]" in output
     assert set(_recap(output).values()) != {0}  # the new list went out
     refused = [grpc.StatusCode.UNAUTHENTICATED] * 2
-    _wait_for(lambda: [_health(a, laptop) for a in servers] == refused, 30, "the refusals")
-    assert [_health(a, site_a) for a in servers] == [grpc.StatusCode.OK] * 2
+    _wait_for(lambda: [health_status(a, laptop) for a in servers] == refused, 30, "the refusals")
+    assert [health_status(a, site_a) for a in servers] == [grpc.StatusCode.OK] * 2
     after = {p.name: p.read_text() for p in grid.prefix.glob("*/run/gridpacs/*.pid")}
     assert after == pids, "a service was restarted for a new revocation list"
     again = _converge(grid.extra_vars, grid.prefix / "ansible-home", "-e", revoke)

@@ -148,3 +148,14 @@ def node_config(
     )
     path.write_text(text)
     return path
+
+
+def health_status(address: str, files: CertFiles) -> grpc.StatusCode:
+    """The gRPC status of a health check to ``address`` presenting ``files``' certificate."""
+    creds = channel_credentials(files.cert, files.key, files.ca_cert)
+    with grpc.secure_channel(address, creds) as channel:
+        try:
+            health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=10)
+        except grpc.RpcError as exc:
+            return exc.code()  # type: ignore[no-any-return]
+    return grpc.StatusCode.OK

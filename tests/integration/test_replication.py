@@ -60,6 +60,7 @@ def _at_factor(
     replica: int = 0,
 ) -> Callable[[], object]:
     """A check: every acknowledged instance has ``factor`` holders (among those nodes)."""
+
     def check() -> object:
         holders = grid.holders(patient, replica)
         short = {

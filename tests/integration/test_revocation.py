@@ -17,7 +17,6 @@ from pathlib import Path
 import grpc
 import pytest
 import sqlalchemy as sa
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from catalog.client import GrpcCatalogClient
 from catalog.errors import CatalogRejected
@@ -26,7 +25,7 @@ from catalog.security import CertFiles, TokenStore, channel_credentials, load_pe
 from catalog.security.audit import AuditLog
 from tests.catalog.processes import free_port
 from tests.integration.processes import Node, gridpacs_cli
-from tests.integration.secure_grid import GridKeys, SecureReplica, node_config
+from tests.integration.secure_grid import GridKeys, SecureReplica, health_status, node_config
 
 pytestmark = pytest.mark.timeout(120)
 QUERY_STUDIES = "/gridpacs.catalog.v1.CatalogService/QueryStudies"
@@ -62,16 +61,6 @@ def grid(node_factory, tmp_path: Path) -> Iterator[Grid]:  # type: ignore[no-unt
         replica.stop()
 
 
-def _health(address: str, files: CertFiles) -> grpc.StatusCode:
-    creds = channel_credentials(files.cert, files.key, files.ca_cert)
-    with grpc.secure_channel(address, creds) as channel:
-        try:
-            health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=5)
-        except grpc.RpcError as exc:
-            return exc.code()  # type: ignore[no-any-return]
-    return grpc.StatusCode.OK
-
-
 def _query(grid: Grid, files: CertFiles) -> str:
     creds = channel_credentials(files.cert, files.key, files.ca_cert)
     with GrpcCatalogClient([grid.replica.address], credentials=creds, token=grid.token) as c:
@@ -101,15 +90,15 @@ def test_revoked_certificates_are_refused_by_catalog_and_node_without_restart(
     keys = grid.keys
     victim, bystander = keys.host("decommissioned"), keys.host("bystander")
     for files in (victim, bystander, keys.host("site-a")):
-        assert _health(grid.replica.address, files) == grpc.StatusCode.OK
-        assert _health(grid.peer_address, files) == grpc.StatusCode.OK
+        assert health_status(grid.replica.address, files) == grpc.StatusCode.OK
+        assert health_status(grid.peer_address, files) == grpc.StatusCode.OK
     assert _query(grid, keys.researcher) == "OK"
 
     pki.revoke(keys.root / "ca", victim.cert, reason="cessation-of-operation")
     pki.revoke(keys.root / "ca", keys.researcher.cert, reason="key-compromise")
     _publish_crl(grid)
-    _until(lambda: _health(grid.replica.address, victim) == grpc.StatusCode.UNAUTHENTICATED)
-    _until(lambda: _health(grid.peer_address, victim) == grpc.StatusCode.UNAUTHENTICATED)
+    _until(lambda: health_status(grid.replica.address, victim) == grpc.StatusCode.UNAUTHENTICATED)
+    _until(lambda: health_status(grid.peer_address, victim) == grpc.StatusCode.UNAUTHENTICATED)
     # a valid token does not help a revoked certificate, and the refusal is audited
     assert _query(grid, keys.researcher) == "UNAUTHENTICATED"
     audit = AuditLog(sa.create_engine(grid.replica.db_url))
@@ -117,16 +106,16 @@ def test_revoked_certificates_are_refused_by_catalog_and_node_without_restart(
     assert refused.outcome == "UNAUTHENTICATED"
     # everyone else goes on, the node's own link to the catalog included
     for files in (bystander, keys.host("site-a")):
-        assert _health(grid.replica.address, files) == grpc.StatusCode.OK
-        assert _health(grid.peer_address, files) == grpc.StatusCode.OK
+        assert health_status(grid.replica.address, files) == grpc.StatusCode.OK
+        assert health_status(grid.peer_address, files) == grpc.StatusCode.OK
     assert grid.node.running()
     assert "event=crl_reloaded" in grid.node.log_text()
 
     # a broken copy is ignored: the revocations stay in force
     grid.crl.write_bytes(b"-----BEGIN X509 CRL-----\n")
     time.sleep(1.5)
-    assert _health(grid.peer_address, victim) == grpc.StatusCode.UNAUTHENTICATED
-    assert _health(grid.peer_address, bystander) == grpc.StatusCode.OK
+    assert health_status(grid.peer_address, victim) == grpc.StatusCode.UNAUTHENTICATED
+    assert health_status(grid.peer_address, bystander) == grpc.StatusCode.OK
     _until(lambda: "event=crl_reload_failed" in grid.node.log_text())
 
 
