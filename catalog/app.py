@@ -103,8 +103,13 @@ def _scope_from_principal(_context: grpc.ServicerContext) -> Scope:
 
 
 def _security(
-    security: SecurityConfig, engine: Engine
+    security: SecurityConfig,
+    engine: Engine,
+    *,
+    before_auth: list[grpc.ServerInterceptor],
 ) -> tuple[list[grpc.ServerInterceptor], Callable[[grpc.ServicerContext], Scope]]:
+    """The audit (outermost, so refused calls are recorded), ``before_auth`` (revocation),
+    then authentication."""
     from catalog.security import AuditLog, TokenStore, load_pepper
     from catalog.server.interceptors import (
         AccessPolicy,
@@ -132,6 +137,7 @@ def _security(
                 summarizers={AUTHORIZE_RETRIEVE: _retrieve_summary},
             )
         )
+    interceptors += before_auth
     interceptors.append(auth)  # audit outermost, so rejected calls are audited too
     return interceptors, _scope_from_principal
 
@@ -216,14 +222,13 @@ def build_app(config: CatalogConfig) -> CatalogApp:
         service = CatalogService(config.name, repository)
         jobs = _jobs(config, engine, repository)
         server_creds, channel_creds = _credentials(config)
-        interceptors: list[grpc.ServerInterceptor] = []
         scope = None
-        if config.security is not None:
-            interceptors, scope = _security(config.security, engine)
+        revocation: list[grpc.ServerInterceptor] = []
         if config.tls is not None and config.tls.crl is not None:
-            # after the audit (a refused revoked host is recorded), before authentication
-            at = len(interceptors) - 1 if config.security is not None else 0
-            interceptors.insert(at, _revocation(config.tls.crl, config.tls.ca))
+            revocation.append(_revocation(config.tls.crl, config.tls.ca))
+        interceptors = revocation
+        if config.security is not None:
+            interceptors, scope = _security(config.security, engine, before_auth=revocation)
         server = build_server(
             service,
             port=config.port,

@@ -62,6 +62,7 @@ class RevocationList:
             self._stamp, self._serials, self._next_update = self._read()
         except (OSError, PkiError) as exc:
             raise TlsConfigError(f"revocation list {self.path}: {exc}") from exc
+        self._warn_if_stale(self._checked)
         log.info("event=crl_loaded path=%s revoked=%d next_update=%s", self.path,
                  len(self._serials), self._next_update.isoformat())  # fmt: skip
 
@@ -69,10 +70,6 @@ class RevocationList:
         """True when the certificate in ``cert_pem`` is on the list in force."""
         self._refresh()
         return _serial(cert_pem) in self._serials
-
-    @property
-    def revoked_count(self) -> int:
-        return len(self._serials)
 
     def _refresh(self) -> None:
         now = self._clock()
@@ -95,17 +92,15 @@ class RevocationList:
     def _read(self) -> tuple[tuple[int, int, int], frozenset[int], dt.datetime]:
         stamp = _stamp(self.path)
         info = describe_crl(load_crl(self.path.read_bytes(), self._ca), self.path)
-        self._warn_if_stale(self._clock(), info.next_update)
         return stamp, frozenset(int(e.serial, 16) for e in info.revoked), info.next_update
 
-    def _warn_if_stale(self, now: float, next_update: dt.datetime | None = None) -> None:
-        next_update = next_update or self._next_update
-        if next_update > dt.datetime.now(dt.UTC):
+    def _warn_if_stale(self, now: float) -> None:
+        if self._next_update > dt.datetime.now(dt.UTC):
             return
         if self._warned is not None and now - self._warned < STALE_WARNING_SECONDS:
             return
         self._warned = now
-        _warn_stale(self.path, next_update)
+        _warn_stale(self.path, self._next_update)
 
 
 def check_crl_file(crl_file: str | os.PathLike[str], ca_file: str | os.PathLike[str]) -> CrlInfo:
