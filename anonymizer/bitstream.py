@@ -20,7 +20,12 @@ marker (in JPEG-LS, where a bit is stuffed instead, by a byte below ``80``). Byt
 frame's EOI are no image (a pad byte is zero) and are zeroed. A JPEG 2000 codestream's main
 header and every tile-part header are read. Compressed pixel data of these syntaxes whose
 first fragment starts no frame, or whose headers end before their frame does, cannot be
-checked, and is refused. Other compressed syntaxes (RLE, MPEG, H.264/HEVC) are not inspected.
+checked, and is refused.
+
+Video (MPEG-2, H.264, HEVC) is one stream split over the fragments, not a frame per
+fragment: the fragments are joined and read by :mod:`anonymizer.video`, which overwrites user
+data and SEI text in place. RLE has no room for text (its segments are pixel runs), and
+other compressed syntaxes are not inspected.
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ from __future__ import annotations
 import re
 import struct
 
+from anonymizer import video
 from anonymizer.errors import UnreadableInput
 
 _ITEM = b"\xfe\xff\x00\xe0"
@@ -53,23 +59,29 @@ _SOS, _EOI, _COM = 0xDA, 0xD9, 0xFE
 _SCAN_END = re.compile(rb"\xff[^\x00\xd0-\xd7]")
 _LS_SCAN_END = re.compile(rb"\xff[\x80-\xcf\xd8-\xff]")
 _J2K_SOT, _J2K_SOD, _J2K_EOC, _J2K_COM = 0xFF90, 0xFF93, 0xFFD9, 0xFF64
+#: Video transfer syntaxes (the fragmentable ones end in ``.1``) and their codec.
+_VIDEO = {
+    **{f"1.2.840.10008.1.2.4.{n}{f}": video.MPEG2 for n in (100, 101) for f in ("", ".1")},
+    **{f"1.2.840.10008.1.2.4.{n}{f}": video.H264 for n in range(102, 107) for f in ("", ".1")},
+    **{f"1.2.840.10008.1.2.4.{n}": video.HEVC for n in (107, 108)},
+}
 
 
 def inspected(syntax: str) -> bool:
-    """True for the transfer syntaxes whose bit stream headers are blanked here."""
-    return syntax in _JPEG or syntax in _JPEG_2000
+    """True for the transfer syntaxes whose bit streams are checked for text here."""
+    return syntax in _JPEG or syntax in _JPEG_2000 or syntax in _VIDEO
 
 
 def has_text(value: bytes | memoryview, syntax: str) -> bool:
     """True when :func:`scrub_encapsulated` would blank something in ``value`` (read in
     place, nothing copied); raises as it does."""
-    markers, zeros = _to_blank(value, syntax)
-    return bool(markers or zeros)
+    return bool(_to_blank(value, syntax))
 
 
 def scrub_encapsulated(value: bytes | memoryview, syntax: str) -> bytes | None:
     """``value`` (encapsulated pixel data: the offset table item, then the fragments) with
-    every comment and application segment of its frames' headers blanked; None when there
+    every comment and application segment of its frames' headers blanked (video: its user
+    data, SEI text and unspecified NAL units overwritten); None when there
     was nothing to blank (or ``syntax`` is not inspected). Same length, same items. Only
     the headers are read, and ``value`` is copied only when something is blanked.
 
@@ -78,20 +90,45 @@ def scrub_encapsulated(value: bytes | memoryview, syntax: str) -> bytes | None:
     UnreadableInput
         The items or the headers cannot be read, so they cannot be checked.
     """
-    markers, zeros = _to_blank(value, syntax)
-    if not markers and not zeros:
+    patches = _to_blank(value, syntax)
+    if not patches:
         return None
     out = bytearray(value)
-    for at in markers:
-        out[at] = _COM
-    for begin, end in zeros:
-        out[begin:end] = bytes(end - begin)
+    for at, new in patches:
+        out[at : at + len(new)] = new
     return bytes(out)
 
 
-def _to_blank(value: bytes | memoryview, syntax: str) -> tuple[list[int], list[tuple[int, int]]]:
-    """Where in ``value`` a marker code must become COM, and the ranges to zero (what an
-    earlier pass blanked already left out)."""
+def _to_blank(value: bytes | memoryview, syntax: str) -> list[video.Patch]:
+    """The bytes to write where in ``value`` (what an earlier pass blanked already, or what
+    would change nothing, left out)."""
+    codec = _VIDEO.get(syntax)
+    if codec is not None:
+        return _changing(value, _video_patches(value, codec))
+    markers, zeros = _jpeg_blanks(value, syntax)
+    patches = [(at, bytes([_COM])) for at in markers]
+    patches += [(begin, bytes(end - begin)) for begin, end in zeros]
+    return _changing(value, patches)
+
+
+def _changing(value: bytes | memoryview, patches: list[video.Patch]) -> list[video.Patch]:
+    return [(at, new) for at, new in patches if value[at : at + len(new)] != new]
+
+
+def _video_patches(value: bytes | memoryview, codec: str) -> list[video.Patch]:
+    """The stream's edits (:mod:`anonymizer.video`), mapped from the stream joined from
+    every fragment back to ``value``."""
+    stream = _Frame(value, _fragments(value))
+    patches = []
+    for at, new in video.text_patches(stream.contiguous(), codec):
+        for begin, end in stream.ranges(at, len(new)):
+            patches.append((begin, new[: end - begin]))
+            new = new[end - begin :]
+    return patches
+
+
+def _jpeg_blanks(value: bytes | memoryview, syntax: str) -> tuple[list[int], list[tuple[int, int]]]:
+    """Where in ``value`` a marker code must become COM, and the ranges to zero."""
     jpeg = syntax in _JPEG
     if not jpeg and syntax not in _JPEG_2000:
         return [], []
@@ -112,8 +149,6 @@ def _to_blank(value: bytes | memoryview, syntax: str) -> tuple[list[int], list[t
             frame = []
         if span is not None:
             frame.append(span)
-    markers = [at for at in markers if value[at] != _COM]
-    zeros = [(begin, end) for begin, end in zeros if any(value[begin:end])]
     return markers, zeros
 
 

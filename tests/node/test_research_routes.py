@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 from pydicom import dcmread
+from pydicom.encaps import generate_fragments
 from pydicom.uid import JPEGBaseline8Bit
 from pynetdicom import AE
 from pynetdicom.sop_class import CTImageStorage
@@ -18,6 +19,10 @@ from node.config import load_config
 from node.errors import ConfigError
 from node.index.records import IndexQuery, Level
 from tests.anonymizer.jpeg_streams import PLANTED, frames_of, instance_of, jpeg_with_text
+from tests.anonymizer.video_streams import H264_MPEG, decoded
+from tests.anonymizer.video_streams import PLANTED as VIDEO_PLANTED
+from tests.anonymizer.video_streams import instance_of as video_instance
+from tests.anonymizer.video_streams import with_text as video_with_text
 from tests.factories import StudySpec, make_dataset
 
 pytestmark = pytest.mark.timeout(60)
@@ -154,5 +159,44 @@ def test_pixel_data_whose_headers_cannot_be_checked_is_quarantined(node: NodeApp
     finally:
         assoc.release()
     assert status == 0xC004 and _all_instances(node) == []
+    [entry] = node.quarantine.list()
+    assert "cannot check it for text" in entry.reason
+
+
+VIDEO_ENDOSCOPIC = "1.2.840.10008.5.1.4.1.1.77.1.1.1"
+
+
+def _send_video(node: NodeApp, data: bytes) -> int:
+    ds = dcmread(io.BytesIO(data))
+    ds.SOPClassUID = VIDEO_ENDOSCOPIC
+    ae = AE(ae_title="ENDOSCOPE")
+    ae.add_requested_context(VIDEO_ENDOSCOPIC, [H264_MPEG])
+    assoc = ae.associate("127.0.0.1", node.dicom.port, ae_title="LUNG_STUDY")
+    assert assoc.is_established
+    try:
+        return int(assoc.send_c_store(ds).Status)
+    finally:
+        assoc.release()
+
+
+def test_text_inside_an_h264_video_is_overwritten_before_it_is_stored(node: NodeApp) -> None:
+    # An endoscopy clip from x264, with a recorder's SEI user data, captions and an
+    # unspecified NAL unit naming the patient, sent over MPEG-4 AVC/H.264.
+    stream = video_with_text("H.264")
+    assert _send_video(node, video_instance(stream, H264_MPEG)) == 0
+    [key] = list(node.store.keys())
+    stored = node.store.get(key)
+    assert [text for text in VIDEO_PLANTED if text in stored] == []
+    assert b"x264 - core" not in stored
+    out = dcmread(io.BytesIO(stored))
+    assert out.file_meta.TransferSyntaxUID == H264_MPEG
+    stored_stream = b"".join(list(generate_fragments(out.PixelData))[1:])
+    assert decoded(stored_stream, "H.264") == decoded(stream, "H.264")
+
+
+def test_video_in_a_transport_stream_is_quarantined(node: NodeApp) -> None:
+    transport = b"\x47\x40\x00\x10" + bytes(184)  # a TS packet: not checkable in place
+    assert _send_video(node, video_instance(transport * 4, H264_MPEG)) == 0xC004
+    assert _all_instances(node) == []
     [entry] = node.quarantine.list()
     assert "cannot check it for text" in entry.reason

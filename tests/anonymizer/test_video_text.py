@@ -1,0 +1,121 @@
+"""Text inside MPEG-2, H.264 and HEVC pixel data is overwritten in place; pictures unchanged.
+
+Real streams from FFmpeg's MPEG-2 encoder, x264 and x265 (PyAV), with text planted where
+recorders put it (:mod:`tests.anonymizer.video_streams`); each is de-identified on the byte
+and the data-set paths, searched for every planted string and for the encoder's own banner,
+and decoded by FFmpeg to the same pictures as the input.
+"""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import pytest
+from pydicom import dcmread
+from pydicom.encaps import generate_fragments
+
+from anonymizer import Deidentifier, load_profile
+from anonymizer.bitstream import scrub_encapsulated
+from anonymizer.errors import UnreadableInput
+from anonymizer.files import anonymize_tree
+from anonymizer.part10 import write_part10
+from tests.anonymizer.conftest import SITE_A
+from tests.anonymizer.video_streams import (
+    ENCODER_TEXT,
+    H264_MPEG,
+    HEVC_MAIN,
+    MPEG2_MAIN,
+    PLANTED,
+    decoded,
+    encoded,
+    instance_of,
+    kept_messages,
+    with_text,
+)
+
+CODECS = {"H.264": H264_MPEG, "HEVC": HEVC_MAIN, "MPEG-2": MPEG2_MAIN}
+
+
+@pytest.fixture(scope="module")
+def deid() -> Deidentifier:
+    return Deidentifier(load_profile(), SITE_A)
+
+
+def _stream(data: bytes) -> bytes:
+    return b"".join(list(generate_fragments(dcmread(io.BytesIO(data)).PixelData))[1:])
+
+
+@pytest.mark.parametrize("fragment", [None, 1000], ids=["one-fragment", "1000-byte-fragments"])
+@pytest.mark.parametrize("codec", list(CODECS))
+def test_text_in_a_video_stream_is_overwritten_and_the_pictures_stay(
+    deid: Deidentifier, codec: str, fragment: int | None
+) -> None:
+    stream = with_text(codec)
+    banner = ENCODER_TEXT[codec]
+    assert all(text in stream for text in PLANTED[:3])
+    assert banner in stream  # the encoder's own user data, there before anything planted
+    data = instance_of(stream, CODECS[codec], fragment=fragment)
+    assert deid._direct(data, None) is None  # the fast path leaves it to the general one
+    outputs = {
+        "bytes": deid.deidentify_part10(data).data,
+        "dataset": write_part10(deid.deidentify(dcmread(io.BytesIO(data)))),
+    }
+    assert outputs["bytes"] == outputs["dataset"]
+    for path, output in outputs.items():
+        assert [t for t in PLANTED if t in output] == [], path
+        if banner:
+            assert banner not in output, path
+        blanked = _stream(output)
+        assert len(blanked) == len(_stream(data))  # fragments and offsets keep their lengths
+        assert decoded(blanked, codec) == decoded(_stream(data), codec)
+        if codec != "MPEG-2":
+            for message in kept_messages(codec):  # SEI that is not text stays as it was
+                assert message in blanked
+    # Nothing left to overwrite: a second pass changes no pixel data.
+    assert (
+        scrub_encapsulated(dcmread(io.BytesIO(outputs["bytes"])).PixelData, CODECS[codec]) is None
+    )
+
+
+@pytest.mark.parametrize("codec", list(CODECS))
+def test_an_encoders_own_stream_changes_only_in_its_banner(deid: Deidentifier, codec: str) -> None:
+    stream = encoded(codec)
+    if codec == "MPEG-2":  # FFmpeg's MPEG-2 encoder writes no user data
+        data = instance_of(stream, MPEG2_MAIN)
+        assert deid._direct(data, None) is not None
+        output = deid.deidentify_part10(data).data
+        assert _stream(output) == _stream(data)
+    else:  # x264 and x265 always write their banner: only it changes
+        data = instance_of(stream, CODECS[codec])
+        output = deid.deidentify_part10(data).data
+        before, after = _stream(data), _stream(output)
+        banner = before.index(ENCODER_TEXT[codec])
+        nal = before.rindex(b"\x00\x00\x01", 0, banner) + 3, before.index(b"\x00\x00\x01", banner)
+        changed = [n for n, (a, b) in enumerate(zip(before, after, strict=True)) if a != b]
+        assert ENCODER_TEXT[codec] not in after and changed
+        assert nal[0] + 16 < changed[0] and changed[-1] < nal[1]  # its SEI NAL unit only
+        assert decoded(after, codec) == decoded(before, codec)
+
+
+@pytest.mark.parametrize(
+    "codec, stream, reason",
+    [
+        ("MPEG-2", b"\x00\x00\x01\xba" + bytes(range(1, 40)), "program or transport stream"),
+        ("H.264", b"\x47" + bytes(187) * 3, "not an elementary stream"),  # a transport stream
+        ("H.264", b"\x00\x00\x01\x86\x01\x02", "not a NAL unit header"),  # forbidden bit set
+        ("HEVC", b"\x00\x00\x01\x4e\x01\x05\xff", "runs past its NAL unit"),  # truncated SEI
+    ],
+    ids=["mpeg2-program-stream", "transport-stream", "forbidden-bit", "truncated-sei"],
+)
+def test_a_video_stream_that_cannot_be_checked_is_refused(
+    deid: Deidentifier, codec: str, stream: bytes, reason: str, tmp_path: Path
+) -> None:
+    data = instance_of(stream, CODECS[codec])
+    with pytest.raises(UnreadableInput, match=reason):
+        deid.deidentify_part10(data)
+    source = tmp_path / "clip.dcm"
+    source.write_bytes(data)
+    outcomes = list(anonymize_tree(deid, [source], tmp_path / "out"))
+    assert [o.error_kind for o in outcomes] == ["UnreadableInput"]
+    assert not any((tmp_path / "out").rglob("*.dcm"))  # nothing unchecked is written
