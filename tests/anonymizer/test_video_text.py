@@ -21,6 +21,7 @@ from anonymizer.errors import UnreadableInput
 from anonymizer.files import anonymize_tree
 from anonymizer.part10 import write_part10
 from tests.anonymizer.conftest import SITE_A
+from tests.anonymizer.corpus import all_option_sets
 from tests.anonymizer.video_streams import (
     ENCODER_TEXT,
     H264_MPEG,
@@ -119,3 +120,13 @@ def test_a_video_stream_that_cannot_be_checked_is_refused(
     outcomes = list(anonymize_tree(deid, [source], tmp_path / "out"))
     assert [o.error_kind for o in outcomes] == ["UnreadableInput"]
     assert not any((tmp_path / "out").rglob("*.dcm"))  # nothing unchecked is written
+
+
+def test_no_profile_lets_video_text_through() -> None:
+    # Bit-stream text is not an attribute: no option of Table E.1-1 may keep it.
+    data = {codec: instance_of(with_text(codec), syntax) for codec, syntax in CODECS.items()}
+    for options in all_option_sets():
+        deid = Deidentifier(load_profile(options=options), SITE_A)
+        for codec, instance in data.items():
+            output = deid.deidentify_part10(instance).data
+            assert [t for t in PLANTED if t in output] == [], (codec, options)
