@@ -13,6 +13,7 @@ from anonymizer.engine import DeidentifiedInstance, Deidentifier, read_part10
 from anonymizer.errors import (
     AnonymizationError,
     BurnedInAnnotation,
+    EncapsulatedDocument,
     ProfileNotFound,
     RecipeError,
     UnreadableInput,
@@ -30,6 +31,7 @@ __all__ = [
     "DatasetDeidentifier",
     "DeidentifiedInstance",
     "Deidentifier",
+    "EncapsulatedDocument",
     "Lookup",
     "Mapping",
     "Profile",

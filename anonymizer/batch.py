@@ -51,6 +51,7 @@ class Settings:
     reid_map: Path | None = None
     reid_key: Path | None = None
     allow_burned_in: bool = False
+    allow_documents: bool = False
 
     def build(self) -> Deidentifier:
         """A Deidentifier for these settings (raises :class:`AnonymizationError`)."""
@@ -64,7 +65,7 @@ class Settings:
         reid = None
         if self.reid_map is not None and key is not None:
             reid = ReidentificationMap(self.reid_map, key)
-        return Deidentifier(loaded, secret, reid, self.allow_burned_in)
+        return Deidentifier(loaded, secret, reid, self.allow_burned_in, self.allow_documents)
 
 
 def default_jobs() -> int:

@@ -77,6 +77,12 @@ def anonymize(
     allow_burned_in: Annotated[
         bool, typer.Option("--allow-burned-in", help="Accept BurnedInAnnotation=YES.")
     ] = False,
+    allow_documents: Annotated[
+        bool,
+        typer.Option(
+            "--allow-documents", help="Accept encapsulated PDF, CDA and 3D documents as they are."
+        ),
+    ] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print a JSON report.")] = False,
     jobs: Annotated[
         int | None,
@@ -86,7 +92,7 @@ def anonymize(
     """De-identify SOURCE into OUTPUT (files named after their new SOP Instance UID)."""
     settings = Settings(
         secret_file, tuple(profile), tuple(option), tuple(recipe),
-        reid_map, reid_key, allow_burned_in,
+        reid_map, reid_key, allow_burned_in, allow_documents,
     )  # fmt: skip
     try:
         # Built here even when workers build their own: setup errors exit 2 before any

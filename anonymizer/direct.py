@@ -36,7 +36,14 @@ from pydicom.values import convert_string
 from anonymizer.actions import Action, Rule
 from anonymizer.bitstream import has_text, inspected
 from anonymizer.elements import dictionary_vr
-from anonymizer.engine import BURNED_IN, IDENTIFYING, PATIENT_NAME, _Instance
+from anonymizer.engine import (
+    BURNED_IN,
+    DOCUMENT_TYPE,
+    ENCAPSULATED_DOCUMENT,
+    IDENTIFYING,
+    PATIENT_NAME,
+    _Instance,
+)
 from anonymizer.errors import AnonymizationError, UnreadableInput
 from anonymizer.marking import marking_elements
 from anonymizer.part10 import (
@@ -77,7 +84,9 @@ _IMAGE = (0x00280002, 0x00280008, 0x00280010, 0x00280011, 0x00280100)
 _RESULT_TAGS = (_CHARSET, SOP_CLASS_UID, SOP_INSTANCE_UID, STUDY_UID, PATIENT_ID)
 #: Top-level values the engine reads besides the ones it changes (kept ones included).
 #: (PixelRepresentation: pydicom resolves "US or SS" against it when it decodes.)
-_CONTEXT = frozenset({*_RESULT_TAGS, PATIENT_NAME, BURNED_IN, 0x00280103})
+_CONTEXT = frozenset(
+    {*_RESULT_TAGS, PATIENT_NAME, BURNED_IN, ENCAPSULATED_DOCUMENT, DOCUMENT_TYPE, 0x00280103}
+)
 #: What the clean action scrubs from descriptions (read when the profile cleans).
 _IDENTIFYING = frozenset(IDENTIFYING)
 _KEEP = object()  # an element copied as it is
@@ -311,7 +320,7 @@ def _deidentify(
     if classified is None or not _complete(data, scan, meta[0x00020010]):
         return None
     rules, src = classified
-    deid._check_burned_in(src)
+    deid._check_content(src)
     record = deid._reid_map is not None
     instance = _Instance(deid._pseudo, src, src.original_encoding, record=record)
     changed: dict[int, Any] = {}

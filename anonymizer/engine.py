@@ -31,7 +31,7 @@ from anonymizer.elements import (
     shift_date,
     values_of,
 )
-from anonymizer.errors import BurnedInAnnotation
+from anonymizer.errors import BurnedInAnnotation, EncapsulatedDocument
 from anonymizer.interfaces import PseudonymStore
 from anonymizer.marking import marking_elements
 from anonymizer.part10 import decode, encode_part10, peek, raw_ascii, read_part10
@@ -47,6 +47,7 @@ PATIENT_NAME = 0x00100010
 SOP_CLASS_UID = 0x00080016
 SOP_INSTANCE_UID = 0x00080018
 BURNED_IN = 0x00280301
+ENCAPSULATED_DOCUMENT, DOCUMENT_TYPE = 0x00420011, 0x00420012
 TEXT_VRS = frozenset({"AE", "CS", "LO", "LT", "PN", "SH", "ST", "UC", "UT", "UR"})
 _DUMMY = {
     "DA": "19000101",
@@ -165,6 +166,9 @@ class Deidentifier:
     allow_burned_in
         Accept instances marked ``BurnedInAnnotation = YES`` (their pixels are not
         cleaned).
+    allow_documents
+        Accept instances that hold an Encapsulated Document (a PDF, a CDA, a 3D model:
+        its content is not cleaned).
 
     Thread-safe: one instance can serve several ingest threads.
     """
@@ -175,12 +179,14 @@ class Deidentifier:
         secret: bytes,
         reid_map: PseudonymStore | None = None,
         allow_burned_in: bool = False,
+        allow_documents: bool = False,
     ) -> None:
         self.profile = profile
         self._table: ActionTable = profile.table
         self._pseudo = Pseudonymizer(secret)
         self._reid_map = reid_map
         self._allow_burned_in = allow_burned_in
+        self._allow_documents = allow_documents
         self._rules: dict[int, Rule | None] = {}
         #: The fast path's decision per (tag, VR): see anonymizer.direct._decide.
         self._direct_decisions: dict[tuple[int, str | None], tuple[Any, bool]] = {}
@@ -206,6 +212,8 @@ class Deidentifier:
         ------
         BurnedInAnnotation
             ``ds`` says its pixels carry burned-in text and that was not allowed.
+        EncapsulatedDocument
+            ``ds`` holds a document whose content is not cleaned, and that was not allowed.
         """
         out, meta = self._deidentified(ds)
         out.file_meta = _file_meta(meta)
@@ -213,7 +221,7 @@ class Deidentifier:
 
     def _deidentified(self, ds: Dataset) -> tuple[Dataset, dict[int, str]]:
         """The de-identified data set and its new file meta values (not yet a dataset)."""
-        self._check_burned_in(ds)
+        self._check_content(ds)
         instance = _Instance(
             self._pseudo, ds, ds.original_encoding, record=self._reid_map is not None
         )
@@ -293,13 +301,19 @@ class Deidentifier:
 
     # -- the walk ---------------------------------------------------------------------
 
-    def _check_burned_in(self, ds: Dataset) -> None:
-        if self._allow_burned_in:
-            return
-        if _text(ds, BURNED_IN).upper() == "YES":
+    def _check_content(self, ds: Dataset) -> None:
+        """Refuse what the header's rules cannot make safe: pixels that say they show text,
+        and encapsulated documents."""
+        if not self._allow_burned_in and _text(ds, BURNED_IN).upper() == "YES":
             raise BurnedInAnnotation(
                 "BurnedInAnnotation is YES: the pixels may show PHI; refused "
                 "(allow_burned_in=True accepts it)"
+            )
+        if not self._allow_documents and ENCAPSULATED_DOCUMENT in ds:
+            kind = _text(ds, DOCUMENT_TYPE) or "of no stated type"
+            raise EncapsulatedDocument(
+                f"an encapsulated document ({kind}) may name the patient and is not "
+                "cleaned; refused (allow_documents=True accepts it)"
             )
 
     def _rule(self, tag: int) -> Rule | None:

@@ -27,5 +27,14 @@ class BurnedInAnnotation(AnonymizationError):
     """
 
 
+class EncapsulatedDocument(AnonymizationError):
+    """The instance holds an encapsulated document: a PDF report, a CDA, a 3D model.
+
+    Its content is free text or geometry the profile's attributes do not reach: a scanned
+    request or a dose report names the patient on its first page. The engine cannot clean
+    it, so such instances are refused unless the caller explicitly allows them.
+    """
+
+
 class UnreadableInput(AnonymizationError):
     """The input is not a readable, complete DICOM Part 10 instance."""

@@ -136,6 +136,8 @@ class RouteConfig(_Strict):
     """Also archive the identified original in the node's default collection."""
     allow_burned_in: bool = False
     """Accept instances with BurnedInAnnotation = YES (their pixels are not cleaned)."""
+    allow_documents: bool = False
+    """Accept encapsulated documents (PDF, CDA, 3D models): their content is not cleaned."""
 
     @field_validator("ae_title")
     @classmethod

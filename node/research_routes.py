@@ -17,6 +17,7 @@ from anonymizer import (
     AnonymizationError,
     BurnedInAnnotation,
     Deidentifier,
+    EncapsulatedDocument,
     ReidentificationMap,
     generate_secret,
     load_profile,
@@ -48,6 +49,8 @@ def deidentifying_transform(deid: Deidentifier) -> Transform:
             out = deid.deidentify(ds)
         except BurnedInAnnotation as exc:
             raise DeidentificationRefused(f"burned-in annotation not allowed: {exc}") from exc
+        except EncapsulatedDocument as exc:
+            raise DeidentificationRefused(f"encapsulated document not allowed: {exc}") from exc
         except AnonymizationError as exc:
             raise DeidentificationRefused(f"de-identification failed: {exc}") from exc
         return write_part10(out), out
@@ -76,7 +79,13 @@ def _route(
         profile = load_profile(rc.profile, options=rc.options, extra_recipes=rc.recipes)
     except AnonymizationError as exc:
         raise ConfigError(f"routes.{rc.ae_title}: {exc}") from exc
-    deid = Deidentifier(profile, secret, reid_map=reid_map, allow_burned_in=rc.allow_burned_in)
+    deid = Deidentifier(
+        profile,
+        secret,
+        reid_map=reid_map,
+        allow_burned_in=rc.allow_burned_in,
+        allow_documents=rc.allow_documents,
+    )
     return Route(
         ae_title=rc.ae_title,
         collection=rc.collection,

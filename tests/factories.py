@@ -106,3 +106,23 @@ def write_study(
         ds.save_as(os.path.join(directory, f"{n:05d}.dcm"), enforce_file_format=True)
         out.append(ds)
     return out
+
+
+ENCAPSULATED_PDF = "1.2.840.10008.5.1.4.1.1.104.1"
+_IMAGE_PIXEL = ("PixelData", "Rows", "Columns", "BitsAllocated", "BitsStored", "HighBit",
+                "PixelRepresentation", "SamplesPerPixel", "PhotometricInterpretation")  # fmt: skip
+
+
+def make_pdf_document(spec: StudySpec | None = None, *, text: str = "DOE^JANE") -> Dataset:
+    """An Encapsulated PDF instance (a scanned request, a dose report) whose page names
+    ``text``: what de-identification cannot clean."""
+    ds = make_dataset(spec, sop_class_uid=ENCAPSULATED_PDF)
+    for keyword in _IMAGE_PIXEL:
+        if keyword in ds:
+            delattr(ds, keyword)
+    page = f"BT /F1 12 Tf 72 712 Td (Patient: {text}) Tj ET"
+    content = f"1 0 obj << /Length {len(page)} >>\nstream\n{page}\nendstream\nendobj"
+    ds.EncapsulatedDocument = f"%PDF-1.4\n{content}\n%%EOF\n".encode()
+    ds.MIMETypeOfEncapsulatedDocument = "application/pdf"
+    ds.DocumentTitle = "Request"
+    return ds

@@ -15,7 +15,7 @@ from pydicom import dcmread
 from pydicom.fileset import FileSet
 
 from anonymizer import generate_secret
-from tests.factories import StudySpec, make_dataset, to_bytes, write_study
+from tests.factories import StudySpec, make_dataset, make_pdf_document, to_bytes, write_study
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -50,6 +50,7 @@ def test_folder_with_bad_files_reports_each_and_exits_nonzero(
     burned = make_dataset()
     burned.BurnedInAnnotation = "YES"
     (source / "burned.dcm").write_bytes(to_bytes(burned))
+    (source / "request.dcm").write_bytes(to_bytes(make_pdf_document(text="DOE^JANE")))
     out = tmp_path / "out"
     result = _gridpacs(
         "anonymize", str(tmp_path / "in"), str(out),
@@ -60,11 +61,12 @@ def test_folder_with_bad_files_reports_each_and_exits_nonzero(
     )  # fmt: skip
     assert result.returncode == 1, result.stderr
     report = json.loads(result.stdout)
-    assert (report["files"], report["written"], report["failed"]) == (5, 3, 2)
+    assert (report["files"], report["written"], report["failed"]) == (6, 3, 3)
     assert report["options"] == ["retain-uids", "clean-descriptors"]
     kinds = {Path(r["source"]).name: r["error_kind"] for r in report["results"]}
     assert kinds["truncated.dcm"] == "UnreadableInput"
     assert kinds["burned.dcm"] == "BurnedInAnnotation"
+    assert kinds["request.dcm"] == "EncapsulatedDocument"
     written = sorted(p.name for p in out.iterdir())
     assert len(written) == 3 and all(n.endswith(".dcm") for n in written)
     assert not any("DOE" in n for n in written)
@@ -87,6 +89,19 @@ def test_all_good_exits_zero_with_a_summary_table(tmp_path: Path, site: dict[str
     assert result.returncode == 0, result.stderr
     assert "written" in result.stdout and "files/s" in result.stdout
     assert len(list((tmp_path / "out").iterdir())) == 1
+
+
+def test_allow_documents_writes_an_encapsulated_pdf(tmp_path: Path, site: dict[str, Path]) -> None:
+    source = tmp_path / "request.dcm"
+    source.write_bytes(to_bytes(make_pdf_document(text="DOE^JANE")))
+    refused = _gridpacs("anonymize", str(source), str(tmp_path / "refused"), "--secret-file",
+                        str(site["secret"]))  # fmt: skip
+    assert refused.returncode == 1 and "EncapsulatedDocument" in refused.stdout
+    result = _gridpacs("anonymize", str(source), str(tmp_path / "out"), "--secret-file",
+                       str(site["secret"]), "--allow-documents", "--jobs", "1")  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    [written] = list((tmp_path / "out").iterdir())
+    assert dcmread(written).MIMETypeOfEncapsulatedDocument == "application/pdf"
 
 
 def test_setup_errors_exit_2_with_one_line(tmp_path: Path, site: dict[str, Path]) -> None:

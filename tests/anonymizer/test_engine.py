@@ -18,9 +18,9 @@ from pydicom.uid import (
     MRImageStorage,
 )
 
-from anonymizer import BurnedInAnnotation, Deidentifier, load_profile
+from anonymizer import BurnedInAnnotation, Deidentifier, EncapsulatedDocument, load_profile
 from tests.anonymizer.conftest import SITE_A, SITE_B
-from tests.factories import StudySpec, make_dataset, to_bytes
+from tests.factories import StudySpec, make_dataset, make_pdf_document, to_bytes
 
 
 def _run(data: bytes, secret: bytes = SITE_A, options: tuple[str, ...] = ()) -> Dataset:
@@ -157,6 +157,21 @@ def test_burned_in_annotation_is_refused_unless_allowed() -> None:
     assert dcmread(io.BytesIO(allowed)).BurnedInAnnotation == "YES"
     ds.BurnedInAnnotation = "NO"
     Deidentifier(load_profile(), SITE_A).deidentify_bytes(to_bytes(ds))
+
+
+def test_an_encapsulated_document_is_refused_on_both_paths_unless_allowed() -> None:
+    data = to_bytes(make_pdf_document(text="DOE^JANE"))
+    deid = Deidentifier(load_profile(), SITE_A)
+    with pytest.raises(EncapsulatedDocument, match="application/pdf"):
+        deid.deidentify_part10(data)  # the fast path
+    with pytest.raises(EncapsulatedDocument):
+        deid.deidentify_general(data)
+    with pytest.raises(EncapsulatedDocument):
+        deid.deidentify(dcmread(io.BytesIO(data)))
+    allowed = Deidentifier(load_profile(), SITE_A, allow_documents=True)
+    out = dcmread(io.BytesIO(allowed.deidentify_part10(data).data))
+    assert out.EncapsulatedDocument == dcmread(io.BytesIO(data)).EncapsulatedDocument
+    assert out.PatientID != make_pdf_document().PatientID  # the header is still de-identified
 
 
 def test_pixels_and_transfer_syntax_pass_through_untouched() -> None:

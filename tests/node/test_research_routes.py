@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 from pydicom import dcmread
+from pydicom.dataset import Dataset
 from pydicom.encaps import generate_fragments
 from pydicom.uid import JPEGBaseline8Bit
 from pynetdicom import AE
@@ -23,7 +24,7 @@ from tests.anonymizer.video_streams import H264_MPEG, decoded
 from tests.anonymizer.video_streams import PLANTED as VIDEO_PLANTED
 from tests.anonymizer.video_streams import instance_of as video_instance
 from tests.anonymizer.video_streams import with_text as video_with_text
-from tests.factories import StudySpec, make_dataset
+from tests.factories import ENCAPSULATED_PDF, StudySpec, make_dataset, make_pdf_document
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -97,6 +98,35 @@ def test_burned_in_annotation_is_refused_and_quarantined(node: NodeApp) -> None:
     assert _all_instances(node) == []
     [entry] = node.quarantine.list()
     assert "burned-in" in entry.reason
+
+
+def test_an_encapsulated_pdf_is_refused_unless_the_route_allows_documents(
+    node: NodeApp, tmp_path: Path
+) -> None:
+    request = make_pdf_document(StudySpec(patient_id=PHI_ID), text=PHI_NAME)
+    assert _send_document(node, request) == 0xC004
+    assert _all_instances(node) == []
+    [entry] = node.quarantine.list()
+    assert "encapsulated document" in entry.reason
+    allowing = _node(tmp_path / "allowing", allow_documents=True)
+    allowing.start()
+    try:
+        assert _send_document(allowing, request) == 0
+        [row] = _all_instances(allowing)
+        assert row["PatientID"] != PHI_ID
+    finally:
+        allowing.stop()
+
+
+def _send_document(node: NodeApp, ds: Dataset) -> int:
+    ae = AE(ae_title="SCANNER")
+    ae.add_requested_context(ENCAPSULATED_PDF)
+    assoc = ae.associate("127.0.0.1", node.dicom.port, ae_title="LUNG_STUDY")
+    assert assoc.is_established
+    try:
+        return int(assoc.send_c_store(ds).Status)
+    finally:
+        assoc.release()
 
 
 def test_keep_original_archives_both(tmp_path: Path) -> None:
