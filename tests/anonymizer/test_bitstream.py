@@ -20,8 +20,7 @@ from pydicom.uid import JPEG2000Lossless, JPEGBaseline8Bit, JPEGExtended12Bit
 from anonymizer import Deidentifier, load_profile
 from anonymizer.bitstream import scrub_encapsulated
 from anonymizer.files import anonymize_tree
-from anonymizer.part10 import write_part10
-from tests.anonymizer.conftest import SITE_A
+from tests.anonymizer.conftest import SITE_A, both_paths
 from tests.anonymizer.jpeg_streams import (
     BETWEEN_SCANS,
     PLANTED,
@@ -60,11 +59,7 @@ def test_text_in_the_bit_stream_is_blanked_on_every_path(
     data = instance_of(frames, syntax, split_at=split_at)
     assert any(text in data for text in PLANTED + BETWEEN_SCANS)
     assert deid._direct(data, None) is None  # the fast path leaves it to the general one
-    outputs = {
-        "bytes": deid.deidentify_part10(data).data,
-        "dataset": write_part10(deid.deidentify(dcmread(io.BytesIO(data)))),
-    }
-    assert outputs["bytes"] == outputs["dataset"]
+    outputs = both_paths(deid, data)
     for path, output in outputs.items():
         assert [t for t in PLANTED + BETWEEN_SCANS if t in output] == [], path
         before, after = dcmread(io.BytesIO(data)), dcmread(io.BytesIO(output))
@@ -95,15 +90,6 @@ def test_dcmtk_decodes_the_blanked_jpeg_to_the_same_pixels(
     assert decoded["out"] == decoded["in"] and len(decoded["in"]) == SIDE * SIDE
 
 
-def _both_paths(deid: Deidentifier, data: bytes) -> dict[str, bytes]:
-    outputs = {
-        "bytes": deid.deidentify_part10(data).data,
-        "dataset": write_part10(deid.deidentify(dcmread(io.BytesIO(data)))),
-    }
-    assert outputs["bytes"] == outputs["dataset"]
-    return outputs
-
-
 def test_text_between_jpeg_ls_scans_is_blanked_and_nothing_else_changes(
     deid: Deidentifier, tmp_path: Path
 ) -> None:
@@ -116,7 +102,7 @@ def test_text_between_jpeg_ls_scans_is_blanked_and_nothing_else_changes(
     may_change = {application - 3}  # the APP4 marker code, now COM
     for text, at in zip(BETWEEN_SCANS, (comment, application, trailer), strict=True):
         may_change |= set(range(at, at + len(text)))
-    for path, output in _both_paths(deid, data).items():
+    for path, output in both_paths(deid, data).items():
         blanked = dcmread(io.BytesIO(output)).PixelData
         assert [t for t in BETWEEN_SCANS if t in blanked] == [], path
         changed = {at for at, (old, new) in enumerate(zip(frame, blanked, strict=True))
@@ -130,7 +116,7 @@ def test_dcmtk_decodes_a_jpeg_ls_frame_blanked_after_its_three_scans(
 ) -> None:
     data, pixels = jpeg_ls_instance(tmp_path, between_scans=False)
     assert BETWEEN_SCANS[2] in data
-    for path, output in _both_paths(deid, data).items():
+    for path, output in both_paths(deid, data).items():
         assert BETWEEN_SCANS[2] not in output, path
         (tmp_path / f"{path}.dcm").write_bytes(output)
         plain = tmp_path / f"{path}-plain.dcm"

@@ -14,6 +14,7 @@ they carry what real encoders write: x264 and x265 put their version and command
 from __future__ import annotations
 
 import io
+import re
 from fractions import Fraction
 
 import av
@@ -130,11 +131,6 @@ def _sei(codec: str, messages: list[tuple[int, bytes]]) -> bytes:
 
 
 def _escape(unit: bytes) -> bytes:
-    out, zeros = bytearray(), 0
-    for byte in unit:
-        if zeros >= 2 and byte <= 3:
-            out.append(3)
-            zeros = 0
-        out.append(byte)
-        zeros = zeros + 1 if byte == 0 else 0
-    return bytes(out)
+    """Emulation prevention, written apart from the anonymizer's so a test can catch its bugs:
+    ``03`` after each pair of zero bytes that a byte up to ``03`` follows."""
+    return re.sub(rb"\x00\x00(?=[\x00-\x03])", b"\x00\x00\x03", unit)

@@ -24,7 +24,7 @@ from tests.anonymizer.video_streams import H264_MPEG, decoded
 from tests.anonymizer.video_streams import PLANTED as VIDEO_PLANTED
 from tests.anonymizer.video_streams import instance_of as video_instance
 from tests.anonymizer.video_streams import with_text as video_with_text
-from tests.factories import ENCAPSULATED_PDF, StudySpec, make_dataset, make_pdf_document
+from tests.factories import StudySpec, make_dataset, make_pdf_document
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -104,23 +104,24 @@ def test_an_encapsulated_pdf_is_refused_unless_the_route_allows_documents(
     node: NodeApp, tmp_path: Path
 ) -> None:
     request = make_pdf_document(StudySpec(patient_id=PHI_ID), text=PHI_NAME)
-    assert _send_document(node, request) == 0xC004
+    assert _send_one(node, request) == 0xC004
     assert _all_instances(node) == []
     [entry] = node.quarantine.list()
     assert "encapsulated document" in entry.reason
     allowing = _node(tmp_path / "allowing", allow_documents=True)
     allowing.start()
     try:
-        assert _send_document(allowing, request) == 0
+        assert _send_one(allowing, request) == 0
         [row] = _all_instances(allowing)
         assert row["PatientID"] != PHI_ID
     finally:
         allowing.stop()
 
 
-def _send_document(node: NodeApp, ds: Dataset) -> int:
-    ae = AE(ae_title="SCANNER")
-    ae.add_requested_context(ENCAPSULATED_PDF)
+def _send_one(node: NodeApp, ds: Dataset, syntax: str | None = None) -> int:
+    """C-STORE ``ds`` to the route over a context of its own SOP class (and ``syntax``)."""
+    ae = AE(ae_title="MODALITY")
+    ae.add_requested_context(ds.SOPClassUID, [syntax] if syntax else None)
     assoc = ae.associate("127.0.0.1", node.dicom.port, ae_title="LUNG_STUDY")
     assert assoc.is_established
     try:
@@ -199,14 +200,7 @@ VIDEO_ENDOSCOPIC = "1.2.840.10008.5.1.4.1.1.77.1.1.1"
 def _send_video(node: NodeApp, data: bytes) -> int:
     ds = dcmread(io.BytesIO(data))
     ds.SOPClassUID = VIDEO_ENDOSCOPIC
-    ae = AE(ae_title="ENDOSCOPE")
-    ae.add_requested_context(VIDEO_ENDOSCOPIC, [H264_MPEG])
-    assoc = ae.associate("127.0.0.1", node.dicom.port, ae_title="LUNG_STUDY")
-    assert assoc.is_established
-    try:
-        return int(assoc.send_c_store(ds).Status)
-    finally:
-        assoc.release()
+    return _send_one(node, ds, H264_MPEG)
 
 
 def test_text_inside_an_h264_video_is_overwritten_before_it_is_stored(node: NodeApp) -> None:
