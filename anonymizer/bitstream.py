@@ -35,6 +35,7 @@ import struct
 
 from anonymizer import video
 from anonymizer.errors import UnreadableInput
+from anonymizer.spans import Patch, Spans
 
 _ITEM = b"\xfe\xff\x00\xe0"
 _JPEG = frozenset(
@@ -99,7 +100,7 @@ def scrub_encapsulated(value: bytes | memoryview, syntax: str) -> bytes | None:
     return bytes(out)
 
 
-def _to_blank(value: bytes | memoryview, syntax: str) -> list[video.Patch]:
+def _to_blank(value: bytes | memoryview, syntax: str) -> list[Patch]:
     """The bytes to write where in ``value`` (what an earlier pass blanked already, or what
     would change nothing, left out)."""
     codec = _VIDEO.get(syntax)
@@ -111,20 +112,15 @@ def _to_blank(value: bytes | memoryview, syntax: str) -> list[video.Patch]:
     return _changing(value, patches)
 
 
-def _changing(value: bytes | memoryview, patches: list[video.Patch]) -> list[video.Patch]:
+def _changing(value: bytes | memoryview, patches: list[Patch]) -> list[Patch]:
     return [(at, new) for at, new in patches if value[at : at + len(new)] != new]
 
 
-def _video_patches(value: bytes | memoryview, codec: str) -> list[video.Patch]:
+def _video_patches(value: bytes | memoryview, codec: str) -> list[Patch]:
     """The stream's edits (:mod:`anonymizer.video`), mapped from the stream joined from
     every fragment back to ``value``."""
-    stream = _Frame(value, _fragments(value))
-    patches = []
-    for at, new in video.text_patches(stream.contiguous(), codec):
-        for begin, end in stream.ranges(at, len(new)):
-            patches.append((begin, new[: end - begin]))
-            new = new[end - begin :]
-    return patches
+    stream = Spans(value, _fragments(value))
+    return stream.placed(video.text_patches(stream.contiguous(), codec))
 
 
 def _jpeg_blanks(value: bytes | memoryview, syntax: str) -> tuple[list[int], list[tuple[int, int]]]:
@@ -174,49 +170,11 @@ def _starts_frame(value: bytes | memoryview, start: int, end: int, jpeg: bool) -
     return head[:3] == b"\xff\xd8\xff" if jpeg else head == b"\xff\x4f\xff\x51"
 
 
-class _Frame:
-    """One frame's bytes, read across its fragments as far as its headers need."""
-
-    def __init__(self, value: bytes | memoryview, spans: list[tuple[int, int]]) -> None:
-        self.value = value
-        self.spans = spans
-        self.size = sum(end - start for start, end in spans)
-
-    def contiguous(self) -> bytes | memoryview:
-        """The frame's bytes in one piece: a view of ``value`` when the frame is one
-        fragment (the usual case, nothing copied), else a copy joined across fragments."""
-        if len(self.spans) == 1:
-            start, end = self.spans[0]
-            return memoryview(self.value)[start:end]
-        return b"".join(self.value[start:end] for start, end in self.spans)
-
-    def read(self, pos: int, count: int) -> bytes:
-        """``count`` bytes at frame offset ``pos`` (fewer at the end of the frame)."""
-        out = bytearray()
-        for start, end in self.ranges(pos, count):
-            out += self.value[start:end]
-        return bytes(out)
-
-    def ranges(self, pos: int, count: int) -> list[tuple[int, int]]:
-        """The ``value`` ranges that hold frame bytes ``pos`` to ``pos + count``."""
-        ranges = []
-        for start, end in self.spans:
-            length = end - start
-            if pos < length and count > 0:
-                take = min(length - pos, count)
-                ranges.append((start + pos, start + pos + take))
-                count -= take
-                pos = 0
-            else:
-                pos -= length
-        return ranges
-
-
 def _blank_frame(
     value: bytes | memoryview, spans: list[tuple[int, int]], syntax: str
 ) -> tuple[list[int], list[tuple[int, int]]]:
     """Where in ``value`` a marker code becomes COM, and the ranges to zero."""
-    frame = _Frame(value, spans)
+    frame = Spans(value, spans)
     if syntax in _JPEG_2000:
         segments = _j2k_segments(frame)
     else:
@@ -230,7 +188,7 @@ def _blank_frame(
     return markers, zeros
 
 
-def _jpeg_segments(frame: _Frame, scan_end: re.Pattern[bytes]) -> list[tuple[int | None, int, int]]:
+def _jpeg_segments(frame: Spans, scan_end: re.Pattern[bytes]) -> list[tuple[int | None, int, int]]:
     """(marker code offset when the marker must become COM, payload offset, payload length)
     of every segment to blank in the whole frame, and of the bytes after its EOI."""
     data = frame.contiguous()
@@ -271,7 +229,7 @@ def _kept(marker: int, start: bytes) -> bool:
     return any(marker == m and start.startswith(name) for m, name in _KEPT_APPLICATION)
 
 
-def _j2k_segments(frame: _Frame) -> list[tuple[int | None, int, int]]:
+def _j2k_segments(frame: Spans) -> list[tuple[int | None, int, int]]:
     """(None, offset, length) of the text of every COM segment in the main header and the
     tile-part headers, following the tile-parts through the frame."""
     found: list[tuple[int | None, int, int]] = []

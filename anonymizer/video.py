@@ -22,22 +22,22 @@ fragments and the file keep their lengths and decode to the same pictures:
 - An unspecified NAL unit keeps its header; the rest is overwritten.
 - MPEG-2 user data runs to the next start code and is overwritten whole.
 
-Only *elementary* streams can be read this way: H.264 and HEVC in the byte stream format of
-their Annex B, MPEG-2 as a video elementary stream. A stream wrapped in an MPEG-2 program or
-transport stream interleaves packet headers with the video. Blanking such a stream in place
-could corrupt those headers. So a wrapped stream is refused as unreadable, like any stream
-that does not parse. Nothing here knows DICOM: :mod:`anonymizer.bitstream` hands over the
-stream joined from its fragments and maps the patches back.
+The stream is either *elementary* (H.264 and HEVC in the byte stream format of their
+Annex B, MPEG-2 as a video elementary stream) or inside an MPEG-2 transport stream, which
+DICOM asks for (:mod:`anonymizer.mpegts` finds the video's bytes between the packet headers,
+and blanks the names in its service table). A program stream, an MP4 file, or a stream that
+does not parse cannot be checked in place and is refused as unreadable. Nothing here knows
+DICOM: :mod:`anonymizer.bitstream` hands over the stream joined from its fragments and maps
+the edits back.
 """
 
 from __future__ import annotations
 
 import re
 
+from anonymizer import mpegts
 from anonymizer.errors import UnreadableInput
-
-#: An edit: where in the stream, and the bytes that go there (same length).
-Patch = tuple[int, bytes]
+from anonymizer.spans import Patch, Spans
 
 MPEG2, H264, HEVC = "MPEG-2", "H.264", "HEVC"
 
@@ -65,6 +65,22 @@ def text_patches(stream: bytes | memoryview, codec: str) -> list[Patch]:
         The stream is not an elementary stream of ``codec``, or does not parse, so it
         cannot be checked for text.
     """
+    if mpegts.is_transport_stream(stream):
+        videos, patches = mpegts.video_streams(stream)
+        if not videos:
+            raise UnreadableInput(
+                f"{codec} transport stream holds no video; cannot check it for text"
+            )
+        for spans in videos:
+            elementary = Spans(stream, spans)
+            patches += elementary.placed(_elementary_patches(elementary.contiguous(), codec))
+        return patches
+    if bytes(stream[4:8]) == b"ftyp":
+        raise UnreadableInput(f"{codec} pixel data is an MP4 file; cannot check it for text")
+    return _elementary_patches(stream, codec)
+
+
+def _elementary_patches(stream: bytes | memoryview, codec: str) -> list[Patch]:
     units = _units(stream, codec)
     if codec == MPEG2:
         return _mpeg2_patches(stream, units)
@@ -97,7 +113,7 @@ def _mpeg2_patches(stream: bytes | memoryview, units: list[tuple[int, int]]) -> 
         code = stream[start]
         if code >= _FIRST_SYSTEM_CODE:
             raise UnreadableInput(
-                "MPEG-2 pixel data is a program or transport stream, not a video elementary "
+                "MPEG-2 pixel data is a program stream, not a video elementary or transport "
                 "stream; cannot check it for text"
             )
         if code == _USER_DATA and end > start + 1:

@@ -9,6 +9,7 @@ and decoded by FFmpeg to the same pictures as the input.
 from __future__ import annotations
 
 import io
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -27,8 +28,11 @@ from tests.anonymizer.video_streams import (
     HEVC_MAIN,
     MPEG2_MAIN,
     PLANTED,
+    SERVICE_TEXT,
     decoded,
+    decoded_ts,
     encoded,
+    in_transport_stream,
     instance_of,
     kept_messages,
     with_text,
@@ -97,12 +101,12 @@ def test_an_encoders_own_stream_changes_only_in_its_banner(deid: Deidentifier, c
 @pytest.mark.parametrize(
     "codec, stream, reason",
     [
-        ("MPEG-2", b"\x00\x00\x01\xba" + bytes(range(1, 40)), "program or transport stream"),
-        ("H.264", b"\x47" + bytes(187) * 3, "not an elementary stream"),  # a transport stream
+        ("MPEG-2", b"\x00\x00\x01\xba" + bytes(range(1, 40)), "a program stream"),
+        ("H.264", b"\x47" + bytes(187) * 3, "not an elementary stream"),  # one sync byte only
         ("H.264", b"\x00\x00\x01\x86\x01\x02", "not a NAL unit header"),  # forbidden bit set
         ("HEVC", b"\x00\x00\x01\x4e\x01\x05\xff", "runs past its NAL unit"),  # truncated SEI
     ],
-    ids=["mpeg2-program-stream", "transport-stream", "forbidden-bit", "truncated-sei"],
+    ids=["mpeg2-program-stream", "lone-sync-byte", "forbidden-bit", "truncated-sei"],
 )
 def test_a_video_stream_that_cannot_be_checked_is_refused(
     deid: Deidentifier, codec: str, stream: bytes, reason: str, tmp_path: Path
@@ -125,3 +129,61 @@ def test_no_profile_lets_video_text_through() -> None:
         for codec, instance in data.items():
             output = deid.deidentify_part10(instance).data
             assert [t for t in PLANTED if t in output] == [], (codec, options)
+
+
+@pytest.mark.parametrize(
+    "codec, m2ts, fragment",
+    [("H.264", False, None), ("HEVC", False, None), ("MPEG-2", False, None),
+     ("H.264", True, None), ("HEVC", False, 1000)],
+    ids=["h264", "hevc", "mpeg2", "h264-m2ts", "hevc-1000-byte-fragments"],
+)  # fmt: skip
+def test_text_in_a_transport_stream_is_overwritten_and_the_pictures_stay(
+    deid: Deidentifier, codec: str, m2ts: bool, fragment: int | None
+) -> None:
+    # DICOM's container for H.264 and HEVC: video packets between tables, the SEI and user
+    # data cut across packets, the room and hospital in the service table.
+    stream = in_transport_stream(with_text(codec), codec, m2ts=m2ts)
+    assert all(text in stream for text in SERVICE_TEXT)
+    data = instance_of(stream, CODECS[codec], fragment=fragment)
+    for path, output in both_paths(deid, data).items():
+        assert [t for t in PLANTED + SERVICE_TEXT if t in output] == [], path
+        if ENCODER_TEXT[codec]:
+            assert ENCODER_TEXT[codec] not in output, path
+        blanked = _stream(output)
+        assert len(blanked) == len(_stream(data))
+        assert decoded_ts(blanked) == decoded_ts(_stream(data))
+        assert _sections_with_bad_crc(blanked) == []  # FFmpeg would drop such a table
+
+
+def _sections_with_bad_crc(stream: bytes) -> list[int]:
+    """Offsets of the service table sections whose CRC does not hold (computed bit by bit,
+    apart from the anonymizer's table-driven CRC)."""
+    bad = []
+    for at in range(len(stream)):
+        if stream[at] == 0x47 and stream[at + 1] & 0x1F == 0 and stream[at + 2] == 0x11:
+            section = at + 5 + stream[at + 4]
+            length = 3 + ((stream[section + 1] & 0x0F) << 8 | stream[section + 2])
+            crc = 0xFFFFFFFF
+            for byte in stream[section : section + length]:
+                for bit in range(7, -1, -1):
+                    top = (crc >> 31) ^ (byte >> bit & 1)
+                    crc = (crc << 1 & 0xFFFFFFFF) ^ (0x04C11DB7 if top else 0)
+            if crc != 0:  # the CRC over a section and its own CRC is zero
+                bad.append(at)
+    return bad
+
+
+@pytest.mark.parametrize(
+    "make, reason",
+    [
+        (lambda: in_transport_stream(encoded("H.264"), "H.264", audio=True), "not video"),
+        (lambda: encoded("H.264", "mp4"), "MP4 file"),
+    ],
+    ids=["transport-stream-with-audio", "mp4"],
+)
+def test_a_container_that_cannot_be_checked_is_refused(
+    deid: Deidentifier, make: Callable[[], bytes], reason: str
+) -> None:
+    # A voice can name the patient; an MP4 file is not read here.
+    with pytest.raises(UnreadableInput, match=reason):
+        deid.deidentify_part10(instance_of(make(), H264_MPEG))

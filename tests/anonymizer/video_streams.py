@@ -38,11 +38,12 @@ HEVC_MAIN = "1.2.840.10008.1.2.4.107"
 MPEG2_MAIN = "1.2.840.10008.1.2.4.100"
 
 
-def encoded(codec: str) -> bytes:
-    """A short clip of moving gradients, encoded by ``codec``'s real encoder."""
+def encoded(codec: str, container_format: str | None = None) -> bytes:
+    """A short clip of moving gradients, encoded by ``codec``'s real encoder (as an
+    elementary stream, or in ``container_format``, e.g. ``mp4``)."""
     fmt, encoder = _FORMATS[codec]
     out = io.BytesIO()
-    with av.open(out, "w", format=fmt) as container:
+    with av.open(out, "w", format=container_format or fmt) as container:
         stream = container.add_stream(encoder, rate=Fraction(25))
         stream.width = stream.height = SIDE
         stream.pix_fmt = "yuv420p"
@@ -82,6 +83,45 @@ def with_text(codec: str) -> bytes:
         units.append(b"\x18" + PLANTED[3])  # nal_unit_type 24: unspecified
     spliced = b"".join(b"\x00\x00\x00\x01" + _escape(unit) for unit in units)
     return stream[:first_slice] + spliced + stream[first_slice:]
+
+
+SERVICE_TEXT = (b"ENDO ROOM 3 DOE^JANE", b"ST ELSEWHERE RADIOLOGY")
+
+
+def in_transport_stream(
+    stream: bytes, codec: str, *, m2ts: bool = False, audio: bool = False
+) -> bytes:
+    """``stream`` muxed by FFmpeg into an MPEG-2 transport stream (as DICOM asks for H.264
+    and HEVC), the recorder's room and the hospital named in its service table; 192-byte
+    Blu-ray packets with ``m2ts``, a silent MP2 audio track with ``audio``."""
+    fmt, _ = _FORMATS[codec]
+    out = io.BytesIO()
+    with av.open(io.BytesIO(stream), "r", format=fmt) as source:
+        options = {"mpegts_m2ts_mode": "1"} if m2ts else {}
+        with av.open(out, "w", format="mpegts", options=options) as container:
+            container.metadata["service_name"] = SERVICE_TEXT[0].decode()
+            container.metadata["service_provider"] = SERVICE_TEXT[1].decode()
+            video = container.add_stream_from_template(source.streams.video[0])
+            sound = container.add_stream("mp2", rate=48000) if audio else None
+            packets = [p for p in source.demux(source.streams.video[0]) if p.size]
+            for n, packet in enumerate(packets):
+                packet.stream, packet.pts, packet.dts = video, n, n
+                packet.time_base = Fraction(1, 25)
+                container.mux(packet)
+            if sound is not None:
+                silence = av.AudioFrame(format="s16", layout="stereo", samples=1152)
+                for plane in silence.planes:
+                    plane.update(bytes(plane.buffer_size))
+                silence.sample_rate = 48000
+                for packet in [*sound.encode(silence), *sound.encode()]:
+                    container.mux(packet)
+    return out.getvalue()
+
+
+def decoded_ts(stream: bytes) -> list[bytes]:
+    """Every picture of the transport stream's video (its luma plane), decoded by FFmpeg."""
+    with av.open(io.BytesIO(stream), "r", format="mpegts") as container:
+        return [f.to_ndarray(format="gray").tobytes() for f in container.decode(video=0)]
 
 
 def kept_messages(codec: str) -> list[bytes]:

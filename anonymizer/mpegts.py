@@ -1,0 +1,207 @@
+"""MPEG-2 transport streams: where the video lies, and the text in the service table.
+
+DICOM wants H.264 and HEVC video in an MPEG-2 transport stream (PS3.5 8.2.8) or an MP4 file.
+A transport stream cuts each stream into 188-byte packets (192 in the Blu-ray variant: a
+4-byte time code first), interleaved with tables. This module reads the packets and
+returns, for each video stream, the spans of its elementary stream bytes (packet headers,
+adaptation fields and PES headers left out). :mod:`anonymizer.video` reads each joined
+elementary stream for text and writes its edits back through the spans, in place.
+
+The tables hold text too. The service description table (SDT) names a service and its
+provider; recorders write a room or a department there, and FFmpeg writes its own name.
+Those names are overwritten with spaces, and the section's CRC is computed again.
+
+Refused as unreadable, because they cannot be checked in place:
+- audio (a voice can name the patient) and any stream that is not video;
+- scrambled or damaged packets, and a stream that does not start on a packet;
+- a table other than the program association, program map and service description tables
+  (the event table names programmes, the time tables give the recording date);
+- a service description section that spans packets, or a descriptor in it other than the
+  service descriptor.
+"""
+
+from __future__ import annotations
+
+from anonymizer.errors import UnreadableInput
+from anonymizer.spans import Patch
+
+PACKET = 188
+_SYNC = 0x47
+_NULL_PID, _SDT_PID = 0x1FFF, 0x0011
+_PAT, _PMT, _SDT_ACTUAL, _SDT_OTHER, _STUFFING = 0x00, 0x02, 0x42, 0x46, 0xFF
+_SERVICE_DESCRIPTOR = 0x48
+_VIDEO_STREAM_IDS = range(0xE0, 0xF0)
+
+
+def is_transport_stream(stream: bytes | memoryview) -> bool:
+    """True when ``stream`` starts with two packets of a transport stream (either size)."""
+    return _layout(stream) is not None
+
+
+def video_streams(stream: bytes | memoryview) -> tuple[list[list[tuple[int, int]]], list[Patch]]:
+    """Each video stream's elementary stream spans, in order, and the edits of the tables.
+
+    Raises
+    ------
+    UnreadableInput
+        What the module docstring lists, and anything that does not parse.
+    """
+    layout = _layout(stream)
+    if layout is None:
+        raise _unreadable("it does not start with a packet")
+    size, first = layout
+    count = (len(stream) - first + size - PACKET) // size
+    tail = first + count * size - (size - PACKET)
+    if any(stream[tail:]):
+        raise _unreadable("it ends inside a packet")
+    demux = _Demux()
+    for base in range(first, tail, size):
+        span = _payload(stream, base)
+        if span is not None:
+            demux.take(stream, *span)
+    return list(demux.videos.values()), demux.patches
+
+
+class _Demux:
+    """What each PID carries, the video payload spans so far, the tables' edits."""
+
+    def __init__(self) -> None:
+        self.kinds: dict[int, str] = {}  # pid: "video" or "table"
+        self.videos: dict[int, list[tuple[int, int]]] = {}
+        self.patches: list[Patch] = []
+
+    def take(
+        self, stream: bytes | memoryview, pid: int, start: int, end: int, unit_start: bool
+    ) -> None:
+        kind = self.kinds.get(pid)
+        if unit_start and stream[start : start + 3] == b"\x00\x00\x01":
+            if kind == "table":
+                raise _unreadable(f"PID {pid} carries tables and a PES stream")
+            self.kinds[pid] = "video"
+            start = _after_pes_header(stream, start, end)
+        elif unit_start:
+            if kind == "video":
+                raise _unreadable(f"PID {pid} carries a PES stream and tables")
+            self.kinds[pid] = "table"
+            self.patches += _tables(stream, start, end, pid)
+            return
+        elif kind is None:
+            raise _unreadable(f"PID {pid} starts in the middle of a packet sequence")
+        elif kind == "table":
+            if pid == _SDT_PID:
+                raise _unreadable("a service description section spans packets")
+            return
+        self.videos.setdefault(pid, []).append((start, end))
+
+
+def _after_pes_header(stream: bytes | memoryview, start: int, end: int) -> int:
+    """Where a video PES packet's elementary stream bytes start; refuses any other stream."""
+    stream_id = stream[start + 3]
+    if stream_id not in _VIDEO_STREAM_IDS:
+        raise _unreadable(
+            f"it carries a stream that is not video (stream id {stream_id:#04x}: audio or data)"
+        )
+    start += 9 + stream[start + 8]
+    if start > end:
+        raise _unreadable("a PES header runs past its packet")
+    return start
+
+
+def _layout(stream: bytes | memoryview) -> tuple[int, int] | None:
+    """(packet size, offset of the first sync byte), or None when not a transport stream."""
+    for size, first in ((PACKET, 0), (PACKET + 4, 4)):
+        if len(stream) >= first + size + 1 and stream[first] == stream[first + size] == _SYNC:
+            return size, first
+    return None
+
+
+def _payload(stream: bytes | memoryview, base: int) -> tuple[int, int, int, bool] | None:
+    """(PID, payload start, payload end, payload unit start) of the packet at ``base``;
+    None when it has no payload or is a null packet."""
+    if stream[base] != _SYNC:
+        raise _unreadable(f"no sync byte at {base}")
+    flags, low, control = stream[base + 1], stream[base + 2], stream[base + 3]
+    if flags & 0x80:
+        raise _unreadable(f"the packet at {base} is marked as damaged")
+    if control & 0xC0:
+        raise _unreadable(f"the packet at {base} is scrambled")
+    pid = (flags & 0x1F) << 8 | low
+    start, end = base + 4, base + PACKET
+    if control & 0x20:  # an adaptation field first
+        start += 1 + stream[base + 4]
+    if pid == _NULL_PID or not control & 0x10 or start >= end:
+        if start > end:
+            raise _unreadable(f"the adaptation field at {base} runs past its packet")
+        return None
+    return pid, start, end, bool(flags & 0x40)
+
+
+def _tables(stream: bytes | memoryview, start: int, end: int, pid: int) -> list[Patch]:
+    """The edits of the sections that start in this packet's payload (after its pointer)."""
+    pos = start + 1 + stream[start]
+    patches: list[Patch] = []
+    while pos < end and stream[pos] != _STUFFING:
+        table = stream[pos]
+        if pos + 3 > end:
+            break  # a section header cut by the packet: continued in the next one
+        section_end = pos + 3 + ((stream[pos + 1] & 0x0F) << 8 | stream[pos + 2])
+        if table in (_SDT_ACTUAL, _SDT_OTHER) and pid == _SDT_PID:
+            if section_end > end:
+                raise _unreadable("a service description section spans packets")
+            patches += _service_names(stream, pos, section_end)
+        elif table not in (_PAT, _PMT):
+            raise _unreadable(f"it carries a table that may hold text or dates (id {table:#04x})")
+        pos = section_end
+    return patches
+
+
+def _service_names(stream: bytes | memoryview, pos: int, section_end: int) -> list[Patch]:
+    """The SDT section at ``pos`` with its provider and service names blanked, CRC redone."""
+    section = bytearray(stream[pos:section_end])
+    at, services_end = 11, len(section) - 4
+    while at + 5 <= services_end:
+        loop_end = at + 5 + ((section[at + 3] & 0x0F) << 8 | section[at + 4])
+        at += 5
+        while at < loop_end:
+            tag, length = section[at], section[at + 1]
+            if tag != _SERVICE_DESCRIPTOR:
+                raise _unreadable(f"its service table holds descriptor {tag:#04x}")
+            body = at + 2
+            provider = section[body + 1]
+            name_at = body + 2 + provider
+            _blank(section, body + 2, provider)
+            _blank(section, name_at + 1, section[name_at])
+            at = body + length
+        if at != loop_end:
+            raise _unreadable("a service descriptor runs past its service")
+    section[-4:] = crc32_mpeg(bytes(section[:-4])).to_bytes(4, "big")
+    return [(pos, bytes(section))]
+
+
+def _blank(section: bytearray, start: int, length: int) -> None:
+    section[start : start + length] = b" " * length
+
+
+def _unreadable(why: str) -> UnreadableInput:
+    return UnreadableInput(f"MPEG-2 transport stream: {why}; cannot check it for text")
+
+
+def _crc_table() -> list[int]:
+    table = []
+    for byte in range(256):
+        crc = byte << 24
+        for _ in range(8):
+            crc = (crc << 1) ^ 0x04C11DB7 if crc & 0x80000000 else crc << 1
+        table.append(crc & 0xFFFFFFFF)
+    return table
+
+
+_CRC_TABLE = _crc_table()
+
+
+def crc32_mpeg(data: bytes) -> int:
+    """The CRC of MPEG-2 sections (polynomial 04C11DB7, not reflected, no final XOR)."""
+    crc = 0xFFFFFFFF
+    for byte in data:
+        crc = (crc << 8 & 0xFFFFFFFF) ^ _CRC_TABLE[(crc >> 24) ^ byte]
+    return crc
