@@ -14,6 +14,7 @@ Those names are overwritten with spaces, and the section's CRC is computed again
 Refused as unreadable, because they cannot be checked in place:
 - audio (a voice can name the patient) and any stream that is not video;
 - scrambled or damaged packets, and a stream that does not start on a packet;
+- a PES header with private data (16 bytes of the recorder's choosing);
 - a table other than the program association, program map and service description tables
   (the event table names programmes, the time tables give the recording date);
 - a service description section that spans packets, or a descriptor in it other than the
@@ -56,6 +57,17 @@ def video_streams(stream: bytes | memoryview) -> tuple[list[list[tuple[int, int]
         raise _unreadable("it ends inside a packet")
     demux = _Demux()
     for base in range(first, tail, size):
+        # Most packets continue a known video stream with a plain payload (sync byte, no
+        # error, no unit start, not scrambled, payload only): taken here without the calls.
+        if (
+            stream[base] == _SYNC
+            and not stream[base + 1] & 0xC0
+            and stream[base + 3] & 0xF0 == 0x10
+        ):
+            spans = demux.videos.get((stream[base + 1] & 0x1F) << 8 | stream[base + 2])
+            if spans is not None:
+                spans.append((base + 4, base + PACKET))
+                continue
         span = _payload(stream, base)
         if span is not None:
             demux.take(stream, *span)
@@ -78,6 +90,7 @@ class _Demux:
             if kind == "table":
                 raise _unreadable(f"PID {pid} carries tables and a PES stream")
             self.kinds[pid] = "video"
+            self.videos.setdefault(pid, [])
             start = _after_pes_header(stream, start, end)
         elif unit_start:
             if kind == "video":
@@ -101,10 +114,29 @@ def _after_pes_header(stream: bytes | memoryview, start: int, end: int) -> int:
         raise _unreadable(
             f"it carries a stream that is not video (stream id {stream_id:#04x}: audio or data)"
         )
-    start += 9 + stream[start + 8]
-    if start > end:
+    header_end = start + 9 + stream[start + 8]
+    if header_end > end:
         raise _unreadable("a PES header runs past its packet")
-    return start
+    if _has_private_data(stream, start, header_end):
+        raise _unreadable("a PES header carries private data")
+    return header_end
+
+
+#: Optional PES header fields before the extension, by flag in the header's second flag byte.
+_PES_FIELDS = ((0x20, 6), (0x10, 3), (0x08, 1), (0x04, 1), (0x02, 2))  # ESCR ... CRC
+
+
+def _has_private_data(stream: bytes | memoryview, start: int, header_end: int) -> bool:
+    """True when the PES header at ``start`` has an extension with its 16 bytes of private
+    data: free bytes of the recorder's choosing, which this module does not read."""
+    flags = stream[start + 7]
+    if not flags & 0x01:  # no PES extension
+        return False
+    at = start + 9 + {0x80: 5, 0xC0: 10}.get(flags & 0xC0, 0)  # PTS, PTS and DTS
+    at += sum(size for flag, size in _PES_FIELDS if flags & flag)
+    if at >= header_end:
+        raise _unreadable("a PES header is shorter than its flags say")
+    return bool(stream[at] & 0x80)
 
 
 def _layout(stream: bytes | memoryview) -> tuple[int, int] | None:
@@ -142,15 +174,17 @@ def _tables(stream: bytes | memoryview, start: int, end: int, pid: int) -> list[
     patches: list[Patch] = []
     while pos < end and stream[pos] != _STUFFING:
         table = stream[pos]
+        if table not in (_PAT, _PMT, _SDT_ACTUAL, _SDT_OTHER) or (
+            table in (_SDT_ACTUAL, _SDT_OTHER) and pid != _SDT_PID
+        ):
+            raise _unreadable(f"it carries a table that may hold text or dates (id {table:#04x})")
         if pos + 3 > end:
             break  # a section header cut by the packet: continued in the next one
         section_end = pos + 3 + ((stream[pos + 1] & 0x0F) << 8 | stream[pos + 2])
-        if table in (_SDT_ACTUAL, _SDT_OTHER) and pid == _SDT_PID:
+        if table in (_SDT_ACTUAL, _SDT_OTHER):
             if section_end > end:
                 raise _unreadable("a service description section spans packets")
             patches += _service_names(stream, pos, section_end)
-        elif table not in (_PAT, _PMT):
-            raise _unreadable(f"it carries a table that may hold text or dates (id {table:#04x})")
         pos = section_end
     return patches
 

@@ -187,3 +187,29 @@ def test_a_container_that_cannot_be_checked_is_refused(
     # A voice can name the patient; an MP4 file is not read here.
     with pytest.raises(UnreadableInput, match=reason):
         deid.deidentify_part10(instance_of(make(), H264_MPEG))
+
+
+def _one_packet(payload: bytes, pid: int = 0x100) -> bytes:
+    """One transport stream packet starting a unit on ``pid``, its payload padded."""
+    header = bytes([0x47, 0x40 | pid >> 8, pid & 0xFF, 0x10])
+    return header + payload + b"\xff" * (184 - len(payload))
+
+
+@pytest.mark.parametrize(
+    "packet, reason",
+    [
+        # a video PES header with a PTS and an extension holding 16 bytes of private data
+        (_one_packet(b"\x00\x00\x01\xe0\x00\x00\x80\x81\x16" + b"\x21\x00\x01\x00\x01"
+                     + b"\x80" + b"DOE^JANE 19750312" [:16] + b"\x00\x00\x00\x01\x09\xf0"),
+         "private data"),
+        # a time and date table (PID 0x14): the recording's date
+        (_one_packet(b"\x00\x70\x70\x05\xe8\x7e\x12\x30\x00", pid=0x14), "0x70"),
+    ],
+    ids=["pes-private-data", "time-and-date-table"],
+)  # fmt: skip
+def test_transport_stream_fields_that_cannot_be_checked_are_refused(
+    deid: Deidentifier, packet: bytes, reason: str
+) -> None:
+    stream = packet * 2
+    with pytest.raises(UnreadableInput, match=reason):
+        deid.deidentify_part10(instance_of(stream, H264_MPEG))
