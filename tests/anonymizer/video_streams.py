@@ -67,9 +67,10 @@ def decoded(stream: bytes, codec: str) -> list[bytes]:
         return [f.to_ndarray(format="gray").tobytes() for f in container.decode(video=0)]
 
 
-def with_text(codec: str) -> bytes:
-    """``codec``'s real stream with :data:`PLANTED` text spliced in where recorders put it."""
-    stream = encoded(codec)
+def with_text(codec: str, stream: bytes | None = None) -> bytes:
+    """``codec``'s real stream (``stream``, else :func:`encoded`'s) with :data:`PLANTED` text
+    spliced in where recorders put it."""
+    stream = stream if stream is not None else encoded(codec)
     if codec == "MPEG-2":
         gop = stream.index(b"\x00\x00\x01\xb8")  # after the sequence header and extension
         user_data = b"\x00\x00\x01\xb2" + b" ".join(PLANTED)
