@@ -18,10 +18,11 @@ from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sequence import Sequence
 from pydicom.tag import BaseTag
-from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
+from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
 from anonymizer.actions import Action, ActionTable, Rule
 from anonymizer.bitstream import inspected, scrub_encapsulated
+from anonymizer.blanking import CannotBlank, Geometry, blank
 from anonymizer.elements import (
     Encoding,
     ascii_element,
@@ -31,12 +32,18 @@ from anonymizer.elements import (
     shift_date,
     values_of,
 )
-from anonymizer.errors import BurnedInAnnotation, EncapsulatedDocument
+from anonymizer.errors import (
+    BurnedInAnnotation,
+    EncapsulatedDocument,
+    PixelsFlagged,
+    PixelsNotCleanable,
+)
 from anonymizer.interfaces import PseudonymStore
 from anonymizer.marking import marking_elements
 from anonymizer.part10 import decode, encode_part10, peek, raw_ascii, read_part10
 from anonymizer.profiles import Profile
 from anonymizer.pseudonyms import Pseudonymizer
+from anonymizer.screening import Verdict
 
 #: Our implementation class UID (a fixed ``2.25`` UID) written in the file meta.
 IMPLEMENTATION_CLASS_UID = "2.25.161440817744233011186347823960658123089"
@@ -70,6 +77,9 @@ IDENTIFYING = tuple(
     )
 )  # fmt: skip
 _PIXEL_DATA = 0x7FE00010
+_EXPLICIT_BIG = "1.2.840.10008.1.2.2"
+#: The verdict where the profile has no filters: nothing flagged, nothing to clean.
+_UNSCREENED = Verdict()
 #: Top-level UIDs recorded in the re-identification map.
 RECORDED = {0x0020000D: "StudyInstanceUID", 0x0020000E: "SeriesInstanceUID"}
 
@@ -164,8 +174,8 @@ class Deidentifier:
     reid_map
         Where new pseudonym -> original mappings are recorded (optional).
     allow_burned_in
-        Accept instances marked ``BurnedInAnnotation = YES`` (their pixels are not
-        cleaned).
+        Accept instances marked ``BurnedInAnnotation = YES``, and those the profile's
+        filters refuse (their pixels are not cleaned; rectangles a filter names still are).
     allow_documents
         Accept instances that hold an Encapsulated Document (a PDF, a CDA, a 3D model:
         its content is not cleaned).
@@ -187,6 +197,7 @@ class Deidentifier:
         self._reid_map = reid_map
         self._allow_burned_in = allow_burned_in
         self._allow_documents = allow_documents
+        self._screen = profile.screen
         self._rules: dict[int, Rule | None] = {}
         #: The fast path's decision per (tag, VR): see anonymizer.direct._decide.
         self._direct_decisions: dict[tuple[int, str | None], tuple[Any, bool]] = {}
@@ -221,7 +232,8 @@ class Deidentifier:
 
     def _deidentified(self, ds: Dataset) -> tuple[Dataset, dict[int, str]]:
         """The de-identified data set and its new file meta values (not yet a dataset)."""
-        self._check_content(ds)
+        verdict = self._screen.verdict(ds) if self._screen else Verdict()
+        self._check_content(ds, verdict)
         instance = _Instance(
             self._pseudo, ds, ds.original_encoding, record=self._reid_map is not None
         )
@@ -231,6 +243,8 @@ class Deidentifier:
         for tag, elem in marking_elements(self.profile, instance.encoding).items():
             out[tag] = elem
         meta = self._meta_values(ds, out)
+        if verdict.cleans:  # first: compressed pixels are refused before being parsed
+            _blank_regions(out, meta[0x00020010], verdict)
         _blank_bitstream_text(out, meta[0x00020010])
         if self._reid_map is not None:
             for kind, pseudonym, original in instance.mappings:
@@ -272,6 +286,8 @@ class Deidentifier:
     def _direct(self, data: bytes, size: int | None) -> DeidentifiedInstance | None:
         from anonymizer.direct import PixelRange, deidentify_direct
 
+        if self._screen:
+            return None  # filters read any attribute and may rewrite the pixels
         fast = deidentify_direct(self, data, size)
         if fast is None:
             return None
@@ -301,10 +317,13 @@ class Deidentifier:
 
     # -- the walk ---------------------------------------------------------------------
 
-    def _check_content(self, ds: Dataset) -> None:
-        """Refuse what the header's rules cannot make safe: pixels that say they show text,
-        and encapsulated documents."""
-        if not self._allow_burned_in and _text(ds, BURNED_IN).upper() == "YES":
+    def _check_content(self, ds: Dataset, verdict: Verdict = _UNSCREENED) -> None:
+        """Refuse what the header's rules cannot make safe: pixels that say they show text
+        (unless a filter cleans them) or that a filter flags, and encapsulated documents."""
+        if verdict.refused and not self._allow_burned_in:
+            raise PixelsFlagged(f"{verdict.reason}; refused (allow_burned_in=True accepts it)")
+        said_yes = _text(ds, BURNED_IN).upper() == "YES"
+        if said_yes and not self._allow_burned_in and not verdict.cleans:
             raise BurnedInAnnotation(
                 "BurnedInAnnotation is YES: the pixels may show PHI; refused "
                 "(allow_burned_in=True accepts it)"
@@ -530,6 +549,33 @@ def _blank_bitstream_text(out: Dataset, syntax: str) -> None:
         out[_PIXEL_DATA] = DataElement(
             _PIXEL_DATA, elem.VR, blanked, is_undefined_length=elem.is_undefined_length
         )
+
+
+def _blank_regions(out: Dataset, syntax: str, verdict: Verdict) -> None:
+    """Zero the rectangles a filter names in ``out``'s native pixel data, and say so:
+    BurnedInAnnotation becomes NO (as CTP's pixel anonymizer sets it). Raises
+    :class:`PixelsNotCleanable` where that cannot be done in place."""
+    if _PIXEL_DATA not in out:
+        return  # no pixels, no text in them
+    if syntax not in (ExplicitVRLittleEndian, ImplicitVRLittleEndian, _EXPLICIT_BIG):
+        raise PixelsNotCleanable(
+            f"{verdict.reason}, but the pixels are compressed ({_syntax_name(syntax)}): "
+            "they cannot be blanked without decoding; refused"
+        )
+    elem = out.get_item(_PIXEL_DATA)
+    try:
+        blanked = blank(elem.value or b"", Geometry.of(out), verdict.regions)
+    except CannotBlank as exc:
+        raise PixelsNotCleanable(f"{verdict.reason}, but {exc}; refused") from exc
+    if blanked is not None:
+        vr = elem.VR or ("OB" if int(out.get("BitsAllocated", 16)) <= 8 else "OW")
+        out[_PIXEL_DATA] = DataElement(_PIXEL_DATA, vr, bytes(blanked))
+    out[BURNED_IN] = DataElement(BURNED_IN, "CS", "NO")
+
+
+def _syntax_name(syntax: str) -> str:
+    name = UID(syntax).name
+    return f"{name}, {syntax}" if name != syntax else syntax
 
 
 def _file_meta(values: dict[int, str]) -> FileMetaDataset:

@@ -27,6 +27,16 @@ class BurnedInAnnotation(AnonymizationError):
     """
 
 
+class PixelsFlagged(BurnedInAnnotation):
+    """A ``%filter`` of the profile flags the pixels as showing PHI (a blacklist, or a
+    group that names no place to clean): refused unless burned-in text is allowed."""
+
+
+class PixelsNotCleanable(BurnedInAnnotation):
+    """A filter names rectangles to blank, but the pixel data cannot be blanked in place
+    (compressed, chroma-subsampled, bit-packed, shorter than its geometry)."""
+
+
 class EncapsulatedDocument(AnonymizationError):
     """The instance holds an encapsulated document: a PDF report, a CDA, a 3D model.
 

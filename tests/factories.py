@@ -126,3 +126,45 @@ def make_pdf_document(spec: StudySpec | None = None, *, text: str = "DOE^JANE") 
     ds.MIMETypeOfEncapsulatedDocument = "application/pdf"
     ds.DocumentTitle = "Request"
     return ds
+
+
+ULTRASOUND_MULTIFRAME = "1.2.840.10008.5.1.4.1.1.3.1"
+#: Text a scanner burns into the top rows of an ultrasound image (see make_ultrasound).
+BANNER_TEXT = b"DOE^JANE MRN 4417-22 1961-04-02 ST.ELSEWHERE "
+
+
+def make_ultrasound(
+    spec: StudySpec | None = None,
+    *,
+    rows: int = 120,
+    columns: int = 160,
+    frames: int = 2,
+    samples: int = 3,
+    planar: int = 0,
+    banner_rows: int = 20,
+    manufacturer: str = "Philips Medical Systems",
+    model: str = "iU22",
+) -> Dataset:
+    """A native multi-frame ultrasound image whose top ``banner_rows`` rows carry
+    :data:`BANNER_TEXT` as pixel bytes, in every frame and sample plane, the way a
+    scanner's patient banner reaches the pixels; below, a gradient without text."""
+    ds = make_dataset(spec, rows=rows, columns=columns, sop_class_uid=ULTRASOUND_MULTIFRAME)
+    ds.Modality = "US"
+    ds.Manufacturer = manufacturer
+    ds.ManufacturerModelName = model
+    ds.ImageType = ["ORIGINAL", "PRIMARY", "ABDOMINAL"]
+    ds.SamplesPerPixel = samples
+    ds.PhotometricInterpretation = "RGB" if samples == 3 else "MONOCHROME2"
+    if samples > 1:
+        ds.PlanarConfiguration = planar
+    ds.BitsAllocated = ds.BitsStored = 8
+    ds.HighBit = 7
+    ds.NumberOfFrames = frames
+    width = columns * (1 if planar == 1 else samples)  # bytes of a row of one plane
+    planes = samples if planar == 1 else 1
+    plane = bytearray((x * 7 + y) % 200 + 1 for y in range(rows) for x in range(width))
+    banner = BANNER_TEXT * (banner_rows * width // len(BANNER_TEXT) + 1)
+    plane[: banner_rows * width] = banner[: banner_rows * width]
+    frame = bytes(plane) * planes
+    ds.PixelData = frame * frames
+    return ds

@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from anonymizer._deid import RecipeLine, parse_recipe
+from anonymizer._deid import ParsedRecipe, packaged_filters, parse_recipe
 from anonymizer.actions import ActionTable, compile_actions
 from anonymizer.errors import ProfileNotFound
+from anonymizer.screening import FilterItem, PixelScreen
 
 RECIPES_DIR = Path(__file__).resolve().parent
 
@@ -58,8 +59,14 @@ OPTIONS: dict[str, Method] = {
         Method("retain-uids", "113110", "Retain UIDs Option"),
         Method("clean-descriptors", "113105", "Clean Descriptors Option"),
         Method("retain-safe-private", "113111", "Retain Safe Private Option"),
+        Method("clean-pixel-data", "113101", "Clean Pixel Data Option"),
     )
 }
+
+#: The option whose filters are deid's packaged ones (its own recipe file only marks it).
+CLEAN_PIXEL_DATA = "clean-pixel-data"
+#: The options that act on the header alone (every one but pixel cleaning).
+HEADER_OPTIONS: tuple[str, ...] = tuple(name for name in OPTIONS if name != CLEAN_PIXEL_DATA)
 
 _EXCLUSIVE = {"retain-longitudinal-full-dates", "retain-longitudinal-modified-dates"}
 
@@ -73,6 +80,9 @@ class Profile:
     recipes: tuple[Path, ...]
     table: ActionTable
     methods: tuple[Method, ...]
+    #: Filters that screen pixels for burned-in text (``%filter`` of the site's recipes,
+    #: then deid's packaged ones with ``clean-pixel-data``); empty: no screening.
+    screen: PixelScreen = field(default_factory=lambda: PixelScreen(()))
 
     @property
     def description(self) -> list[str]:
@@ -123,21 +133,35 @@ def load_profile(
     chosen = [m for m in OPTIONS.values() if m.name in wanted]
     methods = (*profiles, *chosen)
     recipes = (*(m.recipe for m in methods), *(Path(p) for p in extra_recipes))
-    lines = [line for recipe in recipes for line in _parsed(recipe)]
+    parsed = [_parsed(recipe) for recipe in recipes]
+    lines = [line for recipe in parsed for line in recipe.header]
+    # The site's own filters first: the first group that matches decides.
+    filters: list[FilterItem] = [item for recipe in parsed for item in recipe.filters]
+    if CLEAN_PIXEL_DATA in wanted:
+        filters += _packaged()
     return Profile(
         names=tuple(m.name for m in profiles),
         options=tuple(m.name for m in chosen),
         recipes=recipes,
         table=compile_actions(lines),
         methods=methods,
+        screen=PixelScreen(tuple(filters)),
     )
 
 
-_CACHE: dict[tuple[str, int, int], list[RecipeLine]] = {}
+_CACHE: dict[tuple[str, int, int], ParsedRecipe] = {}
 _CACHE_LOCK = threading.Lock()
+_PACKAGED: list[FilterItem] = []
 
 
-def _parsed(path: Path) -> list[RecipeLine]:
+def _packaged() -> list[FilterItem]:
+    with _CACHE_LOCK:
+        if not _PACKAGED:
+            _PACKAGED.extend(packaged_filters())
+        return list(_PACKAGED)
+
+
+def _parsed(path: Path) -> ParsedRecipe:
     """Parse a recipe once per version of the file (deid's parser is slow)."""
     try:
         stat = path.stat()
@@ -150,7 +174,7 @@ def _parsed(path: Path) -> list[RecipeLine]:
         cached = parse_recipe(path)
         with _CACHE_LOCK:
             _CACHE[key] = cached
-    return list(cached)
+    return cached
 
 
 def _lookup(catalogue: dict[str, Method], name: str, kind: str) -> Method:

@@ -20,7 +20,7 @@ from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
 
 from anonymizer.actions import Action, ActionTable
-from anonymizer.profiles import OPTIONS, load_profile
+from anonymizer.profiles import HEADER_OPTIONS, OPTIONS, load_profile
 from tests.factories import StudySpec, make_dataset
 
 PERSON_NAME = 0x0040A123
@@ -335,8 +335,9 @@ def find_structural_leaks(out: Dataset, corpus: Corpus, table: ActionTable) -> l
 
 
 def all_option_sets() -> list[tuple[str, ...]]:
-    """Every combination of options (the two longitudinal options exclude each other)."""
-    names = list(OPTIONS)
+    """Every combination of the header options (the two longitudinal options exclude each
+    other); pixel cleaning has tests of its own (test_pixel_text.py)."""
+    names = list(HEADER_OPTIONS)
     combos = []
     for mask in range(1 << len(names)):
         chosen = tuple(n for i, n in enumerate(names) if mask >> i & 1)

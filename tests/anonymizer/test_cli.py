@@ -195,3 +195,28 @@ def test_a_cd_folder_is_de_identified_and_its_dicomdir_skipped_with_a_reason(
     assert len(written) == 2 and not any(b"CDNAME" in p.read_bytes() for p in written)
     shown = _gridpacs(*args)
     assert shown.returncode == 0 and "skipped" in shown.stdout and "DICOMDIR" in shown.stdout
+
+
+def test_clean_pixel_data_blanks_a_known_scanner_and_refuses_the_unknown(
+    tmp_path: Path, site: dict[str, Path]
+) -> None:
+    from tests.factories import BANNER_TEXT, make_ultrasound
+
+    source = tmp_path / "in"
+    source.mkdir()
+    (source / "iu22.dcm").write_bytes(
+        to_bytes(make_ultrasound(rows=600, columns=800, frames=1, banner_rows=59))
+    )
+    unknown = make_ultrasound(manufacturer="Nobody")
+    del unknown.ImageType
+    (source / "unknown.dcm").write_bytes(to_bytes(unknown))
+    out = tmp_path / "out"
+    result = _gridpacs("anonymize", str(source), str(out), "--secret-file", str(site["secret"]),
+                       "--option", "clean-pixel-data", "--json")  # fmt: skip
+    assert result.returncode == 1, result.stderr
+    report = json.loads(result.stdout)
+    kinds = {Path(r["source"]).name: r["error_kind"] for r in report["results"]}
+    assert kinds == {"iu22.dcm": None, "unknown.dcm": "PixelsFlagged"}
+    [written] = list(out.iterdir())
+    assert BANNER_TEXT[:12] not in written.read_bytes()
+    assert dcmread(written).BurnedInAnnotation == "NO"

@@ -27,19 +27,21 @@ from pydicom.uid import (
     JPEGBaseline8Bit,
 )
 
-from anonymizer import OPTIONS, Deidentifier, UnreadableInput, load_profile
+from anonymizer import Deidentifier, UnreadableInput, load_profile
 from anonymizer.direct import _dataset
 from anonymizer.files import HEAD_BYTES, anonymize_file
+from anonymizer.profiles import HEADER_OPTIONS
 from tests.anonymizer.conftest import SITE_A
 from tests.anonymizer.corpus import Corpus
 from tests.factories import make_dataset, to_bytes
 
-#: Basic, each option alone, and everything at once (both date options).
+#: Basic, each header option alone, and everything at once (both date options); with pixel
+#: cleaning the fast path always declines (test_pixel_text.py).
 OPTION_SETS = [
     (),
-    *((o,) for o in OPTIONS),
-    tuple(o for o in OPTIONS if o != "retain-longitudinal-full-dates"),
-    tuple(o for o in OPTIONS if o != "retain-longitudinal-modified-dates"),
+    *((o,) for o in HEADER_OPTIONS),
+    tuple(o for o in HEADER_OPTIONS if o != "retain-longitudinal-full-dates"),
+    tuple(o for o in HEADER_OPTIONS if o != "retain-longitudinal-modified-dates"),
 ]
 
 

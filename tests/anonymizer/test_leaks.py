@@ -16,9 +16,10 @@ from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
 from pydicom.uid import ImplicitVRLittleEndian
 
-from anonymizer import OPTIONS, Deidentifier, load_profile
+from anonymizer import Deidentifier, load_profile
 from anonymizer.files import HEAD_BYTES
 from anonymizer.part10 import write_part10
+from anonymizer.profiles import HEADER_OPTIONS
 from tests.anonymizer.conftest import SITE_A
 from tests.anonymizer.corpus import (
     SAFE_B_VALUE,
@@ -98,8 +99,8 @@ def test_clean_descriptors_keeps_the_description_without_the_patient(
     "options",
     [
         (),
-        tuple(o for o in OPTIONS if o != "retain-longitudinal-full-dates"),
-        tuple(o for o in OPTIONS if o != "retain-longitudinal-modified-dates"),
+        tuple(o for o in HEADER_OPTIONS if o != "retain-longitudinal-full-dates"),
+        tuple(o for o in HEADER_OPTIONS if o != "retain-longitudinal-modified-dates"),
     ],
     ids=["basic", "all-modified-dates", "all-full-dates"],
 )

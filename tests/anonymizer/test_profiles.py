@@ -74,7 +74,7 @@ def test_a_missing_recipe_file_is_reported_not_replaced_by_deids_default(tmp_pat
         ("FORMAT nifti\n%header\n", "FORMAT dicom"),
         (VALID + "REMOVE PatientID\nSCRAMBLE PatientName\n", "not a recognised action"),
         (VALID + "REPLACE PatientName\n", "needs a value"),
-        ("FORMAT dicom\n%filter whitelist\nLABEL x\n  contains Modality CT\n", "not supported"),
+        ("FORMAT dicom\n%values cookies\nFIELD startswith:Patient\n", "not supported"),
         (VALID + "REMOVE NoSuchKeywordAnywhere\n", "unknown field"),
         (VALID + "REPLACE PatientID func:mystery\n", "unknown value"),
         (VALID + "JITTER StudyDate soon\n", "JITTER"),

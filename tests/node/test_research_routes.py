@@ -225,3 +225,30 @@ def test_video_with_sound_is_quarantined(node: NodeApp) -> None:
     assert _all_instances(node) == []
     [entry] = node.quarantine.list()
     assert "not video" in entry.reason and "cannot check it for text" in entry.reason
+
+
+def test_a_scanner_banner_is_blanked_and_an_unknown_screen_is_quarantined(
+    tmp_path: Path,
+) -> None:
+    from tests.factories import BANNER_TEXT, make_ultrasound
+
+    app = _node(tmp_path, options=["clean-pixel-data"])
+    app.start()
+    try:
+        known = make_ultrasound(StudySpec(patient_id=PHI_ID), rows=600, columns=800,
+                                frames=1, banner_rows=59)  # fmt: skip
+        assert _send_one(app, known) == 0
+        [key] = list(app.store.keys())
+        blob = app.store.get(key)
+        assert BANNER_TEXT[:12] not in blob and PHI_ID.encode() not in blob
+        stored = dcmread(io.BytesIO(blob))
+        assert stored.BurnedInAnnotation == "NO"
+        assert not stored.pixel_array[:59].any() and stored.pixel_array[59:].all()
+        unknown = make_ultrasound(StudySpec(patient_id=PHI_ID), manufacturer="Nobody")
+        del unknown.ImageType
+        assert _send_one(app, unknown) == 0xC004
+        assert len(_all_instances(app)) == 1
+        [entry] = app.quarantine.list()
+        assert "Missing ImageType" in entry.reason
+    finally:
+        app.stop()

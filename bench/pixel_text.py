@@ -1,0 +1,121 @@
+"""Burned-in text: ultrasound instances screened and blanked, ours vs deid's DicomCleaner.
+
+The instances are native RGB ultrasound images of a scanner deid's packaged recipe knows
+(Philips iU22, 600x800: a banner in the top 59 rows), with the banner's text as pixel
+bytes (``tests.factories.make_ultrasound``): stills of one frame and cine loops of 20.
+Each is de-identified file to file, one at a time, interleaved, by:
+
+- **ours, header**: the Basic profile, no pixel screening (what a route does without
+  ``clean-pixel-data``), for reference;
+- **ours, +pixels**: the Basic profile with ``clean-pixel-data``: deid's filters evaluated
+  on the header, the banner blanked in every frame, the header de-identified, written;
+- **deid cleaner**: deid's ``DicomCleaner`` with its default recipe (detect, clean, save):
+  pixels only, the header is left as it was.
+
+Prints the median milliseconds per instance, the ratio deid/ours, and whether the banner's
+text is left in the output. Run: ``python bench/pixel_text.py [--stills 20] [--cines 3]
+[--repeat 3]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+os.environ.setdefault("MESSAGELEVEL", "-1")  # deid's logger: quiet (read at its import)
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+from anonymize import SECRET  # noqa: E402
+
+from anonymizer import Deidentifier, load_profile  # noqa: E402
+from anonymizer._deid import ReferenceCleaner  # noqa: E402
+from anonymizer.files import deidentify_source, open_source, write_instance  # noqa: E402
+from tests.factories import BANNER_TEXT, make_ultrasound, to_bytes  # noqa: E402
+
+Side = Callable[[Path, Path], Path | None]
+
+
+def ours(deid: Deidentifier) -> Side:
+    def run(source: Path, out: Path) -> Path:
+        with open_source(source) as src:
+            result = deidentify_source(deid, src)
+            target = out / f"{result.sop_instance_uid}.dcm"
+            fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+            try:
+                write_instance(fd, result, src)
+            finally:
+                os.close(fd)
+        return target
+
+    return run
+
+
+def deid_cleaner(scratch: Path) -> Side:
+    cleaners: dict[Path, ReferenceCleaner] = {}
+
+    def run(source: Path, out: Path) -> Path | None:
+        cleaner = cleaners.get(out) or cleaners.setdefault(out, ReferenceCleaner(out))
+        return cleaner.clean(source)
+
+    return run
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--stills", type=int, default=20)
+    parser.add_argument("--cines", type=int, default=3)
+    parser.add_argument("--repeat", type=int, default=3)
+    args = parser.parse_args()
+    sides: dict[str, Side] = {
+        "ours, header": ours(Deidentifier(load_profile(), SECRET)),
+        "ours, +pixels": ours(Deidentifier(load_profile(options=["clean-pixel-data"]), SECRET)),
+    }
+    print(f"# pixel text benchmark  {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}  "
+          f"{os.cpu_count()} CPUs  load {os.getloadavg()[0]:.1f}")  # fmt: skip
+    print(f"{'instance':<22}{'MB':>6}{'side':>16}{'ms':>9}{'deid/ours':>11}  text left")
+    with tempfile.TemporaryDirectory(prefix="gridpacs-bench-pixels-", dir="/tmp") as tmp:
+        scratch = Path(tmp)
+        sides["deid cleaner"] = deid_cleaner(scratch)
+        for name, count, frames in (("US still 800x600", args.stills, 1),
+                                    ("US cine 20x800x600", args.cines, 20)):  # fmt: skip
+            if count <= 0:
+                continue
+            folder = scratch / name.split()[1]
+            folder.mkdir()
+            files = []
+            for n in range(count):
+                ds = make_ultrasound(rows=600, columns=800, frames=frames, banner_rows=59)
+                files.append(folder / f"{n}.dcm")
+                files[-1].write_bytes(to_bytes(ds))
+            times: dict[str, list[float]] = {side: [] for side in sides}
+            left: dict[str, bool] = dict.fromkeys(sides, False)
+            for round_ in range(args.repeat):
+                for side, run in sides.items():
+                    out = scratch / f"out-{round_}-{side.replace(' ', '_').replace(',', '')}"
+                    out.mkdir()
+                    for source in files:
+                        started = time.perf_counter()
+                        target = run(source, out)
+                        times[side].append(time.perf_counter() - started)
+                        data = target.read_bytes() if target else source.read_bytes()
+                        left[side] |= BANNER_TEXT[:12] in data
+                    shutil.rmtree(out)
+            medians = {side: statistics.median(t) * 1000 for side, t in times.items()}
+            size = files[0].stat().st_size / 1e6
+            for side, ms in medians.items():
+                ratio = medians["deid cleaner"] / ms
+                print(f"{name:<22}{size:>6.1f}{side:>16}{ms:>9.1f}{ratio:>10.1f}x  "
+                      f"{'yes' if left[side] else 'no'}")  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,312 @@
+"""Text burned into pixels: screened by a recipe's ``%filter``, blanked where devices write it.
+
+The instances are native ultrasound images whose top rows carry a patient banner as pixel
+bytes (:func:`tests.factories.make_ultrasound`): the checks search the output *bytes* for
+that text, and compare every pixel outside the blanked rectangles with the input's.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from pydicom import dcmread
+from pydicom.datadict import dictionary_VR, tag_for_keyword
+from pydicom.dataset import Dataset, FileDataset
+from pydicom.encaps import encapsulate
+from pydicom.sequence import Sequence
+from pydicom.uid import JPEGBaseline8Bit
+
+from anonymizer import (
+    Deidentifier,
+    PixelsFlagged,
+    PixelsNotCleanable,
+    RecipeError,
+    load_profile,
+)
+from anonymizer.blanking import CannotBlank, Geometry, blank
+from anonymizer.errors import BurnedInAnnotation
+from anonymizer.profiles import CLEAN_PIXEL_DATA, HEADER_OPTIONS
+from anonymizer.screening import FilterItem, Region
+from tests.anonymizer.conftest import SITE_A, both_paths
+from tests.anonymizer.corpus import Corpus, find_leaks
+from tests.factories import BANNER_TEXT, make_dataset, make_ultrasound, to_bytes
+
+#: A site's own recipe: where its (fictional) scanner writes the banner, in deid's syntax.
+SITE_FILTERS = """FORMAT dicom
+
+%filter graylist
+
+LABEL Philips banner # the top 20 rows
+  contains Modality US
+  + contains Manufacturer Philips
+  coordinates 0,0,160,20
+
+LABEL ACME flags only
+  contains Manufacturer ACME
+
+%filter blacklist
+
+LABEL Screen saves
+  contains ImageType SAVE
+  || contains SeriesDescription Report
+"""
+
+
+def _recipe(tmp_path: Path, text: str = SITE_FILTERS, name: str = "deid.site") -> Path:
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+def _site(tmp_path: Path, **kwargs: Any) -> Deidentifier:
+    return Deidentifier(load_profile(extra_recipes=[_recipe(tmp_path)]), SITE_A, **kwargs)
+
+
+def _pixels(data: bytes) -> np.ndarray:
+    return np.frombuffer(dcmread(io.BytesIO(data)).PixelData, dtype=np.uint8)
+
+
+def _expected(ds: Dataset, rows: int) -> np.ndarray:
+    """``ds``'s pixel bytes with the top ``rows`` rows of every frame and plane zeroed."""
+    frames, samples = int(ds.NumberOfFrames), int(ds.SamplesPerPixel)
+    planar = int(ds.get("PlanarConfiguration", 0))
+    bytes_per = int(ds.BitsAllocated) // 8
+    pixels = np.frombuffer(ds.PixelData, dtype=np.uint8).copy()
+    if samples > 1 and planar == 1:
+        pixels.reshape(frames, samples, ds.Rows, -1)[:, :, :rows] = 0
+    else:
+        pixels.reshape(frames, ds.Rows, ds.Columns * samples * bytes_per)[:, :rows] = 0
+    return pixels
+
+
+@pytest.mark.parametrize(
+    ("samples", "planar"), [(3, 0), (3, 1), (1, 0)], ids=["rgb", "rgb-planar", "mono"]
+)
+def test_a_scanner_banner_is_blanked_in_every_frame_and_plane(
+    tmp_path: Path, samples: int, planar: int
+) -> None:
+    ds = make_ultrasound(samples=samples, planar=planar, frames=3)
+    ds.BurnedInAnnotation = "YES"  # cleaned where it is known to be: accepted
+    source = to_bytes(ds)
+    assert BANNER_TEXT[:12] in source
+    for path, output in both_paths(_site(tmp_path), source).items():
+        assert BANNER_TEXT[:12] not in output, path
+        assert np.array_equal(_pixels(output), _expected(ds, rows=20)), path
+        out = dcmread(io.BytesIO(output))
+        assert out.BurnedInAnnotation == "NO"
+        assert "Clean Pixel Data Option" not in out.DeidentificationMethod  # site filters only
+
+
+def test_sixteen_bit_pixels_are_blanked_by_whole_samples(tmp_path: Path) -> None:
+    ds = make_dataset(rows=40, columns=160)
+    ds.Modality, ds.Manufacturer, ds.NumberOfFrames = "US", "Philips", 1
+    ds.PixelData = (BANNER_TEXT * 400)[: 40 * 160 * 2]
+    [output] = set(both_paths(_site(tmp_path), to_bytes(ds)).values())
+    assert np.array_equal(_pixels(output), _expected(ds, rows=20))
+    assert BANNER_TEXT[:12] in output[-20 * 320 :]  # the rows below: untouched
+
+
+def test_without_filters_or_a_match_the_pixels_are_untouched(tmp_path: Path) -> None:
+    ds = make_ultrasound(manufacturer="Siemens")
+    source = to_bytes(ds)
+    for deid in (Deidentifier(load_profile(), SITE_A), _site(tmp_path)):
+        [output] = set(both_paths(deid, source).values())
+        assert _pixels(output).tobytes() == ds.PixelData
+        assert "BurnedInAnnotation" not in dcmread(io.BytesIO(output))
+
+
+def test_a_blacklist_and_a_group_with_no_rectangle_refuse_with_the_label(tmp_path: Path) -> None:
+    deid = _site(tmp_path)
+    saved = make_ultrasound(manufacturer="Siemens")
+    saved.ImageType = ["DERIVED", "SECONDARY", "SCREEN SAVE"]
+    report = make_ultrasound(manufacturer="Siemens")
+    report.SeriesDescription = "Dose Report"  # the second line alone: `||` is OR
+    acme = make_ultrasound(manufacturer="ACME Imaging")
+    for ds, label in ((saved, "Screen saves"), (report, "Screen saves"), (acme, "ACME flags")):
+        with pytest.raises(PixelsFlagged, match=label):
+            deid.deidentify_bytes(to_bytes(ds))
+        with pytest.raises(PixelsFlagged, match=label):
+            deid.deidentify(ds)
+    # The caller may accept them: nothing is cleaned, nothing refused.
+    allowed = _site(tmp_path, allow_burned_in=True)
+    assert _pixels(allowed.deidentify_bytes(to_bytes(acme))).tobytes() == acme.PixelData
+
+
+def test_a_whitelist_decides_first_and_burned_in_yes_is_still_refused(tmp_path: Path) -> None:
+    recipe = _recipe(
+        tmp_path,
+        "FORMAT dicom\n%filter whitelist\nLABEL trusted\n  contains Manufacturer Philips\n"
+        + SITE_FILTERS.split("\n", 1)[1],
+    )
+    deid = Deidentifier(load_profile(extra_recipes=[recipe]), SITE_A)
+    ds = make_ultrasound()
+    assert _pixels(deid.deidentify_bytes(to_bytes(ds))).tobytes() == ds.PixelData
+    ds.BurnedInAnnotation = "YES"
+    with pytest.raises(BurnedInAnnotation, match="BurnedInAnnotation is YES"):
+        deid.deidentify_bytes(to_bytes(ds))
+
+
+def test_pixels_that_cannot_be_blanked_in_place_are_refused_with_the_reason(
+    tmp_path: Path,
+) -> None:
+    deid = _site(tmp_path, allow_burned_in=True)  # refused even so: the text is known
+    jpeg = make_ultrasound(frames=1)
+    jpeg.PixelData = encapsulate([b"\xff\xd8" + BANNER_TEXT + b"\xff\xd9"])
+    jpeg["PixelData"].VR = "OB"
+    jpeg.file_meta.TransferSyntaxUID = JPEGBaseline8Bit
+    subsampled = make_ultrasound()
+    subsampled.PhotometricInterpretation = "YBR_FULL_422"
+    for ds, reason in (
+        (jpeg, "compressed \\(JPEG Baseline"),
+        (subsampled, "YBR_FULL_422"),
+    ):
+        with pytest.raises(PixelsNotCleanable, match=reason):
+            deid.deidentify_bytes(to_bytes(ds))
+
+
+def test_pixel_data_shorter_than_its_geometry_is_not_blanked() -> None:
+    # The Part 10 reader refuses a truncated file first; the blanker checks on its own.
+    geometry = Geometry(frames=2, rows=10, columns=10, samples=1, planar=0, bytes_per_sample=1)
+    with pytest.raises(CannotBlank, match="150 bytes, 200 expected"):
+        blank(bytes(150), geometry, [Region(keep=False, box=(0, 0, 5, 5))])
+    assert blank(bytes(200), geometry, [Region(keep=True)]) is None  # nothing cleared
+
+
+def test_keep_regions_come_back_after_a_blank_all(tmp_path: Path) -> None:
+    # deid's ultrasound recipe blanks everything but the scanning regions the header names.
+    recipe = _recipe(
+        tmp_path,
+        "FORMAT dicom\n%filter graylist\n"
+        "LABEL Blank image\n  coordinates all\n"
+        "LABEL Keep ultrasound regions\n  present SequenceOfUltrasoundRegions\n"
+        "  keepcoordinates from:SequenceOfUltrasoundRegions\n",
+    )
+    ds = make_ultrasound(samples=1)
+    region = Dataset()
+    region.RegionLocationMinX0, region.RegionLocationMinY0 = 10, 25
+    region.RegionLocationMaxX1, region.RegionLocationMaxY1 = 149, 109  # inclusive corners
+    ds.SequenceOfUltrasoundRegions = Sequence([region])
+    deid = Deidentifier(load_profile(extra_recipes=[recipe]), SITE_A)
+    [output] = set(both_paths(deid, to_bytes(ds)).values())
+    got = _pixels(output).reshape(2, 120, 160).copy()
+    before = np.frombuffer(ds.PixelData, dtype=np.uint8).reshape(2, 120, 160)
+    inside = (slice(None), slice(25, 110), slice(10, 150))
+    assert np.array_equal(got[inside], before[inside])
+    got[inside] = 0
+    assert not got.any()
+
+
+def test_deids_packaged_filters_blank_a_known_scanner_and_mark_the_option() -> None:
+    ds = make_ultrasound(rows=600, columns=800, frames=1, banner_rows=59)
+    deid = Deidentifier(load_profile(options=[CLEAN_PIXEL_DATA]), SITE_A)
+    [output] = set(both_paths(deid, to_bytes(ds)).values())
+    assert BANNER_TEXT[:12] not in output
+    assert np.array_equal(_pixels(output), _expected(ds, rows=59))
+    out = dcmread(io.BytesIO(output))
+    codes = [item.CodeValue for item in out.DeidentificationMethodCodeSequence]
+    assert codes == ["113100", "113101"]
+    assert "Clean Pixel Data Option" in out.DeidentificationMethod
+    # deid's blacklist, tried after its known devices: an image of no known device and
+    # with no ImageType may be anything (a scanned form).
+    unknown = make_ultrasound(manufacturer="Nobody", model="X1")
+    del unknown.ImageType
+    with pytest.raises(PixelsFlagged, match="Missing ImageType"):
+        deid.deidentify_bytes(to_bytes(unknown))
+
+
+def _satisfying(item: FilterItem) -> Dataset | None:
+    """A header meeting every criterion of an AND-only item of contains/equals lines."""
+    ds = Dataset()
+    for clause in item.clauses:
+        if clause.joiner == "or" or "or" in clause.operators:
+            return None
+        for condition in clause.conditions:
+            tag = tag_for_keyword(condition.field)
+            if condition.action not in ("contains", "equals") or tag is None or tag >> 16 == 2:
+                return None
+            text = (condition.value or "").strip()  # `equals` is literal, `contains` a regex
+            if condition.action == "contains":
+                text = re.split(r"\|", text)[0].strip()
+                if re.escape(text) != text.replace(" ", "\\ "):
+                    return None  # a regex (`DERIVED+SECONDARY`): no plain value meets it
+            vr = dictionary_VR(tag)
+            if vr in ("US", "SS", "IS", "UL") and not text.isdigit():
+                return None  # e.g. `equals Rows 600|768`, which neither deid nor we match
+            value: Any = int(text) if vr in ("US", "SS", "IS", "UL") else text
+            if condition.field in ds and str(ds[condition.field].value) != str(value):
+                value = f"{ds[condition.field].value} {value}"  # two `contains` on one field
+            setattr(ds, condition.field, value)
+    ds.ImageType = ds.get("ImageType", "ORIGINAL")
+    return ds
+
+
+def test_every_known_device_of_deids_recipe_is_cleaned_where_deid_cleans_it() -> None:
+    """Our reading of deid's packaged graylist agrees with deid's own detector, item by
+    item: for a header built to meet each item, both find it and name its rectangles."""
+    from deid.config import DeidRecipe
+    from deid.dicom.pixels.detect import has_burned_pixels
+    from pydicom.dataset import FileMetaDataset
+
+    os.environ.setdefault("MESSAGELEVEL", "-1")
+    profile = load_profile(options=[CLEAN_PIXEL_DATA])
+    recipe = DeidRecipe("dicom")
+    checked = 0
+    for item in profile.screen.items:
+        boxes = {region.box for region in item.regions if not region.keep}
+        ds = _satisfying(item) if item.group == "graylist" and boxes else None
+        if ds is None:
+            continue
+        verdict = profile.screen.verdict(ds)
+        if verdict.group == "whitelist":
+            continue  # deid's whitelist (a Sensation 64 CT) decides first, for both
+        assert verdict.group == "graylist" and item.label in verdict.labels, item.label
+        assert boxes <= {region.box for region in verdict.regions}, item.label
+        wrapped = FileDataset("x", ds, file_meta=FileMetaDataset(), preamble=b"\0" * 128)
+        found = has_burned_pixels(wrapped, deid=recipe)
+        theirs = {
+            tuple(int(v) for v in coordinate.split(","))
+            for result in found["results"]
+            if result["group"] == "graylist"
+            for _, coordinate in result["coordinates"]
+        }
+        assert boxes <= theirs, item.label
+        checked += 1
+    assert checked >= 80  # of deid's 109 graylist items: AND-only, plain values (85 in 0.4.13)
+
+
+def test_the_header_leak_corpus_stays_clean_with_pixel_cleaning(
+    corpora: list[tuple[Corpus, bytes]],
+) -> None:
+    profile = load_profile(options=[*HEADER_OPTIONS[1:], CLEAN_PIXEL_DATA])
+    deid = Deidentifier(profile, SITE_A)
+    for corpus, data in corpora:
+        ds = dcmread(io.BytesIO(data))
+        ds.ImageType = ["ORIGINAL", "PRIMARY"]  # else deid's blacklist refuses it
+        source = to_bytes(ds)
+        for output in both_paths(deid, source).values():
+            assert find_leaks(output, corpus, profile.table) == [], corpus.charset.name
+
+
+@pytest.mark.parametrize(
+    ("filters", "message"),
+    [
+        ("LABEL x\n  startswith Modality US\n", "not a filter criterion"),
+        ("  contains Modality US\nLABEL x\n", "before the first LABEL"),
+        ("LABEL x\n  contains Modality\n", "needs a field and a value"),
+        ("LABEL x\n  contains Modality US\n  coordinates 0,0,10\n", "x0,y0,x1,y1"),
+        ("LABEL x\n  contains Modality US\n  coordinates 0,-5,10,10\n", "negative"),
+    ],
+)
+def test_a_broken_filter_is_reported(tmp_path: Path, filters: str, message: str) -> None:
+    recipe = _recipe(tmp_path, "FORMAT dicom\n%filter graylist\n" + filters)
+    with pytest.raises(RecipeError, match=message):
+        load_profile(extra_recipes=[recipe])
+    unnamed = _recipe(tmp_path, "FORMAT dicom\n%filter\nLABEL x\n  present Modality\n", "deid.x")
+    with pytest.raises(RecipeError, match="a filter section is named"):
+        load_profile(extra_recipes=[unnamed])
