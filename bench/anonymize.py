@@ -107,20 +107,27 @@ Times = tuple[float, float]
 Runner = Callable[[list[Path], Path], "Times | None"]
 
 
+def deidentify_file(deid: Deidentifier, path: Path, out: Path) -> Path:
+    """One file through our engine into a plain file in ``out`` (no temporary file, no
+    fsync: the way deid's pipeline writes); returns the output's path."""
+    with open_source(path) as source:
+        result = deidentify_source(deid, source)
+        target = out / f"{result.sop_instance_uid}.dcm"
+        fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        try:
+            write_instance(fd, result, source)
+        finally:
+            os.close(fd)
+    return target
+
+
 def engine_runner() -> Runner:
     """Our engine, file in and plain file out, in this process."""
 
     def run(files: list[Path], out: Path) -> None:
         deid = Deidentifier(load_profile(), SECRET)
-        flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC
         for path in files:
-            with open_source(path) as source:
-                result = deidentify_source(deid, source)
-                fd = os.open(out / f"{result.sop_instance_uid}.dcm", flags, 0o644)
-                try:
-                    write_instance(fd, result, source)
-                finally:
-                    os.close(fd)
+            deidentify_file(deid, path, out)
 
     return run
 

@@ -34,29 +34,17 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from anonymize import SECRET  # noqa: E402
+from anonymize import SECRET, deidentify_file  # noqa: E402
 
 from anonymizer import Deidentifier, load_profile  # noqa: E402
 from anonymizer._deid import ReferenceCleaner  # noqa: E402
-from anonymizer.files import deidentify_source, open_source, write_instance  # noqa: E402
 from tests.factories import BANNER_TEXT, make_ultrasound, to_bytes  # noqa: E402
 
 Side = Callable[[Path, Path], Path | None]
 
 
 def ours(deid: Deidentifier) -> Side:
-    def run(source: Path, out: Path) -> Path:
-        with open_source(source) as src:
-            result = deidentify_source(deid, src)
-            target = out / f"{result.sop_instance_uid}.dcm"
-            fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-            try:
-                write_instance(fd, result, src)
-            finally:
-                os.close(fd)
-        return target
-
-    return run
+    return lambda source, out: deidentify_file(deid, source, out)
 
 
 def deid_cleaner(scratch: Path) -> Side:

@@ -35,11 +35,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from anonymize import SECRET, deid_functions  # noqa: E402
+from anonymize import SECRET, deid_functions, deidentify_file  # noqa: E402
 
 from anonymizer import Deidentifier, load_profile  # noqa: E402
 from anonymizer._deid import run_reference_pipeline  # noqa: E402
-from anonymizer.files import deidentify_source, open_source, write_instance  # noqa: E402
 from tests.anonymizer.video_streams import (  # noqa: E402
     H264_MPEG,
     MPEG2_MAIN,
@@ -67,18 +66,6 @@ def noisy_clip(codec: str) -> bytes:
         for packet in stream.encode():
             container.mux(packet)
     return out.getvalue()
-
-
-def ours(deid: Deidentifier, source: Path, out: Path) -> Path:
-    with open_source(source) as src:
-        result = deidentify_source(deid, src)
-        target = out / f"{result.sop_instance_uid}.dcm"
-        fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-        try:
-            write_instance(fd, result, src)
-        finally:
-            os.close(fd)
-    return target
 
 
 def theirs(source: Path, out: Path) -> Path:
@@ -116,7 +103,8 @@ def main() -> None:
                     out = Path(scratch) / f"{side}-{round_}"
                     out.mkdir()
                     started = time.perf_counter()
-                    target = ours(deid, source, out) if side == "ours" else theirs(source, out)
+                    target = (deidentify_file(deid, source, out) if side == "ours"
+                              else theirs(source, out))  # fmt: skip
                     times[side].append(time.perf_counter() - started)
                     data = target.read_bytes()
                     left[side] = any(text in data for text in planted)
