@@ -2,9 +2,11 @@
 
 The mask is deid's: every pixel starts kept; the regions are applied in recipe order, a
 ``coordinates`` region clearing its rectangle and a ``keepcoordinates`` one restoring it;
-what ends cleared is set to zero in every frame and every sample. Only native (uncompressed)
-pixel data of whole bytes per sample can be blanked in place; anything else is refused with
-the reason, never passed on with the text still in it.
+what ends cleared is set to zero in every frame and every sample. Native pixel data of
+whole bytes per sample is blanked in place. Compressed and chroma-subsampled pixel data is
+first decoded to native samples by pydicom's decoders (:func:`decode_to_native`), as deid's
+cleaner does: the output is then uncompressed, and says so. What cannot be decoded or
+blanked is refused with the reason, never passed on with the text still in it.
 """
 
 from __future__ import annotations
@@ -13,12 +15,25 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
-from pydicom.dataset import Dataset
+from pydicom.dataelem import DataElement
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import UID
 
 from anonymizer.screening import Region
 
-#: Photometric interpretations whose native samples are one per pixel per plane.
-_SUBSAMPLED = frozenset({"YBR_FULL_422", "YBR_PARTIAL_422", "YBR_PARTIAL_420"})
+#: Photometric interpretations whose chroma samples are shared between columns.
+SUBSAMPLED = frozenset({"YBR_FULL_422", "YBR_PARTIAL_422", "YBR_PARTIAL_420"})
+#: Transfer syntaxes whose decoded pixels are not the original's: LossyImageCompression
+#: stays 01 once they have been decoded.
+_LOSSY = frozenset(
+    {
+        "1.2.840.10008.1.2.4.50",  # JPEG Baseline
+        "1.2.840.10008.1.2.4.51",  # JPEG Extended
+        "1.2.840.10008.1.2.4.81",  # JPEG-LS near-lossless
+        "1.2.840.10008.1.2.4.91",  # JPEG 2000 (lossy allowed)
+        "1.2.840.10008.1.2.4.203",  # HTJ2K (lossy allowed)
+    }
+)
 
 
 class CannotBlank(ValueError):
@@ -44,7 +59,7 @@ class Geometry:
     def of(cls, ds: Dataset) -> Geometry:
         """Read from the image pixel module of ``ds`` (raises :class:`CannotBlank`)."""
         photometric = str(ds.get("PhotometricInterpretation", "")).strip().upper()
-        if photometric in _SUBSAMPLED:
+        if photometric in SUBSAMPLED:
             raise CannotBlank(f"{photometric} pixels share chroma between columns")
         bits = int(ds.get("BitsAllocated", 0) or 0)
         if bits <= 0 or bits % 8:
@@ -61,6 +76,42 @@ class Geometry:
             )
         except (AttributeError, TypeError, ValueError) as exc:
             raise CannotBlank(f"the image pixel module is incomplete: {exc}") from exc
+
+
+def decode_to_native(ds: Dataset, syntax: str) -> None:
+    """Replace ``ds``'s pixel data (in ``syntax``) by its decoded samples, native and
+    interleaved, little endian, colour as RGB; the image pixel module follows.
+
+    Raises :class:`CannotBlank` when pydicom has no decoder installed for ``syntax`` (the
+    MPEG video syntaxes, JPEG-LS without its plug-in) or the data does not decode.
+    """
+    from pydicom.pixels import get_decoder
+
+    try:
+        decoder = get_decoder(syntax)
+    except NotImplementedError:
+        raise CannotBlank("pydicom has no decoder for this transfer syntax") from None
+    if not decoder.is_available:
+        raise CannotBlank("no decoder for it is installed (pydicom: JPEG-LS needs pyjpegls)")
+    view = Dataset(ds)  # the same elements, with the syntax the decoder asks for
+    view.file_meta = FileMetaDataset()
+    view.file_meta.TransferSyntaxUID = UID(syntax)
+    try:
+        array, changed = decoder.as_array(view)
+    except Exception as exc:  # the plug-ins raise what their libraries raise
+        raise CannotBlank(f"the pixel data does not decode: {exc}") from exc
+    data = array.astype(array.dtype.newbyteorder("<"), copy=False).tobytes()
+    bits = int(changed.get("bits_allocated", ds.get("BitsAllocated", 8)))
+    ds.PhotometricInterpretation = str(
+        changed.get("photometric_interpretation", ds.PhotometricInterpretation)
+    )
+    if int(ds.get("SamplesPerPixel", 1) or 1) > 1:
+        ds.PlanarConfiguration = 0
+    if syntax in _LOSSY:
+        ds.LossyImageCompression = "01"
+    ds[0x7FE00010] = DataElement(
+        0x7FE00010, "OB" if bits <= 8 else "OW", data + b"\0" * (len(data) % 2)
+    )
 
 
 def mask(regions: Sequence[Region], rows: int, columns: int) -> np.ndarray:

@@ -22,7 +22,7 @@ from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
 from anonymizer.actions import Action, ActionTable, Rule
 from anonymizer.bitstream import inspected, scrub_encapsulated
-from anonymizer.blanking import CannotBlank, Geometry, blank
+from anonymizer.blanking import SUBSAMPLED, CannotBlank, Geometry, blank, decode_to_native
 from anonymizer.elements import (
     Encoding,
     ascii_element,
@@ -243,8 +243,8 @@ class Deidentifier:
         for tag, elem in marking_elements(self.profile, instance.encoding).items():
             out[tag] = elem
         meta = self._meta_values(ds, out)
-        if verdict.cleans:  # first: compressed pixels are refused before being parsed
-            _blank_regions(out, meta[0x00020010], verdict)
+        if verdict.cleans:  # first: compressed pixels are decoded (or refused) first
+            _blank_regions(out, meta, verdict)
         _blank_bitstream_text(out, meta[0x00020010])
         if self._reid_map is not None:
             for kind, pseudonym, original in instance.mappings:
@@ -551,17 +551,26 @@ def _blank_bitstream_text(out: Dataset, syntax: str) -> None:
         )
 
 
-def _blank_regions(out: Dataset, syntax: str, verdict: Verdict) -> None:
-    """Zero the rectangles a filter names in ``out``'s native pixel data, and say so:
-    BurnedInAnnotation becomes NO (as CTP's pixel anonymizer sets it). Raises
-    :class:`PixelsNotCleanable` where that cannot be done in place."""
+def _blank_regions(out: Dataset, meta: dict[int, str], verdict: Verdict) -> None:
+    """Zero the rectangles a filter names in ``out``'s pixel data, and say so:
+    BurnedInAnnotation becomes NO (as CTP's pixel anonymizer sets it). Compressed or
+    chroma-subsampled pixels are decoded first, and the output's transfer syntax becomes
+    Explicit VR Little Endian (``meta`` is updated). Raises :class:`PixelsNotCleanable`
+    where that cannot be done."""
     if _PIXEL_DATA not in out:
         return  # no pixels, no text in them
-    if syntax not in (ExplicitVRLittleEndian, ImplicitVRLittleEndian, _EXPLICIT_BIG):
-        raise PixelsNotCleanable(
-            f"{verdict.reason}, but the pixels are compressed ({_syntax_name(syntax)}): "
-            "they cannot be blanked without decoding; refused"
-        )
+    syntax = meta[0x00020010]
+    photometric = str(out.get("PhotometricInterpretation", "")).strip().upper()
+    native = syntax in (ExplicitVRLittleEndian, ImplicitVRLittleEndian, _EXPLICIT_BIG)
+    if not native or photometric in SUBSAMPLED:
+        try:
+            decode_to_native(out, syntax)
+        except CannotBlank as exc:
+            raise PixelsNotCleanable(
+                f"{verdict.reason}, but the pixels ({_syntax_name(syntax)}, {photometric}) "
+                f"cannot be blanked: {exc}; refused"
+            ) from exc
+        meta[0x00020010] = ExplicitVRLittleEndian
     elem = out.get_item(_PIXEL_DATA)
     try:
         blanked = blank(elem.value or b"", Geometry.of(out), verdict.regions)

@@ -33,8 +33,9 @@ class PixelsFlagged(BurnedInAnnotation):
 
 
 class PixelsNotCleanable(BurnedInAnnotation):
-    """A filter names rectangles to blank, but the pixel data cannot be blanked in place
-    (compressed, chroma-subsampled, bit-packed, shorter than its geometry)."""
+    """A filter names rectangles to blank, but the pixel data cannot be blanked: no decoder
+    for its transfer syntax (video, JPEG-LS without its plug-in), data that does not decode,
+    bit-packed samples, fewer bytes than its geometry."""
 
 
 class EncapsulatedDocument(AnonymizationError):

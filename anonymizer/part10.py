@@ -258,6 +258,9 @@ def _check_pixels(ds: Dataset) -> None:
         raise UnreadableInput("image attributes but no pixel data (truncated?)")
     frames = int(peek(ds, 0x00280008) or 1)
     samples = int(peek(ds, 0x00280002) or 1)
+    photometric = str(peek(ds, 0x00280004) or "").strip().upper()
+    if samples == 3 and photometric in ("YBR_FULL_422", "YBR_PARTIAL_422"):
+        samples = 2  # native 4:2:2 stores Y Y Cb Cr per pair of columns (PS3.3 C.7.6.3.1.2)
     expected = (rows * columns * samples * frames * bits + 7) // 8
     pixels = ds.get_item(_PIXEL_DATA)
     length = len(pixels.value) if pixels is not None and pixels.value is not None else 0

@@ -15,12 +15,14 @@ from typing import Any
 
 import numpy as np
 import pytest
+from PIL import Image
 from pydicom import dcmread
 from pydicom.datadict import dictionary_VR, tag_for_keyword
 from pydicom.dataset import Dataset, FileDataset
 from pydicom.encaps import encapsulate
+from pydicom.pixels import get_decoder
 from pydicom.sequence import Sequence
-from pydicom.uid import JPEGBaseline8Bit
+from pydicom.uid import MPEG2MPML, ExplicitVRLittleEndian, JPEGBaseline8Bit
 
 from anonymizer import (
     Deidentifier,
@@ -152,19 +154,58 @@ def test_a_whitelist_decides_first_and_burned_in_yes_is_still_refused(tmp_path: 
         deid.deidentify_bytes(to_bytes(ds))
 
 
-def test_pixels_that_cannot_be_blanked_in_place_are_refused_with_the_reason(
-    tmp_path: Path,
-) -> None:
+def _jpeg_ultrasound() -> Dataset:
+    """make_ultrasound's frames as JPEG Baseline (Pillow), YBR_FULL_422 as scanners send."""
+    ds = make_ultrasound(frames=2)
+    frames = []
+    for frame in np.frombuffer(ds.PixelData, dtype=np.uint8).reshape(2, 120, 160, 3):
+        encoded = io.BytesIO()
+        Image.fromarray(frame).save(encoded, format="JPEG", quality=95)
+        frames.append(encoded.getvalue())
+    ds.PixelData = encapsulate(frames)
+    ds["PixelData"].VR = "OB"
+    ds.PhotometricInterpretation = "YBR_FULL_422"
+    ds.file_meta.TransferSyntaxUID = JPEGBaseline8Bit
+    return ds
+
+
+def test_compressed_pixels_are_decoded_blanked_and_written_native(tmp_path: Path) -> None:
+    ds = _jpeg_ultrasound()
+    decoded = get_decoder(JPEGBaseline8Bit).as_array(ds)[0]  # what any reader shows
+    assert decoded[:, :20].any()
+    [output] = set(both_paths(_site(tmp_path), to_bytes(ds)).values())
+    out = dcmread(io.BytesIO(output))
+    assert out.file_meta.TransferSyntaxUID == ExplicitVRLittleEndian
+    assert (out.PhotometricInterpretation, out.PlanarConfiguration) == ("RGB", 0)
+    assert out.LossyImageCompression == "01" and out.BurnedInAnnotation == "NO"
+    pixels = out.pixel_array
+    assert not pixels[:, :20].any()
+    assert np.array_equal(pixels[:, 20:], decoded[:, 20:])
+
+
+def test_native_chroma_subsampled_pixels_are_decoded_to_rgb_and_blanked(tmp_path: Path) -> None:
+    ds = make_ultrasound(frames=1, columns=160)
+    ds.PhotometricInterpretation = "YBR_FULL_422"
+    ds.PixelData = ds.PixelData[: 120 * 160 * 2]  # two bytes a pixel: Y Y Cb Cr per pair
+    # Without filters it passes as it is (it was once taken for truncated pixel data).
+    plain = Deidentifier(load_profile(), SITE_A).deidentify_bytes(to_bytes(ds))
+    assert _pixels(plain).tobytes() == ds.PixelData
+    [output] = set(both_paths(_site(tmp_path), to_bytes(ds)).values())
+    out = dcmread(io.BytesIO(output))
+    assert out.PhotometricInterpretation == "RGB"
+    assert not out.pixel_array[:20].any() and out.pixel_array[20:].any()
+
+
+def test_pixels_that_cannot_be_decoded_are_refused_with_the_reason(tmp_path: Path) -> None:
     deid = _site(tmp_path, allow_burned_in=True)  # refused even so: the text is known
-    jpeg = make_ultrasound(frames=1)
-    jpeg.PixelData = encapsulate([b"\xff\xd8" + BANNER_TEXT + b"\xff\xd9"])
-    jpeg["PixelData"].VR = "OB"
-    jpeg.file_meta.TransferSyntaxUID = JPEGBaseline8Bit
-    subsampled = make_ultrasound()
-    subsampled.PhotometricInterpretation = "YBR_FULL_422"
+    broken = _jpeg_ultrasound()
+    broken.PixelData = encapsulate([b"\xff\xd8" + BANNER_TEXT + b"\xff\xd9"] * 2)
+    video = make_ultrasound(frames=1)
+    video.PixelData = encapsulate([b"\x00\x00\x01\xb3" + BANNER_TEXT])
+    video.file_meta.TransferSyntaxUID = MPEG2MPML
     for ds, reason in (
-        (jpeg, "compressed \\(JPEG Baseline"),
-        (subsampled, "YBR_FULL_422"),
+        (broken, "JPEG Baseline.*does not decode"),
+        (video, "MPEG2.*no decoder"),
     ):
         with pytest.raises(PixelsNotCleanable, match=reason):
             deid.deidentify_bytes(to_bytes(ds))
