@@ -168,3 +168,24 @@ def make_ultrasound(
     frame = bytes(plane) * planes
     ds.PixelData = frame * frames
     return ds
+
+
+def as_jpeg_baseline(ds: Dataset, quality: int = 95) -> Dataset:
+    """``ds`` (8-bit RGB, interleaved, from :func:`make_ultrasound`) with its frames encoded
+    as JPEG Baseline by Pillow, YBR_FULL_422 as ultrasound scanners send them."""
+    import numpy as np
+    from PIL import Image
+    from pydicom.encaps import encapsulate
+    from pydicom.uid import JPEGBaseline8Bit
+
+    shape = (int(ds.NumberOfFrames), int(ds.Rows), int(ds.Columns), 3)
+    frames = []
+    for frame in np.frombuffer(ds.PixelData, dtype=np.uint8).reshape(shape):
+        encoded = io.BytesIO()
+        Image.fromarray(frame).save(encoded, format="JPEG", quality=quality)
+        frames.append(encoded.getvalue())
+    ds.PixelData = encapsulate(frames)
+    ds["PixelData"].VR = "OB"
+    ds.PhotometricInterpretation = "YBR_FULL_422"
+    ds.file_meta.TransferSyntaxUID = JPEGBaseline8Bit
+    return ds

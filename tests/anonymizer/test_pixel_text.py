@@ -15,7 +15,6 @@ from typing import Any
 
 import numpy as np
 import pytest
-from PIL import Image
 from pydicom import dcmread
 from pydicom.datadict import dictionary_VR, tag_for_keyword
 from pydicom.dataset import Dataset, FileDataset
@@ -37,7 +36,13 @@ from anonymizer.profiles import CLEAN_PIXEL_DATA, HEADER_OPTIONS
 from anonymizer.screening import FilterItem, Region
 from tests.anonymizer.conftest import SITE_A, both_paths
 from tests.anonymizer.corpus import Corpus, find_leaks
-from tests.factories import BANNER_TEXT, make_dataset, make_ultrasound, to_bytes
+from tests.factories import (
+    BANNER_TEXT,
+    as_jpeg_baseline,
+    make_dataset,
+    make_ultrasound,
+    to_bytes,
+)
 
 #: A site's own recipe: where its (fictional) scanner writes the banner, in deid's syntax.
 SITE_FILTERS = """FORMAT dicom
@@ -155,18 +160,7 @@ def test_a_whitelist_decides_first_and_burned_in_yes_is_still_refused(tmp_path: 
 
 
 def _jpeg_ultrasound() -> Dataset:
-    """make_ultrasound's frames as JPEG Baseline (Pillow), YBR_FULL_422 as scanners send."""
-    ds = make_ultrasound(frames=2)
-    frames = []
-    for frame in np.frombuffer(ds.PixelData, dtype=np.uint8).reshape(2, 120, 160, 3):
-        encoded = io.BytesIO()
-        Image.fromarray(frame).save(encoded, format="JPEG", quality=95)
-        frames.append(encoded.getvalue())
-    ds.PixelData = encapsulate(frames)
-    ds["PixelData"].VR = "OB"
-    ds.PhotometricInterpretation = "YBR_FULL_422"
-    ds.file_meta.TransferSyntaxUID = JPEGBaseline8Bit
-    return ds
+    return as_jpeg_baseline(make_ultrasound(frames=2))
 
 
 def test_compressed_pixels_are_decoded_blanked_and_written_native(tmp_path: Path) -> None:
