@@ -105,7 +105,9 @@ def test_associations_are_event_driven_and_released(server: Server) -> None:
 
 
 def _wakeups() -> int:
-    """Context switches of this process's threads but the calling one, so far."""
+    """Voluntary context switches (a thread blocked, then woke) of this process's threads
+    but the calling one, so far. Involuntary ones are preemptions: they count the machine's
+    load, not the threads' polling, and a busy CI machine once pushed them past the bound."""
     me = threading.get_native_id()
     total = 0
     for task in os.listdir("/proc/self/task"):
@@ -116,7 +118,7 @@ def _wakeups() -> int:
         except OSError:  # the thread ended meanwhile
             continue
         for line in status.splitlines():
-            if line.startswith(("voluntary_ctxt_switches", "nonvoluntary_ctxt_switches")):
+            if line.startswith("voluntary_ctxt_switches"):
                 total += int(line.split()[1])
     return total
 
