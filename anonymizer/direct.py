@@ -51,6 +51,7 @@ from anonymizer.part10 import (
     SEQUENCE_END,
     Output,
     file_meta_bytes,
+    native_length,
     peek,
     writable_raw,
     write_element,
@@ -491,18 +492,28 @@ def _complete(data: bytes, scan: _Scan, syntax: str) -> bool:
             return False
         frames = int(_number(data, found.get(0x00280008)) or 1)
         samples = int(_number(data, found.get(0x00280002)) or 1)
-        expected = (int(rows) * int(columns) * samples * frames * int(bits) + 7) // 8
+        photometric = _ascii(data, found.get(_PHOTOMETRIC))
+        expected = native_length(int(rows), int(columns), samples, frames, int(bits), photometric)
     except ValueError:
         return False  # the general path decides what such values mean
     return pixels[4] - pixels[3] >= expected
 
 
-_CHECKED = frozenset({SOP_CLASS_UID, SOP_INSTANCE_UID, _PIXEL_DATA, *_IMAGE})
+_PHOTOMETRIC = 0x00280004
+_CHECKED = frozenset({SOP_CLASS_UID, SOP_INSTANCE_UID, _PIXEL_DATA, _PHOTOMETRIC, *_IMAGE})
 
 
 @lru_cache(maxsize=64)
 def _compressed(syntax: str) -> bool:
     return bool(UID(syntax).is_compressed)
+
+
+def _ascii(data: bytes, entry: _Entry | None) -> str:
+    """A short text value (CS) as it stands, padding stripped; empty when absent."""
+    if entry is None:
+        return ""
+    start, stop = entry[3], entry[4]
+    return bytes(data[start:stop]).decode("ascii", "replace").strip(" \x00")
 
 
 def _number(data: bytes, entry: _Entry | None) -> int | str | None:

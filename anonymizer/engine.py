@@ -232,7 +232,7 @@ class Deidentifier:
 
     def _deidentified(self, ds: Dataset) -> tuple[Dataset, dict[int, str]]:
         """The de-identified data set and its new file meta values (not yet a dataset)."""
-        verdict = self._screen.verdict(ds) if self._screen else Verdict()
+        verdict = self._screen.verdict(ds) if self._screen else _UNSCREENED
         self._check_content(ds, verdict)
         instance = _Instance(
             self._pseudo, ds, ds.original_encoding, record=self._reid_map is not None

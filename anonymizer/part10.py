@@ -246,6 +246,19 @@ def _check_complete(ds: Dataset) -> None:
     _check_pixels(ds)
 
 
+def native_length(
+    rows: int, columns: int, samples: int, frames: int, bits: int, photometric: str
+) -> int:
+    """Bytes of native pixel data the image pixel module describes (pad byte not counted).
+
+    Native 4:2:2 stores Y Y Cb Cr per pair of columns (PS3.3 C.7.6.3.1.2): two samples a
+    pixel, not the three SamplesPerPixel says.
+    """
+    if samples == 3 and photometric.strip().upper() in ("YBR_FULL_422", "YBR_PARTIAL_422"):
+        samples = 2
+    return (rows * columns * samples * frames * bits + 7) // 8
+
+
 def _check_pixels(ds: Dataset) -> None:
     meta = getattr(ds, "file_meta", None)
     syntax = peek(meta, 0x00020010) if meta is not None else None
@@ -258,10 +271,8 @@ def _check_pixels(ds: Dataset) -> None:
         raise UnreadableInput("image attributes but no pixel data (truncated?)")
     frames = int(peek(ds, 0x00280008) or 1)
     samples = int(peek(ds, 0x00280002) or 1)
-    photometric = str(peek(ds, 0x00280004) or "").strip().upper()
-    if samples == 3 and photometric in ("YBR_FULL_422", "YBR_PARTIAL_422"):
-        samples = 2  # native 4:2:2 stores Y Y Cb Cr per pair of columns (PS3.3 C.7.6.3.1.2)
-    expected = (rows * columns * samples * frames * bits + 7) // 8
+    photometric = str(peek(ds, 0x00280004) or "")
+    expected = native_length(rows, columns, samples, frames, bits, photometric)
     pixels = ds.get_item(_PIXEL_DATA)
     length = len(pixels.value) if pixels is not None and pixels.value is not None else 0
     if length < expected:

@@ -233,12 +233,15 @@ def _fold(
     return value
 
 
+_NO_META = Dataset()
+
+
 class _Facts:
     """One data set's attributes as the filters read them, each decoded once per verdict."""
 
     def __init__(self, ds: Dataset) -> None:
         self._ds = ds
-        self._meta = getattr(ds, "file_meta", None) or Dataset()
+        self._meta = getattr(ds, "file_meta", None) or _NO_META
         self._texts: dict[int | None, list[str]] = {}
 
     def _holder(self, tag: int) -> Dataset:
