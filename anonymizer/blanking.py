@@ -20,6 +20,7 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import UID
 
 from anonymizer.screening import Region
+from anonymizer.tail import ZeroRun, zero_bytes
 
 #: Photometric interpretations whose chroma samples are shared between columns.
 SUBSAMPLED = frozenset({"YBR_FULL_422", "YBR_PARTIAL_422", "YBR_PARTIAL_420"})
@@ -129,32 +130,69 @@ def mask(regions: Sequence[Region], rows: int, columns: int) -> np.ndarray:
 def blank(pixels: bytes, geometry: Geometry, regions: Sequence[Region]) -> bytearray | None:
     """A copy of ``pixels`` with the cleared area zeroed, or None when nothing is cleared.
 
-    The mask is zeroed as runs of rows that clear the same columns, each a plain slice
-    of every frame and plane (a boolean index over a cine loop costs ten times as much).
     Raises :class:`CannotBlank` when ``pixels`` is shorter than the geometry says (the
     frames it lacks cannot be checked; a trailing pad byte and longer data are fine).
     """
-    if len(pixels) < geometry.length:
-        raise CannotBlank(
-            f"pixel data holds {len(pixels)} bytes, {geometry.length} expected for "
-            f"{geometry.frames} frame(s) of {geometry.rows}x{geometry.columns}"
-        )
-    cleared = mask(regions, geometry.rows, geometry.columns)
-    if not cleared.any():
+    check_length(len(pixels), geometry)
+    runs = zero_runs(geometry, regions)
+    if not runs:
         return None
     out = bytearray(pixels)
-    g = geometry
-    image = np.frombuffer(out, dtype=np.uint8, count=g.length)
-    if g.samples > 1 and g.planar == 1:
-        planes = image.reshape(g.frames * g.samples, g.rows, g.columns * g.bytes_per_sample)
-        width = g.bytes_per_sample
-    else:
-        planes = image.reshape(g.frames, g.rows, g.columns * g.samples * g.bytes_per_sample)
-        width = g.samples * g.bytes_per_sample
-    for top, bottom, runs in _row_runs(cleared):
-        for left, right in runs:
-            planes[:, top:bottom, left * width : right * width] = 0
+    with memoryview(out) as view:
+        for start, length in runs:
+            view[start : start + length] = zero_bytes(length)
     return out
+
+
+def check_length(length: int, geometry: Geometry) -> None:
+    """Raise :class:`CannotBlank` when pixel data of ``length`` bytes lacks frames."""
+    if length < geometry.length:
+        raise CannotBlank(
+            f"pixel data holds {length} bytes, {geometry.length} expected for "
+            f"{geometry.frames} frame(s) of {geometry.rows}x{geometry.columns}"
+        )
+
+
+def zero_runs(geometry: Geometry, regions: Sequence[Region]) -> tuple[ZeroRun, ...]:
+    """The byte ranges of native pixel data that the regions clear, in every frame, plane
+    and sample byte: sorted, disjoint, adjacent ones merged (a band across the whole width
+    of every row is one run per frame).
+
+    Found per band of rows that clear the same columns: a rectangle gives one band, and a
+    boolean index over a cine loop would cost ten times as much. The same runs are zeroed
+    in memory (:func:`blank`) and written as zeros over a copy made in the kernel
+    (:class:`~anonymizer.tail.SourceTail`).
+    """
+    g = geometry
+    if g.samples > 1 and g.planar == 1:
+        planes, width = g.frames * g.samples, g.bytes_per_sample
+    else:
+        planes, width = g.frames, g.samples * g.bytes_per_sample
+    row_bytes = g.columns * width
+    bands = _row_runs(mask(regions, g.rows, g.columns))
+    if not bands:
+        return ()
+    starts, lengths = [], []
+    for top, bottom, runs in bands:
+        rows = np.arange(top, bottom, dtype=np.int64) * row_bytes
+        for left, right in runs:
+            starts.append(rows + left * width)
+            lengths.append(np.full(bottom - top, (right - left) * width, dtype=np.int64))
+    # One frame's runs (rows in order, columns in order: sorted), then every plane's.
+    frame_starts = np.concatenate(starts)
+    order = np.argsort(frame_starts, kind="stable")
+    frame_starts, frame_lengths = frame_starts[order], np.concatenate(lengths)[order]
+    plane = np.arange(planes, dtype=np.int64)[:, None] * (g.rows * row_bytes)
+    first = (plane + frame_starts[None, :]).ravel()
+    size = np.broadcast_to(frame_lengths, (planes, len(frame_lengths))).ravel()
+    ends = first + size
+    new = np.ones(len(first), dtype=bool)
+    new[1:] = first[1:] != ends[:-1]  # a run that starts where the last ended joins it
+    heads = np.flatnonzero(new)
+    tails = np.append(heads[1:], len(first)) - 1
+    return tuple(
+        zip(first[heads].tolist(), (ends[tails] - first[heads]).tolist(), strict=True)
+    )
 
 
 def _row_runs(cleared: np.ndarray) -> list[tuple[int, int, tuple[tuple[int, int], ...]]]:

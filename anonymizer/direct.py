@@ -8,7 +8,9 @@ the input (their headers are what the general writer would write), and only the 
 the profile changes — and sequences, private blocks and the values the pseudonyms are
 derived from — become pydicom elements, handed to the engine's own handlers. Native pixel
 data is never touched: a view of the input in memory, a range of the source file when only
-the file's head was read (see :class:`PixelRange`).
+the file's head was read (see :class:`~anonymizer.tail.SourceTail`). Where a filter of the
+profile says the pixels show text in known places, those places are byte ranges of the
+native pixel data: they go out as zeros between the views or ranges, nothing copied.
 
 It covers what instances usually are (little endian, sorted tags, known VRs, the data set
 complete); anything else returns None and the caller takes the general path, which also
@@ -35,8 +37,10 @@ from pydicom.values import convert_string
 
 from anonymizer.actions import Action, Rule
 from anonymizer.bitstream import has_text, inspected
+from anonymizer.blanking import SUBSAMPLED, CannotBlank, Geometry, check_length, zero_runs
 from anonymizer.elements import dictionary_vr
 from anonymizer.engine import (
+    _UNSCREENED,
     BURNED_IN,
     DOCUMENT_TYPE,
     ENCAPSULATED_DOCUMENT,
@@ -56,9 +60,11 @@ from anonymizer.part10 import (
     writable_raw,
     write_element,
 )
+from anonymizer.tail import SourceTail, ZeroRun, zero_bytes
 
 if TYPE_CHECKING:
     from anonymizer.engine import Deidentifier
+    from anonymizer.screening import Verdict
 
 _IMPLICIT = struct.Struct("<HHI").unpack_from
 _EXPLICIT = struct.Struct("<HH2sH").unpack_from
@@ -95,18 +101,6 @@ _DROP = object()  # an element left out (group lengths, the remove action)
 _BLANK = object()  # an element written empty (the blank action, not a sequence)
 
 
-@dataclass(frozen=True)
-class PixelRange:
-    """Native pixel data left in the source file: ``length`` bytes at ``offset``.
-
-    The last part of an instance built from the head of a file; the writer copies it
-    from the source file (in the kernel where it can).
-    """
-
-    offset: int
-    length: int
-
-
 # An element found by the scan: tag, VR (None: implicit), where its header starts, where
 # its value starts and ends, where the next element starts, and whether the general writer
 # would give it the same header (then kept elements are copied as one range of bytes).
@@ -129,7 +123,8 @@ def deidentify_direct(
 
     ``data`` is the whole instance, or (``file_size`` given) the head of a file of that
     size: then the native pixel data may run past ``data`` to the end of the file and
-    becomes a :class:`PixelRange` (the last part). None when this path does not apply.
+    becomes a :class:`~anonymizer.tail.SourceTail` (the last part). None when this path
+    does not apply.
     """
     try:
         meta = _file_meta(data)
@@ -321,7 +316,11 @@ def _deidentify(
     if classified is None or not _complete(data, scan, meta[0x00020010]):
         return None
     rules, src = classified
-    deid._check_content(src)
+    screened = _screened(deid, data, scan, rules, implicit, meta)
+    if screened is None:
+        return None
+    verdict, zeros = screened
+    deid._check_content(src, verdict)
     record = deid._reid_map is not None
     instance = _Instance(deid._pseudo, src, src.original_encoding, record=record)
     changed: dict[int, Any] = {}
@@ -344,7 +343,8 @@ def _deidentify(
         out.parts.append(file_meta_bytes(new_meta))
         encodings = convert_encodings(peek(result, _CHARSET) or "ISO_IR 6")
         added = _encoded_extra(deid, implicit, extra, encodings)
-        if added is None or not _emit(out, data, scan, rules, changed, added, encodings):
+        added = _with_burned_in_no(added, implicit, encodings, zeros is not None)
+        if added is None or not _emit(out, data, scan, rules, changed, added, encodings, zeros):
             return None
     except AnonymizationError as exc:
         failure = exc
@@ -358,6 +358,84 @@ def _deidentify(
     if failure is not None:
         raise failure
     return [PREAMBLE, *out.parts], new_meta, texts
+
+
+def _screened(
+    deid: Deidentifier,
+    data: bytes,
+    scan: _Scan,
+    rules: list[Any],
+    implicit: bool,
+    meta: dict[int, Any],
+) -> tuple[Verdict, tuple[ZeroRun, ...] | None] | None:
+    """The filters' verdict, and the byte ranges of the native pixel data to write as
+    zeros where it cleans (``()``: nothing in the rectangles; None: no pixel data, so
+    nothing is marked). None where the general path must decide: a filter that reads the
+    pixel data itself, pixels that must be decoded first, or that cannot be blanked (it
+    says why)."""
+    screen = deid._screen
+    if not screen:
+        return _UNSCREENED, None
+    if _PIXEL_DATA in screen.tags:
+        return None
+    header: dict[BaseTag, Any] = {}
+    pixels: _Entry | None = None
+    kept = False
+    for entry, rule in zip(scan.entries, rules, strict=True):
+        tag = entry[0]
+        if tag == _PIXEL_DATA:
+            pixels, kept = entry, rule is _KEEP
+            continue
+        sequence = scan.sequences.get(tag)
+        header[BaseTag(tag)] = sequence if sequence is not None else _raw(data, entry, implicit)
+    ds = _dataset(header, implicit, scan.encoding)
+    file_meta = _meta_dataset(data, meta[0])
+    if file_meta is None:
+        return None
+    ds.__dict__["file_meta"] = file_meta  # as read_part10 gives it; not a FileMetaDataset
+    verdict = screen.verdict(ds)
+    if not verdict.cleans or pixels is None:
+        return verdict, None
+    photometric = _ascii(data, next((e for e in scan.entries if e[0] == _PHOTOMETRIC), None))
+    decoded_first = _compressed(meta[0x00020010]) or photometric.upper() in SUBSAMPLED
+    if decoded_first or not kept or not pixels[6]:
+        return None  # decoded first, or written by the general writer
+    try:
+        geometry = Geometry.of(ds)
+        check_length(pixels[4] - pixels[3], geometry)
+    except CannotBlank:
+        return None  # the general path refuses it, and says why
+    return verdict, zero_runs(geometry, verdict.regions)
+
+
+def _meta_dataset(data: bytes, end: int) -> Dataset | None:
+    """The file meta elements (group 0002, explicit VR, from offset 132 to ``end``)."""
+    elements: dict[BaseTag, Any] = {}
+    pos = 132
+    while pos < end:
+        header = _header(data, pos, False)
+        if header is None:
+            return None
+        tag, vr, start, length, _ = header
+        value = bytes(data[start : start + length])
+        key = BaseTag(tag)
+        elements[key] = RawDataElement(key, vr, length, value, start, False, True, True, False)
+        pos = start + length
+    return _dataset(elements, False, "iso8859")
+
+
+def _with_burned_in_no(
+    added: list[tuple[int, bytes]] | None, implicit: bool, encodings: list[str], cleaned: bool
+) -> list[tuple[int, bytes]] | None:
+    """``added`` with BurnedInAnnotation NO in its place where the pixels were ``cleaned``
+    (as the general path marks them)."""
+    if added is None or not cleaned:
+        return added
+    out = Output(implicit)
+    if not _write(out, DataElement(BaseTag(BURNED_IN), "CS", "NO"), encodings):
+        return None
+    kept = [(tag, encoded) for tag, encoded in added if tag != BURNED_IN]
+    return sorted([*kept, (BURNED_IN, b"".join(out.parts))], key=lambda pair: pair[0])
 
 
 def _extra(deid: Deidentifier, implicit: bool) -> dict[int, Any]:
@@ -584,13 +662,15 @@ def _emit(
     changed: dict[int, Any],
     pending: list[tuple[int, bytes]],
     encodings: list[str],
+    zeros: tuple[ZeroRun, ...] | None = None,
 ) -> bool:
     """Write the elements in tag order: kept runs as input bytes, the rest encoded;
-    ``pending`` (additions and marking, encoded, in tag order) replace their tags.
+    ``pending`` (additions and marking, encoded, in tag order) replace their tags;
+    ``zeros``, byte ranges of the native pixel data, go out as zeros.
 
     False when an element would need the general path's writer after all.
     """
-    runs = _Runs(out.parts, data)
+    runs = _Runs(out.parts, data, zeros or ())
     pending.reverse()  # popped from the end, smallest tag first
     for entry, rule in zip(scan.entries, rules, strict=True):
         tag = entry[0]
@@ -623,33 +703,46 @@ def _emit(
 
 
 class _Runs:
-    """Consecutive kept elements, appended to the output as one view of the input."""
+    """Consecutive kept elements, appended to the output as one view of the input;
+    ``zeros`` (byte ranges of the native pixel data) cut the view and go out as zeros."""
 
-    def __init__(self, parts: list[Any], data: bytes) -> None:
+    def __init__(self, parts: list[Any], data: bytes, zeros: tuple[ZeroRun, ...]) -> None:
         self.parts = parts
         self.view = memoryview(data)
         self.size = len(data)
+        self.zeros = zeros
         self.start = -1
         self.end = -1
 
     def keep(self, entry: _Entry) -> None:
-        _, _, head, start, stop, after, _ = entry
+        tag, _, head, start, stop, after, _ = entry
         if self.start < 0:
             self.start = head
         if stop > self.size:  # native pixel data left in the source file
             self.parts.append(self.view[self.start : start])
-            self.parts.append(PixelRange(start, stop - start))
+            zeros = self.zeros if tag == _PIXEL_DATA else ()
+            self.parts.append(SourceTail(start, stop - start, zeros))
             self.start = -1
         elif after != stop:  # encapsulated pixel data: the writer's own delimiter
             self.parts.append(self.view[self.start : stop])
             self.parts.append(SEQUENCE_END)
             self.start = -1
+        elif tag == _PIXEL_DATA and self.zeros:
+            for position, length, copied in SourceTail(start, stop - start, self.zeros).pieces():
+                if copied:
+                    self.end = start + position + length
+                else:
+                    self.parts.append(self.view[self.start : start + position])
+                    self.parts.append(zero_bytes(length))
+                    self.start = start + position + length
+            self.end = after
         else:
             self.end = after
 
     def flush(self) -> None:
         if self.start >= 0:
-            self.parts.append(self.view[self.start : self.end])
+            if self.end > self.start:
+                self.parts.append(self.view[self.start : self.end])
             self.start = -1
 
 

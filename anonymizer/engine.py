@@ -44,6 +44,7 @@ from anonymizer.part10 import decode, encode_part10, peek, raw_ascii, read_part1
 from anonymizer.profiles import Profile
 from anonymizer.pseudonyms import Pseudonymizer
 from anonymizer.screening import Verdict
+from anonymizer.tail import SourceTail
 
 #: Our implementation class UID (a fixed ``2.25`` UID) written in the file meta.
 IMPLEMENTATION_CLASS_UID = "2.25.161440817744233011186347823960658123089"
@@ -95,8 +96,8 @@ class DeidentifiedInstance:
     study_instance_uid: str
     patient_id: str
     #: From :meth:`Deidentifier.deidentify_head`: the source file's bytes that follow
-    #: ``parts`` (native pixel data, copied as they are) as ``(offset, length)``.
-    source_tail: tuple[int, int] | None = None
+    #: ``parts`` (native pixel data, copied as they are but for the zero runs it names).
+    source_tail: SourceTail | None = None
 
     @property
     def data(self) -> bytes:
@@ -276,7 +277,8 @@ class Deidentifier:
 
         For file-to-file work: the native pixel data at the end of the file need not be
         read into memory; the result's ``source_tail`` says which bytes of the source
-        file to copy after ``parts``. None when more of the file is needed (the header
+        file to copy after ``parts``, and which to write as zeros instead (the places a
+        filter of the profile cleans). None when more of the file is needed (the header
         does not fit in ``head``, encapsulated pixel data, elements after the pixels,
         anything the fast path leaves to the general one): read the whole file and call
         :meth:`deidentify_part10`. The output is the same either way.
@@ -284,18 +286,13 @@ class Deidentifier:
         return self._direct(head, size)
 
     def _direct(self, data: bytes, size: int | None) -> DeidentifiedInstance | None:
-        from anonymizer.direct import PixelRange, deidentify_direct
+        from anonymizer.direct import deidentify_direct
 
-        if self._screen:
-            return None  # filters read any attribute and may rewrite the pixels
         fast = deidentify_direct(self, data, size)
         if fast is None:
             return None
         parts, _, texts = fast
-        tail = None
-        if parts and isinstance(parts[-1], PixelRange):
-            pixels = parts.pop()
-            tail = (pixels.offset, pixels.length)
+        tail = parts.pop() if parts and isinstance(parts[-1], SourceTail) else None
         return DeidentifiedInstance(
             parts=tuple(parts),
             sop_instance_uid=texts[SOP_INSTANCE_UID],

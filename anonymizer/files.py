@@ -43,6 +43,7 @@ from typing import BinaryIO
 
 from anonymizer.engine import DeidentifiedInstance, Deidentifier
 from anonymizer.errors import AnonymizationError, UnreadableInput
+from anonymizer.tail import SourceTail, zero_bytes
 from anonymizer.uncached import DirectWriter, Tail
 
 _log = logging.getLogger(__name__)
@@ -93,7 +94,8 @@ Writer = Callable[[Path, Sequence[bytes], Tail | None], None]
 
 def write_atomic(path: Path, data: bytes | Sequence[bytes], tail: Tail | None = None) -> None:
     """Write ``data`` (bytes, or parts written in order) durably through a temporary file and
-    a rename; ``tail`` = (source file, offset, length) is copied from the source after it.
+    a rename; ``tail`` (the source file and a :class:`~anonymizer.tail.SourceTail`) is
+    copied from the source after it, its zero runs written as zeros.
 
     Returns once the file and its name are on stable storage (file fsync, rename, directory
     fsync); on failure the temporary file is removed and nothing appears at ``path``.
@@ -226,7 +228,7 @@ def _create_temporary(directory: Path) -> tuple[int, str, list[Path]]:
 def _write_output(fd: int, data: bytes | Sequence[bytes], tail: Tail | None) -> None:
     write_all(fd, _parts(data))
     if tail is not None:
-        copy_range(tail[0], fd, tail[1], tail[2])
+        copy_tail(tail[0], fd, tail[1])
 
 
 def _parts(data: bytes | Sequence[bytes]) -> list[bytes]:
@@ -319,7 +321,7 @@ class GroupCommit:
         raised."""
         self._witness(target.parent)
         parts = _parts(data)
-        size = sum(len(p) for p in parts) + (0 if tail is None else tail[2])
+        size = sum(len(p) for p in parts) + (0 if tail is None else tail[1].length)
         staged = _Staged(target)
         directory = str(target.parent)
         if target.parent in self._unnamed:
@@ -565,7 +567,7 @@ def _write_failure(outcome: FileOutcome, exc: Exception) -> FileOutcome:
     return replace(outcome, target=None, error=f"cannot write: {exc}", error_kind=kind)
 
 
-def write_all(fd: int, parts: list[bytes]) -> None:
+def write_all(fd: int, parts: Sequence[bytes | memoryview]) -> None:
     """All ``parts`` in as few ``writev`` calls as the kernel allows."""
     limit = getattr(os, "IOV_MAX", None) or 1024
     for first in range(0, len(parts), limit):
@@ -576,6 +578,16 @@ def write_all(fd: int, parts: list[bytes]) -> None:
             rest = memoryview(b"".join(group))[written:]
             while rest:
                 rest = rest[os.write(fd, rest) :]
+
+
+def copy_tail(source: BinaryIO, fd: int, tail: SourceTail) -> None:
+    """``tail`` appended to ``fd``: its pieces copied from ``source`` in the kernel, its
+    zero runs written as zeros (their source bytes are never read)."""
+    for position, length, copied in tail.pieces():
+        if copied:
+            copy_range(source, fd, tail.offset + position, length)
+        else:
+            write_all(fd, [zero_bytes(length)])
 
 
 def copy_range(source: BinaryIO, fd: int, offset: int, length: int) -> None:
@@ -631,7 +643,7 @@ def anonymize_file(
         try:
             target = output_dir / f"{result.sop_instance_uid or 'instance'}.dcm"
             tail = result.source_tail
-            write(target, result.parts, None if tail is None else (handle, *tail))
+            write(target, result.parts, None if tail is None else (handle, tail))
         except AnonymizationError as exc:
             return FileOutcome(source, error=str(exc), error_kind=type(exc).__name__)
         except OSError as exc:
@@ -656,12 +668,12 @@ def deidentify_source(deidentifier: Deidentifier, source: BinaryIO) -> Deidentif
 
 
 def write_instance(fd: int, result: DeidentifiedInstance, source: BinaryIO | None) -> None:
-    """Write ``result`` to the file ``fd``: its parts, then its tail copied from ``source``."""
+    """Write ``result`` to the file ``fd``: its parts, then its tail from ``source``."""
     write_all(fd, list(result.parts))
     if result.source_tail is not None:
         if source is None:
             raise ValueError("the result's pixel data is still in its source file")
-        copy_range(source, fd, *result.source_tail)
+        copy_tail(source, fd, result.source_tail)
 
 
 def open_source(source: Path) -> BinaryIO:

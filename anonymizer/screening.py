@@ -160,6 +160,17 @@ class PixelScreen:
     def __bool__(self) -> bool:
         return bool(self.items)
 
+    @cached_property
+    def tags(self) -> frozenset[int]:
+        """Every attribute a criterion reads (unknown names left out: never present)."""
+        return frozenset(
+            condition.tag
+            for item in self.items
+            for clause in item.clauses
+            for condition in clause.conditions
+            if condition.tag is not None
+        )
+
     def verdict(self, ds: Dataset) -> Verdict:
         """The first group with a matching item decides (see the module's docstring)."""
         facts = _Facts(ds)

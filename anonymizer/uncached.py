@@ -36,6 +36,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from typing import BinaryIO
 
 from anonymizer.errors import UnreadableInput
+from anonymizer.tail import SourceTail, zero_bytes
 
 #: Outputs smaller than this are written through the page cache.
 DIRECT_MIN_BYTES = 256 * 1024
@@ -51,8 +52,8 @@ ALIGN = max(4096, mmap.PAGESIZE)
 _DIRECT_FILE_SYSTEMS = frozenset({0xEF53, 0x58465342})  # ext2/3/4, XFS
 _O_DIRECT: int = getattr(os, "O_DIRECT", 0)
 
-#: (source file, offset, length) of bytes copied from a source after the written parts.
-Tail = tuple[BinaryIO, int, int]
+#: The source file, and the bytes of it that follow the written parts (zero runs included).
+Tail = tuple[BinaryIO, SourceTail]
 
 
 def _load_fstatfs() -> Callable[[int, ctypes.Array[ctypes.c_char]], int] | None:
@@ -240,20 +241,22 @@ class DirectWriter:
 
 def _fill(buffer: mmap.mmap, parts: Sequence[bytes], tail: Tail | None, size: int) -> None:
     """The output's ``size`` bytes at the start of ``buffer``: ``parts``, then the tail read
-    from its source file."""
+    from its source file, its zero runs zeroed."""
     with memoryview(buffer) as view:
         position = 0
         for part in parts:
             view[position : position + len(part)] = part
             position += len(part)
         if tail is not None:
-            source, offset, length = tail
-            end = position + length
+            source, pixels = tail
+            first, offset, end = position, pixels.offset, position + pixels.length
             while position < end:
                 got = os.preadv(source.fileno(), [view[position:end]], offset)
                 if got <= 0:
                     raise UnreadableInput("the source file shrank while it was read")
                 position += got
                 offset += got
+            for start, length in pixels.zeros:
+                view[first + start : first + start + length] = zero_bytes(length)
         if position != size:
             raise ValueError(f"output is {position} bytes, {size} announced")

@@ -8,6 +8,7 @@ import pytest
 from pydicom import dcmread
 
 from anonymizer import Deidentifier
+from anonymizer.engine import DeidentifiedInstance
 from anonymizer.part10 import write_part10
 from tests.anonymizer.corpus import CHARSETS, Corpus, build, retainable_tags
 from tests.factories import to_bytes
@@ -24,6 +25,20 @@ def both_paths(deid: Deidentifier, data: bytes) -> dict[str, bytes]:
     }
     assert outputs["bytes"] == outputs["dataset"]
     return outputs
+
+
+def written_from_head(result: DeidentifiedInstance, data: bytes) -> bytes:
+    """The file a writer makes of ``result`` (from a head of ``data``): its parts, then its
+    source tail, zero runs zeroed, as :func:`anonymizer.files.copy_tail` writes it."""
+    written = bytearray(b"".join(result.parts))
+    tail = result.source_tail
+    if tail is not None:
+        assert tail.offset + tail.length == len(data)  # the pixels run to the end
+        first = len(written)
+        written += data[tail.offset :]
+        for start, length in tail.zeros:
+            written[first + start : first + start + length] = bytes(length)
+    return bytes(written)
 
 
 @pytest.fixture(scope="session")

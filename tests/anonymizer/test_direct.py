@@ -31,7 +31,8 @@ from anonymizer import Deidentifier, UnreadableInput, load_profile
 from anonymizer.direct import _dataset
 from anonymizer.files import HEAD_BYTES, anonymize_file
 from anonymizer.profiles import HEADER_OPTIONS
-from tests.anonymizer.conftest import SITE_A
+from anonymizer.tail import SourceTail
+from tests.anonymizer.conftest import SITE_A, written_from_head
 from tests.anonymizer.corpus import Corpus
 from tests.factories import make_dataset, to_bytes
 
@@ -73,12 +74,7 @@ def _from_heads(deid: Deidentifier, data: bytes, expected: bytes, cuts: list[int
         if result is None:
             continue
         used += 1
-        written = b"".join(result.parts)
-        if result.source_tail is not None:
-            offset, length = result.source_tail
-            assert offset + length == len(data)
-            written += data[offset:]
-        assert written == expected, cut
+        assert written_from_head(result, data) == expected, cut
     return used
 
 
@@ -118,7 +114,7 @@ def test_a_file_head_gives_the_same_file_with_the_pixels_left_in_the_source() ->
     expected = deid.deidentify_general(ct).data
     head = deid.deidentify_head(ct[:HEAD_BYTES], len(ct))
     assert head is not None and head.source_tail is not None
-    assert head.source_tail == (len(ct) - 512 * 512 * 2, 512 * 512 * 2)
+    assert head.source_tail == SourceTail(len(ct) - 512 * 512 * 2, 512 * 512 * 2)
     with pytest.raises(ValueError):
         _ = head.data  # the pixels are still in the source file
     # Every cut: through the file meta, an element, the pixel data header, the pixels.

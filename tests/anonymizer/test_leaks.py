@@ -20,7 +20,7 @@ from anonymizer import Deidentifier, load_profile
 from anonymizer.files import HEAD_BYTES
 from anonymizer.part10 import write_part10
 from anonymizer.profiles import HEADER_OPTIONS
-from tests.anonymizer.conftest import SITE_A
+from tests.anonymizer.conftest import SITE_A, written_from_head
 from tests.anonymizer.corpus import (
     SAFE_B_VALUE,
     Corpus,
@@ -174,8 +174,7 @@ def test_command_elements_in_a_stored_file_are_dropped_on_every_path() -> None:
         }
         head = deid.deidentify_head(data[:HEAD_BYTES], len(data))
         if head is not None and head.source_tail is not None:
-            offset, length = head.source_tail
-            outputs["head"] = b"".join(head.parts) + data[offset : offset + length]
+            outputs["head"] = written_from_head(head, data)
         assert (rows == 512) == ("head" in outputs)  # the head path did run for the CT
         for path, output in outputs.items():
             leaked = [value for _, _, value in planted if value in output]

@@ -21,7 +21,7 @@ from pydicom.dataset import Dataset, FileDataset
 from pydicom.encaps import encapsulate
 from pydicom.pixels import get_decoder
 from pydicom.sequence import Sequence
-from pydicom.uid import MPEG2MPML, ExplicitVRLittleEndian, JPEGBaseline8Bit
+from pydicom.uid import MPEG2MPML, ExplicitVRLittleEndian, ImplicitVRLittleEndian, JPEGBaseline8Bit
 
 from anonymizer import (
     Deidentifier,
@@ -32,9 +32,10 @@ from anonymizer import (
 )
 from anonymizer.blanking import CannotBlank, Geometry, blank
 from anonymizer.errors import BurnedInAnnotation
+from anonymizer.files import HEAD_BYTES, anonymize_file, anonymize_tree
 from anonymizer.profiles import CLEAN_PIXEL_DATA, HEADER_OPTIONS
 from anonymizer.screening import FilterItem, Region
-from tests.anonymizer.conftest import SITE_A, both_paths
+from tests.anonymizer.conftest import SITE_A, both_paths, written_from_head
 from tests.anonymizer.corpus import Corpus, find_leaks
 from tests.factories import (
     BANNER_TEXT,
@@ -213,6 +214,87 @@ def test_pixel_data_shorter_than_its_geometry_is_not_blanked() -> None:
     with pytest.raises(CannotBlank, match="150 bytes, 200 expected"):
         blank(bytes(150), geometry, [Region(keep=False, box=(0, 0, 5, 5))])
     assert blank(bytes(200), geometry, [Region(keep=True)]) is None  # nothing cleared
+
+
+#: A banner in part of the width only: a zero run per row, not one per frame.
+CORNER_FILTERS = (
+    "FORMAT dicom\n%filter graylist\nLABEL corner\n  contains Modality US\n"
+    "  coordinates 30,0,100,20\n"
+)
+
+
+def _from_all_paths(deid: Deidentifier, source: bytes) -> bytes:
+    """The output of the fast path (from memory and from a file head, its pixels left in
+    the source) after checking it is the general path's, byte for byte."""
+    expected = deid.deidentify_general(source).data
+    fast = deid._direct(source, None)
+    assert fast is not None  # the fast path takes what a filter cleans
+    assert fast.data == expected
+    head = deid.deidentify_head(source[:HEAD_BYTES], len(source))
+    assert head is not None and head.source_tail is not None
+    assert head.source_tail.zeros  # the banner's bytes: written as zeros, never read
+    assert written_from_head(head, source) == expected
+    return expected
+
+
+@pytest.mark.parametrize(
+    ("samples", "planar", "bits", "implicit"),
+    [(3, 0, 8, False), (3, 1, 8, False), (1, 0, 8, True), (1, 0, 16, False)],
+    ids=["rgb", "rgb-planar", "mono-implicit", "mono-16"],
+)
+@pytest.mark.parametrize("filters", [SITE_FILTERS, CORNER_FILTERS], ids=["full-width", "corner"])
+def test_the_fast_path_blanks_native_pixels_as_the_general_path_does(
+    tmp_path: Path, samples: int, planar: int, bits: int, implicit: bool, filters: str
+) -> None:
+    columns = 160 * bits // 8  # 16 bits: the banner's bytes, two to a sample
+    ds = make_ultrasound(samples=samples, planar=planar, frames=24, rows=60, columns=columns)
+    ds.Columns, ds.BitsAllocated, ds.BitsStored, ds.HighBit = 160, bits, bits, bits - 1
+    ds.BurnedInAnnotation = "YES"
+    if implicit:
+        ds.file_meta.TransferSyntaxUID = ImplicitVRLittleEndian
+    source = to_bytes(ds)
+    assert len(source) > HEAD_BYTES  # the pixels run past the head
+    deid = Deidentifier(load_profile(extra_recipes=[_recipe(tmp_path, filters)]), SITE_A)
+    output = _from_all_paths(deid, source)
+    out = dcmread(io.BytesIO(output))
+    assert out.BurnedInAnnotation == "NO"
+    geometry = Geometry.of(ds)
+    box = (0, 0, 160, 20) if filters == SITE_FILTERS else (30, 0, 100, 20)
+    expected = blank(ds.PixelData, geometry, [Region(keep=False, box=box)])
+    assert expected is not None and out.PixelData == bytes(expected)
+    if filters == SITE_FILTERS:
+        assert BANNER_TEXT[:12] not in output
+
+
+def test_files_written_from_a_head_get_the_banner_as_zeros(tmp_path: Path) -> None:
+    """Both writers of a file-to-file run: through the page cache (one file, durable on
+    its own) and around it (a batch, large outputs written with O_DIRECT)."""
+    ds = make_ultrasound(frames=40)  # 2.3 MB: above the direct writer's threshold
+    source = tmp_path / "in" / "cine.dcm"
+    source.parent.mkdir()
+    source.write_bytes(to_bytes(ds))
+    deid = _site(tmp_path)
+    expected = deid.deidentify_general(source.read_bytes()).data
+    assert BANNER_TEXT[:12] in source.read_bytes() and BANNER_TEXT[:12] not in expected
+    one = anonymize_file(deid, source, tmp_path / "one")
+    [batch] = list(anonymize_tree(deid, [source], tmp_path / "batch"))
+    for outcome in (one, batch):
+        assert outcome.error is None and outcome.target is not None
+        assert outcome.target.read_bytes() == expected
+
+
+def test_filters_on_the_pixel_data_itself_are_left_to_the_general_path(tmp_path: Path) -> None:
+    recipe = _recipe(
+        tmp_path,
+        "FORMAT dicom\n%filter graylist\nLABEL any image\n  present PixelData\n"
+        "  coordinates 0,0,160,20\n",
+    )
+    deid = Deidentifier(load_profile(extra_recipes=[recipe]), SITE_A)
+    source = to_bytes(make_ultrasound())
+    assert deid._direct(source, None) is None
+    assert BANNER_TEXT[:12] not in deid.deidentify_bytes(source)
+    site = _site(tmp_path)  # and pixels that must be decoded first
+    assert site._direct(to_bytes(_jpeg_ultrasound()), None) is None
 
 
 def test_keep_regions_come_back_after_a_blank_all(tmp_path: Path) -> None:

@@ -18,6 +18,7 @@ import pytest
 
 from anonymizer import Deidentifier, load_profile
 from anonymizer.files import GroupCommit, anonymize_tree, list_inputs, open_source
+from anonymizer.tail import SourceTail
 from anonymizer.uncached import ALIGN, DIRECT_MIN_BYTES, DirectWriter, file_system_type
 from tests.anonymizer.conftest import SITE_A
 from tests.factories import StudySpec, make_dataset
@@ -167,7 +168,7 @@ def _write(
         else:
             with open_source(tail[0]) as source:
                 pending = writer.start(
-                    str(path.parent), fd, parts, (source, tail[1], tail[2]), size
+                    str(path.parent), fd, parts, (source, SourceTail(tail[1], tail[2])), size
                 )
         if pending is None:
             return False
