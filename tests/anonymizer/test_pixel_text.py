@@ -175,7 +175,9 @@ def test_compressed_pixels_are_decoded_blanked_and_written_native(tmp_path: Path
     assert out.LossyImageCompression == "01" and out.BurnedInAnnotation == "NO"
     pixels = out.pixel_array
     assert not pixels[:, :20].any()
-    assert np.array_equal(pixels[:, 20:], decoded[:, 20:])
+    # Decoded to RGB by libjpeg, which rounds one sample in thousands the other way.
+    differs = np.abs(pixels[:, 20:].astype(int) - decoded[:, 20:].astype(int))
+    assert differs.max() <= 1 and np.count_nonzero(differs) < differs.size / 1000
 
 
 def test_native_chroma_subsampled_pixels_are_decoded_to_rgb_and_blanked(tmp_path: Path) -> None:
