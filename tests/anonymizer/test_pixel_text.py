@@ -34,7 +34,7 @@ from anonymizer.blanking import CannotBlank, Geometry, blank
 from anonymizer.errors import BurnedInAnnotation
 from anonymizer.files import HEAD_BYTES, anonymize_file, anonymize_tree
 from anonymizer.profiles import CLEAN_PIXEL_DATA, HEADER_OPTIONS
-from anonymizer.screening import FilterItem, Region
+from anonymizer.screening import FilterItem, PixelScreen, Region, Verdict, _decide, _Facts
 from tests.anonymizer.conftest import SITE_A, both_paths, written_from_head
 from tests.anonymizer.corpus import Corpus, find_leaks
 from tests.factories import (
@@ -399,6 +399,52 @@ def test_every_known_device_of_deids_recipe_is_cleaned_where_deid_cleans_it() ->
         assert boxes <= theirs, item.label
         checked += 1
     assert checked >= 80  # of deid's 109 graylist items: AND-only, plain values (85 in 0.4.13)
+
+
+def _every_item_in_order(screen: PixelScreen, ds: Dataset) -> Verdict:
+    """The verdict as the recipes read: each run of a group, every item evaluated."""
+    facts = _Facts(ds)
+    runs: dict[tuple[str, str], list[FilterItem]] = {}
+    for item in screen.items:
+        runs.setdefault((item.recipe, item.group), []).append(item)
+    for (_, group), items in runs.items():
+        matched = [item for item in items if item.holds(facts)]
+        if matched:
+            return _decide(group, matched, ds)
+    return Verdict()
+
+
+def test_the_compiled_screen_decides_as_every_item_evaluated_in_order(tmp_path: Path) -> None:
+    # Items are skipped by a failing first condition and conditions evaluated once: the
+    # verdict, labels and rectangles in their order, must not change.
+    interleaved = _recipe(  # items of two first conditions, in alternation: order matters
+        tmp_path,
+        "FORMAT dicom\n%filter graylist\n"
+        "LABEL by maker\n  contains Manufacturer Philips\n  coordinates 0,0,10,10\n"
+        "LABEL by modality\n  contains Modality US\n  coordinates 0,20,10,30\n"
+        "LABEL by maker again\n  contains Manufacturer Philips\n  + contains Modality US\n"
+        "  keepcoordinates 0,0,5,5\n",
+        name="deid.interleaved",
+    )
+    profile = load_profile(
+        options=[CLEAN_PIXEL_DATA], extra_recipes=[interleaved, _recipe(tmp_path)]
+    )
+    screen = profile.screen
+    headers = [ds for ds in map(_satisfying, screen.items) if ds is not None]
+    acme = make_ultrasound(manufacturer="ACME Imaging")
+    saved = make_ultrasound(manufacturer="Siemens")
+    saved.ImageType = ["DERIVED", "SECONDARY", "SCREEN SAVE"]
+    ct = make_dataset()
+    ct.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL"]
+    headers += [make_ultrasound(), acme, saved, make_dataset(), ct, make_ultrasound(model="x")]
+    groups = set()
+    for ds in headers:
+        verdict = screen.verdict(ds)
+        assert verdict == _every_item_in_order(screen, ds)
+        groups.add(verdict.group)
+    assert groups >= {"whitelist", "blacklist", "graylist", None}
+    labels = screen.verdict(make_ultrasound()).labels
+    assert labels == ("by maker", "by modality", "by maker again")
 
 
 def test_the_header_leak_corpus_stays_clean_with_pixel_cleaning(
