@@ -14,6 +14,7 @@ from __future__ import annotations
 import io
 from collections.abc import Sequence
 from dataclasses import dataclass
+from itertools import pairwise
 
 import numpy as np
 from pydicom.dataelem import DataElement
@@ -162,18 +163,6 @@ def _jpeg_as_rgb(ds: Dataset, syntax: str) -> bytes | None:
     return out if len(out) == frames * rows * columns * 3 else None
 
 
-def mask(regions: Sequence[Region], rows: int, columns: int) -> np.ndarray:
-    """True where a pixel is to be cleared, after every region in order."""
-    cleared = np.zeros((rows, columns), dtype=bool)
-    for region in regions:
-        if region.box is None:
-            cleared[:, :] = not region.keep
-            continue
-        x0, y0, x1, y1 = (max(0, v) for v in region.box)
-        cleared[y0:y1, x0:x1] = not region.keep
-    return cleared
-
-
 def blank(pixels: bytes, geometry: Geometry, regions: Sequence[Region]) -> bytearray | None:
     """A copy of ``pixels`` with the cleared area zeroed, or None when nothing is cleared.
 
@@ -216,7 +205,7 @@ def zero_runs(geometry: Geometry, regions: Sequence[Region]) -> tuple[ZeroRun, .
     else:
         planes, width = g.frames, g.samples * g.bytes_per_sample
     row_bytes = g.columns * width
-    bands = _row_runs(mask(regions, g.rows, g.columns))
+    bands = _row_runs(regions, g.rows, g.columns)
     if not bands:
         return ()
     starts, lengths = [], []
@@ -242,18 +231,32 @@ def zero_runs(geometry: Geometry, regions: Sequence[Region]) -> tuple[ZeroRun, .
     )
 
 
-def _row_runs(cleared: np.ndarray) -> list[tuple[int, int, tuple[tuple[int, int], ...]]]:
-    """``(top, bottom, column runs)`` for each band of consecutive rows with the same runs
-    (rectangles make few bands: the runs are found on the first row of each)."""
-    rows = cleared.shape[0]
-    starts = np.flatnonzero(np.any(cleared[1:] != cleared[:-1], axis=1)) + 1
-    tops = [0, *starts.tolist()]
+def _row_runs(
+    regions: Sequence[Region], rows: int, columns: int
+) -> list[tuple[int, int, tuple[tuple[int, int], ...]]]:
+    """``(top, bottom, column runs)`` of each band of rows that the regions clear alike.
+
+    deid's mask: every pixel starts kept, each region in order clears its rectangle
+    (``coordinates``) or restores it (``keepcoordinates``), ``all`` being the whole frame.
+    The rows between consecutive rectangle edges are treated alike, so one row of each
+    band is worked out, not the whole mask (a 600x800 mask took 0.2 ms).
+    """
+    boxes = [None if r.box is None else tuple(max(0, v) for v in r.box) for r in regions]
+    edges = sorted({0, rows, *(min(b[y], rows) for b in boxes if b for y in (1, 3))})
     bands = []
-    for top, bottom in zip(tops, [*tops[1:], rows], strict=True):
-        edges = np.diff(cleared[top].astype(np.int8), prepend=0, append=0)
+    for top, bottom in pairwise(edges):
+        if top >= bottom:
+            continue
+        row = np.zeros(columns, dtype=bool)
+        for region, box in zip(regions, boxes, strict=True):
+            if box is None:
+                row[:] = not region.keep
+            elif box[1] <= top and bottom <= box[3]:
+                row[box[0] : box[2]] = not region.keep
+        edges_of_row = np.diff(row.astype(np.int8), prepend=0, append=0)
         runs = tuple(
-            zip(np.flatnonzero(edges == 1).tolist(), np.flatnonzero(edges == -1).tolist(),
-                strict=True)
+            zip(np.flatnonzero(edges_of_row == 1).tolist(),
+                np.flatnonzero(edges_of_row == -1).tolist(), strict=True)
         )  # fmt: skip
         if runs:
             bands.append((top, bottom, runs))
