@@ -299,6 +299,46 @@ def test_filters_on_the_pixel_data_itself_are_left_to_the_general_path(tmp_path:
     assert site._direct(to_bytes(_jpeg_ultrasound()), None) is None
 
 
+def _blanked_by_mask(pixels: bytes, g: Geometry, regions: list[Region]) -> bytes:
+    """The reference: deid's boolean mask, region by region, over every frame and plane."""
+    cleared = np.zeros((g.rows, g.columns), dtype=bool)
+    for region in regions:
+        if region.box is None:
+            cleared[:, :] = not region.keep
+        else:
+            x0, y0, x1, y1 = (max(0, v) for v in region.box)
+            cleared[y0:y1, x0:x1] = not region.keep
+    out = np.frombuffer(pixels, dtype=np.uint8).copy()
+    image = out[: g.length]
+    if g.samples > 1 and g.planar == 1:
+        shaped = image.reshape(g.frames * g.samples, g.rows, g.columns, g.bytes_per_sample)
+    else:
+        shaped = image.reshape(g.frames, g.rows, g.columns, g.samples * g.bytes_per_sample)
+    shaped[:, cleared] = 0
+    return out.tobytes()
+
+
+def test_blanking_zeroes_what_deids_mask_clears_in_every_geometry() -> None:
+    import random
+
+    rnd = random.Random(7)
+    for _ in range(500):
+        g = Geometry(
+            frames=rnd.randint(1, 3), rows=rnd.randint(1, 12), columns=rnd.randint(1, 12),
+            samples=rnd.choice([1, 3]), planar=rnd.randint(0, 1),
+            bytes_per_sample=rnd.choice([1, 2]),
+        )  # fmt: skip
+        regions = []
+        for _ in range(rnd.randint(0, 4)):
+            x0, y0 = rnd.randint(-2, 12), rnd.randint(-2, 12)
+            box = (x0, y0, x0 + rnd.randint(0, 14), y0 + rnd.randint(0, 14))
+            regions.append(Region(rnd.random() < 0.3, None if rnd.random() < 0.1 else box))
+        pixels = rnd.randbytes(g.length + rnd.randint(0, 1))  # a pad byte, sometimes
+        blanked = blank(pixels, g, regions)
+        expected = _blanked_by_mask(pixels, g, regions)
+        assert (pixels if blanked is None else bytes(blanked)) == expected, (g, regions)
+
+
 def test_keep_regions_come_back_after_a_blank_all(tmp_path: Path) -> None:
     # deid's ultrasound recipe blanks everything but the scanning regions the header names.
     recipe = _recipe(
