@@ -4,7 +4,8 @@ The instances are native RGB ultrasound images of a scanner deid's packaged reci
 (Philips iU22, 600x800: a banner in the top 59 rows), with the banner's text as pixel
 bytes (``tests.factories.make_ultrasound``): stills of one frame, native and JPEG Baseline
 (as scanners send them; decoded, blanked and written native by both cleaners), and cine
-loops of 20 frames.
+loops of 20 frames; and CT slices with no text anywhere, for what screening costs where
+nothing is cleaned (deid's cleaner then only detects: it writes nothing).
 Each is de-identified file to file, one at a time, interleaved, by:
 
 - **ours, header**: the Basic profile, no pixel screening (what a route does without
@@ -16,7 +17,7 @@ Each is de-identified file to file, one at a time, interleaved, by:
 
 Prints the median milliseconds per instance, the ratio deid/ours, and whether any pixel of
 the banner's rows is left lit in the decoded output. Run:
-``python bench/pixel_text.py [--stills 20] [--cines 3] [--repeat 3]``.
+``python bench/pixel_text.py [--stills 20] [--cines 3] [--cts 50] [--repeat 3]``.
 """
 
 from __future__ import annotations
@@ -38,17 +39,20 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 from anonymize import SECRET, deidentify_file  # noqa: E402
 from pydicom import dcmread  # noqa: E402
+from pydicom.dataset import Dataset  # noqa: E402
 
 from anonymizer import Deidentifier, load_profile  # noqa: E402
 from anonymizer._deid import ReferenceCleaner  # noqa: E402
 from tests.factories import (  # noqa: E402
     as_jpeg_baseline,
+    make_dataset,
     make_ultrasound,
     to_bytes,
 )
 
 Side = Callable[[Path, Path], Path | None]
 BANNER_ROWS = 59
+CT = "CT 512x512, no text"
 
 
 def ours(deid: Deidentifier) -> Side:
@@ -65,6 +69,17 @@ def deid_cleaner(scratch: Path) -> Side:
     return run
 
 
+def _instance(frames: int, jpeg: bool) -> Dataset:
+    """An ultrasound of ``frames`` frames with the banner (JPEG or native); a CT slice
+    (frames 0) with no text."""
+    if not frames:
+        ct = make_dataset(rows=512, columns=512)
+        ct.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL"]  # else deid's blacklist takes it
+        return ct
+    ds = make_ultrasound(rows=600, columns=800, frames=frames, banner_rows=BANNER_ROWS)
+    return as_jpeg_baseline(ds) if jpeg else ds
+
+
 def banner_left(path: Path) -> bool:
     """Whether any pixel of the banner's rows is still lit, in the decoded output (a JPEG's
     bytes never show the text as such)."""
@@ -76,6 +91,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--stills", type=int, default=20)
     parser.add_argument("--cines", type=int, default=3)
+    parser.add_argument("--cts", type=int, default=50)
     parser.add_argument("--repeat", type=int, default=3)
     args = parser.parse_args()
     sides: dict[str, Side] = {
@@ -90,7 +106,8 @@ def main() -> None:
         sides["deid cleaner"] = deid_cleaner(scratch)
         corpora = (("US still 800x600", args.stills, 1, False),
                    ("US still JPEG", args.stills, 1, True),
-                   ("US cine 20x800x600", args.cines, 20, False))  # fmt: skip
+                   ("US cine 20x800x600", args.cines, 20, False),
+                   (CT, args.cts, 0, False))  # fmt: skip
         for name, count, frames, jpeg in corpora:
             if count <= 0:
                 continue
@@ -98,11 +115,8 @@ def main() -> None:
             folder.mkdir()
             files = []
             for n in range(count):
-                ds = make_ultrasound(rows=600, columns=800, frames=frames,
-                                     banner_rows=BANNER_ROWS)  # fmt: skip
-                ds = as_jpeg_baseline(ds) if jpeg else ds
                 files.append(folder / f"{n}.dcm")
-                files[-1].write_bytes(to_bytes(ds))
+                files[-1].write_bytes(to_bytes(_instance(frames, jpeg)))
             times: dict[str, list[float]] = {side: [] for side in sides}
             left: dict[str, bool] = dict.fromkeys(sides, False)
             for round_ in range(args.repeat):
@@ -113,14 +127,14 @@ def main() -> None:
                         started = time.perf_counter()
                         target = run(source, out)
                         times[side].append(time.perf_counter() - started)
-                        left[side] |= banner_left(target or source)
+                        left[side] |= name != CT and banner_left(target or source)
                     shutil.rmtree(out)
             medians = {side: statistics.median(t) * 1000 for side, t in times.items()}
             size = files[0].stat().st_size / 1e6
             for side, ms in medians.items():
                 ratio = medians["deid cleaner"] / ms
-                print(f"{name:<22}{size:>6.1f}{side:>16}{ms:>9.1f}{ratio:>10.1f}x  "
-                      f"{'yes' if left[side] else 'no'}")  # fmt: skip
+                shown = "-" if name == CT else "yes" if left[side] else "no"
+                print(f"{name:<22}{size:>6.1f}{side:>16}{ms:>9.1f}{ratio:>10.1f}x  {shown}")
 
 
 if __name__ == "__main__":
