@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import re
 import struct
+from itertools import pairwise
 
 from anonymizer import video
 from anonymizer.errors import UnreadableInput
@@ -73,10 +74,16 @@ def inspected(syntax: str) -> bool:
     return syntax in _JPEG or syntax in _JPEG_2000 or syntax in _VIDEO
 
 
-def has_text(value: bytes | memoryview, syntax: str) -> bool:
-    """True when :func:`scrub_encapsulated` would blank something in ``value`` (read in
-    place, nothing copied); raises as it does."""
-    return bool(_to_blank(value, syntax))
+def text_patches(value: bytes | memoryview, syntax: str) -> list[Patch] | None:
+    """What :func:`scrub_encapsulated` would write where in ``value`` (read in place,
+    nothing copied), sorted: for a writer that copies ``value`` around them instead of
+    copying it first. None when two overlap (then only applying them in order, as
+    :func:`scrub_encapsulated` does, gives its bytes). Raises as it does."""
+    patches = sorted(_to_blank(value, syntax))
+    for (at, new), (following, _) in pairwise(patches):
+        if at + len(new) > following:
+            return None
+    return patches
 
 
 def scrub_encapsulated(value: bytes | memoryview, syntax: str) -> bytes | None:

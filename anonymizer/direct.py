@@ -36,7 +36,7 @@ from pydicom.valuerep import EXPLICIT_VR_LENGTH_32, VR
 from pydicom.values import convert_string
 
 from anonymizer.actions import Action, Rule
-from anonymizer.bitstream import has_text, inspected
+from anonymizer.bitstream import inspected, text_patches
 from anonymizer.blanking import SUBSAMPLED, CannotBlank, Geometry, check_length, zero_runs
 from anonymizer.elements import dictionary_vr
 from anonymizer.engine import (
@@ -60,6 +60,7 @@ from anonymizer.part10 import (
     writable_raw,
     write_element,
 )
+from anonymizer.spans import Patch
 from anonymizer.tail import SourceTail, ZeroRun, zero_bytes
 
 if TYPE_CHECKING:
@@ -141,22 +142,25 @@ def deidentify_direct(
         return None
     if file_size is not None and not scan.pixels_outside and len(data) != file_size:
         return None  # the head ends between two elements: the rest is unknown
-    if _bitstream_has_text(data, scan, syntax):
-        return None  # the general path blanks it (or refuses what it cannot check)
-    return _deidentify(deid, data, scan, implicit, meta)
+    patches = _bitstream_patches(data, scan, syntax)
+    if patches is None:
+        return None  # the general path refuses what it cannot check, and says why
+    return _deidentify(deid, data, scan, implicit, meta, patches)
 
 
-def _bitstream_has_text(data: bytes, scan: _Scan, syntax: str) -> bool:
-    """True when the encapsulated pixel data holds text to blank, or cannot be checked."""
+def _bitstream_patches(data: bytes, scan: _Scan, syntax: str) -> list[Patch] | None:
+    """Where the encapsulated pixel data holds text, the bytes that go there instead
+    (relative to its value, sorted: empty when there is none); None when it cannot be
+    checked, or only applying the patches one after another gives the output."""
     if not inspected(syntax):
-        return False
+        return []
     for tag, _, _, start, stop, after, _ in scan.entries:
         if tag == _PIXEL_DATA and after != stop:  # encapsulated (undefined length)
             try:
-                return has_text(memoryview(data)[start:stop], syntax)  # read in place
+                return text_patches(memoryview(data)[start:stop], syntax)  # read in place
             except UnreadableInput:
-                return True
-    return False
+                return None
+    return []
 
 
 @lru_cache(maxsize=64)
@@ -310,12 +314,19 @@ def _fragments_end(data: bytes, pos: int) -> int | None:
 
 
 def _deidentify(
-    deid: Deidentifier, data: bytes, scan: _Scan, implicit: bool, meta: dict[int, Any]
+    deid: Deidentifier,
+    data: bytes,
+    scan: _Scan,
+    implicit: bool,
+    meta: dict[int, Any],
+    patches: list[Patch],
 ) -> tuple[list[Any], dict[int, str], dict[int, str]] | None:
     classified = _classify(deid, data, scan, implicit)
     if classified is None or not _complete(data, scan, meta[0x00020010]):
         return None
     rules, src = classified
+    if not _copied_as_is(scan, rules, patches):
+        return None  # the general path writes the pixel data, and blanks its text
     screened = _screened(deid, data, scan, rules, implicit, meta)
     if screened is None:
         return None
@@ -323,13 +334,7 @@ def _deidentify(
     deid._check_content(src, verdict)
     record = deid._reid_map is not None
     instance = _Instance(deid._pseudo, src, src.original_encoding, record=record)
-    changed: dict[int, Any] = {}
-    held = src._dict
-    for (tag, vr, *_), rule in zip(scan.entries, rules, strict=True):
-        if rule is not _KEEP and rule is not _DROP and rule is not _BLANK:
-            key = BaseTag(tag)
-            vr = vr or dictionary_vr(tag)
-            changed[tag] = deid._apply(rule, key, held[key], vr, src, instance, True)
+    changed = _changed(deid, scan, rules, src, instance)
     extra = _extra(deid, implicit)
     result = _result_dataset(src, scan, rules, changed, extra)
     texts = {tag: _text(result, tag) for tag in _RESULT_TAGS[1:]}
@@ -344,7 +349,8 @@ def _deidentify(
         encodings = convert_encodings(peek(result, _CHARSET) or "ISO_IR 6")
         added = _encoded_extra(deid, implicit, extra, encodings)
         added = _with_burned_in_no(added, implicit, encodings, zeros is not None)
-        if added is None or not _emit(out, data, scan, rules, changed, added, encodings, zeros):
+        runs = _Runs(out.parts, data, zeros or (), patches)
+        if added is None or not _emit(out, data, scan, rules, changed, added, encodings, runs):
             return None
     except AnonymizationError as exc:
         failure = exc
@@ -358,6 +364,20 @@ def _deidentify(
     if failure is not None:
         raise failure
     return [PREAMBLE, *out.parts], new_meta, texts
+
+
+def _changed(
+    deid: Deidentifier, scan: _Scan, rules: list[Any], src: Dataset, instance: _Instance
+) -> dict[int, Any]:
+    """The new element of each one the profile changes (None: left out), by tag."""
+    changed: dict[int, Any] = {}
+    held = src._dict
+    for (tag, vr, *_), rule in zip(scan.entries, rules, strict=True):
+        if rule is not _KEEP and rule is not _DROP and rule is not _BLANK:
+            key = BaseTag(tag)
+            vr = vr or dictionary_vr(tag)
+            changed[tag] = deid._apply(rule, key, held[key], vr, src, instance, True)
+    return changed
 
 
 def _screened(
@@ -406,6 +426,17 @@ def _screened(
     except CannotBlank:
         return None  # the general path refuses it, and says why
     return verdict, zero_runs(geometry, verdict.regions)
+
+
+def _copied_as_is(scan: _Scan, rules: list[Any], patches: list[Patch]) -> bool:
+    """Whether the pixel data goes out as a run of input bytes, so that the ``patches``
+    of its text cut it (True when there are none)."""
+    if not patches:
+        return True
+    for entry, rule in zip(scan.entries, rules, strict=True):
+        if entry[0] == _PIXEL_DATA:
+            return rule is _KEEP and entry[6]
+    return False
 
 
 def _meta_dataset(data: bytes, end: int) -> Dataset | None:
@@ -662,15 +693,13 @@ def _emit(
     changed: dict[int, Any],
     pending: list[tuple[int, bytes]],
     encodings: list[str],
-    zeros: tuple[ZeroRun, ...] | None = None,
+    runs: _Runs,
 ) -> bool:
-    """Write the elements in tag order: kept runs as input bytes, the rest encoded;
-    ``pending`` (additions and marking, encoded, in tag order) replace their tags;
-    ``zeros``, byte ranges of the native pixel data, go out as zeros.
+    """Write the elements in tag order: kept ones as ``runs`` of input bytes, the rest
+    encoded; ``pending`` (additions and marking, encoded, in tag order) replace their tags.
 
     False when an element would need the general path's writer after all.
     """
-    runs = _Runs(out.parts, data, zeros or ())
     pending.reverse()  # popped from the end, smallest tag first
     for entry, rule in zip(scan.entries, rules, strict=True):
         tag = entry[0]
@@ -703,14 +732,18 @@ def _emit(
 
 
 class _Runs:
-    """Consecutive kept elements, appended to the output as one view of the input;
-    ``zeros`` (byte ranges of the native pixel data) cut the view and go out as zeros."""
+    """Consecutive kept elements, appended to the output as one view of the input. The
+    pixel data's edits cut the view: ``zeros`` (byte ranges of native pixel data) go out
+    as zeros, ``patches`` (text in encapsulated pixel data) as their bytes."""
 
-    def __init__(self, parts: list[Any], data: bytes, zeros: tuple[ZeroRun, ...]) -> None:
+    def __init__(
+        self, parts: list[Any], data: bytes, zeros: tuple[ZeroRun, ...], patches: list[Patch]
+    ) -> None:
         self.parts = parts
         self.view = memoryview(data)
         self.size = len(data)
         self.zeros = zeros
+        self.patches = patches
         self.start = -1
         self.end = -1
 
@@ -724,7 +757,12 @@ class _Runs:
             self.parts.append(SourceTail(start, stop - start, zeros))
             self.start = -1
         elif after != stop:  # encapsulated pixel data: the writer's own delimiter
-            self.parts.append(self.view[self.start : stop])
+            position = self.start
+            for at, new in self.patches if tag == _PIXEL_DATA else ():
+                self.parts.append(self.view[position : start + at])
+                self.parts.append(new)
+                position = start + at + len(new)
+            self.parts.append(self.view[position:stop])
             self.parts.append(SEQUENCE_END)
             self.start = -1
         elif tag == _PIXEL_DATA and self.zeros:

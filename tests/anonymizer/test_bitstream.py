@@ -58,7 +58,8 @@ def test_text_in_the_bit_stream_is_blanked_on_every_path(
 ) -> None:
     data = instance_of(frames, syntax, split_at=split_at)
     assert any(text in data for text in PLANTED + BETWEEN_SCANS)
-    assert deid._direct(data, None) is None  # the fast path leaves it to the general one
+    fast = deid._direct(data, None)  # the fast path overwrites it too, copying around it
+    assert fast is not None and fast.data == deid.deidentify_general(data).data
     outputs = both_paths(deid, data)
     for path, output in outputs.items():
         assert [t for t in PLANTED + BETWEEN_SCANS if t in output] == [], path
@@ -71,6 +72,19 @@ def test_text_in_the_bit_stream_is_blanked_on_every_path(
     assert deid.deidentify_part10(outputs["bytes"]).data != outputs["bytes"]  # new UIDs, but
     again = dcmread(io.BytesIO(deid.deidentify_part10(outputs["bytes"]).data)).PixelData
     assert again == dcmread(io.BytesIO(outputs["bytes"])).PixelData  # the same pixels
+
+
+def test_pixel_data_the_fast_path_cannot_copy_as_it_is_is_blanked_by_the_general_path(
+    deid: Deidentifier,
+) -> None:
+    # Non-zero reserved bytes in the Pixel Data header: the fast path would write the
+    # element anew, from the input's value; the general path writes it blanked.
+    data = bytearray(instance_of([jpeg_with_text()], JPEGBaseline8Bit))
+    header = data.index(b"\xe0\x7f\x10\x00OB\x00\x00\xff\xff\xff\xff")
+    data[header + 6 : header + 8] = b"\x01\x00"
+    assert deid._direct(bytes(data), None) is None
+    output = deid.deidentify_bytes(bytes(data))
+    assert [t for t in PLANTED if t in output] == []
 
 
 def test_dcmtk_decodes_the_blanked_jpeg_to_the_same_pixels(
