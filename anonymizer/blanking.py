@@ -209,15 +209,13 @@ def zero_runs(geometry: Geometry, regions: Sequence[Region]) -> tuple[ZeroRun, .
     if not bands:
         return ()
     starts, lengths = [], []
-    for top, bottom, runs in bands:
-        rows = np.arange(top, bottom, dtype=np.int64) * row_bytes
-        for left, right in runs:
-            starts.append(rows + left * width)
-            lengths.append(np.full(bottom - top, (right - left) * width, dtype=np.int64))
-    # One frame's runs (rows in order, columns in order: sorted), then every plane's.
-    frame_starts = np.concatenate(starts)
-    order = np.argsort(frame_starts, kind="stable")
-    frame_starts, frame_lengths = frame_starts[order], np.concatenate(lengths)[order]
+    for top, bottom, runs in bands:  # row by row, left to right: one frame's runs, sorted
+        lefts = np.array([left for left, _ in runs], dtype=np.int64) * width
+        widths = np.array([right - left for left, right in runs], dtype=np.int64) * width
+        rows = np.arange(top, bottom, dtype=np.int64)[:, None] * row_bytes
+        starts.append((rows + lefts).ravel())
+        lengths.append(np.broadcast_to(widths, (bottom - top, len(runs))).ravel())
+    frame_starts, frame_lengths = np.concatenate(starts), np.concatenate(lengths)
     plane = np.arange(planes, dtype=np.int64)[:, None] * (g.rows * row_bytes)
     first = (plane + frame_starts[None, :]).ravel()
     size = np.broadcast_to(frame_lengths, (planes, len(frame_lengths))).ravel()

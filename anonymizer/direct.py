@@ -743,7 +743,11 @@ class _Runs:
         self.view = memoryview(data)
         self.size = len(data)
         self.zeros = zeros
-        self.patches = patches
+        #: What cuts pixel data kept in memory: the text patches of encapsulated pixel
+        #: data, or the zero runs of native pixel data as patches of zeros.
+        self.edits: list[tuple[int, bytes | memoryview]] = [*patches] or [
+            (at, zero_bytes(length)) for at, length in zeros
+        ]
         self.start = -1
         self.end = -1
 
@@ -756,24 +760,15 @@ class _Runs:
             zeros = self.zeros if tag == _PIXEL_DATA else ()
             self.parts.append(SourceTail(start, stop - start, zeros))
             self.start = -1
-        elif after != stop:  # encapsulated pixel data: the writer's own delimiter
-            position = self.start
-            for at, new in self.patches if tag == _PIXEL_DATA else ():
-                self.parts.append(self.view[position : start + at])
-                self.parts.append(new)
-                position = start + at + len(new)
-            self.parts.append(self.view[position:stop])
+            return
+        for at, new in self.edits if tag == _PIXEL_DATA else ():
+            self.parts.append(self.view[self.start : start + at])
+            self.parts.append(new)
+            self.start = start + at + len(new)
+        if after != stop:  # encapsulated pixel data: the writer's own delimiter
+            self.parts.append(self.view[self.start : stop])
             self.parts.append(SEQUENCE_END)
             self.start = -1
-        elif tag == _PIXEL_DATA and self.zeros:
-            for position, length, copied in SourceTail(start, stop - start, self.zeros).pieces():
-                if copied:
-                    self.end = start + position + length
-                else:
-                    self.parts.append(self.view[self.start : start + position])
-                    self.parts.append(zero_bytes(length))
-                    self.start = start + position + length
-            self.end = after
         else:
             self.end = after
 

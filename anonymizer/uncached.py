@@ -249,14 +249,22 @@ def _fill(buffer: mmap.mmap, parts: Sequence[bytes], tail: Tail | None, size: in
             position += len(part)
         if tail is not None:
             source, pixels = tail
-            first, offset, end = position, pixels.offset, position + pixels.length
-            while position < end:
-                got = os.preadv(source.fileno(), [view[position:end]], offset)
-                if got <= 0:
-                    raise UnreadableInput("the source file shrank while it was read")
-                position += got
-                offset += got
-            for start, length in pixels.zeros:
-                view[first + start : first + start + length] = zero_bytes(length)
+            for at, length, copied in pixels.pieces():
+                with view[position + at : position + at + length] as piece:
+                    if copied:
+                        _read_into(source.fileno(), piece, pixels.offset + at)
+                    else:
+                        piece[:] = zero_bytes(length)
+            position += pixels.length
         if position != size:
             raise ValueError(f"output is {position} bytes, {size} announced")
+
+
+def _read_into(fd: int, view: memoryview, offset: int) -> None:
+    """Fill ``view`` with the bytes of ``fd`` from ``offset``."""
+    filled = 0
+    while filled < len(view):
+        got = os.preadv(fd, [view[filled:]], offset + filled)
+        if got <= 0:
+            raise UnreadableInput("the source file shrank while it was read")
+        filled += got
