@@ -4,9 +4,9 @@ The mask is deid's: every pixel starts kept; the regions are applied in recipe o
 ``coordinates`` region clearing its rectangle and a ``keepcoordinates`` one restoring it;
 what ends cleared is set to zero in every frame and every sample. Native pixel data of
 whole bytes per sample is blanked in place. Compressed and chroma-subsampled pixel data is
-first decoded to native samples by pydicom's decoders (:func:`decode_to_native`), as deid's
-cleaner does: the output is then uncompressed, and says so. What cannot be decoded or
-blanked is refused with the reason, never passed on with the text still in it.
+first decoded to native samples by pydicom's decoders (:func:`decode_to_native`; Pillow and
+GDCM), as deid's cleaner does: the output is then uncompressed, and says so. What cannot be
+decoded or blanked is refused with the reason, never passed on with the text still in it.
 """
 
 from __future__ import annotations
@@ -86,7 +86,8 @@ def decode_to_native(ds: Dataset, syntax: str) -> None:
     interleaved, little endian, colour as RGB; the image pixel module follows.
 
     Raises :class:`CannotBlank` when pydicom has no decoder installed for ``syntax`` (the
-    MPEG video syntaxes, JPEG-LS without its plug-in) or the data does not decode.
+    MPEG video syntaxes, HTJ2K) or the data does not decode (12-bit JPEG Extended: neither
+    GDCM nor Pillow decodes it through pydicom).
     """
     from pydicom.pixels import get_decoder
 
@@ -99,7 +100,8 @@ def decode_to_native(ds: Dataset, syntax: str) -> None:
     except NotImplementedError:
         raise CannotBlank("pydicom has no decoder for this transfer syntax") from None
     if not decoder.is_available:
-        raise CannotBlank("no decoder for it is installed (pydicom: JPEG-LS needs pyjpegls)")
+        missing = "; ".join(decoder.missing_dependencies)
+        raise CannotBlank(f"no decoder for it is installed ({missing})")
     view = Dataset(ds)  # the same elements, with the syntax the decoder asks for
     view.file_meta = FileMetaDataset()
     view.file_meta.TransferSyntaxUID = UID(syntax)

@@ -34,7 +34,7 @@ class PixelsFlagged(BurnedInAnnotation):
 
 class PixelsNotCleanable(BurnedInAnnotation):
     """A filter names rectangles to blank, but the pixel data cannot be blanked: no decoder
-    for its transfer syntax (video, JPEG-LS without its plug-in), data that does not decode,
+    for its transfer syntax (video, 12-bit JPEG Extended, HTJ2K), data that does not decode,
     bit-packed samples, fewer bytes than its geometry."""
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import os
 import re
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +22,13 @@ from pydicom.dataset import Dataset, FileDataset
 from pydicom.encaps import encapsulate
 from pydicom.pixels import get_decoder
 from pydicom.sequence import Sequence
-from pydicom.uid import MPEG2MPML, ExplicitVRLittleEndian, ImplicitVRLittleEndian, JPEGBaseline8Bit
+from pydicom.uid import (
+    MPEG2MPML,
+    ExplicitVRLittleEndian,
+    HTJ2KLossless,
+    ImplicitVRLittleEndian,
+    JPEGBaseline8Bit,
+)
 
 from anonymizer import (
     Deidentifier,
@@ -180,6 +187,77 @@ def test_compressed_pixels_are_decoded_blanked_and_written_native(tmp_path: Path
     assert differs.max() <= 1 and np.count_nonzero(differs) < differs.size / 1000
 
 
+def _encoded_by_dcmtk(tmp_path: Path, ds: Dataset, tool: str, *options: str) -> Dataset:
+    """``ds`` compressed by DCMTK's ``tool`` (``dcmcjpeg``, ``dcmcjpls``), as an archive
+    or a modality writes it."""
+    plain, encoded = tmp_path / "plain.dcm", tmp_path / "encoded.dcm"
+    plain.write_bytes(to_bytes(ds))
+    run = subprocess.run([tool, *options, str(plain), str(encoded)],
+                         capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    return dcmread(encoded)
+
+
+def _twelve_bit(ds: Dataset) -> Dataset:
+    """``ds`` (8-bit, one sample) as 12 bits stored in 16: a CR or CT detector's depth."""
+    pixels = np.frombuffer(ds.PixelData, dtype=np.uint8).astype("<u2") * 16 + 7
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit = 16, 12, 11
+    ds.PixelRepresentation = 0
+    ds.PixelData = pixels.tobytes()
+    return ds
+
+
+@pytest.mark.parametrize(
+    ("samples", "bits", "tool", "options", "syntax", "lossy"),
+    [
+        (3, 8, "dcmcjpeg", ("+e1",), "1.2.840.10008.1.2.4.70", False),
+        (3, 8, "dcmcjpeg", ("+el", "+sv", "6"), "1.2.840.10008.1.2.4.57", False),
+        (1, 12, "dcmcjpeg", ("+e1",), "1.2.840.10008.1.2.4.70", False),
+        (3, 8, "dcmcjpls", ("+el",), "1.2.840.10008.1.2.4.80", False),
+        (1, 12, "dcmcjpls", ("+el",), "1.2.840.10008.1.2.4.80", False),
+        (3, 8, "dcmcjpls", ("+en", "+md", "2"), "1.2.840.10008.1.2.4.81", True),
+    ],
+    ids=[
+        "jpeg-sv1-rgb",
+        "jpeg-lossless-sv6-rgb",
+        "jpeg-sv1-12bit",
+        "jpeg-ls-rgb",
+        "jpeg-ls-12bit",
+        "jpeg-ls-near-lossless-rgb",
+    ],
+)
+def test_an_archives_lossless_syntaxes_are_decoded_and_blanked(
+    tmp_path: Path, samples: int, bits: int, tool: str, options: tuple[str, ...],
+    syntax: str, lossy: bool,
+) -> None:  # fmt: skip
+    # JPEG Lossless and JPEG-LS are what archives and CR/DX modalities store: flagged for
+    # cleaning, they are decoded (GDCM, through pydicom), blanked and written native,
+    # never refused for want of a decoder.
+    original = make_ultrasound(samples=samples, frames=2)
+    if bits == 12:
+        original = _twelve_bit(original)
+    encoded = _encoded_by_dcmtk(tmp_path, original, tool, *options)
+    assert encoded.file_meta.TransferSyntaxUID == syntax
+    source = to_bytes(encoded)
+    if bits == 8:
+        assert BANNER_TEXT not in source  # compressed, the text is not in the bytes …
+    [output] = set(both_paths(_site(tmp_path), source).values())
+    assert BANNER_TEXT not in output  # … nor, decoded, in the output's
+    out = dcmread(io.BytesIO(output))
+    assert out.file_meta.TransferSyntaxUID == ExplicitVRLittleEndian
+    assert out.BurnedInAnnotation == "NO"
+    assert out.get("LossyImageCompression") == ("01" if lossy else None)
+    assert (out.BitsAllocated, out.BitsStored) == (original.BitsAllocated, original.BitsStored)
+    assert out.PhotometricInterpretation == original.PhotometricInterpretation
+    pixels, before = out.pixel_array, original.pixel_array
+    assert not pixels[:, :20].any() and before[:, :20].any()
+    below = np.abs(pixels[:, 20:].astype(int) - before[:, 20:].astype(int))
+    if lossy:  # within the deviation the encoder was allowed
+        assert below.max() <= 2
+    else:  # every pixel outside the banner exactly as the modality sent it
+        assert not below.any()
+
+
 def test_native_chroma_subsampled_pixels_are_decoded_to_rgb_and_blanked(tmp_path: Path) -> None:
     ds = make_ultrasound(frames=1, columns=160)
     ds.PhotometricInterpretation = "YBR_FULL_422"
@@ -202,9 +280,15 @@ def test_pixels_that_cannot_be_decoded_are_refused_with_the_reason(tmp_path: Pat
     video = make_ultrasound(frames=1)
     video.PixelData = encapsulate([b"\x00\x00\x01\xb3" + BANNER_TEXT])
     video.file_meta.TransferSyntaxUID = MPEG2MPML
+    # 12-bit JPEG Extended (older CT and MR): neither GDCM nor Pillow decodes it here.
+    twelve = _encoded_by_dcmtk(tmp_path, _twelve_bit(make_ultrasound(samples=1)), "dcmcjpeg", "+ee")
+    htj2k = _jpeg_ultrasound()
+    htj2k.file_meta.TransferSyntaxUID = HTJ2KLossless
     for ds, reason in (
         (broken, "JPEG Baseline.*does not decode"),
         (video, "MPEG2.*no decoder"),
+        (twelve, "JPEG Extended.*12-bit precision"),
+        (htj2k, "High-Throughput JPEG 2000.*no decoder for it is installed"),
     ):
         with pytest.raises(PixelsNotCleanable, match=reason):
             deid.deidentify_bytes(to_bytes(ds))
