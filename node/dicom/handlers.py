@@ -30,6 +30,7 @@ from node.dicom.identifiers import ResponseEncoder, to_query, to_response
 from node.dicom.part10 import part10
 from node.dicom.scu import contexts_for
 from node.dicom.store_scp import StoreCall, StoreOutcome
+from node.dicom.transcode import Accepted, StoreAssociation, accepted_for_sending, fit_to
 from node.errors import IngestError, NodeError, NotAuthorized, StoreNotAccepted
 from node.index.errors import IndexFailure
 from node.index.records import IndexQuery, Model
@@ -319,9 +320,16 @@ class Gateway:
             yield destination.host, destination.port, None
             yield from self._refuse_retrieve(event, exc, destination_ae)
             return
-        yield destination.host, destination.port, {"contexts": contexts_for(planned)}
+        store = StoreAssociation()  # what the destination accepts, once it has
+        options = {
+            "contexts": contexts_for(planned),
+            "evt_handlers": [(evt.EVT_ACCEPTED, store.on_accepted)],
+        }
+        yield destination.host, destination.port, options
         yield len(planned)
-        yield from self._suboperations(event, retriever, planned, destination_ae)
+        yield from self._suboperations(
+            event, retriever, planned, destination_ae, lambda: store.accepted
+        )
 
     def on_get(self, event: Event) -> Iterator[Any]:
         try:
@@ -329,8 +337,9 @@ class Gateway:
         except Exception as exc:
             yield from self._refuse_retrieve(event, exc, "(C-GET)")
             return
+        accepted = accepted_for_sending(event.assoc.accepted_contexts)
         yield len(planned)
-        yield from self._suboperations(event, retriever, planned, "(C-GET)")
+        yield from self._suboperations(event, retriever, planned, "(C-GET)", lambda: accepted)
 
     def _refuse_retrieve(self, event: Event, exc: Exception, destination: str) -> Iterator[Any]:
         failure = status.query_failure(exc)
@@ -347,16 +356,22 @@ class Gateway:
         yield failure, None
 
     def _suboperations(
-        self, event: Event, retriever: Retriever, planned: Sequence[Any], destination: str
+        self,
+        event: Event,
+        retriever: Retriever,
+        planned: Sequence[Any],
+        destination: str,
+        accepted: Callable[[], Accepted],
     ) -> Iterator[Any]:
         started = time.perf_counter()
-        failed = 0
+        failed = decoded = 0
         for inst in planned:
             if event.is_cancelled:
                 yield status.CANCELLED, None
                 return
             try:
-                dataset = retriever.load(inst)
+                dataset, was_decoded = fit_to(retriever.load(inst), accepted())
+                decoded += was_decoded
             except Exception as exc:
                 failed += 1
                 log_event(
@@ -375,7 +390,8 @@ class Gateway:
             calling_ae=_calling_ae(event),
             destination=destination,
             instances=len(planned),
-            unreadable=failed,
+            unsendable=failed,
+            decoded=decoded,
             ms=round((time.perf_counter() - started) * 1000, 2),
         )
 

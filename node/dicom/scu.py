@@ -14,6 +14,7 @@ from pynetdicom import AE, build_context
 from pynetdicom.presentation import PresentationContext
 from pynetdicom.transport import AssociationSocket
 
+from node.dicom.transcode import CannotSend, accepted_for_sending, fit_to
 from node.errors import NodeError
 from node.index.records import StoredInstance
 
@@ -52,7 +53,9 @@ def contexts_for(instances: Iterable[StoredInstance]) -> list[PresentationContex
 
     Per SOP class: one context for each stored transfer syntax (so compressed bytes go as
     they are, since each context carries exactly one accepted syntax) and one uncompressed
-    context (Explicit, Implicit VR Little Endian) that pynetdicom can re-encode into.
+    context (Explicit, Implicit VR Little Endian) that pynetdicom can re-encode into, and
+    that compressed data is decoded into when the peer takes nothing else
+    (:mod:`node.dicom.transcode`).
     """
     stored: dict[str, list[str]] = {}
     for inst in instances:
@@ -102,16 +105,22 @@ def send_files(
     if not assoc.is_established:
         raise SendFailed(f"{called_ae} at {host}:{port} did not accept an association")
     try:
+        accepted = accepted_for_sending(assoc.accepted_contexts)
         for path in files:  # one dataset in memory at a time, however large the series
-            ds = dcmread(path)
             try:
-                reply = assoc.send_c_store(ds)
+                outgoing, _ = fit_to(dcmread(path), accepted)
+            except CannotSend as exc:
+                raise SendFailed(f"{called_ae}: cannot send {path.name}: {exc}") from exc
+            try:
+                reply = assoc.send_c_store(outgoing)
             except (ValueError, RuntimeError) as exc:  # no accepted context, aborted ...
-                raise SendFailed(f"{called_ae}: cannot send {ds.SOPInstanceUID}: {exc}") from exc
+                raise SendFailed(
+                    f"{called_ae}: cannot send {outgoing.SOPInstanceUID}: {exc}"
+                ) from exc
             code = int(reply.Status) if reply is not None and "Status" in reply else -1
             if code != 0 and not (0xB000 <= code <= 0xBFFF):
                 raise SendFailed(
-                    f"{called_ae} refused {ds.SOPInstanceUID}: "
+                    f"{called_ae} refused {outgoing.SOPInstanceUID}: "
                     + (f"status 0x{code:04X}" if code >= 0 else "no response")
                 )
     finally:

@@ -249,11 +249,14 @@ NodeFactory = Callable[..., Node]
 
 @dataclass
 class StoreSCP(LoggedProcess):
-    """DCMTK ``storescp`` writing received instances byte-for-byte (``+B``) to a folder."""
+    """DCMTK ``storescp`` writing received instances byte-for-byte (``+B``) to a folder;
+    it accepts every transfer syntax (``+xa``) unless ``uncompressed_only`` (its default
+    negotiation, as a workstation without codecs answers)."""
 
     ae_title: str = "STORESCP"
     port: int = 0
     out_dir: Path = Path()
+    uncompressed_only: bool = False
 
     def start(self, timeout: float = 20.0) -> StoreSCP:
         self.out_dir.mkdir(parents=True, exist_ok=True)
@@ -262,7 +265,7 @@ class StoreSCP(LoggedProcess):
             "-aet",
             self.ae_title,
             "+B",
-            "+xa",
+            *([] if self.uncompressed_only else ["+xa"]),
             "-od",
             str(self.out_dir),
             str(self.port),

@@ -5,14 +5,16 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import pytest
 from pydicom import dcmread
 from pydicom.data import get_testdata_file
 from pydicom.dataset import Dataset
-from pydicom.uid import generate_uid
+from pydicom.uid import HTJ2KLossless, generate_uid
 from pynetdicom import _config, evt
-from pynetdicom.sop_class import SecondaryCaptureImageStorage
 
+from node.dicom.scu import SendFailed, send_files
+from tests.factories import StudySpec, make_dataset, make_ultrasound, to_bytes
 from tests.integration.archive import (
     assert_files_match,
     dcmtk_findscu,
@@ -21,7 +23,15 @@ from tests.integration.archive import (
     load,
 )
 from tests.integration.corpus import Corpus, build_corpus, dataset_bytes
-from tests.integration.processes import HOST, Node, NodeFactory, StoreSCP, describe, run_dcmtk
+from tests.integration.processes import (
+    HOST,
+    Node,
+    NodeFactory,
+    StoreSCP,
+    describe,
+    free_port,
+    run_dcmtk,
+)
 from tests.integration.scu import (
     ALLOWED_EXTRA_KEYS,
     STORAGE_CLASSES,
@@ -508,26 +518,7 @@ def test_compressed_instances_are_kept_and_moved_as_received(
         ds.save_as(path, enforce_file_format=True)
         paths.append(path)
 
-    # sent with pynetdicom's chunked mode: the file's dataset bytes go out untouched, in a
-    # context that offers only the file's own transfer syntax
-    ae = make_ae("JPEGSCU")
-    for path in paths:
-        ae.add_requested_context(
-            SecondaryCaptureImageStorage, dcmread(path).file_meta.TransferSyntaxUID
-        )
-    before = _config.STORE_SEND_CHUNKED_DATASET
-    _config.STORE_SEND_CHUNKED_DATASET = True
-    assoc = ae.associate(HOST, node.port, ae_title=node.called_ae)
-    try:
-        assert assoc.is_established, "association for compressed storage not established"
-        for path in paths:
-            rsp = assoc.send_c_store(path)
-            assert rsp.get("Status") == 0x0000, f"C-STORE of {path.name}: {rsp}"
-    finally:
-        _config.STORE_SEND_CHUNKED_DATASET = before
-        if assoc.is_established:
-            assoc.release()
-        ae.shutdown()
+    _store_as_received(node, paths)
 
     result = run_dcmtk(
         "movescu", "-S", "-aec", node.called_ae, "-aem", storescp.ae_title,
@@ -544,3 +535,138 @@ def test_compressed_instances_are_kept_and_moved_as_received(
         got_ts = dcmread(received[uid]).file_meta.TransferSyntaxUID
         assert got_ts == want_ts, f"{uid}: sent as {want_ts.name}, came back as {got_ts.name}"
         assert file_dataset_bytes(received[uid]) == file_dataset_bytes(path), uid
+
+
+def _store_as_received(node: Node, paths: list[Path]) -> None:
+    """C-STORE ``paths`` with pynetdicom's chunked mode: each file's dataset bytes go out
+    untouched, in a context that offers only the file's own transfer syntax."""
+    ae = make_ae("JPEGSCU")
+    for path in paths:
+        header = dcmread(path, stop_before_pixels=True)
+        ae.add_requested_context(header.SOPClassUID, header.file_meta.TransferSyntaxUID)
+    before = _config.STORE_SEND_CHUNKED_DATASET
+    _config.STORE_SEND_CHUNKED_DATASET = True
+    assoc = ae.associate(HOST, node.port, ae_title=node.called_ae)
+    try:
+        assert assoc.is_established, "association for compressed storage not established"
+        for path in paths:
+            rsp = assoc.send_c_store(path)
+            assert rsp.get("Status") == 0x0000, f"C-STORE of {path.name}: {rsp}"
+    finally:
+        _config.STORE_SEND_CHUNKED_DATASET = before
+        if assoc.is_established:
+            assoc.release()
+        ae.shutdown()
+
+
+def _compressed_study(folder: Path) -> tuple[list[Path], Path]:
+    """(A study as an archive holds it — 12-bit JPEG Lossless written by DCMTK's
+    ``dcmcjpeg``, RGB JPEG-LS by ``dcmcjpls``, pydicom's JPEG Baseline and JPEG 2000
+    samples — and one HTJ2K instance no decoder here reads.)"""
+    folder.mkdir()
+    spec = StudySpec(patient_id="ITDTRANS")
+    ct = make_dataset(spec, rows=64, columns=80)
+    ramp = (np.arange(64 * 80, dtype="<u2") * 37) % 4096  # every 12-bit level, no runs
+    ct.PixelData = ramp.tobytes()
+    us = make_ultrasound(spec, frames=2)
+    paths = []
+    for name, ds, tool in (("ct", ct, "dcmcjpeg"), ("us", us, "dcmcjpls")):
+        plain = folder / f"{name}-plain.dcm"
+        plain.write_bytes(to_bytes(ds))
+        result = run_dcmtk(tool, str(plain), str(folder / f"{name}.dcm"))
+        assert result.returncode == 0, describe(result)
+        paths.append(folder / f"{name}.dcm")
+    for n, name in enumerate(["SC_rgb_jpeg_dcmtk.dcm", "JPEG2000.dcm", "SC_rgb_jpeg_dcmtk.dcm"]):
+        ds = dcmread(get_testdata_file(name, download=False))
+        ds.PatientID = spec.patient_id
+        ds.StudyInstanceUID = spec.study_uid
+        ds.SeriesInstanceUID = generate_uid()
+        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+        if n == 2:  # its JPEG frame, labelled HTJ2K: nothing here decodes that syntax
+            ds.file_meta.TransferSyntaxUID = HTJ2KLossless
+        ds.save_as(folder / f"sample{n}.dcm", enforce_file_format=True)
+        paths.append(folder / f"sample{n}.dcm")
+    return paths[:-1], paths[-1]
+
+
+@pytest.fixture(scope="module")
+def workstation(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StoreSCP]:
+    """A DCMTK storescp that accepts uncompressed syntaxes only, as a workstation or a
+    research tool without codecs does."""
+    directory = tmp_path_factory.mktemp("workstation")
+    scp = StoreSCP(name="workstation", log_path=directory / "storescp.log", ae_title="WORKSTN",
+                   port=free_port(), out_dir=directory / "received",
+                   uncompressed_only=True).start()  # fmt: skip
+    yield scp
+    scp.terminate()
+
+
+def _assert_decoded_copies(received: list[Path], sent: list[Path]) -> None:
+    """Each of ``sent`` arrived once, uncompressed, under its own SOP Instance UID, with
+    the pixels its compressed bytes decode to (the lossless ones: the modality's own)."""
+    by_uid = {str(dcmread(p).SOPInstanceUID): dcmread(p) for p in received}
+    assert sorted(by_uid) == sorted(str(dcmread(p).SOPInstanceUID) for p in sent)
+    for path in sent:
+        original = dcmread(path)
+        copy = by_uid[str(original.SOPInstanceUID)]
+        assert not copy.file_meta.TransferSyntaxUID.is_compressed, path.name
+        assert (copy.Rows, copy.Columns) == (original.Rows, original.Columns)
+        assert np.array_equal(copy.pixel_array, original.pixel_array), path.name
+        assert copy.PatientID == original.PatientID
+
+
+def test_compressed_instances_are_decoded_for_a_peer_that_takes_only_uncompressed(
+    node_factory: NodeFactory, workstation: StoreSCP, tmp_path: Path
+) -> None:
+    """A workstation that accepts only uncompressed syntaxes still gets every image it
+    asks for, by C-MOVE and C-GET: the node decodes what the archive holds compressed.
+
+    What cannot be decoded fails its sub-operation alone, with the reason in the log; the
+    rest of the study arrives and the final status is a warning (0xB000).
+    """
+    node = node_factory(args=["--destination", workstation.destination])
+    workstation.clear()
+    decodable, undecodable = _compressed_study(tmp_path / "study")
+    _store_as_received(node, [*decodable, undecodable])
+    study_uid = str(dcmread(decodable[0]).StudyInstanceUID)
+    keys = ["-k", "QueryRetrieveLevel=STUDY", "-k", f"StudyInstanceUID={study_uid}"]
+
+    moved = run_dcmtk("movescu", "-d", "-S", "-aec", node.called_ae, "-aem",
+                      workstation.ae_title, *keys, HOST, str(node.port))  # fmt: skip
+    statuses = dimse_statuses(moved.stdout + moved.stderr)
+    assert statuses and statuses[-1] == 0xB000, describe(moved)
+    _assert_decoded_copies(workstation.received(), decodable)
+    ct = next(dcmread(p) for p in workstation.received() if dcmread(p).Columns == 80)
+    assert ct.pixel_array.ravel().tolist() == [(i * 37) % 4096 for i in range(64 * 80)]
+    assert ct.BitsStored == 12  # the modality's own pixels, not just what the JPEG held
+
+    out = tmp_path / "get"
+    out.mkdir()
+    got = run_dcmtk("getscu", "-d", "-S", "+B", "-aec", node.called_ae, "-od", str(out),
+                    *keys, HOST, str(node.port))  # fmt: skip
+    statuses = dimse_statuses(got.stdout + got.stderr)
+    assert statuses and statuses[-1] == 0xB000, describe(got)
+    _assert_decoded_copies(sorted(p for p in out.iterdir() if p.is_file()), decodable)
+
+    refused = str(dcmread(undecodable).SOPInstanceUID)
+    failed = [line for line in node.log_text().splitlines()
+              if "event=suboperation_failed" in line and refused in line]  # fmt: skip
+    assert len(failed) == 2 and all("does not decode" in line for line in failed), failed
+    retrieves = [line for line in node.log_text().splitlines() if "event=retrieve " in line]
+    assert len(retrieves) == 2 and all("decoded=4" in r for r in retrieves), retrieves
+    # and it goes on serving
+    assert run_dcmtk("echoscu", "-aec", node.called_ae, HOST, str(node.port)).returncode == 0
+
+
+def test_results_sent_to_a_destination_are_decoded_when_it_takes_only_uncompressed(
+    workstation: StoreSCP, tmp_path: Path
+) -> None:
+    """A processing stream's results go out through ``send_files``, which fits each file
+    to the destination the same way; what cannot be decoded stops the send, named."""
+    workstation.clear()
+    decodable, undecodable = _compressed_study(tmp_path / "study")
+    port = workstation.port
+    assert send_files("GRIDPACS", workstation.ae_title, HOST, port, decodable) == len(decodable)
+    _assert_decoded_copies(workstation.received(), decodable)
+    with pytest.raises(SendFailed, match=f"{undecodable.name}.*does not decode"):
+        send_files("GRIDPACS", workstation.ae_title, HOST, port, [undecodable])
