@@ -23,6 +23,8 @@ Refused as unreadable, because they cannot be checked in place:
 
 from __future__ import annotations
 
+import numpy as np
+
 from anonymizer.errors import UnreadableInput
 from anonymizer.spans import Patch
 
@@ -55,47 +57,93 @@ def video_streams(stream: bytes | memoryview) -> tuple[list[list[tuple[int, int]
     tail = first + count * size - (size - PACKET)
     if any(stream[tail:]):
         raise _unreadable("it ends inside a packet")
-    demux = _Demux()
-    for base in range(first, tail, size):
-        # Most packets continue a known video stream with a plain payload (sync byte, no
-        # error, no unit start, not scrambled, payload only): taken here without the calls.
-        if (
-            stream[base] == _SYNC
-            and not stream[base + 1] & 0xC0
-            and stream[base + 3] & 0xF0 == 0x10
-        ):
-            spans = demux.videos.get((stream[base + 1] & 0x1F) << 8 | stream[base + 2])
-            if spans is not None:
-                spans.append((base + 4, base + PACKET))
-                continue
-        span = _payload(stream, base)
+    packets = _Packets(stream, first, size, count)
+    demux = _Demux(packets)
+    for number in packets.unusual.tolist():
+        demux.check_before(number)
+        span = _payload(stream, first + number * size)
         if span is not None:
-            demux.take(stream, *span)
-    return list(demux.videos.values()), demux.patches
+            demux.take(stream, number, *span)
+    demux.check_before(count)
+    return demux.video_spans(), demux.patches
+
+
+class _Packets:
+    """The packet headers, read all at once (NumPy): a clip is tens of thousands of packets,
+    and most of them continue a video stream with a plain payload (sync byte, no error, no
+    unit start, not scrambled, payload only). Only the others are read one by one."""
+
+    def __init__(self, stream: bytes | memoryview, first: int, size: int, count: int) -> None:
+        data = np.frombuffer(stream, dtype=np.uint8)
+        self.bases = first + size * np.arange(count, dtype=np.int64)
+        sync, flags, low, control = (data[self.bases + k] for k in range(4))
+        self.pids = (flags.astype(np.int32) & 0x1F) << 8 | low
+        plain = (sync == _SYNC) & (flags & 0xC0 == 0) & (control & 0xF0 == 0x10)
+        self.unusual = np.flatnonzero(~plain)
+        numbers = np.flatnonzero(plain)
+        pids = self.pids[numbers]
+        #: pid: the numbers of its plain packets (null packets are skipped as any decoder does)
+        self.plain = {
+            int(pid): numbers[pids == pid] for pid in np.unique(pids).tolist() if pid != _NULL_PID
+        }
 
 
 class _Demux:
-    """What each PID carries, the video payload spans so far, the tables' edits."""
+    """What each PID carries, from which packet on; the spans of video payloads in packets
+    read one by one; the tables' edits. A plain packet of a PID not yet known (or of the
+    service table, whose sections must fit one packet) is refused in stream order: the
+    first packet in the stream that cannot be read decides the reason."""
 
-    def __init__(self) -> None:
+    def __init__(self, packets: _Packets) -> None:
+        self.packets = packets
         self.kinds: dict[int, str] = {}  # pid: "video" or "table"
-        self.videos: dict[int, list[tuple[int, int]]] = {}
+        self.since: dict[int, int] = {}  # pid: the packet that said what it carries
+        self.videos: dict[int, list[tuple[int, int, int]]] = {}  # pid: (packet, start, end)
         self.patches: list[Patch] = []
+        #: (packet, reason) of the first plain packet that cannot be read, given what is known
+        self.blocked = self._first_blocked()
+
+    def _first_blocked(self) -> tuple[int, str] | None:
+        found = []
+        for pid, numbers in self.packets.plain.items():
+            since = self.since.get(pid)
+            if since is None or numbers[0] < since:
+                found.append(
+                    (int(numbers[0]), f"PID {pid} starts in the middle of a packet sequence")
+                )
+            elif pid == _SDT_PID and self.kinds[pid] == "table":
+                later = numbers[numbers > since]
+                if len(later):
+                    found.append((int(later[0]), "a service description section spans packets"))
+        return min(found, default=None)
+
+    def check_before(self, number: int) -> None:
+        """Refuse the stream if a plain packet before packet ``number`` cannot be read."""
+        if self.blocked is not None and self.blocked[0] < number:
+            raise _unreadable(self.blocked[1])
+
+    def _learn(self, pid: int, kind: str, number: int) -> None:
+        self.kinds[pid] = kind
+        self.since[pid] = number
+        self.blocked = self._first_blocked()
 
     def take(
-        self, stream: bytes | memoryview, pid: int, start: int, end: int, unit_start: bool
-    ) -> None:
+        self, stream: bytes | memoryview, number: int, pid: int, start: int, end: int,
+        unit_start: bool,
+    ) -> None:  # fmt: skip
         kind = self.kinds.get(pid)
         if unit_start and stream[start : start + 3] == b"\x00\x00\x01":
             if kind == "table":
                 raise _unreadable(f"PID {pid} carries tables and a PES stream")
-            self.kinds[pid] = "video"
-            self.videos.setdefault(pid, [])
+            if kind is None:
+                self._learn(pid, "video", number)
+                self.videos[pid] = []
             start = _after_pes_header(stream, start, end)
         elif unit_start:
             if kind == "video":
                 raise _unreadable(f"PID {pid} carries a PES stream and tables")
-            self.kinds[pid] = "table"
+            if kind is None:
+                self._learn(pid, "table", number)
             self.patches += _tables(stream, start, end, pid)
             return
         elif kind is None:
@@ -104,7 +152,28 @@ class _Demux:
             if pid == _SDT_PID:
                 raise _unreadable("a service description section spans packets")
             return
-        self.videos.setdefault(pid, []).append((start, end))
+        self.videos[pid].append((number, start, end))
+
+    def video_spans(self) -> list[list[tuple[int, int]]]:
+        """Each video PID's payload spans in packet order: those read one by one merged
+        with its plain packets' (4 bytes of header, then payload to the packet's end)."""
+        out = []
+        for pid, read in self.videos.items():
+            plain = self.packets.plain.get(pid, np.empty(0, dtype=np.int64))
+            numbers = np.concatenate([np.array([n for n, _, _ in read], dtype=np.int64), plain])
+            starts = np.concatenate(
+                [np.array([s for _, s, _ in read], dtype=np.int64), self.packets.bases[plain] + 4]
+            )
+            order = np.argsort(numbers, kind="stable")
+            begin = starts[order]
+            ends = np.concatenate(
+                [
+                    np.array([e for _, _, e in read], dtype=np.int64),
+                    self.packets.bases[plain] + PACKET,
+                ]
+            )[order]
+            out.append(list(zip(begin.tolist(), ends.tolist(), strict=True)))
+        return out
 
 
 def _after_pes_header(stream: bytes | memoryview, start: int, end: int) -> int:

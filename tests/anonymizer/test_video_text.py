@@ -12,11 +12,13 @@ import io
 from collections.abc import Callable
 from pathlib import Path
 
+import av
+import numpy as np
 import pytest
 from pydicom import dcmread
 from pydicom.encaps import generate_fragments
 
-from anonymizer import Deidentifier, load_profile
+from anonymizer import Deidentifier, load_profile, mpegts
 from anonymizer.bitstream import scrub_encapsulated
 from anonymizer.errors import UnreadableInput
 from anonymizer.files import anonymize_tree
@@ -214,3 +216,92 @@ def test_transport_stream_fields_that_cannot_be_checked_are_refused(
     stream = packet * 2
     with pytest.raises(UnreadableInput, match=reason):
         deid.deidentify_part10(instance_of(stream, H264_MPEG))
+
+
+def _payloads_one_by_one(stream: bytes, size: int) -> dict[int, list[tuple[int, int]]]:
+    """Each video PID's payload spans, read packet by packet as a decoder does (the
+    reference for the anonymizer's vectorized reading): adaptation field skipped, the PES
+    header skipped where a unit starts, tables and null packets left out."""
+    first = size - 188
+    videos: dict[int, list[tuple[int, int]]] = {}
+    for base in range(first, len(stream) - 187, size):
+        pid = (stream[base + 1] & 0x1F) << 8 | stream[base + 2]
+        control = stream[base + 3]
+        start = base + 4 + (1 + stream[base + 4] if control & 0x20 else 0)
+        if pid == 0x1FFF or not control & 0x10 or start >= base + 188:
+            continue
+        if stream[base + 1] & 0x40 and stream[start : start + 3] == b"\x00\x00\x01":
+            videos.setdefault(pid, [])
+            start += 9 + stream[start + 8]
+        if pid in videos:
+            videos[pid].append((start, base + 188))
+    return videos
+
+
+@pytest.mark.parametrize(
+    "codec, m2ts",
+    [*((codec, False) for codec in CODECS), ("H.264", True)],
+    ids=[*CODECS, "H.264-m2ts"],
+)
+def test_the_transport_streams_video_bytes_are_found_packet_for_packet(
+    codec: str, m2ts: bool
+) -> None:
+    # Packet headers are read all at once; the spans must be those of a plain packet loop.
+    stream = in_transport_stream(with_text(codec), codec, m2ts=m2ts)
+    videos, _ = mpegts.video_streams(stream)
+    assert videos == list(_payloads_one_by_one(stream, 192 if m2ts else 188).values())
+
+
+def test_a_long_clips_video_bytes_are_found_packet_for_packet() -> None:
+    # Noise keeps the encoder busy: hundreds of plain packets between PES starts.
+    rng = np.random.default_rng(3)
+    out = io.BytesIO()
+    with av.open(out, "w", format="h264") as container:
+        video = container.add_stream("libx264", rate=25)
+        video.width, video.height, video.pix_fmt = 320, 240, "yuv420p"
+        for _ in range(10):
+            picture = rng.integers(0, 255, (240, 320, 3), dtype=np.uint8)
+            for packet in video.encode(av.VideoFrame.from_ndarray(picture, format="rgb24")):
+                container.mux(packet)
+        for packet in video.encode():
+            container.mux(packet)
+    stream = in_transport_stream(with_text("H.264", out.getvalue()), "H.264")
+    videos, _ = mpegts.video_streams(stream)
+    assert videos == list(_payloads_one_by_one(stream, 188).values())
+    full = sum(1 for start, end in videos[0] if end - start == 184)
+    assert full > 0.9 * len(stream) / 188  # nearly all of them plain, read in bulk
+
+
+def _plain_packet(pid: int = 0x100) -> bytes:
+    """A packet continuing a stream on ``pid``: no unit start, payload only."""
+    return bytes([0x47, pid >> 8, pid & 0xFF, 0x10]) + b"\x00" * 184
+
+
+_AUDIO_START = _one_packet(b"\x00\x00\x01\xc0\x00\x00\x80\x00\x00", pid=0x101)
+_SDT_START = _one_packet(bytes([0, 0x42, 0xF0, 0x0C]) + bytes(11) + bytes(4), pid=0x11)
+
+
+@pytest.mark.parametrize(
+    "packets, reason",
+    [
+        ([_plain_packet()], "PID 256 starts in the middle"),
+        ([_plain_packet(), _AUDIO_START], "PID 256 starts in the middle"),
+        ([_AUDIO_START, _plain_packet()], "not video"),
+        ([_SDT_START, _plain_packet(0x11)], "service description section spans packets"),
+        ([_SDT_START, _AUDIO_START, _plain_packet(0x11)], "not video"),
+    ],
+    ids=[
+        "unknown-pid",
+        "unknown-pid-then-audio",
+        "audio-then-unknown-pid",
+        "service-table-continued",
+        "audio-before-the-continuation",
+    ],
+)
+def test_the_first_packet_that_cannot_be_read_gives_the_reason(
+    deid: Deidentifier, packets: list[bytes], reason: str
+) -> None:
+    # Plain packets are judged in bulk, the others one by one: the refusal still names the
+    # first packet in the stream that cannot be read.
+    with pytest.raises(UnreadableInput, match=reason):
+        deid.deidentify_part10(instance_of(b"".join(packets) * 2, H264_MPEG))
