@@ -13,13 +13,14 @@ from dataclasses import dataclass
 from typing import Any, Protocol, cast
 
 from pydicom.dataset import Dataset
-from pynetdicom import evt
+from pynetdicom import build_context, evt
 from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.events import Event
 from pynetdicom.sop_class import (  # type: ignore[attr-defined]  # generated at import
     PatientRootQueryRetrieveInformationModelFind,
     PatientRootQueryRetrieveInformationModelGet,
     PatientRootQueryRetrieveInformationModelMove,
+    Verification,
 )
 
 from catalog import CatalogError
@@ -48,6 +49,8 @@ _PATIENT_ROOT = {
     PatientRootQueryRetrieveInformationModelGet,
 }
 _QUERY_ERRORS = (NodeError, IndexFailure, CatalogError)
+#: The association a refused C-MOVE must still open to its destination to be answered.
+ECHO_ONLY = build_context(Verification)
 
 
 class Retriever(Protocol):
@@ -316,8 +319,9 @@ class Gateway:
         try:
             retriever, planned = self._plan(event)
         except Exception as exc:
-            # pynetdicom only sends a final status after the destination and a count.
-            yield destination.host, destination.port, None
+            # pynetdicom sends a final status only after the destination, a count, and an
+            # association with the destination: one for C-ECHO alone, nothing is sent on it.
+            yield destination.host, destination.port, {"contexts": [ECHO_ONLY]}
             yield from self._refuse_retrieve(event, exc, destination_ae)
             return
         store = StoreAssociation()  # what the destination accepts, once it has

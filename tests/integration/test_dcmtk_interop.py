@@ -414,6 +414,22 @@ def test_movescu_unknown_destination_is_refused_a801(
     assert received.received() == [], "instances were sent although the destination is unknown"
 
 
+def test_movescu_identifier_the_model_lacks_is_refused_a900(
+    qr_node: Node, storescp: StoreSCP, received: StoreSCP
+) -> None:
+    # PATIENT level is not part of the Study Root model: the SCU hears 0xA900 (identifier
+    # does not match SOP class), not a generic processing failure, and nothing is sent.
+    result = run_dcmtk("movescu", "-d", "-S", "-aec", qr_node.called_ae, "-aem",
+                       storescp.ae_title, "-k", "QueryRetrieveLevel=PATIENT",
+                       "-k", "PatientID=ITD*", HOST, str(qr_node.port))  # fmt: skip
+    statuses = dimse_statuses(result.stdout + result.stderr)
+    assert statuses and statuses[-1] == 0xA900, describe(result)
+    assert received.received() == []
+    refused = [line for line in qr_node.log_text().splitlines()
+               if "event=retrieve_refused" in line and "Study Root" in line]  # fmt: skip
+    assert refused, "the refusal was not logged with its reason"
+
+
 def test_getscu_study_into_folder(qr_node: Node, corpus: Corpus, tmp_path: Path) -> None:
     out = tmp_path / "get"
     out.mkdir()
