@@ -39,10 +39,11 @@ import time
 from typing import Any, cast
 
 import pynetdicom
+from pynetdicom import AE
 from pynetdicom.association import Association
 from pynetdicom.dul import DULServiceProvider
 from pynetdicom.pdu import A_ABORT_RQ
-from pynetdicom.transport import RequestHandler
+from pynetdicom.transport import AddressInformation, AssociationSocket, RequestHandler
 
 from node.dicom import find_scp
 from node.dicom.part10 import part10
@@ -427,18 +428,7 @@ class EventDrivenAssociation(Association):
         timeouts); only its DUL provider and its run loop are replaced. With a
         ``store_sink`` the DUL serves C-STOREs itself (:mod:`node.dicom.store_scp`).
         """
-        old = assoc.dul
-        new = EventDrivenDUL(assoc, store_sink)
-        new.socket = old.socket
-        # what the socket's creation already queued (Evt5, "connection open") comes along
-        new.event_queue = old.event_queue
-        new.to_provider_queue = old.to_provider_queue
-        new.to_user_queue = old.to_user_queue
-        new._recv_pdu = old._recv_pdu
-        assoc.dul = new
-        # re-apply the timeouts: their setters write into the DUL's timers
-        assoc.acse_timeout = assoc.acse_timeout
-        assoc.network_timeout = assoc.network_timeout
+        _swap_dul(assoc, store_sink)
         assoc.__class__ = cls
         return cast(EventDrivenAssociation, assoc)
 
@@ -462,6 +452,43 @@ class EventDrivenAssociation(Association):
             find_scp.serve_find(self, msg, context)
             return
         super()._serve_request(msg, context_id)
+
+
+def _swap_dul(assoc: Association, store_sink: StoreSink | None = None) -> None:
+    """Give a not yet started association an :class:`EventDrivenDUL` in place of its own."""
+    old = assoc.dul
+    new = EventDrivenDUL(assoc, store_sink)
+    new.socket = old.socket
+    # what the socket's creation already queued (Evt5, "connection open") comes along
+    new.event_queue = old.event_queue
+    new.to_provider_queue = old.to_provider_queue
+    new.to_user_queue = old.to_user_queue
+    new._recv_pdu = old._recv_pdu
+    assoc.dul = new
+    # re-apply the timeouts: their setters write into the DUL's timers
+    assoc.acse_timeout = assoc.acse_timeout
+    assoc.network_timeout = assoc.network_timeout
+
+
+class EventDrivenAE(AE):
+    """An AE whose requestor associations get the event-driven DUL too: a C-MOVE's
+    sub-association and the node's own sends. Each C-STORE it sends then goes out and
+    its response is taken as soon as they are ready, not on the next 1 ms poll of the DUL
+    (half a CT image's turn at a local C-MOVE, measured in docs/performance.md).
+
+    ``AE.associate()`` creates the association and its socket through ``_create_socket``
+    before it starts the DUL thread; the DUL is swapped there."""
+
+    def _create_socket(
+        self,
+        assoc: Association,
+        address: AddressInformation,
+        tls_args: tuple[ssl.SSLContext, str] | None,
+    ) -> AssociationSocket:
+        sock = super()._create_socket(assoc, address, tls_args)
+        if supported():
+            _swap_dul(assoc)
+        return sock
 
 
 def association_loop(assoc: Association) -> None:

@@ -9,11 +9,12 @@ first: re-read its ``dul.py``/``association.py`` run loops against reactor.py, t
 
 from __future__ import annotations
 
+import copy
 import os
 import subprocess
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,8 +25,9 @@ from pynetdicom.association import Association
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from pynetdicom.transport import RequestHandler
 
+from node.config import DicomConfig
 from node.dicom import reactor
-from node.dicom.server import serve
+from node.dicom.server import build_ae, serve
 from tests.integration.processes import dcmtk
 from tests.integration.rawpeer import COMMAND_LAST, VERIFICATION, RawPeer, echo_rq, p_data, pdv
 
@@ -211,3 +213,49 @@ def test_pynetdicom_requestors_never_lose_a_response(server: Server) -> None:
     finally:
         assoc.release()
     assert statuses.count(0x0000) == 2000, f"{statuses.count(None)} responses lost"
+
+
+def test_the_nodes_requestor_associations_are_event_driven(server: Server) -> None:
+    # A C-MOVE's sub-association and the node's own sends: no 1 ms polls per turn either.
+    ae = reactor.EventDrivenAE(ae_title="REQUESTOR")
+    ae.add_requested_context(Verification)
+    assoc = ae.associate("127.0.0.1", server.port, ae_title="REACTOR")
+    try:
+        assert assoc.is_established
+        assert isinstance(assoc.dul, reactor.EventDrivenDUL)
+        replies = [assoc.send_c_echo() for _ in range(20)]
+        assert [int(r.Status) for r in replies] == [0x0000] * 20
+    finally:
+        assoc.release()
+        ae.shutdown()
+    assoc.join(5)
+    assert not assoc.dul.is_alive()
+
+
+def _min_ms(work: Callable[[], object], repeat: int = 3) -> float:
+    best = float("inf")
+    for _ in range(repeat):
+        started = time.perf_counter()
+        work()
+        best = min(best, time.perf_counter() - started)
+    return best * 1000
+
+
+def test_the_nodes_supported_contexts_are_copied_cheaply_for_each_association() -> None:
+    # pynetdicom deep-copies the server's supported contexts for every association it
+    # accepts: the node's 177 contexts hold ~8,000 UIDs, each rebuilt and validated.
+    ae = build_ae(DicomConfig())
+    running = serve(ae, ("127.0.0.1", 0), [])
+    try:
+        served, plain = running.contexts, ae.supported_contexts
+        copied = copy.deepcopy(served)
+        assert [(c.abstract_syntax, c.transfer_syntax) for c in copied] == [
+            (c.abstract_syntax, c.transfer_syntax) for c in plain
+        ]
+        assert copied[0]._transfer_syntax is not served[0]._transfer_syntax  # negotiation's own
+        assert copied[0].transfer_syntax[0] is served[0].transfer_syntax[0]  # UIDs shared
+        assert 10 * _min_ms(lambda: copy.deepcopy(served)) < _min_ms(lambda: copy.deepcopy(plain))
+        done = _echoscu(int(running.server_address[1]), "-aec", ae.ae_title)
+        assert done.returncode == 0, done.stderr
+    finally:
+        ae.shutdown()
