@@ -7,7 +7,6 @@ Each C-FIND match carries RetrieveAETitle = the AE titles of the nodes that hold
 
 from __future__ import annotations
 
-import io
 import logging
 import threading
 import weakref
@@ -15,7 +14,6 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from pydicom import dcmread
 from pydicom.dataset import Dataset
 
 from catalog import CatalogClient, InstanceLocation, QueryFilter, SeriesMatch, StudyMatch
@@ -23,7 +21,7 @@ from catalog import InstanceMatch as CatalogInstanceMatch
 from node.errors import InvalidIdentifier
 from node.index.records import IndexQuery, Level, StoredInstance
 from node.peer.client import PeerTransferError
-from node.services.retrieve import MAX_SUBOPERATIONS, TooManyMatches
+from node.services.retrieve import MAX_SUBOPERATIONS, StoredDataset, TooManyMatches
 from node.structlog import log_event
 
 LOG = logging.getLogger("gridpacs.node.grid")
@@ -305,7 +303,7 @@ def _fetch_run(
 
 def _decode(data: bytes) -> Dataset | Exception:
     try:
-        return dcmread(io.BytesIO(data))
+        return StoredDataset(data)
     except Exception as exc:  # verified bytes that do not parse: that sub-operation fails
         return exc
 
@@ -396,7 +394,7 @@ class GridRetrieveService:
                 log_event(LOG, "peer_failover", level=logging.WARNING, peer=address,
                           sop_instance_uid=location.sop_instance_uid, reason=str(exc))  # fmt: skip
                 continue
-            return dcmread(io.BytesIO(data))
+            return StoredDataset(data)
         raise PeerTransferError(
             f"no holder delivered {location.sop_instance_uid}: {'; '.join(errors) or 'none known'}"
         )

@@ -101,6 +101,8 @@ class EventDrivenDUL(DULServiceProvider):
         self._wake_w.setblocking(False)
         self.user_wake = threading.Event()
         """Set after every state-machine action and on exit: news for the association."""
+        self._waiting = False
+        """True from just before the DUL looks at its queues until it stops waiting."""
 
     # -- wake-ups from other threads --------------------------------------------------
     def _wake(self) -> None:
@@ -113,7 +115,11 @@ class EventDrivenDUL(DULServiceProvider):
 
     def send_pdu(self, primitive: Any) -> None:
         super().send_pdu(primitive)
-        self._wake()
+        # Only a DUL that may be blocked needs the byte: it sets the flag before it looks
+        # at its queues, so a primitive queued before the flag is seen by that look. A CT
+        # image is dozens of P-DATA primitives queued while the DUL is busy sending.
+        if self._waiting:
+            self._wake()
 
     def kill_dul(self) -> None:
         super().kill_dul()
@@ -122,6 +128,13 @@ class EventDrivenDUL(DULServiceProvider):
     # -- the loop ---------------------------------------------------------------------
     def _wait_for_work(self) -> None:
         """Block until the socket is readable, a primitive is queued, or MAX_WAIT_S."""
+        self._waiting = True
+        try:
+            self._block()
+        finally:
+            self._waiting = False
+
+    def _block(self) -> None:
         if not self.to_provider_queue.empty() or not self.event_queue.empty():
             return
         sock = self.socket.socket if self.socket is not None else None

@@ -34,6 +34,7 @@ from node.dicom.reactor import (
     with_store_sink,
 )
 from node.dicom.scu import install_nodelay_for_outgoing, set_nodelay
+from node.dicom.store_scu import install_stored_bytes_pass_through
 from node.errors import ConfigError
 
 # pynetdicom accepts the first of *our* syntaxes that the peer offers: prefer Explicit VR
@@ -78,6 +79,7 @@ def configure_pynetdicom() -> None:
     install_nodelay_for_outgoing()
     warn_if_unsupported()
     install_race_free_loop()
+    install_stored_bytes_pass_through()
 
 
 def _tls_context(config: DicomConfig) -> ssl.SSLContext | None:

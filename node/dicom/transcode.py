@@ -20,6 +20,7 @@ from pynetdicom.events import Event
 from pynetdicom.presentation import PresentationContext
 
 from node.errors import NodeError
+from node.services.retrieve import StoredDataset
 
 #: SOP Class UID → transfer syntaxes the peer accepted for us to send it in.
 Accepted = Mapping[str, frozenset[str]]
@@ -69,6 +70,8 @@ def fit_to(dataset: Dataset, accepted: Accepted) -> tuple[Dataset, bool]:
             f"the destination accepted neither {syntax.name} nor an uncompressed syntax "
             f"for {UID(str(dataset.get('SOPClassUID', ''))).name}"
         )
+    if isinstance(dataset, StoredDataset):
+        dataset = dataset.parsed()
     try:
         dataset.decompress(generate_instance_uid=False)
     except Exception as exc:  # the decoder plug-ins raise what their libraries raise
