@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Protocol, cast
 
@@ -369,12 +370,14 @@ class Gateway:
     ) -> Iterator[Any]:
         started = time.perf_counter()
         failed = decoded = 0
-        for inst in planned:
+        for inst, ready in _read_ahead(
+            planned, lambda item: fit_to(retriever.load(item), accepted())
+        ):
             if event.is_cancelled:
                 yield status.CANCELLED, None
                 return
             try:
-                dataset, was_decoded = fit_to(retriever.load(inst), accepted())
+                dataset, was_decoded = ready.result()
                 decoded += was_decoded
             except Exception as exc:
                 failed += 1
@@ -398,6 +401,27 @@ class Gateway:
             decoded=decoded,
             ms=round((time.perf_counter() - started) * 1000, 2),
         )
+
+
+def _read_ahead(
+    planned: Sequence[Any], prepare: Callable[[Any], tuple[Dataset, bool]]
+) -> Iterator[tuple[Any, Future[tuple[Dataset, bool]]]]:
+    """Each planned instance with its prepared data set, the next one prepared (read from
+    the store, verified, decoded if it must be) in a thread while this one is sent: the
+    read and the SHA-256 overlap the wait for the destination's response instead of
+    following it. One ahead is enough for that, and keeps at most two in memory."""
+    if not planned:
+        return
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="retrieve-read-ahead") as pool:
+        upcoming = pool.submit(prepare, planned[0])
+        try:
+            for index, inst in enumerate(planned):
+                ready = upcoming
+                if index + 1 < len(planned):
+                    upcoming = pool.submit(prepare, planned[index + 1])
+                yield inst, ready
+        finally:  # cancelled, or the association went away: drop what was read ahead
+            pool.shutdown(wait=True, cancel_futures=True)
 
 
 class _Unloadable:

@@ -47,10 +47,12 @@ from pynetdicom.transport import AddressInformation, AssociationSocket, RequestH
 
 from node.dicom import find_scp
 from node.dicom.part10 import part10
+from node.dicom.pending import PendingInOnePiece
 from node.dicom.store_scp import (
     HANDLER_FAILED,
     MIN_PEER_PDU,
     PendingStore,
+    RawPData,
     StoreCall,
     StoreOutcome,
     StoreSink,
@@ -59,6 +61,7 @@ from node.dicom.store_scp import (
     is_storage_class,
     store_response,
 )
+from node.dicom.store_scu import FramedStores
 
 # the messages pynetdicom logs from these loops, under its own logger names
 DUL_LOG = logging.getLogger("pynetdicom.dul")
@@ -89,6 +92,9 @@ def supported(version: str = pynetdicom.__version__) -> bool:
 
 class EventDrivenDUL(DULServiceProvider):
     """pynetdicom's DUL provider, blocking in ``select`` instead of sleeping 1 ms a turn."""
+
+    takes_raw_pdata = True
+    """It writes queued :class:`~node.dicom.store_scp.RawPData` to the socket as they are."""
 
     def __init__(self, assoc: Association, store_sink: StoreSink | None = None) -> None:
         super().__init__(assoc)
@@ -124,6 +130,25 @@ class EventDrivenDUL(DULServiceProvider):
     def kill_dul(self) -> None:
         super().kill_dul()
         self._wake()
+
+    def _process_recv_primitive(self) -> bool:
+        """Encoded P-DATA-TF PDUs go straight to the socket; other primitives as upstream.
+
+        Sending P-DATA in Sta6 (DT-1) leaves the state machine where it is, so writing the
+        PDUs here is what it would do, without a P-DATA primitive and PDU object per 16 KiB.
+        In any other state the association is ending: they are dropped, as the state
+        machine would refuse them, and the sender's DIMSE wait ends as it would upstream.
+        """
+        try:
+            primitive = self.to_provider_queue.queue[0]
+        except IndexError:
+            return False
+        if not isinstance(primitive, RawPData):
+            return bool(super()._process_recv_primitive())
+        self.to_provider_queue.get(block=False)
+        if self.state_machine.current_state == "Sta6" and self.socket is not None:
+            self.socket.send(primitive.data)
+        return True
 
     # -- the loop ---------------------------------------------------------------------
     def _wait_for_work(self) -> None:
@@ -425,7 +450,7 @@ def _pdvs_well_framed(pdu: memoryview) -> bool:
     return offset == end
 
 
-class EventDrivenAssociation(Association):
+class EventDrivenAssociation(FramedStores):
     """An acceptor association whose reactor waits for its DUL's news instead of polling,
     and whose C-FIND responses are written by :mod:`node.dicom.find_scp`."""
 
@@ -441,7 +466,8 @@ class EventDrivenAssociation(Association):
         timeouts); only its DUL provider and its run loop are replaced. With a
         ``store_sink`` the DUL serves C-STOREs itself (:mod:`node.dicom.store_scp`).
         """
-        _swap_dul(assoc, store_sink)
+        swap_dul(assoc, store_sink)
+        assoc.dimse.__class__ = PendingInOnePiece
         assoc.__class__ = cls
         return cast(EventDrivenAssociation, assoc)
 
@@ -467,7 +493,7 @@ class EventDrivenAssociation(Association):
         super()._serve_request(msg, context_id)
 
 
-def _swap_dul(assoc: Association, store_sink: StoreSink | None = None) -> None:
+def swap_dul(assoc: Association, store_sink: StoreSink | None = None) -> None:
     """Give a not yet started association an :class:`EventDrivenDUL` in place of its own."""
     old = assoc.dul
     new = EventDrivenDUL(assoc, store_sink)
@@ -483,14 +509,18 @@ def _swap_dul(assoc: Association, store_sink: StoreSink | None = None) -> None:
     assoc.network_timeout = assoc.network_timeout
 
 
-class EventDrivenAE(AE):
-    """An AE whose requestor associations get the event-driven DUL too: a C-MOVE's
-    sub-association and the node's own sends. Each C-STORE it sends then goes out and
-    its response is taken as soon as they are ready, not on the next 1 ms poll of the DUL
-    (half a CT image's turn at a local C-MOVE, measured in docs/performance.md).
+class FramingRequestor(FramedStores):
+    """A requestor association of the node (see :class:`RequestorAE`)."""
+
+
+class RequestorAE(AE):
+    """The node's AE: its requestor associations (a C-MOVE's sub-association, a stream's
+    results) get the event-driven DUL the acceptors have, and frame stored data sets'
+    C-STOREs themselves (:class:`~node.dicom.store_scu.FramedStores`). Without the first,
+    each C-STORE turn waited on the DUL's 1 ms polls.
 
     ``AE.associate()`` creates the association and its socket through ``_create_socket``
-    before it starts the DUL thread; the DUL is swapped there."""
+    before it starts the DUL thread; both are changed there."""
 
     def _create_socket(
         self,
@@ -500,7 +530,8 @@ class EventDrivenAE(AE):
     ) -> AssociationSocket:
         sock = super()._create_socket(assoc, address, tls_args)
         if supported():
-            _swap_dul(assoc)
+            swap_dul(assoc)
+            assoc.__class__ = FramingRequestor
         return sock
 
 

@@ -14,7 +14,7 @@ from pynetdicom import build_context
 from pynetdicom.presentation import PresentationContext
 from pynetdicom.transport import AssociationSocket
 
-from node.dicom.reactor import EventDrivenAE
+from node.dicom.reactor import RequestorAE
 from node.dicom.transcode import CannotSend, accepted_for_sending, fit_to
 from node.errors import NodeError
 from node.index.records import StoredInstance
@@ -93,7 +93,7 @@ def send_files(
         return 0
     install_nodelay_for_outgoing()
     headers = [dcmread(path, stop_before_pixels=True) for path in files]
-    ae = EventDrivenAE(ae_title=calling_ae)
+    ae = RequestorAE(ae_title=calling_ae)
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = timeout
     contexts: dict[tuple[str, str], PresentationContext] = {}
     for ds in headers:

@@ -27,9 +27,10 @@ from catalog.security.revocation import check_crl_file
 from node.config import DicomConfig
 from node.dicom.handlers import Gateway
 from node.dicom.reactor import (
-    EventDrivenAE,
     EventDrivenRequestHandler,
+    RequestorAE,
     install_race_free_loop,
+    supported,
     warn_if_unsupported,
     with_store_sink,
 )
@@ -79,7 +80,8 @@ def configure_pynetdicom() -> None:
     install_nodelay_for_outgoing()
     warn_if_unsupported()
     install_race_free_loop()
-    install_stored_bytes_pass_through()
+    if supported():
+        install_stored_bytes_pass_through()
 
 
 def _tls_context(config: DicomConfig) -> ssl.SSLContext | None:
@@ -103,7 +105,7 @@ def _tls_context(config: DicomConfig) -> ssl.SSLContext | None:
 
 def build_ae(config: DicomConfig) -> AE:
     """An AE that accepts verification, every storage SOP class and Q/R FIND/MOVE/GET."""
-    ae = EventDrivenAE(ae_title=config.ae_title)
+    ae = RequestorAE(ae_title=config.ae_title)
     ae.maximum_associations = config.max_associations
     ae.maximum_pdu_size = config.max_pdu_size
     ae.network_timeout = config.network_timeout

@@ -182,6 +182,18 @@ def store_response(command: StoreCommand, outcome: StoreOutcome) -> bytes:
     return _element(0x0000, struct.pack("<I", len(body))) + body
 
 
+class RawPData:
+    """P-DATA-TF PDUs already encoded, queued like a primitive: an event-driven DUL
+    (:class:`node.dicom.reactor.EventDrivenDUL`) writes them to the socket as they are.
+    Pending retrieve responses (:mod:`node.dicom.pending`) and C-STORE requests of stored
+    data sets (:mod:`node.dicom.store_scu`) go this way."""
+
+    __slots__ = ("data",)
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+
+
 def command_pdu(context_id: int, command_set: bytes) -> bytes:
     """A P-DATA-TF PDU carrying ``command_set`` as one last command fragment."""
     item_length = len(command_set) + 2

@@ -217,7 +217,7 @@ def test_pynetdicom_requestors_never_lose_a_response(server: Server) -> None:
 
 def test_the_nodes_requestor_associations_are_event_driven(server: Server) -> None:
     # A C-MOVE's sub-association and the node's own sends: no 1 ms polls per turn either.
-    ae = reactor.EventDrivenAE(ae_title="REQUESTOR")
+    ae = reactor.RequestorAE(ae_title="REQUESTOR")
     ae.add_requested_context(Verification)
     assoc = ae.associate("127.0.0.1", server.port, ae_title="REACTOR")
     try:

@@ -9,10 +9,18 @@ from __future__ import annotations
 
 import io
 
+import pytest
 from pydicom import dcmread
+from pynetdicom.dimse import _RQ_TO_MESSAGE, _RSP_TO_MESSAGE
+from pynetdicom.dimse_messages import C_STORE_RQ
+from pynetdicom.dimse_primitives import C_GET, C_MOVE, C_STORE
 from pynetdicom.dsutils import decode
+from pynetdicom.dsutils import encode as encode_dataset
+from pynetdicom.pdu import P_DATA_TF
+from pynetdicom.pdu_primitives import P_DATA
 
-from node.dicom.store_scu import encode
+from node.dicom.pending import pending_response
+from node.dicom.store_scu import encode, store_pdus, store_request
 from node.services.retrieve import StoredDataset
 from tests.factories import make_dataset, to_bytes
 
@@ -60,3 +68,55 @@ def test_a_file_meta_without_group_length_is_parsed_to_find_its_data_set() -> No
     assert stored.encoded is None
     assert encode(stored, False, True) == data[144 + meta_length :]
     assert _CountingParses.parses == 1
+
+
+def _pynetdicom_command_set(primitive: object) -> bytes:
+    """The command set pynetdicom encodes for ``primitive`` (what it sends upstream)."""
+    message = (_RSP_TO_MESSAGE if primitive.MessageIDBeingRespondedTo is not None  # type: ignore[attr-defined]
+               else _RQ_TO_MESSAGE)[type(primitive)]()  # fmt: skip
+    message.primitive_to_message(primitive)
+    return bytes(encode_dataset(message.command_set, True, True))
+
+
+@pytest.mark.parametrize("originator", [None, ("MOVESCU", 7)], ids=["c-get", "c-move"])
+def test_a_store_request_is_framed_as_pynetdicom_frames_it(
+    originator: tuple[str, int] | None,
+) -> None:
+    ds = make_dataset(rows=100, columns=100)
+    stored = StoredDataset(to_bytes(ds))
+    assert stored.encoded is not None
+    request = C_STORE()
+    request.MessageID = 42
+    request.AffectedSOPClassUID = ds.SOPClassUID
+    request.AffectedSOPInstanceUID = ds.SOPInstanceUID
+    request.Priority = 2
+    if originator is not None:
+        request.MoveOriginatorApplicationEntityTitle, request.MoveOriginatorMessageID = originator
+    request.DataSet = io.BytesIO(bytes(stored.encoded))
+    command = store_request(ds.SOPClassUID, ds.SOPInstanceUID, 42, *(originator or (None, None)))
+    assert command == _pynetdicom_command_set(request)
+    message = C_STORE_RQ()
+    message.primitive_to_message(request)
+    expected = b"".join(_p_data_tf(primitive) for primitive in message.encode_msg(5, 4096))
+    assert store_pdus(5, command, stored.encoded, 4096) == expected
+
+
+def _p_data_tf(primitive: P_DATA) -> bytes:
+    pdu = P_DATA_TF()
+    pdu.from_primitive(primitive)
+    return bytes(pdu.encode())
+
+
+@pytest.mark.parametrize("kind", [C_MOVE, C_GET])
+def test_a_pending_retrieve_response_is_encoded_as_pynetdicom_encodes_it(kind: type) -> None:
+    response = kind()
+    response.MessageIDBeingRespondedTo = 3
+    response.AffectedSOPClassUID = "1.2.840.10008.5.1.4.1.2.2.2"
+    response.Status = 0xFF00
+    response.NumberOfRemainingSuboperations = 97
+    response.NumberOfCompletedSuboperations = 2
+    response.NumberOfFailedSuboperations = 1
+    response.NumberOfWarningSuboperations = 0
+    assert pending_response(response) == _pynetdicom_command_set(response)
+    response.Status = 0x0000  # a final response: pynetdicom's, with its identifier rules
+    assert pending_response(response) is None
