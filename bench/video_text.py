@@ -18,18 +18,13 @@ output. Run: ``python bench/video_text.py [--repeat 5]``.
 from __future__ import annotations
 
 import argparse
-import io
 import os
 import shutil
 import statistics
 import sys
 import tempfile
 import time
-from fractions import Fraction
 from pathlib import Path
-
-import av
-import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -46,26 +41,9 @@ from tests.anonymizer.video_streams import (  # noqa: E402
     SERVICE_TEXT,
     in_transport_stream,
     instance_of,
+    noisy_clip,
     with_text,
 )
-
-
-def noisy_clip(codec: str) -> bytes:
-    """~10 MB of 640x480 noise, encoded by FFmpeg's encoder for ``codec``."""
-    fmt, encoder = {"H.264": ("h264", "libx264"), "MPEG-2": ("mpeg2video", "mpeg2video")}[codec]
-    rng = np.random.default_rng(1)
-    out = io.BytesIO()
-    with av.open(out, "w", format=fmt) as container:
-        stream = container.add_stream(encoder, rate=Fraction(25))
-        stream.width, stream.height, stream.pix_fmt = 640, 480, "yuv420p"
-        stream.bit_rate = 8_000_000
-        for _ in range(250):
-            picture = rng.integers(0, 255, (480, 640, 3), dtype=np.uint8)
-            for packet in stream.encode(av.VideoFrame.from_ndarray(picture, format="rgb24")):
-                container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
-    return out.getvalue()
 
 
 def theirs(source: Path, out: Path) -> Path:

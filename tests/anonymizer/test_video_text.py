@@ -12,8 +12,6 @@ import io
 from collections.abc import Callable
 from pathlib import Path
 
-import av
-import numpy as np
 import pytest
 from pydicom import dcmread
 from pydicom.encaps import generate_fragments
@@ -37,6 +35,7 @@ from tests.anonymizer.video_streams import (
     in_transport_stream,
     instance_of,
     kept_messages,
+    noisy_clip,
     with_text,
 )
 
@@ -254,18 +253,8 @@ def test_the_transport_streams_video_bytes_are_found_packet_for_packet(
 
 def test_a_long_clips_video_bytes_are_found_packet_for_packet() -> None:
     # Noise keeps the encoder busy: hundreds of plain packets between PES starts.
-    rng = np.random.default_rng(3)
-    out = io.BytesIO()
-    with av.open(out, "w", format="h264") as container:
-        video = container.add_stream("libx264", rate=25)
-        video.width, video.height, video.pix_fmt = 320, 240, "yuv420p"
-        for _ in range(10):
-            picture = rng.integers(0, 255, (240, 320, 3), dtype=np.uint8)
-            for packet in video.encode(av.VideoFrame.from_ndarray(picture, format="rgb24")):
-                container.mux(packet)
-        for packet in video.encode():
-            container.mux(packet)
-    stream = in_transport_stream(with_text("H.264", out.getvalue()), "H.264")
+    clip = noisy_clip("H.264", frames=10, size=(320, 240), bit_rate=4_000_000)
+    stream = in_transport_stream(with_text("H.264", clip), "H.264")
     videos, _ = mpegts.video_streams(stream)
     assert videos == list(_payloads_one_by_one(stream, 188).values())
     full = sum(1 for start, end in videos[0] if end - start == 184)

@@ -60,6 +60,29 @@ def encoded(codec: str, container_format: str | None = None) -> bytes:
     return out.getvalue()
 
 
+def noisy_clip(
+    codec: str, *, frames: int = 250, size: tuple[int, int] = (640, 480), bit_rate: int = 8_000_000
+) -> bytes:
+    """``frames`` pictures of noise encoded by FFmpeg's encoder for ``codec`` (H.264 or
+    MPEG-2): the encoder never rests, so the stream is as long as its bit rate allows
+    (the benchmark's ~10 MB clip by default)."""
+    fmt, encoder = {"H.264": ("h264", "libx264"), "MPEG-2": ("mpeg2video", "mpeg2video")}[codec]
+    width, height = size
+    rng = np.random.default_rng(1)
+    out = io.BytesIO()
+    with av.open(out, "w", format=fmt) as container:
+        stream = container.add_stream(encoder, rate=Fraction(25))
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        stream.bit_rate = bit_rate
+        for _ in range(frames):
+            picture = rng.integers(0, 255, (height, width, 3), dtype=np.uint8)
+            for packet in stream.encode(av.VideoFrame.from_ndarray(picture, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return out.getvalue()
+
+
 def decoded(stream: bytes, codec: str) -> list[bytes]:
     """Every picture of ``stream`` (its luma plane), decoded by FFmpeg."""
     fmt, _ = _FORMATS[codec]
