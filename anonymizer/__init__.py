@@ -9,6 +9,7 @@ Public API::
 The library reads no configuration and no environment: callers pass paths and bytes.
 """
 
+from anonymizer import _gdcm_guard  # noqa: F401  # first: before pydicom loads
 from anonymizer.engine import DeidentifiedInstance, Deidentifier, read_part10
 from anonymizer.errors import (
     AnonymizationError,

@@ -20,11 +20,11 @@ from tests.factories import StudySpec, make_dataset, make_pdf_document, to_bytes
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def _gridpacs(*args: str) -> subprocess.CompletedProcess[str]:
+def _gridpacs(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "PYTHONPATH": str(ROOT), "COLUMNS": "200"}
     return subprocess.run(
         [sys.executable, "-m", "gridpacs", *args],
-        cwd=ROOT,
+        cwd=cwd,
         env=env,
         capture_output=True,
         text=True,
@@ -88,6 +88,23 @@ def test_all_good_exits_zero_with_a_summary_table(tmp_path: Path, site: dict[str
                        str(site["secret"]))  # fmt: skip
     assert result.returncode == 0, result.stderr
     assert "written" in result.stdout and "files/s" in result.stdout
+    assert len(list((tmp_path / "out").iterdir())) == 1
+
+
+def test_a_dl_folder_where_it_runs_does_not_break_the_decoders(
+    tmp_path: Path, site: dict[str, Path]
+) -> None:
+    # python-gdcm runs ``import dl`` as pydicom loads it: a downloads folder named ``dl``
+    # in the working directory once made every pydicom import fail (anonymizer/_gdcm_guard).
+    (tmp_path / "dl").mkdir()
+    source = tmp_path / "one.dcm"
+    source.write_bytes(to_bytes(make_dataset()))
+    bare = subprocess.run([sys.executable, "-c", "import pydicom"], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert "has no attribute 'RTLD_NOW'" in bare.stderr  # what it guards against
+    result = _gridpacs("anonymize", str(source), str(tmp_path / "out"), "--secret-file",
+                       str(site["secret"]), cwd=tmp_path)  # fmt: skip
+    assert result.returncode == 0, result.stderr
     assert len(list((tmp_path / "out").iterdir())) == 1
 
 
