@@ -8,11 +8,11 @@ never parsed, and what the workstation receives is byte for byte what the modali
 Any other encoding is pydicom's, from the whole parsed data set.
 
 On the node's associations (a C-MOVE's sub-association, a C-GET's own association, a
-stream's results: :class:`FramedStores`) such a C-STORE is also *framed* here: its command set
-and its P-DATA-TF PDUs are built in one piece and handed to the event-driven DUL, which
-writes them at once (:class:`~node.dicom.store_scp.RawPData`). pynetdicom would build a
-primitive, a PDU object and a queue hand-off per 16 KiB, dozens per CT image, about a
-millisecond of Python each time. Its own code still takes the response.
+stream's results: :class:`FramedStores`) such a C-STORE is also *framed* here: its
+command set and its P-DATA-TF PDUs are built in one piece and handed to the event-driven
+DUL, which writes them at once (:class:`~node.dicom.store_scp.RawPData`). pynetdicom builds
+a primitive, a PDU object and a queue hand-off per 16 KiB, dozens per CT image. Its own
+code still takes the response.
 
 pynetdicom has no hook for either: its ``association`` module's ``encode`` is wrapped, and
 :mod:`node.dicom.reactor` gives the node's associations this class when it creates them,
