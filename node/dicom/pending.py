@@ -18,25 +18,28 @@ from typing import Any
 from pynetdicom.dimse import DIMSEServiceProvider
 from pynetdicom.dimse_primitives import C_GET, C_MOVE
 
-from node.dicom.store_scp import RawPData, command_pdu
+from node.dicom.store_scp import (
+    NO_DATA_SET,
+    RawPData,
+    command_element,
+    command_pdu,
+    command_set,
+    uid_value,
+)
 
 _PENDING = 0xFF00
-_NO_DATA_SET = 0x0101
 _COMMAND_FIELD = {C_GET: 0x8010, C_MOVE: 0x8021}
-_TAG_LENGTH = struct.Struct("<HHI")
 _US = struct.Struct("<H")
 #: The smallest peer maximum PDU length a pending response is written for (they are ~140 bytes).
 _MIN_PDU = 512
 
 
-def _element(element: int, value: bytes) -> bytes:
-    return _TAG_LENGTH.pack(0x0000, element, len(value)) + value
-
-
-def pending_response(primitive: C_GET | C_MOVE) -> bytes | None:
+def pending_response(primitive: Any) -> bytes | None:
     """The command set of a Pending C-GET/C-MOVE response without identifier, or None for
     any other response (or one with a value this encoder does not expect)."""
     field = _COMMAND_FIELD.get(type(primitive))
+    if field is None or primitive.Status != _PENDING or primitive.Identifier is not None:
+        return None
     counts = (
         primitive.NumberOfRemainingSuboperations,
         primitive.NumberOfCompletedSuboperations,
@@ -44,28 +47,19 @@ def pending_response(primitive: C_GET | C_MOVE) -> bytes | None:
         primitive.NumberOfWarningSuboperations,
     )
     message_id = primitive.MessageIDBeingRespondedTo
-    sop_class = primitive.AffectedSOPClassUID
-    if (
-        field is None
-        or primitive.Status != _PENDING
-        or primitive.Identifier is not None
-        or message_id is None
-        or any(c is None for c in counts)
-    ):
+    if message_id is None or any(c is None for c in counts):
         return None
-    parts = []
-    if sop_class:
-        raw = str(sop_class).encode("ascii")
-        parts.append(_element(0x0002, raw + b"\0" * (len(raw) % 2)))
-    parts += [
-        _element(0x0100, _US.pack(field)),
-        _element(0x0120, _US.pack(message_id)),
-        _element(0x0800, _US.pack(_NO_DATA_SET)),
-        _element(0x0900, _US.pack(_PENDING)),
-    ]
-    parts += [_element(0x1020 + n, _US.pack(c)) for n, c in enumerate(counts)]
-    body = b"".join(parts)
-    return _element(0x0000, struct.pack("<I", len(body))) + body
+    sop_class = primitive.AffectedSOPClassUID
+    return command_set(
+        (
+            command_element(0x0002, uid_value(str(sop_class))) if sop_class else b"",
+            command_element(0x0100, _US.pack(field)),
+            command_element(0x0120, _US.pack(message_id)),
+            command_element(0x0800, _US.pack(NO_DATA_SET)),
+            command_element(0x0900, _US.pack(_PENDING)),
+            *(command_element(0x1020 + n, _US.pack(c)) for n, c in enumerate(counts)),
+        )
+    )
 
 
 class PendingInOnePiece(DIMSEServiceProvider):
@@ -74,7 +68,7 @@ class PendingInOnePiece(DIMSEServiceProvider):
     def send_msg(self, primitive: Any, context_id: int) -> None:
         max_pdu = self.maximum_pdu_size
         if getattr(self.dul, "takes_raw_pdata", False) and (not max_pdu or max_pdu >= _MIN_PDU):
-            command = pending_response(primitive) if isinstance(primitive, C_GET | C_MOVE) else None
+            command = pending_response(primitive)
             if command is not None:
                 raw = RawPData(command_pdu(context_id, command))
                 self.dul.send_pdu(raw)  # type: ignore[arg-type]  # see RawPData

@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import logging
 import struct
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from pynetdicom.service_class import StorageServiceClass
@@ -152,13 +152,21 @@ def _unsigned(values: dict[int, bytes], element: int) -> int | None:
     return int(struct.unpack("<H", raw)[0])
 
 
-def _element(element: int, value: bytes) -> bytes:
+def command_element(element: int, value: bytes) -> bytes:
+    """One element (0000,eeee) of a command set, Implicit VR Little Endian."""
     return _TAG_LENGTH.pack(0x0000, element, len(value)) + value
 
 
-def _uid(value: str) -> bytes:
+def uid_value(value: str) -> bytes:
+    """A UID's value bytes, padded to even length with a NUL."""
     raw = value.encode("ascii")
     return raw + b"\x00" * (len(raw) % 2)
+
+
+def command_set(elements: Iterable[bytes]) -> bytes:
+    """``elements`` (in tag order) behind their Command Group Length (0000,0000)."""
+    body = b"".join(elements)
+    return command_element(0x0000, struct.pack("<I", len(body))) + body
 
 
 def _comment(text: str) -> bytes:
@@ -168,18 +176,17 @@ def _comment(text: str) -> bytes:
 
 def store_response(command: StoreCommand, outcome: StoreOutcome) -> bytes:
     """The C-STORE-RSP command set (Implicit VR Little Endian), as pynetdicom encodes it."""
-    body = b"".join(
+    return command_set(
         (
-            _element(0x0002, _uid(command.sop_class_uid)),
-            _element(0x0100, struct.pack("<H", C_STORE_RSP)),
-            _element(0x0120, struct.pack("<H", command.message_id)),
-            _element(0x0800, struct.pack("<H", NO_DATA_SET)),
-            _element(0x0900, struct.pack("<H", outcome.status)),
-            _element(0x0902, _comment(outcome.comment)) if outcome.comment else b"",
-            _element(0x1000, _uid(command.sop_instance_uid)),
+            command_element(0x0002, uid_value(command.sop_class_uid)),
+            command_element(0x0100, struct.pack("<H", C_STORE_RSP)),
+            command_element(0x0120, struct.pack("<H", command.message_id)),
+            command_element(0x0800, struct.pack("<H", NO_DATA_SET)),
+            command_element(0x0900, struct.pack("<H", outcome.status)),
+            command_element(0x0902, _comment(outcome.comment)) if outcome.comment else b"",
+            command_element(0x1000, uid_value(command.sop_instance_uid)),
         )
     )
-    return _element(0x0000, struct.pack("<I", len(body))) + body
 
 
 class RawPData:

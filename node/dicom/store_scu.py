@@ -29,11 +29,10 @@ import pynetdicom.association
 from pydicom.dataset import Dataset
 from pynetdicom.association import Association
 
-from node.dicom.store_scp import RawPData
+from node.dicom.store_scp import C_STORE_RQ, RawPData, command_element, command_set, uid_value
 from node.services.retrieve import StoredDataset
 
-_C_STORE_RQ, _DATA_SET_PRESENT, _PRIORITY_LOW = 0x0001, 0x0001, 0x0002
-_TAG_LENGTH = struct.Struct("<HHI")
+_DATA_SET_PRESENT, _PRIORITY_LOW = 0x0001, 0x0002
 _PDU_PDV = struct.Struct(">BBIIBB")
 _P_DATA_TF, _DATA, _DATA_LAST, _COMMAND_LAST = 0x04, 0x00, 0x02, 0x03
 #: PDV bytes that are not the fragment: item length (4), context ID, message control header
@@ -47,31 +46,31 @@ def encode(
 ) -> bytes | None:
     """pynetdicom's ``encode``, passing a stored data set's own bytes through."""
     if isinstance(ds, StoredDataset):
-        syntax = ds.file_meta.TransferSyntaxUID
-        same = (syntax.is_implicit_VR, syntax.is_little_endian) == (
-            is_implicit_vr,
-            is_little_endian,
-        )
-        if same and not deflated and not syntax.is_deflated and ds.encoded is not None:
-            return bytes(ds.encoded)
+        stored = _as_stored(ds, is_implicit_vr, is_little_endian, deflated)
+        if stored is not None:
+            return bytes(stored)
         ds = ds.parsed()
     result: Any = _original_encode(ds, is_implicit_vr, is_little_endian, deflated)
     return result
+
+
+def _as_stored(
+    ds: StoredDataset, is_implicit_vr: bool, is_little_endian: bool, deflated: bool
+) -> memoryview | None:
+    """``ds``'s data set bytes when they are already encoded as asked; None where
+    pydicom must encode the parsed data set (another VR encoding or byte order, deflate)."""
+    syntax = ds.file_meta.TransferSyntaxUID
+    if ds.encoded is None or deflated or syntax.is_deflated:
+        return None
+    if (syntax.is_implicit_VR, syntax.is_little_endian) != (is_implicit_vr, is_little_endian):
+        return None
+    return ds.encoded
 
 
 def install_stored_bytes_pass_through() -> None:
     """Make this process's C-STOREs send stored data sets' bytes as they are (called, once,
     for the pynetdicom versions :mod:`node.dicom.reactor` supports)."""
     pynetdicom.association.encode = encode
-
-
-def _element(element: int, value: bytes) -> bytes:
-    return _TAG_LENGTH.pack(0x0000, element, len(value)) + value
-
-
-def _padded(text: str, pad: bytes) -> bytes:
-    raw = text.encode("ascii")
-    return raw + pad * (len(raw) % 2)
 
 
 def store_request(
@@ -83,21 +82,23 @@ def store_request(
     priority: int = _PRIORITY_LOW,
 ) -> bytes:
     """The C-STORE-RQ command set (Implicit VR Little Endian), as pynetdicom encodes it."""
-    body = b"".join(
+    originator = originator_aet.strip().encode("ascii") if originator_aet else b""
+    return command_set(
         (
-            _element(0x0002, _padded(sop_class_uid, b"\0")),
-            _element(0x0100, struct.pack("<H", _C_STORE_RQ)),
-            _element(0x0110, struct.pack("<H", message_id)),
-            _element(0x0700, struct.pack("<H", priority)),
-            _element(0x0800, struct.pack("<H", _DATA_SET_PRESENT)),
-            _element(0x1000, _padded(sop_instance_uid, b"\0")),
-            _element(0x1030, _padded(originator_aet.strip(), b" ")) if originator_aet else b"",
-            _element(0x1031, struct.pack("<H", originator_id))
+            command_element(0x0002, uid_value(sop_class_uid)),
+            command_element(0x0100, struct.pack("<H", C_STORE_RQ)),
+            command_element(0x0110, struct.pack("<H", message_id)),
+            command_element(0x0700, struct.pack("<H", priority)),
+            command_element(0x0800, struct.pack("<H", _DATA_SET_PRESENT)),
+            command_element(0x1000, uid_value(sop_instance_uid)),
+            command_element(0x1030, originator + b" " * (len(originator) % 2))
+            if originator
+            else b"",
+            command_element(0x1031, struct.pack("<H", originator_id))
             if originator_id is not None
             else b"",
         )
     )
-    return _element(0x0000, struct.pack("<I", len(body))) + body
 
 
 def store_pdus(context_id: int, command: bytes, data: memoryview, max_pdu: int) -> bytes:
@@ -156,7 +157,6 @@ class FramedStores(Association):
         """The C-STORE's PDUs, or None where pynetdicom's own path must send it."""
         if not (
             isinstance(dataset, StoredDataset)
-            and dataset.encoded is not None
             and self.is_established
             and getattr(self.dul, "takes_raw_pdata", False)
             and 0 <= msg_id < 0x10000
@@ -168,13 +168,12 @@ class FramedStores(Association):
         except ValueError:
             return None  # pynetdicom raises it, as it always has
         accepted = context.transfer_syntax[0]
-        if (accepted.is_implicit_VR, accepted.is_little_endian, accepted.is_deflated) != (
-            syntax.is_implicit_VR,
-            syntax.is_little_endian,
-            False,
-        ) or syntax.is_deflated:
+        data = _as_stored(
+            dataset, accepted.is_implicit_VR, accepted.is_little_endian, accepted.is_deflated
+        )
+        if data is None:
             return None
         command = store_request(str(dataset.SOPClassUID), str(dataset.SOPInstanceUID), msg_id,
                                 originator_aet, originator_id, priority)  # fmt: skip
         max_pdu = int(self.dimse.maximum_pdu_size or 0)
-        return store_pdus(int(context.context_id or 0), command, dataset.encoded, max_pdu)
+        return store_pdus(int(context.context_id or 0), command, data, max_pdu)
