@@ -372,9 +372,18 @@ class PackStore:
                 self._finished(pack)
 
     def delete(self, digest: bytes) -> bool:
-        """Append a tombstone for *digest*; False when no record of it is held."""
+        """Append a tombstone for *digest*, then overwrite the deleted payload with zeros;
+        False when no record of it is held.
+
+        The zeros matter for privacy: a deleted (e.g. rejected) instance must not stay
+        readable in the pack until some later compaction. They are written only once the
+        tombstone is durable, so a crash in between leaves a deleted record with its bytes
+        (never a live record without them); the zeroed record fails its CRC at the next
+        scan and the tombstone after it hides it, as it hides a torn append.
+        """
         with self._lock:
-            if self.locate(digest) is None:
+            where = self.locate(digest)
+            if where is None:
                 return False
             pack, offset = self._allocate(HEADER_SIZE)
         done = False
@@ -386,7 +395,15 @@ class PackStore:
                 if done:
                     self._locations.remove(digest, pack.id)
                 self._finished(pack)
+        self._zero_payload(where)
         return True
+
+    def _zero_payload(self, where: Location) -> None:
+        old = self._packs.get(where.pack)
+        if old is None or where.length <= 0:
+            return
+        _pwrite_all(old.fd, bytes(where.length), where.offset + HEADER_SIZE)
+        os.fdatasync(old.fd)
 
     def _write(self, pack: _Pack, offset: int, header: bytes, payload: bytes) -> None:
         # Payload first, header last: a process killed in between leaves no record.

@@ -214,6 +214,26 @@ def test_encrypted_packed_records(tmp_path: Path) -> None:
     again.close()
 
 
+def test_a_deleted_payload_is_zeroed_in_its_pack_even_once_sealed(tmp_path: Path) -> None:
+    """A deleted (e.g. rejected) instance's bytes do not stay readable in the pack; the
+    zeroed record is neither listed nor reported by scrub, before or after a reopen."""
+    root = tmp_path / "b"
+    store = packed_store(root)
+    secret = [f"PATIENT-SECRET-{n:04d}".encode() * 400 for n in range(40)]
+    keys = [store.put(data).key for data in secret]  # several packs: earlier ones sealed
+    keep = store.put(b"keep me").key
+    assert len(_packs(root)) >= 2
+    for key in keys:
+        store.delete(key)
+    assert not any(b"PATIENT-SECRET" in p.read_bytes() for p in root.rglob("*") if p.is_file())
+    assert list(store.scrub()) == [] and list(store.keys()) == [keep]
+    store.close()
+    again = packed_store(root)
+    assert list(again.keys()) == [keep] and list(again.scrub()) == []
+    assert again.get(keep) == b"keep me" and not any(again.exists(k) for k in keys)
+    again.close()
+
+
 def test_delete_is_a_durable_tombstone(tmp_path: Path) -> None:
     root = tmp_path / "b"
     store = packed_store(root)
