@@ -51,6 +51,8 @@ class ChangeKind(enum.StrEnum):
     """Only from PullChanges: replaced by a later change of the same origin."""
     STORE_RESET = "store_reset"
     """The origin's store was emptied: forget its instances written by lower seqs."""
+    INSTANCE_REJECTED = "instance_rejected"
+    """Rejected at the origin (IHE IOCM): gone there, and no copy may stay or be made."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,6 +81,8 @@ class Change:
     kind: ChangeKind
     record: InstanceRecord | None
     """``None`` only for :attr:`ChangeKind.SUPERSEDED` and :attr:`ChangeKind.STORE_RESET`."""
+    reason: str = ""
+    """For :attr:`ChangeKind.INSTANCE_REJECTED`: the rejection title's DCM code value."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -9,11 +9,19 @@ batch of 500 costs a handful of statements, not 500 round trips.
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Sequence
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import Connection, bindparam, delete, func, insert, select, update
 
-from catalog.db.models import ChangeRow, InstanceRow, SeriesRow, StudyRow, WatermarkRow
+from catalog.db.models import (
+    ChangeRow,
+    InstanceRow,
+    RejectionRow,
+    SeriesRow,
+    StudyRow,
+    WatermarkRow,
+)
 from catalog.errors import InvalidChange
 from catalog.records import (
     PATIENT_ATTRIBUTES,
@@ -92,6 +100,9 @@ def apply_batch(conn: Connection, origin: str, changes: Sequence[Change]) -> tup
             _apply_deletes(conn, origin, run)
         elif kind is ChangeKind.STORE_RESET:
             _apply_store_reset(conn, origin)
+        elif kind is ChangeKind.INSTANCE_REJECTED:
+            _apply_deletes(conn, origin, run)
+            _record_rejections(conn, origin, run)
     conn.execute(insert(ChangeRow), [_log_row(origin, c) for c in fresh])
     write_watermark(conn, origin, fresh[-1].seq, existed=row is not None)
     return fresh[-1].seq, len(fresh), len(changes) - len(fresh)
@@ -200,6 +211,43 @@ def _apply_adds(conn: Connection, origin: str, changes: list[Change]) -> None:
 def _apply_deletes(conn: Connection, origin: str, changes: list[Change]) -> None:
     keys = [(c.record.collection, c.record.sop_instance_uid) for c in changes if c.record]
     refresh_counts(conn, _delete_instances(conn, origin, keys))
+
+
+def _record_rejections(conn: Connection, origin: str, changes: list[Change]) -> None:
+    """Record each rejection grid-wide; an instance already rejected keeps its first row."""
+    wanted: dict[tuple[str, str], Change] = {}
+    for change in changes:
+        if change.record is not None:
+            wanted.setdefault((change.record.collection, change.record.sop_instance_uid), change)
+    by_collection: dict[str, list[str]] = {}
+    for collection, uid in wanted:
+        by_collection.setdefault(collection, []).append(uid)
+    known: set[tuple[str, str]] = set()
+    for collection, uids in by_collection.items():
+        for part in chunks(uids):
+            found = conn.execute(
+                select(RejectionRow.sop_instance_uid).where(
+                    RejectionRow.collection == collection, RejectionRow.sop_instance_uid.in_(part)
+                )
+            ).scalars()
+            known.update((collection, uid) for uid in found)
+    now = datetime.now(UTC)
+    rows = [
+        {
+            "collection": collection,
+            "sop_instance_uid": uid,
+            "study_instance_uid": change.record.study_instance_uid,
+            "series_instance_uid": change.record.series_instance_uid,
+            "reason": change.reason[:16],
+            "origin": origin,
+            "seq": change.seq,
+            "rejected_at": now,
+        }
+        for (collection, uid), change in wanted.items()
+        if (collection, uid) not in known and change.record is not None
+    ]
+    if rows:
+        conn.execute(insert(RejectionRow), rows)
 
 
 def _apply_store_reset(conn: Connection, origin: str) -> None:

@@ -147,3 +147,23 @@ class InstanceRow(Base):
     received_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     calling_ae: Mapped[str] = mapped_column(String(16), default="")
     attributes: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+
+
+class RejectionRow(Base):
+    """An instance rejected in one collection (IHE IOCM), by whichever origin rejected it.
+
+    Unlike every other row this one is about the grid, not one holder: no node may keep or
+    copy the instance in that collection any more (PlanRemovals, PlanPulls). Rows are
+    never removed; a second rejection of the same instance keeps the first row.
+    """
+
+    __tablename__ = "catalog_rejections"
+
+    collection: Mapped[str] = mapped_column(NAME, primary_key=True)
+    sop_instance_uid: Mapped[str] = mapped_column(UID, primary_key=True)
+    study_instance_uid: Mapped[str] = mapped_column(UID, default="")
+    series_instance_uid: Mapped[str] = mapped_column(UID, default="")
+    reason: Mapped[str] = mapped_column(String(16), default="")
+    origin: Mapped[str] = mapped_column(NAME)
+    seq: Mapped[int] = mapped_column(BigInteger)
+    rejected_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))

@@ -11,11 +11,11 @@ from __future__ import annotations
 from collections.abc import Collection, Iterator
 from typing import Any
 
-from sqlalchemy import Connection, case, func, literal, select
+from sqlalchemy import Connection, and_, case, exists, func, literal, select
 from sqlalchemy.sql.elements import ColumnElement
 
-from catalog.db.models import InstanceRow, SeriesRow, StudyRow
-from catalog.placement.policy import Holding, ReplicationPolicy
+from catalog.db.models import InstanceRow, RejectionRow, SeriesRow, StudyRow
+from catalog.placement.policy import Holding, PlannedRemoval, ReplicationPolicy
 
 PAGE = 500
 SEPARATOR = "\x1f"  # ASCII unit separator: never part of a node name
@@ -61,6 +61,7 @@ def under_replicated(
         where.append(InstanceRow.collection.not_in(sorted(refused)))
     if not live:
         return
+    where.append(~_rejected())  # a rejected instance is never copied again
     is_live = InstanceRow.origin.in_(sorted(live))
     live_sites = func.count(func.distinct(case((is_live, _site(policy)), else_=None)))
     # one pass: the aggregate carries the holders itself (joining its output back to the
@@ -96,3 +97,46 @@ def under_replicated(
             series_instance_uid=row.series_instance_uid,
             size=int(row.size),
         )
+
+
+def _rejected() -> ColumnElement[bool]:
+    """The instance row's (collection, UID) was rejected grid-wide."""
+    return exists().where(
+        and_(
+            RejectionRow.collection == InstanceRow.collection,
+            RejectionRow.sop_instance_uid == InstanceRow.sop_instance_uid,
+        )
+    )
+
+
+def rejected_copies(conn: Connection, node: str, limit: int) -> list[PlannedRemoval]:
+    """What ``node`` still holds (as far as this replica knows) of rejected instances."""
+    stmt = (
+        select(
+            InstanceRow.sop_instance_uid,
+            InstanceRow.collection,
+            RejectionRow.study_instance_uid,
+            RejectionRow.series_instance_uid,
+            RejectionRow.reason,
+            RejectionRow.origin,
+        )
+        .join(
+            RejectionRow,
+            (RejectionRow.collection == InstanceRow.collection)
+            & (RejectionRow.sop_instance_uid == InstanceRow.sop_instance_uid),
+        )
+        .where(InstanceRow.origin == node)
+        .order_by(InstanceRow.collection, InstanceRow.sop_instance_uid)
+        .limit(limit)
+    )
+    return [
+        PlannedRemoval(
+            sop_instance_uid=row.sop_instance_uid,
+            collection=row.collection,
+            study_instance_uid=row.study_instance_uid,
+            series_instance_uid=row.series_instance_uid,
+            reason=row.reason,
+            rejected_by=row.origin,
+        )
+        for row in conn.execute(stmt)
+    ]

@@ -20,7 +20,7 @@ from catalog.db.filters import (
     series_level_where,
     study_level_where,
 )
-from catalog.db.models import ChangeRow, InstanceRow, NodeRow, SeriesRow, StudyRow
+from catalog.db.models import ChangeRow, InstanceRow, NodeRow, RejectionRow, SeriesRow, StudyRow
 from catalog.reconcile import Held, Period
 from catalog.records import (
     Change,
@@ -72,6 +72,9 @@ def pull_changes(conn: Connection, origin: str, after_seq: int, limit: int) -> I
             StudyRow.study_instance_uid,
             StudyRow.patient_id,
             StudyRow.attributes.label("study_attributes"),
+            RejectionRow.reason.label("rejection_reason"),
+            RejectionRow.study_instance_uid.label("rejected_study"),
+            RejectionRow.series_instance_uid.label("rejected_series"),
         )
         .select_from(ChangeRow)
         .outerjoin(
@@ -83,6 +86,12 @@ def pull_changes(conn: Connection, origin: str, after_seq: int, limit: int) -> I
         )
         .outerjoin(SeriesRow, SeriesRow.id == InstanceRow.series_id)
         .outerjoin(StudyRow, StudyRow.id == SeriesRow.study_id)
+        .outerjoin(
+            RejectionRow,
+            (ChangeRow.kind == ChangeKind.INSTANCE_REJECTED.value)
+            & (RejectionRow.collection == ChangeRow.collection)
+            & (RejectionRow.sop_instance_uid == ChangeRow.sop_instance_uid),
+        )
         .where(ChangeRow.origin == origin, ChangeRow.seq > after_seq)
         .order_by(ChangeRow.seq)
         .limit(limit)
@@ -93,21 +102,23 @@ def pull_changes(conn: Connection, origin: str, after_seq: int, limit: int) -> I
 
 def _change_from_row(row: Any) -> Change:
     kind = ChangeKind(row.kind)
-    if kind is ChangeKind.INSTANCE_DELETED:
+    if kind in (ChangeKind.INSTANCE_DELETED, ChangeKind.INSTANCE_REJECTED):
+        rejected = kind is ChangeKind.INSTANCE_REJECTED
         return Change(
             seq=row.seq,
             kind=kind,
             record=InstanceRecord(
                 sop_instance_uid=row.log_uid,
                 sop_class_uid="",
-                study_instance_uid="",
-                series_instance_uid="",
+                study_instance_uid=(rejected and row.rejected_study) or "",
+                series_instance_uid=(rejected and row.rejected_series) or "",
                 patient_id="",
                 transfer_syntax_uid="",
                 blob_key="",
                 size=0,
                 collection=row.log_collection,
             ),
+            reason=(rejected and row.rejection_reason) or "",
         )
     if kind is ChangeKind.STORE_RESET:
         return Change(seq=row.seq, kind=kind, record=None)

@@ -22,7 +22,7 @@ from catalog.db.apply import apply_batch, read_watermark
 from catalog.db.filters import Scope
 from catalog.db.models import NodeRow, WatermarkRow
 from catalog.errors import CatalogUnavailable, InvalidChange, UnknownNode
-from catalog.placement.policy import Holding, ReplicationPolicy
+from catalog.placement.policy import Holding, PlannedRemoval, ReplicationPolicy
 from catalog.reconcile import Held, Period
 from catalog.records import (
     Change,
@@ -210,6 +210,11 @@ class Repository:
                 conn, policy, live=live, asking=asking, refused=refused
             )
         )
+
+    def rejected_copies(self, node: str, limit: int) -> list[PlannedRemoval]:
+        """Copies ``node`` holds of rejected instances (see :mod:`catalog.db.placement`)."""
+        with _translated(), self._engine.connect() as conn:
+            return placement.rejected_copies(conn, node, limit)
 
     def list_holdings(
         self, period: Period, node: str, collections: tuple[str, ...], scope: Scope

@@ -13,7 +13,7 @@ import grpc
 
 from catalog.client import FAILOVER_CODES, open_channel
 from catalog.errors import CatalogRejected, CatalogUnavailable
-from catalog.placement.policy import Holding, PlannedPull, PullSource
+from catalog.placement.policy import Holding, PlannedPull, PlannedRemoval, PullSource
 from catalog.v1 import replication_pb2 as pb
 from catalog.v1 import replication_pb2_grpc as pb_grpc
 
@@ -86,6 +86,38 @@ class GrpcPlacementClient:
             self._announce(request, skip=address)
             return [pull_from_pb(p) for p in response.pulls]
         raise CatalogUnavailable(f"no catalog replica answered PlanPulls: {'; '.join(errors)}")
+
+    def plan_removals(self, node: str, *, limit: int = 0) -> list[PlannedRemoval]:
+        """The copies ``node`` must remove (rejected grid-wide), from the first replica that
+        answers."""
+        request = pb.PlanRemovalsRequest(node=node, limit=limit)
+        errors: list[str] = []
+        count = len(self.addresses)
+        for step in range(count):
+            index = (self._preferred + step) % count
+            address = self.addresses[index]
+            try:
+                response = self._stub(address).PlanRemovals(request, timeout=self._timeout)
+            except grpc.RpcError as exc:
+                if exc.code() not in FAILOVER_CODES:
+                    raise CatalogRejected(
+                        f"{exc.code().name}: {exc.details()}", code=exc.code().name
+                    ) from exc
+                errors.append(f"{address}: {exc.code().name}")
+                continue
+            self._preferred = index
+            return [
+                PlannedRemoval(
+                    sop_instance_uid=r.sop_instance_uid,
+                    collection=r.collection,
+                    study_instance_uid=r.study_instance_uid,
+                    series_instance_uid=r.series_instance_uid,
+                    reason=r.reason,
+                    rejected_by=r.rejected_by,
+                )
+                for r in response.removals
+            ]
+        raise CatalogUnavailable(f"no catalog replica answered PlanRemovals: {'; '.join(errors)}")
 
     def _announce(self, request: pb.PlanPullsRequest, *, skip: str) -> None:
         """Tell the other replicas our refusals, without waiting (errors are ignored: the

@@ -19,7 +19,14 @@ from collections.abc import Callable, Collection, Iterator
 from datetime import UTC, datetime
 from typing import Protocol
 
-from catalog.placement.policy import Holding, NodeState, PlannedPull, ReplicationPolicy, plan_for
+from catalog.placement.policy import (
+    Holding,
+    NodeState,
+    PlannedPull,
+    PlannedRemoval,
+    ReplicationPolicy,
+    plan_for,
+)
 from catalog.records import NodeInfo
 
 log = logging.getLogger("catalog.placement")
@@ -41,6 +48,8 @@ class HoldingsSource(Protocol):
         asking: str,
         refused: Collection[str] = (),
     ) -> Iterator[Holding]: ...
+
+    def rejected_copies(self, node: str, limit: int) -> list[PlannedRemoval]: ...
 
 
 def _utcnow() -> datetime:
@@ -111,3 +120,10 @@ class PullPlanner:
                 len(live),
             )
         return pulls
+
+    def removals(self, node: str, *, limit: int = 0) -> list[PlannedRemoval]:
+        """At most ``limit`` copies ``node`` holds of instances rejected grid-wide."""
+        removals = self._repository.rejected_copies(node, min(limit or DEFAULT_LIMIT, MAX_LIMIT))
+        if removals:
+            log.info("event=removals_planned node=%s removals=%d", node, len(removals))
+        return removals

@@ -34,6 +34,18 @@ class NodeState:
 
 
 @dataclass(frozen=True, slots=True)
+class PlannedRemoval:
+    """A copy a node holds of an instance the grid rejected: the node removes it."""
+
+    sop_instance_uid: str
+    collection: str
+    study_instance_uid: str = ""
+    series_instance_uid: str = ""
+    reason: str = ""
+    rejected_by: str = ""
+
+
+@dataclass(frozen=True, slots=True)
 class Holding:
     """One instance in one collection and every node the catalog says holds it."""
 

@@ -32,6 +32,7 @@ KIND_TO_PB = {
     ChangeKind.INSTANCE_DELETED: rpb.CHANGE_KIND_INSTANCE_DELETED,
     ChangeKind.SUPERSEDED: rpb.CHANGE_KIND_SUPERSEDED,
     ChangeKind.STORE_RESET: rpb.CHANGE_KIND_STORE_RESET,
+    ChangeKind.INSTANCE_REJECTED: rpb.CHANGE_KIND_INSTANCE_REJECTED,
 }
 KIND_FROM_PB = {v: k for k, v in KIND_TO_PB.items()}
 
@@ -104,6 +105,7 @@ def record_from_pb(message: rpb.InstanceRecord) -> InstanceRecord:
 def change_to_pb(change: Change, target: rpb.Change) -> None:
     target.seq = change.seq
     target.kind = KIND_TO_PB[change.kind]
+    target.reason = change.reason
     if change.record is not None:
         record_to_pb(change.record, target.record)
 
@@ -114,7 +116,7 @@ def change_from_pb(message: rpb.Change) -> Change:
     except KeyError:
         raise ConversionError(f"change seq {message.seq}: unknown kind {message.kind}") from None
     record = record_from_pb(message.record) if message.HasField("record") else None
-    return Change(seq=message.seq, kind=kind, record=record)
+    return Change(seq=message.seq, kind=kind, record=record, reason=message.reason)
 
 
 def node_to_pb(node: NodeInfo, target: rpb.NodeDescriptor) -> None:

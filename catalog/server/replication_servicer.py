@@ -28,7 +28,8 @@ def pull_to_pb(pull: PlannedPull, target: pb.PlannedPull) -> None:
 
 
 class ReplicationServicer(pb_grpc.ReplicationServiceServicer):
-    """PlanPulls: the asking node's share of the copies the grid is missing."""
+    """PlanPulls: the asking node's share of the copies the grid is missing; PlanRemovals:
+    the copies it must drop because the grid rejected them."""
 
     def __init__(self, planner: PullPlanner) -> None:
         self._planner = planner
@@ -51,6 +52,26 @@ class ReplicationServicer(pb_grpc.ReplicationServiceServicer):
         response = pb.PlanPullsResponse()
         for pull in pulls:
             pull_to_pb(pull, response.pulls.add())
+        return response
+
+    def PlanRemovals(
+        self, request: pb.PlanRemovalsRequest, context: grpc.ServicerContext
+    ) -> pb.PlanRemovalsResponse:
+        removals = guarded(
+            "PlanRemovals",
+            context,
+            lambda: self._planner.removals(request.node, limit=max(0, request.limit)),
+        )
+        response = pb.PlanRemovalsResponse()
+        for removal in removals:
+            response.removals.add(
+                sop_instance_uid=removal.sop_instance_uid,
+                collection=removal.collection,
+                study_instance_uid=removal.study_instance_uid,
+                series_instance_uid=removal.series_instance_uid,
+                reason=removal.reason,
+                rejected_by=removal.rejected_by,
+            )
         return response
 
 

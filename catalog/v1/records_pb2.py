@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18\x63\x61talog/v1/records.proto\x12\x13gridpacs.catalog.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"<\n\x0e\x41ttributeValue\x12\x0e\n\x04text\x18\x01 \x01(\tH\x00\x12\x11\n\x07integer\x18\x02 \x01(\x03H\x00\x42\x07\n\x05value\"\xc5\x03\n\x0eInstanceRecord\x12\x18\n\x10sop_instance_uid\x18\x01 \x01(\t\x12\x15\n\rsop_class_uid\x18\x02 \x01(\t\x12\x1a\n\x12study_instance_uid\x18\x03 \x01(\t\x12\x1b\n\x13series_instance_uid\x18\x04 \x01(\t\x12\x12\n\npatient_id\x18\x05 \x01(\t\x12\x1b\n\x13transfer_syntax_uid\x18\x06 \x01(\t\x12\x10\n\x08\x62lob_key\x18\x07 \x01(\t\x12\x0c\n\x04size\x18\x08 \x01(\x03\x12\x12\n\ncollection\x18\t \x01(\t\x12G\n\nattributes\x18\n \x03(\x0b\x32\x33.gridpacs.catalog.v1.InstanceRecord.AttributesEntry\x12/\n\x0breceived_at\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\ncalling_ae\x18\x0c \x01(\t\x1aV\n\x0f\x41ttributesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\x32\n\x05value\x18\x02 \x01(\x0b\x32#.gridpacs.catalog.v1.AttributeValue:\x02\x38\x01\"y\n\x06\x43hange\x12\x0b\n\x03seq\x18\x01 \x01(\x03\x12-\n\x04kind\x18\x02 \x01(\x0e\x32\x1f.gridpacs.catalog.v1.ChangeKind\x12\x33\n\x06record\x18\x03 \x01(\x0b\x32#.gridpacs.catalog.v1.InstanceRecord\"\xcd\x01\n\x0eNodeDescriptor\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x10\n\x08\x61\x65_title\x18\x02 \x01(\t\x12\x12\n\ndicom_host\x18\x03 \x01(\t\x12\x12\n\ndicom_port\x18\x04 \x01(\x05\x12\x14\n\x0cpeer_address\x18\x05 \x01(\t\x12.\n\nupdated_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12-\n\tlast_seen\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"<\n\x06Holder\x12\x0c\n\x04node\x18\x01 \x01(\t\x12\x10\n\x08\x61\x65_title\x18\x02 \x01(\t\x12\x12\n\ncollection\x18\x03 \x01(\t*\xa4\x01\n\nChangeKind\x12\x1b\n\x17\x43HANGE_KIND_UNSPECIFIED\x10\x00\x12\x1e\n\x1a\x43HANGE_KIND_INSTANCE_ADDED\x10\x01\x12 \n\x1c\x43HANGE_KIND_INSTANCE_DELETED\x10\x02\x12\x1a\n\x16\x43HANGE_KIND_SUPERSEDED\x10\x03\x12\x1b\n\x17\x43HANGE_KIND_STORE_RESET\x10\x04\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18\x63\x61talog/v1/records.proto\x12\x13gridpacs.catalog.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"<\n\x0e\x41ttributeValue\x12\x0e\n\x04text\x18\x01 \x01(\tH\x00\x12\x11\n\x07integer\x18\x02 \x01(\x03H\x00\x42\x07\n\x05value\"\xc5\x03\n\x0eInstanceRecord\x12\x18\n\x10sop_instance_uid\x18\x01 \x01(\t\x12\x15\n\rsop_class_uid\x18\x02 \x01(\t\x12\x1a\n\x12study_instance_uid\x18\x03 \x01(\t\x12\x1b\n\x13series_instance_uid\x18\x04 \x01(\t\x12\x12\n\npatient_id\x18\x05 \x01(\t\x12\x1b\n\x13transfer_syntax_uid\x18\x06 \x01(\t\x12\x10\n\x08\x62lob_key\x18\x07 \x01(\t\x12\x0c\n\x04size\x18\x08 \x01(\x03\x12\x12\n\ncollection\x18\t \x01(\t\x12G\n\nattributes\x18\n \x03(\x0b\x32\x33.gridpacs.catalog.v1.InstanceRecord.AttributesEntry\x12/\n\x0breceived_at\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\ncalling_ae\x18\x0c \x01(\t\x1aV\n\x0f\x41ttributesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\x32\n\x05value\x18\x02 \x01(\x0b\x32#.gridpacs.catalog.v1.AttributeValue:\x02\x38\x01\"\x89\x01\n\x06\x43hange\x12\x0b\n\x03seq\x18\x01 \x01(\x03\x12-\n\x04kind\x18\x02 \x01(\x0e\x32\x1f.gridpacs.catalog.v1.ChangeKind\x12\x33\n\x06record\x18\x03 \x01(\x0b\x32#.gridpacs.catalog.v1.InstanceRecord\x12\x0e\n\x06reason\x18\x04 \x01(\t\"\xcd\x01\n\x0eNodeDescriptor\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x10\n\x08\x61\x65_title\x18\x02 \x01(\t\x12\x12\n\ndicom_host\x18\x03 \x01(\t\x12\x12\n\ndicom_port\x18\x04 \x01(\x05\x12\x14\n\x0cpeer_address\x18\x05 \x01(\t\x12.\n\nupdated_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12-\n\tlast_seen\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"<\n\x06Holder\x12\x0c\n\x04node\x18\x01 \x01(\t\x12\x10\n\x08\x61\x65_title\x18\x02 \x01(\t\x12\x12\n\ncollection\x18\x03 \x01(\t*\xc7\x01\n\nChangeKind\x12\x1b\n\x17\x43HANGE_KIND_UNSPECIFIED\x10\x00\x12\x1e\n\x1a\x43HANGE_KIND_INSTANCE_ADDED\x10\x01\x12 \n\x1c\x43HANGE_KIND_INSTANCE_DELETED\x10\x02\x12\x1a\n\x16\x43HANGE_KIND_SUPERSEDED\x10\x03\x12\x1b\n\x17\x43HANGE_KIND_STORE_RESET\x10\x04\x12!\n\x1d\x43HANGE_KIND_INSTANCE_REJECTED\x10\x05\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,18 +34,18 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_INSTANCERECORD_ATTRIBUTESENTRY']._loaded_options = None
   _globals['_INSTANCERECORD_ATTRIBUTESENTRY']._serialized_options = b'8\001'
-  _globals['_CHANGEKIND']._serialized_start=994
-  _globals['_CHANGEKIND']._serialized_end=1158
+  _globals['_CHANGEKIND']._serialized_start=1011
+  _globals['_CHANGEKIND']._serialized_end=1210
   _globals['_ATTRIBUTEVALUE']._serialized_start=82
   _globals['_ATTRIBUTEVALUE']._serialized_end=142
   _globals['_INSTANCERECORD']._serialized_start=145
   _globals['_INSTANCERECORD']._serialized_end=598
   _globals['_INSTANCERECORD_ATTRIBUTESENTRY']._serialized_start=512
   _globals['_INSTANCERECORD_ATTRIBUTESENTRY']._serialized_end=598
-  _globals['_CHANGE']._serialized_start=600
-  _globals['_CHANGE']._serialized_end=721
-  _globals['_NODEDESCRIPTOR']._serialized_start=724
-  _globals['_NODEDESCRIPTOR']._serialized_end=929
-  _globals['_HOLDER']._serialized_start=931
-  _globals['_HOLDER']._serialized_end=991
+  _globals['_CHANGE']._serialized_start=601
+  _globals['_CHANGE']._serialized_end=738
+  _globals['_NODEDESCRIPTOR']._serialized_start=741
+  _globals['_NODEDESCRIPTOR']._serialized_end=946
+  _globals['_HOLDER']._serialized_start=948
+  _globals['_HOLDER']._serialized_end=1008
 # @@protoc_insertion_point(module_scope)

@@ -41,6 +41,13 @@ class _ChangeKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ChangeKind
     every instance of the origin written by a lower seq. Carries no record; the origin then
     publishes what it really holds as ordinary INSTANCE_ADDED changes (replication.proto).
     """
+    CHANGE_KIND_INSTANCE_REJECTED: _ChangeKind.ValueType  # 5
+    """The instance was rejected at the origin (an IHE IOCM rejection note, PS3.3 KOS with a
+    rejection title): the origin no longer holds it, and the grid must neither hold nor
+    copy it again in that collection. Carries sop_instance_uid and collection (and, when
+    known, study and series UIDs) and `reason`. Every holder of a copy removes its own
+    (ReplicationService.PlanRemovals).
+    """
 
 class ChangeKind(_ChangeKind, metaclass=_ChangeKindEnumTypeWrapper): ...
 
@@ -56,6 +63,13 @@ CHANGE_KIND_STORE_RESET: ChangeKind.ValueType  # 4
 """The origin's store was emptied or replaced (e.g. a node back with a wiped disk): forget
 every instance of the origin written by a lower seq. Carries no record; the origin then
 publishes what it really holds as ordinary INSTANCE_ADDED changes (replication.proto).
+"""
+CHANGE_KIND_INSTANCE_REJECTED: ChangeKind.ValueType  # 5
+"""The instance was rejected at the origin (an IHE IOCM rejection note, PS3.3 KOS with a
+rejection title): the origin no longer holds it, and the grid must neither hold nor
+copy it again in that collection. Carries sop_instance_uid and collection (and, when
+known, study and series UIDs) and `reason`. Every holder of a copy removes its own
+(ReplicationService.PlanRemovals).
 """
 Global___ChangeKind: _TypeAlias = ChangeKind  # noqa: Y015
 
@@ -174,11 +188,17 @@ class Change(_message.Message):
     SEQ_FIELD_NUMBER: _builtins.int
     KIND_FIELD_NUMBER: _builtins.int
     RECORD_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
     seq: _builtins.int
     kind: Global___ChangeKind.ValueType
+    reason: _builtins.str
+    """For rejections: the rejection note's title as its DCM code value ("113001" Rejected for
+    Quality Reasons, "113037" Patient Safety, "113038" Incorrect Modality Worklist Entry,
+    "113039" Data Retention Policy Expired).
+    """
     @_builtins.property
     def record(self) -> Global___InstanceRecord:
-        """For deletions only sop_instance_uid and collection are required."""
+        """For deletions and rejections only sop_instance_uid and collection are required."""
 
     def __init__(
         self,
@@ -186,10 +206,11 @@ class Change(_message.Message):
         seq: _builtins.int = ...,
         kind: Global___ChangeKind.ValueType = ...,
         record: Global___InstanceRecord | None = ...,
+        reason: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["record", b"record"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["kind", b"kind", "record", b"record", "seq", b"seq"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["kind", b"kind", "reason", b"reason", "record", b"record", "seq", b"seq"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -158,3 +158,83 @@ class PlanPullsResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___PlanPullsResponse: _TypeAlias = PlanPullsResponse  # noqa: Y015
+
+@_typing.final
+class PlanRemovalsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NODE_FIELD_NUMBER: _builtins.int
+    LIMIT_FIELD_NUMBER: _builtins.int
+    node: _builtins.str
+    limit: _builtins.int
+    """At most this many removals (0 = server default, capped by the server)."""
+    def __init__(
+        self,
+        *,
+        node: _builtins.str = ...,
+        limit: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["limit", b"limit", "node", b"node"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PlanRemovalsRequest: _TypeAlias = PlanRemovalsRequest  # noqa: Y015
+
+@_typing.final
+class PlannedRemoval(_message.Message):
+    """One copy the asking node should remove."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SOP_INSTANCE_UID_FIELD_NUMBER: _builtins.int
+    COLLECTION_FIELD_NUMBER: _builtins.int
+    STUDY_INSTANCE_UID_FIELD_NUMBER: _builtins.int
+    SERIES_INSTANCE_UID_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    REJECTED_BY_FIELD_NUMBER: _builtins.int
+    sop_instance_uid: _builtins.str
+    collection: _builtins.str
+    study_instance_uid: _builtins.str
+    series_instance_uid: _builtins.str
+    reason: _builtins.str
+    """The rejection's reason code (records.proto, Change.reason) and the node that rejected it."""
+    rejected_by: _builtins.str
+    def __init__(
+        self,
+        *,
+        sop_instance_uid: _builtins.str = ...,
+        collection: _builtins.str = ...,
+        study_instance_uid: _builtins.str = ...,
+        series_instance_uid: _builtins.str = ...,
+        reason: _builtins.str = ...,
+        rejected_by: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["collection", b"collection", "reason", b"reason", "rejected_by", b"rejected_by", "series_instance_uid", b"series_instance_uid", "sop_instance_uid", b"sop_instance_uid", "study_instance_uid", b"study_instance_uid"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PlannedRemoval: _TypeAlias = PlannedRemoval  # noqa: Y015
+
+@_typing.final
+class PlanRemovalsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REMOVALS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def removals(self) -> _containers.RepeatedCompositeFieldContainer[Global___PlannedRemoval]: ...
+    def __init__(
+        self,
+        *,
+        removals: _abc.Iterable[Global___PlannedRemoval] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["removals", b"removals"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PlanRemovalsResponse: _TypeAlias = PlanRemovalsResponse  # noqa: Y015

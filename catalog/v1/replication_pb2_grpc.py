@@ -39,6 +39,11 @@ class ReplicationServiceStub:
                 request_serializer=catalog_dot_v1_dot_replication__pb2.PlanPullsRequest.SerializeToString,
                 response_deserializer=catalog_dot_v1_dot_replication__pb2.PlanPullsResponse.FromString,
                 _registered_method=True)
+        self.PlanRemovals = channel.unary_unary(
+                '/gridpacs.catalog.v1.ReplicationService/PlanRemovals',
+                request_serializer=catalog_dot_v1_dot_replication__pb2.PlanRemovalsRequest.SerializeToString,
+                response_deserializer=catalog_dot_v1_dot_replication__pb2.PlanRemovalsResponse.FromString,
+                _registered_method=True)
 
 
 class ReplicationServiceServicer:
@@ -53,6 +58,15 @@ class ReplicationServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def PlanRemovals(self, request, context):
+        """The copies `node` holds of instances the grid has rejected (CHANGE_KIND_INSTANCE_REJECTED
+        from any origin): the node removes each one and records the rejection, so it refuses the
+        instance from then on. Read-only and idempotent, like PlanPulls.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ReplicationServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -60,6 +74,11 @@ def add_ReplicationServiceServicer_to_server(servicer, server):
                     servicer.PlanPulls,
                     request_deserializer=catalog_dot_v1_dot_replication__pb2.PlanPullsRequest.FromString,
                     response_serializer=catalog_dot_v1_dot_replication__pb2.PlanPullsResponse.SerializeToString,
+            ),
+            'PlanRemovals': grpc.unary_unary_rpc_method_handler(
+                    servicer.PlanRemovals,
+                    request_deserializer=catalog_dot_v1_dot_replication__pb2.PlanRemovalsRequest.FromString,
+                    response_serializer=catalog_dot_v1_dot_replication__pb2.PlanRemovalsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -89,6 +108,33 @@ class ReplicationService:
             '/gridpacs.catalog.v1.ReplicationService/PlanPulls',
             catalog_dot_v1_dot_replication__pb2.PlanPullsRequest.SerializeToString,
             catalog_dot_v1_dot_replication__pb2.PlanPullsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PlanRemovals(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/gridpacs.catalog.v1.ReplicationService/PlanRemovals',
+            catalog_dot_v1_dot_replication__pb2.PlanRemovalsRequest.SerializeToString,
+            catalog_dot_v1_dot_replication__pb2.PlanRemovalsResponse.FromString,
             options,
             channel_credentials,
             insecure,

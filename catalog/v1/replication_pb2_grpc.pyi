@@ -44,6 +44,11 @@ class ReplicationServiceStub:
     recomputed from the catalog's holdings every time. The same holdings and node liveness
     give every replica the same answer (targets are chosen by rendezvous hashing).
     """
+    PlanRemovals: _grpc.UnaryUnaryMultiCallable[_replication_pb2.PlanRemovalsRequest, _replication_pb2.PlanRemovalsResponse]
+    """The copies `node` holds of instances the grid has rejected (CHANGE_KIND_INSTANCE_REJECTED
+    from any origin): the node removes each one and records the rejection, so it refuses the
+    instance from then on. Read-only and idempotent, like PlanPulls.
+    """
 
 @_typing.type_check_only
 class ReplicationServiceAsyncStub(ReplicationServiceStub):
@@ -52,6 +57,11 @@ class ReplicationServiceAsyncStub(ReplicationServiceStub):
     """What `node` should copy now. Read-only and idempotent: nothing is reserved, the answer is
     recomputed from the catalog's holdings every time. The same holdings and node liveness
     give every replica the same answer (targets are chosen by rendezvous hashing).
+    """
+    PlanRemovals: _aio.UnaryUnaryMultiCallable[_replication_pb2.PlanRemovalsRequest, _replication_pb2.PlanRemovalsResponse]  # type: ignore[assignment]
+    """The copies `node` holds of instances the grid has rejected (CHANGE_KIND_INSTANCE_REJECTED
+    from any origin): the node removes each one and records the rejection, so it refuses the
+    instance from then on. Read-only and idempotent, like PlanPulls.
     """
 
 class ReplicationServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -64,6 +74,17 @@ class ReplicationServiceServicer(metaclass=_abc_1.ABCMeta):
         """What `node` should copy now. Read-only and idempotent: nothing is reserved, the answer is
         recomputed from the catalog's holdings every time. The same holdings and node liveness
         give every replica the same answer (targets are chosen by rendezvous hashing).
+        """
+
+    @_abc_1.abstractmethod
+    def PlanRemovals(
+        self,
+        request: _replication_pb2.PlanRemovalsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_replication_pb2.PlanRemovalsResponse, _abc.Awaitable[_replication_pb2.PlanRemovalsResponse]]:
+        """The copies `node` holds of instances the grid has rejected (CHANGE_KIND_INSTANCE_REJECTED
+        from any origin): the node removes each one and records the rejection, so it refuses the
+        instance from then on. Read-only and idempotent, like PlanPulls.
         """
 
 def add_ReplicationServiceServicer_to_server(servicer: ReplicationServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

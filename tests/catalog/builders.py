@@ -76,6 +76,9 @@ class Outbox:
     def deleted(self, records: list[InstanceRecord]) -> list[Change]:
         return [self._next(ChangeKind.INSTANCE_DELETED, r) for r in records]
 
-    def _next(self, kind: ChangeKind, record: InstanceRecord) -> Change:
+    def rejected(self, records: list[InstanceRecord], reason: str = "113001") -> list[Change]:
+        return [self._next(ChangeKind.INSTANCE_REJECTED, r, reason) for r in records]
+
+    def _next(self, kind: ChangeKind, record: InstanceRecord, reason: str = "") -> Change:
         self.seq += 1
-        return Change(seq=self.seq, kind=kind, record=record)
+        return Change(seq=self.seq, kind=kind, record=record, reason=reason)

@@ -140,3 +140,38 @@ def test_steady_state_skips_the_aggregate_until_something_changes(service: Catal
     service.apply_changes("a", Outbox("a").added(records))
     assert _uids(planner.plan("b")) == {r.sop_instance_uid for r in records}
     assert len(calls) == 2
+
+
+def test_a_rejection_removes_every_copy_and_stops_replication(service: CatalogService) -> None:
+    """INSTANCE_REJECTED from one holder: its row goes, the other holder is told to remove
+    its copy (PlanRemovals) and nobody is asked to copy the instance again, even though
+    it is now below its factor; the rejection is served to peers with its reason."""
+    _register(service, "a", "b", "c")
+    lung = StudyBuilder(collection="lung").instances(4)
+    service.apply_changes("a", Outbox("a").added(lung))
+    b = Outbox("b")
+    service.apply_changes("b", b.added(lung))  # factor 2 reached
+    planner = _planner(service, factors={"lung": 3})
+    assert _uids(planner.plan("c")) == {r.sop_instance_uid for r in lung}
+    a = Outbox("a")
+    a.seq = 4
+    service.apply_changes("a", a.rejected(lung[:2], reason="113037"))
+
+    rejected = {r.sop_instance_uid for r in lung[:2]}
+    assert {m.sop_instance_uid for m in planner.removals("a")} == set()
+    removals = planner.removals("b")
+    assert {m.sop_instance_uid for m in removals} == rejected
+    assert {(m.collection, m.reason, m.rejected_by) for m in removals} == {("lung", "113037", "a")}
+    assert removals[0].study_instance_uid == lung[0].study_instance_uid
+    assert _uids(planner.plan("c")) == {r.sop_instance_uid for r in lung[2:]}
+
+    service.apply_changes("b", b.rejected(lung[:2], reason="113037"))  # b removed its copies
+    assert planner.removals("b") == []
+    assert {m.sop_instance_uid for m in service.query_instances(QueryFilter())} == {
+        r.sop_instance_uid for r in lung[2:]
+    }
+    pulled = [c for c in service.pull_changes("a", 4) if c.kind is ChangeKind.INSTANCE_REJECTED]
+    assert [(c.record.sop_instance_uid, c.reason) for c in pulled if c.record] == [
+        (r.sop_instance_uid, "113037") for r in lung[:2]
+    ]
+    assert pulled[0].record is not None and pulled[0].record.collection == "lung"
