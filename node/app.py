@@ -35,6 +35,7 @@ from node.research_routes import build_research_routes
 from node.routing import Route, Router
 from node.services.ingest import IngestService
 from node.services.query import QueryService
+from node.services.rejection import RejectionService
 from node.services.retrieve import RetrieveService
 from node.streams.executor import reap_stale
 from node.streams.inputs import InputGatherer
@@ -152,6 +153,9 @@ class NodeApp:
             max_instance_bytes=config.dicom.max_instance_bytes,
         )
         retrieve = RetrieveService(self.index, self.store)
+        self.rejections = RejectionService(
+            self.index, self.store, allowed_aes=config.dicom.rejecting_aes
+        )
         self.gateway = Gateway(
             ae_title=config.dicom.ae_title,
             router=self.router,
@@ -159,6 +163,7 @@ class NodeApp:
             query=QueryService(self.index),
             retrieve=retrieve,
             destinations=dict(config.dicom.destinations),
+            rejections=self.rejections,
         )
         self.catalog: GrpcCatalogClient | None = None
         self.publisher: Publisher | None = None
@@ -279,6 +284,7 @@ class NodeApp:
 
     def start(self) -> None:
         configure_pynetdicom()
+        self.rejections.remove_queued_blobs()  # those a crash left after their rejection
         self.dicom.start()
         if self.catalog is not None and self.config.catalog is not None:
             assert self.peer_server is not None
@@ -358,6 +364,7 @@ class NodeApp:
             max_backoff=settings.max_backoff,
             on_stored=publisher.nudge,
             status_file=replication_status_file(self.config),
+            reject=lambda items: self.rejections.reject(items, source="catalog"),
         )
 
     def stop(self) -> None:

@@ -63,6 +63,8 @@ def _overrides(**values: Any) -> dict[str, Any]:
         dicom["allowed_calling_aes"] = values["allow_ae"]
     if values.get("destination"):
         dicom["destinations"] = _destinations(values["destination"])
+    if values.get("rejecting_ae"):
+        dicom["rejecting_aes"] = values["rejecting_ae"]
     top: dict[str, Any] = {
         key: str(values[key])
         for key in ("data_dir", "db_url", "name", "streams_dir")
@@ -106,6 +108,13 @@ def serve(
         list[str] | None,
         typer.Option("--allow-ae", help="Calling AE allowed to associate (repeatable)."),
     ] = None,
+    rejecting_ae: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--rejecting-ae",
+            help="Calling AE whose IHE IOCM rejection notes remove instances (repeatable).",
+        ),
+    ] = None,
     catalog: Annotated[
         list[str] | None,
         typer.Option("--catalog", help="Catalog replica HOST:PORT (repeatable, fail-over order)."),
@@ -134,6 +143,7 @@ def serve(
         name=name,
         destination=destination,
         allow_ae=allow_ae,
+        rejecting_ae=rejecting_ae,
         catalog=catalog,
         insecure_catalog=insecure_catalog,
         publish_identified=publish_identified,

@@ -87,13 +87,16 @@ class DicomConfig(_Strict):
     max_instance_bytes: Annotated[int, Field(ge=1024)] = 2 * 1024**3
     network_timeout: Annotated[float, Field(gt=0)] = 60.0
     tls: TlsConfig | None = None
+    rejecting_aes: tuple[str, ...] = ()
+    """Calling AE titles whose IHE IOCM rejection notes (KOS titled 113001, 113037, 113038,
+    113039) remove the instances they list; a note from any other AE is refused (0x0124)."""
 
     @field_validator("ae_title")
     @classmethod
     def _ae(cls, value: str) -> str:
         return _check_ae(value)
 
-    @field_validator("allowed_calling_aes")
+    @field_validator("allowed_calling_aes", "rejecting_aes")
     @classmethod
     def _aes(cls, value: tuple[str, ...]) -> tuple[str, ...]:
         return tuple(_check_ae(v) for v in value)

@@ -44,6 +44,10 @@ class StoreNotAccepted(IngestError):
     """The called AE title does not take storage (e.g. the grid AE)."""
 
 
+class PreviouslyRejected(IngestError):
+    """The instance was rejected on this node (IHE IOCM) and is not stored again."""
+
+
 class InstanceTooLarge(IngestError):
     """The dataset exceeds the node's configured maximum instance size."""
 

@@ -29,6 +29,7 @@ _KINDS = {
     ChangeKind.INSTANCE_ADDED: CatalogChangeKind.INSTANCE_ADDED,
     ChangeKind.INSTANCE_DELETED: CatalogChangeKind.INSTANCE_DELETED,
     ChangeKind.STORE_RESET: CatalogChangeKind.STORE_RESET,
+    ChangeKind.INSTANCE_REJECTED: CatalogChangeKind.INSTANCE_REJECTED,
 }
 
 
@@ -54,7 +55,9 @@ def to_catalog_change(change: Change) -> CatalogChange:
         return CatalogChange(seq=change.seq, kind=CatalogChangeKind.STORE_RESET, record=None)
     record = CatalogRecord(**{f.name: getattr(change.record, f.name) for f in
                               dataclasses.fields(change.record)})  # fmt: skip
-    return CatalogChange(seq=change.seq, kind=_KINDS[change.kind], record=record)
+    return CatalogChange(
+        seq=change.seq, kind=_KINDS[change.kind], record=record, reason=change.reason
+    )
 
 
 class Publisher:

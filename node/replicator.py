@@ -27,10 +27,10 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from catalog import CatalogError
-from catalog.placement import PlannedPull
+from catalog.placement import PlannedPull, PlannedRemoval
 from node.config import NodeConfig
 from node.errors import NodeError
-from node.index.records import InstanceRecord
+from node.index.records import InstanceRecord, RejectedInstance
 from node.peer.client import PeerTransferError
 from node.services.ingest import StoreRequest, StoreResult
 from node.structlog import log_event
@@ -61,6 +61,8 @@ class PlanSource(Protocol):
         self, node: str, *, refused_collections: Collection[str] = (), limit: int = 0
     ) -> list[PlannedPull]: ...
 
+    def plan_removals(self, node: str, *, limit: int = 0) -> list[PlannedRemoval]: ...
+
 
 class PeerFetcher(Protocol):
     def fetch(self, address: str, sop_instance_uid: str) -> bytes: ...
@@ -84,6 +86,8 @@ class ReplicationStats:
     copied_bytes: int = 0
     failed: int = 0
     refused: int = 0
+    removed: int = 0
+    """Copies removed because the grid rejected them (PlanRemovals)."""
 
 
 class Replicator:
@@ -106,6 +110,7 @@ class Replicator:
         max_backoff: float = 60.0,
         on_stored: Callable[[], None] = lambda: None,
         status_file: Path | None = None,
+        reject: Callable[[list[RejectedInstance]], object] | None = None,
     ) -> None:
         self._node = node
         self._ae_title = ae_title
@@ -120,6 +125,7 @@ class Replicator:
         self._max_backoff = max_backoff
         self._on_stored = on_stored
         self._status_file = status_file
+        self._reject = reject
         self._pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="replica")
         self._retry_at: dict[str, tuple[float, float]] = {}  # uid -> (monotonic due, delay)
         self._stop = threading.Event()
@@ -158,7 +164,36 @@ class Replicator:
                 self._stop.wait(self._interval)
 
     def run_once(self) -> bool:
-        """One round; True when something was copied (so more may be waiting at once)."""
+        """One round; True when something was copied or removed (more may be waiting)."""
+        removed = self.remove_rejected()
+        return self._pull() or removed > 0
+
+    def remove_rejected(self) -> int:
+        """Remove (and record as rejected) the copies the grid rejected; how many."""
+        if self._reject is None:
+            return 0
+        removals = self._plans.plan_removals(self._node, limit=self._batch)
+        if not removals:
+            return 0
+        self._reject(
+            [
+                RejectedInstance(
+                    sop_instance_uid=r.sop_instance_uid,
+                    collection=r.collection,
+                    study_instance_uid=r.study_instance_uid,
+                    series_instance_uid=r.series_instance_uid,
+                    reason=r.reason,
+                    rejected_by=f"grid:{r.rejected_by}",
+                )
+                for r in removals
+            ]
+        )
+        with self._lock:
+            self.stats.removed += len(removals)
+        self._on_stored()  # publish the removals
+        return len(removals)
+
+    def _pull(self) -> bool:
         pulls = self._plans.plan_pulls(
             self._node, refused_collections=self._refused, limit=self._batch
         )

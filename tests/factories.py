@@ -189,3 +189,76 @@ def as_jpeg_baseline(ds: Dataset, quality: int = 95) -> Dataset:
     ds.PhotometricInterpretation = "YBR_FULL_422"
     ds.file_meta.TransferSyntaxUID = JPEGBaseline8Bit
     return ds
+
+
+KEY_OBJECT_SELECTION = "1.2.840.10008.5.1.4.1.1.88.59"
+REJECTION_MEANINGS = {
+    "113001": "Rejected for Quality Reasons",
+    "113037": "Rejected for Patient Safety Reasons",
+    "113038": "Incorrect Modality Worklist Entry",
+    "113039": "Data Retention Policy Expired",
+}
+
+
+def make_rejection_note(
+    rejected: list[Dataset], *, code: str = "113001", scheme: str = "DCM"
+) -> Dataset:
+    """An IHE IOCM rejection note: a Key Object Selection Document titled ``code`` (CID
+    7011) listing ``rejected``, filed in their (first) study and patient as a new series,
+    the way a modality or a PACS workstation writes one."""
+    first = rejected[0]
+    ds = Dataset()
+    ds.SOPClassUID = KEY_OBJECT_SELECTION
+    ds.SOPInstanceUID = generate_uid()
+    for keyword in ("PatientName", "PatientID", "PatientBirthDate", "PatientSex",
+                    "StudyInstanceUID", "StudyDate", "StudyTime", "AccessionNumber",
+                    "StudyID", "ReferringPhysicianName"):  # fmt: skip
+        if keyword in first:
+            setattr(ds, keyword, first.data_element(keyword).value)  # type: ignore[union-attr]
+    ds.Modality = "KO"
+    ds.SeriesInstanceUID = generate_uid()
+    ds.SeriesNumber = 999
+    ds.InstanceNumber = 1
+    ds.ContentDate, ds.ContentTime = "20240616", "120000"
+    ds.ValueType = "CONTAINER"
+    ds.ContinuityOfContent = "SEPARATE"
+    title = Dataset()
+    title.CodeValue = code
+    title.CodingSchemeDesignator = scheme
+    title.CodeMeaning = REJECTION_MEANINGS.get(code, "Of Interest")
+    ds.ConceptNameCodeSequence = [title]
+    studies: dict[str, dict[str, list[Dataset]]] = {}
+    for item in rejected:
+        series = studies.setdefault(str(item.StudyInstanceUID), {})
+        series.setdefault(str(item.SeriesInstanceUID), []).append(item)
+    evidence = []
+    content = []
+    for study_uid, by_series in studies.items():
+        study = Dataset()
+        study.StudyInstanceUID = study_uid
+        study.ReferencedSeriesSequence = []
+        for series_uid, items in by_series.items():
+            series = Dataset()
+            series.SeriesInstanceUID = series_uid
+            series.ReferencedSOPSequence = []
+            for item in items:
+                ref = Dataset()
+                ref.ReferencedSOPClassUID = item.SOPClassUID
+                ref.ReferencedSOPInstanceUID = item.SOPInstanceUID
+                series.ReferencedSOPSequence.append(ref)
+                entry = Dataset()
+                entry.RelationshipType = "CONTAINS"
+                entry.ValueType = "IMAGE"
+                entry.ReferencedSOPSequence = [ref]
+                content.append(entry)
+            study.ReferencedSeriesSequence.append(series)
+        evidence.append(study)
+    ds.CurrentRequestedProcedureEvidenceSequence = evidence
+    ds.ContentSequence = content
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = ds.SOPClassUID
+    meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
+    ds.file_meta = meta
+    return ds

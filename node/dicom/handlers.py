@@ -36,9 +36,15 @@ from node.dicom.transcode import Accepted, StoreAssociation, accepted_for_sendin
 from node.errors import IngestError, NodeError, NotAuthorized, StoreNotAccepted
 from node.index.errors import IndexFailure
 from node.index.records import IndexQuery, Model
-from node.routing import Router
+from node.routing import Route, Router
 from node.services.ingest import IngestService, StoreRequest
 from node.services.query import MatchSource, QueryService
+from node.services.rejection import (
+    KEY_OBJECT_SELECTION,
+    RejectionNotAllowed,
+    RejectionService,
+    note_in,
+)
 from node.services.retrieve import RetrieveService
 from node.structlog import log_event
 
@@ -109,6 +115,8 @@ class Gateway:
     """Called after each successful store (wakes the catalog publisher)."""
     streams: StreamSink | None = None
     """Told what each association stored to stream AE titles, and when it ended."""
+    rejections: RejectionService | None = None
+    """Applies IHE IOCM rejection notes (KOS with a rejection title) before storing them."""
 
     def handlers(self) -> list[tuple[Any, Any]]:
         return [
@@ -212,12 +220,15 @@ class Gateway:
                     request,
                     StoreNotAccepted(f"{called} answers grid queries; store to the node's AE"),
                 )
+            rejection = ""
+            if call.sop_class_uid.strip() == KEY_OBJECT_SELECTION:
+                rejection = self._apply_rejection(request, route)
             if route.archive_original_in is not None:
                 self.ingest.store(request, collection=route.archive_original_in)
             stored = self.ingest.store(
                 request, collection=route.collection, transform=route.transform
             )
-            outcome = stored.outcome.value
+            outcome = stored.outcome.value + (f", {rejection}" if rejection else "")
             if route.stream is not None and self.streams is not None:
                 self.streams.stored(
                     call.association,
@@ -245,6 +256,39 @@ class Gateway:
             ms=round((time.perf_counter() - started) * 1000, 2),
         )
         return result
+
+    def _apply_rejection(self, request: StoreRequest, route: Route) -> str:
+        """Apply the rejection ``request`` carries, if it is a rejection note, to every
+        collection the route stores into; what it did, for the log line ("" for no note).
+
+        A rejection refused (sender not allowed, unreadable references) is the C-STORE's
+        failure: the note is quarantined and nothing is rejected or stored."""
+        targets = [(route.collection, route.transform)]
+        if route.archive_original_in is not None:
+            targets.insert(0, (route.archive_original_in, None))
+        applied = ""
+        for collection, transform in targets:
+            try:
+                note = note_in(request.data, transform)
+            except IngestError as exc:
+                self.ingest.refuse(request, exc)
+            if note is None:
+                return applied
+            if self.rejections is None:
+                refusal = RejectionNotAllowed("rejection notes are not taken here")
+                self.ingest.refuse(request, refusal)
+            assert self.rejections is not None
+            try:
+                self.rejections.check_allowed(request.calling_ae)
+            except IngestError as exc:
+                self.ingest.refuse(request, exc)
+            result = self.rejections.apply_note(
+                note, collection=collection, calling_ae=request.calling_ae
+            )
+            applied += (
+                f"{collection}: rejected {len(result.recorded)}, removed {len(result.removed)} "
+            )
+        return applied.strip()
 
     # -- query ---------------------------------------------------------------------------
     def on_find(self, event: Event) -> Iterator[tuple[int | Dataset, Dataset | bytes | None]]:

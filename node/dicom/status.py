@@ -25,6 +25,7 @@ STORE_MISSING_ATTRIBUTE = 0xC001
 STORE_INVALID_VALUE = 0xC002
 STORE_CONFLICT = 0xC003
 STORE_DEIDENTIFICATION_REFUSED = 0xC004
+STORE_PREVIOUSLY_REJECTED = 0xC005
 NOT_AUTHORIZED = 0x0124
 
 # Query/Retrieve failures
@@ -40,6 +41,7 @@ _STORE_CODES: list[tuple[type[Exception], int]] = [
     (errors.MissingAttribute, STORE_MISSING_ATTRIBUTE),
     (errors.ConflictingInstance, STORE_CONFLICT),
     (errors.DeidentificationRefused, STORE_DEIDENTIFICATION_REFUSED),
+    (errors.PreviouslyRejected, STORE_PREVIOUSLY_REJECTED),
     (errors.InstanceTooLarge, STORE_OUT_OF_RESOURCES),
     (errors.UndecodableDataset, STORE_CANNOT_UNDERSTAND),
     (errors.ArchiveUnavailable, STORE_OUT_OF_RESOURCES),

@@ -17,6 +17,8 @@ from .prepared import Runner, runner
 from .records import Change, ChangeKind, InstanceRecord
 
 HEAD_ID = 1
+REASON = "rejection_reason"
+"""The payload key of a rejection's code (the rest of the payload is the record)."""
 MAX_CHANGES_PER_READ = 10_000
 
 
@@ -48,25 +50,33 @@ def record_from_json(data: dict[str, Any]) -> InstanceRecord:
     return InstanceRecord(**fields)
 
 
-def append_change(conn: Connection, kind: ChangeKind, record: InstanceRecord) -> int:
+def append_change(
+    conn: Connection, kind: ChangeKind, record: InstanceRecord, *, reason: str = ""
+) -> int:
     """Append one change in ``conn``'s transaction and return its sequence number.
 
     Must be the last write of the transaction: it takes the head row's lock, which
     serialises the end of concurrent writers so sequence numbers commit in order.
+    ``reason``: a rejection's code (kept in the payload beside the record).
     """
     with runner(conn) as run:
-        return append_change_with(run, kind, record)
+        return append_change_with(run, kind, record, reason=reason)
 
 
-def append_change_with(run: Runner, kind: ChangeKind, record: InstanceRecord) -> int:
+def append_change_with(
+    run: Runner, kind: ChangeKind, record: InstanceRecord, *, reason: str = ""
+) -> int:
     """:func:`append_change` on a :class:`Runner` (ingest's prepared-statement path).
 
     PostgreSQL takes the head row and inserts the change in one statement (one round trip
     less per C-STORE); SQLite, which has no data-modifying CTEs, in two.
     """
+    payload = record_to_json(record)
+    if reason:
+        payload[REASON] = reason
     values: dict[str, Any] = {
         "kind": kind.value,
-        "payload": record_to_json(record),
+        "payload": payload,
         "created_at": datetime.now(UTC),
     }
     if run.dialect_name == "postgresql":
@@ -76,8 +86,14 @@ def append_change_with(run: Runner, kind: ChangeKind, record: InstanceRecord) ->
     return int(seq)
 
 
-def append_changes(conn: Connection, kind: ChangeKind, records: list[InstanceRecord]) -> None:
-    """Append one change per record, in order, with one head update (bulk adds)."""
+def append_changes(
+    conn: Connection,
+    kind: ChangeKind,
+    records: list[InstanceRecord],
+    reasons: list[str] | None = None,
+) -> None:
+    """Append one change per record, in order, with one head update (bulk adds);
+    ``reasons``: a rejection code per record."""
     if not records:
         return
     head = table_of(ChangeHead)
@@ -89,9 +105,13 @@ def append_changes(conn: Connection, kind: ChangeKind, records: list[InstanceRec
     ).scalar_one()
     now = datetime.now(UTC)
     first = int(last) - len(records) + 1
+    payloads = [record_to_json(r) for r in records]
+    for payload, reason in zip(payloads, reasons or (), strict=False):
+        if reason:
+            payload[REASON] = reason
     rows = [
-        {"seq": first + n, "kind": kind.value, "payload": record_to_json(r), "created_at": now}
-        for n, r in enumerate(records)
+        {"seq": first + n, "kind": kind.value, "payload": payload, "created_at": now}
+        for n, payload in enumerate(payloads)
     ]
     conn.execute(_APPEND, rows)
 
@@ -164,10 +184,13 @@ def changes_since(conn: Connection, after_seq: int, limit: int) -> list[Change]:
         .order_by(table.c.seq)
         .limit(limit)
     )
-    return [
-        Change(seq=int(seq), kind=ChangeKind(kind), record=record_from_json(payload))
-        for seq, kind, payload in rows
-    ]
+    changes = []
+    for seq, kind, payload in rows:
+        fields = dict(payload)
+        reason = str(fields.pop(REASON, ""))
+        record = record_from_json(fields)
+        changes.append(Change(seq=int(seq), kind=ChangeKind(kind), record=record, reason=reason))
+    return changes
 
 
 def prune_changes(conn: Connection, up_to_seq: int) -> int:

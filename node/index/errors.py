@@ -32,3 +32,12 @@ class RecordConflict(IndexFailure):
     a SeriesInstanceUID already filed under another study. Indexing it would silently
     corrupt the hierarchy, so it is refused.
     """
+
+
+class InstanceRejected(IndexFailure):
+    """The instance was rejected here (IHE IOCM) and may not be stored again."""
+
+    def __init__(self, sop_instance_uid: str, reason: str) -> None:
+        super().__init__(f"instance {sop_instance_uid} was rejected ({reason or 'no code'})")
+        self.sop_instance_uid = sop_instance_uid
+        self.reason = reason

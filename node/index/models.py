@@ -190,6 +190,37 @@ class StudyReference(Base):
     created_at: Mapped[datetime]
 
 
+class Rejection(Base):
+    """An instance rejected here (IHE IOCM rejection note, or the grid's PlanRemovals).
+
+    Kept for ever: a rejected instance is refused when sent again, and the row says who
+    rejected it, why (the note's title code) and when.
+    """
+
+    __tablename__ = "rejections"
+
+    sop_instance_uid: Mapped[str] = mapped_column(primary_key=True)
+    collection: Mapped[str]
+    study_instance_uid: Mapped[str]
+    series_instance_uid: Mapped[str]
+    reason: Mapped[str]
+    note_uid: Mapped[str]
+    """The rejection note's SOP Instance UID ('' when the grid asked for the removal)."""
+    rejected_by: Mapped[str]
+    """The calling AE title of the note, or the catalog's word for another node's."""
+    rejected_at: Mapped[datetime]
+
+
+class BlobRemoval(Base):
+    """A blob whose last instance was removed, queued in the same transaction so a crash
+    between that commit and the blob's deletion leaves no orphan behind (done at start)."""
+
+    __tablename__ = "blob_removals"
+
+    blob_key: Mapped[str] = mapped_column(primary_key=True)
+    queued_at: Mapped[datetime]
+
+
 def table_of(model: type[Base]) -> sa.Table:
     """The :class:`~sqlalchemy.Table` behind ``model``, typed as one (for Core statements)."""
     return cast(sa.Table, model.__table__)

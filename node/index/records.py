@@ -158,6 +158,8 @@ class ChangeKind(enum.StrEnum):
     STORE_RESET = "store_reset"
     """The catalog must forget what this node published before (see :meth:`SqlIndex.rebase_outbox`);
     its record is empty."""
+    INSTANCE_REJECTED = "instance_rejected"
+    """Rejected (IHE IOCM): removed here, refused from now on, and removed grid-wide."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -171,3 +173,33 @@ class Change:
     seq: int
     kind: ChangeKind
     record: InstanceRecord
+    reason: str = ""
+    """For :attr:`ChangeKind.INSTANCE_REJECTED`: the rejection title's DCM code value."""
+
+
+@dataclass(frozen=True, slots=True)
+class RejectedInstance:
+    """One instance to reject in one collection (IHE IOCM)."""
+
+    sop_instance_uid: str
+    collection: str
+    study_instance_uid: str = ""
+    series_instance_uid: str = ""
+    reason: str = ""
+    """The rejection title's DCM code value (113001, 113037, 113038, 113039)."""
+    note_uid: str = ""
+    rejected_by: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class RejectionResult:
+    """What a rejection did to the index."""
+
+    removed: tuple[str, ...] = ()
+    """SOP Instance UIDs removed from the index (their blobs are queued for removal)."""
+    recorded: tuple[str, ...] = ()
+    """SOP Instance UIDs newly recorded as rejected (removed or not held here)."""
+    elsewhere: tuple[str, ...] = ()
+    """Held here in another collection than the rejection's: left alone."""
+    blob_keys: tuple[str, ...] = ()
+    """Blobs no instance refers to any more, queued in ``blob_removals``."""

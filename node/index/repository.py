@@ -26,7 +26,7 @@ from storage.sql import (
     write_begin,
 )
 
-from . import bulk, writes
+from . import bulk, rejections, writes
 from . import changes as outbox
 from .errors import IndexFailure, IndexUnavailable, RecordConflict
 from .inventory import InventoryEntry, Requeued, inventory_statement, tombstone
@@ -40,6 +40,8 @@ from .records import (
     ChangeKind,
     IndexQuery,
     InstanceRecord,
+    RejectedInstance,
+    RejectionResult,
     StoredInstance,
 )
 
@@ -172,6 +174,29 @@ class SqlIndex:
             else:
                 tx.rollback()
             return deleted
+
+    def reject(self, items: Sequence[RejectedInstance]) -> RejectionResult:
+        """Reject ``items`` in one durable transaction: each is recorded (and refused from
+        then on), removed if held in the item's collection, its blob queued for removal
+        (:meth:`queued_blob_removals`), and an INSTANCE_REJECTED change appended."""
+        with self._guard(), self._write() as conn, conn.begin():
+            return rejections.reject(conn, items, self._record)
+
+    def rejection(self, sop_instance_uid: str) -> RejectedInstance | None:
+        """The rejection recorded for ``sop_instance_uid``, if any."""
+        with self._guard(), self._engine.connect() as conn:
+            return rejections.rejection_of(conn, sop_instance_uid)
+
+    def queued_blob_removals(self) -> list[str]:
+        """Blob keys whose instances were removed, not yet deleted from the store."""
+        with self._guard(), self._engine.connect() as conn:
+            return rejections.queued_blobs(conn)
+
+    def blobs_removed(self, keys: Sequence[str]) -> None:
+        """The store no longer holds these blobs: drop them from the queue."""
+        if keys:
+            with self._guard(), self._write() as conn, conn.begin():
+                rejections.forget_blobs(conn, list(keys))
 
     # -- reads ----------------------------------------------------------------------
 

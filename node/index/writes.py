@@ -23,9 +23,18 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 
 from .changes import append_change, append_change_with
-from .errors import RecordConflict
+from .errors import InstanceRejected, RecordConflict
 from .matching import normalise_date, normalise_pn, normalise_time
-from .models import ATTRIBUTES, COMPUTED_VRS, Instance, Patient, Series, Study, table_of
+from .models import (
+    ATTRIBUTES,
+    COMPUTED_VRS,
+    Instance,
+    Patient,
+    Rejection,
+    Series,
+    Study,
+    table_of,
+)
 from .prepared import Runner, runner
 from .records import LEVEL_KEYS, ChangeKind, InstanceRecord, Level
 
@@ -42,8 +51,12 @@ def add(run: Runner, record: InstanceRecord) -> None:
     The statements run through :mod:`.prepared` (this is the per-C-STORE path). There is
     no duplicate check up front: the instance insert (``ON CONFLICT DO NOTHING``) is the
     check, and a duplicate's counter updates go with the rolled-back transaction. A
-    duplicate whose parents changed meanwhile stays a duplicate, not a conflict.
+    duplicate whose parents changed meanwhile stays a duplicate, not a conflict. A
+    rejected instance raises :class:`InstanceRejected` (one primary-key read).
     """
+    rejected = run.one(_REJECTED, {"uid": record.sop_instance_uid})
+    if rejected is not None:
+        raise InstanceRejected(record.sop_instance_uid, str(rejected[0]))
     try:
         patient_pk, _ = upsert(run, PT, patient_key(record), level_values(record, Level.PATIENT))
         study_pk, new_study = upsert(
@@ -102,6 +115,15 @@ def patient_key(record: InstanceRecord) -> dict[str, str]:
 
 def delete(conn: Connection, sop_instance_uid: str, record: InstanceRecord) -> bool:
     """Remove an instance, prune emptied parents, append the outbox row."""
+    if not remove(conn, sop_instance_uid):
+        return False
+    append_change(conn, ChangeKind.INSTANCE_DELETED, record)
+    return True
+
+
+def remove(conn: Connection, sop_instance_uid: str) -> bool:
+    """Remove an instance and prune emptied parents, without an outbox row (the caller
+    appends it last: see the lock order above); ``False`` if not held or raced away."""
     row = conn.execute(
         sa.select(IN.c.pk, SE.c.pk, ST.c.pk, ST.c.patient_pk)
         .select_from(IN.join(SE, IN.c.series_pk == SE.c.pk).join(ST, SE.c.study_pk == ST.c.pk))
@@ -127,7 +149,6 @@ def delete(conn: Connection, sop_instance_uid: str, record: InstanceRecord) -> b
         bump(conn, PT, patient_pk, num_series=-1, num_studies=-int(study_left == 0))
     if patient_left == 0:
         conn.execute(sa.delete(PT).where(PT.c.pk == patient_pk))
-    append_change(conn, ChangeKind.INSTANCE_DELETED, record)
     return True
 
 
@@ -147,6 +168,8 @@ def as_utc(moment: datetime) -> datetime:
 
 
 _FIND_INSTANCE = sa.select(IN.c.pk).where(IN.c.sop_instance_uid == sa.bindparam("uid"))
+_RJ = table_of(Rejection)
+_REJECTED = sa.select(_RJ.c.reason).where(_RJ.c.sop_instance_uid == sa.bindparam("uid"))
 _MODALITIES = (
     sa.select(SE.c.modality)
     .where(SE.c.study_pk == sa.bindparam("study_pk"), SE.c.modality.is_not(None))

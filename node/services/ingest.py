@@ -36,10 +36,11 @@ from node.errors import (
     IngestError,
     InstanceTooLarge,
     MissingAttribute,
+    PreviouslyRejected,
     SopClassMismatch,
     UndecodableDataset,
 )
-from node.index.errors import IndexUnavailable, RecordConflict
+from node.index.errors import IndexUnavailable, InstanceRejected, RecordConflict
 from node.index.records import LEVEL_KEYS, AddOutcome, InstanceRecord
 from node.services import header
 from node.services.dataset_check import read_complete
@@ -85,6 +86,8 @@ class BlobWriter(Protocol):
     """What ingest needs of the storage provider."""
 
     def put(self, data: bytes, digest: bytes | None = None) -> Any: ...
+
+    def delete(self, key: str) -> Any: ...
 
 
 class InstanceIndex(Protocol):
@@ -193,6 +196,12 @@ class IngestService:
             conflict = ConflictingInstance(f"conflicts with stored data: {exc}")
             self._quarantine_bytes(request, conflict)
             raise conflict from exc
+        except InstanceRejected as exc:
+            self._drop_rejected(blob, expected)
+            log_event(LOG, "rejected_instance_refused", level=logging.WARNING,
+                      calling_ae=request.calling_ae, sop_instance_uid=exc.sop_instance_uid,
+                      reason=exc.reason)  # fmt: skip
+            raise PreviouslyRejected(str(exc)) from exc
         except IndexUnavailable as exc:
             _settle(blob)
             raise ArchiveUnavailable(f"index unavailable: {exc}") from exc
@@ -212,6 +221,16 @@ class IngestService:
             ms=round((time.perf_counter() - started) * 1000, 2),
         )
         return StoreResult(outcome, record.sop_instance_uid, record.study_instance_uid, collection)
+
+    def _drop_rejected(self, blob: Future[Any], expected: BlobAddress) -> None:
+        """A rejected instance sent again: its bytes were just written, and must not stay
+        (not even in quarantine: the rejection may be for the wrong patient's data). Its
+        blob key is its own (the bytes hold the SOP Instance UID, unique in the index)."""
+        try:
+            blob.result()
+            self._store.delete(expected.key)
+        except Exception:  # already gone, or the write failed: nothing of it is kept
+            LOG.debug("event=rejected_blob_not_deleted key=%s", expected.key, exc_info=True)
 
     def refuse(self, request: StoreRequest, error: IngestError) -> None:
         """Refuse ``request`` without storing it: quarantine the bytes, then raise ``error``."""

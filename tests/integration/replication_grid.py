@@ -118,6 +118,7 @@ class Grid:
         netns: NetNs | None = None,
         start: bool = True,
         reverse_catalogs: bool = False,
+        dicom_extra: str = "",
     ) -> Node:
         port = free_port()
         data_dir = self.workdir / f"{name}-data"
@@ -128,6 +129,7 @@ class Grid:
         config.write_text(
             f'name = "{name}"\ndata_dir = "{data_dir}"\n'
             f'[dicom]\nae_title = "{name.upper()}"\nhost = "{NODE_HOST}"\nport = {port}\n'
+            f"{dicom_extra}"
             f"[catalog]\naddresses = {addresses!r}\ninsecure = true\n"
             f"publish_identified = {str(publish_identified).lower()}\n"
             f'peer_host = "{peer_host}"\npublish_interval = 0.2\ntimeout = 2.0\n'

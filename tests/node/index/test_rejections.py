@@ -1,0 +1,81 @@
+"""Rejecting instances in the index (IHE IOCM), on SQLite and PostgreSQL: removal with
+exact counters, the rejection row that refuses a re-send, the queued blobs, and the
+INSTANCE_REJECTED changes the catalog publisher sends."""
+
+from __future__ import annotations
+
+import pytest
+
+from node.index import ChangeKind, IndexQuery, Level, SqlIndex
+from node.index.errors import InstanceRejected
+from node.index.records import AddOutcome, RejectedInstance
+from tests.node.index.conftest import record
+
+
+def _reject(uid: str, collection: str = "c1", reason: str = "113001") -> RejectedInstance:
+    return RejectedInstance(
+        sop_instance_uid=uid,
+        collection=collection,
+        study_instance_uid="1.2.826.0.1.1",
+        series_instance_uid="1.2.826.0.1.1.1",
+        reason=reason,
+        note_uid="1.2.826.0.9.9",
+        rejected_by="PACSADMIN",
+    )
+
+
+def _studies(index: SqlIndex) -> list[dict[str, object]]:
+    query = IndexQuery(
+        level=Level.STUDY,
+        filters={"StudyInstanceUID": ""},
+        requested=("StudyInstanceUID", "NumberOfStudyRelatedInstances"),
+    )
+    return list(index.find(query))
+
+
+def test_rejection_removes_records_and_refuses_a_resend(index: SqlIndex) -> None:
+    for uid in ("1.1", "1.2", "1.3"):
+        assert index.add_instance(record(uid)) is AddOutcome.STORED
+    before = index.last_change_seq()
+
+    result = index.reject([_reject("1.1"), _reject("1.2"), _reject("9.9")])
+
+    assert result.removed == ("1.1", "1.2")
+    assert result.recorded == ("1.1", "1.2", "9.9")  # 9.9 is not held: refused all the same
+    assert result.blob_keys == ("blob-1.1", "blob-1.2")
+    assert index.get_record("1.1") is None and index.get_record("1.3") is not None
+    assert [s["NumberOfStudyRelatedInstances"] for s in _studies(index)] == [1]
+    assert index.queued_blob_removals() == ["blob-1.1", "blob-1.2"]
+    changes = index.changes_since(before, 100)
+    assert [(c.kind, c.record.sop_instance_uid, c.reason) for c in changes] == [
+        (ChangeKind.INSTANCE_REJECTED, uid, "113001") for uid in ("1.1", "1.2", "9.9")
+    ]
+    assert changes[0].record.blob_key == "blob-1.1"  # the full record of a held instance
+    rejection = index.rejection("1.2")
+    assert rejection is not None and rejection.rejected_by == "PACSADMIN"
+
+    with pytest.raises(InstanceRejected, match="113001"):
+        index.add_instance(record("1.1"))
+    with pytest.raises(InstanceRejected):
+        index.add_instance(record("9.9"))
+    assert index.last_change_seq() == changes[-1].seq  # the refusals wrote nothing
+
+    index.blobs_removed(["blob-1.1", "blob-1.2"])
+    assert index.queued_blob_removals() == []
+
+
+def test_rejecting_again_changes_nothing_and_other_collections_are_left(index: SqlIndex) -> None:
+    index.add_instance(record("2.1"))
+    index.add_instance(record("2.2", study="1.2.826.0.2", series="1.2.826.0.2.1",
+                              patient_id="PID2", collection="research"))  # fmt: skip
+    index.reject([_reject("2.1")])
+    seq = index.last_change_seq()
+
+    again = index.reject([_reject("2.1"), _reject("2.2")])  # 2.2 is held in "research"
+
+    assert again.recorded == () and again.removed == () and again.elsewhere == ("2.2",)
+    assert index.last_change_seq() == seq
+    assert index.get_record("2.2") is not None and index.rejection("2.2") is None
+    removed = index.reject([_reject("2.2", collection="research", reason="113039")])
+    assert removed.removed == ("2.2",)
+    assert _studies(index) == []
