@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Collection, Sequence
+from typing import Any
 
 import grpc
 
@@ -68,36 +69,39 @@ class GrpcPlacementClient:
         request = pb.PlanPullsRequest(
             node=node, refused_collections=sorted(refused_collections), limit=limit
         )
-        errors: list[str] = []
-        count = len(self.addresses)
-        for step in range(count):
-            index = (self._preferred + step) % count
-            address = self.addresses[index]
-            try:
-                response = self._stub(address).PlanPulls(request, timeout=self._timeout)
-            except grpc.RpcError as exc:
-                if exc.code() not in FAILOVER_CODES:
-                    raise CatalogRejected(
-                        f"{exc.code().name}: {exc.details()}", code=exc.code().name
-                    ) from exc
-                errors.append(f"{address}: {exc.code().name}")
-                continue
-            self._preferred = index
-            self._announce(request, skip=address)
-            return [pull_from_pb(p) for p in response.pulls]
-        raise CatalogUnavailable(f"no catalog replica answered PlanPulls: {'; '.join(errors)}")
+        address, response = self._first_answer("PlanPulls", request)
+        self._announce(request, skip=address)
+        return [pull_from_pb(p) for p in response.pulls]
 
     def plan_removals(self, node: str, *, limit: int = 0) -> list[PlannedRemoval]:
         """The copies ``node`` must remove (rejected grid-wide), from the first replica that
         answers."""
-        request = pb.PlanRemovalsRequest(node=node, limit=limit)
+        _address, response = self._first_answer(
+            "PlanRemovals", pb.PlanRemovalsRequest(node=node, limit=limit)
+        )
+        return [
+            PlannedRemoval(
+                sop_instance_uid=r.sop_instance_uid,
+                collection=r.collection,
+                study_instance_uid=r.study_instance_uid,
+                series_instance_uid=r.series_instance_uid,
+                reason=r.reason,
+                rejected_by=r.rejected_by,
+            )
+            for r in response.removals
+        ]
+
+    def _first_answer(self, method: str, request: Any) -> tuple[str, Any]:
+        """``method`` on the first replica that answers, preferring the last good one;
+        that replica's address and its response."""
         errors: list[str] = []
         count = len(self.addresses)
         for step in range(count):
             index = (self._preferred + step) % count
             address = self.addresses[index]
             try:
-                response = self._stub(address).PlanRemovals(request, timeout=self._timeout)
+                call = getattr(self._stub(address), method)
+                response = call(request, timeout=self._timeout)
             except grpc.RpcError as exc:
                 if exc.code() not in FAILOVER_CODES:
                     raise CatalogRejected(
@@ -106,18 +110,8 @@ class GrpcPlacementClient:
                 errors.append(f"{address}: {exc.code().name}")
                 continue
             self._preferred = index
-            return [
-                PlannedRemoval(
-                    sop_instance_uid=r.sop_instance_uid,
-                    collection=r.collection,
-                    study_instance_uid=r.study_instance_uid,
-                    series_instance_uid=r.series_instance_uid,
-                    reason=r.reason,
-                    rejected_by=r.rejected_by,
-                )
-                for r in response.removals
-            ]
-        raise CatalogUnavailable(f"no catalog replica answered PlanRemovals: {'; '.join(errors)}")
+            return address, response
+        raise CatalogUnavailable(f"no catalog replica answered {method}: {'; '.join(errors)}")
 
     def _announce(self, request: pb.PlanPullsRequest, *, skip: str) -> None:
         """Tell the other replicas our refusals, without waiting (errors are ignored: the
