@@ -277,7 +277,6 @@ class Gateway:
             if self.rejections is None:
                 refusal = RejectionNotAllowed("rejection notes are not taken here")
                 self.ingest.refuse(request, refusal)
-            assert self.rejections is not None
             try:
                 self.rejections.check_allowed(request.calling_ae)
             except IngestError as exc:

@@ -21,7 +21,7 @@ from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Protocol, cast
+from typing import Any, NoReturn, Protocol, cast
 
 from pydicom import config as pydicom_config
 from pydicom.datadict import dictionary_VR, tag_for_keyword
@@ -232,7 +232,7 @@ class IngestService:
         except Exception:  # already gone, or the write failed: nothing of it is kept
             LOG.debug("event=rejected_blob_not_deleted key=%s", expected.key, exc_info=True)
 
-    def refuse(self, request: StoreRequest, error: IngestError) -> None:
+    def refuse(self, request: StoreRequest, error: IngestError) -> NoReturn:
         """Refuse ``request`` without storing it: quarantine the bytes, then raise ``error``."""
         self._quarantine_bytes(request, error)
         raise error
