@@ -22,7 +22,7 @@ import heapq
 import json
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -43,7 +43,7 @@ from storage.errors import (
     error_from_os,
 )
 from storage.interfaces import BlobInfo, ScrubFinding, ScrubProgress
-from storage.packs import DEFAULT_PACK_SIZE, FIRST_PACK_SIZE, PackStore
+from storage.packs import DEFAULT_PACK_SIZE, FIRST_PACK_SIZE, PackStore, ReclaimReport
 
 MARKER_NAME = "gridpacs-store.json"
 TMP_DIR_NAME = "tmp"
@@ -328,27 +328,45 @@ class FilesystemBlobStore:
         return os.path.isfile(path)
 
     def delete(self, key: str) -> None:
-        """Remove the blob durably; :class:`BlobNotFound` when absent.
+        """Remove the blob durably; :class:`BlobNotFound` when absent."""
+        if self.delete_many([key]):
+            raise BlobNotFound(key)
 
-        A packed blob gets a durable tombstone record; its space is not reclaimed.
+    def delete_many(self, keys: Iterable[str]) -> list[str]:
+        """Remove these blobs durably; the keys that were absent.
+
+        Packed blobs' blocks are punched out of their packs (free at once), then durable
+        tombstones appended, a sync per pack for all of them (:meth:`PackStore.delete_many`);
+        blob files are unlinked, then each directory synced once.
         """
-        path = self._path(check_key(key))
-        packed = False
-        if self._packs is not None and self._packs.locate(bytes.fromhex(key)) is not None:
-            if not self._packs.writable:
-                raise StorageError(f"blob {key} is packed and another process owns the packs")
+        wanted = list(dict.fromkeys(check_key(k) for k in keys))
+        packed: set[str] = set()
+        if self._packs is not None:
+            held = [k for k in wanted if self._packs.locate(bytes.fromhex(k)) is not None]
+            if held and not self._packs.writable:
+                raise StorageError(f"blob {held[0]} is packed and another process owns the packs")
             try:
-                packed = self._packs.delete(bytes.fromhex(key))
+                packed = {d.hex() for d in self._packs.delete_many(bytes.fromhex(k) for k in held)}
             except OSError as exc:
-                raise error_from_os(exc, f"deleting blob {key} from its pack") from exc
+                raise error_from_os(exc, f"deleting {len(held)} blobs from their packs") from exc
+        absent: list[str] = []
+        directories: set[str] = set()
+        for key in wanted:
+            path = self._path(key)
+            try:
+                os.unlink(path)
+                directories.add(os.path.dirname(path))
+            except FileNotFoundError:
+                if key not in packed:
+                    absent.append(key)
+            except OSError as exc:
+                raise error_from_os(exc, f"deleting blob {key}") from exc
         try:
-            os.unlink(path)
-            fsync_dir(os.path.dirname(path))
-        except FileNotFoundError:
-            if not packed:
-                raise BlobNotFound(key) from None
+            for directory in sorted(directories):
+                fsync_dir(directory)
         except OSError as exc:
-            raise error_from_os(exc, f"deleting blob {key}") from exc
+            raise error_from_os(exc, "syncing the directories of deleted blobs") from exc
+        return absent
 
     def keys(self) -> Iterator[str]:
         """Every stored key (sorted); temp files and strays are ignored."""
@@ -382,6 +400,28 @@ class FilesystemBlobStore:
                 return sorted(e.name for e in entries if _is_fanout_name(e.name) and e.is_dir())
         except FileNotFoundError:
             return []
+
+    def reclaim(self, progress: Callable[[int, int], None] | None = None) -> ReclaimReport:
+        """Give back the blocks of dead packed records (see :meth:`PackStore.reclaim`).
+
+        Raises :class:`StorageError` when another process (a running node) appends to the
+        packs: only the writer knows which records are dead.
+        """
+        if self._packs is None:
+            return ReclaimReport()
+        if not self._packs.writable:
+            raise StorageError(
+                f"{self.root}: another process (a running node?) holds the packs' writer "
+                "lock; stop it, then reclaim"
+            )
+        try:
+            return self._packs.reclaim(progress)
+        except OSError as exc:
+            raise error_from_os(exc, f"reclaiming space in {self.root}") from exc
+
+    def packed_bytes(self) -> int:
+        """Disk space the pack files occupy (0 for a store without packs)."""
+        return 0 if self._packs is None else self._packs.allocated()
 
     def scrub(self, progress: ScrubProgress | None = None) -> Iterator[ScrubFinding]:
         """Read and verify every blob; yield a finding for each bad one."""

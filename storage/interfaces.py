@@ -7,7 +7,7 @@ interchangeable behind :class:`BlobStore`.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Literal, Protocol, runtime_checkable
 
@@ -44,7 +44,9 @@ class BlobStore(Protocol):
     ``put`` returns only once the bytes are durable (fsynced); putting bytes that are
     already stored is a cheap no-op returning the same :class:`BlobInfo`. ``get`` verifies
     the checksum and raises :class:`storage.errors.ChecksumMismatch` on corruption.
-    ``get`` and ``delete`` of an absent key raise :class:`storage.errors.BlobNotFound`;
+    ``get`` and ``delete`` of an absent key raise :class:`storage.errors.BlobNotFound`
+    (``delete_many`` returns the absent keys instead, and removes the rest together:
+    one sync per pack or directory, not per blob);
     a malformed key raises :class:`storage.errors.InvalidKey`. ``scrub`` verifies every
     blob, yields one :class:`ScrubFinding` per bad blob and calls *progress* per key.
     A caller that has already hashed the bytes passes ``digest`` (their SHA-256) so they
@@ -59,6 +61,8 @@ class BlobStore(Protocol):
     def exists(self, key: str) -> bool: ...
 
     def delete(self, key: str) -> None: ...
+
+    def delete_many(self, keys: Iterable[str]) -> list[str]: ...
 
     def keys(self) -> Iterator[str]: ...
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 
 from storage.addressing import check_key
 from storage.errors import BlobNotFound, ChecksumMismatch
@@ -54,6 +54,12 @@ class MemoryBlobStore:
         with self._lock:
             if self._blobs.pop(key, None) is None:
                 raise BlobNotFound(key)
+
+    def delete_many(self, keys: Iterable[str]) -> list[str]:
+        """Forget these keys; the ones that were absent."""
+        wanted = list(dict.fromkeys(check_key(k) for k in keys))
+        with self._lock:
+            return [k for k in wanted if self._blobs.pop(k, None) is None]
 
     def keys(self) -> Iterator[str]:
         """A sorted snapshot of the stored keys."""

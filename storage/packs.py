@@ -35,8 +35,9 @@ power loss tore an unacknowledged append, or the bytes rotted since) makes the k
 
 Where each record is: for sealed packs, in a SQLite table derived from their sidecars
 (``storage/pack_locations.py``), so memory does not grow with the number of blobs; for the
-packs still appended to, in memory, from a scan at open. Deleted records keep their space:
-there is no compaction yet.
+packs still appended to, in memory, from a scan at open. A deleted record's blocks are
+punched out of its pack (``storage/holes.py``): the file keeps its size and every other
+record its offset, and the disk space is free at once.
 """
 
 from __future__ import annotations
@@ -52,11 +53,12 @@ import struct
 import threading
 import weakref
 import zlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
 
 from storage.durable import Chunk, make_dirs_durably, write_atomically
+from storage.holes import allocated_bytes, holds_data, punch_hole
 from storage.pack_locations import Locations, packed, unpacked
 
 LOG = logging.getLogger("gridpacs.storage")
@@ -160,6 +162,18 @@ def decode_index(raw: bytes, pack_id: int) -> list[Record] | None:
     if len(body) != count * _ENTRY.size:
         return None
     return list(map(Record._make, _ENTRY.iter_unpack(body)))
+
+
+@dataclass
+class ReclaimReport:
+    """What :meth:`PackStore.reclaim` found and gave back."""
+
+    packs: int = 0
+    dead_records: int = 0
+    """Blob records no longer current (deleted, or superseded by a later put)."""
+    released: int = 0
+    """Of those, the ones whose blocks were still allocated (now punched)."""
+    bytes_freed: int = 0
 
 
 @dataclass(eq=False)
@@ -352,14 +366,17 @@ class PackStore:
         header = _header(KIND_BLOB, digest, len(payload), zlib.crc32(payload))
         while True:
             with self._lock:
-                if self._locations.get(digest) is not None:
-                    return
+                # pending first: a delete of these bytes under way must finish before the
+                # held record can be trusted (else this put would return on a record that
+                # is being removed)
                 waiter = self._pending.get(digest)
                 if waiter is None:
+                    if self._locations.get(digest) is not None:
+                        return
                     pack, offset = self._allocate(HEADER_SIZE + len(payload))
                     self._pending[digest] = threading.Event()
                     break
-            waiter.wait()  # the same bytes are being written: durable, or failed, soon
+            waiter.wait()  # the same bytes are being written or deleted: done soon
         done = False
         try:
             self._write(pack, offset, header, payload)
@@ -372,38 +389,142 @@ class PackStore:
                 self._finished(pack)
 
     def delete(self, digest: bytes) -> bool:
-        """Append a tombstone for *digest*, then overwrite the deleted payload with zeros;
-        False when no record of it is held.
+        """Delete the record of *digest* (see :meth:`delete_many`); False when none is held."""
+        return bool(self.delete_many([digest]))
 
-        The zeros matter for privacy: a deleted (e.g. rejected) instance must not stay
-        readable in the pack until some later compaction. They are written only once the
-        tombstone is durable, so a crash in between leaves a deleted record with its bytes
-        (never a live record without them); the zeroed record fails its CRC at the next
-        scan and the tombstone after it hides it, as it hides a torn append.
+    def delete_many(self, digests: Iterable[bytes]) -> set[bytes]:
+        """Give the records of *digests* back to the file system, then append durable
+        tombstones; the digests that had a record (the others are ignored).
+
+        Bytes first, for privacy: a deleted (e.g. rejected) instance must not stay readable
+        in its pack, whatever happens next. The records' blocks are punched out (they read
+        as zeros and the disk space is free at once; zeros are written where the file
+        system cannot punch) and made durable before any tombstone is written. A crash in
+        between leaves records that read as damaged until the caller's retry (the node
+        retries queued removals at start) finishes the delete; never readable bytes.
+
+        One sync per pack touched for the releases and one per pack for the tombstones,
+        however many records: removing a study costs a handful of syncs, not two per image.
         """
-        with self._lock:
-            where = self.locate(digest)
-            if where is None:
-                return False
-            pack, offset = self._allocate(HEADER_SIZE)
-        done = False
+        claimed = self._claim(digests)
+        if not claimed:
+            return set()
         try:
-            self._write(pack, offset, _header(KIND_TOMBSTONE, digest, 0, 0), b"")
-            done = True
+            self._release_all(list(claimed.values()))
+            self._append_tombstones(list(claimed))
         finally:
             with self._lock:
-                if done:
-                    self._locations.remove(digest, pack.id)
-                self._finished(pack)
-        self._zero_payload(where)
-        return True
+                for digest in claimed:
+                    self._pending.pop(digest).set()
+        return set(claimed)
 
-    def _zero_payload(self, where: Location) -> None:
-        old = self._packs.get(where.pack)
-        if old is None or where.length <= 0:
-            return
-        _pwrite_all(old.fd, bytes(where.length), where.offset + HEADER_SIZE)
-        os.fdatasync(old.fd)
+    def _claim(self, digests: Iterable[bytes]) -> dict[bytes, Location]:
+        """Mark the held ones among *digests* as being deleted (puts and other deletes of
+        them wait), after waiting out any put or delete of them already under way."""
+        claimed: dict[bytes, Location] = {}
+        todo = list(dict.fromkeys(digests))
+        while todo:
+            busy: list[tuple[bytes, threading.Event]] = []
+            with self._lock:
+                if self._lock_fd is None:
+                    raise OSError(0, "the packs are appended to by another process")
+                for digest in todo:
+                    waiter = self._pending.get(digest)
+                    if waiter is not None:
+                        busy.append((digest, waiter))
+                        continue
+                    where = self.locate(digest)
+                    if where is not None:
+                        self._pending[digest] = threading.Event()
+                        claimed[digest] = where
+            for _, waiter in busy:
+                waiter.wait()
+            todo = [digest for digest, _ in busy]
+        return claimed
+
+    def _release_all(self, records: Sequence[Location], fds: dict[int, int] | None = None) -> int:
+        """Punch out (or zero) the blocks of *records*, then sync each pack once; the bytes
+        freed. Records start on block boundaries and own their aligned length, so no
+        other record shares a block with one of these."""
+        fds = fds or {r.pack: self._packs[r.pack].fd for r in records}
+        before = {pack: allocated_bytes(fd) for pack, fd in fds.items()}
+        for where in records:
+            fd, length = fds[where.pack], _aligned(HEADER_SIZE + where.length)
+            if not punch_hole(fd, where.offset, length):
+                _pwrite_all(fd, bytes(length), where.offset)
+        for fd in fds.values():
+            os.fsync(fd)  # fsync, not fdatasync: a punched hole changes the extent map
+        return sum(max(0, before[pack] - allocated_bytes(fd)) for pack, fd in fds.items())
+
+    def _append_tombstones(self, digests: Sequence[bytes]) -> None:
+        with self._lock:
+            slots = [(d, *self._allocate(HEADER_SIZE)) for d in digests]
+        synced = False
+        try:
+            for digest, pack, offset in slots:
+                _pwrite_all(pack.fd, _header(KIND_TOMBSTONE, digest, 0, 0), offset)
+            for pack in {p for _, p, _ in slots}:
+                os.fdatasync(pack.fd)
+            synced = True
+        finally:
+            with self._lock:
+                for digest, pack, _ in slots:
+                    if synced:
+                        self._locations.remove(digest, pack.id)
+                    self._finished(pack)
+
+    def reclaim(self, progress: Callable[[int, int], None] | None = None) -> ReclaimReport:
+        """Give back the blocks of every record no longer anyone's: blobs deleted before
+        deletes punched holes, and torn records a later put superseded.
+
+        Only the writer may (it alone sees every record it has written); dead records
+        already punched are skipped (``SEEK_DATA``), so a second run frees nothing.
+        *progress* is called with (packs done, packs in all).
+        """
+        if self._lock_fd is None:
+            raise OSError(0, "the packs are appended to by another process")
+        report = ReclaimReport()
+        with self._lock:
+            packs = [self._packs[i] for i in sorted(self._packs)]
+        for done, pack in enumerate(packs, 1):
+            records = (self._read_index(pack) if pack.full else None) or self._scan(pack)
+            report.packs += 1
+            dead: list[Location] = []
+            for record in records:
+                if record.kind != KIND_BLOB:
+                    continue
+                if not self._is_dead(pack.id, record):
+                    continue
+                report.dead_records += 1
+                if holds_data(pack.fd, record.offset, _aligned(HEADER_SIZE + record.length)):
+                    dead.append(Location(pack.id, record.offset, record.length))
+            if dead:
+                report.bytes_freed += self._release_all(dead, {pack.id: pack.fd})
+                report.released += len(dead)
+            if progress is not None:
+                progress(done, len(packs))
+        LOG.info(
+            "event=packs_reclaimed dir=%s packs=%d dead=%d released=%d bytes=%d",
+            self._dir, report.packs, report.dead_records, report.released, report.bytes_freed,
+        )  # fmt: skip
+        return report
+
+    def _is_dead(self, pack_id: int, record: Record) -> bool:
+        """Whether *record* is no longer its key's record. Under the lock, with keys being
+        put or deleted left alone: a record whose put is in flight is not in the locations
+        yet, and must not look dead. A dead record never comes back (a put writes anew)."""
+        with self._lock:
+            if record.digest in self._pending:
+                return False
+            current = self._locations.get(record.digest)
+            if current is None:
+                current = self._locations.suspect(record.digest)
+            return current != packed(pack_id, record.offset, record.length)
+
+    def allocated(self) -> int:
+        """Disk space the pack files occupy (blocks, not sizes: punched holes are free)."""
+        with self._lock:
+            return sum(allocated_bytes(p.fd) for p in self._packs.values())
 
     def _write(self, pack: _Pack, offset: int, header: bytes, payload: bytes) -> None:
         # Payload first, header last: a process killed in between leaves no record.

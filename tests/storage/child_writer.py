@@ -7,6 +7,8 @@ loop, printing each key only after ``put`` returned, until killed.
 4 threads (the parent kills it -9; :func:`small_blob` gives the bytes of each number).
 ``traced ROOT COUNT``: open a packed store, wait for its spare pack, print ``BEGIN``, put
 COUNT small blobs, print ``END`` (run under strace to count the syscalls of a put).
+``dies_deleting ROOT KEY``: delete the packed blob KEY and SIGKILL itself at the moment its
+tombstone would be written (after the record's blocks were released).
 """
 
 from __future__ import annotations
@@ -83,6 +85,19 @@ def traced(root: Path, count: int) -> None:
     sys.stdout.flush()
 
 
+def dies_deleting(root: Path, key: str) -> None:
+    import signal
+
+    from storage import packs
+    from tests.storage.conftest import packed_store
+
+    def die(self: packs.PackStore, digests: object) -> None:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    packs.PackStore._append_tombstones = die  # type: ignore[method-assign]
+    packed_store(root).delete(key)
+
+
 def fill(root: Path) -> None:
     store = open_store(root)
     stored: list[str] = []
@@ -113,5 +128,7 @@ if __name__ == "__main__":
         packed(root, int(sys.argv[3]), Path(sys.argv[4]) if len(sys.argv) > 4 else None)
     elif mode == "traced":
         traced(root, int(sys.argv[3]))
+    elif mode == "dies_deleting":
+        dies_deleting(root, sys.argv[3])
     else:
         fill(root)

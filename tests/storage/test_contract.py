@@ -68,6 +68,24 @@ def test_delete_removes(store: BlobStore) -> None:
         store.get(gone.key)
 
 
+def test_delete_many_removes_together_and_names_the_absent(
+    store_factory: StoreFactory,
+) -> None:
+    store = store_factory()
+    kept = [store.put(b"keep %d" % n).key for n in range(3)]
+    gone = [store.put(b"gone %d" % n * 700).key for n in range(40)]  # packed where packs are
+    gone.append(store.put(b"big" * 30_000).key)  # over the pack threshold: a file
+    never = hashlib.sha256(b"never stored").hexdigest()
+    assert store.delete_many([*gone, never, gone[0]]) == [never]
+    assert sorted(store.keys()) == sorted(kept)
+    assert store.delete_many(gone) == gone  # a second time: all absent
+    reopened = store_factory()
+    assert sorted(reopened.keys()) == sorted(kept)
+    with pytest.raises(InvalidKey):
+        reopened.delete_many([kept[0], "../../etc/passwd"])
+    assert reopened.exists(kept[0])  # a bad key refuses the whole call
+
+
 @pytest.mark.parametrize(
     "bad", ["", "../../etc/passwd", "A" * 64, "g" * 64, "a" * 63, "a" * 65, "ab/cd/" + "a" * 58]
 )

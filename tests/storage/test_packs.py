@@ -214,9 +214,9 @@ def test_encrypted_packed_records(tmp_path: Path) -> None:
     again.close()
 
 
-def test_a_deleted_payload_is_zeroed_in_its_pack_even_once_sealed(tmp_path: Path) -> None:
+def test_a_deleted_payload_is_gone_from_its_pack_even_once_sealed(tmp_path: Path) -> None:
     """A deleted (e.g. rejected) instance's bytes do not stay readable in the pack; the
-    zeroed record is neither listed nor reported by scrub, before or after a reopen."""
+    punched record is neither listed nor reported by scrub, before or after a reopen."""
     root = tmp_path / "b"
     store = packed_store(root)
     secret = [f"PATIENT-SECRET-{n:04d}".encode() * 400 for n in range(40)]
