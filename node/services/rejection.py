@@ -17,10 +17,9 @@ workstation can still see what was rejected and why.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import re
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -30,7 +29,6 @@ from node.errors import IngestError, NotAuthorized
 from node.index.records import RejectedInstance, RejectionResult
 from node.services.dataset_check import read_complete
 from node.structlog import log_event
-from storage.errors import BlobNotFound
 
 LOG = logging.getLogger("gridpacs.node.rejection")
 
@@ -148,7 +146,7 @@ class RejectingIndex(Protocol):
 
 
 class BlobRemover(Protocol):
-    def delete(self, key: str) -> Any: ...
+    def delete_many(self, keys: Iterable[str]) -> Any: ...
 
 
 class RejectionService:
@@ -194,13 +192,10 @@ class RejectionService:
         return self.reject(note.items(collection, calling_ae.strip()), source=calling_ae)
 
     def remove_queued_blobs(self) -> int:
-        """Delete every queued blob (those of removed instances); how many went."""
-        done: list[str] = []
-        try:
-            for key in self._index.queued_blob_removals():
-                with contextlib.suppress(BlobNotFound):  # gone already: done as well
-                    self._store.delete(key)
-                done.append(key)
-        finally:
-            self._index.blobs_removed(done)
-        return len(done)
+        """Delete every queued blob (those of removed instances) together (one sync per
+        pack, not per blob); how many went. A key already gone counts as done."""
+        keys = self._index.queued_blob_removals()
+        if keys:
+            self._store.delete_many(keys)
+            self._index.blobs_removed(keys)
+        return len(keys)

@@ -65,6 +65,11 @@ def _bytes_left(data_dir: Path, marker: bytes) -> list[str]:
     return [str(p) for p in data_dir.rglob("*") if p.is_file() and marker in p.read_bytes()]
 
 
+def _pack_blocks(data_dir: Path) -> int:
+    """Disk space the node's pack files occupy (allocated blocks, not file sizes)."""
+    return sum(p.stat().st_blocks * 512 for p in data_dir.rglob("packs/*.pack"))
+
+
 def test_a_rejection_note_removes_the_instances_bytes_and_all(
     node_factory: NodeFactory, tmp_path: Path
 ) -> None:
@@ -79,7 +84,11 @@ def test_a_rejection_note_removes_the_instances_bytes_and_all(
     assert _storescu(node, note_file, calling_ae="MODALITY") == [0x0124]
     assert len(_images(node, spec.study_uid, tmp_path / "f0")) == 5
 
+    packs_before = _pack_blocks(node.data_dir)
     assert _storescu(node, note_file, calling_ae=ADMIN) == [0x0000]
+    # their disk space is free at once: holes punched where the records were (the note,
+    # stored after, goes into blocks the pack allocated when it was made)
+    assert packs_before - _pack_blocks(node.data_dir) >= 3 * 4096
     left = _images(node, spec.study_uid, tmp_path / "f1")
     assert left == sorted([*(str(ds.SOPInstanceUID) for ds in kept), str(note.SOPInstanceUID)])
     for ds in rejected:  # the bytes are gone from the packs, not only unlisted
