@@ -13,7 +13,7 @@ from pydicom.dataset import Dataset
 from pydicom.encaps import generate_fragments
 from pydicom.uid import JPEGBaseline8Bit
 from pynetdicom import AE
-from pynetdicom.sop_class import CTImageStorage
+from pynetdicom.sop_class import CTImageStorage, KeyObjectSelectionDocumentStorage
 
 from node.app import NodeApp
 from node.config import load_config
@@ -24,7 +24,7 @@ from tests.anonymizer.video_streams import H264_MPEG, SERVICE_TEXT, decoded_ts, 
 from tests.anonymizer.video_streams import PLANTED as VIDEO_PLANTED
 from tests.anonymizer.video_streams import instance_of as video_instance
 from tests.anonymizer.video_streams import with_text as video_with_text
-from tests.factories import StudySpec, make_dataset, make_pdf_document
+from tests.factories import StudySpec, make_dataset, make_pdf_document, make_rejection_note
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -252,3 +252,69 @@ def test_a_scanner_banner_is_blanked_and_an_unknown_screen_is_quarantined(
         assert "Missing ImageType" in entry.reason
     finally:
         app.stop()
+
+
+def test_a_rejection_note_through_the_route_removes_both_copies(tmp_path: Path) -> None:
+    """Sent to the de-identifying AE title, a note listing the *identified* UIDs (all the
+    sender knows) rejects the pseudonymized copies in the route's collection, through the
+    same keyed mapping, and with keep_original the identified originals too."""
+    cfg = load_config(
+        None,
+        {
+            "data_dir": str(tmp_path / "node"),
+            "dicom": {"port": 0, "rejecting_aes": ["PACSADMIN"]},
+            "routes": [{"ae_title": "LUNG_STUDY", "collection": "lung", "keep_original": True}],
+        },
+    )
+    app = NodeApp(cfg)
+    app.start()
+    try:
+        spec = StudySpec(patient_id=PHI_ID)
+        study = [make_dataset(spec, instance_number=n + 1) for n in range(3)]
+        for n, ds in enumerate(study):
+            ds.ImageComments = f"ORIGINAL-SECRET-{n}"  # kept only in the identified copy
+        assert _send(app, "LUNG_STUDY", study) == [0, 0, 0]
+        held = _by_copy(app)
+        assert sorted(held["identified"]) == sorted(held["pseudonymized"]) == [1, 2, 3]
+
+        note = make_rejection_note(study[:2], code="113039")  # data retention expired
+        assert _send_as(app, "PACSADMIN", "LUNG_STUDY", [note]) == [0]
+        held = _by_copy(app)
+        assert held["identified"] == {3: 1, 1: 1}  # instance 3, and the note (number 1)
+        assert held["pseudonymized"] == {3: 1, 1: 1}
+        assert all(app.index.rejection(str(ds.SOPInstanceUID)) for ds in study[:2])
+        blobs = [p.read_bytes() for p in (tmp_path / "node").rglob("*") if p.is_file()]
+        for n in range(2):
+            assert not any(f"ORIGINAL-SECRET-{n}".encode() in raw for raw in blobs)
+        assert any(b"ORIGINAL-SECRET-2" in raw for raw in blobs)
+        # sent again: refused before either copy is stored
+        assert _send(app, "LUNG_STUDY", study[:1]) == [0xC005]
+        assert _by_copy(app) == held
+    finally:
+        app.stop()
+
+
+def _send_as(node: NodeApp, calling: str, called: str, datasets: list[Dataset]) -> list[int]:
+    ae = AE(ae_title=calling)
+    ae.add_requested_context(CTImageStorage)
+    ae.add_requested_context(KeyObjectSelectionDocumentStorage)
+    assoc = ae.associate("127.0.0.1", node.dicom.port, ae_title=called)
+    assert assoc.is_established
+    try:
+        return [int(assoc.send_c_store(ds).Status) for ds in datasets]
+    finally:
+        assoc.release()
+
+
+def _by_copy(node: NodeApp) -> dict[str, dict[int, int]]:
+    """Instance numbers held (with their counts), identified copies apart from the
+    pseudonymized ones (told apart by the planted PatientID)."""
+    query = IndexQuery(
+        level=Level.IMAGE, filters={}, requested=("PatientID", "InstanceNumber", "SOPInstanceUID")
+    )
+    held: dict[str, dict[int, int]] = {"identified": {}, "pseudonymized": {}}
+    for row in node.index.find(query):
+        copy = held["identified" if row["PatientID"] == PHI_ID else "pseudonymized"]
+        number = int(str(row["InstanceNumber"]))
+        copy[number] = copy.get(number, 0) + 1
+    return held
