@@ -6,7 +6,8 @@ PostgreSQL each update of a row in one transaction leaves a version behind). Her
 of records is grouped by patient -> study -> series: each row is upserted once with the
 group's instance count, the instances go in with one executemany, and the outbox rows
 with one head update. Counters, attribute updates, conflicts and the outbox end up
-exactly as if the records had been added one by one.
+exactly as if the records had been added one by one; an instance rejected here (IHE
+IOCM) is not added again (:attr:`AddOutcome.REJECTED`).
 
 Lock order matches :mod:`writes`: patients in sorted key order, each patient's studies
 and series after it, the outbox head last.
@@ -21,7 +22,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from .changes import append_changes
-from .models import Instance, Patient, Series, Study, table_of
+from .models import Instance, Patient, Rejection, Series, Study, table_of
 from .records import AddOutcome, ChangeKind, InstanceRecord, Level
 from .writes import (
     bump,
@@ -34,7 +35,7 @@ from .writes import (
     upsert,
 )
 
-PT, ST, SE, IN = (table_of(m) for m in (Patient, Study, Series, Instance))
+PT, ST, SE, IN, RJ = (table_of(m) for m in (Patient, Study, Series, Instance, Rejection))
 K = TypeVar("K")
 
 
@@ -59,10 +60,17 @@ def add_many(conn: Connection, records: list[InstanceRecord]) -> list[AddOutcome
             sa.select(IN.c.sop_instance_uid).where(IN.c.sop_instance_uid.in_(uids))
         ).scalars()
     )
+    rejected = set(
+        conn.execute(
+            sa.select(RJ.c.sop_instance_uid).where(RJ.c.sop_instance_uid.in_(uids))
+        ).scalars()
+    )
     outcomes: list[AddOutcome] = []
     fresh: list[InstanceRecord] = []
     for record in records:
-        if record.sop_instance_uid in stored:
+        if record.sop_instance_uid in rejected:
+            outcomes.append(AddOutcome.REJECTED)  # as add() refuses it, one by one
+        elif record.sop_instance_uid in stored:
             outcomes.append(AddOutcome.ALREADY_STORED)
         else:
             stored.add(record.sop_instance_uid)

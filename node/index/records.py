@@ -129,6 +129,9 @@ class AddOutcome(enum.Enum):
 
     STORED = "stored"
     ALREADY_STORED = "already_stored"
+    REJECTED = "rejected"
+    """Bulk adds only (one add raises :class:`InstanceRejected`): rejected here before
+    (IHE IOCM), so not indexed again."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -28,7 +28,7 @@ from storage.sql import (
 
 from . import bulk, rejections, writes
 from . import changes as outbox
-from .errors import IndexFailure, IndexUnavailable, RecordConflict
+from .errors import IndexFailure, IndexUnavailable, InstanceRejected, RecordConflict
 from .inventory import InventoryEntry, Requeued, inventory_statement, tombstone
 from .migrate import upgrade
 from .models import ATTRIBUTES, Instance, Patient, Series, Study, StudyReference, table_of
@@ -134,6 +134,8 @@ class SqlIndex:
         :mod:`node.index.bulk`); the result is the same as adding the records one by
         one, duplicates included. A failure (e.g. :class:`RecordConflict`) rolls back
         the chunk it happened in, outbox rows included; earlier chunks stay committed.
+        An instance rejected here is not added (:attr:`AddOutcome.REJECTED`), where
+        :meth:`add_instance` raises :class:`InstanceRejected`.
         """
         outcomes: list[AddOutcome] = []
         pending = iter(records)
@@ -157,6 +159,8 @@ class SqlIndex:
                 outcomes.append(AddOutcome.STORED)
             except writes.Duplicate:
                 outcomes.append(AddOutcome.ALREADY_STORED)
+            except InstanceRejected:
+                outcomes.append(AddOutcome.REJECTED)
         return outcomes
 
     def delete_instance(self, sop_instance_uid: str) -> bool:

@@ -64,6 +64,22 @@ def test_rejection_removes_records_and_refuses_a_resend(index: SqlIndex) -> None
     assert index.queued_blob_removals() == []
 
 
+def test_a_bulk_add_leaves_rejected_instances_out(index: SqlIndex) -> None:
+    index.add_instance(record("3.1"))
+    index.reject([_reject("3.1"), _reject("3.2")])  # one held, one never seen
+    seq = index.last_change_seq()
+
+    outcomes = index.add_instances([record("3.1"), record("3.2"), record("3.3")])
+
+    assert outcomes == [AddOutcome.REJECTED, AddOutcome.REJECTED, AddOutcome.STORED]
+    assert index.get_record("3.1") is None and index.get_record("3.2") is None
+    assert [s["NumberOfStudyRelatedInstances"] for s in _studies(index)] == [1]
+    changes = index.changes_since(seq, 100)
+    assert [(c.kind, c.record.sop_instance_uid) for c in changes] == [
+        (ChangeKind.INSTANCE_ADDED, "3.3")
+    ]
+
+
 def test_rejecting_again_changes_nothing_and_other_collections_are_left(index: SqlIndex) -> None:
     index.add_instance(record("2.1"))
     index.add_instance(record("2.2", study="1.2.826.0.2", series="1.2.826.0.2.1",
