@@ -25,6 +25,7 @@ from catalog.db.filters import Scope
 from catalog.jobs.scheduler import Scheduler, SchedulerSettings
 from catalog.jobs.service import JobsService
 from catalog.jobs.store import JobStore
+from catalog.log_compaction import LogCompactor
 from catalog.placement import PullPlanner, ReplicationPolicy
 from catalog.replication import Peer, Replicator
 from catalog.server.holdings_convert import SERVICE_NAME as HOLDINGS_SERVICE
@@ -64,6 +65,7 @@ class CatalogApp:
     server: CatalogServer
     replicator: Replicator
     jobs: JobsService
+    compactor: LogCompactor
     closers: list[Callable[[], None]] = field(default_factory=list)
 
     @property
@@ -74,6 +76,7 @@ class CatalogApp:
         self.jobs.scheduler.start()
         self.server.start()
         self.replicator.start()
+        self.compactor.start()
         log.info(
             "event=catalog_started name=%s port=%d peers=%d db=%s",
             self.config.name,
@@ -83,6 +86,7 @@ class CatalogApp:
         )
 
     def stop(self, grace: float = 2.0) -> None:
+        self.compactor.stop()
         self.replicator.stop()
         self.jobs.scheduler.stop()
         self.server.stop(grace)
@@ -259,7 +263,12 @@ def build_app(config: CatalogConfig) -> CatalogApp:
             interval=config.replication.interval_s,
             batch_size=config.replication.batch_size,
         )
+        compactor = LogCompactor(
+            repository,
+            replicator.applied_by_every_peer,
+            interval=config.replication.compact_interval_s,
+        )
     except BaseException:
         engine.dispose()
         raise
-    return CatalogApp(config, engine, service, server, replicator, jobs)
+    return CatalogApp(config, engine, service, server, replicator, jobs, compactor)

@@ -52,6 +52,10 @@ class ReplicationConfig(_Model):
     lost_after_seconds: float = Field(
         default=3600.0, gt=0, description="a node silent this long is lost: copy its data"
     )
+    compact_interval_s: float = Field(
+        default=3600.0, ge=0, le=7 * 86_400,
+        description="pause between prunings of the change log (0: never prune)",
+    )  # fmt: skip
 
 
 class TlsConfig(_Model):

@@ -57,11 +57,14 @@ class Replicator:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._down: set[str] = set()
+        self._peer_marks: dict[str, dict[str, int]] = {}
+        """Each peer's per-origin marks as it last reported them (they only grow)."""
 
     def pull_peer(self, peer: Peer) -> int:
         """Catch up with one peer; return how many changes were applied."""
         client = self._clients[peer.name]
         theirs = client.get_watermarks()
+        self._peer_marks[peer.name] = dict(theirs.marks)
         self._service.repository.merge_nodes(theirs.nodes)
         mine = self._service.repository.watermarks()
         applied = 0
@@ -77,6 +80,22 @@ class Replicator:
                     break
                 seq = result.high_water_mark
         return applied
+
+    def applied_by_every_peer(self) -> dict[str, int] | None:
+        """Per origin, the seq every peer has applied (the lowest of their marks; an origin
+        a peer lacks: 0); None when there are no peers. Until every peer has answered
+        once, nothing is known to be applied everywhere: {}.
+
+        What the change log's compaction may drop delete entries up to: a peer whose mark
+        is past an entry has applied it (marks advance only over applied changes).
+        """
+        if not self._peers:
+            return None
+        if any(p.name not in self._peer_marks for p in self._peers):
+            return {}
+        marks = [self._peer_marks[p.name] for p in self._peers]
+        origins = set().union(*marks)
+        return {origin: min(m.get(origin, 0) for m in marks) for origin in origins}
 
     def run_once(self) -> int:
         """One round over every peer; unreachable peers are logged once and skipped."""

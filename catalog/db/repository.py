@@ -9,18 +9,19 @@ are translated.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Collection, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import TypeVar
 
-from sqlalchemy import Connection, Engine, insert, select, update
+from sqlalchemy import Connection, Engine, func, insert, select, update
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 
 from catalog.db import placement, reads
 from catalog.db.apply import apply_batch, read_watermark
+from catalog.db.compaction import Pruned, newest_seq, prune_page
 from catalog.db.filters import Scope
-from catalog.db.models import NodeRow, WatermarkRow
+from catalog.db.models import ChangeRow, NodeRow, WatermarkRow
 from catalog.errors import CatalogUnavailable, InvalidChange, UnknownNode
 from catalog.placement.policy import Holding, PlannedRemoval, ReplicationPolicy
 from catalog.reconcile import Held, Period
@@ -92,6 +93,40 @@ class Repository:
                     if attempt == 2:
                         raise InvalidChange(f"changes of {origin!r} conflict: {exc.orig}") from exc
         return PublishResult(high_water_mark=mark, applied=applied, skipped=skipped)
+
+    def compact_change_log(
+        self, deletes_through: Mapping[str, int] | None = None, *, page: int = 1000
+    ) -> dict[str, Pruned]:
+        """Prune every origin's log (see :mod:`catalog.db.compaction`); what went, by origin.
+
+        *deletes_through*: per origin, the seq up to which every peer has applied its
+        changes (an origin missing: 0, no delete entry goes); None: this replica has no
+        peers, so no delete entry is needed by anyone. One short transaction per page of
+        entries, under the origin's writer lock, so publishing waits at most one page.
+        """
+        result: dict[str, Pruned] = {}
+        for origin in sorted(self.watermarks()):
+            floor = 1 << 62 if deletes_through is None else deletes_through.get(origin, 0)
+            superseded = deleted = 0
+            after: int | None = 0
+            while after is not None:
+                with _translated(), self._writer_lock(origin), self._engine.begin() as conn:
+                    below = newest_seq(conn, origin)
+                    pruned, after = prune_page(
+                        conn, origin, after=after, below=below, deletes_through=floor, limit=page
+                    )
+                superseded += pruned.superseded
+                deleted += pruned.deleted
+            result[origin] = Pruned(superseded=superseded, deleted=deleted)
+        return result
+
+    def change_log_size(self) -> dict[str, int]:
+        """Entries in each origin's log."""
+        with _translated(), self._engine.connect() as conn:
+            rows = conn.execute(
+                select(ChangeRow.origin, func.count()).group_by(ChangeRow.origin)
+            ).all()
+        return {origin: int(count) for origin, count in rows}
 
     def register_node(self, node: NodeInfo) -> None:
         """Create or update a node's descriptor (stamped now)."""
