@@ -14,43 +14,60 @@ from datetime import UTC, datetime
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from . import writes
+from .bulk_removal import remove_many
 from .changes import append_changes
 from .models import BlobRemoval, Rejection, table_of
 from .records import ChangeKind, InstanceRecord, RejectedInstance, RejectionResult
 
 RJ, BR = table_of(Rejection), table_of(BlobRemoval)
 
-RecordOf = Callable[[Connection, str], InstanceRecord | None]
+RecordsOf = Callable[[Connection, Sequence[str]], dict[str, InstanceRecord]]
+CHUNK = 500
 
 
 def reject(
-    conn: Connection, items: Sequence[RejectedInstance], record_of: RecordOf
+    conn: Connection, items: Sequence[RejectedInstance], records_of: RecordsOf
 ) -> RejectionResult:
-    """Reject ``items``; an instance rejected before is left as it is (idempotent)."""
+    """Reject ``items``; an instance rejected before is left as it is (idempotent).
+
+    A few statements per chunk of UIDs and per patient, study and series touched, not
+    per instance (:mod:`.bulk_removal`): a note listing a 300-instance study is one pass.
+
+    Raises
+    ------
+    RemovalRaced
+        Another writer removed a listed instance meanwhile; the caller rolls back, redoes.
+    """
     now = datetime.now(UTC)
-    removed: list[str] = []
+    todo = _unique(items)
+    already = _present(conn, RJ.c.sop_instance_uid, [i.sop_instance_uid for i in todo])
+    todo = [i for i in todo if i.sop_instance_uid not in already]
+    held = records_of(conn, [i.sop_instance_uid for i in todo])
+    rows: list[dict[str, object]] = []
     recorded: list[InstanceRecord] = []
     reasons: list[str] = []
     elsewhere: list[str] = []
-    keys: list[str] = []
-    for item in _unique(items):
+    removing: list[str] = []
+    for item in todo:
         uid = item.sop_instance_uid
-        if conn.execute(sa.select(RJ.c.reason).where(RJ.c.sop_instance_uid == uid)).first():
-            continue
-        held = record_of(conn, uid)
-        if held is not None and held.collection != item.collection:
+        record = held.get(uid)
+        if record is not None and record.collection != item.collection:
             elsewhere.append(uid)
             continue
-        conn.execute(sa.insert(RJ).values(_row(item, now)))
-        if held is not None and writes.remove(conn, uid):
-            removed.append(uid)
-            keys.append(held.blob_key)  # its own: the bytes hold the UID (unique here)
-        recorded.append(held or _minimal(item))
+        rows.append(_row(item, now))
+        recorded.append(record or _minimal(item))
         reasons.append(item.reason)
-    for key in keys:
-        if conn.execute(sa.select(BR.c.blob_key).where(BR.c.blob_key == key)).first() is None:
-            conn.execute(sa.insert(BR).values(blob_key=key, queued_at=now))
+        if record is not None:
+            removing.append(uid)
+    if rows:
+        conn.execute(sa.insert(RJ), rows)
+    gone = remove_many(conn, removing)
+    removed = [uid for uid in removing if uid in gone]
+    keys = [held[uid].blob_key for uid in removed]  # its own: the bytes hold the UID
+    queued = _present(conn, BR.c.blob_key, keys)
+    fresh = [{"blob_key": k, "queued_at": now} for k in dict.fromkeys(keys) if k not in queued]
+    if fresh:
+        conn.execute(sa.insert(BR), fresh)
     append_changes(conn, ChangeKind.INSTANCE_REJECTED, recorded, reasons)
     return RejectionResult(
         removed=tuple(removed),
@@ -58,6 +75,15 @@ def reject(
         elsewhere=tuple(elsewhere),
         blob_keys=tuple(keys),
     )
+
+
+def _present(conn: Connection, column: sa.Column[str], values: Sequence[str]) -> set[str]:
+    """Which of ``values`` are in ``column`` (one query per chunk)."""
+    found: set[str] = set()
+    for start in range(0, len(values), CHUNK):
+        chunk = list(values[start : start + CHUNK])
+        found.update(conn.execute(sa.select(column).where(column.in_(chunk))).scalars())
+    return found
 
 
 def queued_blobs(conn: Connection) -> list[str]:

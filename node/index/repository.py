@@ -28,6 +28,7 @@ from storage.sql import (
 
 from . import bulk, rejections, writes
 from . import changes as outbox
+from .bulk_removal import RemovalRaced
 from .errors import IndexFailure, IndexUnavailable, InstanceRejected, RecordConflict
 from .inventory import InventoryEntry, Requeued, inventory_statement, tombstone
 from .migrate import upgrade
@@ -183,8 +184,14 @@ class SqlIndex:
         """Reject ``items`` in one durable transaction: each is recorded (and refused from
         then on), removed if held in the item's collection, its blob queued for removal
         (:meth:`queued_blob_removals`), and an INSTANCE_REJECTED change appended."""
-        with self._guard(), self._write() as conn, conn.begin():
-            return rejections.reject(conn, items, self._record)
+        for attempt in (1, 2, 3):
+            try:
+                with self._guard(), self._write() as conn, conn.begin():
+                    return rejections.reject(conn, items, self._records)
+            except RemovalRaced:
+                if attempt == 3:
+                    raise IndexFailure("instances kept being removed by another writer") from None
+        raise AssertionError("unreachable")
 
     def rejection(self, sop_instance_uid: str) -> RejectedInstance | None:
         """The rejection recorded for ``sop_instance_uid``, if any."""
@@ -423,6 +430,17 @@ class SqlIndex:
             result = conn.execution_options(yield_per=STREAM_BATCH).execute(stmt)
             for row in result:
                 yield tuple(row)
+
+    def _records(self, conn: Connection, uids: Sequence[str]) -> dict[str, InstanceRecord]:
+        """The held records among ``uids``, by UID (one query per chunk of 500)."""
+        found: dict[str, InstanceRecord] = {}
+        for start in range(0, len(uids), 500):
+            chunk = list(uids[start : start + 500])
+            rows = conn.execute(_RECORD_SELECT.where(IN.c.sop_instance_uid.in_(chunk)))
+            for row in rows.mappings():
+                record = _record_from_row(row)
+                found[record.sop_instance_uid] = record
+        return found
 
     def _record(self, conn: Connection, sop_instance_uid: str) -> InstanceRecord | None:
         row = (
