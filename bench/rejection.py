@@ -8,8 +8,15 @@ Each round starts a fresh gridpacs node (``--rejecting-ae PACSADMIN``) and a fre
 
 * gridpacs: one ``storescu`` of a rejection note (KOS titled 113001 listing every
   instance), from the start of ``storescu`` to its exit: the index transaction, the blob
-  deletions (packed payloads zeroed) and storing the note itself;
+  deletions (packed records punched out of their packs, then tombstones: a few syncs per
+  pack) and storing the note itself;
 * Orthanc: ``DELETE /studies/{id}`` over its REST API (the id looked up untimed).
+
+Disk space is measured too: the blocks allocated under each server's working directory
+(``st_blocks``, as ``du`` counts: blobs, index, logs) before the study is stored, after,
+and after the removal. "took" is what storing the study added (for gridpacs this includes
+pack files made ahead of need, zero-filled), "freed" what the removal gave back (net of
+what the index grew by in recording the rejection).
 
 DCMTK has no deletion. Both servers are then asked for the study's instances (C-FIND,
 IMAGE level) to check that nothing but the note is left. Medians of the rounds, and the
@@ -109,6 +116,11 @@ def orthanc_delete(http: int, study_uid: str) -> float:
     return time.perf_counter() - started
 
 
+def allocated(directory: Path) -> int:
+    """Bytes of disk the files under ``directory`` occupy (blocks, not sizes)."""
+    return sum(p.stat().st_blocks * 512 for p in directory.rglob("*") if p.is_file())
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--instances", type=int, default=500)
@@ -119,6 +131,8 @@ def main() -> int:
     terminate_on_sigterm()
     console = Console(stderr=True)
     times: dict[str, list[float]] = {"gridpacs": [], "orthanc": []}
+    freed: dict[str, list[float]] = {"gridpacs": [], "orthanc": []}
+    took: dict[str, list[float]] = {"gridpacs": [], "orthanc": []}
     with exclusive_run("rejection"), tempfile.TemporaryDirectory(prefix="rej-") as tmp:
         work = Path(tmp)
         spec = StudySpec(patient_id="REJECT-BENCH")
@@ -136,8 +150,11 @@ def main() -> int:
             (run / "g").mkdir(parents=True)
             (run / "o").mkdir()
             with gridpacs(run / "g") as node, orthanc(run / "o") as (pacs, http):
+                dirs = {"gridpacs": run / "g", "orthanc": run / "o"}
+                empty = {name: allocated(d) for name, d in dirs.items()}
                 storescu(node, files)
                 storescu(pacs, files)
+                full = {name: allocated(d) for name, d in dirs.items()}
                 order = ["gridpacs", "orthanc"] if round_no % 2 == 0 else ["orthanc", "gridpacs"]
                 for name in order:
                     if name == "gridpacs":
@@ -151,12 +168,16 @@ def main() -> int:
                     if left != expected:
                         raise SystemExit(f"{name}: {left} instances left, expected {expected}")
                     times[name].append(seconds)
-                    console.print(f"round {round_no + 1} {name}: {seconds:.3f} s")
+                    freed[name].append((full[name] - allocated(dirs[name])) / 2**20)
+                    took[name].append((full[name] - empty[name]) / 2**20)
+                    console.print(f"round {round_no + 1} {name}: {seconds:.3f} s, took "
+                                  f"{took[name][-1]:.1f} MiB, "
+                                  f"freed {freed[name][-1]:.1f}")  # fmt: skip
     machine = describe()
     report = Report(
         title=f"Removing a study of {opts.instances} CT instances (64x64), medians of "
         f"{opts.repeat} rounds",
-        columns=["server", "how", "s", "instances/s", "vs Orthanc"],
+        columns=["server", "how", "s", "instances/s", "vs Orthanc", "MiB took", "MiB freed"],
         caption=f"{machine['cpu']}, {machine['nproc']} cores, load {machine['loadavg']}, "
         f"{machine['date']}",
     )
@@ -165,9 +186,10 @@ def main() -> int:
     for name, how in hows.items():
         secs = statistics.median(times[name])
         report.add_row(name, how, f"{secs:.3f}", f"{opts.instances / secs:.0f}",
-                       f"{orthanc_s / secs:.2f}x")  # fmt: skip
+                       f"{orthanc_s / secs:.2f}x", f"{statistics.median(took[name]):.1f}",
+                       f"{statistics.median(freed[name]):.1f}")  # fmt: skip
     if opts.json:
-        print(json.dumps(times))
+        print(json.dumps({"seconds": times, "took_mib": took, "freed_mib": freed}))
     show(report, opts.markdown)
     return 0
 
