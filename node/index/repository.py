@@ -263,10 +263,8 @@ class SqlIndex:
         batch fetch); UIDs not held are absent from the result."""
         if not sop_instance_uids:
             return {}
-        stmt = _RECORD_SELECT.where(IN.c.sop_instance_uid.in_(list(set(sop_instance_uids))))
         with self._guard(), self._engine.connect() as conn:
-            rows = conn.execute(stmt).mappings().all()
-        return {row["sop_instance_uid"]: _record_from_row(row) for row in rows}
+            return self._records(conn, list(dict.fromkeys(sop_instance_uids)))
 
     def changes_since(self, after_seq: int, limit: int = 1000) -> list[Change]:
         """Outbox changes with ``seq > after_seq``, oldest first, at most ``limit``."""
@@ -437,9 +435,7 @@ class SqlIndex:
         for start in range(0, len(uids), 500):
             chunk = list(uids[start : start + 500])
             rows = conn.execute(_RECORD_SELECT.where(IN.c.sop_instance_uid.in_(chunk)))
-            for row in rows.mappings():
-                record = _record_from_row(row)
-                found[record.sop_instance_uid] = record
+            found.update((r["sop_instance_uid"], _record_from_row(r)) for r in rows.mappings())
         return found
 
     def _record(self, conn: Connection, sop_instance_uid: str) -> InstanceRecord | None:
