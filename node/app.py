@@ -19,6 +19,7 @@ from catalog.security.revocation import RevocationList
 from catalog.security.tls import channel_credentials, server_credentials
 from catalog.server.interceptors import RevocationInterceptor
 from node.anti_entropy import AntiEntropy
+from node.blob_sweeper import QueuedBlobSweeper
 from node.config import CatalogLinkConfig, Destination, NodeConfig
 from node.dicom.handlers import Gateway
 from node.dicom.scu import send_files
@@ -156,6 +157,7 @@ class NodeApp:
         self.rejections = RejectionService(
             self.index, self.store, allowed_aes=config.dicom.rejecting_aes
         )
+        self.blob_sweeper = QueuedBlobSweeper(self.rejections)
         self.gateway = Gateway(
             ae_title=config.dicom.ae_title,
             router=self.router,
@@ -285,6 +287,7 @@ class NodeApp:
     def start(self) -> None:
         configure_pynetdicom()
         self.rejections.remove_queued_blobs()  # those a crash left after their rejection
+        self.blob_sweeper.start()  # those `gridpacs node reject` queues while we run
         self.dicom.start()
         if self.catalog is not None and self.config.catalog is not None:
             assert self.peer_server is not None
@@ -369,6 +372,7 @@ class NodeApp:
 
     def stop(self) -> None:
         self.dicom.stop()
+        self.blob_sweeper.stop()
         if self.replicator is not None:
             self.replicator.stop()
         if self.worker is not None:

@@ -1,4 +1,4 @@
-"""``gridpacs node …``: serve, status, check-config."""
+"""``gridpacs node …``: serve, status, check-config, reject."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from node.cli_options import ConfigOpt, DataDirOpt, DbUrlOpt
 from node.config import Destination, NodeConfig, load_config
 from node.errors import ConfigError
 from node.structlog import configure_logging
@@ -19,15 +20,6 @@ from node.structlog import configure_logging
 app = typer.Typer(no_args_is_help=True, help="Run and inspect a grid node.")
 _err = Console(stderr=True)
 
-ConfigOpt = Annotated[
-    Path | None, typer.Option("--config", "-c", help="Node TOML configuration file.")
-]
-DataDirOpt = Annotated[
-    Path | None, typer.Option("--data-dir", help="Where blobs, index and quarantine live.")
-]
-DbUrlOpt = Annotated[
-    str | None, typer.Option("--db-url", help="SQLAlchemy URL of the index (default SQLite).")
-]
 
 
 def _destinations(items: list[str]) -> dict[str, Any]:
@@ -226,3 +218,12 @@ def _redact(url: str) -> str:
     from sqlalchemy.engine import make_url
 
     return make_url(url).render_as_string(hide_password=True)
+
+
+def _mount_reject() -> None:
+    from node.reject_cli import reject
+
+    app.command("reject")(reject)
+
+
+_mount_reject()

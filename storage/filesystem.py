@@ -419,6 +419,12 @@ class FilesystemBlobStore:
         except OSError as exc:
             raise error_from_os(exc, f"reclaiming space in {self.root}") from exc
 
+    @property
+    def owns_packs(self) -> bool:
+        """Whether this process may delete packed blobs (no packs, or it holds their
+        writer lock); False next to a running node, which does its own deletes."""
+        return self._packs is None or self._packs.writable
+
     def packed_bytes(self) -> int:
         """Disk space the pack files occupy (0 for a store without packs)."""
         return 0 if self._packs is None else self._packs.allocated()

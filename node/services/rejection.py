@@ -166,10 +166,15 @@ class RejectionService:
                 f"{calling_ae.strip() or 'this AE'} may not send rejection notes here"
             )
 
-    def reject(self, items: Sequence[RejectedInstance], *, source: str) -> RejectionResult:
-        """Reject ``items`` and delete their blobs; ``source`` names who asked (logged)."""
+    def reject(
+        self, items: Sequence[RejectedInstance], *, source: str, remove_blobs: bool = True
+    ) -> RejectionResult:
+        """Reject ``items`` and delete their blobs; ``source`` names who asked (logged).
+
+        ``remove_blobs=False`` leaves the blobs queued, for a process that may not delete
+        them (``gridpacs node reject`` next to a running node, whose sweep deletes them)."""
         result = self._index.reject(items)
-        removed_blobs = self.remove_queued_blobs()
+        removed_blobs = self.remove_queued_blobs() if remove_blobs else 0
         log_event(
             LOG,
             "instances_rejected",
@@ -181,6 +186,7 @@ class RejectionService:
             recorded=len(result.recorded),
             elsewhere=len(result.elsewhere),
             blobs_deleted=removed_blobs,
+            blobs_queued=0 if remove_blobs else len(result.blob_keys),
         )
         return result
 

@@ -5,7 +5,11 @@ on the other node goes too and is never made again."""
 
 from __future__ import annotations
 
+import json
+import os
 import sqlite3
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -22,6 +26,7 @@ from tests.integration.replication_grid import Grid
 pytestmark = [pytest.mark.dcmtk, pytest.mark.timeout(180)]
 
 ADMIN = "PACSADMIN"
+REPO = Path(__file__).resolve().parents[2]
 
 
 def _write(directory: Path, datasets: list[Dataset]) -> list[Path]:
@@ -130,6 +135,63 @@ def test_blobs_of_a_rejection_cut_short_by_a_crash_go_at_the_next_start(
     with sqlite3.connect(node.data_dir / "index.sqlite") as db:
         assert db.execute("SELECT COUNT(*) FROM blob_removals").fetchone() == (0,)
     assert _images(node, spec.study_uid, tmp_path / "f") == [str(study[2].SOPInstanceUID)]
+
+
+def _gridpacs_node(*args: str | Path) -> subprocess.CompletedProcess[str]:
+    """``gridpacs node …`` as an administrator runs it (stdin not a terminal)."""
+    return subprocess.run(
+        [sys.executable, "-m", "gridpacs", "node", *map(str, args)],
+        capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=60,
+        env={**os.environ, "PYTHONPATH": str(REPO), "COLUMNS": "200"}, cwd=REPO,
+    )  # fmt: skip
+
+
+def test_an_administrator_rejects_a_study_next_to_the_running_node(
+    node_factory: NodeFactory, tmp_path: Path
+) -> None:
+    """`gridpacs node reject`: shown first, asked, then applied through the node's own
+    index; the running node deletes the bytes it alone may delete; a re-send is refused."""
+    node = node_factory()
+    spec, study = _study(3, "IOCM-CLI")
+    _, other = _study(1, "IOCM-KEEP")
+    assert _storescu(node, _write(tmp_path / "study", [*study, *other])) == [0] * 4
+    where = ["--data-dir", node.data_dir]
+
+    shown = _gridpacs_node("reject", *where, "--study", spec.study_uid, "--reason",
+                           "patient-safety", "--dry-run")  # fmt: skip
+    assert shown.returncode == 0, shown.stderr
+    assert "Rejected for Patient Safety Reasons" in shown.stderr and "IOCM-CLI" in shown.stderr
+    unconfirmed = _gridpacs_node("reject", *where, "--study", spec.study_uid, "--reason",
+                                 "113037")  # fmt: skip
+    assert unconfirmed.returncode == 3 and "--yes" in unconfirmed.stderr
+    assert len(_images(node, spec.study_uid, tmp_path / "f0")) == 3  # nothing changed yet
+    nothing = _gridpacs_node("reject", *where, "--study", "1.2.3.4.5", "--reason", "quality",
+                             "--yes")  # fmt: skip
+    assert nothing.returncode == 1 and "1.2.3.4.5" in nothing.stderr
+    bad = _gridpacs_node("reject", *where, "--study", spec.study_uid, "--reason", "oops")
+    assert bad.returncode == 2
+
+    done = _gridpacs_node("reject", *where, "--study", spec.study_uid, "--reason",
+                          "patient-safety", "--yes", "--json")  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    summary = json.loads(done.stdout)
+    assert (summary["rejected"], summary["removed"]) == (3, 3)
+    assert summary["blobs_queued_for_the_node"] == 3  # the node holds its packs
+    assert summary["rejected_by"].startswith("cli:")
+    assert "event=instances_rejected" in done.stderr and "reasons=113037" in done.stderr
+    assert _images(node, spec.study_uid, tmp_path / "f1") == []
+    _until(lambda: all(not _bytes_left(node.data_dir, str(ds.ImageComments).encode())
+                       for ds in study), 20, "the node's sweep to delete the bytes")  # fmt: skip
+    assert "event=queued_blobs_removed count=3" in node.log_text()
+    assert _bytes_left(node.data_dir, str(other[0].ImageComments).encode())
+    assert _storescu(node, _write(tmp_path / "again", study[:1])) == [0xC005]
+
+    node.terminate()  # with the node stopped, the command deletes the bytes itself
+    offline = _gridpacs_node("reject", *where, "--instance", str(other[0].SOPInstanceUID),
+                             "--reason", "retention", "--yes", "--json")  # fmt: skip
+    assert offline.returncode == 0, offline.stderr
+    assert json.loads(offline.stdout)["blobs_deleted"] == 1
+    assert _bytes_left(node.data_dir, str(other[0].ImageComments).encode()) == []
 
 
 POLICY = """
