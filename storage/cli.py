@@ -47,6 +47,13 @@ app = typer.Typer(
 )
 
 
+RootOpt = Annotated[Path, typer.Option("--root", help="Directory of the blob store.")]
+KeyFileOpt = Annotated[
+    Path | None, typer.Option("--key-file", help="Key file of an encrypted store.")
+]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON document for machines.")]
+
+
 def _fail(message: str, code: int) -> typer.Exit:
     Console(stderr=True).print(f"[bold red]error:[/] {message}", highlight=False)
     return typer.Exit(code)
@@ -105,13 +112,9 @@ def _report_table(summary: dict[str, Any], findings: list[ScrubFinding]) -> None
 
 @app.command()
 def scrub(
-    root: Annotated[Path, typer.Option("--root", help="Directory of the blob store.")],
-    key_file: Annotated[
-        Path | None, typer.Option("--key-file", help="Key file of an encrypted store.")
-    ] = None,
-    json_output: Annotated[
-        bool, typer.Option("--json", help="Print one JSON document for machines.")
-    ] = False,
+    root: RootOpt,
+    key_file: KeyFileOpt = None,
+    json_output: JsonOpt = False,
 ) -> None:
     """Read and verify every blob; exit 1 if any is corrupt or unreadable."""
     store = _open(root, key_file, writable=False)
@@ -139,13 +142,9 @@ def scrub(
 
 @app.command()
 def reclaim(
-    root: Annotated[Path, typer.Option("--root", help="Directory of the blob store.")],
-    key_file: Annotated[
-        Path | None, typer.Option("--key-file", help="Key file of an encrypted store.")
-    ] = None,
-    json_output: Annotated[
-        bool, typer.Option("--json", help="Print one JSON document for machines.")
-    ] = False,
+    root: RootOpt,
+    key_file: KeyFileOpt = None,
+    json_output: JsonOpt = False,
 ) -> None:
     """Give back the disk space of deleted packed blobs (run with the node stopped).
 

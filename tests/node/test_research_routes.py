@@ -53,14 +53,7 @@ def node(tmp_path: Path) -> Iterator[NodeApp]:
 
 
 def _send(node: NodeApp, called: str, datasets: list) -> list[int]:  # type: ignore[type-arg]
-    ae = AE(ae_title="MODALITY")
-    ae.add_requested_context(CTImageStorage)
-    assoc = ae.associate("127.0.0.1", node.dicom.port, ae_title=called)
-    assert assoc.is_established
-    try:
-        return [int(assoc.send_c_store(ds).Status) for ds in datasets]
-    finally:
-        assoc.release()
+    return _send_as(node, "MODALITY", called, datasets)
 
 
 def _all_instances(node: NodeApp) -> list[dict[str, object]]:

@@ -22,6 +22,7 @@ import pytest
 from storage import BlobNotFound, ChecksumMismatch, FilesystemBlobStore, packs
 from storage.packs import Location
 from tests.storage.conftest import flip_byte, packed_store
+from tests.storage.test_cli import gridpacs
 
 REPO = Path(__file__).resolve().parents[2]
 BLOCK = 4096
@@ -211,17 +212,6 @@ def test_a_put_of_the_same_bytes_during_a_delete_waits_and_is_kept(
     assert packed_store(tmp_path / "b").get(key) == data
 
 
-def _gridpacs_storage(*args: str | Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "gridpacs", "storage", *map(str, args)],
-        capture_output=True,
-        text=True,
-        cwd=REPO,
-        env={**os.environ, "PYTHONPATH": str(REPO), "COLUMNS": "200"},
-        timeout=50,
-    )
-
-
 def test_gridpacs_storage_reclaim(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     root = tmp_path / "b"
     store = packed_store(root)
@@ -230,18 +220,18 @@ def test_gridpacs_storage_reclaim(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
         patch.setattr(packs, "punch_hole", lambda fd, offset, length: False)
         for key in list(placed)[:4]:
             store.delete(key)
-    busy = _gridpacs_storage("reclaim", "--root", root)  # the store is open: a running node
+    busy = gridpacs("reclaim", "--root", root)  # the store is open: a running node
     assert busy.returncode == 2 and "writer lock" in busy.stderr
     store.close()
-    done = _gridpacs_storage("reclaim", "--root", root, "--json")
+    done = gridpacs("reclaim", "--root", root, "--json")
     assert done.returncode == 0, done.stderr
     summary = json.loads(done.stdout)
     assert (summary["dead_records"], summary["released"]) == (4, 4)
     assert summary["packed_bytes_after"] == summary["packed_bytes_before"] - summary["bytes_freed"]
     assert summary["bytes_freed"] >= 4 * 60_000
     assert all(_is_hole(*placed[k]) for k in list(placed)[:4])
-    table = _gridpacs_storage("reclaim", "--root", root)
+    table = gridpacs("reclaim", "--root", root)
     assert table.returncode == 0 and "bytes freed" in table.stdout and "0.0 MiB" in table.stdout
-    missing = _gridpacs_storage("reclaim", "--root", tmp_path / "nowhere")
+    missing = gridpacs("reclaim", "--root", tmp_path / "nowhere")
     assert missing.returncode == 2 and "not a gridpacs blob store" in missing.stderr
     assert sorted(packed_store(root).keys()) == sorted(list(placed)[4:])
