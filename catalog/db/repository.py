@@ -9,6 +9,7 @@ are translated.
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -102,7 +103,9 @@ class Repository:
         *deletes_through*: per origin, the seq up to which every peer has applied its
         changes (an origin missing: 0, no delete entry goes); None: this replica has no
         peers, so no delete entry is needed by anyone. One short transaction per page of
-        entries, under the origin's writer lock, so publishing waits at most one page.
+        entries, under the origin's writer lock, so publishing waits at most one page;
+        between pages it pauses as long as the page took, so it holds at most half of the
+        origin's writing time.
         """
         result: dict[str, Pruned] = {}
         for origin in sorted(self.watermarks()):
@@ -110,6 +113,7 @@ class Repository:
             superseded = deleted = 0
             after: int | None = 0
             while after is not None:
+                started = time.monotonic()
                 with _translated(), self._writer_lock(origin), self._engine.begin() as conn:
                     below = newest_seq(conn, origin)
                     pruned, after = prune_page(
@@ -117,6 +121,9 @@ class Repository:
                     )
                 superseded += pruned.superseded
                 deleted += pruned.deleted
+                # Pause as long as the page took: a lock released and taken straight back
+                # is rarely handed to a waiting publisher (measured: p99 0.3 s without).
+                time.sleep(time.monotonic() - started)
             result[origin] = Pruned(superseded=superseded, deleted=deleted)
         return result
 
