@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
-from sqlalchemy import Connection, Row, Select, select, union
+from sqlalchemy import Connection, Row, Select, exists, select, union
 
 from catalog.db.filters import (
     Scope,
@@ -243,6 +243,13 @@ def query_series(conn: Connection, query: QueryFilter, scope: Scope) -> Iterator
 
 
 def _instance_select(where: Any) -> Select[Any]:
+    """Instance rows matching ``where``, except copies of rejected instances: a holder that
+    has not removed its copy yet (it does at its next PlanRemovals) must not be found or
+    retrieved from through the catalog meanwhile."""
+    rejected = exists().where(
+        RejectionRow.collection == InstanceRow.collection,
+        RejectionRow.sop_instance_uid == InstanceRow.sop_instance_uid,
+    )
     return (
         select(
             InstanceRow.sop_instance_uid,
@@ -261,7 +268,7 @@ def _instance_select(where: Any) -> Select[Any]:
         .join(SeriesRow, SeriesRow.id == InstanceRow.series_id)
         .join(StudyRow, StudyRow.id == SeriesRow.study_id)
         .outerjoin(NodeRow, NodeRow.name == InstanceRow.origin)
-        .where(where)
+        .where(where, ~rejected)
         .order_by(
             StudyRow.study_instance_uid,
             SeriesRow.series_instance_uid,

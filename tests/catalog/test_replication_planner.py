@@ -164,6 +164,11 @@ def test_a_rejection_removes_every_copy_and_stops_replication(service: CatalogSe
     assert {(m.collection, m.reason, m.rejected_by) for m in removals} == {("lung", "113037", "a")}
     assert removals[0].study_instance_uid == lung[0].study_instance_uid
     assert _uids(planner.plan("c")) == {r.sop_instance_uid for r in lung[2:]}
+    # b still holds its copies, but the catalog no longer finds or locates them
+    kept = {r.sop_instance_uid for r in lung[2:]}
+    assert {m.sop_instance_uid for m in service.query_instances(QueryFilter())} == kept
+    study = QueryFilter(study_instance_uids=(lung[0].study_instance_uid,))
+    assert {m.sop_instance_uid for m in service.locate_instances(study)} == kept
 
     service.apply_changes("b", b.rejected(lung[:2], reason="113037"))  # b removed its copies
     assert planner.removals("b") == []
