@@ -24,6 +24,7 @@ from sqlalchemy.engine import Connection
 from .changes import append_changes
 from .models import Instance, Patient, Rejection, Series, Study, table_of
 from .records import AddOutcome, ChangeKind, InstanceRecord, Level
+from .uid_locks import lock_many
 from .writes import (
     bump,
     insert_instances,
@@ -55,6 +56,7 @@ def add_many(conn: Connection, records: list[InstanceRecord]) -> list[AddOutcome
         A record contradicts the stored hierarchy.
     """
     uids = [r.sop_instance_uid for r in records]
+    lock_many(conn, uids, exclusive=False)  # as one add does (see .uid_locks)
     stored = set(
         conn.execute(
             sa.select(IN.c.sop_instance_uid).where(IN.c.sop_instance_uid.in_(uids))

@@ -18,6 +18,7 @@ from .bulk_removal import remove_many
 from .changes import append_changes
 from .models import BlobRemoval, Rejection, table_of
 from .records import ChangeKind, InstanceRecord, RejectedInstance, RejectionResult
+from .uid_locks import lock_many
 
 RJ, BR = table_of(Rejection), table_of(BlobRemoval)
 
@@ -40,6 +41,7 @@ def reject(
     """
     now = datetime.now(UTC)
     todo = _unique(items)
+    lock_many(conn, [i.sop_instance_uid for i in todo], exclusive=True)  # before any row
     already = _present(conn, RJ.c.sop_instance_uid, [i.sop_instance_uid for i in todo])
     todo = [i for i in todo if i.sop_instance_uid not in already]
     held = records_of(conn, [i.sop_instance_uid for i in todo])

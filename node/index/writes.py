@@ -37,6 +37,7 @@ from .models import (
 )
 from .prepared import Runner, runner
 from .records import LEVEL_KEYS, ChangeKind, InstanceRecord, Level
+from .uid_locks import rejection_of_stored
 
 PT, ST, SE, IN = (table_of(m) for m in (Patient, Study, Series, Instance))
 
@@ -52,9 +53,11 @@ def add(run: Runner, record: InstanceRecord) -> None:
     no duplicate check up front: the instance insert (``ON CONFLICT DO NOTHING``) is the
     check, and a duplicate's counter updates go with the rolled-back transaction. A
     duplicate whose parents changed meanwhile stays a duplicate, not a conflict. A
-    rejected instance raises :class:`InstanceRejected` (one primary-key read).
+    rejected instance raises :class:`InstanceRejected` (one primary-key read, after a
+    shared lock on the UID on PostgreSQL: :mod:`.uid_locks`).
     """
-    rejected = run.one(_REJECTED, {"uid": record.sop_instance_uid})
+    # a rejection of the same UID waits for this store, or this store for it
+    rejected = rejection_of_stored(run, _REJECTED, record.sop_instance_uid)
     if rejected is not None:
         raise InstanceRejected(record.sop_instance_uid, str(rejected[0]))
     try:

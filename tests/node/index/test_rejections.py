@@ -4,11 +4,13 @@ INSTANCE_REJECTED changes the catalog publisher sends."""
 
 from __future__ import annotations
 
+import threading
+
 import pytest
 
-from node.index import ChangeKind, IndexQuery, Level, SqlIndex
+from node.index import ChangeKind, IndexQuery, Level, SqlIndex, rejections, writes
 from node.index.errors import InstanceRejected
-from node.index.records import AddOutcome, RejectedInstance
+from node.index.records import AddOutcome, RejectedInstance, RejectionResult
 from tests.node.index.conftest import record
 
 
@@ -95,3 +97,81 @@ def test_rejecting_again_changes_nothing_and_other_collections_are_left(index: S
     removed = index.reject([_reject("2.2", collection="research", reason="113039")])
     assert removed.removed == ("2.2",)
     assert _studies(index) == []
+
+
+def test_a_store_racing_a_rejection_of_the_same_instance_never_both_win(
+    pg_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """PostgreSQL, READ COMMITTED: the store has checked the rejections (none yet) when the
+    rejection runs. Without the UID lock the rejection saw nothing held and committed, and
+    the store then committed the instance: stored although rejected. With it, the
+    rejection waits for the store's commit and removes what it stored."""
+    storer = SqlIndex.open(pg_url)
+    rejecter = SqlIndex.open(pg_url)
+    upsert = writes.upsert
+    results: list[object] = []
+    waited: list[bool] = []
+
+    def upsert_then_race(*args: object, **kwargs: object) -> object:
+        if not waited:
+            rejection = threading.Thread(
+                target=lambda: results.append(rejecter.reject([_reject("4.1")]))
+            )
+            rejection.start()
+            rejection.join(1.0)  # finished here: it did not wait for this store
+            waited.append(rejection.is_alive())
+            threads.append(rejection)
+        return upsert(*args, **kwargs)
+
+    threads: list[threading.Thread] = []
+    monkeypatch.setattr(writes, "upsert", upsert_then_race)
+    try:
+        assert storer.add_instance(record("4.1")) is AddOutcome.STORED
+        threads[0].join(10)
+        assert waited == [True]  # the rejection waited for the store's commit
+        [result] = results
+        assert isinstance(result, RejectionResult) and result.removed == ("4.1",)
+        assert storer.get_record("4.1") is None and storer.rejection("4.1") is not None
+        with pytest.raises(InstanceRejected):
+            storer.add_instance(record("4.1"))
+    finally:
+        storer.close()
+        rejecter.close()
+
+
+def test_a_store_that_waits_for_a_rejection_sees_it(
+    pg_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The other order: the rejection holds the UID when the store arrives. The store
+    waits for its commit and its check, taken after the wait, finds the rejection."""
+    storer = SqlIndex.open(pg_url)
+    rejecter = SqlIndex.open(pg_url)
+    remove_many = rejections.remove_many
+    outcome: list[object] = []
+    blocked: list[bool] = []
+
+    def remove_then_race(*args: object, **kwargs: object) -> object:
+        def store() -> None:
+            try:
+                outcome.append(storer.add_instance(record("4.2")))
+            except InstanceRejected as exc:
+                outcome.append(exc)
+
+        thread = threading.Thread(target=store)
+        thread.start()
+        thread.join(1.0)
+        blocked.append(thread.is_alive())
+        threads.append(thread)
+        return remove_many(*args, **kwargs)
+
+    threads: list[threading.Thread] = []
+    monkeypatch.setattr(rejections, "remove_many", remove_then_race)
+    try:
+        result = rejecter.reject([_reject("4.2")])
+        threads[0].join(10)
+        assert blocked == [True] and result.recorded == ("4.2",)
+        assert isinstance(outcome[0], InstanceRejected)
+        assert storer.get_record("4.2") is None
+    finally:
+        storer.close()
+        rejecter.close()
