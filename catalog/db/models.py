@@ -158,6 +158,12 @@ class RejectionRow(Base):
     """
 
     __tablename__ = "catalog_rejections"
+    __table_args__ = (
+        # queries ask "is anything of this study / series rejected?" for every row they
+        # return (catalog.db.reads); these make the answer one probe (migration 0009)
+        Index("ix_catalog_rejections_study", "collection", "study_instance_uid"),
+        Index("ix_catalog_rejections_series", "collection", "series_instance_uid"),
+    )
 
     collection: Mapped[str] = mapped_column(NAME, primary_key=True)
     sop_instance_uid: Mapped[str] = mapped_column(UID, primary_key=True)

@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
-from sqlalchemy import Connection, Row, Select, exists, select, union
+from sqlalchemy import Connection, Row, Select, exists, or_, select, true, union
 
 from catalog.db.filters import (
     Scope,
@@ -177,11 +177,72 @@ def _stream(conn: Connection, stmt: Select[Any]) -> Iterator[Row[Any]]:
     yield from conn.execution_options(yield_per=PAGE).execute(stmt)
 
 
+def _not_rejected(instance: Any = InstanceRow) -> Any:
+    """The instance row's copy is not of an instance rejected in its collection."""
+    return ~exists().where(
+        RejectionRow.collection == instance.collection,
+        RejectionRow.sop_instance_uid == instance.sop_instance_uid,
+    )
+
+
+def _unless_none_rejected(conn: Connection, condition: Callable[[], Any]) -> Any:
+    """``condition()``, or nothing to check while the grid has never rejected anything.
+
+    Why: the rejection filters are correlated subqueries run for every row a query returns;
+    on SQLite that cost study queries 30 % at 10⁶ instances even with no rejection at all
+    (bench/catalog_query.py). One probe of the rejections table per query avoids it.
+    """
+    if conn.execute(select(RejectionRow.collection).limit(1)).first() is None:
+        return true()
+    return condition()
+
+
+def _shown_study() -> Any:
+    """A holder's study row is shown unless something of its study was rejected in its
+    collection and it holds no copy nobody rejected (most rows: one index probe)."""
+    touched = exists().where(
+        RejectionRow.collection == StudyRow.collection,
+        RejectionRow.study_instance_uid == StudyRow.study_instance_uid,
+    )
+    return or_(~touched, _holds_unrejected_study())
+
+
+def _shown_series() -> Any:
+    """As :func:`_shown_study`, for a holder's series row."""
+    touched = exists().where(
+        RejectionRow.collection == StudyRow.collection,
+        RejectionRow.series_instance_uid == SeriesRow.series_instance_uid,
+    )
+    return or_(~touched, _holds_unrejected_series())
+
+
+def _holds_unrejected_study() -> Any:
+    """The holder's study row still has a copy of an instance nobody rejected.
+
+    Why: after a rejection the other holders' rows stay until those holders remove their
+    copies (their next PlanRemovals, or later if one is down); a study rejected whole
+    (the wrong patient) must not be found under that patient meanwhile. Asked only of
+    rows whose study had a rejection (:func:`_shown_study`).
+    """
+    return (
+        select(InstanceRow.id)
+        .join(SeriesRow, SeriesRow.id == InstanceRow.series_id)
+        .where(SeriesRow.study_id == StudyRow.id, _not_rejected())
+        .exists()
+    )
+
+
+def _holds_unrejected_series() -> Any:
+    """As :func:`_holds_unrejected_study`, for a holder's series row."""
+    return select(InstanceRow.id).where(InstanceRow.series_id == SeriesRow.id,
+                                        _not_rejected()).exists()  # fmt: skip
+
+
 def query_studies(conn: Connection, query: QueryFilter, scope: Scope) -> Iterator[StudyMatch]:
     stmt = (
         select(*StudyRow.__table__.c, NodeRow.ae_title)
         .outerjoin(NodeRow, NodeRow.name == StudyRow.origin)
-        .where(study_level_where(query, scope))
+        .where(study_level_where(query, scope), _unless_none_rejected(conn, _shown_study))
         .order_by(StudyRow.study_instance_uid, StudyRow.origin, StudyRow.collection)
     )
 
@@ -219,7 +280,7 @@ def query_series(conn: Connection, query: QueryFilter, scope: Scope) -> Iterator
         )
         .join(StudyRow, StudyRow.id == SeriesRow.study_id)
         .outerjoin(NodeRow, NodeRow.name == StudyRow.origin)
-        .where(series_level_where(query, scope))
+        .where(series_level_where(query, scope), _unless_none_rejected(conn, _shown_series))
         .order_by(SeriesRow.series_instance_uid, StudyRow.origin, StudyRow.collection)
     )
 
@@ -242,14 +303,10 @@ def query_series(conn: Connection, query: QueryFilter, scope: Scope) -> Iterator
     return _merged(_stream(conn, stmt), lambda r: r.series_instance_uid, build, query.limit)
 
 
-def _instance_select(where: Any) -> Select[Any]:
+def _instance_select(conn: Connection, where: Any) -> Select[Any]:
     """Instance rows matching ``where``, except copies of rejected instances: a holder that
     has not removed its copy yet (it does at its next PlanRemovals) must not be found or
     retrieved from through the catalog meanwhile."""
-    rejected = exists().where(
-        RejectionRow.collection == InstanceRow.collection,
-        RejectionRow.sop_instance_uid == InstanceRow.sop_instance_uid,
-    )
     return (
         select(
             InstanceRow.sop_instance_uid,
@@ -268,7 +325,7 @@ def _instance_select(where: Any) -> Select[Any]:
         .join(SeriesRow, SeriesRow.id == InstanceRow.series_id)
         .join(StudyRow, StudyRow.id == SeriesRow.study_id)
         .outerjoin(NodeRow, NodeRow.name == InstanceRow.origin)
-        .where(where, ~rejected)
+        .where(where, _unless_none_rejected(conn, _not_rejected))
         .order_by(
             StudyRow.study_instance_uid,
             SeriesRow.series_instance_uid,
@@ -280,7 +337,7 @@ def _instance_select(where: Any) -> Select[Any]:
 
 
 def query_instances(conn: Connection, query: QueryFilter, scope: Scope) -> Iterator[InstanceMatch]:
-    stmt = _instance_select(instance_level_where(query, scope))
+    stmt = _instance_select(conn, instance_level_where(query, scope))
 
     def build(rows: list[Row[Any]]) -> InstanceMatch:
         first = rows[0]
@@ -327,7 +384,8 @@ def locate_instances(
             blob_keys=tuple(keys[(h.node, h.collection)] for h in holders),
         )
 
-    return _merged(_stream(conn, _instance_select(where)), lambda r: r.sop_instance_uid, build, 0)
+    rows = _stream(conn, _instance_select(conn, where))
+    return _merged(rows, lambda r: r.sop_instance_uid, build, 0)
 
 
 def list_holdings(

@@ -180,3 +180,32 @@ def test_a_rejection_removes_every_copy_and_stops_replication(service: CatalogSe
         (r.sop_instance_uid, "113037") for r in lung[:2]
     ]
     assert pulled[0].record is not None and pulled[0].record.collection == "lung"
+
+
+def test_a_study_rejected_whole_is_not_found_while_another_holder_still_has_it(
+    service: CatalogService,
+) -> None:
+    """The wrong-patient case: a rejects the whole study; b has not removed its copy yet.
+    Neither study nor series queries find it under that patient any more; a study with
+    one instance rejected is still found (its counts catch up when b removes it)."""
+    _register(service, "a", "b")
+    wrong = StudyBuilder(patient_id="WRONG", collection="lung")
+    study = wrong.instances(2) + wrong.instances(1)  # two series
+    partly = StudyBuilder(patient_id="WRONG", collection="lung").instances(3)
+    a, b = Outbox("a"), Outbox("b")
+    service.apply_changes("a", a.added(study + partly))
+    service.apply_changes("b", b.added(study + partly))
+    by_patient = QueryFilter(patient_id="WRONG")
+    assert len(list(service.query_studies(by_patient))) == 2
+    assert len(list(service.query_series(by_patient))) == 3
+
+    service.apply_changes("a", a.rejected([*study, partly[0]], reason="113037"))
+
+    found = list(service.query_studies(by_patient))
+    assert [m.study_instance_uid for m in found] == [partly[0].study_instance_uid]
+    assert [h.node for h in found[0].holders] == ["a", "b"]
+    series = list(service.query_series(by_patient))
+    assert [m.series_instance_uid for m in series] == [partly[0].series_instance_uid]
+    assert {m.sop_instance_uid for m in service.query_instances(by_patient)} == {
+        r.sop_instance_uid for r in partly[1:]
+    }
