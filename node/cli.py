@@ -187,7 +187,7 @@ def status(
 
     index = open_index(cfg.index_url)
     try:
-        counts = index.stats()
+        counts = {**index.stats(), **index.removal_counts()}
     finally:
         index.close()
     quarantined = len(Quarantine(cfg.quarantine_dir).list()) if cfg.quarantine_dir.exists() else 0

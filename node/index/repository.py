@@ -414,6 +414,17 @@ class SqlIndex:
         names = ("patients", "studies", "series", "instances", "bytes")
         return {**{n: int(v) for n, v in zip(names, counts, strict=True)}, "last_change_seq": last}
 
+    def removal_counts(self) -> dict[str, int]:
+        """Instances rejected here (for ever) and blobs still queued for deletion."""
+        with self._guard(), self._engine.connect() as conn:
+            rejected, queued = conn.execute(
+                sa.select(
+                    sa.select(sa.func.count()).select_from(rejections.RJ).scalar_subquery(),
+                    sa.select(sa.func.count()).select_from(rejections.BR).scalar_subquery(),
+                )
+            ).one()
+        return {"rejected": int(rejected), "blobs_queued_for_removal": int(queued)}
+
     # -- plumbing -------------------------------------------------------------------
 
     @contextmanager

@@ -183,6 +183,8 @@ def test_an_administrator_rejects_a_study_next_to_the_running_node(
     _until(lambda: all(not _bytes_left(node.data_dir, str(ds.ImageComments).encode())
                        for ds in study), 20, "the node's sweep to delete the bytes")  # fmt: skip
     assert "event=queued_blobs_removed count=3" in node.log_text()
+    status = json.loads(_gridpacs_node("status", *where, "--json").stdout)
+    assert (status["rejected"], status["blobs_queued_for_removal"]) == (3, 0)
     assert _bytes_left(node.data_dir, str(other[0].ImageComments).encode())
     assert _storescu(node, _write(tmp_path / "again", study[:1])) == [0xC005]
 
