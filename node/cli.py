@@ -12,7 +12,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from node.cli_options import ConfigOpt, DataDirOpt, DbUrlOpt
+from node.cli_options import ConfigOpt, DataDirOpt, DbUrlOpt, JsonOpt
 from node.config import Destination, NodeConfig, load_config
 from node.errors import ConfigError
 from node.structlog import configure_logging
@@ -178,7 +178,7 @@ def status(
     config: ConfigOpt = None,
     data_dir: DataDirOpt = None,
     db_url: DbUrlOpt = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+    as_json: JsonOpt = False,
 ) -> None:
     """Counts of what the node holds and where it lives."""
     cfg = _load(config, data_dir=data_dir, db_url=db_url)

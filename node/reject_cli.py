@@ -18,16 +18,19 @@ import getpass
 import json
 import sys
 from collections import Counter
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
 from node.cli_options import ConfigOpt, DataDirOpt, DbUrlOpt, JsonOpt
-from node.index.records import InstanceRecord, RejectedInstance
-from node.services.rejection import REJECTION_TITLES
-from node.services.selection import Selection, held, not_held
+
+if TYPE_CHECKING:  # the index, pydicom and SQLAlchemy load only when the command runs:
+    # every `gridpacs node …` mounts this module
+    from node.config import NodeConfig
+    from node.index import SqlIndex
+    from node.index.records import InstanceRecord
 
 REASONS = {
     "quality": "113001",
@@ -44,6 +47,8 @@ _err = Console(stderr=True)
 
 
 def _reason_code(value: str) -> str:
+    from node.services.rejection import REJECTION_TITLES
+
     code = REASONS.get(value.strip().lower(), value.strip())
     if code not in REJECTION_TITLES:
         names = ", ".join(f"{n} ({c})" for n, c in REASONS.items())
@@ -66,6 +71,8 @@ def _plan_rows(records: list[InstanceRecord]) -> list[dict[str, Any]]:
 
 
 def _show_plan(rows: list[dict[str, Any]], reason: str, missing: list[str]) -> None:
+    from node.services.rejection import REJECTION_TITLES
+
     table = Table(title=f"To reject: {REJECTION_TITLES[reason]} ({reason})")
     for column in ("collection", "patient ID", "study", "series", "instances"):
         table.add_column(column, justify="right" if column in ("series", "instances") else "left")
@@ -114,6 +121,7 @@ def reject(
     options or configuration; 3 not confirmed.
     """
     from node.cli import load_node_config
+    from node.services.selection import Selection, held, not_held
 
     if not reason:
         raise typer.BadParameter("say why with --reason", param_hint="--reason")
@@ -136,7 +144,11 @@ def reject(
         missing = not_held(selection, records)
         rows = _plan_rows(records)
         if not records:
-            _report(as_json, {"rejected": 0, "not_held": missing, "plan": []}, "nothing held")
+            if as_json:
+                typer.echo(json.dumps({"rejected": 0, "not_held": missing, "plan": []}))
+            for uid in [] if as_json else missing:
+                _err.print(f"[yellow]not held here:[/] {uid}", highlight=False)
+            _err.print("nothing held here matches: nothing rejected")
             raise typer.Exit(EXIT_NOTHING)
         if dry_run:
             if as_json:
@@ -157,10 +169,13 @@ def reject(
     finally:
         index.close()
     summary.update(plan=rows, not_held=missing)
-    _report(as_json, summary, "rejected")
+    _report(as_json, summary)
 
 
-def _apply(cfg: Any, index: Any, records: list[InstanceRecord], code: str) -> dict[str, Any]:
+def _apply(
+    cfg: NodeConfig, index: SqlIndex, records: list[InstanceRecord], code: str
+) -> dict[str, Any]:
+    from node.index.records import RejectedInstance
     from node.services.rejection import RejectionService
     from node.structlog import configure_logging
     from storage import open_store
@@ -195,15 +210,13 @@ def _apply(cfg: Any, index: Any, records: list[InstanceRecord], code: str) -> di
     }
 
 
-def _report(as_json: bool, summary: dict[str, Any], title: str) -> None:
+def _report(as_json: bool, summary: dict[str, Any]) -> None:
     if as_json:
         typer.echo(json.dumps(summary, indent=2))
         return
-    table = Table(title=title, show_header=False)
+    table = Table(title="rejected", show_header=False)
     for key in ("rejected", "removed", "blobs_deleted", "blobs_queued_for_the_node", "reason",
                 "rejected_by"):  # fmt: skip
         if key in summary:
             table.add_row(key.replace("_", " "), str(summary[key]))
     Console().print(table)
-    for uid in summary.get("not_held", []) if title == "nothing held" else []:
-        _err.print(f"[yellow]not held here:[/] {uid}", highlight=False)

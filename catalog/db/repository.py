@@ -111,11 +111,12 @@ class Repository:
         for origin in sorted(self.watermarks()):
             floor = 1 << 62 if deletes_through is None else deletes_through.get(origin, 0)
             superseded = deleted = 0
+            with _translated(), self._engine.connect() as conn:
+                below = newest_seq(conn, origin)  # entries added during the pass are newer
             after: int | None = 0
             while after is not None:
                 started = time.monotonic()
                 with _translated(), self._writer_lock(origin), self._engine.begin() as conn:
-                    below = newest_seq(conn, origin)
                     pruned, after = prune_page(
                         conn, origin, after=after, below=below, deletes_through=floor, limit=page
                     )

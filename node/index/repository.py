@@ -184,14 +184,13 @@ class SqlIndex:
         """Reject ``items`` in one durable transaction: each is recorded (and refused from
         then on), removed if held in the item's collection, its blob queued for removal
         (:meth:`queued_blob_removals`), and an INSTANCE_REJECTED change appended."""
-        for attempt in (1, 2, 3):
+        for _ in range(3):
             try:
                 with self._guard(), self._write() as conn, conn.begin():
                     return rejections.reject(conn, items, self._records)
             except RemovalRaced:
-                if attempt == 3:
-                    raise IndexFailure("instances kept being removed by another writer") from None
-        raise AssertionError("unreachable")
+                continue  # rolled back: read what is held again
+        raise IndexFailure("instances kept being removed by another writer")
 
     def rejection(self, sop_instance_uid: str) -> RejectedInstance | None:
         """The rejection recorded for ``sop_instance_uid``, if any."""
