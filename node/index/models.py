@@ -221,6 +221,32 @@ class BlobRemoval(Base):
     queued_at: Mapped[datetime]
 
 
+class StorageCommitment(Base):
+    """A Storage Commitment request (N-ACTION) whose report is owed or was sent.
+
+    Recorded before the N-ACTION is answered, so a report promised to a modality survives
+    a crash: the reporter sends every pending row after a restart. ``refs`` is the request's
+    list of ``[SOP Class UID, SOP Instance UID]`` pairs as JSON.
+    """
+
+    __tablename__ = "storage_commitments"
+    __table_args__ = (sa.Index("ix_storage_commitments_state_due", "state", "due_at"),)
+
+    calling_ae: Mapped[str] = mapped_column(primary_key=True)
+    transaction_uid: Mapped[str] = mapped_column(primary_key=True)
+    called_ae: Mapped[str]
+    refs: Mapped[str] = mapped_column(sa.Text)
+    requested_at: Mapped[datetime]
+    state: Mapped[str]
+    """``pending`` (a report is owed), ``reported`` or ``abandoned`` (never delivered)."""
+    due_at: Mapped[datetime]
+    attempts: Mapped[int]
+    last_error: Mapped[str | None]
+    reported_at: Mapped[datetime | None]
+    committed: Mapped[int | None]
+    failed: Mapped[int | None]
+
+
 def table_of(model: type[Base]) -> sa.Table:
     """The :class:`~sqlalchemy.Table` behind ``model``, typed as one (for Core statements)."""
     return cast(sa.Table, model.__table__)

@@ -206,3 +206,26 @@ class RejectionResult:
     """Held here in another collection than the rejection's: left alone."""
     blob_keys: tuple[str, ...] = ()
     """Blobs no instance refers to any more, queued in ``blob_removals``."""
+
+
+@dataclass(frozen=True, slots=True)
+class CommitmentRequest:
+    """A Storage Commitment request: the instances a sender asks the node to commit to.
+
+    ``references`` are (SOP Class UID, SOP Instance UID) pairs, in the request's order and
+    without repeats. The report goes back to ``calling_ae``, sent as ``called_ae``.
+    """
+
+    calling_ae: str
+    transaction_uid: str
+    called_ae: str
+    references: tuple[tuple[str, str], ...]
+
+
+@dataclass(frozen=True, slots=True)
+class PendingCommitment:
+    """A recorded request whose report is still owed."""
+
+    request: CommitmentRequest
+    requested_at: datetime
+    attempts: int

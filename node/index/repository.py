@@ -26,7 +26,7 @@ from storage.sql import (
     write_begin,
 )
 
-from . import bulk, rejections, writes
+from . import bulk, commitments, rejections, writes
 from . import changes as outbox
 from .bulk_removal import RemovalRaced
 from .errors import IndexFailure, IndexUnavailable, InstanceRejected, RecordConflict
@@ -39,8 +39,10 @@ from .records import (
     AddOutcome,
     Change,
     ChangeKind,
+    CommitmentRequest,
     IndexQuery,
     InstanceRecord,
+    PendingCommitment,
     RejectedInstance,
     RejectionResult,
     StoredInstance,
@@ -207,6 +209,47 @@ class SqlIndex:
         if keys:
             with self._guard(), self._write() as conn, conn.begin():
                 rejections.forget_blobs(conn, list(keys))
+
+    # -- storage commitment ---------------------------------------------------------
+
+    def record_commitment(self, request: CommitmentRequest) -> None:
+        """Durably owe ``request`` a report (a repeated transaction is owed one again)."""
+        with self._guard(), self._write() as conn, conn.begin():
+            commitments.record(conn, request, datetime.now(UTC))
+
+    def due_commitments(self, limit: int = 16) -> list[PendingCommitment]:
+        """Requests whose report is due now, oldest due first."""
+        with self._guard(), self._engine.connect() as conn:
+            return commitments.due(conn, datetime.now(UTC), limit)
+
+    def next_commitment_due(self) -> datetime | None:
+        """When the next owed report is due, or None."""
+        with self._guard(), self._engine.connect() as conn:
+            return commitments.next_due(conn)
+
+    def commitment_reported(
+        self, pending: PendingCommitment, *, committed: int, failed: int
+    ) -> bool:
+        """Settle a delivered report; False if the request was repeated meanwhile."""
+        with self._guard(), self._write() as conn, conn.begin():
+            return commitments.reported(conn, pending, committed, failed, datetime.now(UTC))
+
+    def commitment_not_delivered(
+        self, pending: PendingCommitment, error: str, retry_at: datetime | None
+    ) -> bool:
+        """Try the report again at ``retry_at``, or abandon it (None)."""
+        with self._guard(), self._write() as conn, conn.begin():
+            return commitments.not_delivered(conn, pending, error, retry_at)
+
+    def prune_commitments(self, settled_before: datetime) -> int:
+        """Forget requests reported or abandoned before ``settled_before``."""
+        with self._guard(), self._write() as conn, conn.begin():
+            return commitments.prune(conn, settled_before)
+
+    def commitment_counts(self) -> dict[str, int]:
+        """Storage Commitment requests by state: pending, reported, abandoned."""
+        with self._guard(), self._engine.connect() as conn:
+            return commitments.counts(conn)
 
     # -- reads ----------------------------------------------------------------------
 

@@ -20,7 +20,7 @@ def test_models_and_migrations_agree(db_url: str) -> None:
             )
             diff = compare_metadata(context, Base.metadata)
         assert diff == []
-        assert current_revision(index.engine) == head_revision() == "0004"
+        assert current_revision(index.engine) == head_revision() == "0005"
         tables = set(sa.inspect(index.engine).get_table_names())
         assert {
             "patients",
