@@ -20,7 +20,9 @@ from catalog.security.tls import channel_credentials, server_credentials
 from catalog.server.interceptors import RevocationInterceptor
 from node.anti_entropy import AntiEntropy
 from node.blob_sweeper import QueuedBlobSweeper
+from node.commitment_reporter import CommitmentReporter
 from node.config import CatalogLinkConfig, Destination, NodeConfig
+from node.dicom.commitment import deliverer
 from node.dicom.handlers import Gateway
 from node.dicom.scu import send_files
 from node.dicom.server import DicomServer, configure_pynetdicom
@@ -34,6 +36,7 @@ from node.publisher import Publisher
 from node.replicator import Replicator, replication_status_file
 from node.research_routes import build_research_routes
 from node.routing import Route, Router
+from node.services.commitment import CommitmentService
 from node.services.ingest import IngestService
 from node.services.query import QueryService
 from node.services.rejection import RejectionService
@@ -158,6 +161,7 @@ class NodeApp:
             self.index, self.store, allowed_aes=config.dicom.rejecting_aes
         )
         self.blob_sweeper = QueuedBlobSweeper(self.rejections)
+        self.commitments, self.commitment_reporter = self._storage_commitment()
         self.gateway = Gateway(
             ae_title=config.dicom.ae_title,
             router=self.router,
@@ -166,6 +170,7 @@ class NodeApp:
             retrieve=retrieve,
             destinations=dict(config.dicom.destinations),
             rejections=self.rejections,
+            commitments=self.commitments,
         )
         self.catalog: GrpcCatalogClient | None = None
         self.publisher: Publisher | None = None
@@ -181,6 +186,30 @@ class NodeApp:
         if config.catalog is not None:
             self._join_grid(config.catalog, retrieve)
         self.dicom = DicomServer(config.dicom, self.gateway)
+
+    def _storage_commitment(
+        self,
+    ) -> tuple[CommitmentService | None, CommitmentReporter | None]:
+        settings = self.config.dicom.commitment
+        if not settings.enabled:
+            return None, None
+        destinations = dict(self.config.dicom.destinations)
+        service = CommitmentService(
+            self.index,
+            self.store,
+            self.router,
+            destinations,
+            verify_bytes=settings.verify_bytes,
+            max_references=settings.max_references,
+        )
+        reporter = CommitmentReporter(
+            self.index,
+            service,
+            deliverer(destinations, self.config.dicom.ae_title, settings.report_timeout),
+            give_up_after=settings.give_up_after,
+        )
+        service.on_recorded = reporter.wake
+        return service, reporter
 
     def _join_grid(self, link: CatalogLinkConfig, local: RetrieveService) -> None:
         client_creds, server_creds = _grid_credentials(link)
@@ -288,6 +317,8 @@ class NodeApp:
         configure_pynetdicom()
         self.rejections.remove_queued_blobs()  # those a crash left after their rejection
         self.blob_sweeper.start()  # those `gridpacs node reject` queues while we run
+        if self.commitment_reporter is not None:
+            self.commitment_reporter.start()  # reports a crash left owed go first
         self.dicom.start()
         if self.catalog is not None and self.config.catalog is not None:
             assert self.peer_server is not None
@@ -373,6 +404,8 @@ class NodeApp:
     def stop(self) -> None:
         self.dicom.stop()
         self.blob_sweeper.stop()
+        if self.commitment_reporter is not None:
+            self.commitment_reporter.stop()
         if self.replicator is not None:
             self.replicator.stop()
         if self.worker is not None:

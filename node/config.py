@@ -71,6 +71,20 @@ class TlsConfig(_Strict):
         return self
 
 
+class CommitmentConfig(_Strict):
+    """Storage Commitment Push Model (PS3.4 Annex J): modalities ask the node to commit
+    to instances before they delete their own copies."""
+
+    enabled: bool = True
+    verify_bytes: bool = True
+    """Read every referenced instance back and check its SHA-256 before committing to it."""
+    max_references: Annotated[int, Field(ge=1, le=1_000_000)] = 50_000
+    """Instances one request may list (more: refused with 0x0213)."""
+    give_up_after: Annotated[float, Field(gt=0)] = 7 * 86400.0
+    """Seconds a report is retried while the sender cannot be reached."""
+    report_timeout: Annotated[float, Field(gt=0)] = 30.0
+
+
 class DicomConfig(_Strict):
     """The DICOM gateway: who we are, who may talk to us, and how much they may send."""
 
@@ -87,6 +101,7 @@ class DicomConfig(_Strict):
     max_instance_bytes: Annotated[int, Field(ge=1024)] = 2 * 1024**3
     network_timeout: Annotated[float, Field(gt=0)] = 60.0
     tls: TlsConfig | None = None
+    commitment: CommitmentConfig = Field(default_factory=CommitmentConfig)
     rejecting_aes: tuple[str, ...] = ()
     """Calling AE titles whose IHE IOCM rejection notes (KOS titled 113001, 113037, 113038,
     113039) remove the instances they list; a note from any other AE is refused (0x0124)."""

@@ -15,7 +15,7 @@ from typing import Any, Protocol, cast
 
 from pydicom.dataset import Dataset
 from pynetdicom import build_context, evt
-from pynetdicom.dimse_primitives import C_STORE
+from pynetdicom.dimse_primitives import C_STORE, N_ACTION
 from pynetdicom.events import Event
 from pynetdicom.sop_class import (  # type: ignore[attr-defined]  # generated at import
     PatientRootQueryRetrieveInformationModelFind,
@@ -27,6 +27,7 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]  # generated at
 from catalog import CatalogError
 from node.config import Destination
 from node.dicom import status
+from node.dicom.commitment import parse_request
 from node.dicom.find_scp import ENCODED_IDENTIFIERS
 from node.dicom.identifiers import ResponseEncoder, to_query, to_response
 from node.dicom.part10 import part10
@@ -37,6 +38,7 @@ from node.errors import IngestError, NodeError, NotAuthorized, StoreNotAccepted
 from node.index.errors import IndexFailure
 from node.index.records import IndexQuery, Model
 from node.routing import Route, Router
+from node.services.commitment import PROCESSING_FAILURE, CommitmentRefused, CommitmentService
 from node.services.ingest import IngestService, StoreRequest
 from node.services.query import MatchSource, QueryService
 from node.services.rejection import (
@@ -117,6 +119,8 @@ class Gateway:
     """Told what each association stored to stream AE titles, and when it ended."""
     rejections: RejectionService | None = None
     """Applies IHE IOCM rejection notes (KOS with a rejection title) before storing them."""
+    commitments: CommitmentService | None = None
+    """Records Storage Commitment requests (N-ACTION); None: the node offers none."""
 
     def handlers(self) -> list[tuple[Any, Any]]:
         return [
@@ -126,6 +130,7 @@ class Gateway:
             (evt.EVT_C_FIND, self.on_find),
             (evt.EVT_C_MOVE, self.on_move),
             (evt.EVT_C_GET, self.on_get),
+            (evt.EVT_N_ACTION, self.on_n_action),
             (evt.EVT_RELEASED, self.on_released),
             (evt.EVT_ABORTED, self.on_aborted),
         ]
@@ -289,6 +294,46 @@ class Gateway:
             )
         return applied.strip()
 
+    # -- storage commitment ----------------------------------------------------------------
+    def on_n_action(self, event: Event) -> tuple[int | Dataset, None]:
+        """A Storage Commitment request: recorded durably, then answered; the report
+        follows on an association of the node's (``node.commitment_reporter``)."""
+        req = cast(N_ACTION, event.request)
+        calling = _calling_ae(event)
+        code, comment, transaction, count = status.SUCCESS, "", "", 0
+        try:
+            if self.commitments is None:
+                raise CommitmentRefused(PROCESSING_FAILURE, "storage commitment is disabled")
+            request = parse_request(
+                sop_class_uid=str(req.RequestedSOPClassUID or ""),
+                sop_instance_uid=str(req.RequestedSOPInstanceUID or ""),
+                action_type=req.ActionTypeID,
+                information=_action_information(event),
+                calling_ae=calling,
+                called_ae=_called_ae(event),
+            )
+            transaction, count = request.transaction_uid, len(request.references)
+            self.commitments.accept(request)
+        except CommitmentRefused as exc:
+            code, comment = exc.status, exc.reason
+        except Exception as exc:  # the index is down …: the sender asks again later
+            if not isinstance(exc, (NodeError, IndexFailure)):
+                LOG.exception("unexpected failure recording a storage commitment request")
+            code, comment = PROCESSING_FAILURE, f"request not recorded: {exc}"
+        log_event(
+            LOG,
+            "n_action",
+            level=logging.INFO if code == status.SUCCESS else logging.WARNING,
+            calling_ae=calling,
+            transaction_uid=transaction or None,
+            instances=count,
+            status=f"0x{code:04X}",
+            reason=comment or None,
+        )
+        if code == status.SUCCESS:
+            return status.SUCCESS, None
+        return status.status_dataset(code, comment), None
+
     # -- query ---------------------------------------------------------------------------
     def on_find(self, event: Event) -> Iterator[tuple[int | Dataset, Dataset | bytes | None]]:
         """Stream the matches; as encoded bytes where the SCP takes them (find_scp)."""
@@ -444,6 +489,17 @@ class Gateway:
             decoded=decoded,
             ms=round((time.perf_counter() - started) * 1000, 2),
         )
+
+
+def _action_information(event: Event) -> Dataset | None:
+    """The N-ACTION's Action Information, or None when absent; undecodable bytes raise
+    :class:`CommitmentRefused` (the sender's error, answered 0x0115)."""
+    if cast(N_ACTION, event.request).ActionInformation is None:
+        return None
+    try:
+        return cast(Dataset, event.action_information)
+    except Exception as exc:
+        raise CommitmentRefused(0x0115, f"action information cannot be decoded: {exc}") from exc
 
 
 def _read_ahead(

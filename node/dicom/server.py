@@ -25,6 +25,7 @@ from pynetdicom.transport import RequestHandler, ThreadedAssociationServer
 from catalog.security.errors import TlsConfigError
 from catalog.security.revocation import check_crl_file
 from node.config import DicomConfig
+from node.dicom.commitment import STORAGE_COMMITMENT_PUSH
 from node.dicom.handlers import Gateway
 from node.dicom.reactor import (
     EventDrivenRequestHandler,
@@ -121,6 +122,10 @@ def build_ae(config: DicomConfig) -> AE:
         )
     for sop_class in _QR_CONTEXTS:
         ae.add_supported_context(sop_class, PREFERRED_SYNTAXES)
+    if config.commitment.enabled:  # the sender is the SCU: it may propose just that role
+        ae.add_supported_context(
+            STORAGE_COMMITMENT_PUSH, PREFERRED_SYNTAXES[:2], scu_role=True, scp_role=False
+        )
     # outgoing C-MOVE sub-associations request contexts built per move (scu.contexts_for)
     return ae
 

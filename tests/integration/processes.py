@@ -138,6 +138,15 @@ class LoggedProcess:
         except FileNotFoundError:
             return ""
 
+    def wait_for_log(self, text: str, timeout: float = 10.0) -> None:
+        """Wait until ``text`` appears in the log (fails the test on timeout)."""
+        deadline = time.monotonic() + timeout
+        while text not in self.log_text():
+            if time.monotonic() > deadline:
+                pytest.fail(f"no {text!r} in the log within {timeout:.0f} s\n"
+                            f"{self.log_text()[-3000:]}", False)  # fmt: skip
+            time.sleep(0.05)
+
     def _spawn(self, argv: Sequence[str], env: dict[str, str]) -> None:
         assert not self.running(), f"{self.name} is already running"
         with self.log_path.open("ab") as log:

@@ -1,0 +1,211 @@
+"""Storage Commitment (DICOM PS3.4 Annex J): what the node commits to, and when it may.
+
+A modality deletes its own copy once the archive commits to the instances it lists, so a
+commitment is a promise about the node's disk, not about what a C-STORE answered long
+ago. An instance is committed only when it is indexed here under the SOP Instance UID and
+SOP Class UID the sender names, in a collection the called AE title stores into, and (by
+default) its stored bytes still match their SHA-256. Anything else is a failure with the
+PS3.4 reason, and the sender keeps its copy.
+
+No networking here: the gateway decodes the N-ACTION, this module records and evaluates
+it, and the reporter delivers the result (``node.commitment_reporter``).
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Protocol
+
+from node.errors import NodeError
+from node.index.records import CommitmentRequest, InstanceRecord
+from node.routing import Route, Router
+from node.structlog import log_event
+from storage.errors import BlobNotFound, StorageError
+
+LOG = logging.getLogger("gridpacs.node.commitment")
+
+LOOKUP_CHUNK = 500
+"""SOP Instance UIDs looked up per index query."""
+
+
+class FailureReason(enum.IntEnum):
+    """Failure Reason (0008,1197) values of PS3.4 J.3.3.1.1.2."""
+
+    PROCESSING_FAILURE = 0x0110
+    NO_SUCH_OBJECT_INSTANCE = 0x0112
+    CLASS_INSTANCE_CONFLICT = 0x0119
+
+
+class CommitmentRefused(NodeError):
+    """The request is refused as a whole (the N-ACTION fails with ``status``)."""
+
+    def __init__(self, status: int, reason: str) -> None:
+        super().__init__(reason)
+        self.status = status
+        self.reason = reason
+
+
+#: N-ACTION statuses the refusals use (PS3.7 Annex C)
+PROCESSING_FAILURE = 0x0110
+INVALID_ARGUMENT_VALUE = 0x0115
+RESOURCE_LIMITATION = 0x0213
+
+
+@dataclass(frozen=True, slots=True)
+class CommitmentReport:
+    """The answer to one request: what is committed, what is not and why."""
+
+    transaction_uid: str
+    committed: tuple[tuple[str, str], ...]
+    failed: tuple[tuple[str, str, FailureReason], ...]
+
+
+class CommitmentIndex(Protocol):
+    def record_commitment(self, request: CommitmentRequest) -> None: ...
+
+    def get_records(self, sop_instance_uids: list[str]) -> dict[str, InstanceRecord]: ...
+
+
+class BlobReader(Protocol):
+    def get(self, key: str) -> bytes: ...
+
+
+class CommitmentService:
+    """Accepts requests durably and evaluates them against the index and the store."""
+
+    def __init__(
+        self,
+        index: CommitmentIndex,
+        store: BlobReader,
+        router: Router,
+        report_destinations: Mapping[str, object],
+        *,
+        verify_bytes: bool = True,
+        max_references: int = 50_000,
+        on_recorded: Callable[[], None] | None = None,
+    ) -> None:
+        self._index = index
+        self._store = store
+        self._router = router
+        self._destinations = report_destinations
+        self._verify = verify_bytes
+        self._max = max_references
+        self.on_recorded = on_recorded
+        """Called after each request is recorded (wakes the reporter)."""
+
+    def accept(self, request: CommitmentRequest) -> None:
+        """Record ``request`` so its report is owed even across a crash.
+
+        Raises
+        ------
+        CommitmentRefused
+            Nothing was recorded: the called AE stores nothing, no report could be sent
+            to the caller, or the request is too large.
+        """
+        route = self._router.route_for(request.called_ae)
+        if route is None or route.grid:
+            raise CommitmentRefused(
+                PROCESSING_FAILURE,
+                f"{request.called_ae} stores nothing: ask the AE the instances went to",
+            )
+        if not _collections_of(route):
+            raise CommitmentRefused(
+                PROCESSING_FAILURE,
+                f"{request.called_ae} keeps no originals: nothing to commit",
+            )
+        if request.calling_ae not in self._destinations:
+            raise CommitmentRefused(
+                PROCESSING_FAILURE,
+                f"{request.calling_ae} is not a configured destination for the report",
+            )
+        if len(request.references) > self._max:
+            raise CommitmentRefused(
+                RESOURCE_LIMITATION,
+                f"{len(request.references)} instances in one request; at most {self._max}",
+            )
+        self._index.record_commitment(request)
+        log_event(
+            LOG,
+            "storage_commitment_requested",
+            calling_ae=request.calling_ae,
+            called_ae=request.called_ae,
+            transaction_uid=request.transaction_uid,
+            instances=len(request.references),
+        )
+        if self.on_recorded is not None:
+            self.on_recorded()
+
+    def evaluate(self, request: CommitmentRequest) -> CommitmentReport:
+        """What the node commits to now, for each referenced instance.
+
+        Raises the index's errors when it cannot be read (the report is tried later).
+        """
+        route = self._router.route_for(request.called_ae)
+        collections = _collections_of(route)
+        committed: list[tuple[str, str]] = []
+        failed: list[tuple[str, str, FailureReason]] = []
+        for chunk in _chunks(request.references, LOOKUP_CHUNK):
+            records = self._index.get_records([uid for _, uid in chunk])
+            for sop_class, uid in chunk:
+                reason = self._check(sop_class, records.get(uid), collections)
+                if reason is None:
+                    committed.append((sop_class, uid))
+                else:
+                    failed.append((sop_class, uid, reason))
+        return CommitmentReport(request.transaction_uid, tuple(committed), tuple(failed))
+
+    def _check(
+        self, sop_class: str, record: InstanceRecord | None, collections: frozenset[str]
+    ) -> FailureReason | None:
+        if record is None or record.collection not in collections:
+            return FailureReason.NO_SUCH_OBJECT_INSTANCE
+        if record.sop_class_uid != sop_class:
+            return FailureReason.CLASS_INSTANCE_CONFLICT
+        if not self._verify:
+            return None
+        try:
+            self._store.get(record.blob_key)  # reads and checks the SHA-256
+        except BlobNotFound:
+            return self._lost(record, "blob missing")
+        except StorageError as exc:
+            return self._lost(record, str(exc))
+        return None
+
+    @staticmethod
+    def _lost(record: InstanceRecord, reason: str) -> FailureReason:
+        log_event(
+            LOG,
+            "storage_commitment_instance_unreadable",
+            level=logging.ERROR,
+            sop_instance_uid=record.sop_instance_uid,
+            blob_key=record.blob_key,
+            reason=reason,
+        )
+        return FailureReason.PROCESSING_FAILURE
+
+
+def _collections_of(route: Route | None) -> frozenset[str]:
+    """The collections whose instances keep the UIDs the sender sent to ``route``: the
+    identified archive of a de-identifying route, else the route's own collection when it
+    stores what it receives unchanged."""
+    if route is None or route.grid:
+        return frozenset()
+    if route.archive_original_in is not None:
+        return frozenset({route.archive_original_in})
+    if route.transform is None:
+        return frozenset({route.collection})
+    return frozenset()
+
+
+def _chunks(items: Iterable[tuple[str, str]], size: int) -> Iterable[list[tuple[str, str]]]:
+    chunk: list[tuple[str, str]] = []
+    for item in items:
+        chunk.append(item)
+        if len(chunk) == size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
