@@ -187,7 +187,13 @@ def status(
 
     index = open_index(cfg.index_url)
     try:
-        counts = {**index.stats(), **index.removal_counts()}
+        commitments = index.commitment_counts()
+        counts = {
+            **index.stats(),
+            **index.removal_counts(),
+            "commitment_reports_owed": commitments["pending"],
+            "commitment_reports_abandoned": commitments["abandoned"],
+        }
     finally:
         index.close()
     quarantined = len(Quarantine(cfg.quarantine_dir).list()) if cfg.quarantine_dir.exists() else 0

@@ -5,6 +5,7 @@ the modality is switched off; malformed and unanswerable requests get clear stat
 
 from __future__ import annotations
 
+import json
 import queue
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -24,7 +25,15 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
 
 from tests.factories import StudySpec, make_dataset
 from tests.integration.archive import dimse_statuses
-from tests.integration.processes import HOST, Node, NodeFactory, describe, free_port, run_dcmtk
+from tests.integration.processes import (
+    HOST,
+    Node,
+    NodeFactory,
+    describe,
+    free_port,
+    gridpacs_cli,
+    run_dcmtk,
+)
 
 pytestmark = [pytest.mark.dcmtk, pytest.mark.timeout(120)]
 
@@ -194,6 +203,7 @@ def test_an_owed_report_survives_a_kill_and_a_modality_switched_off(
     assert int(_ask(node, _information(tx, refs)).Status) == 0x0000
     node.wait_for_log("event=storage_commitment_not_delivered", timeout=10)
     node.kill()  # SIGKILL with the report owed
+    assert _status(node)["commitment_reports_owed"] == 1
 
     modality.listen()
     node.restart()
@@ -202,6 +212,15 @@ def test_an_owed_report_survives_a_kill_and_a_modality_switched_off(
     assert _uids(report.information.ReferencedSOPSequence) == [uid for _, uid in refs]
     with pytest.raises(queue.Empty):  # settled: sent once, not again
         modality.report(timeout=2)
+    node.terminate()
+    status = _status(node)
+    assert (status["commitment_reports_owed"], status["commitment_reports_abandoned"]) == (0, 0)
+
+
+def _status(node: Node) -> dict[str, Any]:
+    done = gridpacs_cli("node", "status", "--data-dir", str(node.data_dir), "--json")
+    assert done.returncode == 0, done.stderr
+    return dict(json.loads(done.stdout))
 
 
 def test_requests_the_node_cannot_honour_get_clear_statuses(
