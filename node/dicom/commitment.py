@@ -42,6 +42,7 @@ INVALID_OBJECT_INSTANCE = 0x0117
 NO_SUCH_SOP_CLASS = 0x0118
 
 _UID = re.compile(r"[0-9]+(\.[0-9]+)*")
+_TRANSACTION_UID, _REFERENCED_CLASS, _REFERENCED_INSTANCE = 0x00081195, 0x00081150, 0x00081155
 _SYNTAXES = [ExplicitVRLittleEndian, ImplicitVRLittleEndian]
 
 
@@ -74,7 +75,7 @@ def parse_request(
         raise CommitmentRefused(NO_SUCH_ACTION, f"action type {action_type} is not 1")
     if information is None:
         raise CommitmentRefused(INVALID_ARGUMENT_VALUE, "no action information")
-    transaction = _uid(information, "TransactionUID", "Transaction UID")
+    transaction = _uid(information, _TRANSACTION_UID, "Transaction UID")
     items = information.get("ReferencedSOPSequence")
     if not items:
         raise CommitmentRefused(INVALID_ARGUMENT_VALUE, "Referenced SOP Sequence is empty")
@@ -82,8 +83,8 @@ def parse_request(
     for number, item in enumerate(items, 1):
         where = f"item {number}"  # ErrorComment is an LO: 64 characters
         pair = (
-            _uid(item, "ReferencedSOPClassUID", f"{where}: Referenced SOP Class UID"),
-            _uid(item, "ReferencedSOPInstanceUID", f"{where}: Referenced SOP Instance UID"),
+            _uid(item, _REFERENCED_CLASS, f"{where}: Referenced SOP Class UID"),
+            _uid(item, _REFERENCED_INSTANCE, f"{where}: Referenced SOP Instance UID"),
         )
         references[pair] = None
     return CommitmentRequest(
@@ -94,12 +95,16 @@ def parse_request(
     )
 
 
-def _uid(ds: Dataset, keyword: str, name: str) -> str:
+def _uid(ds: Dataset, tag: int, name: str) -> str:
+    """The UID at ``tag``, read from the raw element when pydicom has not converted it:
+    converting each of a 1,000-item request's elements through pydicom took 50-95 ms."""
     try:
-        value = ds.get(keyword)
+        element = ds.get_item(tag)
+        value = None if element is None else element.value
+        text = value.decode("ascii") if isinstance(value, bytes) else str(value or "")
     except Exception as exc:  # an undecodable value is the sender's error, not ours
         raise CommitmentRefused(INVALID_ARGUMENT_VALUE, f"{name} cannot be read") from exc
-    text = str(value or "").strip("\0 ")
+    text = text.strip("\0 ")
     if not text:
         raise CommitmentRefused(INVALID_ARGUMENT_VALUE, f"{name} is missing")
     if len(text) > 64 or not _UID.fullmatch(text):

@@ -311,3 +311,40 @@ def _by_copy(node: NodeApp) -> dict[str, dict[int, int]]:
         number = int(str(row["InstanceNumber"]))
         copy[number] = copy.get(number, 0) + 1
     return held
+
+
+def test_storage_commitment_through_a_route_commits_the_kept_original_only(
+    tmp_path: Path,
+) -> None:
+    """A modality sending to a de-identifying AE title may ask that AE for commitment only
+    when the identified original is kept: that copy, under the UIDs the modality sent, is
+    what the node commits to; without it there is nothing to commit."""
+    from node.index.records import CommitmentRequest
+    from node.services.commitment import CommitmentRefused
+
+    def node_with(keep_original: bool) -> NodeApp:
+        route = {"ae_title": "LUNG_STUDY", "collection": "lung", "keep_original": keep_original}
+        return NodeApp(load_config(None, {
+            "data_dir": str(tmp_path / str(keep_original)),
+            "dicom": {"port": 0, "destinations": {"MODALITY": {"host": "127.0.0.1", "port": 104}}},
+            "routes": [route],
+        }))  # fmt: skip
+
+    sent = [make_dataset(StudySpec(patient_id=PHI_ID), instance_number=n) for n in (1, 2)]
+    refs = tuple((str(ds.SOPClassUID), str(ds.SOPInstanceUID)) for ds in sent)
+    request = CommitmentRequest("MODALITY", "1.2", "LUNG_STUDY", refs)
+    kept = node_with(keep_original=True)
+    kept.start()
+    try:
+        assert _send(kept, "LUNG_STUDY", sent) == [0, 0]
+        assert kept.commitments is not None
+        report = kept.commitments.evaluate(request)
+        assert report.committed == refs and report.failed == ()
+    finally:
+        kept.stop()
+
+    plain = node_with(keep_original=False)
+    assert plain.commitments is not None
+    with pytest.raises(CommitmentRefused, match="LUNG_STUDY keeps no originals") as refused:
+        plain.commitments.accept(request)
+    assert refused.value.status == 0x0110
