@@ -127,6 +127,7 @@ def _security(
     rules.update({METHOD + m: Requirement.TOKEN_OR_HOST for m in QUERY_METHODS})
     rules[f"/{REPLICATION_SERVICE}/PlanPulls"] = Requirement.HOST
     rules[f"/{REPLICATION_SERVICE}/PlanRemovals"] = Requirement.HOST
+    rules[f"/{REPLICATION_SERVICE}/CountCopies"] = Requirement.HOST
     rules.update({JOBS_METHOD + m: Requirement.HOST for m in JOB_HOST_METHODS})
     rules.update({JOBS_METHOD + m: Requirement.TOKEN_OR_HOST for m in JOB_USER_METHODS})
     rules[HOLDINGS_METHOD] = Requirement.TOKEN_OR_HOST  # reconciliation: operators and nodes

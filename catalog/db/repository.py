@@ -254,6 +254,19 @@ class Repository:
             )
         )
 
+    def holders_of(
+        self, collection: str, sop_instance_uids: Sequence[str]
+    ) -> dict[str, tuple[str, ...]]:
+        """The nodes the catalog says hold each of these instances in ``collection`` (as
+        locate sees them: rejected copies hidden); UIDs nobody holds are absent."""
+        query = QueryFilter(sop_instance_uids=tuple(sop_instance_uids), collections=(collection,))
+        return {
+            location.sop_instance_uid: tuple(
+                h.node for h in location.holders if h.collection == collection
+            )
+            for location in self.locate_instances(query, Scope())
+        }
+
     def rejected_copies(self, node: str, limit: int) -> list[PlannedRemoval]:
         """Copies ``node`` holds of rejected instances (see :mod:`catalog.db.placement`)."""
         with _translated(), self._engine.connect() as conn:

@@ -91,6 +91,18 @@ class GrpcPlacementClient:
             for r in response.removals
         ]
 
+    def count_copies(self, collection: str, sop_instance_uids: Sequence[str]) -> dict[str, int]:
+        """Distinct sites holding a live copy of each instance (1,000 UIDs per call)."""
+        counted: dict[str, int] = {}
+        uids = list(sop_instance_uids)
+        for start in range(0, len(uids), 1000):
+            request = pb.CountCopiesRequest(
+                collection=collection, sop_instance_uids=uids[start : start + 1000]
+            )
+            _address, response = self._first_answer("CountCopies", request)
+            counted.update((i.sop_instance_uid, i.copies) for i in response.instances)
+        return counted
+
     def _first_answer(self, method: str, request: Any) -> tuple[str, Any]:
         """``method`` on the first replica that answers, preferring the last good one;
         that replica's address and its response."""

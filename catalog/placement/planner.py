@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable, Collection, Iterator
+from collections.abc import Callable, Collection, Iterator, Sequence
 from datetime import UTC, datetime
 from typing import Protocol
 
@@ -25,6 +25,7 @@ from catalog.placement.policy import (
     PlannedPull,
     PlannedRemoval,
     ReplicationPolicy,
+    copies,
     plan_for,
 )
 from catalog.records import NodeInfo
@@ -50,6 +51,10 @@ class HoldingsSource(Protocol):
     ) -> Iterator[Holding]: ...
 
     def rejected_copies(self, node: str, limit: int) -> list[PlannedRemoval]: ...
+
+    def holders_of(
+        self, collection: str, sop_instance_uids: Sequence[str]
+    ) -> dict[str, tuple[str, ...]]: ...
 
 
 def _utcnow() -> datetime:
@@ -120,6 +125,17 @@ class PullPlanner:
                 len(live),
             )
         return pulls
+
+    def copies_of(self, collection: str, sop_instance_uids: Sequence[str]) -> dict[str, int]:
+        """Distinct sites holding a live copy of each instance in ``collection``: the count
+        :meth:`plan` compares with the factor (0 for an instance nobody holds)."""
+        nodes = [NodeState(n.name, n.peer_address, n.last_seen) for n in self._repository.nodes()]
+        live = self.policy.live_nodes(nodes, self._clock())
+        held = self._repository.holders_of(collection, sop_instance_uids)
+        return {
+            uid: copies(Holding(collection, uid, held.get(uid, ())), live, self.policy)
+            for uid in sop_instance_uids
+        }
 
     def removals(self, node: str, *, limit: int = 0) -> list[PlannedRemoval]:
         """At most ``limit`` copies ``node`` holds of instances rejected grid-wide."""

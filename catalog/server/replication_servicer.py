@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import grpc
 
+from catalog.errors import InvalidFilter
 from catalog.placement.planner import PullPlanner
 from catalog.placement.policy import PlannedPull
 from catalog.server.status import guarded
@@ -73,6 +74,34 @@ class ReplicationServicer(pb_grpc.ReplicationServiceServicer):
                 rejected_by=removal.rejected_by,
             )
         return response
+
+    def CountCopies(
+        self, request: pb.CountCopiesRequest, context: grpc.ServicerContext
+    ) -> pb.CountCopiesResponse:
+        counted, factor = guarded(
+            "CountCopies", context, lambda: _count_copies(self._planner, request)
+        )
+        response = pb.CountCopiesResponse(factor=factor)
+        for uid in request.sop_instance_uids:
+            response.instances.add(sop_instance_uid=uid, copies=counted.get(uid, 0))
+        return response
+
+
+MAX_COUNT = 1_000
+"""UIDs one CountCopies may ask about."""
+
+
+def _count_copies(
+    planner: PullPlanner, request: pb.CountCopiesRequest
+) -> tuple[dict[str, int], int]:
+    if not request.collection:
+        raise InvalidFilter("CountCopies needs a collection")
+    if len(request.sop_instance_uids) > MAX_COUNT:
+        raise InvalidFilter(f"at most {MAX_COUNT} UIDs per CountCopies")
+    uids = list(request.sop_instance_uids)
+    return planner.copies_of(request.collection, uids), planner.policy.factor_for(
+        request.collection
+    )
 
 
 def add_replication_service(server: grpc.Server, planner: PullPlanner) -> None:

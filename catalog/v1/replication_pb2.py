@@ -24,27 +24,33 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1c\x63\x61talog/v1/replication.proto\x12\x13gridpacs.catalog.v1\"c\n\x10PlanPullsRequest\x12\x0c\n\x04node\x18\x01 \x01(\t\x12\x1b\n\x13refused_collections\x18\x02 \x03(\t\x12\r\n\x05limit\x18\x03 \x01(\x05\x12\x15\n\rannounce_only\x18\x04 \x01(\x08\"0\n\nPullSource\x12\x0c\n\x04node\x18\x01 \x01(\t\x12\x14\n\x0cpeer_address\x18\x02 \x01(\t\"\xeb\x01\n\x0bPlannedPull\x12\x18\n\x10sop_instance_uid\x18\x01 \x01(\t\x12\x15\n\rsop_class_uid\x18\x02 \x01(\t\x12\x1a\n\x12study_instance_uid\x18\x03 \x01(\t\x12\x1b\n\x13series_instance_uid\x18\x04 \x01(\t\x12\x12\n\ncollection\x18\x05 \x01(\t\x12\x0c\n\x04size\x18\x06 \x01(\x03\x12\x30\n\x07sources\x18\x07 \x03(\x0b\x32\x1f.gridpacs.catalog.v1.PullSource\x12\x0e\n\x06\x66\x61\x63tor\x18\x08 \x01(\x05\x12\x0e\n\x06\x63opies\x18\t \x01(\x05\"D\n\x11PlanPullsResponse\x12/\n\x05pulls\x18\x01 \x03(\x0b\x32 .gridpacs.catalog.v1.PlannedPull\"2\n\x13PlanRemovalsRequest\x12\x0c\n\x04node\x18\x01 \x01(\t\x12\r\n\x05limit\x18\x02 \x01(\x05\"\x9c\x01\n\x0ePlannedRemoval\x12\x18\n\x10sop_instance_uid\x18\x01 \x01(\t\x12\x12\n\ncollection\x18\x02 \x01(\t\x12\x1a\n\x12study_instance_uid\x18\x03 \x01(\t\x12\x1b\n\x13series_instance_uid\x18\x04 \x01(\t\x12\x0e\n\x06reason\x18\x05 \x01(\t\x12\x13\n\x0brejected_by\x18\x06 \x01(\t\"M\n\x14PlanRemovalsResponse\x12\x35\n\x08removals\x18\x01 \x03(\x0b\x32#.gridpacs.catalog.v1.PlannedRemoval2\xd5\x01\n\x12ReplicationService\x12Z\n\tPlanPulls\x12%.gridpacs.catalog.v1.PlanPullsRequest\x1a&.gridpacs.catalog.v1.PlanPullsResponse\x12\x63\n\x0cPlanRemovals\x12(.gridpacs.catalog.v1.PlanRemovalsRequest\x1a).gridpacs.catalog.v1.PlanRemovalsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1c\x63\x61talog/v1/replication.proto\x12\x13gridpacs.catalog.v1\"C\n\x12\x43ountCopiesRequest\x12\x12\n\ncollection\x18\x01 \x01(\t\x12\x19\n\x11sop_instance_uids\x18\x02 \x03(\t\":\n\x0eInstanceCopies\x12\x18\n\x10sop_instance_uid\x18\x01 \x01(\t\x12\x0e\n\x06\x63opies\x18\x02 \x01(\x05\"]\n\x13\x43ountCopiesResponse\x12\x36\n\tinstances\x18\x01 \x03(\x0b\x32#.gridpacs.catalog.v1.InstanceCopies\x12\x0e\n\x06\x66\x61\x63tor\x18\x02 \x01(\x05\"c\n\x10PlanPullsRequest\x12\x0c\n\x04node\x18\x01 \x01(\t\x12\x1b\n\x13refused_collections\x18\x02 \x03(\t\x12\r\n\x05limit\x18\x03 \x01(\x05\x12\x15\n\rannounce_only\x18\x04 \x01(\x08\"0\n\nPullSource\x12\x0c\n\x04node\x18\x01 \x01(\t\x12\x14\n\x0cpeer_address\x18\x02 \x01(\t\"\xeb\x01\n\x0bPlannedPull\x12\x18\n\x10sop_instance_uid\x18\x01 \x01(\t\x12\x15\n\rsop_class_uid\x18\x02 \x01(\t\x12\x1a\n\x12study_instance_uid\x18\x03 \x01(\t\x12\x1b\n\x13series_instance_uid\x18\x04 \x01(\t\x12\x12\n\ncollection\x18\x05 \x01(\t\x12\x0c\n\x04size\x18\x06 \x01(\x03\x12\x30\n\x07sources\x18\x07 \x03(\x0b\x32\x1f.gridpacs.catalog.v1.PullSource\x12\x0e\n\x06\x66\x61\x63tor\x18\x08 \x01(\x05\x12\x0e\n\x06\x63opies\x18\t \x01(\x05\"D\n\x11PlanPullsResponse\x12/\n\x05pulls\x18\x01 \x03(\x0b\x32 .gridpacs.catalog.v1.PlannedPull\"2\n\x13PlanRemovalsRequest\x12\x0c\n\x04node\x18\x01 \x01(\t\x12\r\n\x05limit\x18\x02 \x01(\x05\"\x9c\x01\n\x0ePlannedRemoval\x12\x18\n\x10sop_instance_uid\x18\x01 \x01(\t\x12\x12\n\ncollection\x18\x02 \x01(\t\x12\x1a\n\x12study_instance_uid\x18\x03 \x01(\t\x12\x1b\n\x13series_instance_uid\x18\x04 \x01(\t\x12\x0e\n\x06reason\x18\x05 \x01(\t\x12\x13\n\x0brejected_by\x18\x06 \x01(\t\"M\n\x14PlanRemovalsResponse\x12\x35\n\x08removals\x18\x01 \x03(\x0b\x32#.gridpacs.catalog.v1.PlannedRemoval2\xb7\x02\n\x12ReplicationService\x12Z\n\tPlanPulls\x12%.gridpacs.catalog.v1.PlanPullsRequest\x1a&.gridpacs.catalog.v1.PlanPullsResponse\x12\x63\n\x0cPlanRemovals\x12(.gridpacs.catalog.v1.PlanRemovalsRequest\x1a).gridpacs.catalog.v1.PlanRemovalsResponse\x12`\n\x0b\x43ountCopies\x12\'.gridpacs.catalog.v1.CountCopiesRequest\x1a(.gridpacs.catalog.v1.CountCopiesResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'catalog.v1.replication_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_PLANPULLSREQUEST']._serialized_start=53
-  _globals['_PLANPULLSREQUEST']._serialized_end=152
-  _globals['_PULLSOURCE']._serialized_start=154
-  _globals['_PULLSOURCE']._serialized_end=202
-  _globals['_PLANNEDPULL']._serialized_start=205
-  _globals['_PLANNEDPULL']._serialized_end=440
-  _globals['_PLANPULLSRESPONSE']._serialized_start=442
-  _globals['_PLANPULLSRESPONSE']._serialized_end=510
-  _globals['_PLANREMOVALSREQUEST']._serialized_start=512
-  _globals['_PLANREMOVALSREQUEST']._serialized_end=562
-  _globals['_PLANNEDREMOVAL']._serialized_start=565
-  _globals['_PLANNEDREMOVAL']._serialized_end=721
-  _globals['_PLANREMOVALSRESPONSE']._serialized_start=723
-  _globals['_PLANREMOVALSRESPONSE']._serialized_end=800
-  _globals['_REPLICATIONSERVICE']._serialized_start=803
-  _globals['_REPLICATIONSERVICE']._serialized_end=1016
+  _globals['_COUNTCOPIESREQUEST']._serialized_start=53
+  _globals['_COUNTCOPIESREQUEST']._serialized_end=120
+  _globals['_INSTANCECOPIES']._serialized_start=122
+  _globals['_INSTANCECOPIES']._serialized_end=180
+  _globals['_COUNTCOPIESRESPONSE']._serialized_start=182
+  _globals['_COUNTCOPIESRESPONSE']._serialized_end=275
+  _globals['_PLANPULLSREQUEST']._serialized_start=277
+  _globals['_PLANPULLSREQUEST']._serialized_end=376
+  _globals['_PULLSOURCE']._serialized_start=378
+  _globals['_PULLSOURCE']._serialized_end=426
+  _globals['_PLANNEDPULL']._serialized_start=429
+  _globals['_PLANNEDPULL']._serialized_end=664
+  _globals['_PLANPULLSRESPONSE']._serialized_start=666
+  _globals['_PLANPULLSRESPONSE']._serialized_end=734
+  _globals['_PLANREMOVALSREQUEST']._serialized_start=736
+  _globals['_PLANREMOVALSREQUEST']._serialized_end=786
+  _globals['_PLANNEDREMOVAL']._serialized_start=789
+  _globals['_PLANNEDREMOVAL']._serialized_end=945
+  _globals['_PLANREMOVALSRESPONSE']._serialized_start=947
+  _globals['_PLANREMOVALSRESPONSE']._serialized_end=1024
+  _globals['_REPLICATIONSERVICE']._serialized_start=1027
+  _globals['_REPLICATIONSERVICE']._serialized_end=1338
 # @@protoc_insertion_point(module_scope)

@@ -27,6 +27,80 @@ else:
 DESCRIPTOR: _descriptor.FileDescriptor
 
 @_typing.final
+class CountCopiesRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    COLLECTION_FIELD_NUMBER: _builtins.int
+    SOP_INSTANCE_UIDS_FIELD_NUMBER: _builtins.int
+    collection: _builtins.str
+    @_builtins.property
+    def sop_instance_uids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """At most 1,000 (more: INVALID_ARGUMENT)."""
+
+    def __init__(
+        self,
+        *,
+        collection: _builtins.str = ...,
+        sop_instance_uids: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["collection", b"collection", "sop_instance_uids", b"sop_instance_uids"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CountCopiesRequest: _TypeAlias = CountCopiesRequest  # noqa: Y015
+
+@_typing.final
+class InstanceCopies(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SOP_INSTANCE_UID_FIELD_NUMBER: _builtins.int
+    COPIES_FIELD_NUMBER: _builtins.int
+    sop_instance_uid: _builtins.str
+    copies: _builtins.int
+    """Distinct sites with a live copy in `collection` (0: the catalog knows of none)."""
+    def __init__(
+        self,
+        *,
+        sop_instance_uid: _builtins.str = ...,
+        copies: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["copies", b"copies", "sop_instance_uid", b"sop_instance_uid"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___InstanceCopies: _TypeAlias = InstanceCopies  # noqa: Y015
+
+@_typing.final
+class CountCopiesResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    INSTANCES_FIELD_NUMBER: _builtins.int
+    FACTOR_FIELD_NUMBER: _builtins.int
+    factor: _builtins.int
+    """The collection's replication factor."""
+    @_builtins.property
+    def instances(self) -> _containers.RepeatedCompositeFieldContainer[Global___InstanceCopies]:
+        """One per UID asked, in the order asked."""
+
+    def __init__(
+        self,
+        *,
+        instances: _abc.Iterable[Global___InstanceCopies] | None = ...,
+        factor: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["factor", b"factor", "instances", b"instances"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CountCopiesResponse: _TypeAlias = CountCopiesResponse  # noqa: Y015
+
+@_typing.final
 class PlanPullsRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 

@@ -44,6 +44,11 @@ class ReplicationServiceStub:
                 request_serializer=catalog_dot_v1_dot_replication__pb2.PlanRemovalsRequest.SerializeToString,
                 response_deserializer=catalog_dot_v1_dot_replication__pb2.PlanRemovalsResponse.FromString,
                 _registered_method=True)
+        self.CountCopies = channel.unary_unary(
+                '/gridpacs.catalog.v1.ReplicationService/CountCopies',
+                request_serializer=catalog_dot_v1_dot_replication__pb2.CountCopiesRequest.SerializeToString,
+                response_deserializer=catalog_dot_v1_dot_replication__pb2.CountCopiesResponse.FromString,
+                _registered_method=True)
 
 
 class ReplicationServiceServicer:
@@ -67,6 +72,15 @@ class ReplicationServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CountCopies(self, request, context):
+        """How many distinct sites hold a live copy of each instance, counted as PlanPulls counts
+        them. A node asks before it commits instances to a modality (Storage Commitment) under
+        a policy that wants copies at more than one site. Read-only.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ReplicationServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -79,6 +93,11 @@ def add_ReplicationServiceServicer_to_server(servicer, server):
                     servicer.PlanRemovals,
                     request_deserializer=catalog_dot_v1_dot_replication__pb2.PlanRemovalsRequest.FromString,
                     response_serializer=catalog_dot_v1_dot_replication__pb2.PlanRemovalsResponse.SerializeToString,
+            ),
+            'CountCopies': grpc.unary_unary_rpc_method_handler(
+                    servicer.CountCopies,
+                    request_deserializer=catalog_dot_v1_dot_replication__pb2.CountCopiesRequest.FromString,
+                    response_serializer=catalog_dot_v1_dot_replication__pb2.CountCopiesResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -135,6 +154,33 @@ class ReplicationService:
             '/gridpacs.catalog.v1.ReplicationService/PlanRemovals',
             catalog_dot_v1_dot_replication__pb2.PlanRemovalsRequest.SerializeToString,
             catalog_dot_v1_dot_replication__pb2.PlanRemovalsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CountCopies(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/gridpacs.catalog.v1.ReplicationService/CountCopies',
+            catalog_dot_v1_dot_replication__pb2.CountCopiesRequest.SerializeToString,
+            catalog_dot_v1_dot_replication__pb2.CountCopiesResponse.FromString,
             options,
             channel_credentials,
             insecure,

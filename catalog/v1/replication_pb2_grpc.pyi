@@ -49,6 +49,11 @@ class ReplicationServiceStub:
     from any origin): the node removes each one and records the rejection, so it refuses the
     instance from then on. Read-only and idempotent, like PlanPulls.
     """
+    CountCopies: _grpc.UnaryUnaryMultiCallable[_replication_pb2.CountCopiesRequest, _replication_pb2.CountCopiesResponse]
+    """How many distinct sites hold a live copy of each instance, counted as PlanPulls counts
+    them. A node asks before it commits instances to a modality (Storage Commitment) under
+    a policy that wants copies at more than one site. Read-only.
+    """
 
 @_typing.type_check_only
 class ReplicationServiceAsyncStub(ReplicationServiceStub):
@@ -62,6 +67,11 @@ class ReplicationServiceAsyncStub(ReplicationServiceStub):
     """The copies `node` holds of instances the grid has rejected (CHANGE_KIND_INSTANCE_REJECTED
     from any origin): the node removes each one and records the rejection, so it refuses the
     instance from then on. Read-only and idempotent, like PlanPulls.
+    """
+    CountCopies: _aio.UnaryUnaryMultiCallable[_replication_pb2.CountCopiesRequest, _replication_pb2.CountCopiesResponse]  # type: ignore[assignment]
+    """How many distinct sites hold a live copy of each instance, counted as PlanPulls counts
+    them. A node asks before it commits instances to a modality (Storage Commitment) under
+    a policy that wants copies at more than one site. Read-only.
     """
 
 class ReplicationServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -85,6 +95,17 @@ class ReplicationServiceServicer(metaclass=_abc_1.ABCMeta):
         """The copies `node` holds of instances the grid has rejected (CHANGE_KIND_INSTANCE_REJECTED
         from any origin): the node removes each one and records the rejection, so it refuses the
         instance from then on. Read-only and idempotent, like PlanPulls.
+        """
+
+    @_abc_1.abstractmethod
+    def CountCopies(
+        self,
+        request: _replication_pb2.CountCopiesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_replication_pb2.CountCopiesResponse, _abc.Awaitable[_replication_pb2.CountCopiesResponse]]:
+        """How many distinct sites hold a live copy of each instance, counted as PlanPulls counts
+        them. A node asks before it commits instances to a modality (Storage Commitment) under
+        a policy that wants copies at more than one site. Read-only.
         """
 
 def add_ReplicationServiceServicer_to_server(servicer: ReplicationServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -209,3 +209,22 @@ def test_a_study_rejected_whole_is_not_found_while_another_holder_still_has_it(
     assert {m.sop_instance_uid for m in service.query_instances(by_patient)} == {
         r.sop_instance_uid for r in partly[1:]
     }
+
+
+def test_copies_are_counted_on_distinct_live_sites(service: CatalogService) -> None:
+    _register(service, "a1", "a2", "b")
+    records = StudyBuilder(collection="lung").instances(3)
+    uids = [r.sop_instance_uid for r in records]
+    service.apply_changes("a1", Outbox("a1").added(records))
+    service.apply_changes("a2", Outbox("a2").added(records[:2]))
+    service.apply_changes("b", Outbox("b").added(records[:1]))
+    same_site = {"a1": "hospital-a", "a2": "hospital-a"}
+    planner = _planner(service, factors={"lung": 2}, sites=same_site)
+    # two nodes of one hospital are one site; b's copy makes the second
+    assert planner.copies_of("lung", [*uids, "1.2.999"]) == {
+        uids[0]: 2, uids[1]: 1, uids[2]: 1, "1.2.999": 0,
+    }  # fmt: skip
+    assert planner.copies_of("clinical", uids[:1]) == {uids[0]: 0}
+    # hours later with nobody heard from since, no copy is live
+    lost = _planner(service, timedelta(hours=2), sites=same_site, lost_after=timedelta(hours=1))
+    assert lost.copies_of("lung", uids[:1]) == {uids[0]: 0}

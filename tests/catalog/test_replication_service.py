@@ -7,6 +7,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import grpc
 import pytest
 
 from catalog.app import CatalogApp, build_app
@@ -74,6 +75,32 @@ def test_plan_pulls_round_trip(app: CatalogApp) -> None:
     nobody.close()
 
 
+def test_count_copies_counts_sites_with_a_copy_and_refuses_what_it_cannot_answer(
+    app: CatalogApp,
+) -> None:
+    records = StudyBuilder("R3", collection="lung").instances(1200)
+    app.service.register_node(NodeInfo("site-c", "SITE-C", peer_address="site-c:50061"))
+    app.service.apply_changes("site-c", Outbox("site-c").added(records))
+    app.service.apply_changes("site-b", Outbox("site-b").added(records[:1]))
+    uids = [r.sop_instance_uid for r in records]
+    client = GrpcPlacementClient([f"127.0.0.1:{app.port}"], timeout=5)
+    try:
+        counted = client.count_copies("lung", [*uids, "1.2.999"])  # two calls: 1,201 UIDs
+        assert counted[uids[0]] == 2 and counted["1.2.999"] == 0
+        assert set(counted[u] for u in uids[1:]) == {1}
+        assert client.count_copies("clinical", uids[:3]) == dict.fromkeys(uids[:3], 0)
+        stub = client._stub(f"127.0.0.1:{app.port}")
+        from catalog.v1 import replication_pb2 as pb
+
+        too_many = pb.CountCopiesRequest(collection="lung", sop_instance_uids=uids[:1001])
+        for bad in (too_many, pb.CountCopiesRequest(sop_instance_uids=uids[:1])):
+            with pytest.raises(grpc.RpcError) as refused:
+                stub.CountCopies(bad, timeout=5)
+            assert refused.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+    finally:
+        client.close()
+
+
 def test_plan_pulls_needs_a_grid_host_certificate(tmp_path: Path, sqlite_url: str) -> None:
     pepper = write_pepper(tmp_path / "pepper")
     app = _app(sqlite_url, security={"pepper_file": str(pepper)})
@@ -81,6 +108,9 @@ def test_plan_pulls_needs_a_grid_host_certificate(tmp_path: Path, sqlite_url: st
         client = GrpcPlacementClient([f"127.0.0.1:{app.port}"], timeout=5)
         with pytest.raises(CatalogRejected) as refused:
             client.plan_pulls("site-b")
+        assert refused.value.code == "UNAUTHENTICATED"
+        with pytest.raises(CatalogRejected) as refused:
+            client.count_copies("lung", ["1.2.3"])
         assert refused.value.code == "UNAUTHENTICATED"
         client.close()
     finally:
