@@ -13,6 +13,7 @@ import grpc
 
 from catalog import GrpcCatalogClient, NodeInfo
 from catalog.jobs_client import JobsClient
+from catalog.placement.client import GrpcPlacementClient
 from catalog.security.errors import TlsConfigError
 from catalog.security.grants import GrantKeyError, GrantVerifier, load_public_key
 from catalog.security.revocation import RevocationList
@@ -179,6 +180,7 @@ class NodeApp:
         self.replicator: Replicator | None = None
         self._grid_client_credentials: grpc.ChannelCredentials | None = None
         self.anti_entropy: AntiEntropy | None = None
+        self._copies_client: GrpcPlacementClient | None = None
         self.jobs: JobsClient | None = None
         self.trigger: StreamTrigger | None = None
         self.study_references: StudyReferences | None = None
@@ -201,12 +203,14 @@ class NodeApp:
             destinations,
             verify_bytes=settings.verify_bytes,
             max_references=settings.max_references,
+            copies=settings.copies,
         )
         reporter = CommitmentReporter(
             self.index,
             service,
             deliverer(destinations, self.config.dicom.ae_title, settings.report_timeout),
             give_up_after=settings.give_up_after,
+            copies_wait=settings.copies_wait,
         )
         service.on_recorded = reporter.wake
         return service, reporter
@@ -343,6 +347,8 @@ class NodeApp:
             if self.config.catalog.replication.enabled:
                 self.replicator = self._replicator(self.config.catalog, self.publisher)
                 self.replicator.start()
+            elif self.config.dicom.commitment.copies > 1:
+                self._copies_client = self._placement(self.config.catalog)
             self.anti_entropy = AntiEntropy(
                 self.config.name,
                 self.index,
@@ -372,16 +378,24 @@ class NodeApp:
             worker="on" if self.worker is not None else "off",
         )
 
-    def _replicator(self, link: CatalogLinkConfig, publisher: Publisher) -> Replicator:
+    def _placement(self, link: CatalogLinkConfig) -> GrpcPlacementClient:
+        """The catalog's ReplicationService; Storage Commitment counts the grid's copies
+        through it too."""
         from catalog.placement.client import GrpcPlacementClient
 
-        assert self.peers is not None
-        settings = link.replication
         plans = GrpcPlacementClient(
             link.addresses,
             timeout=max(10.0, link.timeout),
             credentials=self._grid_client_credentials,
         )
+        if self.commitments is not None:
+            self.commitments.count_copies = plans.count_copies
+        return plans
+
+    def _replicator(self, link: CatalogLinkConfig, publisher: Publisher) -> Replicator:
+        assert self.peers is not None
+        settings = link.replication
+        plans = self._placement(link)
         default = self.config.default_collection
         return Replicator(
             self.config.name,
@@ -406,6 +420,8 @@ class NodeApp:
         self.blob_sweeper.stop()
         if self.commitment_reporter is not None:
             self.commitment_reporter.stop()
+        if self._copies_client is not None:
+            self._copies_client.close()
         if self.replicator is not None:
             self.replicator.stop()
         if self.worker is not None:

@@ -65,6 +65,8 @@ class CommitmentReporter:
         give_up_after: float = 7 * 86400.0,
         keep_settled: float = 7 * 86400.0,
         idle_poll: float = 30.0,
+        copies_wait: float = 3600.0,
+        copies_recheck: float = 5.0,
     ) -> None:
         self._queue = queue
         self._evaluator = evaluator
@@ -74,6 +76,8 @@ class CommitmentReporter:
         self._give_up_after = give_up_after
         self._keep_settled = keep_settled
         self._idle_poll = idle_poll
+        self._copies_wait = copies_wait
+        self._copies_recheck = copies_recheck
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -102,6 +106,11 @@ class CommitmentReporter:
         started = time.perf_counter()
         try:
             report = self._evaluator.evaluate(request)
+            if report.waiting:
+                if self._age(pending) < self._copies_wait:
+                    self._wait_for_copies(pending, report)
+                    return 0
+                report = self._waited_long_enough(pending, report)
             self._deliver(request, report)
         except (NodeError, IndexUnavailable, IndexFailure) as exc:
             self._not_delivered(pending, str(exc))
@@ -125,6 +134,34 @@ class CommitmentReporter:
             ms=round((time.perf_counter() - started) * 1000, 2),
         )
         return 1
+
+    @staticmethod
+    def _age(pending: PendingCommitment) -> float:
+        requested = pending.requested_at
+        if requested.tzinfo is None:
+            requested = requested.replace(tzinfo=UTC)
+        return (datetime.now(UTC) - requested).total_seconds()
+
+    def _wait_for_copies(self, pending: PendingCommitment, report: CommitmentReport) -> None:
+        """Not reported yet: some instances are not at enough sites; look again soon."""
+        request = pending.request
+        waiting = f"{len(report.waiting)} of {len(request.references)} not at enough sites yet"
+        retry_at = datetime.now(UTC) + timedelta(seconds=self._copies_recheck)
+        with contextlib.suppress(IndexUnavailable, IndexFailure):  # still due: next pass
+            self._queue.commitment_not_delivered(pending, waiting, retry_at)
+        if pending.attempts == 0:  # one line when the wait starts, not one per look
+            log_event(LOG, "storage_commitment_waiting_for_copies",
+                      calling_ae=request.calling_ae, transaction_uid=request.transaction_uid,
+                      waiting=len(report.waiting), committed=len(report.committed))  # fmt: skip
+
+    def _waited_long_enough(
+        self, pending: PendingCommitment, report: CommitmentReport
+    ) -> CommitmentReport:
+        request = pending.request
+        log_event(LOG, "storage_commitment_copies_missing", level=logging.WARNING,
+                  calling_ae=request.calling_ae, transaction_uid=request.transaction_uid,
+                  instances=len(report.waiting), waited_s=round(self._age(pending)))  # fmt: skip
+        return report.without_waiting()
 
     def _not_delivered(self, pending: PendingCommitment, error: str) -> None:
         request = pending.request

@@ -83,6 +83,12 @@ class CommitmentConfig(_Strict):
     give_up_after: Annotated[float, Field(gt=0)] = 7 * 86400.0
     """Seconds a report is retried while the sender cannot be reached."""
     report_timeout: Annotated[float, Field(gt=0)] = 30.0
+    copies: Annotated[int, Field(ge=1, le=16)] = 1
+    """Distinct grid sites (counted by the catalog) that must hold an instance before it is
+    committed; 1: this node's own durable copy is enough."""
+    copies_wait: Annotated[float, Field(gt=0)] = 3600.0
+    """Seconds a report waits for the grid's copies; then those instances are reported
+    failed (the modality keeps them)."""
 
 
 class DicomConfig(_Strict):
@@ -297,6 +303,21 @@ class NodeConfig(_Strict):
                 raise ValueError(
                     f"routes: {route.ae_title} de-identifies into {route.collection!r}, the "
                     "identified default collection; use a research collection"
+                )
+        return self
+
+    @model_validator(mode="after")
+    def _copies_need_the_grid(self) -> NodeConfig:
+        if self.dicom.commitment.copies > 1:
+            if self.catalog is None:
+                raise ValueError(
+                    "dicom.commitment.copies > 1 needs a [catalog]: copies on other sites "
+                    "are counted there"
+                )
+            if not self.catalog.publish_identified:
+                raise ValueError(
+                    "dicom.commitment.copies > 1 needs [catalog] publish_identified = true: "
+                    "the originals a modality sends are replicated only once published"
                 )
         return self
 

@@ -19,6 +19,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Protocol
 
+from catalog.errors import CatalogError
 from node.errors import NodeError
 from node.index.records import CommitmentRequest, InstanceRecord
 from node.routing import Route, Router
@@ -56,11 +57,25 @@ RESOURCE_LIMITATION = 0x0213
 
 @dataclass(frozen=True, slots=True)
 class CommitmentReport:
-    """The answer to one request: what is committed, what is not and why."""
+    """The answer to one request: what is committed, what is not and why, and what is
+    held here but not yet at enough sites of the grid (``waiting``)."""
 
     transaction_uid: str
     committed: tuple[tuple[str, str], ...]
     failed: tuple[tuple[str, str, FailureReason], ...]
+    waiting: tuple[tuple[str, str], ...] = ()
+
+    def without_waiting(self) -> CommitmentReport:
+        """The report once the wait for copies is over: what still waits has failed."""
+        failed = self.failed + tuple(
+            (sop_class, uid, FailureReason.PROCESSING_FAILURE) for sop_class, uid in self.waiting
+        )
+        return CommitmentReport(self.transaction_uid, self.committed, failed)
+
+
+#: Distinct sites holding a live copy of each instance of a collection (the catalog's
+#: ``CountCopies``); raises CatalogError when no replica answers.
+CopyCounter = Callable[[str, list[str]], dict[str, int]]
 
 
 class CommitmentIndex(Protocol):
@@ -86,6 +101,8 @@ class CommitmentService:
         verify_bytes: bool = True,
         max_references: int = 50_000,
         on_recorded: Callable[[], None] | None = None,
+        copies: int = 1,
+        count_copies: CopyCounter | None = None,
     ) -> None:
         self._index = index
         self._store = store
@@ -93,6 +110,9 @@ class CommitmentService:
         self._destinations = report_destinations
         self._verify = verify_bytes
         self._max = max_references
+        self._copies = copies
+        self.count_copies = count_copies
+        """Set once the node has joined the grid; required when ``copies`` > 1."""
         self.on_recorded = on_recorded
         """Called after each request is recorded (wakes the reporter)."""
 
@@ -145,17 +165,45 @@ class CommitmentService:
         """
         route = self._router.route_for(request.called_ae)
         collections = _collections_of(route)
-        committed: list[tuple[str, str]] = []
+        held: dict[str, list[tuple[str, str]]] = {}  # collection -> held here, verified
         failed: list[tuple[str, str, FailureReason]] = []
         for chunk in _chunks(request.references, LOOKUP_CHUNK):
             records = self._index.get_records([uid for _, uid in chunk])
             for sop_class, uid in chunk:
-                reason = self._check(sop_class, records.get(uid), collections)
-                if reason is None:
-                    committed.append((sop_class, uid))
+                record = records.get(uid)
+                reason = self._check(sop_class, record, collections)
+                if reason is None and record is not None:
+                    held.setdefault(record.collection, []).append((sop_class, uid))
                 else:
-                    failed.append((sop_class, uid, reason))
-        return CommitmentReport(request.transaction_uid, tuple(committed), tuple(failed))
+                    failed.append((sop_class, uid, reason or FailureReason.PROCESSING_FAILURE))
+        committed: list[tuple[str, str]] = []
+        waiting: list[tuple[str, str]] = []
+        for collection, pairs in held.items():
+            enough = self._enough_copies(collection, [uid for _, uid in pairs])
+            for pair in pairs:
+                (committed if pair[1] in enough else waiting).append(pair)
+        order = {pair: n for n, pair in enumerate(request.references)}
+        return CommitmentReport(
+            request.transaction_uid,
+            tuple(sorted(committed, key=order.__getitem__)),
+            tuple(failed),
+            tuple(sorted(waiting, key=order.__getitem__)),
+        )
+
+    def _enough_copies(self, collection: str, uids: list[str]) -> set[str]:
+        """Those of ``uids`` held at the sites the policy wants (all of them when one copy,
+        this node's, is enough); none when the catalog cannot say."""
+        if self._copies <= 1:
+            return set(uids)
+        if self.count_copies is None:
+            return set()
+        try:
+            counted = self.count_copies(collection, uids)
+        except CatalogError as exc:
+            log_event(LOG, "storage_commitment_copies_unknown", level=logging.WARNING,
+                      collection=collection, error=str(exc))  # fmt: skip
+            return set()
+        return {uid for uid in uids if counted.get(uid, 0) >= self._copies}
 
     def _check(
         self, sop_class: str, record: InstanceRecord | None, collections: frozenset[str]

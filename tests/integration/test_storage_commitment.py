@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import queue
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,8 +35,9 @@ from tests.integration.processes import (
     gridpacs_cli,
     run_dcmtk,
 )
+from tests.integration.replication_grid import Grid, store_study
 
-pytestmark = [pytest.mark.dcmtk, pytest.mark.timeout(120)]
+pytestmark = [pytest.mark.dcmtk, pytest.mark.timeout(150)]
 
 MODALITY = "CT1"
 
@@ -247,3 +249,56 @@ def test_requests_the_node_cannot_honour_get_clear_statuses(
     with pytest.raises(queue.Empty):  # nothing was recorded, nothing is reported
         modality.report(timeout=1)
     assert node.log_text().count("event=n_action") == len(cases)
+
+
+GRID_POLICY = """
+[replication]
+interval_s = 0.2
+lost_after_seconds = 60
+[replication.collections]
+local = 2
+"""
+
+
+def test_with_copies_at_two_sites_the_report_waits_for_the_grid(
+    modality: Modality, tmp_path: Path
+) -> None:
+    """``copies = 2``: an instance is committed only once the catalog counts a live copy
+    at a second site; what does not get there within ``copies_wait`` is reported failed,
+    so the modality keeps it."""
+    modality.listen()
+    grid = Grid(tmp_path, GRID_POLICY)
+    grid.start_catalog()
+    try:
+        destination = f'{MODALITY} = {{ host = "{HOST}", port = {modality.port} }}'
+        extra = f"[dicom.destinations]\n{destination}\n[dicom.commitment]\ncopies = 2\n"
+        extra += "copies_wait = 8.0\n"
+        a = grid.add_node("a", dicom_extra=extra)
+        acked = store_study(a, tmp_path / "s1", 3, "SC-GRID-1")
+        ct = str(make_dataset().SOPClassUID)
+        tx = generate_uid()
+        assert int(_ask(a, _information(tx, [(ct, uid) for uid in acked])).Status) == 0
+        a.wait_for_log("event=storage_commitment_waiting_for_copies")  # b is not up yet
+        with pytest.raises(queue.Empty):
+            modality.report(timeout=1)
+
+        b = grid.add_node("b")  # b pulls its copies; the report follows
+        report = modality.report(timeout=30)
+        assert report.information.TransactionUID == tx and report.event_type == 1
+        assert sorted(_uids(report.information.ReferencedSOPSequence)) == sorted(acked)
+        holders = grid.holders("SC-GRID-1")
+        assert all(holders[uid] == {"a", "b"} for uid in acked), holders
+
+        b.terminate()  # new instances cannot reach a second site now
+        lonely = store_study(a, tmp_path / "s2", 2, "SC-GRID-2")
+        started = time.monotonic()
+        assert int(_ask(a, _information(generate_uid(), [(ct, u) for u in lonely])).Status) == 0
+        report = modality.report(timeout=30)
+        assert time.monotonic() - started >= 7  # it waited for copies_wait
+        assert report.event_type == 2 and "ReferencedSOPSequence" not in report.information
+        failed = report.information.FailedSOPSequence
+        assert sorted(_uids(failed)) == sorted(lonely)
+        assert {item.FailureReason for item in failed} == {0x0110}
+        assert "event=storage_commitment_copies_missing" in a.log_text()
+    finally:
+        grid.stop()

@@ -13,6 +13,7 @@ from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence as DicomSequence
 from pydicom.uid import MRImageStorage
 
+from catalog.errors import CatalogUnavailable
 from node.dicom.commitment import (
     ALL_COMMITTED,
     FAILURES_EXIST,
@@ -252,3 +253,45 @@ def test_the_reporter_retries_an_unreachable_sender_then_gives_up(
                                    give_up_after=0.0)  # fmt: skip
     assert impatient.run_once() == 0
     assert index.commitment_counts() == {"pending": 1, "reported": 0, "abandoned": 1}
+
+
+def test_with_copies_at_two_sites_only_instances_the_grid_counts_twice_are_committed(
+    archive: tuple[IngestService, SqlIndex, FilesystemBlobStore], db_url: str
+) -> None:
+    """The count is the catalog planner's own (distinct live sites), over a real catalog
+    database: two nodes of one hospital are one site."""
+    from catalog.db import Repository, open_database
+    from catalog.placement import PullPlanner, ReplicationPolicy
+    from catalog.records import NodeInfo
+    from catalog.service import CatalogService
+    from tests.catalog.builders import Outbox, StudyBuilder
+
+    ingest, index, store = archive
+    catalog = CatalogService("replica", Repository(open_database(db_url)))
+    for name in ("here", "same-hospital", "elsewhere"):
+        catalog.register_node(NodeInfo(name=name, ae_title=name.upper(), peer_address="x:1"))
+    records = StudyBuilder(collection="local").instances(3)
+    for record in records:  # held here, as the node would have published them
+        ds = make_dataset(StudySpec(patient_id="P5"), sop_uid=record.sop_instance_uid)
+        _store(ingest, ds)
+    catalog.apply_changes("here", Outbox("here").added(records))
+    catalog.apply_changes("same-hospital", Outbox("same-hospital").added(records[:2]))
+    catalog.apply_changes("elsewhere", Outbox("elsewhere").added(records[:1]))
+    policy = ReplicationPolicy(sites={"here": "h", "same-hospital": "h"})
+    planner = PullPlanner(catalog.repository, policy)
+    refs = tuple((CT, r.sop_instance_uid) for r in records)
+    request = CommitmentRequest("CT1", "1.2.3", "GRIDPACS", refs)
+
+    service = _service(index, store, copies=2, count_copies=planner.copies_of)
+    report = service.evaluate(request)
+    assert report.committed == refs[:1] and report.waiting == refs[1:] and report.failed == ()
+    given_up = report.without_waiting()
+    assert given_up.committed == refs[:1] and given_up.waiting == ()
+    assert given_up.failed == tuple((c, u, FailureReason.PROCESSING_FAILURE) for c, u in refs[1:])
+
+    def unreachable(collection: str, uids: list[str]) -> dict[str, int]:
+        raise CatalogUnavailable("no catalog replica answered CountCopies")
+
+    blind = _service(index, store, copies=2, count_copies=unreachable).evaluate(request)
+    assert blind.committed == () and blind.waiting == refs  # waits; never commits blind
+    assert _service(index, store).evaluate(request).committed == refs  # copies = 1

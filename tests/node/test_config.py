@@ -76,3 +76,23 @@ def test_storage_pack_threshold_reaches_the_blob_store(
 def test_storage_pack_threshold_is_bounded() -> None:
     with pytest.raises(ConfigError, match=r"storage\.pack_threshold"):
         load_config(None, {"storage": {"pack_threshold": -1}})
+
+
+@pytest.mark.parametrize(
+    ("catalog", "message"),
+    [
+        (None, "copies > 1 needs a \\[catalog\\]"),
+        ({"addresses": ["127.0.0.1:1"], "insecure": True}, "publish_identified = true"),
+    ],
+)
+def test_commitment_copies_at_other_sites_need_the_grid_and_published_originals(
+    catalog: dict[str, object] | None, message: str
+) -> None:
+    overrides: dict[str, object] = {"dicom": {"commitment": {"copies": 2}}}
+    if catalog is not None:
+        overrides["catalog"] = catalog
+    with pytest.raises(ConfigError, match=message):
+        load_config(None, overrides)
+    published = {"addresses": ["127.0.0.1:1"], "insecure": True, "publish_identified": True}
+    config = load_config(None, {**overrides, "catalog": published})
+    assert config.dicom.commitment.copies == 2
