@@ -146,7 +146,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--small", type=int, default=1000, help="64x64 instances (0: skip)")
     parser.add_argument("--ct", type=int, default=200, help="512x512 instances (0: skip)")
     parser.add_argument("--repeat", type=int, default=3, help="measurements per server")
-    parser.add_argument("--servers", default=",".join(SERVERS), help="comma-separated")
+    parser.add_argument(
+        "--servers",
+        default="gridpacs,orthanc,storescp",
+        help=f"comma-separated, of {','.join(SERVERS)}",
+    )
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     parser.add_argument("--markdown", action="store_true", help="print the table as Markdown")
     parser.add_argument(

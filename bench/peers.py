@@ -12,6 +12,7 @@ delayed-ACK timer (~88 ms per instance), not the software (docs/performance.md).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -20,7 +21,8 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+import urllib.request
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -274,7 +276,9 @@ def orthanc(workdir: Path) -> Iterator[Server]:
 
 
 @contextmanager
-def gridpacs_node(workdir: Path, source: Path = REPO_ROOT) -> Iterator[Server]:
+def gridpacs_node(
+    workdir: Path, source: Path = REPO_ROOT, extra: Sequence[str] = ()
+) -> Iterator[Server]:
     """A gridpacs node started exactly as a user would, with a fresh data directory.
 
     ``source`` is the source tree it runs from: another checkout (an exported older
@@ -284,11 +288,35 @@ def gridpacs_node(workdir: Path, source: Path = REPO_ROOT) -> Iterator[Server]:
     argv = [
         sys.executable, "-m", "gridpacs", "node", "serve",
         "--ae-title", "GRIDPACS", "--host", "127.0.0.1", "--port", str(port),
-        "--data-dir", str(workdir / "data"),
+        "--data-dir", str(workdir / "data"), *extra,
     ]  # fmt: skip
     name = "gridpacs" if source == REPO_ROOT else "baseline"
     with _running(name, "GRIDPACS", port, argv, workdir, "event=node_ready", source) as server:
         yield server
+
+
+@contextmanager
+def gridpacs_scraped(workdir: Path) -> Iterator[Server]:
+    """The node with Prometheus metrics on, scraped every second while it runs (Prometheus
+    itself scrapes every 15 s by default): what monitoring costs ingest."""
+    metrics_port = free_port()
+    with gridpacs_node(workdir, extra=["--metrics-port", str(metrics_port)]) as server:
+        stop = threading.Event()
+
+        def scrape() -> None:
+            while not stop.wait(1.0):
+                with contextlib.suppress(OSError):
+                    url = f"http://127.0.0.1:{metrics_port}/metrics"
+                    with urllib.request.urlopen(url, timeout=5) as reply:
+                        reply.read()
+
+        scraper = threading.Thread(target=scrape, daemon=True)
+        scraper.start()
+        try:
+            yield server
+        finally:
+            stop.set()
+            scraper.join()
 
 
 def baseline_node(source: Path) -> Callable[[Path], AbstractContextManager[Server]]:
@@ -299,6 +327,7 @@ def baseline_node(source: Path) -> Callable[[Path], AbstractContextManager[Serve
 # The receivers by the name used on the command line, in the order they are measured.
 SERVERS: dict[str, Callable[[Path], AbstractContextManager[Server]]] = {
     "gridpacs": gridpacs_node,
+    "gridpacs-metrics": gridpacs_scraped,
     "orthanc": orthanc,
     "storescp": storescp,
 }

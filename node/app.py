@@ -30,6 +30,7 @@ from node.dicom.server import DicomServer, configure_pynetdicom
 from node.errors import ConfigError
 from node.grid import GridQueryService, GridRetrieveService
 from node.index import SqlIndex, open_index
+from node.metrics import MetricsServer, quarantined
 from node.peer import PeerClient, PeerServer
 from node.peer.inventory import InventoryServicer
 from node.peer.server import PeerServicer
@@ -188,6 +189,26 @@ class NodeApp:
         if config.catalog is not None:
             self._join_grid(config.catalog, retrieve)
         self.dicom = DicomServer(config.dicom, self.gateway)
+        self.metrics: MetricsServer | None = None
+        if config.metrics.enabled:
+            self.metrics = MetricsServer()
+            self.metrics.watch(self._state, ttl=config.metrics.state_ttl)
+
+    def _state(self) -> dict[str, float]:
+        """What the node holds and owes, for the metrics (read on scrape)."""
+        stats = self.index.stats()
+        last = stats.pop("last_change_seq")
+        commitments = self.index.commitment_counts()
+        state: dict[str, float] = {
+            **stats,
+            **self.index.removal_counts(),
+            "commitment_reports_owed": commitments["pending"],
+            "commitment_reports_abandoned": commitments["abandoned"],
+            "quarantined": quarantined(self.config.quarantine_dir),
+        }
+        if self.publisher is not None and self.publisher.sent_up_to >= 0:
+            state["outbox_backlog"] = max(0, last - self.publisher.sent_up_to)
+        return state
 
     def _storage_commitment(
         self,
@@ -319,6 +340,8 @@ class NodeApp:
 
     def start(self) -> None:
         configure_pynetdicom()
+        if self.metrics is not None:  # first, so every event of the start is counted
+            self.metrics.start(self.config.metrics.host, self.config.metrics.port)
         self.rejections.remove_queued_blobs()  # those a crash left after their rejection
         self.blob_sweeper.start()  # those `gridpacs node reject` queues while we run
         if self.commitment_reporter is not None:
@@ -417,28 +440,15 @@ class NodeApp:
 
     def stop(self) -> None:
         self.dicom.stop()
-        self.blob_sweeper.stop()
-        if self.commitment_reporter is not None:
-            self.commitment_reporter.stop()
-        if self._copies_client is not None:
-            self._copies_client.close()
-        if self.replicator is not None:
-            self.replicator.stop()
-        if self.worker is not None:
-            self.worker.stop()
-        if self.trigger is not None:
-            self.trigger.stop()
-        if self.jobs is not None:
-            self.jobs.close()
-        if self.anti_entropy is not None:
-            self.anti_entropy.stop()
-        if self.publisher is not None:
-            self.publisher.stop()
-        if self.peer_server is not None:
-            self.peer_server.stop()
-        if self.peers is not None:
-            self.peers.close()
-        if self.catalog is not None:
-            self.catalog.close()
+        if self.metrics is not None:
+            self.metrics.stop()
+        stoppable = (self.blob_sweeper, self.commitment_reporter, self.replicator, self.worker,
+                     self.trigger, self.anti_entropy, self.publisher, self.peer_server)  # fmt: skip
+        for part in stoppable:  # in this order: nothing stopped is still used by the next
+            if part is not None:
+                part.stop()
+        for client in (self._copies_client, self.jobs, self.peers, self.catalog):
+            if client is not None:
+                client.close()
         self.index.close()
         log_event(LOG, "node_stopped", name=self.config.name)

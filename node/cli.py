@@ -64,6 +64,8 @@ def _overrides(**values: Any) -> dict[str, Any]:
     }
     if dicom:
         top["dicom"] = dicom
+    if values.get("metrics_port") is not None:
+        top["metrics"] = {"enabled": True, "port": values["metrics_port"]}
     link = _catalog_link(values)
     if link:
         top["catalog"] = link
@@ -122,6 +124,10 @@ def serve(
         Path | None,
         typer.Option("--streams-dir", help="Folder of processing stream manifests."),
     ] = None,
+    metrics_port: Annotated[
+        int | None,
+        typer.Option("--metrics-port", help="Serve Prometheus /metrics here (0: any free port)."),
+    ] = None,
     log_level: Annotated[str, typer.Option("--log-level")] = "INFO",
 ) -> None:
     """Run the node until SIGTERM/SIGINT."""
@@ -140,6 +146,7 @@ def serve(
         insecure_catalog=insecure_catalog,
         publish_identified=publish_identified,
         streams_dir=streams_dir,
+        metrics_port=metrics_port,
     )
     configure_logging(log_level.upper())
     from node.app import NodeApp  # heavy imports only when serving

@@ -264,6 +264,18 @@ class WorkerConfig(_Strict):
     """How long FinishJob is retried while the catalog is unreachable."""
 
 
+class MetricsConfig(_Strict):
+    """Prometheus metrics on ``http://host:port/metrics`` (``node.metrics``)."""
+
+    enabled: bool = False
+    host: str = "127.0.0.1"
+    """Loopback by default: the figures are for the site's own monitoring."""
+    port: Annotated[int, Field(ge=0, le=65535)] = 9464
+    """0 = any free port (logged as ``event=metrics_serving port=…``)."""
+    state_ttl: Annotated[float, Field(ge=0)] = 30.0
+    """Seconds the index counts are reused between scrapes (counting a large index costs)."""
+
+
 class NodeConfig(_Strict):
     """The whole configuration of one node process."""
 
@@ -280,6 +292,7 @@ class NodeConfig(_Strict):
     streams_dir: Path | None = None
     """Folder of processing stream manifests (``*.json`` or ``*/info.json``)."""
     worker: WorkerConfig = Field(default_factory=WorkerConfig)
+    metrics: MetricsConfig = Field(default_factory=MetricsConfig)
 
     @field_validator("name", "default_collection")
     @classmethod

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import sys
+from collections.abc import Callable, Mapping
 
 _SAFE = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-:/^+@")
 
@@ -19,10 +20,24 @@ def _fmt(value: object) -> str:
     return '"' + text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
 
 
+#: Told of every event whatever the log level (the node's metrics, ``node.metrics``).
+EventSink = Callable[[str, Mapping[str, object]], None]
+_sink: EventSink | None = None
+
+
+def set_event_sink(sink: EventSink | None) -> None:
+    """Send every event to ``sink`` too (None: stop); one sink per process."""
+    global _sink
+    _sink = sink
+
+
 def log_event(
     logger: logging.Logger, event: str, *, level: int = logging.INFO, **fields: object
 ) -> None:
-    """Log ``event`` with ``fields`` as one key=value line."""
+    """Log ``event`` with ``fields`` as one key=value line (and tell the event sink)."""
+    sink = _sink
+    if sink is not None:
+        sink(event, fields)
     if not logger.isEnabledFor(level):
         return
     parts = [f"event={event}"]
