@@ -560,6 +560,7 @@ def test_the_example_inventory_renders_valid_configurations(tmp_path: Path) -> N
     assert 'SITEC = { host = "pacs.site-c.example.org", port = 4242 }' in site_a
     assert 'ae_title = "LUNG_STUDY"' in site_a
     assert "\n[dicom.commitment]\ngive_up_after = 259200.0\n" in site_a
+    assert "\n[metrics]\nenabled = true\nport = 9464\n" in site_a
     assert "[dicom.commitment]" not in (etc / "node-site-b.toml").read_text()
     catalog_1 = (etc / "catalog-catalog-1.toml").read_text()
     assert 'address = "catalog-2.grid.example.org:50051"' in catalog_1
