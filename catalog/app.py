@@ -29,6 +29,7 @@ from catalog.log_compaction import LogCompactor
 from catalog.placement import PullPlanner, ReplicationPolicy
 from catalog.replication import Peer, Replicator
 from catalog.server.holdings_convert import SERVICE_NAME as HOLDINGS_SERVICE
+from catalog.server.metrics import CatalogMetrics, ReplicaState
 from catalog.server.replication_servicer import REPLICATION_SERVICE, add_replication_service
 from catalog.server.serve import JOBS_SERVICE_NAME, SERVICE_NAME, CatalogServer, build_server
 from catalog.service import CatalogService
@@ -67,12 +68,15 @@ class CatalogApp:
     jobs: JobsService
     compactor: LogCompactor
     closers: list[Callable[[], None]] = field(default_factory=list)
+    metrics: CatalogMetrics | None = None
 
     @property
     def port(self) -> int:
         return self.server.port
 
     def start(self) -> None:
+        if self.metrics is not None:
+            self.metrics.start(self.config.metrics.host, self.config.metrics.port)
         self.jobs.scheduler.start()
         self.server.start()
         self.replicator.start()
@@ -92,6 +96,8 @@ class CatalogApp:
         self.server.stop(grace)
         for close in self.closers:
             close()
+        if self.metrics is not None:
+            self.metrics.stop()
         self.engine.dispose()
         log.info("event=catalog_stopped name=%s", self.config.name)
 
@@ -235,6 +241,9 @@ def build_app(config: CatalogConfig) -> CatalogApp:
         interceptors = revocation
         if config.security is not None:
             interceptors, scope = _security(config.security, engine, before_auth=revocation)
+        metrics = _metrics(config, repository, jobs) if config.metrics.enabled else None
+        if metrics is not None:  # outermost: refused and audited calls are counted too
+            interceptors = [metrics.interceptor, *interceptors]
         server = build_server(
             service,
             port=config.port,
@@ -272,4 +281,18 @@ def build_app(config: CatalogConfig) -> CatalogApp:
     except BaseException:
         engine.dispose()
         raise
-    return CatalogApp(config, engine, service, server, replicator, jobs, compactor)
+    return CatalogApp(config, engine, service, server, replicator, jobs, compactor,
+                      metrics=metrics)  # fmt: skip
+
+
+def _metrics(config: CatalogConfig, repository: Repository, jobs: JobsService) -> CatalogMetrics:
+    metrics = CatalogMetrics()
+    state = ReplicaState(
+        repository.nodes,
+        repository.change_log_size,
+        jobs.store.state_counts,
+        lost_after=timedelta(seconds=config.replication.lost_after_seconds),
+        ttl=config.metrics.state_ttl,
+    )
+    metrics.watch(state)
+    return metrics

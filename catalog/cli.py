@@ -70,6 +70,10 @@ def serve_cmd(
     insecure: Annotated[
         bool, typer.Option("--insecure", help="Plaintext gRPC (local development only).")
     ] = False,
+    metrics_port: Annotated[
+        int | None,
+        typer.Option("--metrics-port", help="Serve Prometheus /metrics here (0: any free port)."),
+    ] = None,
     log_level: Annotated[str, typer.Option(help="DEBUG, INFO, WARNING …")] = "INFO",
 ) -> None:
     """Run a catalog replica until SIGTERM or SIGINT."""
@@ -88,6 +92,9 @@ def serve_cmd(
             "peers": [parse_peer(p) for p in peer] if peer else None,
         }
         cfg = load_config(config, overrides)
+        if metrics_port is not None:
+            metrics = cfg.metrics.model_copy(update={"enabled": True, "port": metrics_port})
+            cfg = cfg.model_copy(update={"metrics": metrics})
         catalog_app = build_app(cfg)
     stopping = threading.Event()
 

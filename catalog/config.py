@@ -122,6 +122,17 @@ class JobsConfig(_Model):
     )
 
 
+class MetricsConfig(_Model):
+    """Prometheus metrics on http://host:port/metrics (catalog.server.metrics)."""
+
+    enabled: bool = False
+    host: str = Field(default="127.0.0.1", description="loopback: for the site's monitoring")
+    port: int = Field(default=9465, ge=0, le=65535, description="0 = any free port")
+    state_ttl: float = Field(
+        default=30.0, ge=0, description="seconds the database counts are reused between scrapes"
+    )
+
+
 class CatalogConfig(_Model):
     """Everything one catalog replica needs."""
 
@@ -136,6 +147,7 @@ class CatalogConfig(_Model):
     insecure: bool = Field(default=False, description="plaintext gRPC, for local development only")
     max_workers: int = Field(default=16, ge=2, le=256)
     jobs: JobsConfig = JobsConfig.model_validate({})
+    metrics: MetricsConfig = MetricsConfig.model_validate({})
 
     @field_validator("db_url")
     @classmethod
@@ -235,6 +247,12 @@ worker_fresh_s = 15.0           # nodes not reported for longer get nothing new
 place_timeout_s = 60.0          # a placed job not leased this long is placed again
 interval_s = 0.5
 max_long_polls = 32             # waiting LeaseJob calls; extra server threads for them
+
+[metrics]                       # Prometheus /metrics (docs/catalog.md)
+enabled = false                 # also --metrics-port PORT
+host = "127.0.0.1"
+port = 9465                     # 0: any free port
+state_ttl = 30.0                # seconds the database counts are reused between scrapes
 
 # [security]                    # researcher tokens and the audit log
 # pepper_file = "/etc/gridpacs/token-pepper"

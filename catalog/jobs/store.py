@@ -366,6 +366,13 @@ class JobStore:
             )
         return int(result.rowcount or 0)
 
+    def state_counts(self) -> dict[str, int]:
+        """Jobs in each state (states without any are 0), for the metrics."""
+        with _translated(), self._engine.connect() as conn:
+            rows = conn.execute(select(J.c.state, func.count()).group_by(J.c.state)).all()
+        found = {str(state): int(count) for state, count in rows}
+        return {state.value: found.get(state.value, 0) for state in JobState}
+
     def active_counts(self) -> dict[str, int]:
         with _translated(), self._engine.connect() as conn:
             return _active(conn)[0]

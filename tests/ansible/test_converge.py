@@ -565,6 +565,8 @@ def test_the_example_inventory_renders_valid_configurations(tmp_path: Path) -> N
     catalog_1 = (etc / "catalog-catalog-1.toml").read_text()
     assert 'address = "catalog-2.grid.example.org:50051"' in catalog_1
     assert 'db_url = "postgresql+psycopg2://gridpacs@/gridpacs_catalog_1"' in catalog_1
+    assert catalog_1.endswith("\n[metrics]\nenabled = true\n")
+    assert "[metrics]" not in (etc / "catalog-catalog-2.toml").read_text()
     assert (etc / "streams" / "node-site-a" / "lung-seg.json").is_file()
     assert f'grant_public_keys = ["{etc / "pki" / "grant-g1.pub"}"]' in site_a
     assert f'grant_key_file = "{etc / "pki" / "grant.key"}"' in catalog_1

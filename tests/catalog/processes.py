@@ -46,6 +46,7 @@ class ReplicaProcess:
         self.peers: dict[str, str] = {}
         self.config: Path | None = None
         """A TOML file for what the command line cannot say (e.g. the ``[jobs]`` timings)."""
+        self.extra_args: list[str] = []
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -71,6 +72,7 @@ class ReplicaProcess:
             args += ["--peer", f"{peer}={address}"]
         if self.config is not None:
             args += ["--config", str(self.config)]
+        args += self.extra_args
         env = {**os.environ, "PYTHONPATH": str(REPO)}
         with self.log_path.open("ab") as log:
             self.proc = subprocess.Popen(args, cwd=REPO, env=env, stdout=log, stderr=log)
