@@ -46,6 +46,7 @@ from node.services.retrieve import RetrieveService
 from node.streams.executor import reap_stale
 from node.streams.inputs import InputGatherer
 from node.streams.jobs import CatalogSubmitter
+from node.streams.pruning import WorkDirPruner
 from node.streams.references import StudyReferences, load_or_create_secret
 from node.streams.registry import StreamRegistry, load_streams
 from node.streams.runner import JobRunner, RunnerSettings
@@ -182,6 +183,7 @@ class NodeApp:
         self._grid_client_credentials: grpc.ChannelCredentials | None = None
         self.anti_entropy: AntiEntropy | None = None
         self._copies_client: GrpcPlacementClient | None = None
+        self.work_dir_pruner: WorkDirPruner | None = None
         self.jobs: JobsClient | None = None
         self.trigger: StreamTrigger | None = None
         self.study_references: StudyReferences | None = None
@@ -314,6 +316,11 @@ class NodeApp:
         self.worker = Worker(
             self.jobs, self.streams, runner.run, node_name=config.name, config=config.worker
         )
+        self.work_dir_pruner = WorkDirPruner(
+            config.jobs_dir,
+            keep_failed_for=config.worker.keep_failed_for,
+            keep_logs_for=config.worker.keep_logs_for,
+        )
 
     def _job_study_name(self, collection: str, study_instance_uid: str) -> str:
         """The UID when the collection may leave the site, else this node's reference."""
@@ -386,6 +393,8 @@ class NodeApp:
         if self.worker is not None:  # first, so the catalog knows our streams early
             reap_stale(self.config.jobs_dir)
             self.worker.start()
+        if self.work_dir_pruner is not None:
+            self.work_dir_pruner.start()
         if self.trigger is not None:
             self.trigger.start()
         log_event(
@@ -443,7 +452,8 @@ class NodeApp:
         if self.metrics is not None:
             self.metrics.stop()
         stoppable = (self.blob_sweeper, self.commitment_reporter, self.replicator, self.worker,
-                     self.trigger, self.anti_entropy, self.publisher, self.peer_server)  # fmt: skip
+                     self.work_dir_pruner, self.trigger, self.anti_entropy, self.publisher,
+                     self.peer_server)  # fmt: skip
         for part in stoppable:  # in this order: nothing stopped is still used by the next
             if part is not None:
                 part.stop()

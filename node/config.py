@@ -252,6 +252,11 @@ class WorkerConfig(_Strict):
     """Where each attempt gets its fresh folder (default ``<data_dir>/jobs``)."""
     keep_work_dirs: bool = False
     """Keep an attempt's folder after it ends (debugging); failed ones are always kept."""
+    keep_failed_for: Annotated[float, Field(gt=0)] = 7 * 86400.0
+    """Seconds a kept attempt folder (a failed attempt's, or one a crash left) stays once
+    untouched; they hold the study's images, so not for ever."""
+    keep_logs_for: Annotated[float, Field(gt=0)] = 30 * 86400.0
+    """Seconds the attempts' logs kept in ``<work_dir>/logs`` stay."""
     report_interval: Annotated[float, Field(gt=0)] = 2.0
     """Seconds between ReportWorker heartbeats."""
     lease_wait: Annotated[float, Field(gt=0, le=60)] = 5.0
