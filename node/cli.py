@@ -234,9 +234,11 @@ def _redact(url: str) -> str:
 
 
 def _mount_reject() -> None:
+    from node.commitment_cli import commitments
     from node.reject_cli import reject
 
     app.command("reject")(reject)
+    app.command("commitments")(commitments)
 
 
 _mount_reject()

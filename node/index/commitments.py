@@ -10,13 +10,14 @@ for an older copy of a repeated transaction never settles the newer one.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from datetime import UTC, datetime
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from .models import StorageCommitment, table_of
-from .records import CommitmentRequest, PendingCommitment
+from .records import CommitmentEntry, CommitmentRequest, PendingCommitment
 
 SC = table_of(StorageCommitment)
 
@@ -121,6 +122,34 @@ def prune(conn: Connection, settled_before: datetime) -> int:
         )
     )
     return result.rowcount
+
+
+def listed(conn: Connection, states: Sequence[str], limit: int) -> list[CommitmentEntry]:
+    """Requests in ``states`` (all when empty), newest first, at most ``limit``."""
+    stmt = sa.select(SC).order_by(SC.c.requested_at.desc()).limit(limit)
+    if states:
+        stmt = stmt.where(SC.c.state.in_(list(states)))
+    return [
+        CommitmentEntry(
+            calling_ae=row.calling_ae,
+            transaction_uid=row.transaction_uid,
+            called_ae=row.called_ae,
+            instances=len(json.loads(row.refs)),
+            state=row.state,
+            requested_at=_utc(row.requested_at),
+            attempts=row.attempts,
+            due_at=_utc(row.due_at) if row.state == PENDING else None,
+            last_error=row.last_error,
+            reported_at=_utc(row.reported_at) if row.reported_at else None,
+            committed=row.committed,
+            failed=row.failed,
+        )
+        for row in conn.execute(stmt)
+    ]
+
+
+def _utc(value: datetime) -> datetime:
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
 
 
 def counts(conn: Connection) -> dict[str, int]:

@@ -229,3 +229,21 @@ class PendingCommitment:
     request: CommitmentRequest
     requested_at: datetime
     attempts: int
+
+
+@dataclass(frozen=True, slots=True)
+class CommitmentEntry:
+    """One recorded Storage Commitment request as an administrator sees it."""
+
+    calling_ae: str
+    transaction_uid: str
+    called_ae: str
+    instances: int
+    state: str
+    requested_at: datetime
+    attempts: int
+    due_at: datetime | None
+    last_error: str | None
+    reported_at: datetime | None
+    committed: int | None
+    failed: int | None

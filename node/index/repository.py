@@ -39,6 +39,7 @@ from .records import (
     AddOutcome,
     Change,
     ChangeKind,
+    CommitmentEntry,
     CommitmentRequest,
     IndexQuery,
     InstanceRecord,
@@ -245,6 +246,11 @@ class SqlIndex:
         """Forget requests reported or abandoned before ``settled_before``."""
         with self._guard(), self._write() as conn, conn.begin():
             return commitments.prune(conn, settled_before)
+
+    def commitments(self, states: Sequence[str] = (), limit: int = 100) -> list[CommitmentEntry]:
+        """Recorded requests (in ``states``, all when empty), newest first."""
+        with self._guard(), self._engine.connect() as conn:
+            return commitments.listed(conn, states, limit)
 
     def commitment_counts(self) -> dict[str, int]:
         """Storage Commitment requests by state: pending, reported, abandoned."""

@@ -206,6 +206,9 @@ def test_an_owed_report_survives_a_kill_and_a_modality_switched_off(
     node.wait_for_log("event=storage_commitment_not_delivered", timeout=10)
     node.kill()  # SIGKILL with the report owed
     assert _status(node)["commitment_reports_owed"] == 1
+    (owed,) = _commitments(node)
+    assert (owed["transaction_uid"], owed["state"], owed["instances"]) == (tx, "pending", 2)
+    assert owed["attempts"] >= 1 and "CT1" in owed["last_error"]  # why it is late
 
     modality.listen()
     node.restart()
@@ -217,6 +220,18 @@ def test_an_owed_report_survives_a_kill_and_a_modality_switched_off(
     node.terminate()
     status = _status(node)
     assert (status["commitment_reports_owed"], status["commitment_reports_abandoned"]) == (0, 0)
+    (done,) = _commitments(node, "--state", "reported")
+    assert (done["committed"], done["failed"], done["last_error"]) == (2, 0, None)
+    assert _commitments(node, "--state", "pending") == []
+    table = gridpacs_cli("node", "commitments", "--data-dir", str(node.data_dir))
+    assert table.returncode == 0 and tx in table.stdout and "2 committed" in table.stdout
+
+
+def _commitments(node: Node, *options: str) -> list[dict[str, Any]]:
+    done = gridpacs_cli("node", "commitments", "--data-dir", str(node.data_dir), "--json",
+                        *options)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    return list(json.loads(done.stdout))
 
 
 def _status(node: Node) -> dict[str, Any]:

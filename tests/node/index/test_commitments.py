@@ -79,3 +79,22 @@ def test_the_same_transaction_uid_from_two_senders_is_two_requests(index: SqlInd
     index.record_commitment(_request(calling="CT1"))
     index.record_commitment(_request(calling="MR1"))
     assert sorted(p.request.calling_ae for p in index.due_commitments()) == ["CT1", "MR1"]
+
+
+def test_requests_are_listed_newest_first_by_state(index: SqlIndex) -> None:
+    index.record_commitment(_request("1.1", refs=3))
+    time.sleep(0.002)
+    index.record_commitment(_request("1.2", refs=1))
+    first = next(p for p in index.due_commitments() if p.request.transaction_uid == "1.1")
+    index.commitment_reported(first, committed=2, failed=1)
+
+    listed = index.commitments()
+    assert [(e.transaction_uid, e.state, e.instances) for e in listed] == [
+        ("1.2", "pending", 1), ("1.1", "reported", 3),
+    ]  # fmt: skip
+    reported = listed[1]
+    assert (reported.committed, reported.failed, reported.attempts) == (2, 1, 1)
+    assert reported.reported_at is not None and reported.due_at is None
+    assert listed[0].due_at is not None and listed[0].requested_at.tzinfo is not None
+    assert [e.transaction_uid for e in index.commitments(["pending"])] == ["1.2"]
+    assert len(index.commitments(limit=1)) == 1
