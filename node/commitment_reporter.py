@@ -165,13 +165,9 @@ class CommitmentReporter:
 
     def _not_delivered(self, pending: PendingCommitment, error: str) -> None:
         request = pending.request
-        requested = pending.requested_at
-        if requested.tzinfo is None:
-            requested = requested.replace(tzinfo=UTC)
-        now = datetime.now(UTC)
         delay = min(self._max_retry, self._first_retry * 2 ** min(pending.attempts, 30))
-        retry_at: datetime | None = now + timedelta(seconds=delay)
-        if (now - requested).total_seconds() >= self._give_up_after:
+        retry_at: datetime | None = datetime.now(UTC) + timedelta(seconds=delay)
+        if self._age(pending) >= self._give_up_after:
             retry_at = None
         with contextlib.suppress(IndexUnavailable, IndexFailure):  # still due: next pass
             self._queue.commitment_not_delivered(pending, error, retry_at)
