@@ -76,7 +76,9 @@ class CatalogApp:
 
     def start(self) -> None:
         if self.metrics is not None:
-            self.metrics.start(self.config.metrics.host, self.config.metrics.port)
+            tls = self.config.tls if self.config.metrics.tls else None
+            self.metrics.start(self.config.metrics.host, self.config.metrics.port,
+                               (tls.cert, tls.key, tls.ca) if tls else None)  # fmt: skip
         self.jobs.scheduler.start()
         self.server.start()
         self.replicator.start()

@@ -131,6 +131,11 @@ class MetricsConfig(_Model):
     state_ttl: float = Field(
         default=30.0, ge=0, description="seconds the database counts are reused between scrapes"
     )
+    tls: bool = Field(
+        default=False,
+        description="HTTPS with the replica's [tls] certificate; scrapers need a client "
+        "certificate of the grid CA",
+    )
 
 
 class CatalogConfig(_Model):
@@ -160,6 +165,8 @@ class CatalogConfig(_Model):
     def _transport(self) -> CatalogConfig:
         if self.tls is None and not self.insecure:
             raise ValueError("configure [tls] (mTLS) or set insecure = true (--insecure)")
+        if self.metrics.tls and self.tls is None:
+            raise ValueError("metrics.tls needs the replica's [tls] certificate")
         if self.tls is not None and self.insecure:
             raise ValueError("insecure = true conflicts with a [tls] section")
         names = [p.name for p in self.peers]
@@ -253,6 +260,7 @@ enabled = false                 # also --metrics-port PORT
 host = "127.0.0.1"
 port = 9465                     # 0: any free port
 state_ttl = 30.0                # seconds the database counts are reused between scrapes
+tls = false                     # HTTPS with [tls]'s certificate; scrapers need a grid CA cert
 
 # [security]                    # researcher tokens and the audit log
 # pepper_file = "/etc/gridpacs/token-pepper"

@@ -348,7 +348,9 @@ class NodeApp:
     def start(self) -> None:
         configure_pynetdicom()
         if self.metrics is not None:  # first, so every event of the start is counted
-            self.metrics.start(self.config.metrics.host, self.config.metrics.port)
+            m = self.config.metrics
+            self.metrics.start(m.host, m.port, cert_file=m.cert_file, key_file=m.key_file,
+                               ca_file=m.ca_file)  # fmt: skip
         self.rejections.remove_queued_blobs()  # those a crash left after their rejection
         self.blob_sweeper.start()  # those `gridpacs node reject` queues while we run
         if self.commitment_reporter is not None:

@@ -279,6 +279,19 @@ class MetricsConfig(_Strict):
     """0 = any free port (logged as ``event=metrics_serving port=…``)."""
     state_ttl: Annotated[float, Field(ge=0)] = 30.0
     """Seconds the index counts are reused between scrapes (counting a large index costs)."""
+    cert_file: Path | None = None
+    """HTTPS with this certificate (e.g. the node's grid certificate) and ``key_file``."""
+    key_file: Path | None = None
+    ca_file: Path | None = None
+    """Only scrapers with a client certificate this CA signed (mutual TLS); needs HTTPS."""
+
+    @model_validator(mode="after")
+    def _tls_complete(self) -> MetricsConfig:
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("cert_file and key_file go together")
+        if self.ca_file is not None and self.cert_file is None:
+            raise ValueError("ca_file (client certificates) needs cert_file and key_file")
+        return self
 
 
 class NodeConfig(_Strict):

@@ -20,6 +20,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
+from typing import Any
 from wsgiref.simple_server import WSGIServer
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
@@ -128,12 +129,31 @@ class MetricsServer:
     def watch(self, read_state: Callable[[], Mapping[str, float]], ttl: float = 30.0) -> None:
         self.registry.register(NodeState(read_state, ttl=ttl))
 
-    def start(self, host: str, port: int) -> int:
-        """Serve ``/metrics`` and count events from now on; the bound port."""
-        self._server, self._thread = start_http_server(port, addr=host, registry=self.registry)
+    def start(
+        self,
+        host: str,
+        port: int,
+        *,
+        cert_file: Path | None = None,
+        key_file: Path | None = None,
+        ca_file: Path | None = None,
+    ) -> int:
+        """Serve ``/metrics`` (HTTPS with ``cert_file``; only scrapers with a client
+        certificate ``ca_file`` signed, when given) and count events from now on; the
+        bound port."""
+        tls: dict[str, Any] = {}
+        if cert_file is not None:
+            tls = {"certfile": str(cert_file), "keyfile": str(key_file)}
+            if ca_file is not None:
+                tls.update(client_cafile=str(ca_file), client_auth_required=True)
+        self._server, self._thread = start_http_server(
+            port, addr=host, registry=self.registry, **tls
+        )
         set_event_sink(self.events)
         bound = int(self._server.server_address[1])
-        log_event(LOG, "metrics_serving", host=host, port=bound)
+        scheme = "https" if tls else "http"
+        log_event(LOG, "metrics_serving", host=host, port=bound, scheme=scheme,
+                  client_certificates="required" if ca_file else "no")  # fmt: skip
         return bound
 
     def stop(self) -> None:

@@ -17,6 +17,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 from wsgiref.simple_server import WSGIServer
 
@@ -156,11 +157,20 @@ class CatalogMetrics:
     def watch(self, state: ReplicaState) -> None:
         self.registry.register(state)
 
-    def start(self, host: str, port: int) -> int:
-        """Serve ``/metrics``; the bound port."""
-        self._server, _thread = start_http_server(port, addr=host, registry=self.registry)
+    def start(self, host: str, port: int, tls: tuple[Path, Path, Path] | None = None) -> int:
+        """Serve ``/metrics`` (HTTPS with ``tls`` = certificate, key and the CA whose
+        client certificates alone may scrape); the bound port."""
+        options: dict[str, Any] = {}
+        if tls is not None:
+            cert, key, ca = tls
+            options = {"certfile": str(cert), "keyfile": str(key), "client_cafile": str(ca),
+                       "client_auth_required": True}  # fmt: skip
+        self._server, _thread = start_http_server(
+            port, addr=host, registry=self.registry, **options
+        )
         self.port = int(self._server.server_address[1])
-        log.info("event=metrics_serving host=%s port=%d", host, self.port)
+        log.info("event=metrics_serving host=%s port=%d scheme=%s", host, self.port,
+                 "https" if tls else "http")  # fmt: skip
         return self.port
 
     def stop(self) -> None:

@@ -4,6 +4,7 @@ code and timed, and the replica's state (nodes, change log, jobs) on scrape."""
 from __future__ import annotations
 
 import re
+import ssl
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -11,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from catalog import GrpcCatalogClient, NodeInfo
-from catalog.errors import CatalogError
+from catalog.errors import CatalogError, ConfigError
 from tests.catalog.builders import Outbox, StudyBuilder
 from tests.catalog.processes import ReplicaProcess, free_port
 
@@ -96,3 +97,34 @@ def test_calls_refused_before_the_servicer_are_counted_too(sqlite_url: str, tmp_
         app.stop(grace=0)
     refused = f'code="UNAUTHENTICATED",method="{SERVICE}/RegisterNode"'
     assert _value(text, f"gridpacs_catalog_rpcs_total{{{refused}}}") == 1
+
+
+def test_metrics_over_mtls_with_the_replicas_own_certificate(tmp_path: Path) -> None:
+    from catalog.app import build_app
+    from catalog.config import build_config
+    from catalog.security import init_ca, issue
+
+    init_ca(tmp_path / "ca", "testgrid")
+    replica = issue(tmp_path / "ca", tmp_path / "replica", "127.0.0.1", ip_addresses=["127.0.0.1"])
+    scraper = issue(tmp_path / "ca", tmp_path / "prom", "prometheus", roles=("client",))
+    tls = {"cert": str(replica.cert), "key": str(replica.key), "ca": str(replica.ca_cert)}
+    config = build_config({
+        "name": "tls", "port": 0, "db_url": f"sqlite:///{tmp_path}/c.sqlite", "tls": tls,
+        "metrics": {"enabled": True, "port": 0, "tls": True},
+    })  # fmt: skip
+    app = build_app(config)
+    app.start()
+    try:
+        assert app.metrics is not None
+        url = f"https://127.0.0.1:{app.metrics.port}/metrics"
+        trusted = ssl.create_default_context(cafile=str(replica.ca_cert))
+        trusted.load_cert_chain(str(scraper.cert), str(scraper.key))
+        with urllib.request.urlopen(url, context=trusted, timeout=10) as reply:
+            assert b"gridpacs_catalog_database_up 1.0" in reply.read()
+        anonymous = ssl.create_default_context(cafile=str(replica.ca_cert))
+        with pytest.raises((ssl.SSLError, OSError)):
+            urllib.request.urlopen(url, context=anonymous, timeout=10).read()
+    finally:
+        app.stop(grace=0)
+    with pytest.raises(ConfigError, match=r"metrics\.tls needs"):
+        build_config({"name": "x", "insecure": True, "metrics": {"tls": True}})
