@@ -58,6 +58,15 @@ def _cert_paths(pki_dir: Path, name: str) -> tuple[Path, Path, Path]:
     return cert, key, ca
 
 
+def metrics_port(port: int) -> int:
+    """Where a process of this grid serves Prometheus metrics: 20 above its main port."""
+    return port + 20
+
+
+def _metrics(port: int) -> list[str]:
+    return ["[metrics]", "enabled = true", f'host = "{HOST}"', f"port = {metrics_port(port)}"]
+
+
 def _catalog_toml(root: Path, port: int, tls: bool) -> Path:
     path = root / "catalog-1.toml"
     lines = [
@@ -65,6 +74,7 @@ def _catalog_toml(root: Path, port: int, tls: bool) -> Path:
         f'listen_host = "{HOST}"',
         f"port = {port}",
         f'db_url = "sqlite:///{root / "catalog-1.sqlite"}"',
+        *_metrics(port),
     ]
     if tls:
         cert, key, ca = _cert_paths(root / "pki", "catalog-1")
@@ -109,6 +119,7 @@ def _node_toml(root: Path, site: Site, sites: list[Site], catalog_port: int, tls
             if other is not site
         ),
         f'WORKSTATION = {{ host = "{HOST}", port = {workstation_port(sites)} }}',
+        *_metrics(site.port),
         "[catalog]",
         f'addresses = ["{HOST}:{catalog_port}"]',
         "publish_identified = true   # one machine, one trust domain",
@@ -158,7 +169,8 @@ def _wait_ready(child: Child, marker: str | None, port: int, timeout: float = 60
 def run_grid(root: Path, base_port: int, catalog_port: int, tls: bool, console: Console) -> int:
     """Start the grid, print where everything is, and run until SIGINT/SIGTERM."""
     sites = [Site("site-a", "SITEA", base_port), Site("site-b", "SITEB", base_port + 1)]
-    busy = [p for p in [catalog_port] + [s.port for s in sites] if not _port_free(p)]
+    ports = [catalog_port, *(s.port for s in sites)]
+    busy = [p for p in ports + [metrics_port(p) for p in ports] if not _port_free(p)]
     if busy:
         console.print(f"[red]error:[/red] ports already in use: {busy} (try --base-port)")
         return 1
@@ -207,17 +219,20 @@ def run_grid(root: Path, base_port: int, catalog_port: int, tls: bool, console: 
 
 def _print_table(console: Console, root: Path, sites: list[Site], port: int, tls: bool) -> None:
     table = Table(title="gridpacs grid on this machine")
-    for column in ("component", "AE title", "address", "data / logs"):
+    for column in ("component", "AE title", "address", "data / logs", "metrics"):
         table.add_column(column)
     transport = "gRPC + mTLS" if tls else "gRPC (plaintext)"
-    table.add_row("catalog-1", "—", f"{HOST}:{port} ({transport})", str(root / "logs"))
+    table.add_row("catalog-1", "—", f"{HOST}:{port} ({transport})", str(root / "logs"),
+                  f"http://{HOST}:{metrics_port(port)}/metrics")  # fmt: skip
     for site in sites:
         table.add_row(
-            site.name, site.ae_title, f"{HOST}:{site.port} (DICOM)", str(root / site.name)
-        )
+            site.name, site.ae_title, f"{HOST}:{site.port} (DICOM)", str(root / site.name),
+            f"http://{HOST}:{metrics_port(site.port)}/metrics",
+        )  # fmt: skip
         table.add_row(
-            f"{site.name} grid", "GRID", f"{HOST}:{site.port} (DICOM)", "answers from the catalog"
-        )
+            f"{site.name} grid", "GRID", f"{HOST}:{site.port} (DICOM)",
+            "answers from the catalog", "",
+        )  # fmt: skip
     console.print(table)
     a, b = sites
     ws = workstation_port(sites)

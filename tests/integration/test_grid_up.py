@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -23,7 +24,7 @@ pytestmark = pytest.mark.timeout(120)
 
 def test_up_starts_a_grid_where_one_node_finds_the_others_study(tmp_path: Path) -> None:
     base, catalog = free_port(), free_port()
-    while abs(base - catalog) < 3:
+    while abs(base - catalog) < 3 or abs(base + 20 - catalog) < 3:
         catalog = free_port()
     out = tmp_path / "up.out"
     with out.open("wb") as sink:
@@ -44,6 +45,11 @@ def test_up_starts_a_grid_where_one_node_finds_the_others_study(tmp_path: Path) 
             30, "the study to be findable through the other node",
         )  # fmt: skip
         assert found[0].RetrieveAETitle == "SITEA"
+        assert f"http://127.0.0.1:{base + 20}/metrics" in text  # printed, and served:
+        node_metrics = _get(f"http://127.0.0.1:{base + 20}/metrics")
+        assert 'gridpacs_node_events_total{event="c_store",status="0x0000"} 1.0' in node_metrics
+        catalog_metrics = _get(f"http://127.0.0.1:{catalog + 20}/metrics")
+        assert 'method="/gridpacs.catalog.v1.CatalogService/PublishChanges"' in catalog_metrics
         assert (tmp_path / "grid" / "pki" / "ca" / "ca.crt").exists()
         _researcher_retrieves(tmp_path, catalog, found[0].StudyInstanceUID)
     finally:
@@ -56,11 +62,16 @@ def test_up_starts_a_grid_where_one_node_finds_the_others_study(tmp_path: Path) 
     assert code == 0, out.read_text()[-3000:]
     time.sleep(0.2)
     # every child is gone: the ports can be listened on again (as a server would, REUSEADDR)
-    for port in (base, base + 1, catalog):
+    for port in (base, base + 1, catalog, base + 20, base + 21, catalog + 20):
         with socket.socket() as sock:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             sock.bind(("127.0.0.1", port))
             sock.listen()
+
+
+def _get(url: str) -> str:
+    with urllib.request.urlopen(url, timeout=10) as reply:
+        return str(reply.read().decode())
 
 
 def _researcher_retrieves(tmp_path: Path, catalog_port: int, study_uid: str) -> None:
