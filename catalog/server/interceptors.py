@@ -164,7 +164,28 @@ def status_for(error: SecurityError) -> tuple[grpc.StatusCode, str]:
     return grpc.StatusCode.INTERNAL, "security check failed"
 
 
-class AuthInterceptor(grpc.ServerInterceptor):
+class GuardingInterceptor(grpc.ServerInterceptor):
+    """An interceptor that runs a guard around a handler's *behaviour*: on the pool thread,
+    where the ``ServicerContext`` and the call's ``ContextVar`` exist (see the module
+    docstring). Subclasses say which guard, if any, a method gets."""
+
+    def guard_for(self, method: str, handler: grpc.RpcMethodHandler) -> Guard | None:
+        """The guard for ``method`` (None: the handler runs unwrapped)."""
+        raise NotImplementedError
+
+    def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], grpc.RpcMethodHandler | None],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler | None:
+        handler = continuation(handler_call_details)
+        if handler is None:
+            return None
+        guard = self.guard_for(handler_call_details.method, handler)
+        return handler if guard is None else _wrap(handler, guard)
+
+
+class AuthInterceptor(GuardingInterceptor):
     """Authenticate every call according to an :class:`AccessPolicy`.
 
     Parameters
@@ -188,19 +209,11 @@ class AuthInterceptor(grpc.ServerInterceptor):
         self._policy = policy or AccessPolicy()
         self._public = frozenset(public_methods)
 
-    def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], grpc.RpcMethodHandler | None],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler | None:
-        """Wrap the handler so the check runs on the worker thread with the context."""
-        handler = continuation(handler_call_details)
-        method = handler_call_details.method
-        if handler is None:
-            return None
+    def guard_for(self, method: str, handler: grpc.RpcMethodHandler) -> Guard | None:
+        """Authenticate on the worker thread with the context; public methods pass."""
         need = Requirement.PUBLIC if method in self._public else self._policy.requirement(method)
         if need is Requirement.PUBLIC:
-            return handler
+            return None
 
         @contextlib.contextmanager
         def guard(_request: Any, context: grpc.ServicerContext) -> Iterator[None]:
@@ -208,7 +221,7 @@ class AuthInterceptor(grpc.ServerInterceptor):
                 state.principal = self._authenticate(method, need, context, state)
                 yield
 
-        return _wrap(handler, guard)
+        return guard
 
     def _authenticate(
         self,
@@ -247,7 +260,7 @@ class AuthInterceptor(grpc.ServerInterceptor):
         raise AssertionError("unreachable")  # pragma: no cover - abort raises
 
 
-class RevocationInterceptor(grpc.ServerInterceptor):
+class RevocationInterceptor(GuardingInterceptor):
     """Refuse every call (health checks included) of a client whose certificate is revoked.
 
     Calls without a client certificate pass: whether they may proceed is the
@@ -257,16 +270,8 @@ class RevocationInterceptor(grpc.ServerInterceptor):
     def __init__(self, revocations: RevocationList) -> None:
         self._revocations = revocations
 
-    def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], grpc.RpcMethodHandler | None],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler | None:
-        """Wrap the handler so the check runs on the worker thread with the context."""
-        handler = continuation(handler_call_details)
-        if handler is None:
-            return None
-        method = handler_call_details.method
+    def guard_for(self, method: str, handler: grpc.RpcMethodHandler) -> Guard | None:
+        """Check the client certificate on the worker thread with the context."""
 
         @contextlib.contextmanager
         def guard(_request: Any, context: grpc.ServicerContext) -> Iterator[None]:
@@ -277,7 +282,7 @@ class RevocationInterceptor(grpc.ServerInterceptor):
                         reason="revoked_certificate")  # fmt: skip
             yield
 
-        return _wrap(handler, guard)
+        return guard
 
     def _revoked(self, pem: bytes) -> bool:
         try:
@@ -286,7 +291,7 @@ class RevocationInterceptor(grpc.ServerInterceptor):
             return True
 
 
-class AuditInterceptor(grpc.ServerInterceptor):
+class AuditInterceptor(GuardingInterceptor):
     """Record every call to ``audited_methods`` in the audit log.
 
     Parameters
@@ -323,16 +328,10 @@ class AuditInterceptor(grpc.ServerInterceptor):
         """True when calls to ``method`` are recorded."""
         return method in self._exact or method.startswith(self._prefixes)
 
-    def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], grpc.RpcMethodHandler | None],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler | None:
-        """Wrap audited handlers; others pass through untouched."""
-        handler = continuation(handler_call_details)
-        method = handler_call_details.method
-        if handler is None or not self.audits(method):
-            return handler
+    def guard_for(self, method: str, handler: grpc.RpcMethodHandler) -> Guard | None:
+        """Audited methods get a row; others pass through untouched."""
+        if not self.audits(method):
+            return None
         summarize = self._summarizers.get(method, summarize_request)
         streaming_request = handler.request_streaming
 
@@ -349,7 +348,7 @@ class AuditInterceptor(grpc.ServerInterceptor):
                 finally:
                     self._write(method, summary, context, state, failed)
 
-        return _wrap(handler, guard)
+        return guard
 
     def _write(
         self,
@@ -359,7 +358,7 @@ class AuditInterceptor(grpc.ServerInterceptor):
         state: _CallState,
         failed: BaseException | None,
     ) -> None:
-        code = _outcome(context, failed)
+        code = outcome_of(context, failed)
         target: dict[str, Any] = {"request": dict(summary)}
         if state.principal is not None and state.principal.token_id:
             target["token_id"] = state.principal.token_id
@@ -508,7 +507,7 @@ def _actor(state: _CallState, context: grpc.ServicerContext) -> str:
     return "anonymous"
 
 
-def _outcome(context: grpc.ServicerContext, failed: BaseException | None) -> grpc.StatusCode:
+def outcome_of(context: grpc.ServicerContext, failed: BaseException | None) -> grpc.StatusCode:
     code = context.code()  # set by abort() / set_code(); None when the servicer left it
     if isinstance(code, grpc.StatusCode):
         return code

@@ -29,7 +29,7 @@ from prometheus_client.registry import Collector
 
 from catalog.errors import CatalogError
 from catalog.records import NodeInfo
-from catalog.server.interceptors import _outcome, _wrap
+from catalog.server.interceptors import Guard, GuardingInterceptor, outcome_of
 
 log = logging.getLogger("gridpacs.catalog.metrics")
 
@@ -37,7 +37,7 @@ DURATION_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0
                     10.0, 30.0, 60.0)  # fmt: skip
 
 
-class RpcMetrics(grpc.ServerInterceptor):
+class RpcMetrics(GuardingInterceptor):
     """Counts and times every call by method and final status code."""
 
     def __init__(self, registry: CollectorRegistry) -> None:
@@ -55,16 +55,7 @@ class RpcMetrics(grpc.ServerInterceptor):
             registry=registry,
         )
 
-    def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], grpc.RpcMethodHandler | None],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler | None:
-        handler = continuation(handler_call_details)
-        if handler is None:
-            return None
-        method = handler_call_details.method
-
+    def guard_for(self, method: str, handler: grpc.RpcMethodHandler) -> Guard | None:
         @contextlib.contextmanager
         def measured(_request: Any, context: grpc.ServicerContext) -> Iterator[None]:
             started = time.perf_counter()
@@ -75,10 +66,10 @@ class RpcMetrics(grpc.ServerInterceptor):
                 failed = exc
                 raise
             finally:
-                self.calls.labels(method, _outcome(context, failed).name).inc()
+                self.calls.labels(method, outcome_of(context, failed).name).inc()
                 self.durations.labels(method).observe(time.perf_counter() - started)
 
-        return _wrap(handler, measured)
+        return measured
 
 
 class ReplicaState(Collector):
