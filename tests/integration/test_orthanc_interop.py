@@ -118,6 +118,6 @@ def test_orthanc_asks_for_commitment_and_reads_the_nodes_report(
     assert committed == sorted(r["SOPInstanceUID"] for r in refs)
     [failed] = report["Failures"]
     assert (failed["SOPInstanceUID"], failed["FailureReason"]) == ("1.2.826.0.1.9", 0x0112)
-    log = node.log_text()
-    assert "event=n_action calling_ae=ORTHANC" in log
-    assert "event=storage_commitment_reported calling_ae=ORTHANC" in log
+    assert "event=n_action calling_ae=ORTHANC" in node.log_text()
+    # Orthanc shows the report as it arrives; the node logs it once Orthanc has answered
+    node.wait_for_log("event=storage_commitment_reported calling_ae=ORTHANC")

@@ -189,8 +189,9 @@ def test_the_modality_gets_a_report_on_an_association_of_the_nodes(
     report = modality.report()
     assert report.event_type == 2 and "ReferencedSOPSequence" not in report.information
     assert report.information.FailedSOPSequence[0].FailureReason == 0x0119
-    log = node.log_text()
-    assert "event=storage_commitment_reported" in log and f"transaction_uid={tx}" in log
+    # the modality has the report before the node logs it (after the modality's answer)
+    reported = f"event=storage_commitment_reported calling_ae={MODALITY} transaction_uid={tx}"
+    node.wait_for_log(reported)
 
 
 def test_an_owed_report_survives_a_kill_and_a_modality_switched_off(
