@@ -30,7 +30,7 @@ from node.dicom.server import DicomServer, configure_pynetdicom
 from node.errors import ConfigError
 from node.grid import GridQueryService, GridRetrieveService
 from node.index import SqlIndex, open_index
-from node.metrics import MetricsServer, quarantined
+from node.metrics import MetricsServer
 from node.peer import PeerClient, PeerServer
 from node.peer.inventory import InventoryServicer
 from node.peer.server import PeerServicer
@@ -206,7 +206,7 @@ class NodeApp:
             **self.index.removal_counts(),
             "commitment_reports_owed": commitments["pending"],
             "commitment_reports_abandoned": commitments["abandoned"],
-            "quarantined": quarantined(self.config.quarantine_dir),
+            "quarantined": self.quarantine.count(),
         }
         if self.publisher is not None and self.publisher.sent_up_to >= 0:
             state["outbox_backlog"] = max(0, last - self.publisher.sent_up_to)

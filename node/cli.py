@@ -203,7 +203,7 @@ def status(
         }
     finally:
         index.close()
-    quarantined = len(Quarantine(cfg.quarantine_dir).list()) if cfg.quarantine_dir.exists() else 0
+    quarantined = Quarantine(cfg.quarantine_dir).count() if cfg.quarantine_dir.exists() else 0
     from node.replicator import read_replication_status, replication_status_file
 
     replication = read_replication_status(replication_status_file(cfg)) or {}

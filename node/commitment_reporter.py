@@ -48,7 +48,12 @@ class CommitmentQueue(Protocol):
 
 
 class Evaluator(Protocol):
-    def evaluate(self, request: CommitmentRequest) -> CommitmentReport: ...
+    @property
+    def needs_other_sites(self) -> bool: ...
+
+    def evaluate(
+        self, request: CommitmentRequest, *, verify_bytes: bool = True
+    ) -> CommitmentReport: ...
 
 
 class CommitmentReporter:
@@ -105,11 +110,15 @@ class CommitmentReporter:
         request = pending.request
         started = time.perf_counter()
         try:
+            if self._evaluator.needs_other_sites:
+                # while copies are awaited, look every few seconds without reading the
+                # study's bytes back each time; they are read once, for the report
+                glance = self._evaluator.evaluate(request, verify_bytes=False)
+                if glance.waiting and self._age(pending) < self._copies_wait:
+                    self._wait_for_copies(pending, glance)
+                    return 0
             report = self._evaluator.evaluate(request)
             if report.waiting:
-                if self._age(pending) < self._copies_wait:
-                    self._wait_for_copies(pending, report)
-                    return 0
                 report = self._waited_long_enough(pending, report)
             self._deliver(request, report)
         except (NodeError, IndexUnavailable, IndexFailure) as exc:

@@ -163,10 +163,3 @@ class MetricsServer:
             self._server.server_close()
             self._server = None
 
-
-def quarantined(directory: Path) -> int:
-    """Refused inputs in the quarantine (each is a ``.bin`` with its ``.json`` reason)."""
-    if not directory.is_dir():
-        return 0
-    return sum(1 for entry in directory.iterdir() if entry.suffix == ".bin")
-

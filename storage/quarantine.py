@@ -81,6 +81,10 @@ class Quarantine:
             raise error_from_os(exc, "writing to quarantine") from exc
         return data_path
 
+    def count(self) -> int:
+        """How many complete entries there are (without reading them)."""
+        return sum(1 for _ in self.root.glob("*.json"))
+
     def list(self) -> list[QuarantineEntry]:
         """Every complete entry, oldest first."""
         entries = []

@@ -38,7 +38,12 @@ from node.errors import IngestError, NodeError, NotAuthorized, StoreNotAccepted
 from node.index.errors import IndexFailure
 from node.index.records import IndexQuery, Model
 from node.routing import Route, Router
-from node.services.commitment import PROCESSING_FAILURE, CommitmentRefused, CommitmentService
+from node.services.commitment import (
+    INVALID_ARGUMENT_VALUE,
+    PROCESSING_FAILURE,
+    CommitmentRefused,
+    CommitmentService,
+)
 from node.services.ingest import IngestService, StoreRequest
 from node.services.query import MatchSource, QueryService
 from node.services.rejection import (
@@ -499,7 +504,9 @@ def _action_information(event: Event) -> Dataset | None:
     try:
         return cast(Dataset, event.action_information)
     except Exception as exc:
-        raise CommitmentRefused(0x0115, f"action information cannot be decoded: {exc}") from exc
+        raise CommitmentRefused(
+            INVALID_ARGUMENT_VALUE, f"action information cannot be decoded: {exc}"
+        ) from exc
 
 
 def _read_ahead(

@@ -158,8 +158,17 @@ class CommitmentService:
         if self.on_recorded is not None:
             self.on_recorded()
 
-    def evaluate(self, request: CommitmentRequest) -> CommitmentReport:
-        """What the node commits to now, for each referenced instance.
+    @property
+    def needs_other_sites(self) -> bool:
+        """True when an instance is committed only once other sites hold it too."""
+        return self._copies > 1
+
+    def evaluate(
+        self, request: CommitmentRequest, *, verify_bytes: bool = True
+    ) -> CommitmentReport:
+        """What the node commits to now, for each referenced instance. ``verify_bytes``
+        False skips reading the blobs back (a look at whether copies have arrived yet; the
+        report itself is always evaluated with them read).
 
         Raises the index's errors when it cannot be read (the report is tried later).
         """
@@ -171,11 +180,12 @@ class CommitmentService:
             records = self._index.get_records([uid for _, uid in chunk])
             for sop_class, uid in chunk:
                 record = records.get(uid)
-                reason = self._check(sop_class, record, collections)
-                if reason is None and record is not None:
-                    held.setdefault(record.collection, []).append((sop_class, uid))
-                else:
-                    failed.append((sop_class, uid, reason or FailureReason.PROCESSING_FAILURE))
+                reason = self._check(sop_class, record, collections, verify_bytes)
+                if reason is not None:
+                    failed.append((sop_class, uid, reason))
+                    continue
+                assert record is not None  # _check fails an instance not held
+                held.setdefault(record.collection, []).append((sop_class, uid))
         committed: list[tuple[str, str]] = []
         waiting: list[tuple[str, str]] = []
         for collection, pairs in held.items():
@@ -206,13 +216,17 @@ class CommitmentService:
         return {uid for uid in uids if counted.get(uid, 0) >= self._copies}
 
     def _check(
-        self, sop_class: str, record: InstanceRecord | None, collections: frozenset[str]
+        self,
+        sop_class: str,
+        record: InstanceRecord | None,
+        collections: frozenset[str],
+        verify_bytes: bool,
     ) -> FailureReason | None:
         if record is None or record.collection not in collections:
             return FailureReason.NO_SUCH_OBJECT_INSTANCE
         if record.sop_class_uid != sop_class:
             return FailureReason.CLASS_INSTANCE_CONFLICT
-        if not self._verify:
+        if not (self._verify and verify_bytes):
             return None
         try:
             self._store.get(record.blob_key)  # reads and checks the SHA-256

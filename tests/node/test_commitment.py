@@ -197,6 +197,10 @@ def test_damaged_bytes_are_not_committed_unless_verification_is_off(
 
     unverified = _service(index, store, verify_bytes=False).evaluate(request)
     assert unverified.committed == ((CT, ds.SOPInstanceUID),)
+    # the reporter's look at whether copies arrived reads no bytes: the damage shows only
+    # in the evaluation the report is made of
+    glance = _service(index, store).evaluate(request, verify_bytes=False)
+    assert glance.committed == ((CT, ds.SOPInstanceUID),)
 
 
 @pytest.mark.parametrize(
@@ -283,6 +287,7 @@ def test_with_copies_at_two_sites_only_instances_the_grid_counts_twice_are_commi
     request = CommitmentRequest("CT1", "1.2.3", "GRIDPACS", refs)
 
     service = _service(index, store, copies=2, count_copies=planner.copies_of)
+    assert service.needs_other_sites and not _service(index, store).needs_other_sites
     report = service.evaluate(request)
     assert report.committed == refs[:1] and report.waiting == refs[1:] and report.failed == ()
     given_up = report.without_waiting()

@@ -40,6 +40,9 @@ def test_list_returns_complete_entries_oldest_first(tmp_path: Path) -> None:
     assert [e.reason for e in entries] == ["r1", "r2"]
     assert entries[1].context == {"k": "v"}
     assert entries[1].size == 3 and entries[1].sha256 == hashlib.sha256(b"two").hexdigest()
+    # a crash between the bytes and the sidecar leaves an incomplete entry: not counted
+    (quarantine.root / "20260101T000000-0000000000000000.bin").write_bytes(b"torn")
+    assert Quarantine(tmp_path / "q").count() == len(entries) == 2
 
 
 def test_same_bytes_twice_are_two_entries(tmp_path: Path) -> None:
