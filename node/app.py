@@ -23,6 +23,7 @@ from node.anti_entropy import AntiEntropy
 from node.blob_sweeper import QueuedBlobSweeper
 from node.commitment_reporter import CommitmentReporter
 from node.config import CatalogLinkConfig, Destination, NodeConfig
+from node.dicom.client_tls import destination_tls
 from node.dicom.commitment import deliverer
 from node.dicom.handlers import Gateway
 from node.dicom.scu import send_files
@@ -143,6 +144,7 @@ class NodeApp:
 
     def __init__(self, config: NodeConfig) -> None:
         self.config = config
+        self.destination_tls = destination_tls(config.dicom.destinations, config.dicom.tls)
         config.data_dir.mkdir(parents=True, exist_ok=True)
         self.store: BlobStore = open_store(
             config.blob_dir,
@@ -174,6 +176,7 @@ class NodeApp:
             destinations=dict(config.dicom.destinations),
             rejections=self.rejections,
             commitments=self.commitments,
+            destination_tls=self.destination_tls,
         )
         self.catalog: GrpcCatalogClient | None = None
         self.publisher: Publisher | None = None
@@ -231,7 +234,12 @@ class NodeApp:
         reporter = CommitmentReporter(
             self.index,
             service,
-            deliverer(destinations, self.config.dicom.ae_title, settings.report_timeout),
+            deliverer(
+                destinations,
+                self.config.dicom.ae_title,
+                settings.report_timeout,
+                tls=self.destination_tls,
+            ),
             give_up_after=settings.give_up_after,
             copies_wait=settings.copies_wait,
         )
@@ -330,7 +338,14 @@ class NodeApp:
         return self.study_references.refer(study_instance_uid, collection)
 
     def _send_results(self, called_ae: str, where: Destination, files: list[Path]) -> int:
-        return send_files(self.config.dicom.ae_title, called_ae, where.host, where.port, files)
+        return send_files(
+            self.config.dicom.ae_title,
+            called_ae,
+            where.host,
+            where.port,
+            files,
+            tls=self.destination_tls.get(called_ae),
+        )
 
     def _published_through(self) -> int:
         return self.publisher.sent_up_to if self.publisher is not None else -1

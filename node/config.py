@@ -39,10 +39,26 @@ class _Strict(BaseModel):
 
 
 class Destination(_Strict):
-    """A DICOM peer the node may send to (C-MOVE destination, routing target)."""
+    """A DICOM peer the node may send to (C-MOVE destination, stream results, Storage
+    Commitment reports)."""
 
     host: str
     port: Annotated[int, Field(ge=1, le=65535)]
+    tls: bool = False
+    """Reach this peer over DICOM TLS (PS3.15 Annex B): TLS 1.2 or later, its certificate
+    checked against ``ca_file`` and ``server_name``; the node presents its ``[dicom.tls]``
+    certificate when it has one (for peers that require a client certificate)."""
+    server_name: str | None = None
+    """The name (DNS or IP address) the peer's certificate must carry; default ``host``."""
+    ca_file: Path | None = None
+    """The CA certificates that may sign the peer's certificate; default ``[dicom.tls]
+    ca_file`` (a hospital's own CA is often not the grid's)."""
+
+    @model_validator(mode="after")
+    def _tls_settings_need_tls(self) -> Destination:
+        if not self.tls and (self.server_name is not None or self.ca_file is not None):
+            raise ValueError("server_name and ca_file apply to DICOM TLS: set tls = true")
+        return self
 
     @classmethod
     def parse(cls, text: str) -> Destination:
@@ -126,6 +142,17 @@ class DicomConfig(_Strict):
     @classmethod
     def _dest_names(cls, value: dict[str, Destination]) -> dict[str, Destination]:
         return {_check_ae(k): v for k, v in value.items()}
+
+    @model_validator(mode="after")
+    def _tls_destinations_have_a_ca(self) -> DicomConfig:
+        node_ca = self.tls.ca_file if self.tls is not None else None
+        for name, destination in self.destinations.items():
+            if destination.tls and destination.ca_file is None and node_ca is None:
+                raise ValueError(
+                    f"destination {name} uses TLS but no CA is known to check its "
+                    "certificate: set its ca_file or [dicom.tls] ca_file"
+                )
+        return self
 
 
 class StorageConfig(_Strict):

@@ -18,6 +18,7 @@ from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import build_context, build_role
 
 from node.config import Destination
+from node.dicom.client_tls import TlsArgs
 from node.dicom.reactor import RequestorAE
 from node.dicom.scu import install_nodelay_for_outgoing
 from node.errors import NodeError
@@ -147,6 +148,7 @@ def send_report(
     information: Dataset,
     timeout: float = 30.0,
     syntaxes: Sequence[str] = _SYNTAXES,
+    tls: TlsArgs | None = None,
 ) -> None:
     """Open an association to the sender and send it the report as the SCP.
 
@@ -162,12 +164,13 @@ def send_report(
     role = build_role(STORAGE_COMMITMENT_PUSH, scu_role=False, scp_role=True)
     host, port = address
     try:
-        assoc = ae.associate(host, port, ae_title=called_ae, ext_neg=[role])
+        assoc = ae.associate(host, port, ae_title=called_ae, ext_neg=[role], tls_args=tls)
     except OSError as exc:
         raise ReportNotDelivered(f"{called_ae} at {host}:{port}: {exc}") from exc
     if not assoc.is_established:
         raise ReportNotDelivered(
             f"{called_ae} at {host}:{port} did not accept an association for the report"
+            + (" (over TLS: see the handshake error logged before)" if tls else "")
         )
     try:
         try:
@@ -188,11 +191,15 @@ def send_report(
 
 
 def deliverer(
-    destinations: Mapping[str, Destination], retrieve_ae: str, timeout: float
+    destinations: Mapping[str, Destination],
+    retrieve_ae: str,
+    timeout: float,
+    tls: Mapping[str, TlsArgs] | None = None,
 ) -> Callable[[CommitmentRequest, CommitmentReport], None]:
-    """The reporter's delivery: each report to its sender's configured address, sent as
-    the AE title the request was addressed to; committed instances are retrievable from
-    the node's own AE title."""
+    """The reporter's delivery: each report to its sender's configured address (over DICOM
+    TLS where ``tls`` names it), sent as the AE title the request was addressed to;
+    committed instances are retrievable from the node's own AE title."""
+    secure = tls or {}
 
     def deliver(request: CommitmentRequest, report: CommitmentReport) -> None:
         destination = destinations.get(request.calling_ae)
@@ -206,6 +213,7 @@ def deliverer(
             event_type=event_type,
             information=information,
             timeout=timeout,
+            tls=secure.get(request.calling_ae),
         )
 
     return deliver

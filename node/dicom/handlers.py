@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol, cast
 
 from pydicom.dataset import Dataset
@@ -27,6 +27,7 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]  # generated at
 from catalog import CatalogError
 from node.config import Destination
 from node.dicom import status
+from node.dicom.client_tls import TlsArgs
 from node.dicom.commitment import parse_request
 from node.dicom.find_scp import ENCODED_IDENTIFIERS
 from node.dicom.identifiers import ResponseEncoder, to_query, to_response
@@ -126,6 +127,8 @@ class Gateway:
     """Applies IHE IOCM rejection notes (KOS with a rejection title) before storing them."""
     commitments: CommitmentService | None = None
     """Records Storage Commitment requests (N-ACTION); None: the node offers none."""
+    destination_tls: Mapping[str, TlsArgs] = field(default_factory=dict)
+    """DICOM TLS for the destinations configured with ``tls = true`` (by AE title)."""
 
     def handlers(self) -> list[tuple[Any, Any]]:
         return [
@@ -410,21 +413,41 @@ class Gateway:
             )
             yield None, None
             return
+        tls = self.destination_tls.get(destination_ae)
+        secure = {"tls_args": tls} if tls is not None else {}
         try:
             retriever, planned = self._plan(event)
         except Exception as exc:
             # pynetdicom sends a final status only after the destination, a count, and an
             # association with the destination: one for C-ECHO alone, nothing is sent on it.
-            yield destination.host, destination.port, {"contexts": [ECHO_ONLY]}
+            yield destination.host, destination.port, {"contexts": [ECHO_ONLY], **secure}
             yield from self._refuse_retrieve(event, exc, destination_ae)
             return
         store = StoreAssociation()  # what the destination accepts, once it has
         options = {
             "contexts": contexts_for(planned),
             "evt_handlers": [(evt.EVT_ACCEPTED, store.on_accepted)],
+            **secure,
         }
         yield destination.host, destination.port, options
-        yield len(planned)
+        try:
+            yield len(planned)  # pynetdicom takes this before it associates
+        except GeneratorExit:  # … and drops the handler when no association came up
+            if not planned:
+                raise  # nothing to send: pynetdicom answered without an association
+            log_event(
+                LOG,
+                "c_move",
+                level=logging.WARNING,
+                calling_ae=_calling_ae(event),
+                destination=destination_ae,
+                address=f"{destination.host}:{destination.port}",
+                tls=tls is not None,
+                status=f"0x{status.MOVE_UNKNOWN_DESTINATION:04X}",
+                reason="the destination did not accept an association"
+                + (" (TLS: see the handshake error logged before)" if tls is not None else ""),
+            )
+            raise
         yield from self._suboperations(
             event, retriever, planned, destination_ae, lambda: store.accepted
         )

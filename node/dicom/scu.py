@@ -14,6 +14,7 @@ from pynetdicom import build_context
 from pynetdicom.presentation import PresentationContext
 from pynetdicom.transport import AssociationSocket
 
+from node.dicom.client_tls import TlsArgs
 from node.dicom.reactor import RequestorAE
 from node.dicom.transcode import CannotSend, accepted_for_sending, fit_to
 from node.errors import NodeError
@@ -83,8 +84,10 @@ def send_files(
     files: Sequence[Path],
     *,
     timeout: float = 60.0,
+    tls: TlsArgs | None = None,
 ) -> int:
-    """C-STORE ``files`` (Part 10) to ``called_ae`` over one association; returns how many.
+    """C-STORE ``files`` (Part 10) to ``called_ae`` over one association (DICOM TLS with
+    ``tls``); returns how many.
 
     Raises :class:`SendFailed` naming the first instance the destination did not accept
     (status other than success or warning) or why the association failed.
@@ -102,9 +105,12 @@ def send_files(
             others = [t for t in (ExplicitVRLittleEndian, ImplicitVRLittleEndian) if t != key[1]]
             contexts[key] = build_context(key[0], [key[1], *others])
     ae.requested_contexts = list(contexts.values())[:MAX_REQUESTED_CONTEXTS]
-    assoc = ae.associate(host, port, ae_title=called_ae)
+    assoc = ae.associate(host, port, ae_title=called_ae, tls_args=tls)
     if not assoc.is_established:
-        raise SendFailed(f"{called_ae} at {host}:{port} did not accept an association")
+        raise SendFailed(
+            f"{called_ae} at {host}:{port} did not accept an association"
+            + (" (over TLS: see the handshake error logged before)" if tls else "")
+        )
     try:
         accepted = accepted_for_sending(assoc.accepted_contexts)
         for path in files:  # one dataset in memory at a time, however large the series

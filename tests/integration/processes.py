@@ -266,6 +266,10 @@ class StoreSCP(LoggedProcess):
     port: int = 0
     out_dir: Path = Path()
     uncompressed_only: bool = False
+    tls: tuple[str, ...] = ()
+    """DCMTK's TLS options for the listener (``+tls KEY CERT +cf CA -rc`` …); none: TCP."""
+    probe_tls: tuple[str, ...] = ()
+    """The TLS options the readiness C-ECHO needs to be served."""
 
     def start(self, timeout: float = 20.0) -> StoreSCP:
         self.out_dir.mkdir(parents=True, exist_ok=True)
@@ -275,6 +279,7 @@ class StoreSCP(LoggedProcess):
             self.ae_title,
             "+B",
             *([] if self.uncompressed_only else ["+xa"]),
+            *self.tls,
             "-od",
             str(self.out_dir),
             str(self.port),
@@ -284,7 +289,8 @@ class StoreSCP(LoggedProcess):
         while time.monotonic() < deadline:
             if not self.running():
                 pytest.fail(f"storescp exited early:\n{self.log_text()[-3000:]}", False)
-            probe = run_dcmtk("echoscu", "-aec", self.ae_title, HOST, str(self.port), timeout=10)
+            probe = run_dcmtk("echoscu", *self.probe_tls, "-aec", self.ae_title, HOST,
+                              str(self.port), timeout=10)  # fmt: skip
             if probe.returncode == 0:
                 return self
             time.sleep(0.1)

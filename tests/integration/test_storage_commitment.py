@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import queue
+import ssl
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -57,6 +58,8 @@ class Modality:
     port: int
     reports: queue.Queue[Report] = field(default_factory=queue.Queue)
     server: Any = None
+    ssl_context: ssl.SSLContext | None = None
+    """Listen over DICOM TLS with this context."""
 
     def listen(self) -> Modality:
         ae = AE(ae_title=MODALITY)
@@ -71,7 +74,10 @@ class Modality:
             return 0x0000, None
 
         self.server = ae.start_server(
-            (HOST, self.port), block=False, evt_handlers=[(evt.EVT_N_EVENT_REPORT, on_report)]
+            (HOST, self.port),
+            block=False,
+            evt_handlers=[(evt.EVT_N_EVENT_REPORT, on_report)],
+            ssl_context=self.ssl_context,
         )
         return self
 
