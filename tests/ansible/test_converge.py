@@ -558,6 +558,10 @@ def test_the_example_inventory_renders_valid_configurations(tmp_path: Path) -> N
     ]
     site_a = (etc / "node-site-a.toml").read_text()
     assert 'SITEC = { host = "pacs.site-c.example.org", port = 4242 }' in site_a
+    assert (
+        'WS2 = { host = "ws2.site-a.example.org", port = 2762, '
+        'ca_file = "/etc/ssl/site-a/hospital-ca.pem", tls = true }'
+    ) in site_a
     assert 'ae_title = "LUNG_STUDY"' in site_a
     assert "\n[dicom.commitment]\ngive_up_after = 259200.0\n" in site_a
     assert "\n[metrics]\nenabled = true\nport = 9464\n" in site_a
