@@ -1,4 +1,4 @@
-"""``gridpacs node …``: serve, status, check-config, reject."""
+"""``gridpacs node …``: serve, status, check-config, reject, commitments, echo."""
 
 from __future__ import annotations
 
@@ -235,10 +235,12 @@ def _redact(url: str) -> str:
 
 def _mount_reject() -> None:
     from node.commitment_cli import commitments
+    from node.echo_cli import echo_destinations
     from node.reject_cli import reject
 
     app.command("reject")(reject)
     app.command("commitments")(commitments)
+    app.command("echo")(echo_destinations)
 
 
 _mount_reject()

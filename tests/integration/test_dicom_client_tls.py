@@ -6,6 +6,7 @@ clear status, and the node a log line; the node serves everyone else meanwhile."
 
 from __future__ import annotations
 
+import json
 import ssl
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -32,6 +33,7 @@ from tests.integration.processes import (
     StoreSCP,
     describe,
     free_port,
+    gridpacs_cli,
     run_dcmtk,
 )
 from tests.integration.test_storage_commitment import MODALITY, Modality, _ask, _information
@@ -318,3 +320,41 @@ def test_stream_results_are_sent_over_tls(
     assert sent == len(paths)
     assert _received_uids(strict) == _uids(paths)
     strict.clear()
+
+
+def test_node_echo_checks_every_destination_and_says_why_one_fails(
+    workstations: dict[str, StoreSCP], certs: Pki, tmp_path: Path
+) -> None:
+    own, ca = certs.grid["node"], str(certs.grid["node"].ca_cert)
+    config = tmp_path / "node.toml"
+    config.write_text(
+        f'data_dir = "{tmp_path / "unused"}"\n[dicom]\nae_title = "GRIDPACS"\n'
+        f'[dicom.tls]\ncert_file = "{own.cert}"\nkey_file = "{own.key}"\nca_file = "{ca}"\n'
+        + _toml_destination("STRICT", workstations["strict"], tls=True)
+        + _toml_destination("ROGUE", workstations["rogue"], tls=True)
+        + _toml_destination(
+            "ELSEWHERE", workstations["anyclient"], tls=True, server_name="elsewhere.example"
+        )
+        + _toml_destination("PLAIN", workstations["plain"], tls=True)
+        + _toml_destination("CLEAR", workstations["plain"])
+        + f'[dicom.destinations.GONE]\nhost = "{HOST}"\nport = {free_port()}\n'
+    )
+    result = gridpacs_cli("node", "echo", "--config", str(config), "--json", "--timeout", "5")
+    assert result.returncode == 1, result.stderr
+    rows = {row["destination"]: row for row in json.loads(result.stdout)}
+    assert sorted(rows) == ["CLEAR", "ELSEWHERE", "GONE", "PLAIN", "ROGUE", "STRICT"]
+    assert rows["STRICT"]["ok"] and rows["STRICT"]["tls"] and rows["STRICT"]["status"] == 0
+    assert rows["CLEAR"]["ok"] and not rows["CLEAR"]["tls"]
+    assert "not trusted" in rows["ROGUE"]["reason"], rows["ROGUE"]
+    assert "not trusted" in rows["ELSEWHERE"]["reason"], rows["ELSEWHERE"]
+    assert "elsewhere.example" in rows["ELSEWHERE"]["reason"].lower(), rows["ELSEWHERE"]
+    assert rows["PLAIN"]["reason"].startswith("TLS handshake failed"), rows["PLAIN"]
+    assert rows["GONE"]["reason"].startswith("cannot connect"), rows["GONE"]
+    assert not any(rows[n]["ok"] for n in ("ROGUE", "ELSEWHERE", "PLAIN", "GONE"))
+    assert not any(scp.received() for scp in workstations.values())
+
+    named = gridpacs_cli("node", "echo", "STRICT", "CLEAR", "--config", str(config))
+    assert named.returncode == 0, named.stdout + named.stderr
+    assert "STRICT" in named.stdout and "ok" in named.stdout and "ROGUE" not in named.stdout
+    unknown = gridpacs_cli("node", "echo", "NOWHERE", "--config", str(config))
+    assert unknown.returncode == 2 and "not in [dicom.destinations]: NOWHERE" in unknown.stderr
