@@ -35,6 +35,7 @@ from node.metrics import MetricsServer
 from node.peer import PeerClient, PeerServer
 from node.peer.inventory import InventoryServicer
 from node.peer.server import PeerServicer
+from node.permissions import Permissions
 from node.publisher import Publisher
 from node.replicator import Replicator, replication_status_file
 from node.research_routes import build_research_routes
@@ -177,6 +178,7 @@ class NodeApp:
             rejections=self.rejections,
             commitments=self.commitments,
             destination_tls=self.destination_tls,
+            permissions=Permissions.from_config(config.dicom.permissions),
         )
         self.catalog: GrpcCatalogClient | None = None
         self.publisher: Publisher | None = None

@@ -21,6 +21,7 @@ from pydantic import (
 )
 
 from node.errors import ConfigError
+from node.permissions import Service
 
 _AE_RE = re.compile(r"^[\x20-\x5b\x5d-\x7e]{1,16}$")  # printable ASCII but backslash
 
@@ -127,6 +128,10 @@ class DicomConfig(_Strict):
     rejecting_aes: tuple[str, ...] = ()
     """Calling AE titles whose IHE IOCM rejection notes (KOS titled 113001, 113037, 113038,
     113039) remove the instances they list; a note from any other AE is refused (0x0124)."""
+    permissions: dict[str, tuple[str, ...]] = Field(default_factory=dict)
+    """What each calling AE title may ask for: ``store``, ``find``, ``move``, ``get``,
+    ``commit`` (C-ECHO always). ``"*"`` sets it for AE titles not listed; without ``"*"``
+    they may do everything. Anything else is refused with 0x0124 (Not Authorized)."""
 
     @field_validator("ae_title")
     @classmethod
@@ -142,6 +147,34 @@ class DicomConfig(_Strict):
     @classmethod
     def _dest_names(cls, value: dict[str, Destination]) -> dict[str, Destination]:
         return {_check_ae(k): v for k, v in value.items()}
+
+    @field_validator("permissions")
+    @classmethod
+    def _permissions(cls, value: dict[str, tuple[str, ...]]) -> dict[str, tuple[str, ...]]:
+        services = tuple(service.value for service in Service)
+        checked: dict[str, tuple[str, ...]] = {}
+        for ae, granted in value.items():
+            key = ae.strip() if ae.strip() == "*" else _check_ae(ae)
+            unknown = [s for s in granted if s not in services]
+            if unknown:
+                raise ValueError(
+                    f"{key}: {', '.join(map(repr, unknown))} is not one of {', '.join(services)}"
+                )
+            checked[key] = tuple(dict.fromkeys(granted))
+        return checked
+
+    @model_validator(mode="after")
+    def _permitted_aes_may_associate(self) -> DicomConfig:
+        if self.allowed_calling_aes:
+            stray = [
+                ae for ae in self.permissions if ae != "*" and ae not in self.allowed_calling_aes
+            ]
+            if stray:
+                raise ValueError(
+                    f"permissions name {', '.join(stray)}, which allowed_calling_aes does not "
+                    "let associate"
+                )
+        return self
 
     @model_validator(mode="after")
     def _tls_destinations_have_a_ca(self) -> DicomConfig:

@@ -38,6 +38,7 @@ from node.dicom.transcode import Accepted, StoreAssociation, accepted_for_sendin
 from node.errors import IngestError, NodeError, NotAuthorized, StoreNotAccepted
 from node.index.errors import IndexFailure
 from node.index.records import IndexQuery, Model
+from node.permissions import Permissions, Service
 from node.routing import Route, Router
 from node.services.commitment import (
     INVALID_ARGUMENT_VALUE,
@@ -129,6 +130,13 @@ class Gateway:
     """Records Storage Commitment requests (N-ACTION); None: the node offers none."""
     destination_tls: Mapping[str, TlsArgs] = field(default_factory=dict)
     """DICOM TLS for the destinations configured with ``tls = true`` (by AE title)."""
+    permissions: Permissions = field(default_factory=Permissions)
+    """What each calling AE title may ask for (``[dicom.permissions]``); default: all."""
+
+    def _check(self, calling_ae: str, service: Service) -> None:
+        """Raise :class:`NotAuthorized` (0x0124) unless ``calling_ae`` may use ``service``."""
+        if not self.permissions.allows(calling_ae, service):
+            raise NotAuthorized(f"{calling_ae} may not {service.value} here ([dicom.permissions])")
 
     def handlers(self) -> list[tuple[Any, Any]]:
         return [
@@ -218,6 +226,7 @@ class Gateway:
         outcome = "refused"
         result = StoreOutcome(status.SUCCESS)
         try:
+            self._check(calling, Service.STORE)  # before the data set is even put together
             request = StoreRequest(
                 data=call.part10(),
                 calling_ae=calling,
@@ -310,6 +319,10 @@ class Gateway:
         calling = _calling_ae(event)
         code, comment, transaction, count = status.SUCCESS, "", "", 0
         try:
+            if not self.permissions.allows(calling, Service.COMMIT):
+                raise CommitmentRefused(
+                    status.NOT_AUTHORIZED, f"{calling} may not commit here ([dicom.permissions])"
+                )
             if self.commitments is None:
                 raise CommitmentRefused(PROCESSING_FAILURE, "storage commitment is disabled")
             request = parse_request(
@@ -349,6 +362,7 @@ class Gateway:
         matches = 0
         final: int | Dataset = status.SUCCESS
         try:
+            self._check(_calling_ae(event), Service.FIND)
             query = to_query(event.identifier, _model(event))
             encoder = None
             if getattr(event, ENCODED_IDENTIFIERS, False):
@@ -394,7 +408,8 @@ class Gateway:
             return self.grid_retrieve
         return self.retrieve
 
-    def _plan(self, event: Event) -> tuple[Retriever, Sequence[Any]]:
+    def _plan(self, event: Event, service: Service) -> tuple[Retriever, Sequence[Any]]:
+        self._check(_calling_ae(event), service)
         retriever = self._retriever(event)
         return retriever, retriever.plan(to_query(event.identifier, _model(event)))
 
@@ -416,7 +431,7 @@ class Gateway:
         tls = self.destination_tls.get(destination_ae)
         secure = {"tls_args": tls} if tls is not None else {}
         try:
-            retriever, planned = self._plan(event)
+            retriever, planned = self._plan(event, Service.MOVE)
         except Exception as exc:
             # pynetdicom sends a final status only after the destination, a count, and an
             # association with the destination: one for C-ECHO alone, nothing is sent on it.
@@ -454,7 +469,7 @@ class Gateway:
 
     def on_get(self, event: Event) -> Iterator[Any]:
         try:
-            retriever, planned = self._plan(event)
+            retriever, planned = self._plan(event, Service.GET)
         except Exception as exc:
             yield from self._refuse_retrieve(event, exc, "(C-GET)")
             return

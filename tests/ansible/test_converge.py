@@ -563,6 +563,10 @@ def test_the_example_inventory_renders_valid_configurations(tmp_path: Path) -> N
         'ca_file = "/etc/ssl/site-a/hospital-ca.pem", tls = true }'
     ) in site_a
     assert 'ae_title = "LUNG_STUDY"' in site_a
+    assert (
+        '\n[dicom.permissions]\n"CT1" = ["store", "commit"]\n"MR1" = ["store", "commit"]\n'
+        '"WS1" = ["find", "move", "get"]\n'
+    ) in site_a
     assert "\n[dicom.commitment]\ngive_up_after = 259200.0\n" in site_a
     assert "\n[metrics]\nenabled = true\nport = 9464\n" in site_a
     assert "[dicom.commitment]" not in (etc / "node-site-b.toml").read_text()
