@@ -423,6 +423,7 @@ class NodeApp:
             ae_title=self.config.dicom.ae_title,
             host=self.config.dicom.host,
             port=self.dicom.port,
+            **({"tls_port": self.dicom.tls_port} if self.dicom.tls_port is not None else {}),
             data_dir=str(self.config.data_dir.resolve()),
             routes=",".join(sorted(self.router.ae_titles)),
             streams=",".join(sorted(self.streams.streams)) or "-",

@@ -80,6 +80,10 @@ class TlsConfig(_Strict):
     crl_file: Path | None = None
     """The grid CA's revocation list: a client presenting a revoked certificate fails the
     handshake. Read at start (restart the node after copying a new one)."""
+    port: Annotated[int, Field(ge=0, le=65535)] | None = None
+    """A second listener for DICOM TLS (2762 is the registered port), beside a plain one on
+    ``[dicom] port`` for modalities that speak no TLS; None: ``[dicom] port`` is TLS-only.
+    0 picks a free port (logged as ``tls_port`` in ``event=node_ready``)."""
 
     @model_validator(mode="after")
     def _crl_needs_ca(self) -> TlsConfig:

@@ -183,6 +183,7 @@ class DicomServer:
         self._gateway = gateway
         self._ae = build_ae(config)
         self._server: ThreadedAssociationServer | None = None
+        self._tls_server: ThreadedAssociationServer | None = None
 
     @property
     def port(self) -> int:
@@ -191,12 +192,27 @@ class DicomServer:
             raise RuntimeError("server not started")
         return int(self._server.server_address[1])
 
+    @property
+    def tls_port(self) -> int | None:
+        """The second, TLS-only listener's port (``[dicom.tls] port``), if there is one."""
+        if self._tls_server is None:
+            return None
+        return int(self._tls_server.server_address[1])
+
     def start(self) -> None:
-        self._server = serve(
+        tls = _tls_context(self._config)
+        second = self._config.tls is not None and self._config.tls.port is not None
+        self._server = self._listen(self._config.port, None if second else tls)
+        if second:
+            assert self._config.tls is not None and self._config.tls.port is not None
+            self._tls_server = self._listen(self._config.tls.port, tls)
+
+    def _listen(self, port: int, tls: ssl.SSLContext | None) -> ThreadedAssociationServer:
+        return serve(
             self._ae,
-            (self._config.host, self._config.port),
+            (self._config.host, port),
             self._gateway.handlers(),
-            _tls_context(self._config),
+            tls,
             # C-STOREs are served by the DUL thread (node/dicom/store_scp.py); the rest,
             # and any request that path declines, by the Gateway's pynetdicom handlers
             with_store_sink(self._gateway.store),
@@ -204,7 +220,8 @@ class DicomServer:
 
     def stop(self) -> None:
         """Stop accepting, then close live associations."""
-        if self._server is not None:
-            self._server.shutdown()
-            self._server = None
+        for server in (self._server, self._tls_server):
+            if server is not None:
+                server.shutdown()
+        self._server = self._tls_server = None
         self._ae.shutdown()

@@ -117,3 +117,32 @@ def test_a_revocation_list_needs_the_ca_that_signed_it(
     with pytest.raises(ConfigError, match="not signed by this grid's CA"):
         app.start()
     app.stop()
+
+
+def test_a_tls_port_beside_the_plain_one_serves_each_as_configured(
+    tmp_path: Path, certs: dict[str, pki.CertFiles]
+) -> None:
+    """Modalities without TLS on ``[dicom] port``, workstations over TLS on ``[dicom.tls]
+    port`` (2762 in production): one node, both listeners, the same services."""
+    app = NodeApp(load_config(None, _tls_config(tmp_path, certs["node"], port=0)))  # type: ignore[arg-type]
+    app.start()
+    try:
+        plain, secure = app.dicom.port, app.dicom.tls_port
+        assert secure is not None and secure != plain
+        workstation = _client_context(certs["workstation"])
+        assert _echo(plain, None)  # the modalities' port speaks plain DICOM
+        assert not _echo(plain, workstation)  # … and only that
+        assert _echo(secure, workstation)
+        assert not _echo(secure, None)  # the TLS port never in clear
+        no_cert = ssl.create_default_context(
+            ssl.Purpose.SERVER_AUTH, cafile=str(certs["node"].ca_cert)
+        )
+        assert not _echo(secure, no_cert)  # require_client_cert holds there
+    finally:
+        app.stop()
+    assert app.dicom.tls_port is None
+
+
+def test_without_a_tls_port_the_one_listener_is_tls_only(tls_node: NodeApp) -> None:
+    assert tls_node.dicom.tls_port is None
+    assert not _echo(tls_node.dicom.port, None)
