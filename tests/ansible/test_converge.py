@@ -563,6 +563,12 @@ def test_the_example_inventory_renders_valid_configurations(tmp_path: Path) -> N
         'ca_file = "/etc/ssl/site-a/hospital-ca.pem", tls = true }'
     ) in site_a
     assert 'ae_title = "LUNG_STUDY"' in site_a
+    pki_dir = etc / "pki"
+    assert (
+        f'\n[dicom.tls]\nca_file = "{pki_dir / "ca.crt"}"\ncert_file = "{pki_dir / "host.crt"}"\n'
+        f'key_file = "{pki_dir / "host.key"}"\nport = 2762\nrequire_client_cert = true\n'
+    ) in site_a
+    assert "[dicom.tls]" not in (etc / "node-site-b.toml").read_text()
     assert (
         '\n[dicom.permissions]\n"CT1" = ["store", "commit"]\n"MR1" = ["store", "commit"]\n'
         '"WS1" = ["find", "move", "get"]\n'
