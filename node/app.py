@@ -20,6 +20,7 @@ from catalog.security.revocation import RevocationList
 from catalog.security.tls import channel_credentials, server_credentials
 from catalog.server.interceptors import RevocationInterceptor
 from node.anti_entropy import AntiEntropy
+from node.audit import DicomAudit, open_audit
 from node.blob_sweeper import QueuedBlobSweeper
 from node.commitment_reporter import CommitmentReporter
 from node.config import CatalogLinkConfig, Destination, NodeConfig
@@ -154,6 +155,7 @@ class NodeApp:
         )
         self.quarantine = Quarantine(config.quarantine_dir)
         self.index: SqlIndex = open_index(config.index_url)
+        self.audit = DicomAudit(open_audit(config.audit_url) if config.audit.enabled else None)
         self.streams = load_node_streams(config)
         self.router = Router(build_routes(config, self.streams))
         self.ingest = IngestService(
@@ -179,6 +181,7 @@ class NodeApp:
             commitments=self.commitments,
             destination_tls=self.destination_tls,
             permissions=Permissions.from_config(config.dicom.permissions),
+            audit=self.audit,
         )
         self.catalog: GrpcCatalogClient | None = None
         self.publisher: Publisher | None = None

@@ -333,6 +333,14 @@ class WorkerConfig(_Strict):
     """How long FinishJob is retried while the catalog is unreachable."""
 
 
+class AuditConfig(_Strict):
+    """The node's append-only audit trail of DICOM access (``node.audit``)."""
+
+    enabled: bool = True
+    db_url: str | None = None
+    """SQLAlchemy URL of the audit database; default ``<data_dir>/audit.sqlite``."""
+
+
 class MetricsConfig(_Strict):
     """Prometheus metrics on ``http://host:port/metrics`` (``node.metrics``)."""
 
@@ -375,6 +383,7 @@ class NodeConfig(_Strict):
     """Folder of processing stream manifests (``*.json`` or ``*/info.json``)."""
     worker: WorkerConfig = Field(default_factory=WorkerConfig)
     metrics: MetricsConfig = Field(default_factory=MetricsConfig)
+    audit: AuditConfig = Field(default_factory=AuditConfig)
 
     @field_validator("name", "default_collection")
     @classmethod
@@ -442,6 +451,12 @@ class NodeConfig(_Strict):
         if self.db_url:
             return self.db_url
         return f"sqlite:///{(self.data_dir / 'index.sqlite').resolve()}"
+
+    @property
+    def audit_url(self) -> str:
+        if self.audit.db_url:
+            return self.audit.db_url
+        return f"sqlite:///{(self.data_dir / 'audit.sqlite').resolve()}"
 
 
 def _format_errors(exc: ValidationError, source: str) -> str:

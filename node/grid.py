@@ -130,6 +130,10 @@ class PlannedInstance:
         return self.location.sop_instance_uid
 
     @property
+    def study_instance_uid(self) -> str:
+        return self.location.study_instance_uid
+
+    @property
     def sop_class_uid(self) -> str:
         return self.location.sop_class_uid
 

@@ -25,6 +25,8 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]  # generated at
 )
 
 from catalog import CatalogError
+from catalog.security.errors import AuditError
+from node.audit import DicomAudit, query_target, studies_of
 from node.config import Destination
 from node.dicom import status
 from node.dicom.client_tls import TlsArgs
@@ -108,6 +110,19 @@ def _calling_ae(event: Event) -> str:
     return str(primitive.calling_ae_title).strip() if primitive is not None else ""
 
 
+def _peer(event: Event) -> str:
+    requestor = event.assoc.requestor
+    return f"{requestor.address}:{requestor.port}"
+
+
+def _audit_refusal(exc: Exception) -> Dataset:
+    """A read refused because its audit row could not be written (fail closed)."""
+    log_event(LOG, "audit_write_failed", level=logging.ERROR, reason=str(exc))
+    return status.status_dataset(
+        status.QR_UNABLE_TO_PROCESS, "not served: the audit log cannot be written"
+    )
+
+
 @dataclass
 class Gateway:
     """The node's DICOM behaviour, bound to pynetdicom events by :meth:`handlers`."""
@@ -132,6 +147,8 @@ class Gateway:
     """DICOM TLS for the destinations configured with ``tls = true`` (by AE title)."""
     permissions: Permissions = field(default_factory=Permissions)
     """What each calling AE title may ask for (``[dicom.permissions]``); default: all."""
+    audit: DicomAudit = field(default_factory=lambda: DicomAudit(None))
+    """The node's audit trail (``node.audit``); default: none kept."""
 
     def _check(self, calling_ae: str, service: Service) -> None:
         """Raise :class:`NotAuthorized` (0x0124) unless ``calling_ae`` may use ``service``."""
@@ -164,6 +181,8 @@ class Gateway:
                 called_ae=called,
                 reason="called AE title not recognised",
             )
+            self.audit.event("dicom.association_rejected", _calling_ae(event), _peer(event),
+                             {"called_ae": called}, "called AE title not recognised")  # fmt: skip
             # permanent rejection, service-user, called-AE-title-not-recognized; kill() lets
             # the DUL flush the A-ASSOCIATE-RJ before the socket closes (as pynetdicom does)
             event.assoc.acse.send_reject(0x01, 0x01, 0x07)
@@ -178,6 +197,7 @@ class Gateway:
         self._association_ended(event, released=False)
 
     def _association_ended(self, event: Event, *, released: bool) -> None:
+        self.audit.association_ended(id(event.assoc), released=released)
         if self.streams is None:
             return
         try:
@@ -209,6 +229,7 @@ class Gateway:
                     event.encoded_dataset(include_meta=False),
                 ),
                 association=id(event.assoc),
+                peer=_peer(event),
             )
         )
         if outcome.status == status.SUCCESS:
@@ -251,6 +272,8 @@ class Gateway:
                 request, collection=route.collection, transform=route.transform
             )
             outcome = stored.outcome.value + (f", {rejection}" if rejection else "")
+            self.audit.stored(call.association, calling, called, call.peer,
+                              stored.study_instance_uid)  # fmt: skip
             if route.stream is not None and self.streams is not None:
                 self.streams.stored(
                     call.association,
@@ -266,6 +289,7 @@ class Gateway:
                 LOG.exception("unexpected failure storing %s", call.sop_instance_uid)
             failure = status.store_failure(exc)
             result = StoreOutcome(int(failure.Status), failure.get("ErrorComment"))
+            self.audit.stored(call.association, calling, called, call.peer, None)
         log_event(
             LOG,
             "c_store",
@@ -351,6 +375,9 @@ class Gateway:
             status=f"0x{code:04X}",
             reason=comment or None,
         )
+        self.audit.event("dicom.commit", calling, _peer(event),
+                         {"called_ae": _called_ae(event), "transaction_uid": transaction,
+                          "instances": count, "reason": comment}, f"0x{code:04X}")  # fmt: skip
         if code == status.SUCCESS:
             return status.SUCCESS, None
         return status.status_dataset(code, comment), None
@@ -364,6 +391,8 @@ class Gateway:
         try:
             self._check(_calling_ae(event), Service.FIND)
             query = to_query(event.identifier, _model(event))
+            target = query_target(_called_ae(event), query.level.value, query.filters)
+            self.audit.read("dicom.find", _calling_ae(event), _peer(event), target, "served")
             encoder = None
             if getattr(event, ENCODED_IDENTIFIERS, False):
                 syntax = event.context.transfer_syntax
@@ -375,12 +404,19 @@ class Gateway:
                 matches += 1
                 encoded = encoder.encode(match) if encoder is not None else None
                 yield status.PENDING, encoded or to_response(match, query, self.ae_title)
+        except AuditError as exc:
+            final = _audit_refusal(exc)
         except _QUERY_ERRORS as exc:
             final = status.query_failure(exc)
         except Exception as exc:
             LOG.exception("unexpected C-FIND failure")
             final = status.query_failure(exc)
         code = final if isinstance(final, int) else int(final.Status)
+        if matches == 0 and code not in (status.SUCCESS, status.CANCELLED):
+            self.audit.event("dicom.find", _calling_ae(event), _peer(event),
+                             {"called_ae": _called_ae(event),
+                              "reason": str(getattr(final, "ErrorComment", ""))},
+                             f"0x{code:04X}")  # fmt: skip
         log_event(
             LOG,
             "c_find",
@@ -408,10 +444,25 @@ class Gateway:
             return self.grid_retrieve
         return self.retrieve
 
-    def _plan(self, event: Event, service: Service) -> tuple[Retriever, Sequence[Any]]:
-        self._check(_calling_ae(event), service)
-        retriever = self._retriever(event)
-        return retriever, retriever.plan(to_query(event.identifier, _model(event)))
+    def _plan(
+        self, event: Event, service: Service, destination: str
+    ) -> tuple[Retriever, Sequence[Any]]:
+        """The sub-operations, recorded in the audit log before any is sent."""
+        action, calling, peer = f"dicom.{service.value}", _calling_ae(event), _peer(event)
+        target: dict[str, Any] = {"called_ae": _called_ae(event), "destination": destination}
+        try:
+            self._check(calling, service)
+            retriever = self._retriever(event)
+            planned = retriever.plan(to_query(event.identifier, _model(event)))
+        except Exception as exc:
+            code = int(status.query_failure(exc).Status)
+            self.audit.event(action, calling, peer, {**target, "reason": str(exc)},
+                             f"0x{code:04X}")  # fmt: skip
+            raise
+        target.update(instances=len(planned),
+                      **studies_of([str(p.study_instance_uid) for p in planned]))  # fmt: skip
+        self.audit.read(action, calling, peer, target, "served")
+        return retriever, planned
 
     def on_move(self, event: Event) -> Iterator[Any]:
         destination_ae = str(event.move_destination or "").strip()
@@ -431,7 +482,7 @@ class Gateway:
         tls = self.destination_tls.get(destination_ae)
         secure = {"tls_args": tls} if tls is not None else {}
         try:
-            retriever, planned = self._plan(event, Service.MOVE)
+            retriever, planned = self._plan(event, Service.MOVE, destination_ae)
         except Exception as exc:
             # pynetdicom sends a final status only after the destination, a count, and an
             # association with the destination: one for C-ECHO alone, nothing is sent on it.
@@ -469,7 +520,7 @@ class Gateway:
 
     def on_get(self, event: Event) -> Iterator[Any]:
         try:
-            retriever, planned = self._plan(event, Service.GET)
+            retriever, planned = self._plan(event, Service.GET, "(C-GET)")
         except Exception as exc:
             yield from self._refuse_retrieve(event, exc, "(C-GET)")
             return

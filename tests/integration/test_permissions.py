@@ -1,12 +1,14 @@
-"""Per-AE permissions (``[dicom.permissions]``) against a real node process, with DCMTK's
-storescu, findscu, movescu and getscu and a pynetdicom Storage Commitment SCU: a modality
-may store and ask for commitment but not query or retrieve; a workstation may query and
-retrieve but not store; any other AE title may only C-ECHO. Each refusal is 0x0124 (Not
-Authorized) with a log line, nothing refused is kept or sent, and the node goes on
-serving the others."""
+"""Per-AE permissions (``[dicom.permissions]``) and the audit trail against a real node
+process, with DCMTK's storescu, findscu, movescu and getscu and a pynetdicom Storage
+Commitment SCU: a modality may store and ask for commitment but not query or retrieve; a
+workstation may query and retrieve but not store; any other AE title may only C-ECHO.
+Each refusal is 0x0124 (Not Authorized) with a log line, nothing refused is kept or sent,
+and the node goes on serving the others. Every request, served or refused, is a row of
+the node's audit log."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -21,6 +23,7 @@ from tests.integration.processes import (
     StoreSCP,
     describe,
     free_port,
+    gridpacs_cli,
     run_dcmtk,
 )
 from tests.integration.test_storage_commitment import _ask, _information
@@ -116,3 +119,32 @@ def test_each_calling_ae_gets_only_the_services_it_is_granted(
     assert "event=c_find calling_ae=CT1 matches=0 status=0x0124" in log
     assert "event=retrieve_refused calling_ae=CT1" in log
     assert "event=n_action calling_ae=WS1" in log
+
+    # every request above is in the node's audit trail, in order, and the chain verifies
+    audit_db = f"sqlite:///{node.data_dir / 'audit.sqlite'}"
+    listed = gridpacs_cli("audit", "--db-url", audit_db, "--json", "--limit", "50")
+    assert listed.returncode == 0, describe(listed)
+    rows = [(r["actor"], r["action"], r["outcome"]) for r in json.loads(listed.stdout)]
+    assert rows == [
+        ("CT1", "dicom.store", "released"),
+        ("WS1", "dicom.store", "released"),
+        ("OTHER", "dicom.store", "released"),
+        ("WS1", "dicom.find", "served"),
+        ("CT1", "dicom.find", "0x0124"),
+        ("CT1", "dicom.move", "0x0124"),
+        ("WS1", "dicom.move", "served"),
+        ("CT1", "dicom.get", "0x0124"),
+        ("WS1", "dicom.get", "served"),
+        ("WS1", "dicom.commit", "0x0124"),
+        ("CT1", "dicom.commit", "0x0000"),
+    ]
+    entries = json.loads(listed.stdout)
+    assert entries[0]["target"]["studies"] == {study_uid: 2}
+    assert entries[1]["target"] == {"called_ae": "GRIDPACS", "instances": 0, "refused": 2,
+                                    "studies": {}}  # fmt: skip
+    assert entries[3]["target"]["keys"] == {"StudyInstanceUID": study_uid}
+    assert entries[6]["target"]["studies"] == [study_uid]
+    assert entries[6]["target"]["destination"] == storescp.ae_title
+    assert all(e["peer"].startswith(f"{HOST}:") for e in entries)
+    verified = gridpacs_cli("audit", "verify", "--db-url", audit_db)
+    assert verified.returncode == 0 and "chain intact" in verified.stdout, describe(verified)
