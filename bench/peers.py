@@ -325,8 +325,19 @@ def baseline_node(source: Path) -> Callable[[Path], AbstractContextManager[Serve
 
 
 # The receivers by the name used on the command line, in the order they are measured.
+@contextmanager
+def gridpacs_unaudited(workdir: Path) -> Iterator[Server]:
+    """The node with its audit trail off (``[audit] enabled = false``): what the trail costs."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    config = workdir / "unaudited.toml"
+    config.write_text("[audit]\nenabled = false\n")
+    with gridpacs_node(workdir, extra=["--config", str(config)]) as server:
+        yield server
+
+
 SERVERS: dict[str, Callable[[Path], AbstractContextManager[Server]]] = {
     "gridpacs": gridpacs_node,
+    "gridpacs-unaudited": gridpacs_unaudited,
     "gridpacs-metrics": gridpacs_scraped,
     "orthanc": orthanc,
     "storescp": storescp,
