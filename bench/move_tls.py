@@ -34,6 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from corpus import DataSet, ingest_set
+from grid_move import Tls, make_tls
 from machine import describe
 from peers import (
     ORTHANC,
@@ -59,36 +60,21 @@ from node.dicom.reactor import install_race_free_loop
 from node.dicom.scu import install_nodelay_for_outgoing
 
 
-@dataclass(frozen=True)
-class Certs:
-    ca: Path
-    files: dict[str, tuple[Path, Path]]  # name -> (cert, key)
-
-    def client_context(self, name: str) -> ssl.SSLContext:
-        context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(self.ca))
-        context.load_cert_chain(*(str(p) for p in self.files[name]))
-        return context
-
-
-def make_certs(workdir: Path, names: list[str]) -> Certs:
-    from catalog.security import init_ca, issue
-
-    init_ca(workdir / "ca", "bench hospital")
-    files = {}
-    for name in names:
-        issued = issue(workdir / "ca", workdir / f"tls-{name}", "127.0.0.1")
-        files[name] = (issued.cert, issued.key)
-    return Certs(workdir / "ca" / "ca.crt", files)
+def client_context(tls: Tls, name: str) -> ssl.SSLContext:
+    """A client context with ``name``'s certificate, trusting the bench CA."""
+    context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(tls.ca))
+    context.load_cert_chain(*(str(p) for p in tls.certs[name]))
+    return context
 
 
 @contextmanager
-def store_scp(workdir: Path, ae: str, tls: Certs | None) -> Iterator[Server]:
+def store_scp(workdir: Path, ae: str, tls: Tls | None) -> Iterator[Server]:
     port = free_port()
     received = workdir / "received"
     received.mkdir(parents=True, exist_ok=True)
     secure: list[str] = []
     if tls is not None:
-        cert, key = tls.files["storescp"]
+        cert, key = tls.certs["storescp"]
         secure = ["+tls", str(key), str(cert), "+cf", str(tls.ca), "-rc"]
     argv = [STORESCP, "-aet", ae, *secure, "-od", str(received), str(port)]
     with _running(f"storescp-{ae.lower()}", ae, port, argv, workdir, None) as server:
@@ -96,7 +82,7 @@ def store_scp(workdir: Path, ae: str, tls: Certs | None) -> Iterator[Server]:
 
 
 @contextmanager
-def node(workdir: Path, certs: Certs | None, destination: Server) -> Iterator[Server]:
+def node(workdir: Path, certs: Tls | None, destination: Server) -> Iterator[Server]:
     """The node with ``destination`` as ``dest``; with ``certs``, over DICOM TLS both ways
     (``[dicom.tls]`` for its listener and the certificate it presents), as Orthanc."""
     port = free_port()
@@ -107,7 +93,7 @@ def node(workdir: Path, certs: Certs | None, destination: Server) -> Iterator[Se
         f'host = "127.0.0.1"\nport = {destination.port}\n'
     )
     if certs is not None:
-        cert, key = certs.files["node"]
+        cert, key = certs.certs["node"]
         text += "tls = true\n"
         text += f'[dicom.tls]\ncert_file = "{cert}"\nkey_file = "{key}"\nca_file = "{certs.ca}"\n'
     config = workdir / "node.toml"
@@ -129,7 +115,7 @@ def node(workdir: Path, certs: Certs | None, destination: Server) -> Iterator[Se
 
 
 @contextmanager
-def orthanc(workdir: Path, certs: Certs | None, destination: Server) -> Iterator[Server]:
+def orthanc(workdir: Path, certs: Tls | None, destination: Server) -> Iterator[Server]:
     port = free_port()
     config = orthanc_config(workdir, port, free_port())
     modality: dict[str, object] = {
@@ -138,7 +124,7 @@ def orthanc(workdir: Path, certs: Certs | None, destination: Server) -> Iterator
         "Port": destination.port,
     }
     if certs is not None:
-        cert, key = certs.files["orthanc"]
+        cert, key = certs.certs["orthanc"]
         config.update(
             DicomTlsEnabled=True,
             DicomTlsCertificate=str(cert),
@@ -232,8 +218,8 @@ def main() -> int:
     results: dict[str, list[MoveRun]] = {}
     with exclusive_run("move_tls"), tempfile.TemporaryDirectory(prefix="move-tls-") as tmp:
         work = Path(tmp)
-        certs = make_certs(work, ["storescp", "node", "orthanc", "mover"])
-        mover = certs.client_context("mover")
+        certs = make_tls(work, ["storescp", "node", "orthanc", "mover"])
+        mover = client_context(certs, "mover")
         with ExitStack() as stack:
             for name in ("plain-scp", "tls-scp", "node", "node-tls", "orthanc", "orthanc-tls"):
                 (work / name).mkdir()

@@ -115,6 +115,13 @@ def _peer(event: Event) -> str:
     return f"{requestor.address}:{requestor.port}"
 
 
+def _log_unreachable(event: Event, destination: str, *, reason: str, **fields: object) -> None:
+    """A C-MOVE answered 0xA801: the destination is unknown or did not associate."""
+    log_event(LOG, "c_move", level=logging.WARNING, calling_ae=_calling_ae(event),
+              destination=destination, **fields,
+              status=f"0x{status.MOVE_UNKNOWN_DESTINATION:04X}", reason=reason)  # fmt: skip
+
+
 def _audit_refusal(exc: Exception) -> Dataset:
     """A read refused because its audit row could not be written (fail closed)."""
     log_event(LOG, "audit_write_failed", level=logging.ERROR, reason=str(exc))
@@ -468,15 +475,7 @@ class Gateway:
         destination_ae = str(event.move_destination or "").strip()
         destination = self.destinations.get(destination_ae)
         if destination is None:
-            log_event(
-                LOG,
-                "c_move",
-                level=logging.WARNING,
-                calling_ae=_calling_ae(event),
-                destination=destination_ae,
-                status=f"0x{status.MOVE_UNKNOWN_DESTINATION:04X}",
-                reason="unknown move destination",
-            )
+            _log_unreachable(event, destination_ae, reason="unknown move destination")
             yield None, None
             return
         tls = self.destination_tls.get(destination_ae)
@@ -501,15 +500,11 @@ class Gateway:
         except GeneratorExit:  # … and drops the handler when no association came up
             if not planned:
                 raise  # nothing to send: pynetdicom answered without an association
-            log_event(
-                LOG,
-                "c_move",
-                level=logging.WARNING,
-                calling_ae=_calling_ae(event),
-                destination=destination_ae,
+            _log_unreachable(
+                event,
+                destination_ae,
                 address=f"{destination.host}:{destination.port}",
                 tls=tls is not None,
-                status=f"0x{status.MOVE_UNKNOWN_DESTINATION:04X}",
                 reason="the destination did not accept an association"
                 + (" (TLS: see the handshake error logged before)" if tls is not None else ""),
             )
