@@ -12,9 +12,24 @@ from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pynetdicom.dsutils import split_dataset
 
+from tests.factories import StudySpec, make_dataset
 from tests.integration.corpus import dataset_bytes
 from tests.integration.processes import HOST, Node, describe, gridpacs_cli, run_dcmtk
 from tests.integration.scu import association, store
+
+
+def write_study(directory: Path, patient_id: str, count: int) -> tuple[str, list[Path]]:
+    """``count`` instances of one new study of ``patient_id`` as Part 10 files named by SOP
+    Instance UID (for DCMTK's tools); the Study Instance UID and the paths."""
+    directory.mkdir(parents=True, exist_ok=True)
+    spec, paths, study_uid = StudySpec(patient_id=patient_id), [], ""
+    for n in range(count):
+        ds = make_dataset(spec, instance_number=n)
+        path = directory / f"{ds.SOPInstanceUID}.dcm"
+        ds.save_as(path, enforce_file_format=True)
+        paths.append(path)
+        study_uid = str(ds.StudyInstanceUID)
+    return study_uid, paths
 
 
 def load(node: Node, datasets: Iterable[Dataset], calling_ae: str = "LOADER") -> None:

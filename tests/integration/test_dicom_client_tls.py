@@ -24,8 +24,7 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
 from catalog.security import pki
 from node.dicom.client_tls import client_context
 from node.dicom.scu import send_files
-from tests.factories import StudySpec, make_dataset
-from tests.integration.archive import dimse_statuses
+from tests.integration.archive import dimse_statuses, write_study
 from tests.integration.processes import (
     HOST,
     Node,
@@ -129,18 +128,6 @@ def _node(
     return node_factory(config_file=config, port=port, data_dir=data_dir, ae_title="GRIDPACS")
 
 
-def _study(directory: Path, patient: str, count: int = 3) -> tuple[str, list[Path]]:
-    spec = StudySpec(patient_id=patient)
-    directory.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for n in range(count):
-        ds = make_dataset(spec, instance_number=n)
-        path = directory / f"{ds.SOPInstanceUID}.dcm"
-        ds.save_as(path, enforce_file_format=True)
-        paths.append(path)
-    return str(ds.StudyInstanceUID), paths
-
-
 def _store(node: Node, paths: list[Path], *tls: str) -> None:
     result = run_dcmtk(
         "storescu",
@@ -228,7 +215,7 @@ def test_a_move_reaches_tls_only_workstations_and_refuses_untrusted_ones(
         + _toml_destination("CLEAR", workstations["plain"])
     )
     node = _node(node_factory, tmp_path, destinations)  # plain DICOM in, no certificate
-    study_uid, paths = _study(tmp_path / "study", "TLS-1")
+    study_uid, paths = write_study(tmp_path / "study", "TLS-1", 3)
     _store(node, paths)
     for scp in workstations.values():
         scp.clear()
@@ -266,7 +253,7 @@ def test_a_tls_node_presents_its_certificate_to_a_workstation_that_requires_one(
     destinations = _toml_destination("STRICT", workstations["strict"], tls=True)
     node = _node(node_factory, tmp_path, destinations, dicom_tls)
     client = _dcmtk_tls(certs.grid["modality"])
-    study_uid, paths = _study(tmp_path / "study", "TLS-2", count=2)
+    study_uid, paths = write_study(tmp_path / "study", "TLS-2", count=2)
     _store(node, paths, *client)
     workstations["strict"].clear()
 
@@ -293,7 +280,7 @@ def test_storage_commitment_reports_go_to_a_tls_listener(
             f'tls = true\nca_file = "{modality_files.ca_cert}"\n'
         )
         node = _node(node_factory, tmp_path, line)
-        _, paths = _study(tmp_path / "study", "TLS-3", count=2)
+        _, paths = write_study(tmp_path / "study", "TLS-3", count=2)
         _store(node, paths)
         refs = [(str(dcmread(p).SOPClassUID), p.stem) for p in paths]
         tx = generate_uid()
@@ -311,7 +298,7 @@ def test_stream_results_are_sent_over_tls(
     workstations: dict[str, StoreSCP], certs: Pki, tmp_path: Path
 ) -> None:
     """``send_files`` is how a job's results leave the node (``NodeApp._send_results``)."""
-    _, paths = _study(tmp_path / "results", "TLS-4", count=2)
+    _, paths = write_study(tmp_path / "results", "TLS-4", count=2)
     strict = workstations["strict"]
     strict.clear()
     node_files = certs.grid["node"]

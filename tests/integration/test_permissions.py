@@ -15,7 +15,7 @@ import pytest
 from pydicom.uid import generate_uid
 
 from tests.factories import StudySpec, make_dataset
-from tests.integration.archive import dimse_statuses, node_status, status_counts
+from tests.integration.archive import dimse_statuses, node_status, status_counts, write_study
 from tests.integration.processes import (
     HOST,
     Node,
@@ -45,17 +45,6 @@ def _node(node_factory: NodeFactory, directory: Path, storescp: StoreSCP) -> Nod
     return node_factory(config_file=config, port=port, data_dir=data_dir, ae_title="GRIDPACS")
 
 
-def _files(directory: Path, patient: str, count: int) -> tuple[str, list[Path]]:
-    directory.mkdir(parents=True, exist_ok=True)
-    spec, paths = StudySpec(patient_id=patient), []
-    for n in range(count):
-        ds = make_dataset(spec, instance_number=n)
-        path = directory / f"{ds.SOPInstanceUID}.dcm"
-        ds.save_as(path, enforce_file_format=True)
-        paths.append(path)
-    return str(ds.StudyInstanceUID), paths
-
-
 def _statuses(tool: str, node: Node, calling_ae: str, *args: str) -> list[int]:
     result = run_dcmtk(tool, "-d", "-aet", calling_ae, "-aec", node.called_ae, *args)
     statuses = dimse_statuses(result.stdout + result.stderr)
@@ -72,8 +61,8 @@ def test_each_calling_ae_gets_only_the_services_it_is_granted(
 ) -> None:
     node = _node(node_factory, tmp_path, storescp)
     address = [HOST, str(node.port)]
-    study_uid, paths = _files(tmp_path / "ct1", "PERM-1", 2)
-    _, foreign = _files(tmp_path / "ws1", "PERM-2", 2)
+    study_uid, paths = write_study(tmp_path / "ct1", "PERM-1", 2)
+    _, foreign = write_study(tmp_path / "ws1", "PERM-2", 2)
 
     # the modality stores; the workstation and an unlisted AE may not, and nothing is kept
     assert _statuses("storescu", node, "CT1", *address, *map(str, paths)) == [0, 0]
