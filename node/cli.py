@@ -213,6 +213,7 @@ def status(
         "port": cfg.dicom.port,
         "data_dir": str(cfg.data_dir.resolve()),
         "index": _redact(cfg.index_url),
+        "audit": _redact(cfg.audit_url) if cfg.audit.enabled else "off",
         **counts,
         "quarantined": quarantined,
         **{f"replication_{k}": v for k, v in replication.items() if k != "last_round"},

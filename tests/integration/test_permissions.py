@@ -110,7 +110,8 @@ def test_each_calling_ae_gets_only_the_services_it_is_granted(
     assert "event=n_action calling_ae=WS1" in log
 
     # every request above is in the node's audit trail, in order, and the chain verifies
-    audit_db = f"sqlite:///{node.data_dir / 'audit.sqlite'}"
+    audit_db = node_status(node.data_dir)["audit"]  # where an admin finds it
+    assert audit_db == f"sqlite:///{(node.data_dir / 'audit.sqlite').resolve()}"
     listed = gridpacs_cli("audit", "--db-url", audit_db, "--json", "--limit", "50")
     assert listed.returncode == 0, describe(listed)
     rows = [(r["actor"], r["action"], r["outcome"]) for r in json.loads(listed.stdout)]
