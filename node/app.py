@@ -182,6 +182,7 @@ class NodeApp:
             destination_tls=self.destination_tls,
             permissions=Permissions.from_config(config.dicom.permissions),
             audit=self.audit,
+            allowed_calling_aes=frozenset(config.dicom.allowed_calling_aes),
         )
         self.catalog: GrpcCatalogClient | None = None
         self.publisher: Publisher | None = None

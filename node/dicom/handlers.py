@@ -156,6 +156,9 @@ class Gateway:
     """What each calling AE title may ask for (``[dicom.permissions]``); default: all."""
     audit: DicomAudit = field(default_factory=lambda: DicomAudit(None))
     """The node's audit trail (``node.audit``); default: none kept."""
+    allowed_calling_aes: frozenset[str] = frozenset()
+    """``[dicom] allowed_calling_aes`` (pynetdicom refuses the others; here they are logged
+    and audited); empty: any."""
 
     def _check(self, calling_ae: str, service: Service) -> None:
         """Raise :class:`NotAuthorized` (0x0124) unless ``calling_ae`` may use ``service``."""
@@ -177,8 +180,17 @@ class Gateway:
 
     # -- association ---------------------------------------------------------------------
     def on_requested(self, event: Event) -> None:
-        """Reject associations addressed to an AE title this node does not serve."""
+        """Reject associations addressed to an AE title this node does not serve; log and
+        audit those from calling AE titles the allowlist refuses (pynetdicom rejects them)."""
         called = _called_ae(event)
+        calling = _calling_ae(event)
+        if self.allowed_calling_aes and calling not in self.allowed_calling_aes:
+            reason = "calling AE title not allowed"
+            log_event(LOG, "association_rejected", level=logging.WARNING, calling_ae=calling,
+                      called_ae=called, reason=reason)  # fmt: skip
+            self.audit.event("dicom.association_rejected", calling, _peer(event),
+                             {"called_ae": called}, reason)  # fmt: skip
+            return
         if called not in self.router.ae_titles:
             log_event(
                 LOG,
@@ -476,6 +488,10 @@ class Gateway:
         destination = self.destinations.get(destination_ae)
         if destination is None:
             _log_unreachable(event, destination_ae, reason="unknown move destination")
+            self.audit.event("dicom.move", _calling_ae(event), _peer(event),
+                             {"called_ae": _called_ae(event), "destination": destination_ae,
+                              "reason": "unknown move destination"},
+                             f"0x{status.MOVE_UNKNOWN_DESTINATION:04X}")  # fmt: skip
             yield None, None
             return
         tls = self.destination_tls.get(destination_ae)

@@ -17,9 +17,11 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
     CTImageStorage,
     StudyRootQueryRetrieveInformationModelFind,
     StudyRootQueryRetrieveInformationModelGet,
+    StudyRootQueryRetrieveInformationModelMove,
 )
 
 from node.app import NodeApp
+from node.audit import open_audit
 from node.config import load_config
 from tests.factories import StudySpec, make_dataset
 
@@ -93,3 +95,47 @@ def test_reads_are_refused_when_their_audit_row_cannot_be_written(
             assert time.monotonic() < deadline, caplog.text
             time.sleep(0.05)
     assert node.index.get_instance(str(second.SOPInstanceUID)) is not None
+
+
+def test_refused_associations_and_unknown_destinations_are_audited(tmp_path: Path) -> None:
+    config = {"data_dir": str(tmp_path), "dicom": {"port": 0, "allowed_calling_aes": ["WS1"]}}
+    app = NodeApp(load_config(None, config))
+    app.start()
+    try:
+        intruder = AE(ae_title="INTRUDER")
+        intruder.add_requested_context(StudyRootQueryRetrieveInformationModelFind)
+        refused = intruder.associate("127.0.0.1", app.dicom.port, ae_title="GRIDPACS")
+        assert refused.is_rejected
+        ws = AE(ae_title="WS1")
+        ws.add_requested_context(StudyRootQueryRetrieveInformationModelMove)
+        assoc = ws.associate("127.0.0.1", app.dicom.port, ae_title="GRIDPACS")
+        assert assoc.is_established
+        ((reply, _),) = list(
+            assoc.send_c_move(
+                _study_identifier("1.2.3"), "NOWHERE", StudyRootQueryRetrieveInformationModelMove
+            )
+        )
+        assert int(reply.Status) == 0xA801
+        assoc.release()
+    finally:
+        app.stop()
+    log = open_audit(app.config.audit_url)
+    rows = [(r.actor, r.action, r.outcome, dict(r.target)) for r in log.query()]
+    assert rows == [
+        (
+            "INTRUDER",
+            "dicom.association_rejected",
+            "calling AE title not allowed",
+            {"called_ae": "GRIDPACS"},
+        ),
+        (
+            "WS1",
+            "dicom.move",
+            "0xA801",
+            {
+                "called_ae": "GRIDPACS",
+                "destination": "NOWHERE",
+                "reason": "unknown move destination",
+            },
+        ),
+    ]
