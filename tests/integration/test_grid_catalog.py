@@ -96,11 +96,12 @@ def test_study_stored_on_one_node_is_found_through_another(
         node_a.port, "SITEA", [make_dataset(spec, instance_number=n) for n in (1, 2, 3)]
     ) == [0, 0, 0]
 
-    found = _wait_for(
-        lambda: _grid_find_soon(node_b.port, "STUDY", PatientID="GRID-P1", StudyInstanceUID="",
-                           NumberOfStudyRelatedInstances=""),
-        30, "the study to appear in the grid",
-    )  # fmt: skip
+    def whole_study() -> list[Dataset]:  # publishing may come in more than one batch
+        found = _grid_find_soon(node_b.port, "STUDY", PatientID="GRID-P1", StudyInstanceUID="",
+                                NumberOfStudyRelatedInstances="")  # fmt: skip
+        return found if found and found[0].NumberOfStudyRelatedInstances == 3 else []
+
+    found = _wait_for(whole_study, 30, "the study's 3 instances to appear in the grid")
     assert len(found) == 1
     assert found[0].StudyInstanceUID == spec.study_uid
     assert found[0].NumberOfStudyRelatedInstances == 3
