@@ -83,8 +83,8 @@ def store_scp(workdir: Path, ae: str, tls: Tls | None) -> Iterator[Server]:
 
 @contextmanager
 def node(workdir: Path, certs: Tls | None, destination: Server) -> Iterator[Server]:
-    """The node with ``destination`` as ``dest``; with ``certs``, over DICOM TLS both ways
-    (``[dicom.tls]`` for its listener and the certificate it presents), as Orthanc."""
+    """The node with ``destination`` under its own AE title; with ``certs``, over DICOM TLS
+    both ways (``[dicom.tls]`` for its listener and the certificate it presents), as Orthanc."""
     port = free_port()
     text = (
         f'name = "bench"\ndata_dir = "{workdir / "data"}"\n'

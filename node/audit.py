@@ -59,9 +59,6 @@ def open_audit(url: str) -> AuditLog:
 
 @dataclass
 class _Stored:
-    calling_ae: str
-    called_ae: str
-    peer: str
     studies: Counter[str] = field(default_factory=Counter)
     refused: int = 0
 
@@ -73,10 +70,6 @@ class DicomAudit:
         self._log = log
         self._stores: dict[int, _Stored] = {}
         self._lock = threading.Lock()
-
-    @property
-    def enabled(self) -> bool:
-        return self._log is not None
 
     def read(
         self, action: str, calling_ae: str, peer: str, target: Mapping[str, Any], outcome: str
@@ -99,22 +92,21 @@ class DicomAudit:
             log_event(LOG, "audit_write_failed", level=logging.ERROR, action=action,
                       calling_ae=calling_ae, reason=str(exc))  # fmt: skip
 
-    def stored(
-        self, association: int, calling_ae: str, called_ae: str, peer: str, study: str | None
-    ) -> None:
-        """Count one C-STORE of ``association`` (``study`` None: refused)."""
+    def stored(self, association: int, study: str | None) -> None:
+        """Count one C-STORE of ``association`` (``study`` None: refused); who sent it is
+        read once, when the association ends."""
         if self._log is None:
             return
         with self._lock:
-            entry = self._stores.get(association)
-            if entry is None:
-                entry = self._stores[association] = _Stored(calling_ae, called_ae, peer)
+            entry = self._stores.setdefault(association, _Stored())
             if study is None:
                 entry.refused += 1
             else:
                 entry.studies[study] += 1
 
-    def association_ended(self, association: int, *, released: bool) -> None:
+    def association_ended(
+        self, association: int, calling_ae: str, called_ae: str, peer: str, *, released: bool
+    ) -> None:
         """One row for everything the association stored (nothing when it stored nothing)."""
         with self._lock:
             entry = self._stores.pop(association, None)
@@ -122,14 +114,14 @@ class DicomAudit:
             return
         listed = dict(entry.studies.most_common(MAX_LISTED))
         target: dict[str, Any] = {
-            "called_ae": entry.called_ae,
+            "called_ae": called_ae,
             "instances": sum(entry.studies.values()),
             "refused": entry.refused,
             "studies": listed,
         }
         if len(entry.studies) > len(listed):
             target["studies_total"] = len(entry.studies)
-        self.event("dicom.store", entry.calling_ae, entry.peer, target,
+        self.event("dicom.store", calling_ae, peer, target,
                    "released" if released else "aborted")  # fmt: skip
 
 

@@ -14,6 +14,7 @@ import ssl
 import time
 from dataclasses import dataclass
 
+from pynetdicom.association import Association
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
 from node.dicom.client_tls import TlsArgs
@@ -83,12 +84,10 @@ def diagnose(host: str, port: int, tls: TlsArgs | None, timeout: float) -> str:
     return f"TLS handshake succeeds, but {host}:{port} refused or dropped the association"
 
 
-def _why(assoc: object) -> str:
-    primitive = getattr(getattr(assoc, "acceptor", None), "primitive", None)
-    if primitive is None:
-        return ""
-    reason = getattr(primitive, "reason_str", None) or getattr(primitive, "diagnostic", None)
-    return f": {reason}" if reason else ""
+def _why(assoc: Association) -> str:
+    """The A-ASSOCIATE-RJ's reason ("Calling AE title not recognised" …)."""
+    primitive = assoc.acceptor.primitive
+    return f": {primitive.reason_str}" if primitive is not None else ""
 
 
 def _failed(started: float, status: int | None, reason: str) -> EchoResult:

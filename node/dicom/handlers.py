@@ -216,7 +216,8 @@ class Gateway:
         self._association_ended(event, released=False)
 
     def _association_ended(self, event: Event, *, released: bool) -> None:
-        self.audit.association_ended(id(event.assoc), released=released)
+        self.audit.association_ended(id(event.assoc), _calling_ae(event), _called_ae(event),
+                                     _peer(event), released=released)  # fmt: skip
         if self.streams is None:
             return
         try:
@@ -248,7 +249,6 @@ class Gateway:
                     event.encoded_dataset(include_meta=False),
                 ),
                 association=id(event.assoc),
-                peer=_peer(event),
             )
         )
         if outcome.status == status.SUCCESS:
@@ -291,8 +291,7 @@ class Gateway:
                 request, collection=route.collection, transform=route.transform
             )
             outcome = stored.outcome.value + (f", {rejection}" if rejection else "")
-            self.audit.stored(call.association, calling, called, call.peer,
-                              stored.study_instance_uid)  # fmt: skip
+            self.audit.stored(call.association, stored.study_instance_uid)
             if route.stream is not None and self.streams is not None:
                 self.streams.stored(
                     call.association,
@@ -308,7 +307,7 @@ class Gateway:
                 LOG.exception("unexpected failure storing %s", call.sop_instance_uid)
             failure = status.store_failure(exc)
             result = StoreOutcome(int(failure.Status), failure.get("ErrorComment"))
-            self.audit.stored(call.association, calling, called, call.peer, None)
+            self.audit.stored(call.association, None)
         log_event(
             LOG,
             "c_store",

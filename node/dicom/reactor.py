@@ -408,7 +408,6 @@ class EventDrivenDUL(DULServiceProvider):
                 pending.fragments,
             ),
             association=id(assoc),
-            peer=f"{assoc.requestor.address}:{assoc.requestor.port}",
         )
         assert self.store_sink is not None
         self._idle_timer.stop()  # a slow disk is not an idle peer

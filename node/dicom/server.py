@@ -201,11 +201,12 @@ class DicomServer:
 
     def start(self) -> None:
         tls = _tls_context(self._config)
-        second = self._config.tls is not None and self._config.tls.port is not None
-        self._server = self._listen(self._config.port, None if second else tls)
-        if second:
-            assert self._config.tls is not None and self._config.tls.port is not None
-            self._tls_server = self._listen(self._config.tls.port, tls)
+        tls_port = self._config.tls.port if self._config.tls is not None else None
+        if tls_port is None:  # one listener: TLS-only when [dicom.tls] is set
+            self._server = self._listen(self._config.port, tls)
+        else:  # plain on [dicom] port, TLS on its own
+            self._server = self._listen(self._config.port, None)
+            self._tls_server = self._listen(tls_port, tls)
 
     def _listen(self, port: int, tls: ssl.SSLContext | None) -> ThreadedAssociationServer:
         return serve(

@@ -80,8 +80,6 @@ class StoreCall:
     """Builds the Part 10 bytes (preamble, meta, the data set as received) when asked."""
     association: int
     """Identifies the association (``id`` of pynetdicom's object) across its requests."""
-    peer: str = ""
-    """The sender's ``address:port`` (for the audit trail)."""
 
 
 @dataclass(frozen=True)

@@ -19,6 +19,7 @@ from pydicom.uid import generate_uid
 from pynetdicom import AE
 from pynetdicom.sop_class import (  # type: ignore[attr-defined]
     StudyRootQueryRetrieveInformationModelMove,
+    Verification,
 )
 
 from catalog.security import pki
@@ -313,6 +314,12 @@ def test_node_echo_checks_every_destination_and_says_why_one_fails(
     workstations: dict[str, StoreSCP], certs: Pki, tmp_path: Path
 ) -> None:
     own, ca = certs.grid["node"], str(certs.grid["node"].ca_cert)
+    # a peer that knows only another AE title: it rejects the node's association
+    picky = AE(ae_title="PICKY")
+    picky.add_supported_context(Verification)
+    picky.require_calling_aet = ["SOMEONE"]
+    picky_port = free_port()
+    server = picky.start_server((HOST, picky_port), block=False)
     config = tmp_path / "node.toml"
     config.write_text(
         f'data_dir = "{tmp_path / "unused"}"\n[dicom]\nae_title = "GRIDPACS"\n'
@@ -325,11 +332,18 @@ def test_node_echo_checks_every_destination_and_says_why_one_fails(
         + _toml_destination("PLAIN", workstations["plain"], tls=True)
         + _toml_destination("CLEAR", workstations["plain"])
         + f'[dicom.destinations.GONE]\nhost = "{HOST}"\nport = {free_port()}\n'
+        + f'[dicom.destinations.PICKY]\nhost = "{HOST}"\nport = {picky_port}\n'
     )
-    result = gridpacs_cli("node", "echo", "--config", str(config), "--json", "--timeout", "5")
+    try:
+        result = gridpacs_cli("node", "echo", "--config", str(config), "--json", "--timeout", "5")
+    finally:
+        server.shutdown()
     assert result.returncode == 1, result.stderr
     rows = {row["destination"]: row for row in json.loads(result.stdout)}
-    assert sorted(rows) == ["CLEAR", "ELSEWHERE", "GONE", "PLAIN", "ROGUE", "STRICT"]
+    assert sorted(rows) == ["CLEAR", "ELSEWHERE", "GONE", "PICKY", "PLAIN", "ROGUE", "STRICT"]
+    assert rows["PICKY"]["reason"] == (
+        "PICKY rejected the association: Calling AE title not recognised"
+    ), rows["PICKY"]
     assert rows["STRICT"]["ok"] and rows["STRICT"]["tls"] and rows["STRICT"]["status"] == 0
     assert rows["CLEAR"]["ok"] and not rows["CLEAR"]["tls"]
     assert "not trusted" in rows["ROGUE"]["reason"], rows["ROGUE"]
@@ -337,7 +351,7 @@ def test_node_echo_checks_every_destination_and_says_why_one_fails(
     assert "elsewhere.example" in rows["ELSEWHERE"]["reason"].lower(), rows["ELSEWHERE"]
     assert rows["PLAIN"]["reason"].startswith("TLS handshake failed"), rows["PLAIN"]
     assert rows["GONE"]["reason"].startswith("cannot connect"), rows["GONE"]
-    assert not any(rows[n]["ok"] for n in ("ROGUE", "ELSEWHERE", "PLAIN", "GONE"))
+    assert not any(rows[n]["ok"] for n in ("ROGUE", "ELSEWHERE", "PLAIN", "GONE", "PICKY"))
     assert not any(scp.received() for scp in workstations.values())
 
     named = gridpacs_cli("node", "echo", "STRICT", "CLEAR", "--config", str(config))
