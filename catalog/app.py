@@ -28,6 +28,9 @@ from catalog.jobs.store import JobStore
 from catalog.log_compaction import LogCompactor
 from catalog.placement import PullPlanner, ReplicationPolicy
 from catalog.replication import Peer, Replicator
+from catalog.security.atna import AuditSource, catalog_message
+from catalog.security.audit import AuditLog
+from catalog.security.audit_export import AuditExporter, build_sender
 from catalog.server.holdings_convert import SERVICE_NAME as HOLDINGS_SERVICE
 from catalog.server.metrics import CatalogMetrics, ReplicaState
 from catalog.server.replication_servicer import REPLICATION_SERVICE, add_replication_service
@@ -69,6 +72,7 @@ class CatalogApp:
     compactor: LogCompactor
     closers: list[Callable[[], None]] = field(default_factory=list)
     metrics: CatalogMetrics | None = None
+    audit_exporter: AuditExporter | None = None
 
     @property
     def port(self) -> int:
@@ -79,6 +83,8 @@ class CatalogApp:
             tls = self.config.tls if self.config.metrics.tls else None
             self.metrics.start(self.config.metrics.host, self.config.metrics.port,
                                (tls.cert, tls.key, tls.ca) if tls else None)  # fmt: skip
+        if self.audit_exporter is not None:
+            self.audit_exporter.start()
         self.jobs.scheduler.start()
         self.server.start()
         self.replicator.start()
@@ -100,6 +106,8 @@ class CatalogApp:
             close()
         if self.metrics is not None:
             self.metrics.stop()
+        if self.audit_exporter is not None:
+            self.audit_exporter.stop()  # after the server: the last calls' rows go too
         self.engine.dispose()
         log.info("event=catalog_stopped name=%s", self.config.name)
 
@@ -119,9 +127,11 @@ def _security(
     engine: Engine,
     *,
     before_auth: list[grpc.ServerInterceptor],
-) -> tuple[list[grpc.ServerInterceptor], Callable[[grpc.ServicerContext], Scope]]:
+) -> tuple[
+    list[grpc.ServerInterceptor], Callable[[grpc.ServicerContext], Scope], AuditLog | None
+]:
     """The audit (outermost, so refused calls are recorded), ``before_auth`` (revocation),
-    then authentication."""
+    then authentication; and the audit log when there is one."""
     from catalog.security import AuditLog, TokenStore, load_pepper
     from catalog.server.interceptors import (
         AccessPolicy,
@@ -143,17 +153,36 @@ def _security(
         TokenStore(engine, load_pepper(security.pepper_file)), policy=AccessPolicy(rules=rules)
     )
     interceptors: list[grpc.ServerInterceptor] = []
-    if security.audit:
+    audit_log = AuditLog(engine) if security.audit else None
+    if audit_log is not None:
         interceptors.append(
             AuditInterceptor(
-                AuditLog(engine),
+                audit_log,
                 security.audited_methods,
                 summarizers={AUTHORIZE_RETRIEVE: _retrieve_summary},
             )
         )
     interceptors += before_auth
     interceptors.append(auth)  # audit outermost, so rejected calls are audited too
-    return interceptors, _scope_from_principal
+    return interceptors, _scope_from_principal, audit_log
+
+
+def _audit_exporter(config: CatalogConfig, audit_log: AuditLog) -> AuditExporter | None:
+    """Sends the catalog's audit log to the site's repository (``[security.audit_export]``)."""
+    assert config.security is not None
+    settings = config.security.audit_export
+    if settings is None:
+        return None
+    source = AuditSource(config.name, settings.site_id or config.name)
+    exporter = AuditExporter(
+        audit_log,
+        build_sender(settings),  # ValueError names the unreadable file: the replica stops
+        lambda row: catalog_message(row, source),
+        app_name=f"gridpacs-catalog-{config.name}",
+        batch_size=settings.batch_size,
+    )
+    audit_log.on_append(exporter.nudge)
+    return exporter
 
 
 def _revocation(crl: Path, ca: Path) -> grpc.ServerInterceptor:
@@ -237,12 +266,17 @@ def build_app(config: CatalogConfig) -> CatalogApp:
         jobs = _jobs(config, engine, repository)
         server_creds, channel_creds = _credentials(config)
         scope = None
+        exporter: AuditExporter | None = None
         revocation: list[grpc.ServerInterceptor] = []
         if config.tls is not None and config.tls.crl is not None:
             revocation.append(_revocation(config.tls.crl, config.tls.ca))
         interceptors = revocation
         if config.security is not None:
-            interceptors, scope = _security(config.security, engine, before_auth=revocation)
+            interceptors, scope, audit_log = _security(
+                config.security, engine, before_auth=revocation
+            )
+            if audit_log is not None:
+                exporter = _audit_exporter(config, audit_log)
         metrics = _metrics(config, repository, jobs) if config.metrics.enabled else None
         if metrics is not None:  # outermost: refused and audited calls are counted too
             interceptors = [metrics.interceptor, *interceptors]
@@ -284,7 +318,7 @@ def build_app(config: CatalogConfig) -> CatalogApp:
         engine.dispose()
         raise
     return CatalogApp(config, engine, service, server, replicator, jobs, compactor,
-                      metrics=metrics)  # fmt: skip
+                      metrics=metrics, audit_exporter=exporter)  # fmt: skip
 
 
 def _metrics(config: CatalogConfig, repository: Repository, jobs: JobsService) -> CatalogMetrics:

@@ -13,6 +13,7 @@ from typing import Annotated, Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from catalog.errors import ConfigError
+from catalog.security.audit_export import AuditExportSettings
 
 
 class _Model(BaseModel):
@@ -95,11 +96,22 @@ class SecurityConfig(_Model):
         description="Ed25519 key signing researchers' retrieve grants (gridpacs pki grant-key)",
     )
     grant_ttl_s: int = Field(default=900, ge=30, le=86_400, description="lifetime of a grant")
+    audit_export: AuditExportSettings | None = Field(
+        default=None,
+        description="send the audit log to the site's Audit Record Repository (syslog, "
+        "DICOM audit messages)",
+    )
     identified_collections: tuple[str, ...] = Field(
         default=(),
         description="collections holding identified data (nodes' default collections where "
         "the grid is one trust domain): retrieved by admins of the collection only",
     )
+
+    @model_validator(mode="after")
+    def _export_needs_log(self) -> SecurityConfig:
+        if self.audit_export is not None and not self.audit:
+            raise ValueError("audit_export needs the audit log (audit = true)")
+        return self
 
 
 class JobsConfig(_Model):

@@ -14,6 +14,8 @@ import grpc
 from catalog import GrpcCatalogClient, NodeInfo
 from catalog.jobs_client import JobsClient
 from catalog.placement.client import GrpcPlacementClient
+from catalog.security.atna import AuditSource
+from catalog.security.audit_export import AuditExporter, build_sender
 from catalog.security.errors import TlsConfigError
 from catalog.security.grants import GrantKeyError, GrantVerifier, load_public_key
 from catalog.security.revocation import RevocationList
@@ -21,6 +23,7 @@ from catalog.security.tls import channel_credentials, server_credentials
 from catalog.server.interceptors import RevocationInterceptor
 from node.anti_entropy import AntiEntropy
 from node.audit import DicomAudit, open_audit
+from node.audit_atna import node_message
 from node.blob_sweeper import QueuedBlobSweeper
 from node.commitment_reporter import CommitmentReporter
 from node.config import CatalogLinkConfig, Destination, NodeConfig
@@ -155,7 +158,9 @@ class NodeApp:
         )
         self.quarantine = Quarantine(config.quarantine_dir)
         self.index: SqlIndex = open_index(config.index_url)
-        self.audit = DicomAudit(open_audit(config.audit_url) if config.audit.enabled else None)
+        self.audit_log = open_audit(config.audit_url) if config.audit.enabled else None
+        self.audit = DicomAudit(self.audit_log)
+        self.audit_exporter = self._audit_exporter()
         self.streams = load_node_streams(config)
         self.router = Router(build_routes(config, self.streams))
         self.ingest = IngestService(
@@ -205,6 +210,27 @@ class NodeApp:
             self.metrics = MetricsServer()
             self.metrics.watch(self._state, ttl=config.metrics.state_ttl)
 
+    def _audit_exporter(self) -> AuditExporter | None:
+        """Sends the audit trail to the site's repository (``[audit.export]``)."""
+        settings = self.config.audit.export
+        if settings is None or self.audit_log is None:
+            return None
+        try:
+            sender = build_sender(settings)
+        except ValueError as exc:
+            raise ConfigError(f"[audit.export] {exc}") from exc
+        source = AuditSource(self.config.dicom.ae_title, settings.site_id or self.config.name)
+        exporter = AuditExporter(
+            self.audit_log,
+            sender,
+            lambda row: node_message(row, source),
+            app_name=f"gridpacs-{self.config.name}",
+            batch_size=settings.batch_size,
+            emit=lambda event, level, fields: log_event(LOG, event, level=level, **fields),
+        )
+        self.audit_log.on_append(exporter.nudge)
+        return exporter
+
     def _state(self) -> dict[str, float]:
         """What the node holds and owes, for the metrics (read on scrape)."""
         stats = self.index.stats()
@@ -219,6 +245,8 @@ class NodeApp:
         }
         if self.publisher is not None and self.publisher.sent_up_to >= 0:
             state["outbox_backlog"] = max(0, last - self.publisher.sent_up_to)
+        if self.audit_exporter is not None:
+            state["audit_export_behind"] = self.audit_exporter.status().behind
         return state
 
     def _storage_commitment(
@@ -372,6 +400,9 @@ class NodeApp:
             m = self.config.metrics
             self.metrics.start(m.host, m.port, cert_file=m.cert_file, key_file=m.key_file,
                                ca_file=m.ca_file)  # fmt: skip
+        self._audit_application("application.start", "started")
+        if self.audit_exporter is not None:
+            self.audit_exporter.start()
         self.rejections.remove_queued_blobs()  # those a crash left after their rejection
         self.blob_sweeper.start()  # those `gridpacs node reject` queues while we run
         if self.commitment_reporter is not None:
@@ -485,4 +516,12 @@ class NodeApp:
             if client is not None:
                 client.close()
         self.index.close()
+        self._audit_application("application.stop", "stopped")
+        if self.audit_exporter is not None:
+            self.audit_exporter.stop()  # after the last row: it sends what is owed first
         log_event(LOG, "node_stopped", name=self.config.name)
+
+    def _audit_application(self, action: str, outcome: str) -> None:
+        """ATNA's Application Activity: when the node began and stopped recording."""
+        self.audit.event(action, self.config.dicom.ae_title, "-",
+                         {"name": self.config.name}, outcome)  # fmt: skip

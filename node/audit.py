@@ -24,7 +24,7 @@ from typing import Any
 
 from catalog.security.audit import AuditLog
 from catalog.security.errors import AuditError
-from catalog.security.models import AuditEntry, append_only_ddl
+from catalog.security.models import AuditEntry, AuditExportCursor, append_only_ddl
 from node.structlog import log_event
 from storage.sql import engine_from_url
 
@@ -47,11 +47,12 @@ MAX_LISTED = 50
 
 
 def open_audit(url: str) -> AuditLog:
-    """The audit table (append-only triggers included), created if missing."""
+    """The audit table (append-only triggers included) and the export cursors, created if
+    missing."""
     engine = engine_from_url(url)  # SQLite: WAL, synchronous=FULL, a busy timeout
-    table = AuditEntry.__table__
     with engine.begin() as conn:
-        table.create(conn, checkfirst=True)  # type: ignore[attr-defined]
+        for table in (AuditEntry.__table__, AuditExportCursor.__table__):
+            table.create(conn, checkfirst=True)  # type: ignore[attr-defined]
         for statement in append_only_ddl(engine.dialect.name):
             conn.exec_driver_sql(statement)
     return AuditLog(engine)
@@ -125,10 +126,14 @@ class DicomAudit:
                    "released" if released else "aborted")  # fmt: skip
 
 
+def audited_keys(filters: Mapping[str, str]) -> dict[str, str]:
+    """The keys of a request that say whom or what was looked for (:data:`AUDITED_KEYS`)."""
+    return {k: filters[k] for k in AUDITED_KEYS if filters.get(k)}
+
+
 def query_target(called_ae: str, level: str, filters: Mapping[str, str]) -> dict[str, Any]:
     """A C-FIND's row: its level and the keys that say whom or what was looked for."""
-    keys = {k: filters[k] for k in AUDITED_KEYS if filters.get(k)}
-    return {"called_ae": called_ae, "level": level, "keys": keys}
+    return {"called_ae": called_ae, "level": level, "keys": audited_keys(filters)}
 
 
 def studies_of(uids: list[str]) -> dict[str, Any]:

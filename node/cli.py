@@ -217,6 +217,7 @@ def status(
         **counts,
         "quarantined": quarantined,
         **{f"replication_{k}": v for k, v in replication.items() if k != "last_round"},
+        **_audit_export_report(cfg),
     }
     if as_json:
         typer.echo(json.dumps(report, indent=2))
@@ -225,6 +226,27 @@ def status(
     for key, value in report.items():
         table.add_row(key, str(value))
     Console().print(table)
+
+
+def _audit_export_report(cfg: NodeConfig) -> dict[str, object]:
+    """Where the audit trail is sent and how many rows the repository is still owed."""
+    export = cfg.audit.export
+    if export is None or not cfg.audit.enabled:
+        return {}
+    from catalog.security.audit import AuditLog
+    from catalog.security.audit_export import read_cursor
+    from catalog.security.syslog import SyslogTarget
+    from storage.sql import engine_from_url
+
+    collector = str(SyslogTarget.parse(export.url))
+    engine = engine_from_url(cfg.audit_url)
+    try:
+        behind: object = AuditLog(engine).head()[0] - read_cursor(engine, collector)
+    except Exception as exc:  # no trail yet, or unreadable: say so, do not fail the status
+        behind = f"unknown ({type(exc).__name__})"
+    finally:
+        engine.dispose()
+    return {"audit_export": collector, "audit_export_behind": behind}
 
 
 def _redact(url: str) -> str:

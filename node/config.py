@@ -20,6 +20,7 @@ from pydantic import (
     model_validator,
 )
 
+from catalog.security.audit_export import AuditExportSettings
 from node.errors import ConfigError
 from node.permissions import Service
 
@@ -339,6 +340,14 @@ class AuditConfig(_Strict):
     enabled: bool = True
     db_url: str | None = None
     """SQLAlchemy URL of the audit database; default ``<data_dir>/audit.sqlite``."""
+    export: AuditExportSettings | None = None
+    """Send every row to the site's Audit Record Repository (syslog, DICOM audit messages)."""
+
+    @model_validator(mode="after")
+    def _export_needs_trail(self) -> AuditConfig:
+        if self.export is not None and not self.enabled:
+            raise ValueError("[audit.export] needs the audit trail (enabled = true)")
+        return self
 
 
 class MetricsConfig(_Strict):

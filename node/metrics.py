@@ -112,6 +112,7 @@ STATE_HELP = {
     "commitment_reports_abandoned": "Storage Commitment reports given up on.",
     "quarantined": "Refused inputs kept in quarantine.",
     "outbox_backlog": "Index changes the catalog has not acknowledged yet.",
+    "audit_export_behind": "Audit rows not handed to the site's audit repository yet.",
 }
 
 

@@ -23,7 +23,7 @@ import json
 import random
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -112,6 +112,11 @@ class AuditLog:
 
     def __init__(self, engine: sa.Engine) -> None:
         self._engine = engine
+        self._listeners: list[Callable[[], None]] = []
+
+    def on_append(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` after each row this process appends (an exporter's nudge)."""
+        self._listeners.append(callback)
 
     def record(
         self,
@@ -131,7 +136,14 @@ class AuditLog:
         AuditError
             The row could not be written (the caller decides whether to fail the request).
         """
-        clean = _clean_target(target)
+        record = self._append_retrying(actor, action, _clean_target(target), peer, outcome)
+        for listener in self._listeners:
+            listener()
+        return record
+
+    def _append_retrying(
+        self, actor: str, action: str, clean: dict[str, Any], peer: str, outcome: str
+    ) -> AuditRecord:
         last_exc: Exception | None = None
         with self._lock:
             for _ in range(_APPEND_ATTEMPTS):
@@ -177,6 +189,21 @@ class AuditLog:
         except SQLAlchemyError as exc:
             raise AuditError(f"cannot read the audit log: {exc}") from exc
         return rows if since is not None else rows[::-1]
+
+    def after(self, seq: int, limit: int) -> list[AuditRecord]:
+        """The first ``limit`` rows with a ``seq`` greater than ``seq``, in chain order."""
+        table = _TABLE
+        stmt = sa.select(table).where(table.c.seq > seq).order_by(table.c.seq).limit(limit)
+        try:
+            with self._engine.connect() as conn:
+                return [_record(r._mapping) for r in conn.execute(stmt)]
+        except SQLAlchemyError as exc:
+            raise AuditError(f"cannot read the audit log: {exc}") from exc
+
+    @property
+    def engine(self) -> sa.Engine:
+        """The database the log lives in (exporters keep their cursor beside it)."""
+        return self._engine
 
     def head(self) -> tuple[int, str]:
         """``(seq, row_hash)`` of the newest row, ``(0, GENESIS_HASH)`` when empty.

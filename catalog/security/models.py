@@ -81,6 +81,17 @@ class AuditEntry(SecurityBase):
     row_hash: Mapped[str] = mapped_column(sa.String(64))
 
 
+class AuditExportCursor(SecurityBase):
+    """How far the audit log has been handed to one collector (``audit_export``): rows
+    with a greater ``seq`` are still owed to it. Not part of the chain; updated in place."""
+
+    __tablename__ = "security_audit_export"
+
+    name: Mapped[str] = mapped_column(sa.String(200), primary_key=True)
+    seq: Mapped[int] = mapped_column(sa.BigInteger, default=0)
+    updated_at: Mapped[dt.datetime] = mapped_column(sa.DateTime(timezone=True))
+
+
 AUDIT_TABLE = AuditEntry.__tablename__
 
 _SQLITE_DDL = [

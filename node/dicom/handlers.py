@@ -26,7 +26,7 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]  # generated at
 
 from catalog import CatalogError
 from catalog.security.errors import AuditError
-from node.audit import DicomAudit, query_target, studies_of
+from node.audit import DicomAudit, audited_keys, query_target, studies_of
 from node.config import Destination
 from node.dicom import status
 from node.dicom.client_tls import TlsArgs
@@ -471,7 +471,9 @@ class Gateway:
         try:
             self._check(calling, service)
             retriever = self._retriever(event)
-            planned = retriever.plan(to_query(event.identifier, _model(event)))
+            query = to_query(event.identifier, _model(event))
+            target["keys"] = audited_keys(query.filters)
+            planned = retriever.plan(query)
         except Exception as exc:
             code = int(status.query_failure(exc).Status)
             self.audit.event(action, calling, peer, {**target, "reason": str(exc)},

@@ -6,6 +6,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import sqlalchemy as sa
 
 from catalog.app import CatalogApp, build_app
 from catalog.client import GrpcCatalogClient
@@ -13,8 +14,10 @@ from catalog.config import CatalogConfig, SecurityConfig
 from catalog.errors import CatalogRejected
 from catalog.records import QueryFilter
 from catalog.security import AuditLog, TokenStore, load_pepper
+from catalog.security.audit_export import AuditExportSettings, read_cursor
 from catalog.security.tokens import write_pepper
 from tests.catalog.builders import Outbox, StudyBuilder
+from tests.catalog.security.collector import Collector
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -66,3 +69,44 @@ def test_queries_need_a_token_and_see_only_granted_collections(secured: CatalogA
 
     actions = [r.action for r in AuditLog(secured.engine).query()]
     assert actions.count("/gridpacs.catalog.v1.CatalogService/QueryStudies") == 3
+
+
+def test_the_audit_log_goes_to_the_sites_repository(tmp_path: Path, sqlite_url: str) -> None:
+    """``[security.audit_export]``: each audited call reaches a syslog collector as a DICOM
+    audit message naming the researcher, and a stopped replica leaves nothing owed."""
+    collector = Collector().start()
+    config = CatalogConfig(
+        name="cat-arr",
+        port=0,
+        db_url=sqlite_url,
+        insecure=True,
+        security=SecurityConfig(
+            pepper_file=write_pepper(tmp_path / "pepper"),
+            audit_export=AuditExportSettings(
+                url=f"tcp://127.0.0.1:{collector.port}", site_id="hospital-a"
+            ),
+        ),
+    )
+    app = build_app(config)
+    app.start()
+    try:
+        token = _token(app, {"*": "reader"})
+        with GrpcCatalogClient([f"127.0.0.1:{app.port}"], token=token) as client:
+            list(client.query_studies(QueryFilter(patient_id="P1")))
+        collector.wait_for(1)
+    finally:
+        app.stop(grace=0)
+    (doc,) = collector.documents()
+    assert doc.find("EventIdentification/EventID").get("csd-code") == "110112"  # type: ignore[union-attr]
+    user = doc.find("ActiveParticipant")
+    assert user is not None and user.get("UserID") == "alice"
+    assert user.get("NetworkAccessPointID") == "127.0.0.1"
+    site = doc.find("AuditSourceIdentification")
+    assert site is not None and site.get("AuditSourceID") == "cat-arr"
+    assert site.get("AuditEnterpriseSiteID") == "hospital-a"
+    engine = sa.create_engine(sqlite_url)
+    assert read_cursor(engine, f"tcp://127.0.0.1:{collector.port}") == AuditLog(engine).head()[0]
+    collector.stop()
+    with pytest.raises(ValueError, match="needs the audit log"):
+        SecurityConfig(pepper_file=tmp_path / "pepper", audit=False,
+                       audit_export=AuditExportSettings(url="tcp://127.0.0.1:1"))  # fmt: skip

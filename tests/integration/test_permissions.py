@@ -116,6 +116,7 @@ def test_each_calling_ae_gets_only_the_services_it_is_granted(
     assert listed.returncode == 0, describe(listed)
     rows = [(r["actor"], r["action"], r["outcome"]) for r in json.loads(listed.stdout)]
     assert rows == [
+        ("GRIDPACS", "application.start", "started"),  # ATNA: when recording began
         ("CT1", "dicom.store", "released"),
         ("WS1", "dicom.store", "released"),
         ("OTHER", "dicom.store", "released"),
@@ -128,13 +129,14 @@ def test_each_calling_ae_gets_only_the_services_it_is_granted(
         ("WS1", "dicom.commit", "0x0124"),
         ("CT1", "dicom.commit", "0x0000"),
     ]
-    entries = json.loads(listed.stdout)
+    entries = json.loads(listed.stdout)[1:]  # after the start row
     assert entries[0]["target"]["studies"] == {study_uid: 2}
     assert entries[1]["target"] == {"called_ae": "GRIDPACS", "instances": 0, "refused": 2,
                                     "studies": {}}  # fmt: skip
     assert entries[3]["target"]["keys"] == {"StudyInstanceUID": study_uid}
     assert entries[6]["target"]["studies"] == [study_uid]
     assert entries[6]["target"]["destination"] == storescp.ae_title
+    assert entries[6]["target"]["keys"] == {"StudyInstanceUID": study_uid}  # what was asked
     assert all(e["peer"].startswith(f"{HOST}:") for e in entries)
     verified = gridpacs_cli("audit", "verify", "--db-url", audit_db)
     assert verified.returncode == 0 and "chain intact" in verified.stdout, describe(verified)

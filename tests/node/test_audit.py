@@ -122,6 +122,7 @@ def test_refused_associations_and_unknown_destinations_are_audited(tmp_path: Pat
     log = open_audit(app.config.audit_url)
     rows = [(r.actor, r.action, r.outcome, dict(r.target)) for r in log.query()]
     assert rows == [
+        ("GRIDPACS", "application.start", "started", {"name": "node"}),
         (
             "INTRUDER",
             "dicom.association_rejected",
@@ -138,4 +139,5 @@ def test_refused_associations_and_unknown_destinations_are_audited(tmp_path: Pat
                 "reason": "unknown move destination",
             },
         ),
+        ("GRIDPACS", "application.stop", "stopped", {"name": "node"}),
     ]

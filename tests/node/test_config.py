@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -96,3 +97,24 @@ def test_commitment_copies_at_other_sites_need_the_grid_and_published_originals(
     published = {"addresses": ["127.0.0.1:1"], "insecure": True, "publish_identified": True}
     config = load_config(None, {**overrides, "catalog": published})
     assert config.dicom.commitment.copies == 2
+
+
+@pytest.mark.parametrize(
+    ("audit", "message"),
+    [
+        ({"enabled": False, "export": {"url": "udp://arr:514"}}, "needs the audit trail"),
+        ({"export": {"url": "tls://arr:6514"}}, r"audit\.export.*needs ca_file"),
+        ({"export": {"url": "syslog://arr"}}, "scheme must be tls, tcp or udp"),
+        ({"export": {"url": "tcp://arr", "ca_file": "/ca.pem"}}, "need tls://"),
+    ],
+)
+def test_audit_export_mistakes_stop_the_node_at_start(audit: dict[str, Any], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        load_config(None, {"audit": audit})
+
+
+def test_an_unreadable_repository_ca_stops_the_node_naming_the_file(tmp_path: Path) -> None:
+    config = load_config(None, {"data_dir": str(tmp_path), "audit": {"export": {
+        "url": "tls://arr:6514", "ca_file": str(tmp_path / "missing-ca.pem")}}})  # fmt: skip
+    with pytest.raises(ConfigError, match=r"\[audit\.export\].*missing-ca\.pem"):
+        NodeApp(config)
