@@ -18,12 +18,11 @@ Rows and the messages they become:
 
 from __future__ import annotations
 
+import struct
 from collections.abc import Mapping
 from typing import Any
 
-from pydicom.dataset import Dataset
-from pydicom.filebase import DicomBytesIO
-from pydicom.filewriter import write_dataset
+from pydicom.datadict import dictionary_VR, tag_for_keyword
 
 from catalog.security.atna import (
     APPLICATION_ACTIVITY,
@@ -206,21 +205,37 @@ def _query_object(keys: Mapping[str, Any], level: Any) -> ParticipantObject:
 
 
 def query_dataset(keys: Mapping[str, Any], level: str) -> bytes:
-    """The query keys as an Explicit VR Little Endian data set (no preamble, no meta)."""
-    ds = Dataset()
-    if level:
-        ds.QueryRetrieveLevel = level
-    for keyword, value in keys.items():
-        try:
-            setattr(ds, keyword, str(value))
-        except (ValueError, TypeError):  # not a DICOM keyword: keep the rest
+    """The query keys as an Explicit VR Little Endian data set (no preamble, no meta).
+
+    Encoded here rather than through a pydicom ``Dataset``: every key is a short text VR
+    (CS, DA, LO, PN, SH, UI), so an element is a tag, a VR, a length and the padded value;
+    pydicom's dictionary gives the tag and VR, and the tests read the bytes back with
+    pydicom. A pydicom data set per row cost half of the export's time.
+    """
+    values = {**({"QueryRetrieveLevel": level} if level else {}), **keys}
+    utf8 = any(ord(c) > 127 for value in values.values() for c in str(value))
+    if utf8:
+        values["SpecificCharacterSet"] = "ISO_IR 192"
+    elements = []
+    for keyword, value in values.items():
+        tag = tag_for_keyword(keyword)
+        if tag is None or not value:
             continue
-    if any(ord(c) > 127 for value in keys.values() for c in str(value)):
-        ds.SpecificCharacterSet = "ISO_IR 192"
-    buffer = DicomBytesIO()
-    buffer.is_little_endian, buffer.is_implicit_VR = True, False
-    write_dataset(buffer, ds, parent_encoding=ds.get("SpecificCharacterSet", "iso8859"))
-    return buffer.getvalue()
+        vr = dictionary_VR(tag)
+        if vr not in _SHORT_TEXT_VRS:
+            continue
+        raw = str(value).encode("utf-8" if utf8 else "ascii", "replace")[:_MAX_VALUE]
+        if len(raw) % 2:
+            raw += b"\0" if vr == "UI" else b" "
+        elements.append((tag, _ELEMENT.pack(tag >> 16, tag & 0xFFFF, vr.encode(), len(raw)) + raw))
+    return b"".join(encoded for _, encoded in sorted(elements))
+
+
+_SHORT_TEXT_VRS = frozenset(
+    {"AE", "AS", "CS", "DA", "DS", "DT", "IS", "LO", "PN", "SH", "TM", "UI"}
+)
+_ELEMENT = struct.Struct("<HH2sH")
+_MAX_VALUE = 64 * 1024 - 2
 
 
 def _studies(target: Mapping[str, Any]) -> tuple[ParticipantObject, ...]:

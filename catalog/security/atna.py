@@ -14,12 +14,14 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
+import functools
 import json
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
-from xml.etree import ElementTree as ET
+from xml.sax.saxutils import escape as xml_escape
+from xml.sax.saxutils import quoteattr
 
 from catalog.security.audit import AuditRecord
 
@@ -114,53 +116,66 @@ class AuditMessage:
 
 
 def to_xml(message: AuditMessage) -> bytes:
-    """The ``<AuditMessage>`` document, UTF-8, without an XML declaration."""
-    root = ET.Element("AuditMessage")
-    event = ET.SubElement(
-        root,
-        "EventIdentification",
-        EventActionCode=message.action,
-        EventDateTime=_timestamp(message.at),
-        EventOutcomeIndicator=str(message.outcome),
+    """The ``<AuditMessage>`` document, UTF-8, without an XML declaration.
+
+    Written as text rather than through ElementTree: three times faster, which is what a
+    node catching up on a day's backlog spends its time on; every value goes through
+    :func:`_attr` / :func:`_text`, which escape markup and drop characters XML 1.0 forbids
+    (a hostile query string must not make a document the repository refuses).
+    """
+    out = ["<AuditMessage>"]
+    out.append(
+        f"<EventIdentification EventActionCode={_attr(message.action)} "
+        f"EventDateTime={_attr(_timestamp(message.at))} "
+        f'EventOutcomeIndicator="{int(message.outcome)}">'
     )
-    _coded(event, "EventID", message.event)
-    for code in message.event_types:
-        _coded(event, "EventTypeCode", code)
+    out.append(_coded("EventID", message.event))
+    out.extend(_coded("EventTypeCode", code) for code in message.event_types)
     if message.outcome_description:
-        ET.SubElement(event, "EventOutcomeDescription").text = message.outcome_description
-    for p in message.participants:
-        attrs = {"UserID": p.user_id or "-", "UserIsRequestor": "true" if p.requestor else "false"}
-        if p.alternative_user_id:
-            attrs["AlternativeUserID"] = p.alternative_user_id
-        if p.address:
-            attrs["NetworkAccessPointID"] = p.address
-            attrs["NetworkAccessPointTypeCode"] = "2" if _is_ip(p.address) else "1"
-        element = ET.SubElement(root, "ActiveParticipant", attrs)
-        if p.role is not None:
-            _coded(element, "RoleIDCode", p.role)
-    source = ET.SubElement(
-        root,
-        "AuditSourceIdentification",
-        AuditEnterpriseSiteID=message.source.site_id,
-        AuditSourceID=message.source.source_id,
-    )
-    ET.SubElement(source, "AuditSourceTypeCode", {"csd-code": _AUDIT_SOURCE_APPLICATION_SERVER})
-    for obj in message.objects:
-        element = ET.SubElement(
-            root,
-            "ParticipantObjectIdentification",
-            ParticipantObjectID=obj.object_id,
-            ParticipantObjectTypeCode=str(obj.type_code),
-            ParticipantObjectTypeCodeRole=str(obj.role),
+        out.append(
+            f"<EventOutcomeDescription>{_text(message.outcome_description)}"
+            "</EventOutcomeDescription>"
         )
-        _coded(element, "ParticipantObjectIDTypeCode", obj.id_type)
+    out.append("</EventIdentification>")
+    for p in message.participants:
+        attrs = f"UserID={_attr(p.user_id or '-')}"
+        if p.alternative_user_id:
+            attrs += f" AlternativeUserID={_attr(p.alternative_user_id)}"
+        attrs += f' UserIsRequestor="{"true" if p.requestor else "false"}"'
+        if p.address:
+            kind = "2" if _is_ip(p.address) else "1"
+            attrs += f' NetworkAccessPointID={_attr(p.address)} NetworkAccessPointTypeCode="{kind}"'
+        if p.role is None:
+            out.append(f"<ActiveParticipant {attrs}/>")
+        else:
+            out.append(
+                f"<ActiveParticipant {attrs}>{_coded('RoleIDCode', p.role)}</ActiveParticipant>"
+            )
+    out.append(
+        f"<AuditSourceIdentification AuditEnterpriseSiteID={_attr(message.source.site_id)} "
+        f"AuditSourceID={_attr(message.source.source_id)}>"
+        f'<AuditSourceTypeCode csd-code="{_AUDIT_SOURCE_APPLICATION_SERVER}"/>'
+        "</AuditSourceIdentification>"
+    )
+    for obj in message.objects:
+        out.append(
+            f"<ParticipantObjectIdentification ParticipantObjectID={_attr(obj.object_id)} "
+            f'ParticipantObjectTypeCode="{int(obj.type_code)}" '
+            f'ParticipantObjectTypeCodeRole="{int(obj.role)}">'
+        )
+        out.append(_coded("ParticipantObjectIDTypeCode", obj.id_type))
         if obj.query is not None:
-            ET.SubElement(element, "ParticipantObjectQuery").text = _b64(obj.query)
+            out.append(f"<ParticipantObjectQuery>{_b64(obj.query)}</ParticipantObjectQuery>")
         for kind, value in obj.details:
-            ET.SubElement(element, "ParticipantObjectDetail", type=kind, value=_b64(value))
+            out.append(f'<ParticipantObjectDetail type={_attr(kind)} value="{_b64(value)}"/>')
         if obj.description:
-            ET.SubElement(element, "ParticipantObjectDescription").text = obj.description
-    return ET.tostring(root, encoding="utf-8", xml_declaration=False)
+            out.append(
+                f"<ParticipantObjectDescription>{_text(obj.description)}"
+                "</ParticipantObjectDescription>"
+            )
+        out.append("</ParticipantObjectIdentification>")
+    out.append("</AuditMessage>")
+    return "".join(out).encode("utf-8")
 
 
 def outcome_indicator(outcome: str) -> int:
@@ -289,12 +304,24 @@ def _is_ip(address: str) -> bool:
     return bool(_IPV4.match(address)) or ":" in address
 
 
-def _coded(parent: ET.Element, tag: str, code: Code) -> ET.Element:
-    return ET.SubElement(
-        parent,
-        tag,
-        {"csd-code": code.code, "codeSystemName": code.system, "originalText": code.text},
+@functools.lru_cache(maxsize=512)  # a few dozen codes, written into every message
+def _coded(tag: str, code: Code) -> str:
+    return (
+        f"<{tag} csd-code={_attr(code.code)} codeSystemName={_attr(code.system)} "
+        f"originalText={_attr(code.text)}/>"
     )
+
+
+# XML 1.0 allows tab, newline, carriage return and these ranges; anything else is dropped.
+_NOT_XML = re.compile("[^\t\n\r\x20-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
+
+
+def _text(value: str) -> str:
+    return xml_escape(_NOT_XML.sub("", value))
+
+
+def _attr(value: str) -> str:
+    return quoteattr(_NOT_XML.sub("", value))
 
 
 def _timestamp(at: dt.datetime) -> str:

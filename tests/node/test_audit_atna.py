@@ -3,15 +3,20 @@ event, its participants in their roles and its objects (what a repository search
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
 from typing import Any
 from xml.etree import ElementTree as ET
 
 import pytest
+from pydicom.dataset import Dataset
+from pydicom.filebase import DicomBytesIO
+from pydicom.filereader import read_dataset
+from pydicom.filewriter import write_dataset
 
 from catalog.security.atna import AuditSource, to_xml
 from catalog.security.audit import AuditRecord
-from node.audit_atna import node_message
+from node.audit_atna import node_message, query_dataset
 
 SOURCE = AuditSource("GRIDPACS", "hospital-a")
 
@@ -105,3 +110,42 @@ def test_a_stop_row_says_application_stop() -> None:
     doc = _xml(_row("application.stop", {"name": "site-a"}, "stopped", actor="GRIDPACS"))
     code = doc.find("EventIdentification/EventTypeCode")
     assert code is not None and code.get("csd-code") == "110121"
+
+
+@pytest.mark.parametrize(
+    "keys",
+    [
+        {"PatientID": "P1", "StudyInstanceUID": "1.2.345", "StudyDate": "20260101-"},
+        {"PatientName": "Müller^Hans", "AccessionNumber": "A7", "ModalitiesInStudy": "CT"},
+    ],
+)
+def test_query_keys_are_the_data_set_pydicom_would_write(keys: dict[str, str]) -> None:
+    expected = Dataset()
+    expected.QueryRetrieveLevel = "STUDY"
+    for keyword, value in keys.items():
+        setattr(expected, keyword, value)
+    if "PatientName" in keys:
+        expected.SpecificCharacterSet = "ISO_IR 192"
+    buffer = DicomBytesIO()
+    buffer.is_little_endian, buffer.is_implicit_VR = True, False
+    write_dataset(buffer, expected, parent_encoding=expected.get("SpecificCharacterSet", "iso8859"))
+    assert query_dataset(keys, "STUDY") == buffer.getvalue()
+
+
+def test_hostile_query_strings_still_make_a_document_the_repository_can_parse() -> None:
+    hostile = 'O\'Brien"<script>&\x00\x1b]0;pwned\x07^'
+    doc = _xml(_row("dicom.find", {"called_ae": "GRIDPACS", "level": "STUDY",
+                                   "keys": {"PatientName": hostile}},
+                    outcome="0xC000", actor='WS"<1>'))  # fmt: skip
+    requestor = doc.find("ActiveParticipant")
+    assert requestor is not None and requestor.get("UserID") == 'WS"<1>'
+    encoded = doc.findtext("ParticipantObjectIdentification/ParticipantObjectQuery") or ""
+    keys = read_dataset(DicomBytesIO(base64.b64decode(encoded)), is_implicit_VR=False,
+                        is_little_endian=True)  # fmt: skip
+    assert str(keys.PatientName).startswith("O'Brien\"<script>&")
+
+
+def test_a_reason_with_control_characters_is_kept_without_them() -> None:
+    doc = _xml(_row("dicom.move", {"destination": "X", "reason": "bad\x00\x1bname <&>"},
+                    "0x0124"))  # fmt: skip
+    assert doc.findtext("EventIdentification/EventOutcomeDescription") == "badname <&>"
