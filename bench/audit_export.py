@@ -269,7 +269,7 @@ def finds(port: int, count: int) -> list[float]:
         statuses = [int(s.Status) for s, _ in assoc.send_c_find(
             query, StudyRootQueryRetrieveInformationModelFind)]  # fmt: skip
         took.append((time.perf_counter() - started) * 1000)
-        assert statuses[-1] == 0
+        assert statuses[-1] == 0, f"C-FIND answered {statuses[-1]:#06x}"
     assoc.release()
     return took
 
@@ -333,9 +333,14 @@ def main() -> None:
         for port in (exp_port, plain_port):
             store(port, [ct("PAT-BENCH", study, series) for _ in range(3)])
         latency: dict[str, list[float]] = {"audit + export": [], "audit only": []}
-        for _ in range(args.repeat):
-            latency["audit + export"] += finds(exp_port, args.finds)
-            latency["audit only"] += finds(plain_port, args.finds)
+        try:
+            for _ in range(args.repeat):
+                latency["audit + export"] += finds(exp_port, args.finds)
+                latency["audit only"] += finds(plain_port, args.finds)
+        except AssertionError:
+            for name in ("node-export", "node-trail"):
+                print(f"--- {name}", (root / name / "node.log").read_text()[-3000:])
+            raise
         report = Report(
             f"C-FIND latency, {args.finds * args.repeat} requests per node, interleaved",
             ["node", "p50 ms", "p95 ms", "p50 vs audit only"],

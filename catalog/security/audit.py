@@ -32,6 +32,7 @@ from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from catalog.security.errors import AuditError
 from catalog.security.models import AuditEntry
+from storage.sql import write_begin
 
 _TABLE = cast(sa.Table, AuditEntry.__table__)
 GENESIS_HASH = "0" * 64
@@ -254,7 +255,9 @@ class AuditLog:
     def _append(
         self, actor: str, action: str, target: dict[str, Any], peer: str, outcome: str
     ) -> AuditRecord:
-        with self._engine.begin() as conn:
+        # SQLite: take the write lock at BEGIN, so another writer of this database (an
+        # exporter's cursor) makes us wait, not fail after we read the head
+        with self._engine.connect() as conn, write_begin(conn).begin():
             if conn.dialect.name == "postgresql":
                 conn.execute(sa.text("SELECT pg_advisory_xact_lock(:k)"), {"k": _PG_LOCK_KEY})
             seq, prev_hash = self._head(conn)

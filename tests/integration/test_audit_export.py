@@ -115,8 +115,13 @@ def test_the_node_audit_trail_reaches_the_repository_and_survives_its_outage_and
     assert seqs == sorted(seqs), "rows arrive in chain order"
     assert len(seqs) == len(set(seqs)), "the restarted node sent nothing twice"
     assert _event_ids(arr).count("110112") >= 6  # the first query and the five while down
-    status = gridpacs_cli("node", "status", "--config", str(config), "--json")
-    assert status.returncode == 0, describe(status)
-    report = json.loads(status.stdout)
-    assert report["audit_export"] == f"tls://localhost:{arr.port}"
+    deadline = time.monotonic() + 15  # the cursor is written once the exporter is idle
+    while True:
+        status = gridpacs_cli("node", "status", "--config", str(config), "--json")
+        assert status.returncode == 0, describe(status)
+        report = json.loads(status.stdout)
+        assert report["audit_export"] == f"tls://localhost:{arr.port}"
+        if report["audit_export_behind"] == 0 or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
     assert report["audit_export_behind"] == 0

@@ -7,6 +7,7 @@ from __future__ import annotations
 import datetime as dt
 import socket
 import ssl
+import threading
 from pathlib import Path
 
 import pytest
@@ -29,6 +30,7 @@ from catalog.security.audit_export import (
     AuditExportSettings,
     build_sender,
     read_cursor,
+    write_cursor,
 )
 from catalog.security.syslog import (
     SyslogError,
@@ -286,3 +288,34 @@ def test_catalog_rows_become_queries_alerts_and_activities(sqlite_engine: sa.Eng
 
     j = ET.fromstring(to_xml(catalog_message(job, SOURCE)))
     assert j.find("EventIdentification/EventID").get("csd-code") == "110100"  # type: ignore[union-attr]
+
+
+def test_cursor_writes_never_make_an_append_fail(tmp_path: Path) -> None:
+    """A node's reads are refused when their row cannot be written, so the exporter's own
+    writes beside the log must never make an append fail (SQLite: a deferred transaction
+    that read before another connection committed cannot take the write lock)."""
+    from node.audit import open_audit
+
+    log = open_audit(f"sqlite:///{tmp_path / 'audit.sqlite'}")
+    errors: list[BaseException] = []
+    done = threading.Event()
+
+    def move_cursors() -> None:
+        seq = 0
+        while not done.is_set():
+            seq += 1
+            try:
+                write_cursor(log.engine, "tls://arr:6514", seq)
+            except BaseException as exc:  # reported below
+                errors.append(exc)
+
+    writer = threading.Thread(target=move_cursors)
+    writer.start()
+    try:
+        for n in range(300):
+            log.record("WS1", "dicom.find", {"n": n}, "10.0.0.1:1", "served")
+    finally:
+        done.set()
+        writer.join()
+    assert errors == []
+    assert log.head()[0] == 300
