@@ -31,6 +31,7 @@ from catalog.replication import Peer, Replicator
 from catalog.security.atna import AuditSource, catalog_message
 from catalog.security.audit import AuditLog
 from catalog.security.audit_export import AuditExporter, build_sender
+from catalog.security.retention import AuditRetention
 from catalog.server.holdings_convert import SERVICE_NAME as HOLDINGS_SERVICE
 from catalog.server.metrics import CatalogMetrics, ReplicaState
 from catalog.server.replication_servicer import REPLICATION_SERVICE, add_replication_service
@@ -73,6 +74,7 @@ class CatalogApp:
     closers: list[Callable[[], None]] = field(default_factory=list)
     metrics: CatalogMetrics | None = None
     audit_exporter: AuditExporter | None = None
+    audit_retention: AuditRetention | None = None
 
     @property
     def port(self) -> int:
@@ -85,6 +87,8 @@ class CatalogApp:
                                (tls.cert, tls.key, tls.ca) if tls else None)  # fmt: skip
         if self.audit_exporter is not None:
             self.audit_exporter.start()
+        if self.audit_retention is not None:
+            self.audit_retention.start()
         self.jobs.scheduler.start()
         self.server.start()
         self.replicator.start()
@@ -106,6 +110,8 @@ class CatalogApp:
             close()
         if self.metrics is not None:
             self.metrics.stop()
+        if self.audit_retention is not None:
+            self.audit_retention.stop()
         if self.audit_exporter is not None:
             self.audit_exporter.stop()  # after the server: the last calls' rows go too
         self.engine.dispose()
@@ -183,6 +189,21 @@ def _audit_exporter(config: CatalogConfig, audit_log: AuditLog) -> AuditExporter
     )
     audit_log.on_append(exporter.nudge)
     return exporter
+
+
+def _audit_retention(
+    config: CatalogConfig, audit_log: AuditLog, exporter: AuditExporter | None
+) -> AuditRetention | None:
+    """Prunes the audit log past ``[security] audit_keep_days`` (never what is owed)."""
+    assert config.security is not None
+    if not config.security.audit_keep_days:
+        return None
+    return AuditRetention(
+        audit_log,
+        timedelta(days=config.security.audit_keep_days),
+        owed_from=(lambda: exporter.status().exported_seq) if exporter else (lambda: None),
+        actor=f"catalog:{config.name}",
+    )
 
 
 def _revocation(crl: Path, ca: Path) -> grpc.ServerInterceptor:
@@ -267,6 +288,7 @@ def build_app(config: CatalogConfig) -> CatalogApp:
         server_creds, channel_creds = _credentials(config)
         scope = None
         exporter: AuditExporter | None = None
+        retention: AuditRetention | None = None
         revocation: list[grpc.ServerInterceptor] = []
         if config.tls is not None and config.tls.crl is not None:
             revocation.append(_revocation(config.tls.crl, config.tls.ca))
@@ -277,6 +299,7 @@ def build_app(config: CatalogConfig) -> CatalogApp:
             )
             if audit_log is not None:
                 exporter = _audit_exporter(config, audit_log)
+                retention = _audit_retention(config, audit_log, exporter)
         metrics = _metrics(config, repository, jobs) if config.metrics.enabled else None
         if metrics is not None:  # outermost: refused and audited calls are counted too
             interceptors = [metrics.interceptor, *interceptors]
@@ -318,7 +341,8 @@ def build_app(config: CatalogConfig) -> CatalogApp:
         engine.dispose()
         raise
     return CatalogApp(config, engine, service, server, replicator, jobs, compactor,
-                      metrics=metrics, audit_exporter=exporter)  # fmt: skip
+                      metrics=metrics, audit_exporter=exporter,
+                      audit_retention=retention)  # fmt: skip
 
 
 def _metrics(config: CatalogConfig, repository: Repository, jobs: JobsService) -> CatalogMetrics:

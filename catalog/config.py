@@ -96,6 +96,11 @@ class SecurityConfig(_Model):
         description="Ed25519 key signing researchers' retrieve grants (gridpacs pki grant-key)",
     )
     grant_ttl_s: int = Field(default=900, ge=30, le=86_400, description="lifetime of a grant")
+    audit_keep_days: int = Field(
+        default=0, ge=0, le=36_500,
+        description="prune audit rows older than this many days, daily (0: keep every row); "
+        "rows the export has not sent are kept",
+    )  # fmt: skip
     audit_export: AuditExportSettings | None = Field(
         default=None,
         description="send the audit log to the site's Audit Record Repository (syslog, "

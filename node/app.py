@@ -6,6 +6,7 @@ Nothing else in the node constructs collaborators; tests and the CLI build a
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 from pathlib import Path
 
@@ -18,6 +19,7 @@ from catalog.security.atna import AuditSource
 from catalog.security.audit_export import AuditExporter, build_sender
 from catalog.security.errors import TlsConfigError
 from catalog.security.grants import GrantKeyError, GrantVerifier, load_public_key
+from catalog.security.retention import AuditRetention
 from catalog.security.revocation import RevocationList
 from catalog.security.tls import channel_credentials, server_credentials
 from catalog.server.interceptors import RevocationInterceptor
@@ -161,6 +163,7 @@ class NodeApp:
         self.audit_log = open_audit(config.audit_url) if config.audit.enabled else None
         self.audit = DicomAudit(self.audit_log)
         self.audit_exporter = self._audit_exporter()
+        self.audit_retention = self._audit_retention()
         self.streams = load_node_streams(config)
         self.router = Router(build_routes(config, self.streams))
         self.ingest = IngestService(
@@ -230,6 +233,19 @@ class NodeApp:
         )
         self.audit_log.on_append(exporter.nudge)
         return exporter
+
+    def _audit_retention(self) -> AuditRetention | None:
+        """Prunes the trail past ``[audit] keep_days``, never what the export still owes."""
+        if self.audit_log is None or not self.config.audit.keep_days:
+            return None
+        exporter = self.audit_exporter
+        return AuditRetention(
+            self.audit_log,
+            dt.timedelta(days=self.config.audit.keep_days),
+            owed_from=(lambda: exporter.status().exported_seq) if exporter else (lambda: None),
+            actor=self.config.dicom.ae_title,
+            emit=lambda event, level, fields: log_event(LOG, event, level=level, **fields),
+        )
 
     def _state(self) -> dict[str, float]:
         """What the node holds and owes, for the metrics (read on scrape)."""
@@ -403,6 +419,8 @@ class NodeApp:
         self._audit_application("application.start", "started")
         if self.audit_exporter is not None:
             self.audit_exporter.start()
+        if self.audit_retention is not None:
+            self.audit_retention.start()
         self.rejections.remove_queued_blobs()  # those a crash left after their rejection
         self.blob_sweeper.start()  # those `gridpacs node reject` queues while we run
         if self.commitment_reporter is not None:
@@ -516,6 +534,8 @@ class NodeApp:
             if client is not None:
                 client.close()
         self.index.close()
+        if self.audit_retention is not None:
+            self.audit_retention.stop()
         self._audit_application("application.stop", "stopped")
         if self.audit_exporter is not None:
             self.audit_exporter.stop()  # after the last row: it sends what is owed first

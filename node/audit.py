@@ -24,9 +24,14 @@ from typing import Any
 
 from catalog.security.audit import AuditLog
 from catalog.security.errors import AuditError
-from catalog.security.models import AuditEntry, AuditExportCursor, append_only_ddl
+from catalog.security.models import (
+    AuditAnchor,
+    AuditEntry,
+    AuditExportCursor,
+    append_only_ddl,
+)
 from node.structlog import log_event
-from storage.sql import engine_from_url
+from storage.sql import engine_from_url, write_begin
 
 LOG = logging.getLogger("gridpacs.node.audit")
 #: Query keys copied into a C-FIND's row (the ones that say whom or what was looked for).
@@ -47,11 +52,12 @@ MAX_LISTED = 50
 
 
 def open_audit(url: str) -> AuditLog:
-    """The audit table (append-only triggers included) and the export cursors, created if
-    missing."""
+    """The audit table (append-only triggers included), its pruning anchor and the export
+    cursors, created if missing."""
     engine = engine_from_url(url)  # SQLite: WAL, synchronous=FULL, a busy timeout
-    with engine.begin() as conn:
-        for table in (AuditEntry.__table__, AuditExportCursor.__table__):
+    # the write lock at BEGIN: a running node's writes make this wait, not fail
+    with engine.connect() as conn, write_begin(conn).begin():
+        for table in (AuditEntry.__table__, AuditAnchor.__table__, AuditExportCursor.__table__):
             table.create(conn, checkfirst=True)  # type: ignore[attr-defined]
         for statement in append_only_ddl(engine.dialect.name):
             conn.exec_driver_sql(statement)

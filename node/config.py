@@ -342,6 +342,9 @@ class AuditConfig(_Strict):
     """SQLAlchemy URL of the audit database; default ``<data_dir>/audit.sqlite``."""
     export: AuditExportSettings | None = None
     """Send every row to the site's Audit Record Repository (syslog, DICOM audit messages)."""
+    keep_days: Annotated[int, Field(ge=0, le=36_500)] = 0
+    """Prune rows older than this many days, daily (0: keep every row). Rows the export
+    has not sent yet are kept."""
 
     @model_validator(mode="after")
     def _export_needs_trail(self) -> AuditConfig:

@@ -31,15 +31,24 @@ import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from catalog.security.errors import AuditError
-from catalog.security.models import AuditEntry
+from catalog.security.models import AuditAnchor, AuditEntry
 from storage.sql import write_begin
 
 _TABLE = cast(sa.Table, AuditEntry.__table__)
+_ANCHOR = cast(sa.Table, AuditAnchor.__table__)
 GENESIS_HASH = "0" * 64
 MAX_TARGET_CHARS = 8192
 _APPEND_ATTEMPTS = 20
 # Any constant; serialises appends on PostgreSQL so writers rarely need the retry.
 _PG_LOCK_KEY = 0x67726964_61756469  # "gridaudi"
+
+
+@dataclass(frozen=True)
+class Pruned:
+    """What :meth:`AuditLog.prune` removed: how many rows, and the anchor's ``seq`` now."""
+
+    rows: int
+    through_seq: int
 
 
 @dataclass(frozen=True)
@@ -206,6 +215,49 @@ class AuditLog:
         """The database the log lives in (exporters keep their cursor beside it)."""
         return self._engine
 
+    def anchor(self) -> tuple[int, str]:
+        """``(seq, row_hash)`` of the last pruned row, ``(0, GENESIS_HASH)`` if none was."""
+        with self._engine.connect() as conn:
+            return self._anchor(conn)
+
+    def prune(self, *, before: dt.datetime, up_to_seq: int | None = None) -> Pruned:
+        """Delete the rows written before ``before`` (and at most up to ``up_to_seq``: the
+        rows an export still owes stay), and move the anchor to the last one deleted.
+
+        One transaction: the anchor and the deletion land together or not at all. The
+        chain stays verifiable from the anchor on (:meth:`verify`).
+        """
+        table = _TABLE
+        try:
+            with self._lock, self._engine.connect() as conn, write_begin(conn).begin():
+                if conn.dialect.name == "postgresql":
+                    conn.execute(sa.text("SELECT pg_advisory_xact_lock(:k)"),
+                                 {"k": _PG_LOCK_KEY})  # fmt: skip
+                anchor_seq, _ = self._anchor(conn)
+                stmt = sa.select(sa.func.max(table.c.seq)).where(table.c.at < _utc(before))
+                if up_to_seq is not None:
+                    stmt = stmt.where(table.c.seq <= up_to_seq)
+                last = conn.execute(stmt).scalar_one_or_none()
+                if last is None or int(last) <= anchor_seq:
+                    return Pruned(0, anchor_seq)
+                digest = conn.execute(
+                    sa.select(table.c.row_hash).where(table.c.seq == last)
+                ).scalar_one()
+                now = dt.datetime.now(dt.UTC)
+                values = {"seq": int(last), "row_hash": digest, "pruned_at": now}
+                if anchor_seq == 0 and self._anchor_row_missing(conn):
+                    conn.execute(sa.insert(_ANCHOR).values(id=1, **values))
+                else:
+                    conn.execute(sa.update(_ANCHOR).where(_ANCHOR.c.id == 1).values(**values))
+                removed = conn.execute(sa.delete(table).where(table.c.seq <= last)).rowcount
+        except SQLAlchemyError as exc:
+            raise AuditError(f"cannot prune the audit log: {exc}") from exc
+        return Pruned(int(removed or 0), int(last))
+
+    @staticmethod
+    def _anchor_row_missing(conn: sa.Connection) -> bool:
+        return conn.execute(sa.select(_ANCHOR.c.id).where(_ANCHOR.c.id == 1)).first() is None
+
     def head(self) -> tuple[int, str]:
         """``(seq, row_hash)`` of the newest row, ``(0, GENESIS_HASH)`` when empty.
 
@@ -222,7 +274,8 @@ class AuditLog:
         place, rows missing, or a row re-linked to the wrong predecessor.
         """
         problems: list[str] = []
-        prev_seq, prev_hash = 0, GENESIS_HASH
+        prev_seq, prev_hash = self.anchor()  # rows up to it were pruned on purpose
+        anchor_seq, anchor_hash = prev_seq, prev_hash
         try:
             for rec in self._iter_all():
                 if rec.seq != prev_seq + 1:
@@ -246,8 +299,10 @@ class AuditLog:
             seq, digest = expected_head
             if prev_seq < seq:
                 problems.append(f"log ends at seq {prev_seq} but seq {seq} was recorded earlier")
-            elif self._hash_at(seq) != digest:
-                problems.append(f"seq {seq}: hash differs from the recorded head")
+            else:  # a recorded head below the anchor was pruned since: nothing to compare
+                recorded = anchor_hash if seq == anchor_seq else self._hash_at(seq)
+                if seq >= anchor_seq and recorded != digest:
+                    problems.append(f"seq {seq}: hash differs from the recorded head")
         return problems
 
     # -- internals ---------------------------------------------------------------------------
@@ -287,6 +342,17 @@ class AuditLog:
         table = _TABLE
         row = conn.execute(
             sa.select(table.c.seq, table.c.row_hash).order_by(table.c.seq.desc()).limit(1)
+        ).first()
+        if row is None:  # empty: never written, or every row pruned (go on from the anchor)
+            return AuditLog._anchor(conn)
+        return int(row[0]), str(row[1])
+
+    @staticmethod
+    def _anchor(conn: sa.Connection) -> tuple[int, str]:
+        if not _has_anchor_table(conn):
+            return 0, GENESIS_HASH
+        row = conn.execute(
+            sa.select(_ANCHOR.c.seq, _ANCHOR.c.row_hash).where(_ANCHOR.c.id == 1)
         ).first()
         return (0, GENESIS_HASH) if row is None else (int(row[0]), str(row[1]))
 
@@ -330,6 +396,11 @@ def _clean_target(target: Mapping[str, Any]) -> dict[str, Any]:
         return {"truncated": True, "sha256": hashlib.sha256(text.encode()).hexdigest()}
     result: dict[str, Any] = json.loads(text)
     return result
+
+
+def _has_anchor_table(conn: sa.Connection) -> bool:
+    """Databases made before pruning existed have no anchor table until migrated."""
+    return bool(sa.inspect(conn).has_table(_ANCHOR.name))
 
 
 def _utc(value: dt.datetime) -> dt.datetime:

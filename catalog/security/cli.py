@@ -14,7 +14,7 @@ import socket
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Any, NoReturn
+from typing import Annotated, Any, NoReturn, cast
 
 import sqlalchemy as sa
 import typer
@@ -26,6 +26,7 @@ from catalog.security import pki
 from catalog.security.audit import AuditLog
 from catalog.security.errors import SecurityError
 from catalog.security.models import AUDIT_TABLE, create_all
+from catalog.security.retention import prune_once
 from catalog.security.tokens import TokenInfo, TokenStore, load_pepper, write_pepper
 
 pki_app = typer.Typer(help="The grid CA and host certificates.", no_args_is_help=True)
@@ -455,15 +456,73 @@ def verify_cmd(
         log = _audit_log(db_url)
         problems = log.verify(expected_head=expected)
         seq, digest = log.head()
+        pruned_through, _ = log.anchor()
     if as_json:
-        _print_json({"ok": not problems, "problems": problems, "head": f"{seq}:{digest}"})
+        _print_json({"ok": not problems, "problems": problems, "head": f"{seq}:{digest}",
+                     "pruned_through": pruned_through})  # fmt: skip
     elif problems:
         for problem in problems:
             typer.echo(f"BROKEN {problem}")
+    elif pruned_through:
+        typer.echo(f"ok: entries {pruned_through + 1}..{seq}, chain intact from the anchor "
+                   f"(1..{pruned_through} pruned), head {seq}:{digest}")  # fmt: skip
     else:
         typer.echo(f"ok: {seq} entries, chain intact, head {seq}:{digest}")
     if problems:
         raise typer.Exit(1)
+
+
+@audit_app.command("prune")
+def prune_cmd(
+    db_url: DbUrl,
+    older_than: Annotated[
+        str,
+        typer.Option("--older-than", help="Remove rows written before this: 365d, or an ISO time."),
+    ],
+    force: Annotated[
+        bool,
+        typer.Option("--force", help="Also remove rows an audit export has not sent yet."),
+    ] = False,
+    as_json: JsonOut = False,
+) -> None:
+    """Remove old rows (a retention period); the chain stays verifiable from its anchor.
+
+    Rows an export (``[audit.export]``) still owes its repository are kept unless --force.
+    The pruning is itself recorded as a row (``audit.prune``): who ran it on which host. An
+    export cursor left by a repository no longer configured holds rows back: use --force.
+    """
+    before = parse_since(older_than)
+    with _boundary():
+        log = _audit_log(db_url)
+        owed_from = None if force else _lowest_export_cursor(log)
+        pruned = prune_once(log, before, owed_from=owed_from,
+                            actor=f"local:{getpass.getuser()}", note={"forced": force})  # fmt: skip
+        anchor_seq, anchor_hash = log.anchor()
+    anchor = f"{anchor_seq}:{anchor_hash}"
+    result = {
+        "rows_removed": pruned.rows,
+        "anchor": anchor,
+        "before": before.isoformat(),
+        "kept_for_export_from": None if owed_from is None else owed_from + 1,
+    }
+    if as_json:
+        _print_json(result)
+        return
+    _table("audit prune", ["rows removed", "anchor (SEQ:HASH)", "older than", "kept for export"],
+           [[str(pruned.rows), anchor, f"{before:%Y-%m-%d %H:%M:%S}",
+             "-" if owed_from is None else f"seq > {owed_from}"]])  # fmt: skip
+
+
+def _lowest_export_cursor(log: AuditLog) -> int | None:
+    """The smallest ``seq`` any collector has been sent (None: nothing is exported)."""
+    from catalog.security.models import AuditExportCursor
+
+    table = cast(sa.Table, AuditExportCursor.__table__)
+    with log.engine.connect() as conn:
+        if not sa.inspect(conn).has_table(table.name):
+            return None
+        lowest = conn.execute(sa.select(sa.func.min(table.c.seq))).scalar_one_or_none()
+    return None if lowest is None else int(lowest)
 
 
 @audit_app.command("head")

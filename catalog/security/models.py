@@ -92,19 +92,45 @@ class AuditExportCursor(SecurityBase):
     updated_at: Mapped[dt.datetime] = mapped_column(sa.DateTime(timezone=True))
 
 
+class AuditAnchor(SecurityBase):
+    """Where the kept chain starts once old rows were pruned (``gridpacs audit prune``): the
+    ``seq`` and ``row_hash`` of the last row removed. One row (``id`` 1); the database lets
+    it move forward only, and lets only rows at or below it be deleted."""
+
+    __tablename__ = "security_audit_anchor"
+
+    id: Mapped[int] = mapped_column(sa.Integer, primary_key=True)
+    seq: Mapped[int] = mapped_column(sa.BigInteger)
+    row_hash: Mapped[str] = mapped_column(sa.String(64))
+    pruned_at: Mapped[dt.datetime] = mapped_column(sa.DateTime(timezone=True))
+
+
 AUDIT_TABLE = AuditEntry.__tablename__
+ANCHOR_TABLE = AuditAnchor.__tablename__
+_ANCHOR_SEQ = f"COALESCE((SELECT seq FROM {ANCHOR_TABLE} WHERE id = 1), 0)"
 
 _SQLITE_DDL = [
     f"""CREATE TRIGGER IF NOT EXISTS {AUDIT_TABLE}_no_update BEFORE UPDATE ON {AUDIT_TABLE}
     BEGIN SELECT RAISE(ABORT, 'audit log is append-only'); END""",
-    f"""CREATE TRIGGER IF NOT EXISTS {AUDIT_TABLE}_no_delete BEFORE DELETE ON {AUDIT_TABLE}
+    # replaced, not kept: before pruning existed it refused every DELETE
+    f"DROP TRIGGER IF EXISTS {AUDIT_TABLE}_no_delete",
+    f"""CREATE TRIGGER {AUDIT_TABLE}_no_delete BEFORE DELETE ON {AUDIT_TABLE}
+    WHEN OLD.seq > {_ANCHOR_SEQ}
     BEGIN SELECT RAISE(ABORT, 'audit log is append-only'); END""",
+    f"""CREATE TRIGGER IF NOT EXISTS {ANCHOR_TABLE}_forward BEFORE UPDATE ON {ANCHOR_TABLE}
+    WHEN NEW.seq < OLD.seq OR NEW.id != OLD.id
+    BEGIN SELECT RAISE(ABORT, 'audit log is append-only (the anchor only moves forward)'); END""",
+    f"""CREATE TRIGGER IF NOT EXISTS {ANCHOR_TABLE}_no_delete BEFORE DELETE ON {ANCHOR_TABLE}
+    BEGIN SELECT RAISE(ABORT, 'audit log is append-only (the anchor only moves forward)'); END""",
 ]
 
 _PG_DDL = [
-    """CREATE OR REPLACE FUNCTION gridpacs_audit_append_only() RETURNS trigger
+    f"""CREATE OR REPLACE FUNCTION gridpacs_audit_append_only() RETURNS trigger
     LANGUAGE plpgsql AS $$
     BEGIN
+        IF TG_OP = 'DELETE' AND OLD.seq <= {_ANCHOR_SEQ} THEN
+            RETURN OLD;  -- pruned: at or below the anchor
+        END IF;
         RAISE EXCEPTION USING
             MESSAGE = 'audit log is append-only (' || TG_OP || ' rejected)',
             ERRCODE = 'insufficient_privilege';
@@ -115,11 +141,29 @@ _PG_DDL = [
     f"""DROP TRIGGER IF EXISTS {AUDIT_TABLE}_no_truncate ON {AUDIT_TABLE}""",
     f"""CREATE TRIGGER {AUDIT_TABLE}_no_truncate BEFORE TRUNCATE ON {AUDIT_TABLE}
     FOR EACH STATEMENT EXECUTE FUNCTION gridpacs_audit_append_only()""",
+    """CREATE OR REPLACE FUNCTION gridpacs_audit_anchor_forward() RETURNS trigger
+    LANGUAGE plpgsql AS $$
+    BEGIN
+        IF TG_OP = 'UPDATE' AND NEW.seq >= OLD.seq AND NEW.id = OLD.id THEN
+            RETURN NEW;
+        END IF;
+        RAISE EXCEPTION USING
+            MESSAGE = 'audit log is append-only (the anchor only moves forward)',
+            ERRCODE = 'insufficient_privilege';
+    END $$""",
+    f"""DROP TRIGGER IF EXISTS {ANCHOR_TABLE}_forward ON {ANCHOR_TABLE}""",
+    f"""CREATE TRIGGER {ANCHOR_TABLE}_forward BEFORE UPDATE OR DELETE ON {ANCHOR_TABLE}
+    FOR EACH ROW EXECUTE FUNCTION gridpacs_audit_anchor_forward()""",
+    f"""DROP TRIGGER IF EXISTS {ANCHOR_TABLE}_no_truncate ON {ANCHOR_TABLE}""",
+    f"""CREATE TRIGGER {ANCHOR_TABLE}_no_truncate BEFORE TRUNCATE ON {ANCHOR_TABLE}
+    FOR EACH STATEMENT EXECUTE FUNCTION gridpacs_audit_anchor_forward()""",
 ]
 
 
 def append_only_ddl(dialect_name: str) -> list[str]:
-    """The statements that make the audit table reject UPDATE and DELETE on ``dialect_name``.
+    """The statements that make the audit table reject UPDATE and DELETE on ``dialect_name``
+    (DELETE of rows at or below the pruning anchor excepted), and the anchor move forward
+    only. Idempotent; the audit and anchor tables must exist.
 
     Raises ``ValueError`` for a dialect without an implementation, so a new back-end cannot
     silently get a mutable audit log.

@@ -578,6 +578,7 @@ def test_the_example_inventory_renders_valid_configurations(tmp_path: Path) -> N
         f'cert_file = "{pki_dir / "host.crt"}"\nkey_file = "{pki_dir / "host.key"}"\n'
         'site_id = "site-a-hospital"\nurl = "tls://arr.site-a.example.org:6514"\n'
     ) in site_a
+    assert "\n[audit]\nkeep_days = 2190\n" in site_a
     assert "[audit.export]" not in (etc / "node-site-b.toml").read_text()
     assert "\n[dicom.commitment]\ngive_up_after = 259200.0\n" in site_a
     assert "\n[metrics]\nenabled = true\nport = 9464\n" in site_a

@@ -4,6 +4,7 @@ lost row is logged. What each request writes: tests/integration/test_permissions
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import sqlite3
 import time
@@ -11,6 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import sqlalchemy as sa
 from pydicom.dataset import Dataset
 from pynetdicom import AE
 from pynetdicom.sop_class import (  # type: ignore[attr-defined]
@@ -20,6 +22,7 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
     StudyRootQueryRetrieveInformationModelMove,
 )
 
+from catalog.security.audit_export import write_cursor
 from node.app import NodeApp
 from node.audit import open_audit
 from node.config import load_config
@@ -141,3 +144,48 @@ def test_refused_associations_and_unknown_destinations_are_audited(tmp_path: Pat
         ),
         ("GRIDPACS", "application.stop", "stopped", {"name": "node"}),
     ]
+
+
+def _backdated(url: str, days: int, count: int) -> None:
+    """``count`` rows written ``days`` ago, chained as the node writes them."""
+    from catalog.security.audit import canonical, chain_hash
+    from catalog.security.models import AuditEntry
+
+    log = open_audit(url)
+    seq, prev = log.head()
+    at = dt.datetime.now(dt.UTC) - dt.timedelta(days=days)
+    with log.engine.begin() as conn:
+        for _ in range(count):
+            seq += 1
+            target = {"called_ae": "GRIDPACS", "level": "STUDY", "keys": {"PatientID": "OLD"}}
+            row = ("WS1", "dicom.find", target, "10.0.0.1:1", "served")
+            digest = chain_hash(prev, canonical(seq, at, *row))
+            conn.execute(sa.insert(AuditEntry.__table__).values(  # type: ignore[arg-type]
+                seq=seq, at=at, actor=row[0], action=row[1], target=target, peer=row[3],
+                outcome=row[4], prev_hash=prev, row_hash=digest))  # fmt: skip
+            prev = digest
+
+
+def test_rows_past_the_retention_period_are_pruned_but_not_those_owed_to_the_repository(
+    tmp_path: Path,
+) -> None:
+    url = f"sqlite:///{tmp_path / 'audit.sqlite'}"
+    _backdated(url, days=400, count=5)
+    write_cursor(open_audit(url).engine, "tcp://127.0.0.1:9", 3)  # sent 1-3 before it went
+    config = load_config(None, {"data_dir": str(tmp_path), "dicom": {"port": 0},
+                                "audit": {"keep_days": 365,
+                                          "export": {"url": "tcp://127.0.0.1:9"}}})  # fmt: skip
+    app = NodeApp(config)
+    app.start()
+    try:
+        log = open_audit(url)
+        deadline = time.monotonic() + 10
+        while log.anchor()[0] == 0 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert log.anchor()[0] == 3  # 4 and 5 are old too, but the repository is owed them
+        actions = [(r.seq, r.action) for r in log.query()]
+        assert actions[:2] == [(4, "dicom.find"), (5, "dicom.find")]
+        assert (6, "application.start") in actions and any(a == "audit.prune" for _, a in actions)
+        assert log.verify() == []
+    finally:
+        app.stop()

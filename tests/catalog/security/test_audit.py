@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from catalog.security.audit import GENESIS_HASH, AuditLog
+from catalog.security.audit import GENESIS_HASH, AuditLog, Pruned
 from catalog.security.errors import AuditError
-from catalog.security.models import AUDIT_TABLE, append_only_ddl, create_all
+from catalog.security.models import ANCHOR_TABLE, AUDIT_TABLE, append_only_ddl, create_all
 
 Q = "/gridpacs.catalog.v1.CatalogService/QueryStudies"
 R = "/gridpacs.catalog.v1.CatalogService/FetchInstances"
@@ -236,3 +236,50 @@ def test_writers_in_separate_processes_never_fork_the_chain(
     assert log.head()[0] == 120 and log.verify() == []
     assert {r.actor for r in log.query(limit=120)} == {"w0", "w1"}
     engine.dispose()
+
+
+def test_pruning_keeps_the_chain_verifiable_from_its_anchor(engine: sa.Engine) -> None:
+    log = AuditLog(engine)
+    for n in range(6):
+        log.record(f"u{n}", Q, {"n": n}, "p", "OK")
+    rows = log.query()
+    cut = rows[4].at  # rows 1-4 are older than the fifth
+    assert log.prune(before=cut, up_to_seq=3) == Pruned(3, 3)  # an export still owes row 4
+    assert [r.seq for r in log.query()] == [4, 5, 6]
+    assert log.anchor() == (3, rows[2].row_hash)
+    assert log.verify() == []
+    assert log.verify(expected_head=(2, rows[1].row_hash)) == []  # recorded before pruning
+    assert log.verify(expected_head=(3, "f" * 64)) == ["seq 3: hash differs from the recorded head"]
+    assert log.prune(before=cut) == Pruned(1, 4)
+    assert log.prune(before=cut) == Pruned(0, 4)  # nothing older left
+    log.record("after", Q, {}, "p", "OK")
+    assert log.verify() == []
+    assert [r.seq for r in log.query()] == [5, 6, 7]
+
+
+def test_a_fully_pruned_log_goes_on_from_its_anchor(engine: sa.Engine) -> None:
+    log = AuditLog(engine)
+    _fill(log)
+    last = log.head()
+    future = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=1)
+    assert log.prune(before=future) == Pruned(3, 3)
+    assert log.query() == [] and log.head() == last  # the anchor is the head
+    record = log.record("next", Q, {}, "p", "OK")
+    assert (record.seq, record.prev_hash) == (4, last[1])
+    assert log.verify() == []
+
+
+def test_only_rows_at_or_below_the_anchor_can_be_deleted(engine: sa.Engine) -> None:
+    log = AuditLog(engine)
+    _fill(log)
+    log.prune(before=log.query()[1].at)  # row 1
+    statements = [
+        f"DELETE FROM {AUDIT_TABLE} WHERE seq = 3",  # above the anchor
+        f"UPDATE {ANCHOR_TABLE} SET seq = 0",  # the anchor backwards
+        f"DELETE FROM {ANCHOR_TABLE}",
+    ]
+    for statement in statements:
+        with pytest.raises(sa.exc.DBAPIError, match="append-only"), engine.begin() as conn:
+            conn.exec_driver_sql(statement)
+    assert [r.seq for r in log.query()] == [2, 3] and log.anchor()[0] == 1
+    assert log.verify() == []

@@ -7,6 +7,7 @@ interpreter start costs about two seconds on the shared test machine.
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import os
 import subprocess
@@ -238,3 +239,29 @@ def test_audit_on_a_database_without_the_log_says_so(tmp_path: Path) -> None:
         "SEQ:SHA256HEX"
         in run("audit", "verify", "--db-url", "sqlite://", "--head", "x", code=2).stderr
     )
+
+
+def test_audit_prune_keeps_what_an_export_still_owes_and_records_itself(tmp_path: Path) -> None:
+    from catalog.security.audit_export import write_cursor
+    from node.audit import open_audit
+
+    db_url = f"sqlite:///{tmp_path / 'audit.sqlite'}"
+    log = open_audit(db_url)  # a node's trail
+    for n in range(5):
+        log.record("WS1", "dicom.find", {"n": n}, "10.0.0.1:1", "served")
+    write_cursor(log.engine, "tls://arr:6514", 2)  # the repository has rows 1-2 only
+    future = (dt.datetime.now(dt.UTC) + dt.timedelta(minutes=1)).isoformat()
+
+    kept = json.loads(run("audit", "prune", "--db-url", db_url, "--older-than", future,
+                          "--json").stdout)  # fmt: skip
+    assert kept["rows_removed"] == 2 and kept["kept_for_export_from"] == 3
+    assert kept["anchor"].startswith("2:")
+    forced = json.loads(run("audit", "prune", "--db-url", db_url, "--older-than", future,
+                            "--force", "--json").stdout)  # fmt: skip
+    assert forced["rows_removed"] == 4  # rows 3-5 and the first prune's own row
+    rows = json.loads(run("audit", "--db-url", db_url, "--json").stdout)
+    assert [(r["seq"], r["action"]) for r in rows] == [(7, "audit.prune")]
+    assert rows[0]["target"]["forced"] is True and rows[0]["actor"].startswith("local:")
+    verified = run("audit", "verify", "--db-url", db_url).stdout
+    assert verified.startswith("ok: entries 7..7, chain intact from the anchor (1..6 pruned)")
+    assert "365d" in run("audit", "prune", "--help").stdout
