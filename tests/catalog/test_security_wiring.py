@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import datetime as dt
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -110,3 +112,40 @@ def test_the_audit_log_goes_to_the_sites_repository(tmp_path: Path, sqlite_url: 
     with pytest.raises(ValueError, match="needs the audit log"):
         SecurityConfig(pepper_file=tmp_path / "pepper", audit=False,
                        audit_export=AuditExportSettings(url="tcp://127.0.0.1:1"))  # fmt: skip
+
+
+def test_a_replica_prunes_audit_rows_past_its_retention_period(
+    tmp_path: Path, sqlite_url: str
+) -> None:
+    from catalog.security.audit import canonical, chain_hash
+    from catalog.security.models import AuditEntry
+
+    config = CatalogConfig(
+        name="cat-keep", port=0, db_url=sqlite_url, insecure=True,
+        security=SecurityConfig(pepper_file=write_pepper(tmp_path / "pepper"),
+                                audit_keep_days=30),
+    )  # fmt: skip
+    app = build_app(config)
+    old = dt.datetime.now(dt.UTC) - dt.timedelta(days=90)
+    prev = "0" * 64
+    with app.engine.begin() as conn:  # two rows from three months ago
+        for seq in (1, 2):
+            row = ("alice", "/gridpacs.catalog.v1.CatalogService/QueryStudies", {}, "p", "OK")
+            digest = chain_hash(prev, canonical(seq, old, *row))
+            conn.execute(sa.insert(AuditEntry.__table__).values(  # type: ignore[arg-type]
+                seq=seq, at=old, actor=row[0], action=row[1], target=row[2], peer=row[3],
+                outcome=row[4], prev_hash=prev, row_hash=digest))  # fmt: skip
+            prev = digest
+    app.start()
+    try:
+        log = AuditLog(app.engine)
+        deadline = time.monotonic() + 10
+        while not log.query(action="audit.prune") and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert log.anchor() == (2, prev)
+        assert [(r.seq, r.action, r.actor) for r in log.query()] == [
+            (3, "audit.prune", "catalog:cat-keep")
+        ]
+        assert log.verify() == []
+    finally:
+        app.stop(grace=0)
