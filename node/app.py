@@ -319,6 +319,7 @@ class NodeApp:
                 servable=self._publishable,
                 identified=lambda collection: collection == self.config.default_collection,
                 grants=_grant_verifier(link),
+                audit=self.audit,
             ),
             link.peer_host,
             link.peer_port,

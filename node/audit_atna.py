@@ -11,6 +11,8 @@ Rows and the messages they become:
   source, the destination, the requestor, the studies, the patient asked for;
 - ``dicom.store``: DICOM Instances Transferred (110104, Create), the sender as source, the
   node as destination, the studies;
+- ``grid.researcher_fetch``: DICOM Instances Transferred (110104, Read), the node as
+  source, the researcher (token user) as destination, the study;
 - ``dicom.commit``: DICOM Instances Accessed (110103), the modality, the transaction;
 - ``dicom.association_rejected``: Security Alert (110113), Node Authentication;
 - ``application.start``, ``application.stop``: Application Activity (110100).
@@ -115,6 +117,17 @@ def node_message(record: AuditRecord, source: AuditSource) -> AuditMessage:
             ),
             _studies(target),
         )
+    if action == "grid.researcher_fetch":  # a person took an instance off the node
+        study = target.get("study")
+        objects = _studies({"studies": {study: 1}}) if study else ()
+        return _message(
+            record, source, INSTANCES_TRANSFERRED, "R", outcome,
+            (ActiveParticipant(source.source_id, False, ROLE_SOURCE),
+             ActiveParticipant(record.actor, True, ROLE_DESTINATION,
+                               address=requestor.address,
+                               alternative_user_id=str(target.get("token_id") or "") or None)),
+            objects,
+        )  # fmt: skip
     if action == "dicom.commit":
         transaction = str(target.get("transaction_uid") or "")
         return _message(

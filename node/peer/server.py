@@ -10,15 +10,18 @@ from typing import NoReturn, Protocol
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from catalog.security.errors import SecurityError
+from catalog.security.errors import AuditError, SecurityError
 from catalog.security.grants import METADATA_KEY, Grant, GrantError, GrantVerifier
 from catalog.security.pki import UNIT_HOST
 from catalog.security.tls import PeerIdentity, peer_identity
+from node.audit import DicomAudit
 from node.index.records import InstanceRecord
 from node.structlog import log_event
 from node.v1 import inventory_pb2_grpc, peer_pb2, peer_pb2_grpc
 
 LOG = logging.getLogger("gridpacs.node.peer")
+#: The node's audit row of a researcher's fetch (a grant from the catalog, ``gridpacs retrieve``).
+FETCH_ACTION = "grid.researcher_fetch"
 CHUNK_BYTES = 1024 * 1024  # a CT slice in one message; well under gRPC's 4 MiB limit
 MAX_BATCH = 256  # UIDs per FetchInstances call: one index statement, a bounded request
 
@@ -61,12 +64,14 @@ class PeerServicer(peer_pb2_grpc.PeerServiceServicer):
         servable: Callable[[str], bool],
         identified: Callable[[str], bool] = lambda _collection: True,
         grants: GrantVerifier | None = None,
+        audit: DicomAudit | None = None,
     ) -> None:
         self._index = index
         self._store = store
         self._servable = servable
         self._identified = identified
         self._grants = grants
+        self._audit = audit or DicomAudit(None)
 
     def FetchInstance(
         self, request: peer_pb2.FetchInstanceRequest, context: grpc.ServicerContext
@@ -166,6 +171,12 @@ class PeerServicer(peer_pb2_grpc.PeerServiceServicer):
         )
         if reason is not None:
             self._refuse(context, grpc.StatusCode.PERMISSION_DENIED, inst, grant, reason)
+        try:  # a person takes data off the node: recorded before it is sent, or not sent
+            self._audit.read(FETCH_ACTION, grant.user, context.peer(),
+                             _fetch_target(inst, grant), "served")  # fmt: skip
+        except AuditError:
+            context.abort(grpc.StatusCode.UNAVAILABLE,
+                          "not served: the audit log cannot be written")  # fmt: skip
         log_event(LOG, "researcher_fetch", sop_instance_uid=inst.sop_instance_uid,
                   collection=inst.collection, user=grant.user, token_id=grant.token_id,
                   peer=context.peer())  # fmt: skip
@@ -182,8 +193,20 @@ class PeerServicer(peer_pb2_grpc.PeerServiceServicer):
                   sop_instance_uid=inst.sop_instance_uid if inst else "",
                   user=grant.user if grant else "", token_id=grant.token_id if grant else "",
                   peer=context.peer(), reason=reason)  # fmt: skip
+        target = {**(_fetch_target(inst, grant) if inst else {}), "reason": reason}
+        self._audit.event(FETCH_ACTION, grant.user if grant else "-", context.peer(), target,
+                          code.name)  # fmt: skip
         context.abort(code, reason)
         raise AssertionError("unreachable")  # pragma: no cover - abort raises
+
+
+def _fetch_target(inst: InstanceRecord, grant: Grant | None) -> dict[str, str]:
+    """A researcher fetch's audit row: what left, from which collection, under which token."""
+    target = {"study": inst.study_instance_uid, "sop_instance_uid": inst.sop_instance_uid,
+              "collection": inst.collection}  # fmt: skip
+    if grant is not None:
+        target["token_id"] = grant.token_id
+    return target
 
 
 def _metadata(context: grpc.ServicerContext, key: str) -> str | None:

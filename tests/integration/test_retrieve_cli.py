@@ -126,6 +126,20 @@ def _blob(node: Node, key: str) -> bytes:
     return open_store(node.data_dir / "blobs", create=False).get(key)
 
 
+def _node_audit(node: Node) -> list[Any]:
+    return AuditLog(sa.create_engine(f"sqlite:///{node.data_dir / 'audit.sqlite'}")).query(
+        limit=1000
+    )
+
+
+def _sop(data: bytes) -> str:
+    from io import BytesIO
+
+    from pydicom import dcmread
+
+    return str(dcmread(BytesIO(data), stop_before_pixels=True).SOPInstanceUID)
+
+
 def test_token_for_a_deidentified_collection_gets_the_study_and_resumes(
     grid: Grid, tmp_path: Path
 ) -> None:
@@ -140,6 +154,14 @@ def test_token_for_a_deidentified_collection_gets_the_study_and_resumes(
         assert data == _blob(grid.site_a, hashlib.sha256(data).hexdigest())
         assert b"REAL-PATIENT-7" not in data and b"REAL^NAME" not in data
     assert not list(tmp_path.rglob("*.part"))
+    # the holding node recorded each instance that left it, and for whom, before sending
+    fetched = [r for r in _node_audit(grid.site_a) if r.action == "grid.researcher_fetch"
+               and r.target.get("study") == grid.deid_study]  # fmt: skip
+    assert len(fetched) == 3 and {r.actor for r in fetched} == {"alice"}
+    assert {r.outcome for r in fetched} == {"served"}
+    assert {r.target["sop_instance_uid"] for r in fetched} == {
+        _sop(path.read_bytes()) for path in files
+    }
 
     code, summary, err = _retrieve(grid, "lung", tmp_path, "--study", grid.deid_study)
     assert code == 0, err
@@ -205,6 +227,10 @@ def test_nodes_enforce_the_grant_whatever_the_catalog_knows(grid: Grid) -> None:
                     peers.fetch(address, sop, grant=grant)
                 assert refused.value.code == expect
         assert "researcher_fetch_refused" in grid.site_a.log_text()
+        refused = [r for r in _node_audit(grid.site_a) if r.action == "grid.researcher_fetch"
+                   and r.outcome == "PERMISSION_DENIED"]  # fmt: skip
+        assert refused and refused[-1].target["sop_instance_uid"] == sop
+        assert "identified" in refused[-1].target["reason"]
     finally:
         peers.close()
 

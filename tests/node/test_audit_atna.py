@@ -149,3 +149,14 @@ def test_a_reason_with_control_characters_is_kept_without_them() -> None:
     doc = _xml(_row("dicom.move", {"destination": "X", "reason": "bad\x00\x1bname <&>"},
                     "0x0124"))  # fmt: skip
     assert doc.findtext("EventIdentification/EventOutcomeDescription") == "badname <&>"
+
+
+def test_a_researcher_fetch_is_instances_transferred_to_the_token_user() -> None:
+    row = _row("grid.researcher_fetch", {"study": "1.2.3", "sop_instance_uid": "1.2.3.4",
+                                         "collection": "lung", "token_id": "t9"},
+               actor="alice")  # fmt: skip
+    doc = _xml(row)
+    assert _event(doc) == ("110104", "R", "0")
+    assert _participants(doc) == [("GRIDPACS", "false", "110153"), ("alice", "true", "110152")]
+    assert list(doc.iter("ActiveParticipant"))[1].get("AlternativeUserID") == "t9"
+    assert _objects(doc) == [("1.2.3", "3", "110180")]
