@@ -17,9 +17,9 @@ from collections.abc import Callable
 from typing import Any
 
 from catalog.security.audit import AuditLog, Pruned
+from catalog.security.audit_export import log_line
 from catalog.security.errors import AuditError
 
-LOG = logging.getLogger("gridpacs.audit.retention")
 Emit = Callable[[str, int, dict[str, Any]], None]
 
 
@@ -59,7 +59,7 @@ class AuditRetention:
         self._owed_from = owed_from
         self._actor = actor
         self._interval = interval
-        self._emit = emit or _log_line
+        self._emit = emit or log_line
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -92,7 +92,3 @@ class AuditRetention:
         if self._thread is not None:
             self._thread.join(timeout)
             self._thread = None
-
-
-def _log_line(event: str, level: int, fields: dict[str, Any]) -> None:
-    LOG.log(level, " ".join([f"event={event}", *(f"{k}={v}" for k, v in fields.items())]))
