@@ -299,7 +299,7 @@ def main() -> None:
         stack.callback(tcp_arr.stop)
         tls = AuditExportSettings(url=f"tls://localhost:{tls_arr.port}", ca_file=node_cert.ca_cert,
                                   cert_file=node_cert.cert, key_file=node_cert.key)  # fmt: skip
-        tcp = AuditExportSettings(url=f"tcp://{HOST}:{tcp_arr.port}")
+        tcp = AuditExportSettings(url=f"tcp://{HOST}:{tcp_arr.port}", insecure=True)
         url = f"sqlite:///{root / 'audit.sqlite'}"
         fill(url, args.rows)
         payloads = root / "payloads.xml"

@@ -30,7 +30,7 @@ from catalog.placement import PullPlanner, ReplicationPolicy
 from catalog.replication import Peer, Replicator
 from catalog.security.atna import AuditSource, catalog_message
 from catalog.security.audit import AuditLog
-from catalog.security.audit_export import AuditExporter, build_sender
+from catalog.security.audit_export import AuditExporter, exporter_for
 from catalog.security.retention import AuditRetention
 from catalog.server.holdings_convert import SERVICE_NAME as HOLDINGS_SERVICE
 from catalog.server.metrics import CatalogMetrics, ReplicaState
@@ -180,15 +180,8 @@ def _audit_exporter(config: CatalogConfig, audit_log: AuditLog) -> AuditExporter
     if settings is None:
         return None
     source = AuditSource(config.name, settings.site_id or config.name)
-    exporter = AuditExporter(
-        audit_log,
-        build_sender(settings),  # ValueError names the unreadable file: the replica stops
-        lambda row: catalog_message(row, source),
-        app_name=f"gridpacs-catalog-{config.name}",
-        batch_size=settings.batch_size,
-    )
-    audit_log.on_append(exporter.nudge)
-    return exporter
+    return exporter_for(audit_log, settings, lambda row: catalog_message(row, source),
+                        app_name=f"gridpacs-catalog-{config.name}")  # fmt: skip
 
 
 def _audit_retention(
@@ -201,7 +194,7 @@ def _audit_retention(
     return AuditRetention(
         audit_log,
         timedelta(days=config.security.audit_keep_days),
-        owed_from=(lambda: exporter.status().exported_seq) if exporter else (lambda: None),
+        exporter=exporter,
         actor=f"catalog:{config.name}",
     )
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 from pathlib import Path
+from typing import Any
 
 import grpc
 
@@ -16,7 +17,7 @@ from catalog import GrpcCatalogClient, NodeInfo
 from catalog.jobs_client import JobsClient
 from catalog.placement.client import GrpcPlacementClient
 from catalog.security.atna import AuditSource
-from catalog.security.audit_export import AuditExporter, build_sender
+from catalog.security.audit_export import AuditExporter, exporter_for
 from catalog.security.errors import TlsConfigError
 from catalog.security.grants import GrantKeyError, GrantVerifier, load_public_key
 from catalog.security.retention import AuditRetention
@@ -146,6 +147,11 @@ def _grant_verifier(link: CatalogLinkConfig) -> GrantVerifier | None:
         raise ConfigError(str(exc)) from exc
 
 
+def _emit(event: str, level: int, fields: dict[str, Any]) -> None:
+    """The audit threads' events as the node's structured lines (and metrics)."""
+    log_event(LOG, event, level=level, **fields)
+
+
 class NodeApp:
     """One running node: index, blob store, quarantine, DICOM gateway."""
 
@@ -218,33 +224,23 @@ class NodeApp:
         settings = self.config.audit.export
         if settings is None or self.audit_log is None:
             return None
+        source = AuditSource(self.config.dicom.ae_title, settings.site_id or self.config.name)
         try:
-            sender = build_sender(settings)
+            return exporter_for(self.audit_log, settings, lambda row: node_message(row, source),
+                                app_name=f"gridpacs-{self.config.name}", emit=_emit)  # fmt: skip
         except ValueError as exc:
             raise ConfigError(f"[audit.export] {exc}") from exc
-        source = AuditSource(self.config.dicom.ae_title, settings.site_id or self.config.name)
-        exporter = AuditExporter(
-            self.audit_log,
-            sender,
-            lambda row: node_message(row, source),
-            app_name=f"gridpacs-{self.config.name}",
-            batch_size=settings.batch_size,
-            emit=lambda event, level, fields: log_event(LOG, event, level=level, **fields),
-        )
-        self.audit_log.on_append(exporter.nudge)
-        return exporter
 
     def _audit_retention(self) -> AuditRetention | None:
         """Prunes the trail past ``[audit] keep_days``, never what the export still owes."""
         if self.audit_log is None or not self.config.audit.keep_days:
             return None
-        exporter = self.audit_exporter
         return AuditRetention(
             self.audit_log,
             dt.timedelta(days=self.config.audit.keep_days),
-            owed_from=(lambda: exporter.status().exported_seq) if exporter else (lambda: None),
+            exporter=self.audit_exporter,
             actor=self.config.dicom.ae_title,
-            emit=lambda event, level, fields: log_event(LOG, event, level=level, **fields),
+            emit=_emit,
         )
 
     def _state(self) -> dict[str, float]:

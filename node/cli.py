@@ -235,10 +235,9 @@ def _audit_export_report(cfg: NodeConfig) -> dict[str, object]:
         return {}
     from catalog.security.audit import AuditLog
     from catalog.security.audit_export import read_cursor
-    from catalog.security.syslog import SyslogTarget
     from storage.sql import engine_from_url
 
-    collector = str(SyslogTarget.parse(export.url))
+    collector = export.collector
     engine = engine_from_url(cfg.audit_url)
     try:
         behind: object = AuditLog(engine).head()[0] - read_cursor(engine, collector)

@@ -59,6 +59,8 @@ class AuditExportSettings(BaseModel):
     site_id: str | None = None
     """``AuditEnterpriseSiteID`` of every message; default: the node's or replica's name."""
     batch_size: int = 200
+    insecure: bool = False
+    """Allow ``tcp://`` and ``udp://``: the rows name patients, and these carry them in clear."""
 
     @model_validator(mode="after")
     def _consistent(self) -> AuditExportSettings:
@@ -69,9 +71,17 @@ class AuditExportSettings(BaseModel):
             raise ValueError(f"{self.url}: tls:// needs ca_file (the repository's CA)")
         if target.scheme != "tls" and (self.ca_file or self.cert_file or self.server_name):
             raise ValueError(f"{self.url}: ca_file, cert_file and server_name need tls://")
+        if target.scheme != "tls" and not self.insecure:
+            raise ValueError(f"{self.url}: audit rows name patients and {target.scheme}:// "
+                             "sends them in clear; use tls://, or set insecure = true")  # fmt: skip
         if not 1 <= self.batch_size <= 10_000:
             raise ValueError("batch_size must be between 1 and 10000")
         return self
+
+    @property
+    def collector(self) -> str:
+        """The collector's name, as its export cursor is keyed (``tls://host:port``)."""
+        return str(SyslogTarget.parse(self.url))
 
 
 def build_sender(settings: AuditExportSettings) -> SyslogSender:
@@ -91,6 +101,22 @@ def build_sender(settings: AuditExportSettings) -> SyslogSender:
     return SyslogSender(target, ssl_context=context, server_name=settings.server_name)
 
 
+def exporter_for(
+    log: AuditLog,
+    settings: AuditExportSettings,
+    to_message: Callable[[AuditRecord], AuditMessage],
+    *,
+    app_name: str,
+    emit: Callable[[str, int, dict[str, Any]], None] | None = None,
+) -> AuditExporter:
+    """The exporter a node or a replica runs for ``settings``, nudged by every append
+    (``ValueError`` naming an unreadable TLS file: the process stops at start)."""
+    exporter = AuditExporter(log, build_sender(settings), to_message, app_name=app_name,
+                             batch_size=settings.batch_size, emit=emit)  # fmt: skip
+    log.on_append(exporter.nudge)
+    return exporter
+
+
 @dataclass(frozen=True)
 class ExportStatus:
     """What ``node status`` and the metrics show: how many rows the collector is owed."""
@@ -104,16 +130,6 @@ class ExportStatus:
     @property
     def behind(self) -> int:
         return max(0, self.head_seq - self.exported_seq)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "collector": self.collector,
-            "exported_seq": self.exported_seq,
-            "head_seq": self.head_seq,
-            "behind": self.behind,
-            "last_error": self.last_error,
-            "last_sent_at": self.last_sent_at.isoformat() if self.last_sent_at else None,
-        }
 
 
 def read_cursor(engine: sa.Engine, name: str) -> int:
@@ -222,6 +238,11 @@ class AuditExporter:
             raise AuditError(f"cannot move the export cursor: {exc}") from exc
         self._persisted = self._cursor
         self._persisted_at = time.monotonic()
+
+    @property
+    def exported_seq(self) -> int:
+        """The last row handed to the collector (rows after it are owed)."""
+        return self._cursor
 
     def status(self) -> ExportStatus:
         head, _ = self._log.head()

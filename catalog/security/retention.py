@@ -17,7 +17,7 @@ from collections.abc import Callable
 from typing import Any
 
 from catalog.security.audit import AuditLog, Pruned
-from catalog.security.audit_export import log_line
+from catalog.security.audit_export import AuditExporter, log_line
 from catalog.security.errors import AuditError
 
 Emit = Callable[[str, int, dict[str, Any]], None]
@@ -42,21 +42,22 @@ def prune_once(
 
 
 class AuditRetention:
-    """Prunes at start and then every ``interval`` seconds, in a daemon thread."""
+    """Prunes at start and then every ``interval`` seconds, in a daemon thread; never a row
+    ``exporter`` has not sent yet."""
 
     def __init__(
         self,
         log: AuditLog,
         keep: dt.timedelta,
         *,
-        owed_from: Callable[[], int | None] = lambda: None,
+        exporter: AuditExporter | None = None,
         actor: str = "retention",
         interval: float = 86_400.0,
         emit: Emit | None = None,
     ) -> None:
         self._log = log
         self._keep = keep
-        self._owed_from = owed_from
+        self._exporter = exporter
         self._actor = actor
         self._interval = interval
         self._emit = emit or log_line
@@ -66,7 +67,8 @@ class AuditRetention:
     def run_once(self) -> Pruned | None:
         try:
             before = dt.datetime.now(dt.UTC) - self._keep
-            pruned = prune_once(self._log, before, owed_from=self._owed_from(),
+            owed_from = self._exporter.exported_seq if self._exporter is not None else None
+            pruned = prune_once(self._log, before, owed_from=owed_from,
                                 actor=self._actor, note={"keep_days": self._keep.days})  # fmt: skip
         except AuditError as exc:
             self._emit("audit_not_pruned", logging.WARNING, {"error": str(exc)})

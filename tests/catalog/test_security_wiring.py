@@ -85,7 +85,7 @@ def test_the_audit_log_goes_to_the_sites_repository(tmp_path: Path, sqlite_url: 
         security=SecurityConfig(
             pepper_file=write_pepper(tmp_path / "pepper"),
             audit_export=AuditExportSettings(
-                url=f"tcp://127.0.0.1:{collector.port}", site_id="hospital-a"
+                url=f"tcp://127.0.0.1:{collector.port}", site_id="hospital-a", insecure=True
             ),
         ),
     )
@@ -111,7 +111,8 @@ def test_the_audit_log_goes_to_the_sites_repository(tmp_path: Path, sqlite_url: 
     collector.stop()
     with pytest.raises(ValueError, match="needs the audit log"):
         SecurityConfig(pepper_file=tmp_path / "pepper", audit=False,
-                       audit_export=AuditExportSettings(url="tcp://127.0.0.1:1"))  # fmt: skip
+                       audit_export=AuditExportSettings(url="tcp://127.0.0.1:1",
+                                                        insecure=True))  # fmt: skip
 
 
 def test_a_replica_prunes_audit_rows_past_its_retention_period(

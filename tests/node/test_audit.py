@@ -174,7 +174,8 @@ def test_rows_past_the_retention_period_are_pruned_but_not_those_owed_to_the_rep
     write_cursor(open_audit(url).engine, "tcp://127.0.0.1:9", 3)  # sent 1-3 before it went
     config = load_config(None, {"data_dir": str(tmp_path), "dicom": {"port": 0},
                                 "audit": {"keep_days": 365,
-                                          "export": {"url": "tcp://127.0.0.1:9"}}})  # fmt: skip
+                                          "export": {"url": "tcp://127.0.0.1:9",
+                                                     "insecure": True}}})  # fmt: skip
     app = NodeApp(config)
     app.start()
     try:

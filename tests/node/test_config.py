@@ -102,10 +102,12 @@ def test_commitment_copies_at_other_sites_need_the_grid_and_published_originals(
 @pytest.mark.parametrize(
     ("audit", "message"),
     [
-        ({"enabled": False, "export": {"url": "udp://arr:514"}}, "needs the audit trail"),
+        ({"enabled": False, "export": {"url": "udp://arr:514", "insecure": True}},
+         "needs the audit trail"),
         ({"export": {"url": "tls://arr:6514"}}, r"audit\.export.*needs ca_file"),
         ({"export": {"url": "syslog://arr"}}, "scheme must be tls, tcp or udp"),
         ({"export": {"url": "tcp://arr", "ca_file": "/ca.pem"}}, "need tls://"),
+        ({"export": {"url": "tcp://arr"}}, "in clear; use tls://, or set insecure = true"),
     ],
 )
 def test_audit_export_mistakes_stop_the_node_at_start(audit: dict[str, Any], message: str) -> None:

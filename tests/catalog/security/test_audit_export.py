@@ -109,7 +109,12 @@ def test_settings_refuse_what_would_send_in_clear_or_not_at_all(grid: Grid) -> N
     with pytest.raises(ValidationError, match="needs ca_file"):
         AuditExportSettings(url="tls://arr:6514")
     with pytest.raises(ValidationError, match="need tls://"):
-        AuditExportSettings(url="tcp://arr:514", ca_file=grid.ca)
+        AuditExportSettings(url="tcp://arr:514", ca_file=grid.ca, insecure=True)
+    with pytest.raises(ValidationError, match="sends them in clear"):
+        AuditExportSettings(url="udp://arr:514")  # patients' names on the wire, unasked
+    assert AuditExportSettings(url="udp://127.0.0.1", insecure=True).collector == (
+        "udp://127.0.0.1:514"
+    )
     with pytest.raises(ValidationError, match="go together"):
         AuditExportSettings(url="tls://arr:6514", ca_file=grid.ca, cert_file=grid.node.cert)
     with pytest.raises(ValueError, match=r"missing\.pem"):
